@@ -1,0 +1,182 @@
+//! Configuration types with their defaults. Loading (TOML file, then
+//! `ENGRAM_*` environment variables) happens in the binary; validation here.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::error::{CoreError, Result};
+use crate::voting::VotingRule;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngramConfig {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub collections: CollectionDefaults,
+    /// Named embedders; a collection created with `"embedder": "<name>"` uses one.
+    pub embedders: BTreeMap<String, EmbedderConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7700".to_string(),
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// Bounds that protect the process from absurd requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_k: usize,
+    pub max_items_per_request: usize,
+    pub max_queries_per_batch: usize,
+    /// Decoded images larger than this many pixels are refused.
+    pub max_image_pixels: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 64 << 20,
+            max_k: 1_000,
+            max_items_per_request: 10_000,
+            max_queries_per_batch: 1_000,
+            max_image_pixels: 40_000_000,
+        }
+    }
+}
+
+/// Defaults for collections whose creation request leaves a field out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectionDefaults {
+    pub shards: u32,
+    pub replication: u32,
+    pub k: usize,
+    pub rule: VotingRule,
+}
+
+impl Default for CollectionDefaults {
+    fn default() -> Self {
+        CollectionDefaults {
+            shards: 64,
+            replication: 1,
+            k: 50,
+            rule: VotingRule::Rank,
+        }
+    }
+}
+
+/// An ONNX image embedder and the preprocessing its model expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    pub model_path: PathBuf,
+    /// Expected sha256 of the model file; when absent, `<model_path>.sha256`
+    /// must exist. A model whose checksum does not match is refused.
+    pub sha256: Option<String>,
+    pub input_name: String,
+    pub output_name: String,
+    pub dim: usize,
+    /// Images are resized (short side) and centre-cropped to this square size.
+    pub image_size: u32,
+    /// Fraction of the resized short side kept by the centre crop
+    /// (0.875 is the classic 256 -> 224; 1.0 keeps the whole image).
+    pub crop_fraction: f32,
+    /// Per-channel normalisation applied to pixels scaled to [0, 1].
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads; 0 lets it choose.
+    pub threads: usize,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        EmbedderConfig {
+            model_path: PathBuf::from("models/efficientnet-lite0/efficientnet-lite0.onnx"),
+            sha256: None,
+            input_name: "input".to_string(),
+            output_name: "embedding".to_string(),
+            dim: 1280,
+            image_size: 224,
+            crop_fraction: 1.0,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            batch_size: 32,
+            threads: 0,
+        }
+    }
+}
+
+impl EngramConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.limits.max_k == 0 {
+            return Err(CoreError::invalid("limits.max_k", "must be at least 1"));
+        }
+        if self.collections.k == 0 || self.collections.k > self.limits.max_k {
+            return Err(CoreError::invalid(
+                "collections.k",
+                format!("must be between 1 and limits.max_k ({})", self.limits.max_k),
+            ));
+        }
+        for (name, e) in &self.embedders {
+            e.validate().map_err(|err| CoreError::InvalidParameter {
+                name: "embedders",
+                reason: format!("embedder `{name}`: {err}"),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl EmbedderConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(8..=1024).contains(&self.image_size) {
+            return Err(CoreError::invalid("image_size", "must be between 8 and 1024"));
+        }
+        if !(self.crop_fraction > 0.0 && self.crop_fraction <= 1.0) {
+            return Err(CoreError::invalid("crop_fraction", "must be in (0, 1]"));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(CoreError::invalid("std", "must be finite and > 0"));
+        }
+        if self.batch_size == 0 || self.dim == 0 {
+            return Err(CoreError::invalid("batch_size/dim", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let mut c = EngramConfig::default();
+        c.embedders.insert("default".into(), EmbedderConfig::default());
+        c.validate().unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<EngramConfig>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn rejects_inconsistent_limits() {
+        let mut c = EngramConfig::default();
+        c.collections.k = c.limits.max_k + 1;
+        assert!(c.validate().is_err());
+    }
+}

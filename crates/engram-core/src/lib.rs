@@ -1,0 +1,21 @@
+//! Engram's pure core.
+//!
+//! Everything here is deterministic and free of I/O and async so that the
+//! rules that decide what the memory answers (distances, top-k, voting) can be
+//! tested exhaustively and reused by every layer above.
+
+pub mod collection;
+pub mod config;
+pub mod distance;
+pub mod error;
+pub mod neighbor;
+pub mod shard;
+pub mod topk;
+pub mod vector;
+pub mod voting;
+
+pub use collection::{CollectionSpec, validate_collection_name};
+pub use distance::Metric;
+pub use error::{CoreError, Result};
+pub use neighbor::{Neighbor, ScoredId};
+pub use voting::{Decision, VoteParams, VotedNeighbor, VotingRule, decide};

@@ -1,0 +1,12 @@
+//! Segment indexes: the per-segment nearest-neighbour structures a shard
+//! searches. All of them speak [`SegmentIndex`], so the growing segment's
+//! exact index and the sealed DiskANN segments are interchangeable to the
+//! shard that holds them.
+
+pub mod error;
+pub mod flat;
+pub mod segment_index;
+
+pub use error::{IndexError, Result};
+pub use flat::FlatIndex;
+pub use segment_index::{IdFilter, MutableSegmentIndex, SegmentIndex};

@@ -1,0 +1,123 @@
+//! What each item of a shard is, apart from its vector.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::vocabulary::Vocabulary;
+
+/// An item's metadata as stored: label interned, source shared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRecord {
+    pub label: u32,
+    pub weight: f32,
+    pub source: Option<Arc<str>>,
+}
+
+/// `id -> (label, weight, source)` for the live items of one shard.
+#[derive(Debug, Default)]
+pub struct ItemTable {
+    items: HashMap<u64, ItemRecord>,
+    vocabulary: Vocabulary,
+}
+
+impl ItemTable {
+    /// Inserts or replaces `id`, keeping label counts exact.
+    pub fn upsert(&mut self, id: u64, label: &Arc<str>, weight: f32, source: Option<Arc<str>>) {
+        let label = self.vocabulary.intern(label);
+        self.vocabulary.add(label, 1);
+        if let Some(old) = self.items.insert(id, ItemRecord { label, weight, source }) {
+            self.vocabulary.add(old.label, -1);
+        }
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<ItemRecord> {
+        let old = self.items.remove(&id)?;
+        self.vocabulary.add(old.label, -1);
+        Some(old)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&ItemRecord> {
+        self.items.get(&id)
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.items.contains_key(&id)
+    }
+
+    pub fn label_of(&self, record: &ItemRecord) -> &Arc<str> {
+        self.vocabulary.label(record.label)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn vocabulary(&self) -> &Vocabulary {
+        &self.vocabulary
+    }
+
+    /// Ids of the live items carrying `label`.
+    pub fn ids_with_label(&self, label: &str) -> Vec<u64> {
+        let Some(label) = self.vocabulary.id_of(label) else {
+            return Vec::new();
+        };
+        self.items.iter().filter(|(_, r)| r.label == label).map(|(id, _)| *id).collect()
+    }
+
+    /// Ids of the live items whose source is exactly `source`.
+    pub fn ids_with_source(&self, source: &str) -> Vec<u64> {
+        self.items
+            .iter()
+            .filter(|(_, r)| r.source.as_deref() == Some(source))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn label_counts_match_live_items(ops in prop::collection::vec((0u64..30, 0u8..4, any::<bool>()), 0..200)) {
+            let mut table = ItemTable::default();
+            let mut model: HashMap<u64, String> = HashMap::new();
+            for (id, label, remove) in ops {
+                if remove {
+                    prop_assert_eq!(table.remove(id).is_some(), model.remove(&id).is_some());
+                } else {
+                    let label = format!("l{label}");
+                    table.upsert(id, &Arc::from(label.as_str()), 1.0, None);
+                    model.insert(id, label);
+                }
+            }
+            let mut expected: HashMap<String, u64> = HashMap::new();
+            for label in model.values() {
+                *expected.entry(label.clone()).or_default() += 1;
+            }
+            let actual: HashMap<String, u64> = table.vocabulary().counts().map(|(l, c)| (l.to_string(), c)).collect();
+            prop_assert_eq!(actual, expected);
+            for (id, label) in &model {
+                let r = table.get(*id).unwrap();
+                prop_assert_eq!(table.label_of(r).as_ref(), label.as_str());
+                prop_assert!(table.ids_with_label(label).contains(id));
+            }
+        }
+    }
+
+    #[test]
+    fn finds_ids_by_source() {
+        let mut table = ItemTable::default();
+        let src: Arc<str> = Arc::from("s3://b/f.parquet");
+        table.upsert(1, &Arc::from("a"), 1.0, Some(src.clone()));
+        table.upsert(2, &Arc::from("a"), 1.0, None);
+        assert_eq!(table.ids_with_source("s3://b/f.parquet"), vec![1]);
+        assert!(table.ids_with_source("s3://b/other").is_empty());
+    }
+}
