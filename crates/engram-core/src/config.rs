@@ -113,8 +113,10 @@ impl Default for EmbedderConfig {
             dim: 1280,
             image_size: 224,
             crop_fraction: 1.0,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
+            // EfficientNet-Lite was trained on (x - 127) / 128 of 0..255
+            // pixels; on the [0, 1] scale that is this mean and std.
+            mean: [127.0 / 255.0; 3],
+            std: [128.0 / 255.0; 3],
             batch_size: 32,
             threads: 0,
         }
@@ -145,7 +147,10 @@ impl EngramConfig {
 impl EmbedderConfig {
     pub fn validate(&self) -> Result<()> {
         if !(8..=1024).contains(&self.image_size) {
-            return Err(CoreError::invalid("image_size", "must be between 8 and 1024"));
+            return Err(CoreError::invalid(
+                "image_size",
+                "must be between 8 and 1024",
+            ));
         }
         if !(self.crop_fraction > 0.0 && self.crop_fraction <= 1.0) {
             return Err(CoreError::invalid("crop_fraction", "must be in (0, 1]"));
@@ -167,7 +172,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_round_trip() {
         let mut c = EngramConfig::default();
-        c.embedders.insert("default".into(), EmbedderConfig::default());
+        c.embedders
+            .insert("default".into(), EmbedderConfig::default());
         c.validate().unwrap();
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<EngramConfig>(&json).unwrap(), c);

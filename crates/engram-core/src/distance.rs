@@ -122,7 +122,11 @@ fn l2_squared_lanes<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     for (ca, cb) in chunks_a.zip(chunks_b) {
         for i in 0..LANES {
             let d = ca[i] - cb[i];
-            acc[i] = if FMA { d.mul_add(d, acc[i]) } else { acc[i] + d * d };
+            acc[i] = if FMA {
+                d.mul_add(d, acc[i])
+            } else {
+                acc[i] + d * d
+            };
         }
     }
     let mut sum: f32 = acc.iter().sum();

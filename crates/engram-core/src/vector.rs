@@ -69,7 +69,10 @@ mod tests {
     fn prepare_normalises_for_cosine_only() {
         let v = prepare(Metric::Cosine, vec![3.0, 4.0], 2).unwrap();
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
-        assert_eq!(prepare(Metric::L2, vec![3.0, 4.0], 2).unwrap(), vec![3.0, 4.0]);
+        assert_eq!(
+            prepare(Metric::L2, vec![3.0, 4.0], 2).unwrap(),
+            vec![3.0, 4.0]
+        );
         assert_eq!(
             prepare(Metric::Cosine, vec![0.0, 0.0], 2),
             Err(CoreError::ZeroVector)

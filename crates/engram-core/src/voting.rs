@@ -162,7 +162,10 @@ pub fn decide(neighbors: Vec<Neighbor>, params: &VoteParams) -> Decision {
         Some((_, best)) if total_vote > 0.0 => (best / total_vote).clamp(0.0, 1.0),
         _ => 0.0,
     };
-    let votes: BTreeMap<String, f64> = totals.into_iter().map(|(l, v)| (l.to_string(), v)).collect();
+    let votes: BTreeMap<String, f64> = totals
+        .into_iter()
+        .map(|(l, v)| (l.to_string(), v))
+        .collect();
     let neighbors = neighbors
         .into_iter()
         .zip(votes_in_order)
@@ -235,22 +238,41 @@ mod tests {
         ];
         let d = decide(ns.clone(), &VoteParams::default());
         assert_eq!(d.label.as_deref(), Some("a"));
-        assert_eq!(decide(ns, &params(VotingRule::Plurality)).label.as_deref(), Some("b"));
+        assert_eq!(
+            decide(ns, &params(VotingRule::Plurality)).label.as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
     fn tie_goes_to_label_that_reached_top_score_first() {
         // Both end at 2 votes; y reaches 2 at rank 2, x only at rank 3.
-        let ns = vec![n(1, "x", 0.1), n(2, "y", 0.1), n(3, "y", 0.2), n(4, "x", 0.2)];
+        let ns = vec![
+            n(1, "x", 0.1),
+            n(2, "y", 0.1),
+            n(3, "y", 0.2),
+            n(4, "x", 0.2),
+        ];
         let d = decide(ns, &params(VotingRule::Plurality));
         assert_eq!(d.label.as_deref(), Some("y"));
         assert_eq!(d.confidence, 0.5);
         // Mirror image: now x gets there first.
-        let ns = vec![n(1, "y", 0.1), n(2, "x", 0.1), n(3, "x", 0.2), n(4, "y", 0.2)];
-        assert_eq!(decide(ns, &params(VotingRule::Plurality)).label.as_deref(), Some("x"));
+        let ns = vec![
+            n(1, "y", 0.1),
+            n(2, "x", 0.1),
+            n(3, "x", 0.2),
+            n(4, "y", 0.2),
+        ];
+        assert_eq!(
+            decide(ns, &params(VotingRule::Plurality)).label.as_deref(),
+            Some("x")
+        );
         // A tie at the first vote keeps the first label.
         let ns = vec![n(1, "y", 0.1), n(2, "x", 0.1)];
-        assert_eq!(decide(ns, &params(VotingRule::Plurality)).label.as_deref(), Some("y"));
+        assert_eq!(
+            decide(ns, &params(VotingRule::Plurality)).label.as_deref(),
+            Some("y")
+        );
     }
 
     #[test]
@@ -283,12 +305,30 @@ mod tests {
     #[test]
     fn validation_rejects_bad_parameters() {
         for bad in [
-            VoteParams { alpha: 0.0, ..VoteParams::default() },
-            VoteParams { alpha: f64::NAN, ..VoteParams::default() },
-            VoteParams { tau: 0.0, ..VoteParams::default() },
-            VoteParams { tau: 1e-9, ..VoteParams::default() },
-            VoteParams { xi: -1.0, ..VoteParams::default() },
-            VoteParams { xi: f64::INFINITY, ..VoteParams::default() },
+            VoteParams {
+                alpha: 0.0,
+                ..VoteParams::default()
+            },
+            VoteParams {
+                alpha: f64::NAN,
+                ..VoteParams::default()
+            },
+            VoteParams {
+                tau: 0.0,
+                ..VoteParams::default()
+            },
+            VoteParams {
+                tau: 1e-9,
+                ..VoteParams::default()
+            },
+            VoteParams {
+                xi: -1.0,
+                ..VoteParams::default()
+            },
+            VoteParams {
+                xi: f64::INFINITY,
+                ..VoteParams::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
@@ -316,11 +356,13 @@ mod tests {
     }
 
     fn arb_params() -> impl Strategy<Value = VoteParams> {
-        (0usize..4, 0.1f64..10.0, 0.01f64..2.0, 0f64..5.0).prop_map(|(r, alpha, tau, xi)| VoteParams {
-            rule: VotingRule::ALL[r],
-            alpha,
-            tau,
-            xi,
+        (0usize..4, 0.1f64..10.0, 0.01f64..2.0, 0f64..5.0).prop_map(|(r, alpha, tau, xi)| {
+            VoteParams {
+                rule: VotingRule::ALL[r],
+                alpha,
+                tau,
+                xi,
+            }
         })
     }
 

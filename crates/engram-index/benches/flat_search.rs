@@ -10,7 +10,9 @@ fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
         .map(|_| {
             let mut v: Vec<f32> = (0..dim)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
                 })
                 .collect();
@@ -32,9 +34,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("flat_cosine_1280d_20k");
     group.sample_size(10);
     group.throughput(Throughput::Elements(1));
-    group.bench_function("search_k50", |b| b.iter(|| index.search(&queries[0], 50, &|_| true)));
+    group.bench_function("search_k50", |b| {
+        b.iter(|| index.search(&queries[0], 50, &|_| true))
+    });
     group.throughput(Throughput::Elements(refs.len() as u64));
-    group.bench_function("search_batch64_k50", |b| b.iter(|| index.search_batch(&refs, 50, &|_| true)));
+    group.bench_function("search_batch64_k50", |b| {
+        b.iter(|| index.search_batch(&refs, 50, &|_| true))
+    });
     group.finish();
 }
 

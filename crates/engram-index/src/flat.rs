@@ -51,7 +51,13 @@ impl FlatIndex {
         &self.vectors[slot * self.dim..(slot + 1) * self.dim]
     }
 
-    fn scan(&self, query: &[f32], slots: std::ops::Range<usize>, top: &mut TopK, filter: IdFilter<'_>) {
+    fn scan(
+        &self,
+        query: &[f32],
+        slots: std::ops::Range<usize>,
+        top: &mut TopK,
+        filter: IdFilter<'_>,
+    ) {
         for slot in slots {
             let id = self.ids[slot];
             if id == FREE {
@@ -118,7 +124,12 @@ impl SegmentIndex for FlatIndex {
             .into_par_iter()
             .map(|c| {
                 let mut top = TopK::new(k);
-                self.scan(query, c * chunk..((c + 1) * chunk).min(slots), &mut top, filter);
+                self.scan(
+                    query,
+                    c * chunk..((c + 1) * chunk).min(slots),
+                    &mut top,
+                    filter,
+                );
                 top
             })
             .reduce(
@@ -133,7 +144,12 @@ impl SegmentIndex for FlatIndex {
 
     /// Scans stored vectors block by block and compares each block with
     /// every query while it is in cache; queries are split across threads.
-    fn search_batch(&self, queries: &[&[f32]], k: usize, filter: IdFilter<'_>) -> Vec<Vec<ScoredId>> {
+    fn search_batch(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        filter: IdFilter<'_>,
+    ) -> Vec<Vec<ScoredId>> {
         let slots = self.ids.len();
         if k == 0 || slots == 0 {
             return vec![Vec::new(); queries.len()];
@@ -170,7 +186,9 @@ impl MutableSegmentIndex for FlatIndex {
                     None => {
                         let slot = self.ids.len();
                         if slot >= MAX_SLOTS {
-                            return Err(IndexError::Full { capacity: MAX_SLOTS });
+                            return Err(IndexError::Full {
+                                capacity: MAX_SLOTS,
+                            });
                         }
                         self.ids.push(FREE);
                         self.vectors.resize(self.vectors.len() + self.dim, 0.0);
@@ -198,7 +216,9 @@ impl MutableSegmentIndex for FlatIndex {
     }
 
     fn get(&self, id: u64) -> Option<&[f32]> {
-        self.slot_of.get(&id).map(|slot| self.vector_at(*slot as usize))
+        self.slot_of
+            .get(&id)
+            .map(|slot| self.vector_at(*slot as usize))
     }
 }
 
@@ -207,7 +227,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn brute_force(items: &HashMap<u64, Vec<f32>>, q: &[f32], k: usize, metric: Metric) -> Vec<ScoredId> {
+    fn brute_force(
+        items: &HashMap<u64, Vec<f32>>,
+        q: &[f32],
+        k: usize,
+        metric: Metric,
+    ) -> Vec<ScoredId> {
         let mut all: Vec<ScoredId> = items
             .iter()
             .map(|(id, v)| ScoredId {
@@ -264,7 +289,9 @@ mod tests {
         let mut index = FlatIndex::new(dim, Metric::Cosine);
         let mut state = 7u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         let n = PARALLEL_SCAN_FLOATS / dim + 500;
@@ -293,6 +320,9 @@ mod tests {
         index.upsert(3, &[5.0, 6.0]).unwrap();
         assert_eq!(index.ids.len(), 2, "slot reused");
         assert_eq!(index.get(3), Some(&[5.0f32, 6.0][..]));
-        assert!(matches!(index.upsert(4, &[1.0]), Err(IndexError::DimensionMismatch { .. })));
+        assert!(matches!(
+            index.upsert(4, &[1.0]),
+            Err(IndexError::DimensionMismatch { .. })
+        ));
     }
 }

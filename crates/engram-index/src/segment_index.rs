@@ -26,7 +26,12 @@ pub trait SegmentIndex: Send + Sync {
     fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId>;
     /// Many queries at once; implementations may share memory traffic
     /// across queries. One result list per query, in order.
-    fn search_batch(&self, queries: &[&[f32]], k: usize, filter: IdFilter<'_>) -> Vec<Vec<ScoredId>> {
+    fn search_batch(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        filter: IdFilter<'_>,
+    ) -> Vec<Vec<ScoredId>> {
         queries.iter().map(|q| self.search(q, k, filter)).collect()
     }
 }

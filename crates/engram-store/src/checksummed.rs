@@ -37,7 +37,11 @@ pub fn write_atomic(path: &Path, payload: &[u8]) -> Result<()> {
 pub fn read_verified(path: &Path) -> Result<Vec<u8>> {
     let bytes = fs::read(path)?;
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-        return Err(StoreError::corrupted(path, 0, "missing checksummed-file header"));
+        return Err(StoreError::corrupted(
+            path,
+            0,
+            "missing checksummed-file header",
+        ));
     }
     let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -50,7 +54,11 @@ pub fn read_verified(path: &Path) -> Result<Vec<u8>> {
         ));
     }
     if crc32fast::hash(payload) != crc {
-        return Err(StoreError::corrupted(path, HEADER as u64, "checksum mismatch"));
+        return Err(StoreError::corrupted(
+            path,
+            HEADER as u64,
+            "checksum mismatch",
+        ));
     }
     Ok(payload.to_vec())
 }

@@ -25,7 +25,14 @@ impl ItemTable {
     pub fn upsert(&mut self, id: u64, label: &Arc<str>, weight: f32, source: Option<Arc<str>>) {
         let label = self.vocabulary.intern(label);
         self.vocabulary.add(label, 1);
-        if let Some(old) = self.items.insert(id, ItemRecord { label, weight, source }) {
+        if let Some(old) = self.items.insert(
+            id,
+            ItemRecord {
+                label,
+                weight,
+                source,
+            },
+        ) {
             self.vocabulary.add(old.label, -1);
         }
     }
@@ -65,7 +72,11 @@ impl ItemTable {
         let Some(label) = self.vocabulary.id_of(label) else {
             return Vec::new();
         };
-        self.items.iter().filter(|(_, r)| r.label == label).map(|(id, _)| *id).collect()
+        self.items
+            .iter()
+            .filter(|(_, r)| r.label == label)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Ids of the live items whose source is exactly `source`.

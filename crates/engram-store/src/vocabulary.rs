@@ -34,11 +34,16 @@ impl Vocabulary {
 
     pub(crate) fn add(&mut self, id: u32, delta: i64) {
         let count = &mut self.counts[id as usize];
-        *count = count.checked_add_signed(delta).expect("label count stays non-negative");
+        *count = count
+            .checked_add_signed(delta)
+            .expect("label count stays non-negative");
     }
 
     /// `(label, live items)` for every label with at least one live item.
     pub fn counts(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
-        self.labels.iter().zip(self.counts.iter().copied()).filter(|(_, c)| *c > 0)
+        self.labels
+            .iter()
+            .zip(self.counts.iter().copied())
+            .filter(|(_, c)| *c > 0)
     }
 }

@@ -65,7 +65,12 @@ impl Wal {
             Some(bytes) => replay(path, bytes)?,
             None => (Vec::new(), 0),
         };
-        let mut file = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
         if valid_len == 0 {
             file.set_len(0)?;
             file.write_all(MAGIC)?;
@@ -73,7 +78,10 @@ impl Wal {
             if let Some(dir) = path.parent() {
                 crate::checksummed::sync_dir(dir)?;
             }
-        } else if existing.as_ref().is_some_and(|b| b.len() as u64 > valid_len) {
+        } else if existing
+            .as_ref()
+            .is_some_and(|b| b.len() as u64 > valid_len)
+        {
             tracing::warn!(path = %path.display(), kept_bytes = valid_len, "cutting off an unacknowledged partial record at the end of the WAL");
             file.set_len(valid_len)?;
             file.sync_all()?;
@@ -101,7 +109,11 @@ impl Wal {
         let header_crc = crc32fast::hash(&frame[0..8]);
         frame.extend_from_slice(&header_crc.to_le_bytes());
         frame.extend_from_slice(&payload);
-        if let Err(e) = self.file.write_all(&frame).and_then(|_| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .write_all(&frame)
+            .and_then(|_| self.file.sync_data())
+        {
             // Leave no half record behind for the next append to follow.
             let _ = self.file.set_len(self.bytes);
             use std::io::Seek;
@@ -150,10 +162,18 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<WalRecord>, u64)> {
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let header_crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
         if crc32fast::hash(&rest[0..8]) != header_crc {
-            return Err(StoreError::corrupted(path, offset as u64, "WAL record header checksum mismatch"));
+            return Err(StoreError::corrupted(
+                path,
+                offset as u64,
+                "WAL record header checksum mismatch",
+            ));
         }
         if len > MAX_RECORD_BYTES {
-            return Err(StoreError::corrupted(path, offset as u64, format!("record length {len} is impossible")));
+            return Err(StoreError::corrupted(
+                path,
+                offset as u64,
+                format!("record length {len} is impossible"),
+            ));
         }
         if rest.len() < RECORD_HEADER + len {
             // Cut short by a crash before the append was acknowledged.
@@ -161,9 +181,14 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<WalRecord>, u64)> {
         }
         let payload = &rest[RECORD_HEADER..RECORD_HEADER + len];
         if crc32fast::hash(payload) != crc {
-            return Err(StoreError::corrupted(path, offset as u64, "WAL record checksum mismatch"));
+            return Err(StoreError::corrupted(
+                path,
+                offset as u64,
+                "WAL record checksum mismatch",
+            ));
         }
-        let record = decode(payload).map_err(|reason| StoreError::corrupted(path, offset as u64, reason))?;
+        let record =
+            decode(payload).map_err(|reason| StoreError::corrupted(path, offset as u64, reason))?;
         records.push(record);
         offset += RECORD_HEADER + len;
     }
@@ -220,7 +245,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or("record ends early")?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or("record ends early")?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
@@ -229,23 +258,34 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> std::result::Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> std::result::Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn f32(&mut self) -> std::result::Result<f32, String> {
-        Ok(f32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(f32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn str(&mut self) -> std::result::Result<Arc<str>, String> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes).map(Arc::from).map_err(|_| "label or source is not UTF-8".to_string())
+        std::str::from_utf8(bytes)
+            .map(Arc::from)
+            .map_err(|_| "label or source is not UTF-8".to_string())
     }
 }
 
 fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
-    let mut r = Reader { bytes: payload, at: 0 };
+    let mut r = Reader {
+        bytes: payload,
+        at: 0,
+    };
     let count = r.u32()? as usize;
     let mut ops = Vec::with_capacity(count.min(payload.len()));
     for _ in 0..count {
@@ -261,7 +301,10 @@ fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
                 };
                 let dim = r.u32()? as usize;
                 let raw = r.take(dim.checked_mul(4).ok_or("dimension overflows")?)?;
-                let vector = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+                let vector = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
                 ops.push(WalOp::Upsert {
                     id,
                     label,
@@ -298,8 +341,22 @@ mod tests {
     fn arb_record() -> impl Strategy<Value = WalRecord> {
         prop::collection::vec(
             prop_oneof![
-                (any::<u64>(), "[a-z]{0,8}", prop::option::of("[ -~]{0,12}"), prop::collection::vec(-1e3f32..1e3, 0..6), 0f32..5.0)
-                    .prop_map(|(id, label, source, vector, weight)| WalOp::Upsert { id, label: label.into(), weight, source: source.map(Into::into), vector }),
+                (
+                    any::<u64>(),
+                    "[a-z]{0,8}",
+                    prop::option::of("[ -~]{0,12}"),
+                    prop::collection::vec(-1e3f32..1e3, 0..6),
+                    0f32..5.0
+                )
+                    .prop_map(|(id, label, source, vector, weight)| {
+                        WalOp::Upsert {
+                            id,
+                            label: label.into(),
+                            weight,
+                            source: source.map(Into::into),
+                            vector,
+                        }
+                    }),
                 any::<u64>().prop_map(|id| WalOp::Delete { id }),
             ],
             0..5,
@@ -319,7 +376,10 @@ mod tests {
         let path = dir.path().join("wal.log");
         let (mut wal, records) = Wal::open(&path).unwrap();
         assert!(records.is_empty());
-        let a = vec![upsert(1, "cat", vec![1.0, 2.0]), upsert(2, "dog", vec![3.0, 4.0])];
+        let a = vec![
+            upsert(1, "cat", vec![1.0, 2.0]),
+            upsert(2, "dog", vec![3.0, 4.0]),
+        ];
         let b = vec![WalOp::Delete { id: 1 }];
         wal.append(&a).unwrap();
         wal.append(&b).unwrap();
@@ -367,9 +427,15 @@ mod tests {
             let mut bad = full.clone();
             bad[i] ^= 0x01;
             std::fs::write(&path, &bad).unwrap();
-            assert!(matches!(Wal::open(&path), Err(StoreError::Corrupted { .. })), "flip at {i} accepted");
+            assert!(
+                matches!(Wal::open(&path), Err(StoreError::Corrupted { .. })),
+                "flip at {i} accepted"
+            );
         }
         std::fs::write(&path, b"NOTAWAL!garbage").unwrap();
-        assert!(matches!(Wal::open(&path), Err(StoreError::Corrupted { .. })));
+        assert!(matches!(
+            Wal::open(&path),
+            Err(StoreError::Corrupted { .. })
+        ));
     }
 }

@@ -1,0 +1,46 @@
+# Engram: `make demo` runs the main job on the embedded default,
+# `make test` runs every test. Both install what they need first.
+SHELL := /bin/bash
+CARGO ?= cargo
+# The ONNX Runtime library inside .venv, found after `setup` has run.
+ORT_DYLIB_PATH = $(shell scripts/ort_dylib_path.sh 2>/dev/null)
+export ORT_DYLIB_PATH
+# Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
+CARGO_TEST_FLAGS ?= --workspace
+
+.PHONY: all setup build demo test bench lint fmt clean serve
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --bin engram
+
+## Builds, starts the embedded server, builds a Fashion-MNIST memory through
+## the API, classifies, explains, unlearns and re-adds a class, stops.
+demo: build
+	@scripts/demo.sh
+
+serve: build
+	$(CARGO) run --bin engram -- serve --config config/embedded.toml
+
+test: setup
+	$(CARGO) test $(CARGO_TEST_FLAGS)
+
+## Benchmarks: criterion benches plus the side-by-side comparison with
+## Python onnxruntime on the same ONNX file (writes target/bench-results).
+bench: setup
+	@scripts/bench.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf data

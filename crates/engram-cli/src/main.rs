@@ -1,0 +1,107 @@
+//! `engram`: serve the embedded node, or run the demo against one.
+
+mod config;
+mod demo;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "engram",
+    version,
+    about = "Engram: a visual memory that classifies by nearest-neighbour votes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the embedded single-node default).
+    Serve {
+        /// TOML config file; `ENGRAM_*` variables override it (e.g. ENGRAM_SERVER__LISTEN).
+        #[arg(long, default_value = "config/embedded.toml")]
+        config: PathBuf,
+        /// Address to listen on (overrides the config).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Build a visual memory from Fashion-MNIST through the API of a running
+    /// server, and show what it decides.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENGRAM_LOG")
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => serve(config, listen, data_dir),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+fn serve(
+    config_path: PathBuf,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = config::load(&config_path)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    if let Some(data_dir) = data_dir {
+        config.server.data_dir = data_dir;
+    }
+    let addr: SocketAddr =
+        config.server.listen.parse().with_context(|| {
+            format!("listen address {:?} is not host:port", config.server.listen)
+        })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let engram = tokio::task::spawn_blocking(move || engram_coordinator::Engram::open(config))
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, data_dir = %engram.data_dir().display(), "engram serving");
+        // One machine-readable line, so scripts and tests using port 0 learn the port.
+        println!("engram listening on {bound}");
+        engram_coordinator::serve(engram, listener, shutdown_signal()).await?;
+        tracing::info!("engram stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return ctrl_c.await,
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

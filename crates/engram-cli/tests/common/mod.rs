@@ -1,0 +1,201 @@
+//! Starts the real `engram` binary on a loopback port for integration tests.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn fashion_mnist_dir() -> PathBuf {
+    PathBuf::from("/usr/share/datasets/fashion-mnist")
+}
+
+/// Writes a config for a test server: the embedded default with an absolute
+/// model path, and each `key = value` line of `extra` replacing that key.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let base = std::fs::read_to_string(repo_root().join("config/embedded.toml")).unwrap();
+    let model = repo_root().join("models/efficientnet-lite0/efficientnet-lite0.onnx");
+    let text = base.replace(
+        "model_path = \"models/efficientnet-lite0/efficientnet-lite0.onnx\"",
+        &format!("model_path = {:?}", model.display().to_string()),
+    );
+    let mut text = text;
+    for line in extra.lines().filter(|l| l.contains('=')) {
+        let key = line.split('=').next().unwrap().trim();
+        let old = text
+            .lines()
+            .find(|l| l.split('=').next().map(str::trim) == Some(key))
+            .expect("known key")
+            .to_string();
+        text = text.replace(&old, line);
+    }
+    let path = dir.join("engram.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Starts a server over `data_dir` with `config`; waits until it listens.
+    pub fn start(config: &Path, data_dir: &Path) -> Server {
+        Self::try_start(config, data_dir).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    pub fn try_start(config: &Path, data_dir: &Path) -> Result<Server, String> {
+        assert!(
+            std::env::var("ORT_DYLIB_PATH").is_ok(),
+            "ORT_DYLIB_PATH must name libonnxruntime.so: run the tests with `make test`"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("ENGRAM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn engram");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line).unwrap_or(0);
+        if read == 0 || !line.starts_with("engram listening on ") {
+            let status = child.wait().ok();
+            let mut err = String::new();
+            use std::io::Read;
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut err);
+            }
+            return Err(format!("exit {status:?}: {err}"));
+        }
+        let addr = line
+            .trim()
+            .trim_start_matches("engram listening on ")
+            .to_string();
+        Ok(Server {
+            child,
+            base: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            config: config.to_path_buf(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.http.post(self.url(path)).json(body).send().unwrap();
+        decode(response)
+    }
+
+    pub fn post_raw(&self, path: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        decode(response)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        decode(self.http.get(self.url(path)).send().unwrap())
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        decode(self.http.delete(self.url(path)).send().unwrap())
+    }
+
+    pub fn healthy(&self) -> bool {
+        matches!(self.get("/healthz"), (200, _))
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().unwrap_or_default();
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+/// Asserts a 4xx answer with the JSON error body `{error: {code, message}}`.
+pub fn assert_client_error(answer: &(u16, Value), status: u16, what: &str) {
+    assert_eq!(
+        answer.0, status,
+        "{what}: expected {status}, got {answer:?}"
+    );
+    let error = &answer.1["error"];
+    assert!(
+        error["code"].as_str().is_some_and(|c| !c.is_empty())
+            && error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: error body is not {{error: {{code, message}}}}: {answer:?}"
+    );
+}
+
+/// Base64 PNG of Fashion-MNIST image `i` of the given split.
+pub fn fashion_png(images: &engram_ingest::idx::IdxImages, i: usize) -> String {
+    use base64::Engine as _;
+    let image = image::GrayImage::from_raw(
+        images.cols as u32,
+        images.rows as u32,
+        images.image(i).to_vec(),
+    )
+    .unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+}

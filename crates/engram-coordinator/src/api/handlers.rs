@@ -1,0 +1,128 @@
+//! One function per route.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::OPENAPI_JSON;
+use super::json::ApiJson;
+use crate::dto::*;
+use crate::error::{ApiError, ErrorCode, Result};
+use crate::service::Engram;
+
+pub async fn create_collection(
+    State(engram): State<Engram>,
+    ApiJson(request): ApiJson<CreateCollection>,
+) -> Result<(StatusCode, Json<CollectionInfo>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(engram.create_collection(request).await?),
+    ))
+}
+
+pub async fn list_collections(State(engram): State<Engram>) -> Result<Json<CollectionList>> {
+    Ok(Json(engram.list_collections().await?))
+}
+
+pub async fn get_collection(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+) -> Result<Json<CollectionInfo>> {
+    Ok(Json(engram.get_collection(&collection).await?))
+}
+
+pub async fn delete_collection(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+) -> Result<StatusCode> {
+    engram.delete_collection(&collection).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn add_items(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<AddItems>,
+) -> Result<Json<Added>> {
+    Ok(Json(engram.add_items(&collection, request).await?))
+}
+
+pub async fn get_item(
+    State(engram): State<Engram>,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<Json<ItemInfo>> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "item id must be an unsigned 64-bit integer, got {id:?}"
+        ))
+    })?;
+    Ok(Json(engram.get_item(&collection, id).await?))
+}
+
+pub async fn delete_items(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<DeleteItems>,
+) -> Result<Json<Deleted>> {
+    Ok(Json(engram.delete_items(&collection, request).await?))
+}
+
+pub async fn search(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<SearchRequest>,
+) -> Result<Json<SearchResponse>> {
+    Ok(Json(engram.search(&collection, request).await?))
+}
+
+pub async fn classify(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<ClassifyRequest>,
+) -> Result<Json<ClassifyResponse>> {
+    Ok(Json(engram.classify(&collection, request).await?))
+}
+
+pub async fn classify_batch(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<ClassifyBatchRequest>,
+) -> Result<Json<ClassifyBatchResponse>> {
+    Ok(Json(engram.classify_batch(&collection, request).await?))
+}
+
+pub async fn embed(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<EmbedRequest>,
+) -> Result<Json<EmbedResponse>> {
+    Ok(Json(engram.embed(&collection, request).await?))
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+pub async fn metrics(State(engram): State<Engram>) -> impl IntoResponse {
+    let body = tokio::task::spawn_blocking(move || engram.render_metrics())
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route; see /v1/openapi.json",
+    )
+}

@@ -1,0 +1,111 @@
+//! The HTTP layer: routes, JSON extraction with JSON errors, metrics.
+//! Handlers parse, call the service, and map errors; nothing else.
+
+mod handlers;
+mod json;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use std::time::Instant;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::service::Engram;
+
+/// The OpenAPI document of the public API.
+pub const OPENAPI_JSON: &str = include_str!("../../../../docs/openapi.json");
+
+/// All routes of the public API over `engram`.
+pub fn router(engram: Engram) -> Router {
+    let body_limit = engram.config().limits.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/collections",
+            post(handlers::create_collection).get(handlers::list_collections),
+        )
+        .route(
+            "/v1/collections/{collection}",
+            get(handlers::get_collection).delete(handlers::delete_collection),
+        )
+        .route(
+            "/v1/collections/{collection}/items",
+            post(handlers::add_items),
+        )
+        .route(
+            "/v1/collections/{collection}/items/delete",
+            post(handlers::delete_items),
+        )
+        .route(
+            "/v1/collections/{collection}/items/{id}",
+            get(handlers::get_item),
+        )
+        .route(
+            "/v1/collections/{collection}/search",
+            post(handlers::search),
+        )
+        .route(
+            "/v1/collections/{collection}/classify",
+            post(handlers::classify),
+        )
+        .route(
+            "/v1/collections/{collection}/classify/batch",
+            post(handlers::classify_batch),
+        )
+        .route("/v1/collections/{collection}/embed", post(handlers::embed))
+        .route("/v1/openapi.json", get(handlers::openapi))
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::healthz))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            engram.clone(),
+            record_metrics,
+        ))
+        .with_state(engram)
+}
+
+async fn record_metrics(State(engram): State<Engram>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    engram
+        .metrics()
+        .observe_request(&method, &route, status, started.elapsed().as_secs_f64());
+    tracing::debug!(%method, %route, status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    response
+}
+
+impl ApiError {
+    fn from_status(status: axum::http::StatusCode, message: String) -> ApiError {
+        let code = match status.as_u16() {
+            413 => ErrorCode::PayloadTooLarge,
+            415 => ErrorCode::UnsupportedMediaType,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            500..=599 => ErrorCode::Internal,
+            _ => ErrorCode::InvalidArgument,
+        };
+        ApiError::new(code, message)
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets
+/// requests in flight finish.
+pub async fn serve(
+    engram: Engram,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engram))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,17 @@
+//! The coordinator: Engram's public face.
+//!
+//! [`service::Engram`] implements every operation of the public API
+//! independently of HTTP: it validates input, embeds images, routes items
+//! to shards, merges per-shard top-k lists and lets neighbours vote.
+//! [`api`] is the thin axum layer over it: parse, call, map the error.
+
+pub mod api;
+pub mod catalog;
+pub mod dto;
+pub mod error;
+pub mod metrics;
+pub mod service;
+
+pub use api::{router, serve};
+pub use error::{ApiError, ErrorCode};
+pub use service::Engram;

@@ -1,0 +1,120 @@
+//! Prometheus metrics of the node, served at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    images_embedded: IntCounter,
+    items_added: IntCounter,
+    items_deleted: IntCounter,
+    queries_classified: IntCounter,
+    collection_items: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("engram".into()), None).expect("valid prefix");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let images_embedded =
+            IntCounter::new("images_embedded_total", "Images embedded").expect("valid metric");
+        let items_added =
+            IntCounter::new("items_upserted_total", "Items upserted").expect("valid metric");
+        let items_deleted =
+            IntCounter::new("items_deleted_total", "Items deleted").expect("valid metric");
+        let queries_classified = IntCounter::new("queries_classified_total", "Queries classified")
+            .expect("valid metric");
+        let collection_items = IntGaugeVec::new(
+            Opts::new("collection_items", "Live items per collection"),
+            &["collection"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(images_embedded.clone()),
+            Box::new(items_added.clone()),
+            Box::new(items_deleted.clone()),
+            Box::new(queries_classified.clone()),
+            Box::new(collection_items.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            images_embedded,
+            items_added,
+            items_deleted,
+            queries_classified,
+            collection_items,
+        }
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.latency.with_label_values(&[route]).observe(seconds);
+    }
+
+    pub fn images_embedded(&self, n: usize) {
+        self.images_embedded.inc_by(n as u64);
+    }
+
+    pub fn items_added(&self, n: usize) {
+        self.items_added.inc_by(n as u64);
+    }
+
+    pub fn items_deleted(&self, n: usize) {
+        self.items_deleted.inc_by(n as u64);
+    }
+
+    pub fn queries_classified(&self, n: usize) {
+        self.queries_classified.inc_by(n as u64);
+    }
+
+    pub fn set_items(&self, collection: &str, items: u64) {
+        self.collection_items
+            .with_label_values(&[collection])
+            .set(items as i64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}

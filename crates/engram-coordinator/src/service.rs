@@ -1,0 +1,649 @@
+//! Every operation of the public API, independent of HTTP.
+//!
+//! The embedded default runs this coordinator and one worker in one
+//! process: the worker is called directly, and the collection catalog is a
+//! checksummed file instead of the Raft state machine of a cluster.
+
+use base64::Engine as _;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use engram_core::config::EngramConfig;
+use engram_core::vector::prepare;
+use engram_core::{CollectionSpec, Metric, Neighbor, VoteParams, VotingRule, decide};
+use engram_ingest::{IngestError, OnnxEmbedder};
+use engram_store::WalOp;
+use engram_worker::{HostedCollection, Worker};
+
+use crate::catalog::Catalog;
+use crate::dto::*;
+use crate::error::{ApiError, ErrorCode, Result};
+use crate::metrics::Metrics;
+
+/// Longest label, in bytes.
+const MAX_LABEL_BYTES: usize = 256;
+/// Longest source, in bytes.
+const MAX_SOURCE_BYTES: usize = 4096;
+/// Most ids one query may exclude.
+const MAX_EXCLUDE_IDS: usize = 10_000;
+
+/// The embedded Engram node. Cheap to clone.
+#[derive(Clone)]
+pub struct Engram {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngramConfig,
+    catalog: Mutex<Catalog>,
+    worker: Worker,
+    embedders: BTreeMap<String, Arc<OnnxEmbedder>>,
+    metrics: Metrics,
+    /// Held for the life of the process: one node per data directory.
+    _data_dir_lock: std::fs::File,
+}
+
+impl Engram {
+    /// Opens the data directory (replaying every shard's WAL) and loads the
+    /// configured embedders. Fails if another process holds the directory.
+    pub fn open(config: EngramConfig) -> Result<Engram> {
+        config.validate()?;
+        let data_dir = config.server.data_dir.clone();
+        fs_err::create_dir_all(&data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
+        let lock = lock_data_dir(&data_dir)?;
+        let catalog = Catalog::open(&data_dir)?;
+        let worker = Worker::new(&data_dir)?;
+        let known: HashSet<String> = catalog.specs().map(|s| s.name.clone()).collect();
+        worker.remove_unknown(&known)?;
+        for spec in catalog.specs() {
+            let hosted = worker.host(spec.clone())?;
+            tracing::info!(collection = %spec.name, items = hosted.stats().items, "collection opened");
+        }
+        let mut embedders = BTreeMap::new();
+        for (name, embedder_config) in &config.embedders {
+            let embedder = OnnxEmbedder::load(embedder_config, config.limits.max_image_pixels)
+                .map_err(|e| ApiError::internal(format!("embedder `{name}`: {e}")))?;
+            embedders.insert(name.clone(), Arc::new(embedder));
+        }
+        Ok(Engram {
+            inner: Arc::new(Inner {
+                config,
+                catalog: Mutex::new(catalog),
+                worker,
+                embedders,
+                metrics: Metrics::new(),
+                _data_dir_lock: lock,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &EngramConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Prometheus text exposition of all metrics, with live item counts.
+    pub fn render_metrics(&self) -> String {
+        let specs: Vec<String> = self
+            .inner
+            .catalog
+            .lock()
+            .specs()
+            .map(|s| s.name.clone())
+            .collect();
+        for name in specs {
+            if let Ok(hosted) = self.inner.worker.get(&name) {
+                self.inner.metrics.set_items(&name, hosted.stats().items);
+            }
+        }
+        self.inner.metrics.render()
+    }
+
+    // ----- collections -------------------------------------------------
+
+    pub async fn create_collection(&self, request: CreateCollection) -> Result<CollectionInfo> {
+        let defaults = &self.inner.config.collections;
+        let embedder = match &request.embedder {
+            Some(name) => Some(self.embedder(name)?),
+            None => None,
+        };
+        let dim = match (request.dim, &embedder) {
+            (Some(dim), Some(e)) if dim != e.dim() => {
+                return Err(ApiError::invalid(format!(
+                    "dim {dim} does not match embedder `{}`, which produces {}-d vectors",
+                    request.embedder.as_deref().unwrap_or_default(),
+                    e.dim()
+                )));
+            }
+            (Some(dim), _) => dim,
+            (None, Some(e)) => e.dim(),
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "`dim` is required when no `embedder` is given",
+                ));
+            }
+        };
+        let metric = match &request.metric {
+            Some(m) => m.parse::<Metric>()?,
+            None => Metric::Cosine,
+        };
+        let default_rule = match &request.default_rule {
+            Some(r) => r.parse::<VotingRule>()?,
+            None => defaults.rule,
+        };
+        let spec = CollectionSpec {
+            name: request.name,
+            dim,
+            metric,
+            embedder: request.embedder,
+            shards: request.shards.unwrap_or(defaults.shards),
+            replication: request.replication.unwrap_or(defaults.replication),
+            default_k: request.default_k.unwrap_or(defaults.k),
+            default_rule,
+        };
+        spec.validate()?;
+        if spec.replication != 1 {
+            return Err(ApiError::invalid(
+                "the embedded node has a single worker, so `replication` must be 1",
+            ));
+        }
+        if spec.default_k > self.inner.config.limits.max_k {
+            return Err(ApiError::invalid(format!(
+                "default_k must be at most {}",
+                self.inner.config.limits.max_k
+            )));
+        }
+        let this = self.clone();
+        blocking(move || {
+            let mut catalog = this.inner.catalog.lock();
+            if catalog.get(&spec.name).is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("collection `{}` already exists", spec.name),
+                ));
+            }
+            let hosted = this.inner.worker.host(spec.clone())?;
+            if let Err(e) = catalog.insert(spec.clone()) {
+                let _ = this.inner.worker.drop_collection(&spec.name);
+                return Err(e);
+            }
+            tracing::info!(collection = %spec.name, dim = spec.dim, shards = spec.shards, "collection created");
+            Ok(info(&hosted))
+        })
+        .await
+    }
+
+    pub async fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
+        let hosted = self.hosted(name)?;
+        blocking(move || Ok(info(&hosted))).await
+    }
+
+    pub async fn list_collections(&self) -> Result<CollectionList> {
+        let names: Vec<String> = self
+            .inner
+            .catalog
+            .lock()
+            .specs()
+            .map(|s| s.name.clone())
+            .collect();
+        let hosted: Vec<Arc<HostedCollection>> = names
+            .iter()
+            .filter_map(|n| self.inner.worker.get(n).ok())
+            .collect();
+        blocking(move || {
+            Ok(CollectionList {
+                collections: hosted.iter().map(|h| info(h)).collect(),
+            })
+        })
+        .await
+    }
+
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let this = self.clone();
+        let name = name.to_string();
+        blocking(move || {
+            let mut catalog = this.inner.catalog.lock();
+            if catalog.remove(&name)?.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "collection `{name}` does not exist"
+                )));
+            }
+            this.inner.worker.drop_collection(&name)?;
+            tracing::info!(collection = %name, "collection deleted");
+            Ok(())
+        })
+        .await
+    }
+
+    // ----- items -------------------------------------------------------
+
+    /// Upserts items; images are embedded first. Nothing is stored unless
+    /// every item is valid.
+    pub async fn add_items(&self, collection: &str, request: AddItems) -> Result<Added> {
+        let hosted = self.hosted(collection)?;
+        let spec = hosted.spec().clone();
+        let limits = &self.inner.config.limits;
+        if request.items.is_empty() {
+            return Err(ApiError::invalid("`items` is empty"));
+        }
+        if request.items.len() > limits.max_items_per_request {
+            return Err(ApiError::invalid(format!(
+                "{} items in one request; the limit is {}",
+                request.items.len(),
+                limits.max_items_per_request
+            )));
+        }
+        let mut inputs = Vec::with_capacity(request.items.len());
+        let mut meta = Vec::with_capacity(request.items.len());
+        for (i, item) in request.items.into_iter().enumerate() {
+            let at = |m: String| ApiError::invalid(format!("item {i} (id {}): {m}", item.id));
+            if item.id == u64::MAX {
+                return Err(at("id 18446744073709551615 (u64::MAX) is reserved".into()));
+            }
+            if item.label.is_empty() || item.label.len() > MAX_LABEL_BYTES {
+                return Err(at(format!("label must be 1 to {MAX_LABEL_BYTES} bytes")));
+            }
+            let weight = item.weight.unwrap_or(1.0);
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(at(format!(
+                    "weight must be a finite number >= 0, got {weight}"
+                )));
+            }
+            if item
+                .source
+                .as_ref()
+                .is_some_and(|s| s.len() > MAX_SOURCE_BYTES)
+            {
+                return Err(at(format!(
+                    "source is longer than {MAX_SOURCE_BYTES} bytes"
+                )));
+            }
+            inputs.push(QueryInput::from_parts(item.vector, item.image).map_err(at)?);
+            meta.push((item.id, item.label, weight, item.source));
+        }
+        let vectors = self.resolve_vectors(&spec, inputs, "item").await?;
+        let ops: Vec<WalOp> = meta
+            .into_iter()
+            .zip(vectors)
+            .map(|((id, label, weight, source), vector)| WalOp::Upsert {
+                id,
+                label: label.into(),
+                weight,
+                source: source.map(Into::into),
+                vector,
+            })
+            .collect();
+        let added = ops.len();
+        blocking(move || Ok(hosted.write(ops)?)).await?;
+        self.inner.metrics.items_added(added);
+        Ok(Added { added })
+    }
+
+    pub async fn get_item(&self, collection: &str, id: u64) -> Result<ItemInfo> {
+        let hosted = self.hosted(collection)?;
+        let item = hosted.get(id).ok_or_else(|| {
+            ApiError::not_found(format!("item {id} does not exist in `{collection}`"))
+        })?;
+        Ok(ItemInfo {
+            id,
+            label: item.label.to_string(),
+            weight: item.weight,
+            source: item.source.map(|s| s.to_string()),
+        })
+    }
+
+    /// Deletes by ids, label and/or source (the union). Acknowledged only
+    /// once the tombstones are durable; deleted items are never returned
+    /// by a search that starts after this returns.
+    pub async fn delete_items(&self, collection: &str, request: DeleteItems) -> Result<Deleted> {
+        let hosted = self.hosted(collection)?;
+        if request.ids.is_none() && request.label.is_none() && request.source.is_none() {
+            return Err(ApiError::invalid(
+                "give at least one of `ids`, `label`, `source`",
+            ));
+        }
+        if request
+            .ids
+            .as_ref()
+            .is_some_and(|ids| ids.len() > self.inner.config.limits.max_items_per_request)
+        {
+            return Err(ApiError::invalid(format!(
+                "at most {} ids per request",
+                self.inner.config.limits.max_items_per_request
+            )));
+        }
+        let deleted = blocking(move || {
+            let mut deleted = 0;
+            if let Some(ids) = &request.ids {
+                deleted += hosted.delete_ids(ids)?;
+            }
+            if let Some(label) = &request.label {
+                deleted += hosted.delete_label(label)?;
+            }
+            if let Some(source) = &request.source {
+                deleted += hosted.delete_source(source)?;
+            }
+            Ok(deleted)
+        })
+        .await?;
+        self.inner.metrics.items_deleted(deleted);
+        Ok(Deleted { deleted })
+    }
+
+    // ----- queries -----------------------------------------------------
+
+    pub async fn search(&self, collection: &str, request: SearchRequest) -> Result<SearchResponse> {
+        let hosted = self.hosted(collection)?;
+        let (query, k) = request.into_parts();
+        let k = self.check_k(k.unwrap_or(hosted.spec().default_k))?;
+        let mut results = self
+            .search_queries(&hosted, vec![query], k, "query")
+            .await?;
+        let neighbors = results
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| NeighborOut {
+                id: n.id,
+                label: n.label,
+                distance: n.distance,
+                weight: n.weight,
+                source: n.source,
+            })
+            .collect();
+        Ok(SearchResponse {
+            neighbors,
+            partial: false,
+        })
+    }
+
+    pub async fn classify(
+        &self,
+        collection: &str,
+        request: ClassifyRequest,
+    ) -> Result<ClassifyResponse> {
+        let (query, options) = request.into_parts();
+        let mut batch = self
+            .classify_queries(collection, vec![query], options, "query")
+            .await?;
+        batch
+            .results
+            .pop()
+            .ok_or_else(|| ApiError::internal("classify produced no result"))
+    }
+
+    pub async fn classify_batch(
+        &self,
+        collection: &str,
+        request: ClassifyBatchRequest,
+    ) -> Result<ClassifyBatchResponse> {
+        let (queries, options) = request.into_parts();
+        if queries.is_empty() {
+            return Err(ApiError::invalid("`queries` is empty"));
+        }
+        let limit = self.inner.config.limits.max_queries_per_batch;
+        if queries.len() > limit {
+            return Err(ApiError::invalid(format!(
+                "{} queries in one batch; the limit is {limit}",
+                queries.len()
+            )));
+        }
+        self.classify_queries(collection, queries, options, "query")
+            .await
+    }
+
+    /// Embeds images with the collection's embedder (an extension of the
+    /// v1 contract, so that clients can embed once and query many times).
+    pub async fn embed(&self, collection: &str, request: EmbedRequest) -> Result<EmbedResponse> {
+        let hosted = self.hosted(collection)?;
+        if request.images.is_empty() {
+            return Err(ApiError::invalid("`images` is empty"));
+        }
+        if request.images.len() > self.inner.config.limits.max_items_per_request {
+            return Err(ApiError::invalid("too many images in one request"));
+        }
+        let inputs = request.images.into_iter().map(QueryInput::Image).collect();
+        let vectors = self.resolve_vectors(hosted.spec(), inputs, "image").await?;
+        Ok(EmbedResponse { vectors })
+    }
+
+    async fn classify_queries(
+        &self,
+        collection: &str,
+        queries: Vec<Query>,
+        options: VoteOptions,
+        what: &'static str,
+    ) -> Result<ClassifyBatchResponse> {
+        let hosted = self.hosted(collection)?;
+        let spec = hosted.spec();
+        let k = self.check_k(options.k.unwrap_or(spec.default_k))?;
+        let defaults = VoteParams::default();
+        let params = VoteParams {
+            rule: match &options.rule {
+                Some(r) => r.parse()?,
+                None => spec.default_rule,
+            },
+            alpha: options.alpha.unwrap_or(defaults.alpha),
+            tau: options.tau.unwrap_or(defaults.tau),
+            xi: options.xi.unwrap_or(defaults.xi),
+        };
+        params.validate()?;
+        let neighbor_lists = self.search_queries(&hosted, queries, k, what).await?;
+        let results: Vec<ClassifyResponse> = neighbor_lists
+            .into_iter()
+            .map(|neighbors| ClassifyResponse {
+                decision: decide(neighbors, &params),
+                partial: false,
+            })
+            .collect();
+        self.inner.metrics.queries_classified(results.len());
+        Ok(ClassifyBatchResponse { results })
+    }
+
+    /// Resolves queries to vectors and searches them, honouring each
+    /// query's `exclude_ids`.
+    async fn search_queries(
+        &self,
+        hosted: &Arc<HostedCollection>,
+        queries: Vec<Query>,
+        k: usize,
+        what: &'static str,
+    ) -> Result<Vec<Vec<Neighbor>>> {
+        let mut inputs = Vec::with_capacity(queries.len());
+        let mut excludes = Vec::with_capacity(queries.len());
+        for (i, query) in queries.into_iter().enumerate() {
+            let exclude: HashSet<u64> = query.exclude_ids.unwrap_or_default().into_iter().collect();
+            if exclude.len() > MAX_EXCLUDE_IDS {
+                return Err(ApiError::invalid(format!(
+                    "{what} {i}: at most {MAX_EXCLUDE_IDS} exclude_ids"
+                )));
+            }
+            excludes.push(exclude);
+            inputs.push(
+                QueryInput::from_parts(query.vector, query.image)
+                    .map_err(|m| ApiError::invalid(format!("{what} {i}: {m}")))?,
+            );
+        }
+        let vectors = self.resolve_vectors(hosted.spec(), inputs, what).await?;
+        let hosted = hosted.clone();
+        blocking(move || {
+            let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+            if excludes.len() == 1 || excludes.iter().all(HashSet::is_empty) {
+                let exclude = excludes.pop().unwrap_or_default();
+                return Ok(hosted.search_batch(&refs, k, &exclude));
+            }
+            // Different queries exclude different ids: fetch enough extra
+            // neighbours that k remain after each query drops its own.
+            let extra = excludes.iter().map(HashSet::len).max().unwrap_or(0);
+            let lists = hosted.search_batch(&refs, k + extra, &HashSet::new());
+            Ok(lists
+                .into_iter()
+                .zip(&excludes)
+                .map(|(list, exclude)| {
+                    list.into_iter()
+                        .filter(|n| !exclude.contains(&n.id))
+                        .take(k)
+                        .collect()
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Turns vectors and images into prepared vectors for `spec`. Images
+    /// are decoded, preprocessed and embedded in batches off the async
+    /// runtime.
+    async fn resolve_vectors(
+        &self,
+        spec: &CollectionSpec,
+        inputs: Vec<QueryInput>,
+        what: &'static str,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(inputs.len());
+        let mut images: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            match input {
+                QueryInput::Vector(v) => {
+                    let v = prepare(spec.metric, v, spec.dim)
+                        .map_err(|e| ApiError::invalid(format!("{what} {i}: {e}")))?;
+                    vectors.push(Some(v));
+                }
+                QueryInput::Image(b64) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim())
+                        .map_err(|e| {
+                            ApiError::invalid(format!(
+                                "{what} {i}: `image` is not valid base64: {e}"
+                            ))
+                        })?;
+                    images.push((i, bytes));
+                    vectors.push(None);
+                }
+            }
+        }
+        if !images.is_empty() {
+            let embedder = match &spec.embedder {
+                Some(name) => self.embedder(name)?,
+                None => {
+                    return Err(ApiError::invalid(format!(
+                        "collection `{}` has no embedder; send `vector` instead of `image`",
+                        spec.name
+                    )));
+                }
+            };
+            let count = images.len();
+            let (positions, embedded) = blocking(move || {
+                let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+                let positions: Vec<usize> = images.iter().map(|(i, _)| *i).collect();
+                match embedder.embed_images(&refs) {
+                    Ok(embedded) => Ok((positions, embedded)),
+                    Err(IngestError::BadImage { index, reason }) => Err(ApiError::invalid(
+                        format!("{what} {}: {reason}", positions[index]),
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+            self.inner.metrics.images_embedded(count);
+            for (position, vector) in positions.into_iter().zip(embedded) {
+                vectors[position] = Some(prepare(spec.metric, vector, spec.dim)?);
+            }
+        }
+        vectors
+            .into_iter()
+            .map(|v| v.ok_or_else(|| ApiError::internal("a query was not resolved to a vector")))
+            .collect()
+    }
+
+    fn check_k(&self, k: usize) -> Result<usize> {
+        let max = self.inner.config.limits.max_k;
+        if k == 0 || k > max {
+            return Err(ApiError::invalid(format!(
+                "k must be between 1 and {max}, got {k}"
+            )));
+        }
+        Ok(k)
+    }
+
+    fn hosted(&self, name: &str) -> Result<Arc<HostedCollection>> {
+        Ok(self.inner.worker.get(name)?)
+    }
+
+    fn embedder(&self, name: &str) -> Result<Arc<OnnxEmbedder>> {
+        self.inner.embedders.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.inner.embedders.keys().map(String::as_str).collect();
+            ApiError::invalid(format!("unknown embedder `{name}`; configured: {known:?}"))
+        })
+    }
+
+    /// Where this node keeps its data.
+    pub fn data_dir(&self) -> PathBuf {
+        self.inner.config.server.data_dir.clone()
+    }
+}
+
+/// What a query or item was given: a vector or an encoded image.
+enum QueryInput {
+    Vector(Vec<f32>),
+    Image(String),
+}
+
+impl QueryInput {
+    fn from_parts(
+        vector: Option<Vec<f32>>,
+        image: Option<String>,
+    ) -> std::result::Result<Self, String> {
+        match (vector, image) {
+            (Some(v), None) => Ok(QueryInput::Vector(v)),
+            (None, Some(i)) => Ok(QueryInput::Image(i)),
+            (Some(_), Some(_)) => Err("give exactly one of `vector` and `image`, not both".into()),
+            (None, None) => Err("give exactly one of `vector` and `image`".into()),
+        }
+    }
+}
+
+fn info(hosted: &HostedCollection) -> CollectionInfo {
+    let spec = hosted.spec();
+    let stats = hosted.stats();
+    CollectionInfo {
+        name: spec.name.clone(),
+        dim: spec.dim,
+        metric: spec.metric,
+        embedder: spec.embedder.clone(),
+        shards: spec.shards,
+        replication: spec.replication,
+        default_k: spec.default_k,
+        default_rule: spec.default_rule,
+        items: stats.items,
+        labels: stats.labels,
+    }
+}
+
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ApiError::internal(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|_| {
+        ApiError::internal(format!(
+            "data directory {} is in use by another Engram process",
+            data_dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Runs blocking work (fsync, scans, inference) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker task failed: {e}")))?
+}

@@ -1,0 +1,157 @@
+//! Image embedding with an ONNX model through ONNX Runtime.
+//!
+//! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` (the library in
+//! the `onnxruntime` PyPI wheel, installed by the Makefile), so no build
+//! step downloads anything. The model file is checked against its sha256
+//! before it is loaded.
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use parking_lot::Mutex;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+use engram_core::config::EmbedderConfig;
+
+use crate::error::{IngestError, Result};
+use crate::model_file;
+use crate::preprocess::Preprocessor;
+
+/// The environment variable naming the ONNX Runtime shared library.
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+fn environment() -> Result<&'static ort::environment::Environment> {
+    static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = std::env::var(ORT_DYLIB_ENV).map_err(|_| {
+                format!("{ORT_DYLIB_ENV} is not set; it must name libonnxruntime.so (run `make setup`, which installs it into .venv)")
+            })?;
+            let builder = ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {path}: {e}"))?;
+            builder.with_name("engram").build().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| IngestError::Runtime(e.clone()))
+}
+
+/// A loaded embedding model with its preprocessing.
+pub struct OnnxEmbedder {
+    config: EmbedderConfig,
+    preprocessor: Preprocessor,
+    /// ONNX Runtime sessions are run one batch at a time; the model uses
+    /// all intra-op threads for that batch.
+    session: Mutex<Session>,
+}
+
+impl OnnxEmbedder {
+    /// Verifies the model's checksum, loads it and checks that it produces
+    /// `config.dim`-dimensional embeddings.
+    pub fn load(config: &EmbedderConfig, max_image_pixels: u64) -> Result<Self> {
+        let expected = model_file::expected_sha256(&config.model_path, config.sha256.as_deref())?;
+        let bytes = model_file::read_verified(&config.model_path, &expected)?;
+        let mut builder = Session::builder(environment()?)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?;
+        if config.threads > 0 {
+            builder = builder.with_intra_threads(config.threads)?;
+        }
+        let session = builder.commit_from_memory(&bytes)?;
+        let has_input = session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == config.input_name);
+        let has_output = session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == config.output_name);
+        if !has_input || !has_output {
+            return Err(IngestError::Model {
+                path: config.model_path.clone(),
+                reason: format!(
+                    "model has no input `{}` or no output `{}`",
+                    config.input_name, config.output_name
+                ),
+            });
+        }
+        let embedder = OnnxEmbedder {
+            config: config.clone(),
+            preprocessor: Preprocessor::new(config, max_image_pixels),
+            session: Mutex::new(session),
+        };
+        let probe = vec![0f32; embedder.preprocessor.tensor_len()];
+        let out = embedder.run(&probe, 1)?;
+        if out[0].len() != config.dim {
+            return Err(IngestError::Model {
+                path: config.model_path.clone(),
+                reason: format!(
+                    "model gives {}-d embeddings, config says {}",
+                    out[0].len(),
+                    config.dim
+                ),
+            });
+        }
+        tracing::info!(model = %config.model_path.display(), dim = config.dim, image_size = config.image_size, "embedding model loaded");
+        Ok(embedder)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.config.dim
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    /// Embeds encoded images; each embedding is L2-normalised. Fails on the
+    /// first image that cannot be decoded, naming its index.
+    pub fn embed_images(&self, images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
+        let per_image = self.preprocessor.tensor_len();
+        let mut embeddings = Vec::with_capacity(images.len());
+        for (chunk_index, chunk) in images.chunks(self.config.batch_size).enumerate() {
+            let mut batch = vec![0f32; per_image * chunk.len()];
+            batch
+                .par_chunks_mut(per_image)
+                .zip(chunk.par_iter())
+                .enumerate()
+                .try_for_each(|(i, (out, bytes))| {
+                    self.preprocessor
+                        .tensor_from_bytes(bytes, out)
+                        .map_err(|reason| IngestError::BadImage {
+                            index: chunk_index * self.config.batch_size + i,
+                            reason,
+                        })
+                })?;
+            embeddings.extend(self.run(&batch, chunk.len())?);
+        }
+        Ok(embeddings)
+    }
+
+    /// Runs the model on `n` preprocessed images laid out back to back and
+    /// returns their L2-normalised embeddings.
+    pub fn run(&self, batch: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        let size = self.preprocessor.size() as usize;
+        debug_assert_eq!(batch.len(), n * 3 * size * size);
+        let input = TensorRef::from_array_view(([n, 3, size, size], batch))?;
+        let mut session = self.session.lock();
+        let outputs = session.run(ort::inputs![self.config.input_name.as_str() => input])?;
+        let (shape, values) =
+            outputs[self.config.output_name.as_str()].try_extract_tensor::<f32>()?;
+        let dim = values.len() / n.max(1);
+        if shape.len() != 2 || shape[0] as usize != n || dim * n != values.len() {
+            return Err(IngestError::Runtime(format!(
+                "unexpected output shape {shape:?} for a batch of {n}"
+            )));
+        }
+        values
+            .chunks_exact(dim)
+            .map(|v| {
+                let mut v = v.to_vec();
+                engram_core::vector::normalize_in_place(&mut v).map_err(|_| {
+                    IngestError::Runtime("model produced a zero or non-finite embedding".into())
+                })?;
+                Ok(v)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,16 @@
+//! Ingestion: turning images into vectors.
+//!
+//! Images are decoded and preprocessed in Rust ([`preprocess`]) and embedded
+//! by an ONNX model through ONNX Runtime ([`embedder`]), which is loaded at
+//! run time from `ORT_DYLIB_PATH`. [`idx`] reads the IDX files of MNIST-style
+//! datasets used by the demo and the tests.
+
+pub mod embedder;
+pub mod error;
+pub mod idx;
+pub mod model_file;
+pub mod preprocess;
+
+pub use embedder::OnnxEmbedder;
+pub use error::{IngestError, Result};
+pub use preprocess::Preprocessor;

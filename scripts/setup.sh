@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what Engram's demo, tests and benchmarks need on a fresh machine,
+# skipping whatever is already there:
+#   - Fashion-MNIST (Debian package dataset-fashion-mnist),
+#   - a project-local venv (.venv) with the onnxruntime wheel, whose
+#     libonnxruntime.so the Rust code loads through ORT_DYLIB_PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ONNXRUNTIME_VERSION="${ONNXRUNTIME_VERSION:-1.32.0}"
+DATASET_DIR=/usr/share/datasets/fashion-mnist
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root to run: $*" >&2; exit 1; fi
+}
+
+if [ ! -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ]; then
+  echo "setup: installing Debian package dataset-fashion-mnist"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so."$ONNXRUNTIME_VERSION" >/dev/null 2>&1; then
+  echo "setup: creating .venv with onnxruntime==$ONNXRUNTIME_VERSION"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" "numpy>=2"
+fi
+
+echo "setup: ok (ORT_DYLIB_PATH=$(scripts/ort_dylib_path.sh))"
