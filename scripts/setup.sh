@@ -21,10 +21,10 @@ if [ ! -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
-if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so."$ONNXRUNTIME_VERSION" >/dev/null 2>&1; then
+if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so."$ONNXRUNTIME_VERSION" >/dev/null 2>&1 || ! .venv/bin/python -c "import PIL, numpy" 2>/dev/null; then
   echo "setup: creating .venv with onnxruntime==$ONNXRUNTIME_VERSION"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" "numpy>=2"
+  .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" "numpy==2.4.6" "pillow==13.0.0"
 fi
 
 echo "setup: ok (ORT_DYLIB_PATH=$(scripts/ort_dylib_path.sh))"
