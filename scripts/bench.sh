@@ -20,3 +20,5 @@ cargo bench -q -p engram-ingest --bench embed_throughput 2>/dev/null | grep '^{'
 
 echo "== exact search (criterion)"
 cargo bench -q -p engram-index --bench flat_search -- --noplot 2>/dev/null | grep -E "time:|thrpt:|flat_" | tee "$out/flat_search.txt"
+echo "== exact search reference: numpy (BLAS) on the same sizes"
+.venv/bin/python benches/flat_search_numpy.py | tee -a "$out/flat_search.txt"

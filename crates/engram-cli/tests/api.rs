@@ -14,7 +14,7 @@ fn vector_collection(server: &Server, name: &str, dim: usize, metric: &str) {
 }
 
 fn start(extra_limits: &str) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let config = write_config(dir.path(), extra_limits);
     let server = Server::start(&config, &dir.path().join("data"));
     (dir, server)

@@ -70,6 +70,7 @@ pub struct ItemInfo {
     pub id: u64,
     pub label: String,
     pub weight: f32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<String>,
 }
 

@@ -18,13 +18,23 @@ use engram_ingest::idx;
 const BATCH: usize = 32;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn png(images: &idx::IdxImages, i: usize) -> Vec<u8> {
-    let image = image::GrayImage::from_raw(images.cols as u32, images.rows as u32, images.image(i).to_vec()).expect("28x28");
+    let image = image::GrayImage::from_raw(
+        images.cols as u32,
+        images.rows as u32,
+        images.image(i).to_vec(),
+    )
+    .expect("28x28");
     let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
     out.into_inner()
 }
 
@@ -71,7 +81,9 @@ fn main() {
         };
         let embedder = OnnxEmbedder::load(&config, 40_000_000).expect("model loads");
         let per_image = embedder.preprocessor().tensor_len();
-        let tensor: Vec<f32> = (0..BATCH * per_image).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+        let tensor: Vec<f32> = (0..BATCH * per_image)
+            .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
+            .collect();
         report(
             "model",
             size,

@@ -153,3 +153,73 @@ impl HostedCollection {
         self.shards.iter().map(Shard::wal_bytes).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_core::{Metric, VotingRule};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(u64, u8, [f32; 3]),
+        DeleteIds(Vec<u64>),
+        DeleteLabel(u8),
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..60, 0u8..3, prop::array::uniform3(-1f32..1.0)).prop_map(|(id, l, v)| Op::Upsert(id, l, v)),
+            2 => prop::collection::vec(0u64..60, 1..5).prop_map(Op::DeleteIds),
+            1 => (0u8..3).prop_map(Op::DeleteLabel),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Across shards and a reopen: search equals brute force over the
+        /// live items, and nothing deleted is ever returned.
+        #[test]
+        fn deleted_items_are_never_returned(ops in prop::collection::vec(arb_op(), 1..80), q in prop::array::uniform3(-1f32..1.0)) {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = CollectionSpec { name: "p".into(), dim: 3, metric: Metric::L2, embedder: None, shards: 5, replication: 1, default_k: 10, default_rule: VotingRule::Rank };
+            let mut hosted = HostedCollection::open(dir.path(), spec.clone()).unwrap();
+            let mut live: HashMap<u64, (String, [f32; 3])> = HashMap::new();
+            let mut deleted: HashSet<u64> = HashSet::new();
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Upsert(id, l, v) => {
+                        hosted.write(vec![WalOp::Upsert { id, label: format!("l{l}").into(), weight: 1.0, source: None, vector: v.to_vec() }]).unwrap();
+                        live.insert(id, (format!("l{l}"), v));
+                        deleted.remove(&id);
+                    }
+                    Op::DeleteIds(ids) => {
+                        let expected = ids.iter().collect::<HashSet<_>>().iter().filter(|id| live.contains_key(id)).count();
+                        prop_assert_eq!(hosted.delete_ids(&ids).unwrap(), expected);
+                        for id in ids { if live.remove(&id).is_some() { deleted.insert(id); } }
+                    }
+                    Op::DeleteLabel(l) => {
+                        let label = format!("l{l}");
+                        let ids: Vec<u64> = live.iter().filter(|(_, (x, _))| *x == label).map(|(id, _)| *id).collect();
+                        prop_assert_eq!(hosted.delete_label(&label).unwrap(), ids.len());
+                        for id in ids { live.remove(&id); deleted.insert(id); }
+                    }
+                }
+                if step % 17 == 16 {
+                    drop(hosted);
+                    hosted = HostedCollection::open(dir.path(), spec.clone()).unwrap();
+                }
+            }
+            let hits = &hosted.search_batch(&[&q], 100, &HashSet::new())[0];
+            prop_assert_eq!(hits.len(), live.len());
+            prop_assert!(hits.iter().all(|n| !deleted.contains(&n.id)));
+            let mut expected: Vec<(f32, u64)> = live.iter().map(|(id, (_, v))| (Metric::L2.distance(&q, v), *id)).collect();
+            expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let got: Vec<u64> = hits.iter().map(|n| n.id).collect();
+            let want: Vec<u64> = expected.iter().map(|(_, id)| *id).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(hosted.stats().items as usize, live.len());
+        }
+    }
+}

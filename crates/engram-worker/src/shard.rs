@@ -94,6 +94,20 @@ impl Shard {
         if ops.is_empty() {
             return Ok(());
         }
+        // Refuse before logging what could not be applied: a logged record
+        // that fails to apply would also fail on every replay.
+        let dim = self.state.read().index.dim();
+        for op in &ops {
+            if let WalOp::Upsert { vector, .. } = op
+                && vector.len() != dim
+            {
+                return Err(engram_index::IndexError::DimensionMismatch {
+                    expected: dim,
+                    actual: vector.len(),
+                }
+                .into());
+            }
+        }
         let mut wal = self.wal.lock();
         wal.append(&ops)?;
         self.state.write().apply(&ops)

@@ -1,6 +1,6 @@
 //! Starts the real `engram` binary on a loopback port for integration tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -118,6 +118,37 @@ impl Server {
             .send()
             .unwrap();
         decode(response)
+    }
+
+    /// Declares a body of `declared_len` bytes but sends only its first
+    /// kilobyte, then reads the answer: a server that enforces its body
+    /// limit answers from the Content-Length alone. (Sending the whole body
+    /// races with the server closing the connection after answering.)
+    pub fn post_oversized(&self, path: &str, declared_len: usize) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {declared_len}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let _ = stream.write_all(&vec![b'['; 1024]);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_string())),
+        )
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
