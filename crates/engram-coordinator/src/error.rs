@@ -117,7 +117,14 @@ impl From<WorkerError> for ApiError {
                 format!("collection `{name}` already exists"),
             ),
             WorkerError::Store(e) => e.into(),
-            WorkerError::Index(e) => ApiError::invalid(e.to_string()),
+            WorkerError::Index(e) => match e {
+                engram_index::IndexError::DimensionMismatch { .. }
+                | engram_index::IndexError::Invalid(_) => ApiError::invalid(e.to_string()),
+                engram_index::IndexError::Corrupted { .. } => {
+                    ApiError::new(ErrorCode::Corrupted, e.to_string())
+                }
+                _ => ApiError::internal(e.to_string()),
+            },
             WorkerError::Io(e) => ApiError::internal(e.to_string()),
         }
     }

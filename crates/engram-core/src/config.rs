@@ -14,6 +14,7 @@ pub struct EngramConfig {
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub collections: CollectionDefaults,
+    pub index: IndexParams,
     /// Named embedders; a collection created with `"embedder": "<name>"` uses one.
     pub embedders: BTreeMap<String, EmbedderConfig>,
 }
@@ -79,6 +80,77 @@ impl Default for CollectionDefaults {
     }
 }
 
+/// DiskANN parameters of the segments of every shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexParams {
+    /// Graph degree R.
+    pub max_degree: u32,
+    /// Candidate list size while building (L_build).
+    pub build_list_size: u32,
+    /// Pruning parameter alpha (>= 1; larger keeps longer edges).
+    pub alpha: f32,
+    /// Bytes of PQ code per vector kept in RAM by sealed segments.
+    pub pq_bytes: usize,
+    /// Candidate list size while searching (L_search); a query may override it.
+    pub search_list_size: u32,
+    /// Sectors read in parallel per search step.
+    pub beam_width: usize,
+    /// Items in a growing segment at which it is sealed.
+    pub seal_threshold: usize,
+    /// Threads used to build a sealed segment; 0 means all cores.
+    pub build_threads: usize,
+}
+
+impl Default for IndexParams {
+    fn default() -> Self {
+        IndexParams {
+            max_degree: 64,
+            build_list_size: 100,
+            alpha: 1.2,
+            pq_bytes: 64,
+            search_list_size: 100,
+            beam_width: 4,
+            seal_threshold: 100_000,
+            build_threads: 0,
+        }
+    }
+}
+
+impl IndexParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(4..=512).contains(&self.max_degree) {
+            return Err(CoreError::invalid(
+                "index.max_degree",
+                "must be between 4 and 512",
+            ));
+        }
+        if self.build_list_size < self.max_degree {
+            return Err(CoreError::invalid(
+                "index.build_list_size",
+                "must be at least index.max_degree",
+            ));
+        }
+        if !(self.alpha.is_finite() && self.alpha >= 1.0) {
+            return Err(CoreError::invalid(
+                "index.alpha",
+                "must be a finite number >= 1",
+            ));
+        }
+        if self.pq_bytes == 0
+            || self.search_list_size == 0
+            || self.beam_width == 0
+            || self.seal_threshold == 0
+        {
+            return Err(CoreError::invalid(
+                "index",
+                "pq_bytes, search_list_size, beam_width and seal_threshold must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An ONNX image embedder and the preprocessing its model expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -134,6 +206,7 @@ impl EngramConfig {
                 format!("must be between 1 and limits.max_k ({})", self.limits.max_k),
             ));
         }
+        self.index.validate()?;
         for (name, e) in &self.embedders {
             e.validate().map_err(|err| CoreError::InvalidParameter {
                 name: "embedders",

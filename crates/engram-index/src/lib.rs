@@ -3,10 +3,12 @@
 //! exact index and the sealed DiskANN segments are interchangeable to the
 //! shard that holds them.
 
+pub mod disk;
 pub mod error;
 pub mod flat;
 pub mod segment_index;
 
+pub use disk::sealed::{SealedSegment, SearchSettings};
 pub use error::{IndexError, Result};
 pub use flat::FlatIndex;
 pub use segment_index::{IdFilter, MutableSegmentIndex, SegmentIndex};

@@ -1,0 +1,127 @@
+//! A sealed segment's manifest: what the segment is and the size and CRC32
+//! of each of its immutable files, verified before the segment is served.
+//!
+//! `manifest.json` holds one line of JSON and a second line with the CRC32
+//! (hex) of the first, so a damaged manifest is refused too.
+
+use fs_err as fs;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::Path;
+
+use engram_core::Metric;
+
+use crate::error::{IndexError, Result};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentManifest {
+    pub format: u32,
+    pub rows: usize,
+    pub dim: usize,
+    pub metric: Metric,
+    pub max_degree: u32,
+    pub build_list_size: u32,
+    pub alpha: f32,
+    pub pq_bytes: usize,
+    pub files: Vec<FileEntry>,
+}
+
+pub const FORMAT: u32 = 1;
+
+/// CRC32 of a whole file, streamed.
+pub fn file_crc32(path: &Path) -> Result<(u64, u32)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hasher.finalize()))
+}
+
+impl SegmentManifest {
+    /// Checksums `names` in `dir` into the manifest's file list.
+    pub fn checksum_files(&mut self, dir: &Path, names: &[String]) -> Result<()> {
+        self.files = names
+            .iter()
+            .map(|name| {
+                let (bytes, crc32) = file_crc32(&dir.join(name))?;
+                Ok(FileEntry {
+                    name: name.clone(),
+                    bytes,
+                    crc32,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// Writes the manifest durably (temporary file, fsync, rename, fsync dir).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let body = serde_json::to_string(self).map_err(|e| IndexError::DiskAnn(e.to_string()))?;
+        let text = format!("{body}\n{:08x}\n", crc32fast::hash(body.as_bytes()));
+        let tmp = dir.join("manifest.json.tmp");
+        {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, dir.join(MANIFEST_FILE))?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Reads the manifest and verifies it and every file it lists.
+    pub fn load_verified(dir: &Path) -> Result<SegmentManifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = fs::read_to_string(&path)?;
+        let corrupted = |reason: &str| IndexError::Corrupted {
+            file: path.clone(),
+            reason: reason.to_string(),
+        };
+        let mut lines = text.lines();
+        let (Some(body), Some(crc)) = (lines.next(), lines.next()) else {
+            return Err(corrupted("manifest is truncated"));
+        };
+        if u32::from_str_radix(crc.trim(), 16).ok() != Some(crc32fast::hash(body.as_bytes())) {
+            return Err(corrupted("manifest checksum mismatch"));
+        }
+        let manifest: SegmentManifest = serde_json::from_str(body)
+            .map_err(|e| corrupted(&format!("manifest unreadable: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(corrupted(&format!(
+                "unknown segment format {}",
+                manifest.format
+            )));
+        }
+        for entry in &manifest.files {
+            let file = dir.join(&entry.name);
+            let (bytes, crc32) = file_crc32(&file)?;
+            if bytes != entry.bytes || crc32 != entry.crc32 {
+                return Err(IndexError::Corrupted {
+                    file,
+                    reason: format!(
+                        "{bytes} bytes with crc32 {crc32:08x}, the manifest records {} bytes with crc32 {:08x}",
+                        entry.bytes, entry.crc32
+                    ),
+                });
+            }
+        }
+        Ok(manifest)
+    }
+}
