@@ -159,7 +159,7 @@ fn corrupted_wal_is_refused_not_served() {
     assert_eq!(server.get("/v1/collections/c").1["items"], 30);
     server.stop();
 
-    let wal = data.join("collections/c/shards/0000/wal.log");
+    let wal = data.join("collections/c/shards/0000/wal-00000000.log");
     let mut bytes = std::fs::read(&wal).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
@@ -168,7 +168,7 @@ fn corrupted_wal_is_refused_not_served() {
         .err()
         .expect("a corrupted WAL must be refused");
     assert!(
-        err.contains("corrupted") && err.contains("wal.log"),
+        err.contains("corrupted") && err.contains("wal-00000000.log"),
         "unclear error: {err}"
     );
 

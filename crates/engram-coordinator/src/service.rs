@@ -54,7 +54,7 @@ impl Engram {
         fs_err::create_dir_all(&data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let lock = lock_data_dir(&data_dir)?;
         let catalog = Catalog::open(&data_dir)?;
-        let worker = Worker::new(&data_dir)?;
+        let worker = Worker::new(&data_dir, config.index.clone())?;
         let known: HashSet<String> = catalog.specs().map(|s| s.name.clone()).collect();
         worker.remove_unknown(&known)?;
         for spec in catalog.specs() {

@@ -132,3 +132,59 @@ mod tests {
         assert!(table.ids_with_source("s3://b/other").is_empty());
     }
 }
+
+/// One item as a sealed segment's item file stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredItem {
+    pub id: u64,
+    pub label: Arc<str>,
+    pub weight: f32,
+    pub source: Option<Arc<str>>,
+}
+
+/// Writes `items` to `path` as a checksummed file (the item table of a
+/// sealed segment).
+pub fn write_items(path: &std::path::Path, items: &[StoredItem]) -> crate::Result<()> {
+    let ops: Vec<crate::WalOp> = items
+        .iter()
+        .map(|i| crate::WalOp::Upsert {
+            id: i.id,
+            label: i.label.clone(),
+            weight: i.weight,
+            source: i.source.clone(),
+            vector: Vec::new(),
+        })
+        .collect();
+    crate::checksummed::write_atomic(path, &crate::wal::encode(&ops))
+}
+
+/// Reads an item file written by [`write_items`]; a damaged file is refused.
+pub fn read_items(path: &std::path::Path) -> crate::Result<Vec<StoredItem>> {
+    let bytes = crate::checksummed::read_verified(path)?;
+    let ops = crate::wal::decode(&bytes).map_err(|reason| crate::StoreError::Corrupted {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason,
+    })?;
+    ops.into_iter()
+        .map(|op| match op {
+            crate::WalOp::Upsert {
+                id,
+                label,
+                weight,
+                source,
+                ..
+            } => Ok(StoredItem {
+                id,
+                label,
+                weight,
+                source,
+            }),
+            crate::WalOp::Delete { .. } => Err(crate::StoreError::Corrupted {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: "a delete in an item file".into(),
+            }),
+        })
+        .collect()
+}

@@ -9,6 +9,6 @@ pub mod vocabulary;
 pub mod wal;
 
 pub use error::{Result, StoreError};
-pub use item_table::{ItemRecord, ItemTable};
+pub use item_table::{ItemRecord, ItemTable, StoredItem, read_items, write_items};
 pub use vocabulary::Vocabulary;
 pub use wal::{Wal, WalOp, WalRecord};

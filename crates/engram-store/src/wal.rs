@@ -200,7 +200,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn encode(record: &WalRecord) -> Vec<u8> {
+pub(crate) fn encode(record: &WalRecord) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(record.len() as u32).to_le_bytes());
     for op in record {
@@ -281,7 +281,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
+pub(crate) fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
     let mut r = Reader {
         bytes: payload,
         at: 0,

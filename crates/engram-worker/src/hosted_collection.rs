@@ -4,6 +4,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use engram_core::config::IndexParams;
 use engram_core::shard::shard_of;
 use engram_core::topk::merge_sorted;
 use engram_core::{CollectionSpec, Neighbor};
@@ -27,7 +28,11 @@ pub struct HostedCollection {
 
 impl HostedCollection {
     /// Opens (creating where missing) every shard of `spec` under `dir`.
-    pub fn open(dir: &Path, spec: CollectionSpec) -> Result<HostedCollection> {
+    pub fn open(
+        dir: &Path,
+        spec: CollectionSpec,
+        params: &IndexParams,
+    ) -> Result<HostedCollection> {
         let shards = (0..spec.shards)
             .into_par_iter()
             .map(|n| {
@@ -36,6 +41,7 @@ impl HostedCollection {
                     n,
                     spec.dim,
                     spec.metric,
+                    params,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
@@ -152,6 +158,25 @@ impl HostedCollection {
     pub fn wal_bytes(&self) -> u64 {
         self.shards.iter().map(Shard::wal_bytes).sum()
     }
+
+    /// Seals every shard's growing segment (no-op for empty ones).
+    pub fn seal(&self) -> Result<()> {
+        self.shards.par_iter().try_for_each(Shard::seal)
+    }
+
+    /// Compacts every shard (see [`Shard::compact`]); returns the number of
+    /// sealed segments rewritten.
+    pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+        self.shards
+            .par_iter()
+            .map(|s| s.compact(min_deleted_fraction))
+            .try_reduce(|| 0, |a, b| Ok(a + b))
+    }
+
+    /// Sealed segments over all shards.
+    pub fn sealed_segments(&self) -> usize {
+        self.shards.iter().map(Shard::sealed_segments).sum()
+    }
 }
 
 #[cfg(test)]
@@ -184,7 +209,8 @@ mod tests {
         fn deleted_items_are_never_returned(ops in prop::collection::vec(arb_op(), 1..80), q in prop::array::uniform3(-1f32..1.0)) {
             let dir = tempfile::tempdir().unwrap();
             let spec = CollectionSpec { name: "p".into(), dim: 3, metric: Metric::L2, embedder: None, shards: 5, replication: 1, default_k: 10, default_rule: VotingRule::Rank };
-            let mut hosted = HostedCollection::open(dir.path(), spec.clone()).unwrap();
+            let params = IndexParams { seal_threshold: 4, max_degree: 16, build_list_size: 32, pq_bytes: 3, search_list_size: 64, ..IndexParams::default() };
+            let mut hosted = HostedCollection::open(dir.path(), spec.clone(), &params).unwrap();
             let mut live: HashMap<u64, (String, [f32; 3])> = HashMap::new();
             let mut deleted: HashSet<u64> = HashSet::new();
             for (step, op) in ops.into_iter().enumerate() {
@@ -208,7 +234,7 @@ mod tests {
                 }
                 if step % 17 == 16 {
                     drop(hosted);
-                    hosted = HostedCollection::open(dir.path(), spec.clone()).unwrap();
+                    hosted = HostedCollection::open(dir.path(), spec.clone(), &params).unwrap();
                 }
             }
             let hits = &hosted.search_batch(&[&q], 100, &HashSet::new())[0];

@@ -1,23 +1,48 @@
-//! One shard: its growing segment (exact index + item table) and its WAL.
+//! One shard: a growing segment (DiskANN's in-memory index) behind a WAL,
+//! plus the sealed DiskANN segments it has produced.
 //!
 //! Writes are ordered by the WAL mutex: append and fsync, then apply to the
 //! in-memory state, then acknowledge. Searches only take the state's read
 //! lock, so they continue while a write waits for its fsync, and a delete is
 //! visible to every search that starts after it is acknowledged.
+//!
+//! Sealing: when the growing segment reaches the seal threshold its live
+//! rows are built into a sealed segment (with its item table), the delete
+//! bitmaps are flushed, a new empty WAL is started and `shard.bin` (the
+//! list of segments and the current WAL) is rewritten; that rewrite is the
+//! commit point. Files not named by `shard.bin` are leftovers of an
+//! interrupted seal or compaction and are removed when the shard opens.
 
+use fs_err as fs;
 use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use engram_core::config::IndexParams;
+use engram_core::topk::merge_sorted;
 use engram_core::{Metric, Neighbor, ScoredId};
-use engram_index::{FlatIndex, MutableSegmentIndex, SegmentIndex};
-use engram_store::{ItemTable, Wal, WalOp, WalRecord};
+use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
+use engram_store::{ItemTable, StoredItem, Wal, WalOp, WalRecord, checksummed};
 
-use crate::error::Result;
+use crate::error::{Result, WorkerError};
+
+const SHARD_FILE: &str = "shard.bin";
+const SEGMENTS_DIR: &str = "segments";
+const ITEMS_FILE: &str = "items.bin";
+
+/// What `shard.bin` records: the commit point of seals and compactions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ShardManifest {
+    wal_generation: u64,
+    segments: Vec<String>,
+    next_segment: u64,
+}
 
 struct ShardState {
-    index: FlatIndex,
+    growing: GrowingSegment,
+    sealed: Vec<Arc<SealedSegment>>,
     items: ItemTable,
 }
 
@@ -32,16 +57,37 @@ impl ShardState {
                     source,
                     vector,
                 } => {
-                    self.index.upsert(*id, vector)?;
+                    for segment in &self.sealed {
+                        segment.delete(*id);
+                    }
+                    self.growing.upsert(*id, vector)?;
                     self.items.upsert(*id, label, *weight, source.clone());
                 }
                 WalOp::Delete { id } => {
-                    self.index.remove(*id);
+                    if !self.growing.remove(*id) {
+                        for segment in &self.sealed {
+                            segment.delete(*id);
+                        }
+                    }
                     self.items.remove(*id);
                 }
             }
         }
         Ok(())
+    }
+
+    fn stored_items(&self, ids: &[u64]) -> Vec<StoredItem> {
+        ids.iter()
+            .filter_map(|id| {
+                let record = self.items.get(*id)?;
+                Some(StoredItem {
+                    id: *id,
+                    label: self.items.label_of(record).clone(),
+                    weight: record.weight,
+                    source: record.source.clone(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -54,33 +100,91 @@ pub struct ItemView {
     pub source: Option<Arc<str>>,
 }
 
+struct WalState {
+    wal: Wal,
+    manifest: ShardManifest,
+}
+
 pub struct Shard {
     number: u32,
-    wal: Mutex<Wal>,
+    dir: PathBuf,
+    dim: usize,
+    metric: Metric,
+    params: IndexParams,
+    wal: Mutex<WalState>,
     state: RwLock<ShardState>,
 }
 
+fn wal_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("wal-{generation:08}.log"))
+}
+
 impl Shard {
-    /// Opens the shard stored in `dir`, replaying its WAL.
-    pub fn open(dir: &Path, number: u32, dim: usize, metric: Metric) -> Result<Shard> {
-        fs_err::create_dir_all(dir)?;
-        let (wal, records) = Wal::open(&dir.join("wal.log"))?;
+    /// Opens the shard stored in `dir`: verifies and opens its sealed
+    /// segments, loads their item tables, replays the WAL.
+    pub fn open(
+        dir: &Path,
+        number: u32,
+        dim: usize,
+        metric: Metric,
+        params: &IndexParams,
+    ) -> Result<Shard> {
+        fs::create_dir_all(dir.join(SEGMENTS_DIR))?;
+        let manifest_path = dir.join(SHARD_FILE);
+        let manifest: ShardManifest = if manifest_path.exists() {
+            let bytes = checksummed::read_verified(&manifest_path)?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                WorkerError::Store(engram_store::StoreError::Corrupted {
+                    path: manifest_path.clone(),
+                    offset: 0,
+                    reason: e.to_string(),
+                })
+            })?
+        } else {
+            let manifest = ShardManifest::default();
+            checksummed::write_atomic(
+                &manifest_path,
+                &serde_json::to_vec(&manifest).expect("serialisable"),
+            )?;
+            manifest
+        };
+        remove_leftovers(dir, &manifest)?;
+
         let mut state = ShardState {
-            index: FlatIndex::new(dim, metric),
+            growing: GrowingSegment::new(dim, metric, params)?,
+            sealed: Vec::new(),
             items: ItemTable::default(),
         };
+        for name in &manifest.segments {
+            let segment_dir = dir.join(SEGMENTS_DIR).join(name);
+            let segment = SealedSegment::open(&segment_dir, params, false)?;
+            for item in engram_store::read_items(&segment_dir.join(ITEMS_FILE))? {
+                if segment.contains(item.id) {
+                    state
+                        .items
+                        .upsert(item.id, &item.label, item.weight, item.source);
+                }
+            }
+            state.sealed.push(Arc::new(segment));
+        }
+        let (wal, records) = Wal::open(&wal_path(dir, manifest.wal_generation))?;
         for record in &records {
             state.apply(record)?;
         }
         tracing::debug!(
             shard = number,
+            sealed = state.sealed.len(),
             records = records.len(),
             items = state.items.len(),
             "shard opened"
         );
         Ok(Shard {
             number,
-            wal: Mutex::new(wal),
+            dir: dir.to_path_buf(),
+            dim,
+            metric,
+            params: params.clone(),
+            wal: Mutex::new(WalState { wal, manifest }),
             state: RwLock::new(state),
         })
     }
@@ -89,33 +193,41 @@ impl Shard {
         self.number
     }
 
-    /// Makes `ops` durable, then visible. All or nothing.
+    /// Makes `ops` durable, then visible. All or nothing. Seals the growing
+    /// segment afterwards if it reached the threshold.
     pub fn write(&self, ops: WalRecord) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
         // Refuse before logging what could not be applied: a logged record
         // that fails to apply would also fail on every replay.
-        let dim = self.state.read().index.dim();
         for op in &ops {
             if let WalOp::Upsert { vector, .. } = op
-                && vector.len() != dim
+                && vector.len() != self.dim
             {
                 return Err(engram_index::IndexError::DimensionMismatch {
-                    expected: dim,
+                    expected: self.dim,
                     actual: vector.len(),
                 }
                 .into());
             }
         }
         let mut wal = self.wal.lock();
-        wal.append(&ops)?;
-        self.state.write().apply(&ops)
+        wal.wal.append(&ops)?;
+        let growing_len = {
+            let mut state = self.state.write();
+            state.apply(&ops)?;
+            state.growing.len()
+        };
+        if growing_len >= self.params.seal_threshold {
+            self.seal_locked(&mut wal)?;
+        }
+        Ok(())
     }
 
-    /// Deletes the live items among `ids` chosen by `select` (which sees the
-    /// item table); returns how many were deleted. Selection and logging
-    /// happen under the WAL lock, so no concurrent write slips in between.
+    /// Deletes the live items chosen by `select` (which sees the item
+    /// table); returns how many were deleted. Selection and logging happen
+    /// under the WAL lock, so no concurrent write slips in between.
     pub fn delete_where(&self, select: impl FnOnce(&ItemTable) -> Vec<u64>) -> Result<usize> {
         let mut wal = self.wal.lock();
         let ids = select(&self.state.read().items);
@@ -123,7 +235,7 @@ impl Shard {
             return Ok(0);
         }
         let ops: WalRecord = ids.iter().map(|id| WalOp::Delete { id: *id }).collect();
-        wal.append(&ops)?;
+        wal.wal.append(&ops)?;
         self.state.write().apply(&ops)?;
         Ok(ids.len())
     }
@@ -140,7 +252,132 @@ impl Shard {
         })
     }
 
-    /// The `k` nearest items to each query, skipping `exclude`.
+    /// Seals the growing segment now, whatever its size (no-op when empty).
+    pub fn seal(&self) -> Result<()> {
+        let mut wal = self.wal.lock();
+        self.seal_locked(&mut wal)
+    }
+
+    fn seal_locked(&self, wal: &mut WalState) -> Result<()> {
+        let (ids, vectors, items) = {
+            let state = self.state.read();
+            let (ids, vectors) = state.growing.live_rows();
+            let items = state.stored_items(&ids);
+            (ids, vectors, items)
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let name = format!("{:08}", wal.manifest.next_segment);
+        let segment_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+        tracing::info!(shard = self.number, segment = %name, rows = ids.len(), "sealing growing segment");
+        SealedSegment::build(
+            &segment_dir,
+            &ids,
+            &vectors,
+            self.dim,
+            self.metric,
+            &self.params,
+        )?;
+        engram_store::write_items(&segment_dir.join(ITEMS_FILE), &items)?;
+        let segment = Arc::new(SealedSegment::open(&segment_dir, &self.params, false)?);
+        let mut manifest = wal.manifest.clone();
+        manifest.segments.push(name);
+        manifest.next_segment += 1;
+        self.rotate_wal(wal, manifest, |state| {
+            state.growing = GrowingSegment::new(self.dim, self.metric, &self.params)?;
+            state.sealed.push(segment);
+            Ok(())
+        })
+    }
+
+    /// Rewrites every sealed segment with deleted rows without them, and
+    /// seals the growing segment, so that deleted vectors are physically
+    /// gone from every file of the shard (the WAL included). Returns how
+    /// many sealed segments were rewritten.
+    pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+        let mut wal = self.wal.lock();
+        self.seal_locked(&mut wal)?;
+        let sealed: Vec<Arc<SealedSegment>> = self.state.read().sealed.clone();
+        let mut manifest = wal.manifest.clone();
+        let mut replacements: Vec<(usize, Option<Arc<SealedSegment>>)> = Vec::new();
+        for (position, segment) in sealed.iter().enumerate() {
+            if segment.deleted_fraction() <= min_deleted_fraction
+                || segment.deleted_fraction() == 0.0
+            {
+                continue;
+            }
+            let name = format!("{:08}", manifest.next_segment);
+            manifest.next_segment += 1;
+            let new_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+            let replacement = match segment.compact_into(&new_dir, &self.params)? {
+                Some(()) => {
+                    let compacted = SealedSegment::open(&new_dir, &self.params, false)?;
+                    let old_items = engram_store::read_items(&segment.dir().join(ITEMS_FILE))?;
+                    let ids: Vec<u64> = old_items
+                        .iter()
+                        .map(|i| i.id)
+                        .filter(|id| compacted.contains(*id))
+                        .collect();
+                    let items = self.state.read().stored_items(&ids);
+                    engram_store::write_items(&new_dir.join(ITEMS_FILE), &items)?;
+                    manifest.segments[position] = name;
+                    Some(Arc::new(compacted))
+                }
+                None => {
+                    manifest.segments[position] = String::new();
+                    None
+                }
+            };
+            replacements.push((position, replacement));
+        }
+        manifest.segments.retain(|n| !n.is_empty());
+        let rewritten = replacements.len();
+        self.rotate_wal(&mut wal, manifest, |state| {
+            for (position, replacement) in replacements.iter().rev() {
+                match replacement {
+                    Some(segment) => state.sealed[*position] = segment.clone(),
+                    None => {
+                        state.sealed.remove(*position);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(rewritten)
+    }
+
+    /// Commits `manifest` with a fresh, empty WAL: flushes delete bitmaps
+    /// (the deletes they hold leave with the old WAL), writes the new WAL,
+    /// rewrites `shard.bin` (the commit point), then swaps the in-memory
+    /// state with `swap` and removes files no longer named.
+    fn rotate_wal(
+        &self,
+        wal: &mut WalState,
+        mut manifest: ShardManifest,
+        swap: impl FnOnce(&mut ShardState) -> Result<()>,
+    ) -> Result<()> {
+        for segment in &self.state.read().sealed {
+            segment.persist_deletes()?;
+        }
+        manifest.wal_generation = wal.manifest.wal_generation + 1;
+        let (new_wal, records) = Wal::open(&wal_path(&self.dir, manifest.wal_generation))?;
+        debug_assert!(records.is_empty());
+        checksummed::write_atomic(
+            &self.dir.join(SHARD_FILE),
+            &serde_json::to_vec(&manifest).expect("serialisable"),
+        )?;
+        swap(&mut self.state.write())?;
+        let old_wal = wal_path(&self.dir, wal.manifest.wal_generation);
+        wal.wal = new_wal;
+        wal.manifest = manifest;
+        fs::remove_file(&old_wal)?;
+        remove_leftovers(&self.dir, &wal.manifest)?;
+        Ok(())
+    }
+
+    /// The `k` nearest items to each query over all segments, skipping
+    /// `exclude`.
     pub fn search_batch(
         &self,
         queries: &[&[f32]],
@@ -149,10 +386,16 @@ impl Shard {
     ) -> Vec<Vec<Neighbor>> {
         let state = self.state.read();
         let filter = |id: u64| !exclude.contains(&id);
-        let hits = state.index.search_batch(queries, k, &filter);
-        hits.into_iter()
-            .map(|list| {
-                list.into_iter()
+        queries
+            .iter()
+            .map(|query| {
+                let mut lists: Vec<Vec<ScoredId>> = Vec::with_capacity(1 + state.sealed.len());
+                lists.push(state.growing.search(query, k, &filter));
+                for segment in &state.sealed {
+                    lists.push(segment.search(query, k, &filter));
+                }
+                merge_sorted(lists, k)
+                    .into_iter()
                     .filter_map(|hit| neighbor(&state.items, hit))
                     .collect()
             })
@@ -170,8 +413,9 @@ impl Shard {
         })
     }
 
+    /// The vector of `id` if it is in the growing segment.
     pub fn get_vector(&self, id: u64) -> Option<Vec<f32>> {
-        self.state.read().index.get(id).map(<[f32]>::to_vec)
+        self.state.read().growing.get(id).map(<[f32]>::to_vec)
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +424,11 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Number of sealed segments.
+    pub fn sealed_segments(&self) -> usize {
+        self.state.read().sealed.len()
     }
 
     /// `(label, live items)` pairs.
@@ -194,8 +443,37 @@ impl Shard {
     }
 
     pub fn wal_bytes(&self) -> u64 {
-        self.wal.lock().len_bytes()
+        self.wal.lock().wal.len_bytes()
     }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Removes segment directories and WAL files that `manifest` does not name.
+fn remove_leftovers(dir: &Path, manifest: &ShardManifest) -> Result<()> {
+    let keep: HashSet<&str> = manifest.segments.iter().map(String::as_str).collect();
+    for entry in fs::read_dir(dir.join(SEGMENTS_DIR))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !keep.contains(name.as_str()) {
+            tracing::info!(segment = %name, "removing a segment not in the shard manifest");
+            fs::remove_dir_all(entry.path())?;
+        }
+    }
+    let current = wal_path(dir, manifest.wal_generation);
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if name.starts_with("wal-") && path != current {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn neighbor(items: &ItemTable, hit: ScoredId) -> Option<Neighbor> {
@@ -212,45 +490,222 @@ fn neighbor(items: &ItemTable, hit: ScoredId) -> Option<Neighbor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engram_index::FlatIndex;
+    use std::collections::HashMap;
 
-    fn upsert(id: u64, label: &str, v: [f32; 2]) -> WalOp {
+    fn rows(n: usize, dim: usize) -> Vec<Vec<f32>> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let centres: Vec<Vec<f32>> = (0..8)
+            .map(|_| {
+                (0..dim)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                    })
+                    .collect()
+            })
+            .collect();
+        (0..n)
+            .map(|i| {
+                let mut v: Vec<f32> = centres[i % 8]
+                    .iter()
+                    .map(|c| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        c + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                    })
+                    .collect();
+                engram_core::vector::normalize_in_place(&mut v).unwrap();
+                v
+            })
+            .collect()
+    }
+
+    fn upsert(id: u64, label: &str, vector: &[f32]) -> WalOp {
         WalOp::Upsert {
             id,
             label: label.into(),
             weight: 1.0,
-            source: None,
-            vector: v.to_vec(),
+            source: Some(format!("src{}", id % 3).into()),
+            vector: vector.to_vec(),
         }
     }
 
-    #[test]
-    fn writes_survive_reopen_and_deletes_are_never_returned() {
-        let dir = tempfile::tempdir().unwrap();
-        let shard = Shard::open(dir.path(), 0, 2, Metric::L2).unwrap();
-        shard
-            .write(vec![
-                upsert(1, "a", [0.0, 0.0]),
-                upsert(2, "b", [1.0, 0.0]),
-                upsert(3, "a", [2.0, 0.0]),
-            ])
-            .unwrap();
-        assert_eq!(shard.delete_ids(&[2, 99]).unwrap(), 1);
-        shard.write(vec![upsert(3, "c", [0.5, 0.0])]).unwrap();
-        drop(shard);
+    fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if std::fs::read(&path)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
 
-        let shard = Shard::open(dir.path(), 0, 2, Metric::L2).unwrap();
-        assert_eq!(shard.len(), 2);
-        let q = [0.9f32, 0.0];
-        let hits = shard.search_batch(&[&q], 10, &HashSet::new());
-        let ids: Vec<u64> = hits[0].iter().map(|n| n.id).collect();
-        assert_eq!(ids, vec![3, 1]);
-        assert_eq!(hits[0][0].label, "c");
-        let mut counts = shard.label_counts();
-        counts.sort();
-        assert_eq!(counts, vec![(Arc::from("a"), 1), (Arc::from("c"), 1)]);
-        let excluded = shard.search_batch(&[&q], 10, &HashSet::from([3]));
-        assert_eq!(excluded[0].len(), 1);
-        assert_eq!(shard.delete_where(|t| t.ids_with_label("a")).unwrap(), 1);
-        assert!(shard.get(1).is_none());
+    fn bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard");
+        let dim = 16;
+        let params = IndexParams {
+            seal_threshold: 200,
+            max_degree: 32,
+            build_list_size: 64,
+            pq_bytes: 8,
+            search_list_size: 64,
+            ..IndexParams::default()
+        };
+        let data = rows(500, dim);
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        for chunk in (0..500u64).collect::<Vec<_>>().chunks(50) {
+            let ops = chunk
+                .iter()
+                .map(|id| upsert(*id, &format!("c{}", id % 5), &data[*id as usize]))
+                .collect();
+            shard.write(ops).unwrap();
+        }
+        assert_eq!(shard.sealed_segments(), 2, "sealed at 200 and 400 rows");
+        assert_eq!(shard.len(), 500);
+
+        // Deletes in sealed and growing segments, by id and by label; an
+        // upsert moves a sealed row into the growing segment.
+        assert_eq!(
+            shard
+                .delete_ids(&(0..30).chain(450..460).collect::<Vec<_>>())
+                .unwrap(),
+            40
+        );
+        let label_c4 = shard.delete_where(|t| t.ids_with_label("c4")).unwrap();
+        assert_eq!(label_c4, 100 - 6 - 2);
+        shard.write(vec![upsert(31, "moved", &data[31])]).unwrap();
+        let mut live: HashMap<u64, String> =
+            (0..500u64).map(|id| (id, format!("c{}", id % 5))).collect();
+        live.retain(|id, label| !(*id < 30 || (450..460).contains(id) || label == "c4"));
+        live.insert(31, "moved".into());
+        let deleted: Vec<u64> = (0..500u64).filter(|id| !live.contains_key(id)).collect();
+
+        let check = |shard: &Shard| {
+            assert_eq!(shard.len(), live.len());
+            assert_eq!(shard.get(31).unwrap().label.as_ref(), "moved");
+            assert_eq!(shard.get(100).unwrap().label.as_ref(), "c0");
+            assert_eq!(shard.get(100).unwrap().source.as_deref(), Some("src1"));
+            assert!(shard.get(3).is_none());
+            let mut exact = FlatIndex::new(dim, Metric::Cosine);
+            for id in live.keys() {
+                exact.upsert(*id, &data[*id as usize]).unwrap();
+            }
+            let queries: Vec<&[f32]> = data.iter().step_by(7).map(Vec::as_slice).collect();
+            let results = shard.search_batch(&queries, 10, &HashSet::new());
+            let mut hits = 0;
+            for (q, result) in queries.iter().zip(&results) {
+                assert!(
+                    result.iter().all(|n| live.contains_key(&n.id)),
+                    "a deleted item was returned"
+                );
+                assert!(result.iter().all(|n| n.label == live[&n.id]));
+                let truth: Vec<u64> = exact
+                    .search(q, 10, &|_| true)
+                    .iter()
+                    .map(|h| h.id)
+                    .collect();
+                hits += result.iter().filter(|n| truth.contains(&n.id)).count();
+            }
+            let recall = hits as f64 / (queries.len() * 10) as f64;
+            assert!(
+                recall >= 0.9,
+                "recall@10 over growing + sealed segments: {recall}"
+            );
+        };
+        check(&shard);
+        drop(shard);
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        check(&shard);
+
+        // Before compaction the deleted vectors are still in some file.
+        assert!(
+            deleted
+                .iter()
+                .any(|id| files_contain(&dir, &bytes(&data[*id as usize])))
+        );
+        let rewritten = shard.compact(0.0).unwrap();
+        assert_eq!(rewritten, 2, "both sealed segments had deletions");
+        check(&shard);
+        for id in &deleted {
+            assert!(
+                !files_contain(&dir, &bytes(&data[*id as usize])),
+                "deleted row {id} still on disk after compaction"
+            );
+        }
+        assert!(
+            files_contain(&dir, &bytes(&data[100])),
+            "live rows are still on disk"
+        );
+        drop(shard);
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        check(&shard);
+        assert_eq!(
+            shard.sealed_segments(),
+            3,
+            "two compacted plus the sealed growing segment"
+        );
+    }
+
+    #[test]
+    fn a_crash_mid_seal_leaves_the_previous_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard");
+        let dim = 8;
+        let params = IndexParams {
+            seal_threshold: 1_000,
+            max_degree: 16,
+            build_list_size: 32,
+            pq_bytes: 4,
+            ..IndexParams::default()
+        };
+        let data = rows(60, dim);
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        shard
+            .write(
+                (0..60u64)
+                    .map(|id| upsert(id, "x", &data[id as usize]))
+                    .collect(),
+            )
+            .unwrap();
+        drop(shard);
+        // An interrupted seal: a built segment and a new WAL that shard.bin
+        // does not name yet.
+        let stray = dir.join(SEGMENTS_DIR).join("00000000");
+        SealedSegment::build(
+            &stray,
+            &[1, 2, 3],
+            &data[..3].concat(),
+            dim,
+            Metric::Cosine,
+            &params,
+        )
+        .unwrap();
+        std::fs::write(wal_path(&dir, 1), b"ENGRWAL1").unwrap();
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        assert_eq!(shard.len(), 60);
+        assert_eq!(shard.sealed_segments(), 0);
+        assert!(
+            !stray.exists() && !wal_path(&dir, 1).exists(),
+            "leftovers removed"
+        );
     }
 }

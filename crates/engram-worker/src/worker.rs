@@ -6,22 +6,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::CollectionSpec;
+use engram_core::config::IndexParams;
 
 use crate::error::{Result, WorkerError};
 use crate::hosted_collection::HostedCollection;
 
 pub struct Worker {
     collections_dir: PathBuf,
+    index_params: IndexParams,
     collections: RwLock<HashMap<String, Arc<HostedCollection>>>,
 }
 
 impl Worker {
     /// A worker keeping its shards under `<data_dir>/collections`.
-    pub fn new(data_dir: &Path) -> Result<Worker> {
+    pub fn new(data_dir: &Path, index_params: IndexParams) -> Result<Worker> {
         let collections_dir = data_dir.join("collections");
         fs_err::create_dir_all(&collections_dir)?;
         Ok(Worker {
             collections_dir,
+            index_params,
             collections: RwLock::new(HashMap::new()),
         })
     }
@@ -33,7 +36,7 @@ impl Worker {
         }
         let name = spec.name.clone();
         let dir = self.collections_dir.join(&name);
-        let hosted = Arc::new(HostedCollection::open(&dir, spec)?);
+        let hosted = Arc::new(HostedCollection::open(&dir, spec, &self.index_params)?);
         engram_store::checksummed::sync_dir(&self.collections_dir)?;
         let mut collections = self.collections.write();
         if collections.contains_key(&name) {
@@ -103,7 +106,7 @@ mod tests {
     #[test]
     fn routes_writes_and_merges_searches_across_shards() {
         let dir = tempfile::tempdir().unwrap();
-        let worker = Worker::new(dir.path()).unwrap();
+        let worker = Worker::new(dir.path(), IndexParams::default()).unwrap();
         let c = worker.host(spec("c")).unwrap();
         assert!(matches!(
             worker.host(spec("c")),

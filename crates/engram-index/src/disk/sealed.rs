@@ -491,7 +491,7 @@ fn read_deleted(dir: &Path, rows: usize) -> Result<Vec<u64>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::flat::FlatIndex;
     use crate::segment_index::MutableSegmentIndex;

@@ -1,0 +1,483 @@
+//! The growing segment: DiskANN's in-memory dynamic index over the
+//! shard's fresh writes.
+//!
+//! What the crate lacks and this adds: external u64 ids over its u32 slots,
+//! a copy of each live vector (for sealing and for growing the capacity,
+//! which DiskANN fixes at creation), consolidation of deleted slots and their
+//! reuse, and a blocking API: DiskANN's async calls are driven by a private
+//! current-thread runtime, so callers must not be on an async runtime thread.
+
+use std::collections::HashMap;
+
+use diskann::graph::config;
+use diskann::graph::search::Knn;
+use diskann::graph::search_output_buffer::IdDistance;
+use diskann::provider::{DefaultContext, Delete};
+use diskann::utils::ONE;
+use diskann_providers::index::diskann_async::{MemoryIndex, new_index};
+use diskann_providers::model::graph::provider::async_::TableDeleteProviderAsync;
+use diskann_providers::model::graph::provider::async_::common::{FullPrecision, TableBasedDeletes};
+use diskann_providers::model::graph::provider::async_::inmem::{
+    DefaultProviderParameters, SetStartPoints,
+};
+use diskann_vector::distance::Metric as DiskMetric;
+
+use engram_core::config::IndexParams;
+use engram_core::{Metric, ScoredId};
+
+use crate::error::{IndexError, Result};
+use crate::segment_index::{IdFilter, MutableSegmentIndex, SegmentIndex};
+
+/// Slots a fresh growing segment starts with; doubled when full.
+const INITIAL_CAPACITY: usize = 256;
+/// Deleted slots are consolidated once they are this share of all slots.
+const CONSOLIDATE_SHARE: f64 = 0.2;
+
+pub struct GrowingSegment {
+    dim: usize,
+    metric: Metric,
+    params: IndexParams,
+    runtime: tokio::runtime::Runtime,
+    index: MemoryIndex<f32, TableDeleteProviderAsync>,
+    capacity: usize,
+    /// Full vectors by slot (zeroed when the slot is deleted).
+    vectors: Vec<f32>,
+    /// `slot -> id`; `None` for free or deleted slots.
+    ids: Vec<Option<u64>>,
+    slot_of: HashMap<u64, u32>,
+    /// Tombstoned in DiskANN, not yet consolidated and released.
+    deleted_slots: Vec<u32>,
+    /// Released slots ready for reuse.
+    free_slots: Vec<u32>,
+    has_start_point: bool,
+}
+
+fn graph_config(params: &IndexParams) -> Result<config::Config> {
+    config::Builder::new_with(
+        params.max_degree as usize,
+        config::MaxDegree::default_slack(),
+        params.build_list_size as usize,
+        DiskMetric::L2.into(),
+        |b| {
+            b.alpha(params.alpha);
+            b.saturate_after_prune(true);
+        },
+    )
+    .build()
+    .map_err(|e| IndexError::DiskAnn(e.to_string()))
+}
+
+impl GrowingSegment {
+    pub fn new(dim: usize, metric: Metric, params: &IndexParams) -> Result<Self> {
+        Self::with_capacity(dim, metric, params, INITIAL_CAPACITY)
+    }
+
+    fn with_capacity(
+        dim: usize,
+        metric: Metric,
+        params: &IndexParams,
+        capacity: usize,
+    ) -> Result<Self> {
+        let config = graph_config(params)?;
+        let provider = DefaultProviderParameters {
+            max_points: capacity,
+            frozen_points: ONE,
+            dim,
+            metric: DiskMetric::L2,
+            prefetch_lookahead: None,
+            prefetch_cache_line_level: None,
+            max_degree: config.max_degree_u32().get(),
+        };
+        let index = new_index::<f32, _>(config, provider, TableBasedDeletes)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(GrowingSegment {
+            dim,
+            metric,
+            params: params.clone(),
+            runtime,
+            index,
+            capacity,
+            vectors: Vec::new(),
+            ids: Vec::new(),
+            slot_of: HashMap::new(),
+            deleted_slots: Vec::new(),
+            free_slots: Vec::new(),
+            has_start_point: false,
+        })
+    }
+
+    fn vector_at(&self, slot: u32) -> &[f32] {
+        &self.vectors[slot as usize * self.dim..(slot as usize + 1) * self.dim]
+    }
+
+    fn insert_slot(&mut self, slot: u32) -> Result<()> {
+        if !self.has_start_point {
+            // DiskANN searches from a start point; the first vector serves.
+            let start = self.vector_at(slot).to_vec();
+            self.index
+                .provider()
+                .set_start_points(std::iter::once(start.as_slice()))?;
+            self.has_start_point = true;
+        }
+        let vector = self.vector_at(slot).to_vec();
+        let index = self.index.clone();
+        self.runtime.block_on(async move {
+            index
+                .insert(&FullPrecision, &DefaultContext, &slot, vector.as_slice())
+                .await
+        })?;
+        Ok(())
+    }
+
+    /// A slot for a new row: a released one, a never used one, or after
+    /// consolidating deleted slots, or after doubling the capacity.
+    fn allocate_slot(&mut self) -> Result<u32> {
+        if let Some(slot) = self.free_slots.pop() {
+            return Ok(slot);
+        }
+        if self.ids.len() < self.capacity {
+            self.ids.push(None);
+            self.vectors.resize(self.vectors.len() + self.dim, 0.0);
+            return Ok((self.ids.len() - 1) as u32);
+        }
+        if !self.deleted_slots.is_empty() {
+            self.consolidate()?;
+            if let Some(slot) = self.free_slots.pop() {
+                return Ok(slot);
+            }
+        }
+        self.grow(self.capacity * 2)?;
+        self.allocate_slot()
+    }
+
+    /// Rebuilds the graph with room for `capacity` slots, keeping slot numbers.
+    fn grow(&mut self, capacity: usize) -> Result<()> {
+        tracing::debug!(
+            from = self.capacity,
+            to = capacity,
+            "growing segment capacity doubles"
+        );
+        // Built beside the current graph, which stays intact if this fails.
+        let mut bigger = Self::with_capacity(self.dim, self.metric, &self.params, capacity)?;
+        bigger.vectors = self.vectors.clone();
+        bigger.ids = self.ids.clone();
+        bigger.slot_of = self.slot_of.clone();
+        // Deleted slots hold zeroed vectors and no id: nothing to consolidate.
+        bigger.free_slots = self.free_slots.clone();
+        bigger.free_slots.extend_from_slice(&self.deleted_slots);
+        for slot in 0..bigger.ids.len() as u32 {
+            if bigger.ids[slot as usize].is_some() {
+                bigger.insert_slot(slot)?;
+            }
+        }
+        *self = bigger;
+        Ok(())
+    }
+
+    /// Repairs the graph around deleted slots, then releases them for reuse.
+    pub fn consolidate(&mut self) -> Result<()> {
+        if self.deleted_slots.is_empty() {
+            return Ok(());
+        }
+        let index = self.index.clone();
+        let slots = self.ids.len() as u32;
+        let frozen = self.capacity as u32;
+        let deleted = std::mem::take(&mut self.deleted_slots);
+        let to_release = deleted.clone();
+        self.runtime.block_on(async move {
+            // Every slot plus the frozen start point, stored after max_points.
+            for slot in (0..slots).chain(std::iter::once(frozen)) {
+                index
+                    .consolidate_vector(&FullPrecision, &DefaultContext, slot)
+                    .await?;
+            }
+            for slot in to_release {
+                index.provider().release(&DefaultContext, slot).await?;
+            }
+            diskann::ANNResult::Ok(())
+        })?;
+        self.free_slots.extend(deleted);
+        Ok(())
+    }
+
+    /// Live `(ids, row-major vectors)`, what sealing builds from.
+    pub fn live_rows(&self) -> (Vec<u64>, Vec<f32>) {
+        let mut ids = Vec::with_capacity(self.slot_of.len());
+        let mut vectors = Vec::with_capacity(self.slot_of.len() * self.dim);
+        for (slot, id) in self.ids.iter().enumerate() {
+            if let Some(id) = id {
+                ids.push(*id);
+                vectors.extend_from_slice(self.vector_at(slot as u32));
+            }
+        }
+        (ids, vectors)
+    }
+
+    /// Searches with an explicit candidate list size.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: IdFilter<'_>,
+        list_size: usize,
+    ) -> Result<Vec<ScoredId>> {
+        let live = self.slot_of.len();
+        if k == 0 || live == 0 {
+            return Ok(Vec::new());
+        }
+        // Deletes are excluded by DiskANN itself; the caller's filter (e.g. a
+        // query's exclude_ids) is applied to a list that widens until k pass.
+        let mut want = k.min(live);
+        loop {
+            let hits = self.graph_search(query, want, list_size.max(want))?;
+            let exhausted = want >= live;
+            let kept: Vec<ScoredId> = hits.into_iter().filter(|h| filter(h.id)).collect();
+            if kept.len() >= k || exhausted {
+                let mut kept = kept;
+                kept.truncate(k);
+                return Ok(kept);
+            }
+            want = (want * 2).min(live);
+        }
+    }
+
+    fn graph_search(&self, query: &[f32], k: usize, list_size: usize) -> Result<Vec<ScoredId>> {
+        let mut slots = vec![0u32; k];
+        let mut distances = vec![0f32; k];
+        let params = Knn::new(list_size, Some(self.params.beam_width))
+            .map_err(|e| IndexError::DiskAnn(e.to_string()))?;
+        let stats = {
+            let mut output = IdDistance::new(&mut slots, &mut distances);
+            self.runtime.block_on(self.index.search(
+                params,
+                &FullPrecision,
+                &DefaultContext,
+                query,
+                &mut output,
+            ))?
+        };
+        let cosine = self.metric == Metric::Cosine;
+        let mut hits: Vec<ScoredId> = slots
+            .iter()
+            .zip(&distances)
+            .take(stats.result_count as usize)
+            .filter_map(|(slot, distance)| {
+                let id = (*self.ids.get(*slot as usize)?)?;
+                Some(ScoredId {
+                    id,
+                    distance: if cosine { distance / 2.0 } else { *distance },
+                })
+            })
+            .collect();
+        hits.sort_by(ScoredId::rank_cmp);
+        Ok(hits)
+    }
+}
+
+impl SegmentIndex for GrowingSegment {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn len(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.slot_of.contains_key(&id)
+    }
+
+    fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
+        match self.search_with(query, k, filter, self.params.search_list_size as usize) {
+            Ok(hits) => hits,
+            Err(e) => {
+                tracing::error!(error = %e, "growing segment search failed");
+                Vec::new()
+            }
+        }
+    }
+}
+
+impl MutableSegmentIndex for GrowingSegment {
+    fn upsert(&mut self, id: u64, vector: &[f32]) -> Result<()> {
+        if vector.len() != self.dim {
+            return Err(IndexError::DimensionMismatch {
+                expected: self.dim,
+                actual: vector.len(),
+            });
+        }
+        // DiskANN has no in-place update: replace = delete + insert.
+        self.remove(id);
+        let slot = self.allocate_slot()?;
+        self.vectors[slot as usize * self.dim..(slot as usize + 1) * self.dim]
+            .copy_from_slice(vector);
+        self.ids[slot as usize] = Some(id);
+        self.slot_of.insert(id, slot);
+        if let Err(e) = self.insert_slot(slot) {
+            self.ids[slot as usize] = None;
+            self.slot_of.remove(&id);
+            self.free_slots.push(slot);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(slot) = self.slot_of.remove(&id) else {
+            return false;
+        };
+        let index = self.index.clone();
+        if let Err(e) = self
+            .runtime
+            .block_on(async move { index.provider().delete(&DefaultContext, &slot).await })
+        {
+            tracing::error!(error = %e, slot, "DiskANN tombstone failed");
+        }
+        self.ids[slot as usize] = None;
+        self.vectors[slot as usize * self.dim..(slot as usize + 1) * self.dim].fill(0.0);
+        self.deleted_slots.push(slot);
+        if self.deleted_slots.len() as f64 > CONSOLIDATE_SHARE * self.ids.len().max(64) as f64
+            && let Err(e) = self.consolidate()
+        {
+            tracing::error!(error = %e, "consolidation failed");
+        }
+        true
+    }
+
+    fn get(&self, id: u64) -> Option<&[f32]> {
+        self.slot_of.get(&id).map(|slot| self.vector_at(*slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::sealed::tests::clustered;
+    use crate::flat::FlatIndex;
+    use proptest::prelude::*;
+
+    fn params() -> IndexParams {
+        IndexParams {
+            max_degree: 32,
+            build_list_size: 64,
+            search_list_size: 64,
+            ..IndexParams::default()
+        }
+    }
+
+    fn recall(growing: &GrowingSegment, exact: &FlatIndex, queries: &[f32], dim: usize) -> f64 {
+        let (mut hits, mut total) = (0, 0);
+        for q in queries.chunks_exact(dim) {
+            let truth: Vec<u64> = exact
+                .search(q, 10, &|_| true)
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            hits += growing
+                .search(q, 10, &|_| true)
+                .iter()
+                .filter(|h| truth.contains(&h.id))
+                .count();
+            total += truth.len();
+        }
+        hits as f64 / total as f64
+    }
+
+    #[test]
+    fn grows_past_its_capacity_deletes_consolidates_and_reuses_slots() {
+        let dim = 16;
+        let n = 2500;
+        let rows = clustered(n, dim, 5, true);
+        let mut growing = GrowingSegment::new(dim, Metric::Cosine, &params()).unwrap();
+        let mut exact = FlatIndex::new(dim, Metric::Cosine);
+        for (i, row) in rows.chunks_exact(dim).enumerate() {
+            growing.upsert(i as u64 * 10, row).unwrap();
+            exact.upsert(i as u64 * 10, row).unwrap();
+        }
+        assert_eq!(growing.len(), n);
+        assert!(
+            growing.capacity >= n,
+            "capacity doubled from {INITIAL_CAPACITY}"
+        );
+        let queries = clustered(100, dim, 77, true);
+        let r = recall(&growing, &exact, &queries, dim);
+        assert!(r >= 0.95, "recall@10 {r}");
+        let q = &rows[3 * dim..4 * dim];
+        let top = growing.search(q, 1, &|_| true);
+        assert_eq!(top[0].id, 30);
+        assert!(
+            top[0].distance.abs() < 1e-4,
+            "cosine distance of a row to itself"
+        );
+
+        // Delete 30%: never returned; consolidation releases the slots.
+        let doomed: Vec<u64> = (0..n as u64)
+            .filter(|i| i % 10 < 3)
+            .map(|i| i * 10)
+            .collect();
+        for id in &doomed {
+            assert!(growing.remove(*id));
+            exact.remove(*id);
+        }
+        growing.consolidate().unwrap();
+        assert!(growing.deleted_slots.is_empty());
+        let slots_before = growing.ids.len();
+        for q in queries.chunks_exact(dim) {
+            assert!(
+                growing
+                    .search(q, 50, &|_| true)
+                    .iter()
+                    .all(|h| !doomed.contains(&h.id))
+            );
+        }
+        let r = recall(&growing, &exact, &queries, dim);
+        assert!(
+            r >= 0.9,
+            "recall@10 after deleting 30% and consolidating: {r}"
+        );
+        // Re-inserting reuses released slots instead of growing.
+        for (i, id) in doomed.iter().enumerate().take(500) {
+            let row = &rows[(*id / 10) as usize * dim..(*id / 10 + 1) as usize * dim];
+            growing.upsert(*id, row).unwrap();
+            exact.upsert(*id, row).unwrap();
+            assert_eq!(growing.ids.len(), slots_before, "slot reused at insert {i}");
+        }
+        assert!(recall(&growing, &exact, &queries, dim) >= 0.9);
+        // The caller's filter still yields k results.
+        let odd = growing.search(q, 10, &|id| id % 20 == 10);
+        assert_eq!(odd.len(), 10);
+        assert!(odd.iter().all(|h| h.id % 20 == 10));
+        let (ids, vectors) = growing.live_rows();
+        assert_eq!(ids.len(), growing.len());
+        assert_eq!(vectors.len(), ids.len() * dim);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn a_removed_id_is_never_returned(ops in prop::collection::vec((0u64..80, any::<bool>()), 1..200)) {
+            let dim = 8;
+            let rows = clustered(80, dim, 9, false);
+            let mut growing = GrowingSegment::new(dim, Metric::L2, &params()).unwrap();
+            let mut live = std::collections::HashSet::new();
+            for (id, insert) in ops {
+                if insert {
+                    growing.upsert(id, &rows[id as usize * dim..(id as usize + 1) * dim]).unwrap();
+                    live.insert(id);
+                } else {
+                    prop_assert_eq!(growing.remove(id), live.remove(&id));
+                }
+            }
+            prop_assert_eq!(growing.len(), live.len());
+            for q in rows.chunks_exact(dim).step_by(9) {
+                let hits = growing.search(q, 100, &|_| true);
+                prop_assert!(hits.iter().all(|h| live.contains(&h.id)));
+                prop_assert!(hits.len() <= live.len());
+            }
+        }
+    }
+}
