@@ -56,7 +56,7 @@ fn collections_items_search_classify_and_delete() {
 
     let (status, found) = server.post(
         "/v1/collections/pts/search",
-        &json!({ "vector": [10.25, 0.0], "k": 3 }),
+        &json!({ "vector": [10.25, 0.0], "k": 3, "search_list_size": 20 }),
     );
     assert_eq!(status, 200, "{found}");
     let ids: Vec<u64> = found["neighbors"]
@@ -312,6 +312,18 @@ fn bad_input_gets_a_json_4xx_and_stores_nothing() {
             "search neither",
             "/v1/collections/v/search",
             json!({ "k": 1 }),
+            400,
+        ),
+        (
+            "search_list_size 0",
+            "/v1/collections/v/search",
+            json!({ "vector": [1.0, 0.0, 0.0], "k": 1, "search_list_size": 0 }),
+            400,
+        ),
+        (
+            "search_list_size huge",
+            "/v1/collections/v/classify",
+            json!({ "vector": [1.0, 0.0, 0.0], "search_list_size": 1_000_000 }),
             400,
         ),
         (

@@ -106,16 +106,18 @@ pub struct SearchRequest {
     pub image: Option<String>,
     pub exclude_ids: Option<Vec<u64>>,
     pub k: Option<usize>,
+    /// DiskANN candidate list size L for this query (recall vs speed).
+    pub search_list_size: Option<u32>,
 }
 
 impl SearchRequest {
-    pub fn into_parts(self) -> (Query, Option<usize>) {
+    pub fn into_parts(self) -> (Query, Option<usize>, Option<u32>) {
         let query = Query {
             vector: self.vector,
             image: self.image,
             exclude_ids: self.exclude_ids,
         };
-        (query, self.k)
+        (query, self.k, self.search_list_size)
     }
 }
 
@@ -140,6 +142,7 @@ pub struct SearchResponse {
 #[derive(Debug, Clone, Default)]
 pub struct VoteOptions {
     pub k: Option<usize>,
+    pub search_list_size: Option<u32>,
     pub rule: Option<String>,
     pub alpha: Option<f64>,
     pub tau: Option<f64>,
@@ -157,6 +160,7 @@ pub struct ClassifyRequest {
     pub alpha: Option<f64>,
     pub tau: Option<f64>,
     pub xi: Option<f64>,
+    pub search_list_size: Option<u32>,
 }
 
 impl ClassifyRequest {
@@ -172,6 +176,7 @@ impl ClassifyRequest {
             alpha: self.alpha,
             tau: self.tau,
             xi: self.xi,
+            search_list_size: self.search_list_size,
         };
         (query, options)
     }
@@ -193,6 +198,7 @@ pub struct ClassifyBatchRequest {
     pub alpha: Option<f64>,
     pub tau: Option<f64>,
     pub xi: Option<f64>,
+    pub search_list_size: Option<u32>,
 }
 
 impl ClassifyBatchRequest {
@@ -203,6 +209,7 @@ impl ClassifyBatchRequest {
             alpha: self.alpha,
             tau: self.tau,
             xi: self.xi,
+            search_list_size: self.search_list_size,
         };
         (self.queries, options)
     }

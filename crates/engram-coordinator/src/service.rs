@@ -13,6 +13,7 @@ use std::sync::Arc;
 use engram_core::config::EngramConfig;
 use engram_core::vector::prepare;
 use engram_core::{CollectionSpec, Metric, Neighbor, VoteParams, VotingRule, decide};
+use engram_index::SearchTuning;
 use engram_ingest::{IngestError, OnnxEmbedder};
 use engram_store::WalOp;
 use engram_worker::{HostedCollection, Worker};
@@ -339,10 +340,11 @@ impl Engram {
 
     pub async fn search(&self, collection: &str, request: SearchRequest) -> Result<SearchResponse> {
         let hosted = self.hosted(collection)?;
-        let (query, k) = request.into_parts();
+        let (query, k, list_size) = request.into_parts();
         let k = self.check_k(k.unwrap_or(hosted.spec().default_k))?;
+        let tuning = tuning(list_size)?;
         let mut results = self
-            .search_queries(&hosted, vec![query], k, "query")
+            .search_queries(&hosted, vec![query], k, tuning, "query")
             .await?;
         let neighbors = results
             .pop()
@@ -433,7 +435,10 @@ impl Engram {
             xi: options.xi.unwrap_or(defaults.xi),
         };
         params.validate()?;
-        let neighbor_lists = self.search_queries(&hosted, queries, k, what).await?;
+        let tuning = tuning(options.search_list_size)?;
+        let neighbor_lists = self
+            .search_queries(&hosted, queries, k, tuning, what)
+            .await?;
         let results: Vec<ClassifyResponse> = neighbor_lists
             .into_iter()
             .map(|neighbors| ClassifyResponse {
@@ -452,6 +457,7 @@ impl Engram {
         hosted: &Arc<HostedCollection>,
         queries: Vec<Query>,
         k: usize,
+        tuning: SearchTuning,
         what: &'static str,
     ) -> Result<Vec<Vec<Neighbor>>> {
         let mut inputs = Vec::with_capacity(queries.len());
@@ -475,12 +481,12 @@ impl Engram {
             let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
             if excludes.len() == 1 || excludes.iter().all(HashSet::is_empty) {
                 let exclude = excludes.pop().unwrap_or_default();
-                return Ok(hosted.search_batch(&refs, k, &exclude));
+                return Ok(hosted.search_batch(&refs, k, &exclude, tuning));
             }
             // Different queries exclude different ids: fetch enough extra
             // neighbours that k remain after each query drops its own.
             let extra = excludes.iter().map(HashSet::len).max().unwrap_or(0);
-            let lists = hosted.search_batch(&refs, k + extra, &HashSet::new());
+            let lists = hosted.search_batch(&refs, k + extra, &HashSet::new(), tuning);
             Ok(lists
                 .into_iter()
                 .zip(&excludes)
@@ -585,6 +591,20 @@ impl Engram {
     pub fn data_dir(&self) -> PathBuf {
         self.inner.config.server.data_dir.clone()
     }
+}
+
+/// Largest per-query DiskANN candidate list.
+const MAX_SEARCH_LIST_SIZE: u32 = 10_000;
+
+fn tuning(list_size: Option<u32>) -> Result<SearchTuning> {
+    if let Some(l) = list_size
+        && !(1..=MAX_SEARCH_LIST_SIZE).contains(&l)
+    {
+        return Err(ApiError::invalid(format!(
+            "search_list_size must be between 1 and {MAX_SEARCH_LIST_SIZE}, got {l}"
+        )));
+    }
+    Ok(SearchTuning { list_size })
 }
 
 /// What a query or item was given: a vector or an encoded image.

@@ -12,4 +12,4 @@ pub use disk::growing::GrowingSegment;
 pub use disk::sealed::{SealedSegment, SearchSettings};
 pub use error::{IndexError, Result};
 pub use flat::FlatIndex;
-pub use segment_index::{IdFilter, MutableSegmentIndex, SegmentIndex};
+pub use segment_index::{IdFilter, MutableSegmentIndex, SearchTuning, SegmentIndex};

@@ -9,6 +9,13 @@ use crate::error::Result;
 /// are still returned after filtering.
 pub type IdFilter<'a> = &'a (dyn Fn(u64) -> bool + Sync);
 
+/// Per-query search settings for approximate segments; exact ones ignore them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchTuning {
+    /// Candidate list size L (at least k is used); `None` = the configured one.
+    pub list_size: Option<u32>,
+}
+
 /// A searchable set of vectors addressed by external `u64` ids.
 ///
 /// Vectors handed to an index are already prepared for its metric
@@ -24,6 +31,17 @@ pub trait SegmentIndex: Send + Sync {
     fn contains(&self, id: u64) -> bool;
     /// The `k` nearest live vectors accepted by `filter`, best first.
     fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId>;
+    /// [`Self::search`] with per-query settings.
+    fn search_tuned(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: IdFilter<'_>,
+        tuning: SearchTuning,
+    ) -> Vec<ScoredId> {
+        let _ = tuning;
+        self.search(query, k, filter)
+    }
     /// Many queries at once; implementations may share memory traffic
     /// across queries. One result list per query, in order.
     fn search_batch(

@@ -8,6 +8,7 @@ use engram_core::config::IndexParams;
 use engram_core::shard::shard_of;
 use engram_core::topk::merge_sorted;
 use engram_core::{CollectionSpec, Neighbor};
+use engram_index::SearchTuning;
 use engram_store::{WalOp, WalRecord};
 
 use crate::error::Result;
@@ -76,11 +77,19 @@ impl HostedCollection {
             };
             per_shard[shard_of(id, self.spec.shards) as usize].push(op);
         }
-        self.shards
+        let full: Vec<bool> = self
+            .shards
             .par_iter()
             .zip(per_shard)
-            .filter(|(_, ops)| !ops.is_empty())
-            .try_for_each(|(shard, ops)| shard.write(ops))
+            .map(|(shard, ops)| shard.write_unsealed(ops))
+            .collect::<Result<_>>()?;
+        // Seals run here, off rayon's threads (see `Shard::write_unsealed`).
+        for (shard, full) in self.shards.iter().zip(full) {
+            if full {
+                shard.seal()?;
+            }
+        }
+        Ok(())
     }
 
     pub fn delete_ids(&self, ids: &[u64]) -> Result<usize> {
@@ -116,11 +125,12 @@ impl HostedCollection {
         queries: &[&[f32]],
         k: usize,
         exclude: &HashSet<u64>,
+        tuning: SearchTuning,
     ) -> Vec<Vec<Neighbor>> {
         let per_shard: Vec<Vec<Vec<Neighbor>>> = self
             .shards
             .par_iter()
-            .map(|s| s.search_batch(queries, k, exclude))
+            .map(|s| s.search_batch(queries, k, exclude, tuning))
             .collect();
         let mut per_query: Vec<Vec<Vec<Neighbor>>> = (0..queries.len())
             .map(|_| Vec::with_capacity(self.shards.len()))
@@ -159,18 +169,19 @@ impl HostedCollection {
         self.shards.iter().map(Shard::wal_bytes).sum()
     }
 
-    /// Seals every shard's growing segment (no-op for empty ones).
+    /// Seals every shard's growing segment (no-op for empty ones), one
+    /// shard at a time: each build already uses every core.
     pub fn seal(&self) -> Result<()> {
-        self.shards.par_iter().try_for_each(Shard::seal)
+        self.shards.iter().try_for_each(Shard::seal)
     }
 
-    /// Compacts every shard (see [`Shard::compact`]); returns the number of
-    /// sealed segments rewritten.
+    /// Compacts every shard (see [`Shard::compact`]), one at a time; returns
+    /// the number of sealed segments rewritten.
     pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
         self.shards
-            .par_iter()
+            .iter()
             .map(|s| s.compact(min_deleted_fraction))
-            .try_reduce(|| 0, |a, b| Ok(a + b))
+            .sum()
     }
 
     /// Sealed segments over all shards.
@@ -203,8 +214,9 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
-        /// Across shards and a reopen: search equals brute force over the
-        /// live items, and nothing deleted is ever returned.
+        /// Across shards, seals (threshold 4), compactions and reopens:
+        /// search equals brute force over the live items, and nothing
+        /// deleted is ever returned.
         #[test]
         fn deleted_items_are_never_returned(ops in prop::collection::vec(arb_op(), 1..80), q in prop::array::uniform3(-1f32..1.0)) {
             let dir = tempfile::tempdir().unwrap();
@@ -232,12 +244,16 @@ mod tests {
                         for id in ids { live.remove(&id); deleted.insert(id); }
                     }
                 }
+                if step % 23 == 22 {
+                    // Compaction rewrites sealed segments without deleted rows.
+                    hosted.compact(0.0).unwrap();
+                }
                 if step % 17 == 16 {
                     drop(hosted);
                     hosted = HostedCollection::open(dir.path(), spec.clone(), &params).unwrap();
                 }
             }
-            let hits = &hosted.search_batch(&[&q], 100, &HashSet::new())[0];
+            let hits = &hosted.search_batch(&[&q], 100, &HashSet::new(), SearchTuning::default())[0];
             prop_assert_eq!(hits.len(), live.len());
             prop_assert!(hits.iter().all(|n| !deleted.contains(&n.id)));
             let mut expected: Vec<(f32, u64)> = live.iter().map(|(id, (_, v))| (Metric::L2.distance(&q, v), *id)).collect();

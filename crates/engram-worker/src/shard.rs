@@ -23,7 +23,9 @@ use std::sync::Arc;
 use engram_core::config::IndexParams;
 use engram_core::topk::merge_sorted;
 use engram_core::{Metric, Neighbor, ScoredId};
-use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
+use engram_index::{
+    GrowingSegment, MutableSegmentIndex, SealedSegment, SearchTuning, SegmentIndex,
+};
 use engram_store::{ItemTable, StoredItem, Wal, WalOp, WalRecord, checksummed};
 
 use crate::error::{Result, WorkerError};
@@ -196,8 +198,19 @@ impl Shard {
     /// Makes `ops` durable, then visible. All or nothing. Seals the growing
     /// segment afterwards if it reached the threshold.
     pub fn write(&self, ops: WalRecord) -> Result<()> {
+        if self.write_unsealed(ops)? {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::write`] without the seal; returns whether the growing segment
+    /// has reached the seal threshold. For callers on rayon threads: DiskANN's
+    /// builder blocks on a runtime and uses rayon inside, so a seal started
+    /// from a rayon task could be re-entered by work stealing.
+    pub fn write_unsealed(&self, ops: WalRecord) -> Result<bool> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         // Refuse before logging what could not be applied: a logged record
         // that fails to apply would also fail on every replay.
@@ -214,15 +227,9 @@ impl Shard {
         }
         let mut wal = self.wal.lock();
         wal.wal.append(&ops)?;
-        let growing_len = {
-            let mut state = self.state.write();
-            state.apply(&ops)?;
-            state.growing.len()
-        };
-        if growing_len >= self.params.seal_threshold {
-            self.seal_locked(&mut wal)?;
-        }
-        Ok(())
+        let mut state = self.state.write();
+        state.apply(&ops)?;
+        Ok(state.growing.len() >= self.params.seal_threshold)
     }
 
     /// Deletes the live items chosen by `select` (which sees the item
@@ -383,6 +390,7 @@ impl Shard {
         queries: &[&[f32]],
         k: usize,
         exclude: &HashSet<u64>,
+        tuning: SearchTuning,
     ) -> Vec<Vec<Neighbor>> {
         let state = self.state.read();
         let filter = |id: u64| !exclude.contains(&id);
@@ -390,9 +398,9 @@ impl Shard {
             .iter()
             .map(|query| {
                 let mut lists: Vec<Vec<ScoredId>> = Vec::with_capacity(1 + state.sealed.len());
-                lists.push(state.growing.search(query, k, &filter));
+                lists.push(state.growing.search_tuned(query, k, &filter, tuning));
                 for segment in &state.sealed {
-                    lists.push(segment.search(query, k, &filter));
+                    lists.push(segment.search_tuned(query, k, &filter, tuning));
                 }
                 merge_sorted(lists, k)
                     .into_iter()
@@ -610,7 +618,8 @@ mod tests {
                 exact.upsert(*id, &data[*id as usize]).unwrap();
             }
             let queries: Vec<&[f32]> = data.iter().step_by(7).map(Vec::as_slice).collect();
-            let results = shard.search_batch(&queries, 10, &HashSet::new());
+            let results =
+                shard.search_batch(&queries, 10, &HashSet::new(), SearchTuning::default());
             let mut hits = 0;
             for (q, result) in queries.iter().zip(&results) {
                 assert!(

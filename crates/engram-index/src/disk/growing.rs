@@ -26,7 +26,7 @@ use engram_core::config::IndexParams;
 use engram_core::{Metric, ScoredId};
 
 use crate::error::{IndexError, Result};
-use crate::segment_index::{IdFilter, MutableSegmentIndex, SegmentIndex};
+use crate::segment_index::{IdFilter, MutableSegmentIndex, SearchTuning, SegmentIndex};
 
 /// Slots a fresh growing segment starts with; doubled when full.
 const INITIAL_CAPACITY: usize = 256;
@@ -292,7 +292,18 @@ impl SegmentIndex for GrowingSegment {
     }
 
     fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
-        match self.search_with(query, k, filter, self.params.search_list_size as usize) {
+        self.search_tuned(query, k, filter, SearchTuning::default())
+    }
+
+    fn search_tuned(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: IdFilter<'_>,
+        tuning: SearchTuning,
+    ) -> Vec<ScoredId> {
+        let list_size = tuning.list_size.unwrap_or(self.params.search_list_size) as usize;
+        match self.search_with(query, k, filter, list_size) {
             Ok(hits) => hits,
             Err(e) => {
                 tracing::error!(error = %e, "growing segment search failed");

@@ -44,7 +44,7 @@ use engram_core::{Metric, ScoredId};
 use super::manifest::{FORMAT, SegmentManifest};
 use super::reader::{AutoReaderFactory, ReaderKind, direct_io_probe};
 use crate::error::{IndexError, Result};
-use crate::segment_index::{IdFilter, SegmentIndex};
+use crate::segment_index::{IdFilter, SearchTuning, SegmentIndex};
 
 const PREFIX: &str = "index";
 const IDS_FILE: &str = "ids.bin";
@@ -441,7 +441,21 @@ impl SegmentIndex for SealedSegment {
     }
 
     fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
-        match self.search_with(query, k, filter, self.settings) {
+        self.search_tuned(query, k, filter, SearchTuning::default())
+    }
+
+    fn search_tuned(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: IdFilter<'_>,
+        tuning: SearchTuning,
+    ) -> Vec<ScoredId> {
+        let settings = SearchSettings {
+            list_size: tuning.list_size.unwrap_or(self.settings.list_size),
+            ..self.settings
+        };
+        match self.search_with(query, k, filter, settings) {
             Ok(hits) => hits,
             Err(e) => {
                 tracing::error!(segment = %self.dir.display(), error = %e, "sealed segment search failed");
