@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo test bench lint fmt clean serve
+.PHONY: all setup build demo test bench bench-index lint fmt clean serve
 
 all: build
 
@@ -33,6 +33,11 @@ test: setup
 ## Python onnxruntime on the same ONNX file (writes target/bench-results).
 bench: setup
 	@scripts/bench.sh
+
+## Engram's DiskANN segments beside faiss, hnswlib, scann and diskannpy
+## (installed into .bench-venv*); long: see scripts/bench_index.sh for sizes.
+bench-index: setup
+	@scripts/bench_index.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
