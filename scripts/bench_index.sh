@@ -8,7 +8,8 @@
 # SYNTH_N (1000000), SYNTH_QUERIES (1000), GROWING_MAX_ROWS (200000: the
 # growing segment is measured only up to this size; it is sealed long before
 # in production), REF_TIMEOUT (seconds per reference phase, 3600),
-# DISK_SERVE_TIMEOUT (diskannpy disk search, 600).
+# DISK_SERVE_TIMEOUT (diskannpy disk search, 600), DATASETS ("fmnist synthetic"),
+# RESULTS (output file, target/bench-index/results.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -32,16 +33,27 @@ bench="$target/release/engram-bench"
 
 fmnist="$out/fmnist-${FMNIST_MEMORY}-${FMNIST_QUERIES}"
 synthetic="$out/synthetic-${SYNTH_N}-${SYNTH_QUERIES}"
-[ -f "$fmnist/meta.json" ] || "$bench" fmnist --out "$fmnist" --memory "$FMNIST_MEMORY" --queries "$FMNIST_QUERIES"
-[ -f "$synthetic/meta.json" ] || "$bench" synthetic --out "$synthetic" --n "$SYNTH_N" --queries "$SYNTH_QUERIES" --dim 128
+DATASETS="${DATASETS:-fmnist synthetic}"
+dirs=()
+for name in $DATASETS; do
+  case "$name" in
+    fmnist)
+      [ -f "$fmnist/meta.json" ] || "$bench" fmnist --out "$fmnist" --memory "$FMNIST_MEMORY" --queries "$FMNIST_QUERIES"
+      dirs+=("$fmnist") ;;
+    synthetic)
+      [ -f "$synthetic/meta.json" ] || "$bench" synthetic --out "$synthetic" --n "$SYNTH_N" --queries "$SYNTH_QUERIES" --dim 128
+      dirs+=("$synthetic") ;;
+    *) echo "unknown dataset $name (fmnist, synthetic)" >&2; exit 2 ;;
+  esac
+done
 
-results="$out/results.jsonl"
+results="${RESULTS:-$out/results.jsonl}"
 : >"$results"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 } | tee "$out/machine.txt"
-for data in "$fmnist" "$synthetic"; do
+for data in "${dirs[@]}"; do
   work="$data-work"
   mkdir -p "$work"
   "$bench" run --data "$data" --work "$work" --index sealed --phase build
@@ -52,4 +64,4 @@ for data in "$fmnist" "$synthetic"; do
   fi
   .bench-venv/bin/python benches/index_refs/run_all.py --data "$data" --work "$work" --timeout "$REF_TIMEOUT" --disk-serve-timeout "$DISK_SERVE_TIMEOUT" | tee -a "$results"
 done
-.bench-venv/bin/python benches/index_refs/plot.py "$results" "$out" | tee "$out/summary.txt"
+.bench-venv/bin/python benches/index_refs/plot.py "$results" "$out" | tee "$results.summary.txt"
