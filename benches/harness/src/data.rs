@@ -27,7 +27,10 @@ pub fn read_fbin(path: &Path) -> anyhow::Result<(Vec<f32>, usize)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let n = u32::from_le_bytes(bytes[0..4].try_into()?) as usize;
     let dim = u32::from_le_bytes(bytes[4..8].try_into()?) as usize;
-    let rows: Vec<f32> = bytes[8..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let rows: Vec<f32> = bytes[8..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     anyhow::ensure!(rows.len() == n * dim, "{} is truncated", path.display());
     Ok((rows, dim))
 }
@@ -35,7 +38,13 @@ pub fn read_fbin(path: &Path) -> anyhow::Result<(Vec<f32>, usize)> {
 pub fn read_gt(path: &Path) -> anyhow::Result<(Vec<u32>, usize)> {
     let bytes = std::fs::read(path)?;
     let k = u32::from_le_bytes(bytes[4..8].try_into()?) as usize;
-    Ok((bytes[8..].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), k))
+    Ok((
+        bytes[8..]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        k,
+    ))
 }
 
 /// Exact top-`GT_K` by squared L2 for every query, via Engram's exact index.
@@ -68,11 +77,21 @@ fn finish(dir: &Path, name: &str, base: &[f32], queries: &[f32], dim: usize) -> 
     write_ground_truth(dir, base, queries, dim)?;
     let meta = serde_json::json!({ "name": name, "n": base.len() / dim, "nq": queries.len() / dim, "dim": dim });
     std::fs::write(dir.join("meta.json"), meta.to_string())?;
-    eprintln!("wrote {} ({} rows, {} queries, dim {dim})", dir.display(), base.len() / dim, queries.len() / dim);
+    eprintln!(
+        "wrote {} ({} rows, {} queries, dim {dim})",
+        dir.display(),
+        base.len() / dim,
+        queries.len() / dim
+    );
     Ok(())
 }
 
-pub fn fashion_mnist(out: &Path, memory: usize, queries: usize, image_size: u32) -> anyhow::Result<()> {
+pub fn fashion_mnist(
+    out: &Path,
+    memory: usize,
+    queries: usize,
+    image_size: u32,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let config = EmbedderConfig {
@@ -90,10 +109,15 @@ pub fn fashion_mnist(out: &Path, memory: usize, queries: usize, image_size: u32)
             let pngs: Vec<Vec<u8>> = (start..(start + 512).min(n))
                 .into_par_iter()
                 .map(|i| {
-                    let img = image::GrayImage::from_raw(images.cols as u32, images.rows as u32, images.image(i).to_vec())
-                        .expect("28x28");
+                    let img = image::GrayImage::from_raw(
+                        images.cols as u32,
+                        images.rows as u32,
+                        images.image(i).to_vec(),
+                    )
+                    .expect("28x28");
                     let mut png = std::io::Cursor::new(Vec::new());
-                    img.write_to(&mut png, image::ImageFormat::Png).expect("png");
+                    img.write_to(&mut png, image::ImageFormat::Png)
+                        .expect("png");
                     png.into_inner()
                 })
                 .collect();
@@ -139,13 +163,19 @@ pub fn synthetic(out: &Path, n: usize, queries: usize, dim: usize) -> anyhow::Re
     };
     let base = make(n);
     let query = make(queries);
-    finish(out, &format!("synthetic-{}-{dim}d", human(n)), &base, &query, dim)
+    finish(
+        out,
+        &format!("synthetic-{}-{dim}d", human(n)),
+        &base,
+        &query,
+        dim,
+    )
 }
 
 fn human(n: usize) -> String {
-    if n % 1_000_000 == 0 {
+    if n.is_multiple_of(1_000_000) {
         format!("{}m", n / 1_000_000)
-    } else if n % 1_000 == 0 {
+    } else if n.is_multiple_of(1_000) {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()

@@ -69,7 +69,12 @@ fn main() -> anyhow::Result<()> {
             queries,
             image_size,
         } => data::fashion_mnist(&out, memory, queries, image_size),
-        Command::Synthetic { out, n, queries, dim } => data::synthetic(&out, n, queries, dim),
+        Command::Synthetic {
+            out,
+            n,
+            queries,
+            dim,
+        } => data::synthetic(&out, n, queries, dim),
         Command::Run {
             data,
             work,

@@ -28,7 +28,12 @@ fn rss_mb() -> (f64, f64) {
 
 fn dir_mb(dir: &Path) -> f64 {
     std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum::<u64>())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum::<u64>()
+        })
         .unwrap_or(0) as f64
         / (1 << 20) as f64
 }
@@ -37,7 +42,11 @@ fn recall_at_10(results: &[Vec<u64>], gt: &[u32], gt_k: usize) -> f64 {
     let mut hits = 0usize;
     for (q, result) in results.iter().enumerate() {
         let truth = &gt[q * gt_k..q * gt_k + 10];
-        hits += result.iter().take(10).filter(|id| truth.contains(&(**id as u32))).count();
+        hits += result
+            .iter()
+            .take(10)
+            .filter(|id| truth.contains(&(**id as u32)))
+            .count();
     }
     hits as f64 / (results.len() * 10) as f64
 }
@@ -70,7 +79,8 @@ fn params() -> IndexParams {
 
 pub fn run(data: &Path, work: &Path, index: &str, phase: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(work)?;
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("meta.json"))?)?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("meta.json"))?)?;
     let name = meta["name"].as_str().unwrap_or("data").to_string();
     match index {
         "sealed" => sealed(data, work, &name, phase),
@@ -108,7 +118,13 @@ fn sealed(data: &Path, work: &Path, name: &str, phase: &str) -> anyhow::Result<(
             let started = Instant::now();
             let results: Vec<Vec<u64>> = queries
                 .chunks_exact(dim)
-                .map(|q| Ok(segment.search_with(q, 10, &|_| true, settings)?.iter().map(|h| h.id).collect()))
+                .map(|q| {
+                    Ok(segment
+                        .search_with(q, 10, &|_| true, settings)?
+                        .iter()
+                        .map(|h| h.id)
+                        .collect())
+                })
                 .collect::<anyhow::Result<_>>()?;
             let qps = results.len() as f64 / started.elapsed().as_secs_f64();
             print(Line {
@@ -134,7 +150,10 @@ fn growing(data: &Path, name: &str) -> anyhow::Result<()> {
         segment.upsert(id as u64, row)?;
     }
     let build_s = started.elapsed().as_secs_f64();
-    eprintln!("engram-growing: {} inserts on one thread in {build_s:.1} s", base.len() / dim);
+    eprintln!(
+        "engram-growing: {} inserts on one thread in {build_s:.1} s",
+        base.len() / dim
+    );
     drop(base);
     let (queries, _) = read_fbin(&data.join("query.fbin"))?;
     let (gt, gt_k) = read_gt(&data.join("gt.ibin"))?;
@@ -142,7 +161,13 @@ fn growing(data: &Path, name: &str) -> anyhow::Result<()> {
         let started = Instant::now();
         let results: Vec<Vec<u64>> = queries
             .chunks_exact(dim)
-            .map(|q| Ok(segment.search_with(q, 10, &|_| true, list_size as usize)?.iter().map(|h| h.id).collect()))
+            .map(|q| {
+                Ok(segment
+                    .search_with(q, 10, &|_| true, list_size as usize)?
+                    .iter()
+                    .map(|h| h.id)
+                    .collect())
+            })
             .collect::<anyhow::Result<_>>()?;
         let qps = results.len() as f64 / started.elapsed().as_secs_f64();
         print(Line {
