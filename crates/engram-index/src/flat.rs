@@ -11,7 +11,7 @@ use engram_core::topk::TopK;
 use engram_core::{Metric, ScoredId};
 
 use crate::error::{IndexError, Result};
-use crate::segment_index::{IdFilter, MutableSegmentIndex, SegmentIndex};
+use crate::segment_index::{IdFilter, MutableSegmentIndex, SearchTuning, SegmentIndex};
 
 /// Slot ids are `u32`; this is the largest number of slots.
 const MAX_SLOTS: usize = u32::MAX as usize;
@@ -108,7 +108,13 @@ impl SegmentIndex for FlatIndex {
         self.slot_of.contains_key(&id)
     }
 
-    fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
+    fn search_tuned(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: IdFilter<'_>,
+        _tuning: SearchTuning,
+    ) -> Vec<ScoredId> {
         debug_assert_eq!(query.len(), self.dim);
         let slots = self.ids.len();
         if k == 0 || slots == 0 {

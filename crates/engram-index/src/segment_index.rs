@@ -30,18 +30,17 @@ pub trait SegmentIndex: Send + Sync {
     }
     fn contains(&self, id: u64) -> bool;
     /// The `k` nearest live vectors accepted by `filter`, best first.
-    fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId>;
-    /// [`Self::search`] with per-query settings.
+    fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
+        self.search_tuned(query, k, filter, SearchTuning::default())
+    }
+    /// [`Self::search`] with per-query settings; exact indexes ignore them.
     fn search_tuned(
         &self,
         query: &[f32],
         k: usize,
         filter: IdFilter<'_>,
         tuning: SearchTuning,
-    ) -> Vec<ScoredId> {
-        let _ = tuning;
-        self.search(query, k, filter)
-    }
+    ) -> Vec<ScoredId>;
     /// Many queries at once; implementations may share memory traffic
     /// across queries. One result list per query, in order.
     fn search_batch(

@@ -291,10 +291,6 @@ impl SegmentIndex for GrowingSegment {
         self.slot_of.contains_key(&id)
     }
 
-    fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
-        self.search_tuned(query, k, filter, SearchTuning::default())
-    }
-
     fn search_tuned(
         &self,
         query: &[f32],

@@ -440,10 +440,6 @@ impl SegmentIndex for SealedSegment {
             .is_some_and(|slot| !Self::is_deleted_slot(&self.deleted.read(), *slot))
     }
 
-    fn search(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
-        self.search_tuned(query, k, filter, SearchTuning::default())
-    }
-
     fn search_tuned(
         &self,
         query: &[f32],
