@@ -35,6 +35,21 @@ pub struct CollectionInfo {
     pub items: u64,
     /// Live items per label.
     pub labels: BTreeMap<String, u64>,
+    /// Sealed (SSD-resident) segments over all shards.
+    #[serde(default)]
+    pub sealed_segments: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactRequest {
+    pub min_deleted_fraction: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compacted {
+    pub segments_rewritten: usize,
+    pub sealed_segments: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,7 +149,11 @@ pub struct NeighborOut {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub neighbors: Vec<NeighborOut>,
+    /// Some stored neighbours may be missing: a shard could not search all
+    /// of its segments (listed in `missing_shards`).
     pub partial: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub missing_shards: Vec<u32>,
 }
 
 /// Voting parameters; anything left out takes the collection's or the
@@ -187,6 +206,8 @@ pub struct ClassifyResponse {
     #[serde(flatten)]
     pub decision: Decision,
     pub partial: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub missing_shards: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,8 @@ pub struct Metrics {
     items_added: IntCounter,
     items_deleted: IntCounter,
     queries_classified: IntCounter,
+    partial_answers: IntCounter,
+    segments_compacted: IntCounter,
     collection_items: IntGaugeVec,
 }
 
@@ -53,6 +55,16 @@ impl Metrics {
             IntCounter::new("items_deleted_total", "Items deleted").expect("valid metric");
         let queries_classified = IntCounter::new("queries_classified_total", "Queries classified")
             .expect("valid metric");
+        let partial_answers = IntCounter::new(
+            "partial_answers_total",
+            "Queries answered without some sealed segment or shard",
+        )
+        .expect("valid metric");
+        let segments_compacted = IntCounter::new(
+            "segments_compacted_total",
+            "Sealed segments rewritten without their deleted rows",
+        )
+        .expect("valid metric");
         let collection_items = IntGaugeVec::new(
             Opts::new("collection_items", "Live items per collection"),
             &["collection"],
@@ -65,6 +77,8 @@ impl Metrics {
             Box::new(items_added.clone()),
             Box::new(items_deleted.clone()),
             Box::new(queries_classified.clone()),
+            Box::new(partial_answers.clone()),
+            Box::new(segments_compacted.clone()),
             Box::new(collection_items.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -77,6 +91,8 @@ impl Metrics {
             items_added,
             items_deleted,
             queries_classified,
+            partial_answers,
+            segments_compacted,
             collection_items,
         }
     }
@@ -102,6 +118,14 @@ impl Metrics {
 
     pub fn queries_classified(&self, n: usize) {
         self.queries_classified.inc_by(n as u64);
+    }
+
+    pub fn partial_answers(&self, n: usize) {
+        self.partial_answers.inc_by(n as u64);
+    }
+
+    pub fn segments_compacted(&self, n: usize) {
+        self.segments_compacted.inc_by(n as u64);
     }
 
     pub fn set_items(&self, collection: &str, items: u64) {

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use engram_core::config::EngramConfig;
 use engram_core::vector::prepare;
-use engram_core::{CollectionSpec, Metric, Neighbor, VoteParams, VotingRule, decide};
+use engram_core::{CollectionSpec, Metric, VoteParams, VotingRule, decide};
 use engram_index::SearchTuning;
 use engram_ingest::{IngestError, OnnxEmbedder};
 use engram_store::WalOp;
-use engram_worker::{HostedCollection, Worker};
+use engram_worker::{HostedCollection, SearchResults, Worker};
 
 use crate::catalog::Catalog;
 use crate::dto::*;
@@ -336,6 +336,86 @@ impl Engram {
         Ok(Deleted { deleted })
     }
 
+    // ----- maintenance -------------------------------------------------
+
+    /// Rewrites the collection's sealed segments whose deleted fraction
+    /// exceeds `min_deleted_fraction` (default 0: every segment with a
+    /// deletion) without their deleted rows, after sealing the growing
+    /// segments, so that deleted vectors are physically gone from every file.
+    /// Searches continue meanwhile; writes to a shard wait for its rebuild.
+    pub async fn compact(&self, collection: &str, request: CompactRequest) -> Result<Compacted> {
+        let hosted = self.hosted(collection)?;
+        let threshold = request.min_deleted_fraction.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&threshold) {
+            return Err(ApiError::invalid(
+                "`min_deleted_fraction` must be at least 0 and below 1",
+            ));
+        }
+        let started = std::time::Instant::now();
+        let (rewritten, sealed) = blocking(move || {
+            let rewritten = hosted.compact(threshold)?;
+            Ok((rewritten, hosted.sealed_segments()))
+        })
+        .await?;
+        self.inner.metrics.segments_compacted(rewritten);
+        tracing::info!(
+            collection,
+            rewritten,
+            sealed,
+            seconds = started.elapsed().as_secs_f64(),
+            "compaction finished"
+        );
+        Ok(Compacted {
+            segments_rewritten: rewritten,
+            sealed_segments: sealed,
+        })
+    }
+
+    /// One round of automatic compaction: every collection's shards that
+    /// hold a sealed segment past `index.compact_deleted_fraction`.
+    pub async fn compact_due(&self) -> Result<usize> {
+        let threshold = self.inner.config.index.compact_deleted_fraction;
+        let hosted: Vec<Arc<HostedCollection>> = self
+            .inner
+            .catalog
+            .lock()
+            .specs()
+            .filter_map(|s| self.inner.worker.get(&s.name).ok())
+            .collect();
+        let mut total = 0;
+        for collection in hosted {
+            let name = collection.spec().name.clone();
+            let rewritten = blocking(move || Ok(collection.compact_due(threshold)?)).await?;
+            if rewritten > 0 {
+                tracing::info!(collection = %name, rewritten, "automatic compaction");
+            }
+            total += rewritten;
+        }
+        self.inner.metrics.segments_compacted(total);
+        Ok(total)
+    }
+
+    /// Runs [`Self::compact_due`] every `index.compaction_interval_s`
+    /// seconds until the returned task is dropped or aborted.
+    pub fn spawn_compaction(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.inner.config.index.compaction_interval_s;
+        if every == 0 {
+            return None;
+        }
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(every));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if let Err(error) = this.compact_due().await {
+                    tracing::error!(%error, "automatic compaction failed; retrying next round");
+                }
+            }
+        }))
+    }
+
     // ----- queries -----------------------------------------------------
 
     pub async fn search(&self, collection: &str, request: SearchRequest) -> Result<SearchResponse> {
@@ -347,6 +427,7 @@ impl Engram {
             .search_queries(&hosted, vec![query], k, tuning, "query")
             .await?;
         let neighbors = results
+            .lists
             .pop()
             .unwrap_or_default()
             .into_iter()
@@ -360,7 +441,8 @@ impl Engram {
             .collect();
         Ok(SearchResponse {
             neighbors,
-            partial: false,
+            partial: !results.incomplete_shards.is_empty(),
+            missing_shards: results.incomplete_shards,
         })
     }
 
@@ -436,14 +518,17 @@ impl Engram {
         };
         params.validate()?;
         let tuning = tuning(options.search_list_size)?;
-        let neighbor_lists = self
+        let found = self
             .search_queries(&hosted, queries, k, tuning, what)
             .await?;
-        let results: Vec<ClassifyResponse> = neighbor_lists
+        let partial = !found.incomplete_shards.is_empty();
+        let results: Vec<ClassifyResponse> = found
+            .lists
             .into_iter()
             .map(|neighbors| ClassifyResponse {
                 decision: decide(neighbors, &params),
-                partial: false,
+                partial,
+                missing_shards: found.incomplete_shards.clone(),
             })
             .collect();
         self.inner.metrics.queries_classified(results.len());
@@ -459,7 +544,8 @@ impl Engram {
         k: usize,
         tuning: SearchTuning,
         what: &'static str,
-    ) -> Result<Vec<Vec<Neighbor>>> {
+    ) -> Result<SearchResults> {
+        let queries_len = queries.len();
         let mut inputs = Vec::with_capacity(queries.len());
         let mut excludes = Vec::with_capacity(queries.len());
         for (i, query) in queries.into_iter().enumerate() {
@@ -477,7 +563,7 @@ impl Engram {
         }
         let vectors = self.resolve_vectors(hosted.spec(), inputs, what).await?;
         let hosted = hosted.clone();
-        blocking(move || {
+        let results = blocking(move || {
             let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
             if excludes.len() == 1 || excludes.iter().all(HashSet::is_empty) {
                 let exclude = excludes.pop().unwrap_or_default();
@@ -486,8 +572,8 @@ impl Engram {
             // Different queries exclude different ids: fetch enough extra
             // neighbours that k remain after each query drops its own.
             let extra = excludes.iter().map(HashSet::len).max().unwrap_or(0);
-            let lists = hosted.search_batch(&refs, k + extra, &HashSet::new(), tuning);
-            Ok(lists
+            let mut results = hosted.search_batch(&refs, k + extra, &HashSet::new(), tuning);
+            results.lists = std::mem::take(&mut results.lists)
                 .into_iter()
                 .zip(&excludes)
                 .map(|(list, exclude)| {
@@ -496,9 +582,14 @@ impl Engram {
                         .take(k)
                         .collect()
                 })
-                .collect())
+                .collect();
+            Ok(results)
         })
-        .await
+        .await?;
+        if !results.incomplete_shards.is_empty() {
+            self.inner.metrics.partial_answers(queries_len);
+        }
+        Ok(results)
     }
 
     /// Turns vectors and images into prepared vectors for `spec`. Images
@@ -641,6 +732,7 @@ fn info(hosted: &HostedCollection) -> CollectionInfo {
         default_rule: spec.default_rule,
         items: stats.items,
         labels: stats.labels,
+        sealed_segments: hosted.sealed_segments(),
     }
 }
 

@@ -100,6 +100,12 @@ pub struct IndexParams {
     pub seal_threshold: usize,
     /// Threads used to build a sealed segment; 0 means all cores.
     pub build_threads: usize,
+    /// Sealed segments whose deleted fraction exceeds this are rewritten
+    /// without their deleted rows by automatic compaction.
+    pub compact_deleted_fraction: f64,
+    /// Seconds between automatic compaction checks; 0 turns them off
+    /// (`POST /v1/collections/{c}/compact` still works).
+    pub compaction_interval_s: u64,
 }
 
 impl Default for IndexParams {
@@ -113,6 +119,8 @@ impl Default for IndexParams {
             beam_width: 4,
             seal_threshold: 100_000,
             build_threads: 0,
+            compact_deleted_fraction: 0.2,
+            compaction_interval_s: 60,
         }
     }
 }
@@ -135,6 +143,12 @@ impl IndexParams {
             return Err(CoreError::invalid(
                 "index.alpha",
                 "must be a finite number >= 1",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.compact_deleted_fraction) {
+            return Err(CoreError::invalid(
+                "index.compact_deleted_fraction",
+                "must be at least 0 and below 1",
             ));
         }
         if self.pq_bytes == 0

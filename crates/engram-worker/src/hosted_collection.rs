@@ -12,13 +12,23 @@ use engram_index::SearchTuning;
 use engram_store::{WalOp, WalRecord};
 
 use crate::error::Result;
-use crate::shard::{ItemView, Shard};
+use crate::shard::{ItemView, Shard, ShardHits};
 
 /// Live items and items per label.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CollectionStats {
     pub items: u64,
     pub labels: BTreeMap<String, u64>,
+}
+
+/// Merged answers to a batch of queries.
+#[derive(Debug, Clone, Default)]
+pub struct SearchResults {
+    /// Best first, one list per query.
+    pub lists: Vec<Vec<Neighbor>>,
+    /// Shards that answered without some of their segments: the lists may
+    /// miss neighbours stored there (the API's `partial: true`).
+    pub incomplete_shards: Vec<u32>,
 }
 
 pub struct HostedCollection {
@@ -119,15 +129,16 @@ impl HostedCollection {
             .try_reduce(|| 0, |a, b| Ok(a + b))
     }
 
-    /// The `k` nearest items to each query over all shards, best first.
+    /// The `k` nearest items to each query over all shards, best first,
+    /// and the shards whose answer is incomplete.
     pub fn search_batch(
         &self,
         queries: &[&[f32]],
         k: usize,
         exclude: &HashSet<u64>,
         tuning: SearchTuning,
-    ) -> Vec<Vec<Neighbor>> {
-        let per_shard: Vec<Vec<Vec<Neighbor>>> = self
+    ) -> SearchResults {
+        let per_shard: Vec<ShardHits> = self
             .shards
             .par_iter()
             .map(|s| s.search_batch(queries, k, exclude, tuning))
@@ -135,15 +146,22 @@ impl HostedCollection {
         let mut per_query: Vec<Vec<Vec<Neighbor>>> = (0..queries.len())
             .map(|_| Vec::with_capacity(self.shards.len()))
             .collect();
-        for shard_lists in per_shard {
-            for (q, list) in shard_lists.into_iter().enumerate() {
+        let mut incomplete_shards = Vec::new();
+        for (shard, hits) in self.shards.iter().zip(per_shard) {
+            if hits.failed_segments > 0 {
+                incomplete_shards.push(shard.number());
+            }
+            for (q, list) in hits.lists.into_iter().enumerate() {
                 per_query[q].push(list);
             }
         }
-        per_query
-            .into_iter()
-            .map(|lists| merge_sorted(lists, k))
-            .collect()
+        SearchResults {
+            lists: per_query
+                .into_iter()
+                .map(|lists| merge_sorted(lists, k))
+                .collect(),
+            incomplete_shards,
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<ItemView> {
@@ -180,6 +198,17 @@ impl HostedCollection {
     pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
         self.shards
             .iter()
+            .map(|s| s.compact(min_deleted_fraction))
+            .sum()
+    }
+
+    /// Compacts only the shards holding a sealed segment whose deleted
+    /// fraction exceeds `min_deleted_fraction` (automatic compaction: a
+    /// shard without such a segment keeps its growing segment unsealed).
+    pub fn compact_due(&self, min_deleted_fraction: f64) -> Result<usize> {
+        self.shards
+            .iter()
+            .filter(|s| s.max_deleted_fraction() > min_deleted_fraction)
             .map(|s| s.compact(min_deleted_fraction))
             .sum()
     }
@@ -253,7 +282,9 @@ mod tests {
                     hosted = HostedCollection::open(dir.path(), spec.clone(), &params).unwrap();
                 }
             }
-            let hits = &hosted.search_batch(&[&q], 100, &HashSet::new(), SearchTuning::default())[0];
+            let results = hosted.search_batch(&[&q], 100, &HashSet::new(), SearchTuning::default());
+            prop_assert!(results.incomplete_shards.is_empty());
+            let hits = &results.lists[0];
             prop_assert_eq!(hits.len(), live.len());
             prop_assert!(hits.iter().all(|n| !deleted.contains(&n.id)));
             let mut expected: Vec<(f32, u64)> = live.iter().map(|(id, (_, v))| (Metric::L2.distance(&q, v), *id)).collect();

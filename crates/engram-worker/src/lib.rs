@@ -9,6 +9,6 @@ pub mod shard;
 pub mod worker;
 
 pub use error::{Result, WorkerError};
-pub use hosted_collection::{CollectionStats, HostedCollection};
-pub use shard::Shard;
+pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
+pub use shard::{Shard, ShardHits};
 pub use worker::Worker;

@@ -93,6 +93,15 @@ impl ShardState {
     }
 }
 
+/// One shard's answer to a batch of queries.
+#[derive(Debug, Clone, Default)]
+pub struct ShardHits {
+    /// Best first, one list per query.
+    pub lists: Vec<Vec<Neighbor>>,
+    /// Sealed segments that could not be searched (left out of `lists`).
+    pub failed_segments: usize,
+}
+
 /// An item as a reader sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemView {
@@ -384,30 +393,47 @@ impl Shard {
     }
 
     /// The `k` nearest items to each query over all segments, skipping
-    /// `exclude`.
+    /// `exclude`. A sealed segment whose search fails (an I/O error on its
+    /// disk index) is left out and counted in [`ShardHits::failed_segments`]
+    /// so that callers can mark the answer partial instead of silently
+    /// serving fewer neighbours.
     pub fn search_batch(
         &self,
         queries: &[&[f32]],
         k: usize,
         exclude: &HashSet<u64>,
         tuning: SearchTuning,
-    ) -> Vec<Vec<Neighbor>> {
+    ) -> ShardHits {
         let state = self.state.read();
         let filter = |id: u64| !exclude.contains(&id);
-        queries
+        let mut failed = vec![false; state.sealed.len()];
+        let lists = queries
             .iter()
             .map(|query| {
                 let mut lists: Vec<Vec<ScoredId>> = Vec::with_capacity(1 + state.sealed.len());
                 lists.push(state.growing.search_tuned(query, k, &filter, tuning));
-                for segment in &state.sealed {
-                    lists.push(segment.search_tuned(query, k, &filter, tuning));
+                for (n, segment) in state.sealed.iter().enumerate() {
+                    if failed[n] {
+                        continue;
+                    }
+                    match segment.try_search_tuned(query, k, &filter, tuning) {
+                        Ok(hits) => lists.push(hits),
+                        Err(error) => {
+                            tracing::error!(shard = self.number, segment = %segment.dir().display(), %error, "sealed segment search failed; the answer is partial");
+                            failed[n] = true;
+                        }
+                    }
                 }
                 merge_sorted(lists, k)
                     .into_iter()
                     .filter_map(|hit| neighbor(&state.items, hit))
                     .collect()
             })
-            .collect()
+            .collect();
+        ShardHits {
+            lists,
+            failed_segments: failed.iter().filter(|f| **f).count(),
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<ItemView> {
@@ -432,6 +458,16 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The largest deleted fraction among the sealed segments (0 if none).
+    pub fn max_deleted_fraction(&self) -> f64 {
+        self.state
+            .read()
+            .sealed
+            .iter()
+            .map(|s| s.deleted_fraction())
+            .fold(0.0, f64::max)
     }
 
     /// Number of sealed segments.
@@ -618,8 +654,9 @@ mod tests {
                 exact.upsert(*id, &data[*id as usize]).unwrap();
             }
             let queries: Vec<&[f32]> = data.iter().step_by(7).map(Vec::as_slice).collect();
-            let results =
-                shard.search_batch(&queries, 10, &HashSet::new(), SearchTuning::default());
+            let hits = shard.search_batch(&queries, 10, &HashSet::new(), SearchTuning::default());
+            assert_eq!(hits.failed_segments, 0);
+            let results = hits.lists;
             let mut hits = 0;
             for (q, result) in queries.iter().zip(&results) {
                 assert!(
@@ -716,5 +753,53 @@ mod tests {
             !stray.exists() && !wal_path(&dir, 1).exists(),
             "leftovers removed"
         );
+    }
+
+    #[test]
+    fn an_unreadable_sealed_segment_makes_the_answer_partial_not_silent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard");
+        let dim = 8;
+        let params = IndexParams {
+            seal_threshold: 100,
+            max_degree: 16,
+            build_list_size: 32,
+            pq_bytes: 4,
+            ..IndexParams::default()
+        };
+        let data = rows(150, dim);
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        for chunk in (0..150u64).collect::<Vec<_>>().chunks(50) {
+            shard
+                .write(
+                    chunk
+                        .iter()
+                        .map(|id| upsert(*id, "x", &data[*id as usize]))
+                        .collect(),
+                )
+                .unwrap();
+        }
+        assert_eq!(shard.sealed_segments(), 1);
+        let query = [data[120].as_slice()];
+        let healthy = shard.search_batch(&query, 5, &HashSet::new(), SearchTuning::default());
+        assert_eq!(healthy.failed_segments, 0);
+
+        // The disk index loses everything past its header sector while open.
+        let segment = dir.join(SEGMENTS_DIR).join("00000000");
+        let index_file = std::fs::read_dir(&segment)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with("_disk.index"))
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&index_file)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let hurt = shard.search_batch(&query, 5, &HashSet::new(), SearchTuning::default());
+        assert_eq!(hurt.failed_segments, 1, "the failure is reported");
+        assert_eq!(hurt.lists[0].len(), 5, "the growing segment still answers");
+        assert!(hurt.lists[0].iter().all(|n| n.id >= 100));
     }
 }

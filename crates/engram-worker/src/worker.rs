@@ -133,7 +133,9 @@ mod tests {
         c.write(ops).unwrap();
         assert_eq!(c.stats().items, 200);
         let q = c.get_vector(150).unwrap();
-        let hits = &c.search_batch(&[&q], 5, &Default::default(), Default::default())[0];
+        let hits = &c
+            .search_batch(&[&q], 5, &Default::default(), Default::default())
+            .lists[0];
         assert_eq!(hits[0].id, 150);
         assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
         assert_eq!(c.delete_label("low").unwrap(), 100);
@@ -143,7 +145,9 @@ mod tests {
         let stats = c.stats();
         assert_eq!(stats.items, 200 - 100 - 33 - 1);
         assert_eq!(stats.labels.get("low"), None);
-        let all = &c.search_batch(&[&q], 1000, &Default::default(), Default::default())[0];
+        let all = &c
+            .search_batch(&[&q], 1000, &Default::default(), Default::default())
+            .lists[0];
         assert_eq!(all.len() as u64, stats.items);
         assert!(
             all.iter()

@@ -69,6 +69,21 @@ pub async fn delete_items(
     Ok(Json(engram.delete_items(&collection, request).await?))
 }
 
+/// The body is optional: an empty one compacts every segment with a deletion.
+pub async fn compact(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Compacted>> {
+    let request: CompactRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CompactRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+    };
+    Ok(Json(engram.compact(&collection, request).await?))
+}
+
 pub async fn search(
     State(engram): State<Engram>,
     Path(collection): Path<String>,

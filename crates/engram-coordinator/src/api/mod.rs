@@ -54,6 +54,10 @@ pub fn router(engram: Engram) -> Router {
             post(handlers::classify_batch),
         )
         .route("/v1/collections/{collection}/embed", post(handlers::embed))
+        .route(
+            "/v1/collections/{collection}/compact",
+            post(handlers::compact),
+        )
         .route("/v1/openapi.json", get(handlers::openapi))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
@@ -105,7 +109,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engram))
+    let compaction = engram.spawn_compaction();
+    let served = axum::serve(listener, router(engram))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(task) = compaction {
+        task.abort();
+    }
+    served
 }

@@ -313,6 +313,22 @@ impl SealedSegment {
         write_deleted(&self.dir, &deleted)
     }
 
+    /// [`SegmentIndex::search_tuned`] that reports a failed read instead of
+    /// hiding it.
+    pub fn try_search_tuned(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: IdFilter<'_>,
+        tuning: SearchTuning,
+    ) -> Result<Vec<ScoredId>> {
+        let settings = SearchSettings {
+            list_size: tuning.list_size.unwrap_or(self.settings.list_size),
+            ..self.settings
+        };
+        self.search_with(query, k, filter, settings)
+    }
+
     /// Searches with explicit settings (per-query `L` and beam width).
     pub fn search_with(
         &self,
@@ -440,6 +456,8 @@ impl SegmentIndex for SealedSegment {
             .is_some_and(|slot| !Self::is_deleted_slot(&self.deleted.read(), *slot))
     }
 
+    /// Logs and returns nothing on an I/O error; callers that must know
+    /// (the shard, to mark answers partial) use [`SealedSegment::try_search_tuned`].
     fn search_tuned(
         &self,
         query: &[f32],
@@ -447,11 +465,7 @@ impl SegmentIndex for SealedSegment {
         filter: IdFilter<'_>,
         tuning: SearchTuning,
     ) -> Vec<ScoredId> {
-        let settings = SearchSettings {
-            list_size: tuning.list_size.unwrap_or(self.settings.list_size),
-            ..self.settings
-        };
-        match self.search_with(query, k, filter, settings) {
+        match self.try_search_tuned(query, k, filter, tuning) {
             Ok(hits) => hits,
             Err(e) => {
                 tracing::error!(segment = %self.dir.display(), error = %e, "sealed segment search failed");
