@@ -6,6 +6,8 @@
 
 pub mod collection;
 pub mod config;
+pub mod counterfactual;
+pub mod curation;
 pub mod distance;
 pub mod error;
 pub mod neighbor;
@@ -15,6 +17,10 @@ pub mod vector;
 pub mod voting;
 
 pub use collection::{CollectionSpec, validate_collection_name};
+pub use counterfactual::{Counterfactual, counterfactual};
+pub use curation::{
+    Adjustment, AuditEntry, BlockedNeighbor, Curation, Intervention, PruningScores, PruningWeights,
+};
 pub use distance::Metric;
 pub use error::{CoreError, Result};
 pub use neighbor::{Neighbor, ScoredId};
