@@ -5,7 +5,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use engram_core::{Decision, Metric, VotingRule};
+use engram_core::{
+    BlockedNeighbor, Counterfactual, Curation, Decision, Intervention, Metric, VotingRule,
+};
+
+use crate::jobs::JobStatus;
+use crate::meta::Selector;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +105,10 @@ pub struct DeleteItems {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deleted {
     pub deleted: usize,
+    /// The unlearning receipt (`GET .../unlearning/{receipt}`); absent when
+    /// nothing was deleted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub receipt: Option<u64>,
 }
 
 /// Exactly one of `vector` and `image`.
@@ -166,6 +175,7 @@ pub struct VoteOptions {
     pub alpha: Option<f64>,
     pub tau: Option<f64>,
     pub xi: Option<f64>,
+    pub explain: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +190,8 @@ pub struct ClassifyRequest {
     pub tau: Option<f64>,
     pub xi: Option<f64>,
     pub search_list_size: Option<u32>,
+    /// Also return the blocked neighbours and a counterfactual.
+    pub explain: Option<bool>,
 }
 
 impl ClassifyRequest {
@@ -196,6 +208,7 @@ impl ClassifyRequest {
             tau: self.tau,
             xi: self.xi,
             search_list_size: self.search_list_size,
+            explain: self.explain,
         };
         (query, options)
     }
@@ -208,6 +221,14 @@ pub struct ClassifyResponse {
     pub partial: bool,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub missing_shards: Vec<u32>,
+    /// With `explain`: blocked items that would otherwise have been among
+    /// the k neighbours, and why they did not vote.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blocked: Option<Vec<BlockedNeighbor>>,
+    /// With `explain`: the smallest set of neighbours whose removal would
+    /// change the decision.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub counterfactual: Option<Counterfactual>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +241,7 @@ pub struct ClassifyBatchRequest {
     pub tau: Option<f64>,
     pub xi: Option<f64>,
     pub search_list_size: Option<u32>,
+    pub explain: Option<bool>,
 }
 
 impl ClassifyBatchRequest {
@@ -231,6 +253,7 @@ impl ClassifyBatchRequest {
             tau: self.tau,
             xi: self.xi,
             search_list_size: self.search_list_size,
+            explain: self.explain,
         };
         (self.queries, options)
     }
@@ -250,4 +273,101 @@ pub struct EmbedRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmbedResponse {
     pub vectors: Vec<Vec<f32>>,
+}
+
+/// `{"action": ..., <its fields>, "reason": "..."}`: an intervention and
+/// why (the reason is required and kept in the audit trail).
+#[derive(Debug, Clone)]
+pub struct InterventionRequest {
+    pub intervention: Intervention,
+    pub reason: String,
+}
+
+impl<'de> Deserialize<'de> for InterventionRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut body = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let reason = match body.remove("reason") {
+            Some(serde_json::Value::String(reason)) => reason,
+            Some(_) => return Err(D::Error::custom("`reason` must be a string")),
+            None => return Err(D::Error::custom("missing field `reason`")),
+        };
+        let intervention =
+            Intervention::deserialize(serde_json::Value::Object(body)).map_err(D::Error::custom)?;
+        Ok(InterventionRequest {
+            intervention,
+            reason,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PruningSummary {
+    /// The pruning job that computed the weights.
+    pub job: u64,
+    pub at: String,
+    pub k: usize,
+    /// Items whose vote is scaled by gamma = 1.75 / (1 + v).
+    pub weighted_items: usize,
+    /// Of those, items whose v counted a query that has since been unlearned.
+    pub stale_items: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurationView {
+    #[serde(flatten)]
+    pub curation: Curation,
+    pub pruning: Option<PruningSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRef {
+    pub shard: u32,
+    pub segment: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresentIn {
+    /// Shards whose current write-ahead log still holds a deleted vector.
+    pub wal_shards: Vec<u32>,
+    /// Sealed segments that still hold a deleted row (until compaction).
+    pub sealed_segments: Vec<SegmentRef>,
+    /// Snapshots holding a deleted item (none on the embedded node).
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub shard: u32,
+    pub wal_generation: u64,
+    pub wal_offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnlearningStatus {
+    pub receipt: u64,
+    pub at: String,
+    pub selector: Selector,
+    pub deleted: usize,
+    /// `deleted`: never returned, but some bytes remain on disk;
+    /// `erased`: no file holds them any more.
+    pub status: String,
+    pub present_in: PresentIn,
+    pub log_positions: Vec<LogPosition>,
+    pub ids: Vec<u64>,
+    pub stale_pruning_weights: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub kind: String,
+    pub mode: Option<String>,
+    pub k: Option<usize>,
+    pub threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobStatus>,
 }

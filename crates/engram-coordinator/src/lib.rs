@@ -7,8 +7,11 @@
 
 pub mod api;
 pub mod catalog;
+mod curation_service;
 pub mod dto;
 pub mod error;
+pub mod jobs;
+pub mod meta;
 pub mod metrics;
 pub mod service;
 

@@ -12,15 +12,20 @@ use std::sync::Arc;
 
 use engram_core::config::EngramConfig;
 use engram_core::vector::prepare;
-use engram_core::{CollectionSpec, Metric, VoteParams, VotingRule, decide};
+use engram_core::{
+    Adjustment, BlockedNeighbor, CollectionSpec, Curation, Metric, Neighbor, VoteParams,
+    VotingRule, counterfactual, decide,
+};
 use engram_index::SearchTuning;
 use engram_ingest::{IngestError, OnnxEmbedder};
 use engram_store::WalOp;
-use engram_worker::{HostedCollection, SearchResults, Worker};
+use engram_worker::{Admit, HostedCollection, SearchFilter, SearchResults, Worker};
 
 use crate::catalog::Catalog;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorCode, Result};
+use crate::jobs::Jobs;
+use crate::meta::{MetaStore, Selector};
 use crate::metrics::Metrics;
 
 /// Longest label, in bytes.
@@ -33,15 +38,18 @@ const MAX_EXCLUDE_IDS: usize = 10_000;
 /// The embedded Engram node. Cheap to clone.
 #[derive(Clone)]
 pub struct Engram {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: EngramConfig,
     catalog: Mutex<Catalog>,
-    worker: Worker,
+    pub(crate) worker: Worker,
     embedders: BTreeMap<String, Arc<OnnxEmbedder>>,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
+    /// Interventions, pruning weights and receipts per collection.
+    pub(crate) meta: MetaStore,
+    pub(crate) jobs: Jobs,
     /// Held for the life of the process: one node per data directory.
     _data_dir_lock: std::fs::File,
 }
@@ -54,6 +62,7 @@ impl Engram {
         let data_dir = config.server.data_dir.clone();
         fs_err::create_dir_all(&data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let lock = lock_data_dir(&data_dir)?;
+        let data_dir = data_dir.clone();
         let catalog = Catalog::open(&data_dir)?;
         let worker = Worker::new(&data_dir, config.index.clone())?;
         let known: HashSet<String> = catalog.specs().map(|s| s.name.clone()).collect();
@@ -75,6 +84,8 @@ impl Engram {
                 worker,
                 embedders,
                 metrics: Metrics::new(),
+                meta: MetaStore::new(&data_dir),
+                jobs: Jobs::default(),
                 _data_dir_lock: lock,
             }),
         })
@@ -168,6 +179,7 @@ impl Engram {
                     format!("collection `{}` already exists", spec.name),
                 ));
             }
+            this.inner.meta.remove(&spec.name)?;
             let hosted = this.inner.worker.host(spec.clone())?;
             if let Err(e) = catalog.insert(spec.clone()) {
                 let _ = this.inner.worker.drop_collection(&spec.name);
@@ -215,6 +227,7 @@ impl Engram {
                 )));
             }
             this.inner.worker.drop_collection(&name)?;
+            this.inner.meta.remove(&name)?;
             tracing::info!(collection = %name, "collection deleted");
             Ok(())
         })
@@ -318,22 +331,42 @@ impl Engram {
                 self.inner.config.limits.max_items_per_request
             )));
         }
-        let deleted = blocking(move || {
-            let mut deleted = 0;
+        let selector = Selector {
+            ids: request.ids.as_ref().map(Vec::len),
+            label: request.label.clone(),
+            source: request.source.clone(),
+        };
+        let log = blocking(move || {
+            let mut log = Vec::new();
             if let Some(ids) = &request.ids {
-                deleted += hosted.delete_ids(ids)?;
+                log.extend(hosted.delete_ids_traced(ids)?);
             }
             if let Some(label) = &request.label {
-                deleted += hosted.delete_label(label)?;
+                log.extend(hosted.delete_label_traced(label)?);
             }
             if let Some(source) = &request.source {
-                deleted += hosted.delete_source(source)?;
+                log.extend(hosted.delete_source_traced(source)?);
             }
-            Ok(deleted)
+            Ok(log)
         })
         .await?;
+        let deleted: usize = log.iter().map(|d| d.ids.len()).sum();
         self.inner.metrics.items_deleted(deleted);
-        Ok(Deleted { deleted })
+        if deleted == 0 {
+            return Ok(Deleted {
+                deleted,
+                receipt: None,
+            });
+        }
+        // The deletes are durable; the receipt records them. If writing it
+        // fails the caller sees an error and may retry (deleting again is a
+        // no-op).
+        let meta = self.inner.meta.get(collection)?;
+        let receipt = blocking(move || meta.record_deletion(selector, log)).await?;
+        Ok(Deleted {
+            deleted,
+            receipt: Some(receipt.receipt),
+        })
     }
 
     // ----- maintenance -------------------------------------------------
@@ -518,17 +551,75 @@ impl Engram {
         };
         params.validate()?;
         let tuning = tuning(options.search_list_size)?;
+        let explain = options.explain.unwrap_or(false);
+        let meta = self.inner.meta.get(collection)?;
+        let curation = meta.curation();
+        let pruning = meta.pruning();
+        let (vectors, excludes) = self.prepare_queries(hosted.spec(), queries, what).await?;
+        // A counterfactual needs the neighbours that would move up when
+        // voters are removed: fetch k more.
+        let fetch = if explain { 2 * k } else { k };
+        let admit = admit_filter(&curation);
         let found = self
-            .search_queries(&hosted, queries, k, tuning, what)
+            .search_vectors(
+                &hosted,
+                vectors.clone(),
+                excludes.clone(),
+                fetch,
+                tuning,
+                admit,
+            )
             .await?;
+        // Explanations list the blocked items that would otherwise have voted.
+        let unblocked = if explain && curation.blocks_anything() {
+            Some(
+                self.search_vectors(&hosted, vectors, excludes, k, tuning, None)
+                    .await?
+                    .lists,
+            )
+        } else {
+            None
+        };
         let partial = !found.incomplete_shards.is_empty();
         let results: Vec<ClassifyResponse> = found
             .lists
             .into_iter()
-            .map(|neighbors| ClassifyResponse {
-                decision: decide(neighbors, &params),
-                partial,
-                missing_shards: found.incomplete_shards.clone(),
+            .enumerate()
+            .map(|(q, neighbors)| {
+                let (ranked, adjustments): (Vec<Neighbor>, Vec<Vec<Adjustment>>) = neighbors
+                    .into_iter()
+                    .map(|n| curation.curate(n, pruning.as_deref()))
+                    .unzip();
+                let voters = k.min(ranked.len());
+                let mut decision = decide(ranked[..voters].to_vec(), &params);
+                for (voted, adjusted) in decision.neighbors.iter_mut().zip(adjustments) {
+                    voted.adjustments = adjusted;
+                }
+                // Fewer than asked for: the list is the whole memory.
+                let complete = ranked.len() < fetch;
+                let counterfactual = explain
+                    .then(|| counterfactual(&ranked, k, complete, &params))
+                    .flatten();
+                let blocked = unblocked.as_ref().map(|lists| {
+                    lists[q]
+                        .iter()
+                        .filter_map(|n| {
+                            let reason =
+                                curation.block_reason(n.id, &n.label, n.source.as_deref())?;
+                            Some(BlockedNeighbor {
+                                neighbor: n.clone(),
+                                reason,
+                            })
+                        })
+                        .collect()
+                });
+                ClassifyResponse {
+                    decision,
+                    partial,
+                    missing_shards: found.incomplete_shards.clone(),
+                    blocked,
+                    counterfactual,
+                }
             })
             .collect();
         self.inner.metrics.queries_classified(results.len());
@@ -545,7 +636,19 @@ impl Engram {
         tuning: SearchTuning,
         what: &'static str,
     ) -> Result<SearchResults> {
-        let queries_len = queries.len();
+        let (vectors, excludes) = self.prepare_queries(hosted.spec(), queries, what).await?;
+        self.search_vectors(hosted, vectors, excludes, k, tuning, None)
+            .await
+    }
+
+    /// Checks each query's `exclude_ids` and turns its vector or image into
+    /// a prepared vector.
+    async fn prepare_queries(
+        &self,
+        spec: &CollectionSpec,
+        queries: Vec<Query>,
+        what: &'static str,
+    ) -> Result<(Vec<Vec<f32>>, Vec<HashSet<u64>>)> {
         let mut inputs = Vec::with_capacity(queries.len());
         let mut excludes = Vec::with_capacity(queries.len());
         for (i, query) in queries.into_iter().enumerate() {
@@ -561,18 +664,40 @@ impl Engram {
                     .map_err(|m| ApiError::invalid(format!("{what} {i}: {m}")))?,
             );
         }
-        let vectors = self.resolve_vectors(hosted.spec(), inputs, what).await?;
+        let vectors = self.resolve_vectors(spec, inputs, what).await?;
+        Ok((vectors, excludes))
+    }
+
+    /// The `k` nearest admitted items to each vector, each query skipping
+    /// its own excluded ids.
+    pub(crate) async fn search_vectors(
+        &self,
+        hosted: &Arc<HostedCollection>,
+        vectors: Vec<Vec<f32>>,
+        mut excludes: Vec<HashSet<u64>>,
+        k: usize,
+        tuning: SearchTuning,
+        admit: Option<Admit>,
+    ) -> Result<SearchResults> {
+        let queries_len = vectors.len();
         let hosted = hosted.clone();
         let results = blocking(move || {
             let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
             if excludes.len() == 1 || excludes.iter().all(HashSet::is_empty) {
-                let exclude = excludes.pop().unwrap_or_default();
-                return Ok(hosted.search_batch(&refs, k, &exclude, tuning));
+                let filter = SearchFilter {
+                    exclude: excludes.pop().unwrap_or_default(),
+                    admit,
+                };
+                return Ok(hosted.search_batch(&refs, k, &filter, tuning));
             }
             // Different queries exclude different ids: fetch enough extra
             // neighbours that k remain after each query drops its own.
             let extra = excludes.iter().map(HashSet::len).max().unwrap_or(0);
-            let mut results = hosted.search_batch(&refs, k + extra, &HashSet::new(), tuning);
+            let filter = SearchFilter {
+                exclude: HashSet::new(),
+                admit,
+            };
+            let mut results = hosted.search_batch(&refs, k + extra, &filter, tuning);
             results.lists = std::mem::take(&mut results.lists)
                 .into_iter()
                 .zip(&excludes)
@@ -684,6 +809,18 @@ impl Engram {
     }
 }
 
+/// The search-side half of blocking: items whose class or source is
+/// blocked are skipped inside the index search, so k admitted items vote.
+pub(crate) fn admit_filter(curation: &Arc<Curation>) -> Option<Admit> {
+    if !curation.blocks_anything() {
+        return None;
+    }
+    let curation = curation.clone();
+    Some(Arc::new(move |id, label: &str, source: Option<&str>| {
+        curation.admits(id, label, source)
+    }))
+}
+
 /// Largest per-query DiskANN candidate list.
 const MAX_SEARCH_LIST_SIZE: u32 = 10_000;
 
@@ -754,7 +891,9 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
 }
 
 /// Runs blocking work (fsync, scans, inference) off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("worker task failed: {e}")))?

@@ -33,13 +33,22 @@ pub struct Counterfactual {
 }
 
 /// `ranked`: the curated neighbours best first, at least the `k` that voted
-/// and ideally `k` more. `None` when there is no decision to change.
+/// and ideally `k` more. `complete` says `ranked` is the whole memory; if it
+/// is not, only sets small enough that every neighbour that would move up is
+/// in `ranked` are tried. `None` when there is no decision to change or no
+/// such set changes it.
 pub fn counterfactual(
     ranked: &[Neighbor],
     k: usize,
+    complete: bool,
     params: &VoteParams,
 ) -> Option<Counterfactual> {
     let k = k.min(ranked.len());
+    let most = if complete {
+        ranked.len()
+    } else {
+        ranked.len() - k
+    };
     let winner = decide(ranked[..k].to_vec(), params).label?;
     let changes = |removed: &[usize]| -> Option<Option<String>> {
         let kept: Vec<Neighbor> = ranked
@@ -56,7 +65,7 @@ pub fn counterfactual(
         |i: usize| params.rule_weight(i, ranked[i].distance) * f64::from(ranked[i].weight.max(0.0));
     let winners = ranked.iter().filter(|n| n.label == winner).count();
     let mut exhaustive = true;
-    for size in 1..=winners {
+    for size in 1..=winners.min(most) {
         // With `size` removals only the first k + size neighbours can vote.
         let reach = (k + size).min(ranked.len());
         if exhaustive && binomial(reach, size) <= EXHAUSTIVE_BUDGET {
@@ -179,7 +188,7 @@ mod tests {
             rule: VotingRule::Plurality,
             ..VoteParams::default()
         };
-        let cf = counterfactual(&ranked, 5, &params).unwrap();
+        let cf = counterfactual(&ranked, 5, true, &params).unwrap();
         // Removing one `a` lets b at rank 6 in: a 2, b 3.
         assert_eq!(cf.remove.len(), 1);
         assert_eq!(cf.label.as_deref(), Some("b"));
@@ -188,7 +197,7 @@ mod tests {
 
     #[test]
     fn no_decision_no_counterfactual() {
-        assert!(counterfactual(&[], 5, &VoteParams::default()).is_none());
+        assert!(counterfactual(&[], 5, true, &VoteParams::default()).is_none());
     }
 
     #[test]
@@ -234,10 +243,14 @@ mod tests {
             let params = VoteParams { rule, ..VoteParams::default() };
             let k = k.min(ranked.len());
             let winner = decide(ranked[..k].to_vec(), &params).label;
-            let Some(cf) = counterfactual(&ranked, k, &params) else {
+            let Some(cf) = counterfactual(&ranked, k, true, &params) else {
                 prop_assert!(winner.is_none(), "removing every winning neighbour always changes the decision");
                 return Ok(());
             };
+            // With only part of the memory, sets never reach past it.
+            if let Some(part) = counterfactual(&ranked, k, false, &params) {
+                prop_assert!(k + part.remove.len() <= ranked.len());
+            }
             let without: Vec<Neighbor> = ranked.iter().filter(|n| !cf.remove.contains(&n.id)).take(k).cloned().collect();
             let label = decide(without, &params).label;
             prop_assert_eq!(&label, &cf.label);

@@ -131,6 +131,14 @@ fn nonempty(what: &'static str, s: &str) -> Result<()> {
 }
 
 impl Intervention {
+    /// The item a weight or relabel applies to (which must exist).
+    pub fn item(&self) -> Option<u64> {
+        match self {
+            Intervention::SetWeight { id, .. } | Intervention::Relabel { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         match self {
             Intervention::SetWeight { weight, .. } => {
@@ -403,21 +411,23 @@ impl PruningWeights {
         self.v.get(&id).map(|v| (*v, soft_pruning_gamma(*v)))
     }
 
-    /// Records that `deleted` items are gone: weights their queries counted
-    /// towards become stale; their own weights are dropped. Returns how many
-    /// weights became stale.
+    /// Records that `deleted` items are gone: their own weights are dropped,
+    /// and the weights their queries counted towards become stale. Returns
+    /// how many weights became stale.
     pub fn forget(&mut self, deleted: &[u64]) -> usize {
-        let before = self.stale.len();
         for id in deleted {
-            if let Some(counted) = self.counted_by.remove(id) {
-                self.stale.extend(counted);
-            }
             self.v.remove(id);
-        }
-        for id in deleted {
             self.stale.remove(id);
         }
-        self.stale.len().saturating_sub(before)
+        let mut newly = 0;
+        for id in deleted {
+            for counted in self.counted_by.remove(id).unwrap_or_default() {
+                if self.v.contains_key(&counted) && self.stale.insert(counted) {
+                    newly += 1;
+                }
+            }
+        }
+        newly
     }
 }
 

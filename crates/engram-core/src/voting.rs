@@ -123,6 +123,9 @@ pub struct VotedNeighbor {
     pub neighbor: Neighbor,
     /// What it added to its label's total: rule weight times item weight.
     pub vote: f64,
+    /// What curation changed about this neighbour's label or weight, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjustments: Vec<crate::curation::Adjustment>,
 }
 
 /// What the memory decided, and why.
@@ -174,6 +177,7 @@ pub fn decide(neighbors: Vec<Neighbor>, params: &VoteParams) -> Decision {
             rank,
             neighbor,
             vote,
+            adjustments: Vec::new(),
         })
         .collect();
     Decision {

@@ -12,7 +12,9 @@ use engram_index::SearchTuning;
 use engram_store::{WalOp, WalRecord};
 
 use crate::error::Result;
-use crate::shard::{ItemView, Shard, ShardHits};
+use crate::shard::{
+    ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
+};
 
 /// Live items and items per label.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -29,6 +31,10 @@ pub struct SearchResults {
     /// Shards that answered without some of their segments: the lists may
     /// miss neighbours stored there (the API's `partial: true`).
     pub incomplete_shards: Vec<u32>,
+}
+
+fn deleted_count(deletions: &[ShardDeletion]) -> usize {
+    deletions.iter().map(|d| d.ids.len()).sum()
 }
 
 pub struct HostedCollection {
@@ -103,30 +109,73 @@ impl HostedCollection {
     }
 
     pub fn delete_ids(&self, ids: &[u64]) -> Result<usize> {
-        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.shards.len()];
-        for id in ids {
-            per_shard[shard_of(*id, self.spec.shards) as usize].push(*id);
-        }
-        self.shards
-            .par_iter()
-            .zip(per_shard)
-            .filter(|(_, ids)| !ids.is_empty())
-            .map(|(shard, ids)| shard.delete_ids(&ids))
-            .try_reduce(|| 0, |a, b| Ok(a + b))
+        Ok(deleted_count(&self.delete_ids_traced(ids)?))
     }
 
     pub fn delete_label(&self, label: &str) -> Result<usize> {
-        self.shards
-            .par_iter()
-            .map(|s| s.delete_where(|t| t.ids_with_label(label)))
-            .try_reduce(|| 0, |a, b| Ok(a + b))
+        Ok(deleted_count(&self.delete_label_traced(label)?))
     }
 
     pub fn delete_source(&self, source: &str) -> Result<usize> {
-        self.shards
+        Ok(deleted_count(&self.delete_source_traced(source)?))
+    }
+
+    /// Deletes those of `ids` that are live; one record per shard that
+    /// deleted something (see [`ShardDeletion`]).
+    pub fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>> {
+        let mut per_shard: Vec<HashSet<u64>> = vec![HashSet::new(); self.shards.len()];
+        for id in ids {
+            per_shard[shard_of(*id, self.spec.shards) as usize].insert(*id);
+        }
+        self.collect_deletions(|n, shard| {
+            let ids = &per_shard[n];
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            shard.delete_traced(|t| ids.iter().copied().filter(|id| t.contains(*id)).collect())
+        })
+    }
+
+    pub fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>> {
+        self.collect_deletions(|_, s| s.delete_traced(|t| t.ids_with_label(label)))
+    }
+
+    pub fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>> {
+        self.collect_deletions(|_, s| s.delete_traced(|t| t.ids_with_source(source)))
+    }
+
+    fn collect_deletions(
+        &self,
+        delete: impl Fn(usize, &Shard) -> Result<Option<ShardDeletion>> + Sync,
+    ) -> Result<Vec<ShardDeletion>> {
+        let per_shard: Vec<Option<ShardDeletion>> = self
+            .shards
             .par_iter()
-            .map(|s| s.delete_where(|t| t.ids_with_source(source)))
-            .try_reduce(|| 0, |a, b| Ok(a + b))
+            .enumerate()
+            .map(|(n, shard)| delete(n, shard))
+            .collect::<Result<_>>()?;
+        Ok(per_shard.into_iter().flatten().collect())
+    }
+
+    /// Where the items of `deletions` may still be physically present, per
+    /// shard (shards where nothing is left are omitted).
+    pub fn presence(&self, deletions: &[ShardDeletion]) -> Vec<(u32, Presence)> {
+        deletions
+            .iter()
+            .filter_map(|d| {
+                let presence = self.shards.get(d.shard as usize)?.presence(d);
+                (presence.wal || !presence.segments.is_empty()).then_some((d.shard, presence))
+            })
+            .collect()
+    }
+
+    /// Every live item with its vector, shard by shard and segment by
+    /// segment; memory is bounded by the largest segment.
+    pub fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
+        for shard in &self.shards {
+            shard.scan(f)?;
+        }
+        Ok(())
     }
 
     /// The `k` nearest items to each query over all shards, best first,
@@ -135,13 +184,13 @@ impl HostedCollection {
         &self,
         queries: &[&[f32]],
         k: usize,
-        exclude: &HashSet<u64>,
+        filter: &SearchFilter,
         tuning: SearchTuning,
     ) -> SearchResults {
         let per_shard: Vec<ShardHits> = self
             .shards
             .par_iter()
-            .map(|s| s.search_batch(queries, k, exclude, tuning))
+            .map(|s| s.search_batch(queries, k, filter, tuning))
             .collect();
         let mut per_query: Vec<Vec<Vec<Neighbor>>> = (0..queries.len())
             .map(|_| Vec::with_capacity(self.shards.len()))
@@ -282,7 +331,7 @@ mod tests {
                     hosted = HostedCollection::open(dir.path(), spec.clone(), &params).unwrap();
                 }
             }
-            let results = hosted.search_batch(&[&q], 100, &HashSet::new(), SearchTuning::default());
+            let results = hosted.search_batch(&[&q], 100, &SearchFilter::default(), SearchTuning::default());
             prop_assert!(results.incomplete_shards.is_empty());
             let hits = &results.lists[0];
             prop_assert_eq!(hits.len(), live.len());

@@ -10,5 +10,7 @@ pub mod worker;
 
 pub use error::{Result, WorkerError};
 pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
-pub use shard::{Shard, ShardHits};
+pub use shard::{
+    Admit, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
+};
 pub use worker::Worker;

@@ -93,6 +93,59 @@ impl ShardState {
     }
 }
 
+/// Decides whether the memory's item may vote: `(id, stored label, source)`.
+pub type Admit = Arc<dyn Fn(u64, &str, Option<&str>) -> bool + Send + Sync>;
+
+/// Which items a search may return; applied inside the index search, so
+/// `k` admitted items come back however many are filtered out.
+#[derive(Default, Clone)]
+pub struct SearchFilter {
+    pub exclude: HashSet<u64>,
+    pub admit: Option<Admit>,
+}
+
+impl SearchFilter {
+    pub fn excluding(exclude: HashSet<u64>) -> SearchFilter {
+        SearchFilter {
+            exclude,
+            admit: None,
+        }
+    }
+}
+
+/// Where a shard's deleted items were physically, and the log position of
+/// the delete: what an unlearning receipt records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardDeletion {
+    pub shard: u32,
+    pub ids: Vec<u64>,
+    /// The WAL generation and byte offset just after the delete record.
+    pub wal_generation: u64,
+    pub wal_offset: u64,
+    /// Some deleted item was written since the last seal, so its vector is
+    /// in this WAL generation.
+    pub vectors_in_wal: bool,
+    /// Sealed segments holding a row of some deleted item.
+    pub segments: Vec<String>,
+}
+
+/// Where deleted items may still be physically present in one shard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The WAL that holds their vectors has not been retired yet.
+    pub wal: bool,
+    /// Sealed segments not yet compacted away.
+    pub segments: Vec<String>,
+}
+
+/// One live item and its vector, as a full scan sees it.
+#[derive(Debug, Clone)]
+pub struct ScannedItem {
+    pub id: u64,
+    pub label: Arc<str>,
+    pub vector: Vec<f32>,
+}
+
 /// One shard's answer to a batch of queries.
 #[derive(Debug, Clone, Default)]
 pub struct ShardHits {
@@ -245,15 +298,97 @@ impl Shard {
     /// table); returns how many were deleted. Selection and logging happen
     /// under the WAL lock, so no concurrent write slips in between.
     pub fn delete_where(&self, select: impl FnOnce(&ItemTable) -> Vec<u64>) -> Result<usize> {
+        Ok(self.delete_traced(select)?.map_or(0, |d| d.ids.len()))
+    }
+
+    /// [`Self::delete_where`] that also reports where the deleted items were
+    /// physically and where the delete sits in the log (`None`: nothing
+    /// matched).
+    pub fn delete_traced(
+        &self,
+        select: impl FnOnce(&ItemTable) -> Vec<u64>,
+    ) -> Result<Option<ShardDeletion>> {
         let mut wal = self.wal.lock();
-        let ids = select(&self.state.read().items);
+        let (ids, vectors_in_wal, segments) = {
+            let state = self.state.read();
+            let ids = select(&state.items);
+            let in_growing = ids.iter().any(|id| state.growing.contains(*id));
+            let segments: Vec<String> = state
+                .sealed
+                .iter()
+                .filter(|s| ids.iter().any(|id| s.holds_row(*id)))
+                .map(|s| s.name())
+                .collect();
+            (ids, in_growing, segments)
+        };
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let ops: WalRecord = ids.iter().map(|id| WalOp::Delete { id: *id }).collect();
         wal.wal.append(&ops)?;
         self.state.write().apply(&ops)?;
-        Ok(ids.len())
+        Ok(Some(ShardDeletion {
+            shard: self.number,
+            ids,
+            wal_generation: wal.manifest.wal_generation,
+            wal_offset: wal.wal.len_bytes(),
+            vectors_in_wal,
+            segments,
+        }))
+    }
+
+    /// Where the items of `deletion` may still be physically present.
+    pub fn presence(&self, deletion: &ShardDeletion) -> Presence {
+        let wal = self.wal.lock();
+        let current: HashSet<&str> = wal.manifest.segments.iter().map(String::as_str).collect();
+        Presence {
+            wal: deletion.vectors_in_wal && wal.manifest.wal_generation == deletion.wal_generation,
+            segments: deletion
+                .segments
+                .iter()
+                .filter(|s| current.contains(s.as_str()))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Every live item with its vector, one segment at a time (sealed rows
+    /// are read back from their sectors). `f` is called once per segment.
+    pub fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
+        let (growing, sealed) = {
+            let state = self.state.read();
+            (state.growing.live_rows(), state.sealed.clone())
+        };
+        self.scan_rows(growing, f)?;
+        for segment in sealed {
+            self.scan_rows(segment.live_rows()?, f)?;
+        }
+        Ok(())
+    }
+
+    fn scan_rows(
+        &self,
+        (ids, vectors): (Vec<u64>, Vec<f32>),
+        f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>,
+    ) -> Result<()> {
+        let items: Vec<ScannedItem> = {
+            let state = self.state.read();
+            ids.iter()
+                .zip(vectors.chunks_exact(self.dim.max(1)))
+                .filter_map(|(id, v)| {
+                    let record = state.items.get(*id)?;
+                    Some(ScannedItem {
+                        id: *id,
+                        label: state.items.label_of(record).clone(),
+                        vector: v.to_vec(),
+                    })
+                })
+                .collect()
+        };
+        if items.is_empty() {
+            return Ok(());
+        }
+        f(items)
     }
 
     /// Deletes those of `ids` that are live here.
@@ -401,11 +536,19 @@ impl Shard {
         &self,
         queries: &[&[f32]],
         k: usize,
-        exclude: &HashSet<u64>,
+        filter: &SearchFilter,
         tuning: SearchTuning,
     ) -> ShardHits {
         let state = self.state.read();
-        let filter = |id: u64| !exclude.contains(&id);
+        let items = &state.items;
+        let filter = |id: u64| {
+            !filter.exclude.contains(&id)
+                && filter.admit.as_ref().is_none_or(|admit| {
+                    items
+                        .get(id)
+                        .is_some_and(|r| admit(id, items.label_of(r), r.source.as_deref()))
+                })
+        };
         let mut failed = vec![false; state.sealed.len()];
         let lists = queries
             .iter()
@@ -654,7 +797,12 @@ mod tests {
                 exact.upsert(*id, &data[*id as usize]).unwrap();
             }
             let queries: Vec<&[f32]> = data.iter().step_by(7).map(Vec::as_slice).collect();
-            let hits = shard.search_batch(&queries, 10, &HashSet::new(), SearchTuning::default());
+            let hits = shard.search_batch(
+                &queries,
+                10,
+                &SearchFilter::default(),
+                SearchTuning::default(),
+            );
             assert_eq!(hits.failed_segments, 0);
             let results = hits.lists;
             let mut hits = 0;
@@ -781,7 +929,8 @@ mod tests {
         }
         assert_eq!(shard.sealed_segments(), 1);
         let query = [data[120].as_slice()];
-        let healthy = shard.search_batch(&query, 5, &HashSet::new(), SearchTuning::default());
+        let healthy =
+            shard.search_batch(&query, 5, &SearchFilter::default(), SearchTuning::default());
         assert_eq!(healthy.failed_segments, 0);
 
         // The disk index loses everything past its header sector while open.
@@ -797,7 +946,7 @@ mod tests {
             .unwrap()
             .set_len(4096)
             .unwrap();
-        let hurt = shard.search_batch(&query, 5, &HashSet::new(), SearchTuning::default());
+        let hurt = shard.search_batch(&query, 5, &SearchFilter::default(), SearchTuning::default());
         assert_eq!(hurt.failed_segments, 1, "the failure is reported");
         assert_eq!(hurt.lists[0].len(), 5, "the growing segment still answers");
         assert!(hurt.lists[0].iter().all(|n| n.id >= 100));

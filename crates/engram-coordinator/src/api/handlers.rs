@@ -141,3 +141,83 @@ pub async fn method_not_allowed() -> ApiError {
         "method not allowed on this route; see /v1/openapi.json",
     )
 }
+
+fn parse_number(what: &str, raw: &str) -> Result<u64> {
+    raw.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "{what} must be an unsigned 64-bit integer, got {raw:?}"
+        ))
+    })
+}
+
+pub async fn intervene(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<InterventionRequest>,
+) -> Result<Json<engram_core::AuditEntry>> {
+    Ok(Json(engram.intervene(&collection, request).await?))
+}
+
+pub async fn curation(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+) -> Result<Json<CurationView>> {
+    Ok(Json(engram.curation(&collection).await?))
+}
+
+pub async fn pruning(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+) -> Result<Json<PruningSummary>> {
+    Ok(Json(engram.pruning(&collection).await?))
+}
+
+pub async fn clear_pruning(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+) -> Result<StatusCode> {
+    engram.clear_pruning(&collection).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn unlearning(
+    State(engram): State<Engram>,
+    Path((collection, receipt)): Path<(String, String)>,
+) -> Result<Json<UnlearningStatus>> {
+    let receipt = parse_number("receipt", &receipt)?;
+    Ok(Json(engram.unlearning(&collection, receipt).await?))
+}
+
+pub async fn start_job(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+    ApiJson(request): ApiJson<JobRequest>,
+) -> Result<(StatusCode, Json<crate::jobs::JobStatus>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(engram.start_job(&collection, request).await?),
+    ))
+}
+
+pub async fn jobs(
+    State(engram): State<Engram>,
+    Path(collection): Path<String>,
+) -> Result<Json<JobList>> {
+    Ok(Json(engram.jobs(&collection)?))
+}
+
+pub async fn job(
+    State(engram): State<Engram>,
+    Path((collection, job)): Path<(String, String)>,
+) -> Result<Json<crate::jobs::JobStatus>> {
+    let job = parse_number("job id", &job)?;
+    Ok(Json(engram.job(&collection, job)?))
+}
+
+pub async fn cancel_job(
+    State(engram): State<Engram>,
+    Path((collection, job)): Path<(String, String)>,
+) -> Result<Json<crate::jobs::JobStatus>> {
+    let job = parse_number("job id", &job)?;
+    Ok(Json(engram.cancel_job(&collection, job)?))
+}

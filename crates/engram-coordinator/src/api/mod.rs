@@ -58,6 +58,30 @@ pub fn router(engram: Engram) -> Router {
             "/v1/collections/{collection}/compact",
             post(handlers::compact),
         )
+        .route(
+            "/v1/collections/{collection}/interventions",
+            post(handlers::intervene).get(handlers::curation),
+        )
+        .route(
+            "/v1/collections/{collection}/pruning",
+            get(handlers::pruning).delete(handlers::clear_pruning),
+        )
+        .route(
+            "/v1/collections/{collection}/unlearning/{receipt}",
+            get(handlers::unlearning),
+        )
+        .route(
+            "/v1/collections/{collection}/jobs",
+            post(handlers::start_job).get(handlers::jobs),
+        )
+        .route(
+            "/v1/collections/{collection}/jobs/{job}",
+            get(handlers::job),
+        )
+        .route(
+            "/v1/collections/{collection}/jobs/{job}/cancel",
+            post(handlers::cancel_job),
+        )
         .route("/v1/openapi.json", get(handlers::openapi))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))

@@ -283,6 +283,20 @@ impl SealedSegment {
         self.manifest.rows
     }
 
+    /// Whether `id` has a row in this segment's files, deleted or not: its
+    /// vector's bytes are on disk here until compaction.
+    pub fn holds_row(&self, id: u64) -> bool {
+        self.slot_of.contains_key(&id)
+    }
+
+    /// The segment's name (its directory's).
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    }
+
     /// Fraction of rows deleted; compaction is worth it past a threshold.
     pub fn deleted_fraction(&self) -> f64 {
         1.0 - self.live.load(Ordering::Relaxed) as f64 / self.manifest.rows.max(1) as f64

@@ -1,0 +1,336 @@
+//! The curation operations of the public API: interventions, unlearning
+//! receipts, and memory pruning as a job.
+
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use engram_core::{AuditEntry, PruningScores, PruningWeights};
+use engram_index::SearchTuning;
+use engram_worker::{HostedCollection, SearchFilter};
+
+use crate::dto::InterventionRequest;
+use crate::dto::{
+    CurationView, JobList, JobRequest, LogPosition, PresentIn, PruningSummary, SegmentRef,
+    UnlearningStatus,
+};
+use crate::error::{ApiError, ErrorCode, Result};
+use crate::jobs::{Job, JobStatus};
+use crate::meta::{CollectionMeta, Selector, now};
+use crate::service::Engram;
+
+/// Queries per search batch while pruning.
+const PRUNE_BATCH: usize = 256;
+/// Candidates listed in a pruning report.
+const REPORT_TOP: usize = 100;
+
+/// How a pruning job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PruneMode {
+    DryRun,
+    Hard,
+    Soft,
+}
+
+impl Engram {
+    /// Applies one intervention and records it in the audit trail.
+    pub async fn intervene(
+        &self,
+        collection: &str,
+        request: InterventionRequest,
+    ) -> Result<AuditEntry> {
+        let hosted = self.hosted_collection(collection)?;
+        if let Some(id) = request.intervention.item()
+            && hosted.get(id).is_none()
+        {
+            return Err(ApiError::not_found(format!(
+                "item {id} does not exist in `{collection}`"
+            )));
+        }
+        let meta = self.inner.meta.get(collection)?;
+        let entry =
+            crate::service::blocking(move || meta.intervene(request.intervention, &request.reason))
+                .await?;
+        tracing::info!(collection, seq = entry.seq, reason = %entry.reason, "intervention");
+        Ok(entry)
+    }
+
+    /// The active interventions, the audit trail and the pruning weights.
+    pub async fn curation(&self, collection: &str) -> Result<CurationView> {
+        self.hosted_collection(collection)?;
+        let meta = self.inner.meta.get(collection)?;
+        Ok(CurationView {
+            curation: (*meta.curation()).clone(),
+            pruning: pruning_summary(&meta),
+        })
+    }
+
+    pub async fn pruning(&self, collection: &str) -> Result<PruningSummary> {
+        self.hosted_collection(collection)?;
+        let meta = self.inner.meta.get(collection)?;
+        pruning_summary(&meta).ok_or_else(|| {
+            ApiError::not_found(format!("`{collection}` has no soft-pruning weights"))
+        })
+    }
+
+    /// Removes the soft-pruning weights (every item votes with its own
+    /// weight again).
+    pub async fn clear_pruning(&self, collection: &str) -> Result<()> {
+        self.hosted_collection(collection)?;
+        let meta = self.inner.meta.get(collection)?;
+        crate::service::blocking(move || meta.set_pruning(None)).await
+    }
+
+    /// Whether the items of an unlearning receipt are still physically
+    /// present anywhere.
+    pub async fn unlearning(&self, collection: &str, receipt: u64) -> Result<UnlearningStatus> {
+        let hosted = self.hosted_collection(collection)?;
+        let meta = self.inner.meta.get(collection)?;
+        let receipt = meta.receipt(receipt)?.ok_or_else(|| {
+            ApiError::not_found(format!("no unlearning receipt {receipt} in `{collection}`"))
+        })?;
+        let presence = hosted.presence(&receipt.log);
+        let present_in = PresentIn {
+            wal_shards: presence
+                .iter()
+                .filter(|(_, p)| p.wal)
+                .map(|(shard, _)| *shard)
+                .collect(),
+            sealed_segments: presence
+                .iter()
+                .flat_map(|(shard, p)| {
+                    p.segments.iter().map(|segment| SegmentRef {
+                        shard: *shard,
+                        segment: segment.clone(),
+                    })
+                })
+                .collect(),
+            snapshots: Vec::new(),
+        };
+        let erased = present_in.wal_shards.is_empty() && present_in.sealed_segments.is_empty();
+        Ok(UnlearningStatus {
+            receipt: receipt.receipt,
+            at: receipt.at,
+            selector: receipt.selector,
+            deleted: receipt.deleted,
+            status: if erased { "erased" } else { "deleted" }.to_string(),
+            present_in,
+            log_positions: receipt
+                .log
+                .iter()
+                .map(|d| LogPosition {
+                    shard: d.shard,
+                    wal_generation: d.wal_generation,
+                    wal_offset: d.wal_offset,
+                })
+                .collect(),
+            ids: receipt
+                .log
+                .iter()
+                .flat_map(|d| d.ids.iter().copied())
+                .collect(),
+            stale_pruning_weights: receipt.stale_pruning_weights,
+        })
+    }
+
+    /// Starts a job; answers at once with its status.
+    pub async fn start_job(&self, collection: &str, request: JobRequest) -> Result<JobStatus> {
+        let hosted = self.hosted_collection(collection)?;
+        if request.kind != "prune" {
+            return Err(ApiError::invalid(format!(
+                "unknown job kind `{}`; known: prune",
+                request.kind
+            )));
+        }
+        let mode = match request.mode.as_deref().unwrap_or("dry_run") {
+            "dry_run" => PruneMode::DryRun,
+            "hard" => PruneMode::Hard,
+            "soft" => PruneMode::Soft,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown pruning mode `{other}`; use dry_run, hard or soft"
+                )));
+            }
+        };
+        let k = request.k.unwrap_or(10);
+        let max_k = self.config().limits.max_k;
+        if k == 0 || k > max_k {
+            return Err(ApiError::invalid(format!(
+                "k must be between 1 and {max_k}, got {k}"
+            )));
+        }
+        let threshold = request.threshold.unwrap_or(3);
+        if threshold == 0 {
+            return Err(ApiError::invalid("threshold must be at least 1"));
+        }
+        if self.inner.jobs.running(collection, "prune") {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("a prune job is already running on `{collection}`"),
+            ));
+        }
+        let params = json!({
+            "mode": request.mode.as_deref().unwrap_or("dry_run"),
+            "k": k,
+            "threshold": threshold,
+        });
+        let job = self.inner.jobs.start(collection, "prune", params);
+        let meta = self.inner.meta.get(collection)?;
+        let this = self.clone();
+        let running = job.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = prune(&this, &hosted, &meta, &running, mode, k, threshold);
+            if let Err(e) = &outcome {
+                tracing::warn!(job = running.id(), error = %e, "prune job ended without a result");
+            }
+            running.finish(outcome.map_err(|e| e.to_string()));
+        });
+        Ok(job.status())
+    }
+
+    pub fn job(&self, collection: &str, id: u64) -> Result<JobStatus> {
+        self.hosted_collection(collection)?;
+        self.inner
+            .jobs
+            .get(collection, id)
+            .map(|j| j.status())
+            .ok_or_else(|| ApiError::not_found(format!("no job {id} on `{collection}`")))
+    }
+
+    pub fn jobs(&self, collection: &str) -> Result<JobList> {
+        self.hosted_collection(collection)?;
+        Ok(JobList {
+            jobs: self.inner.jobs.list(collection),
+        })
+    }
+
+    pub fn cancel_job(&self, collection: &str, id: u64) -> Result<JobStatus> {
+        self.hosted_collection(collection)?;
+        let job = self
+            .inner
+            .jobs
+            .get(collection, id)
+            .ok_or_else(|| ApiError::not_found(format!("no job {id} on `{collection}`")))?;
+        self.inner.jobs.cancel(&job);
+        Ok(job.status())
+    }
+
+    fn hosted_collection(&self, name: &str) -> Result<Arc<HostedCollection>> {
+        Ok(self.inner.worker.get(name)?)
+    }
+}
+
+fn pruning_summary(meta: &CollectionMeta) -> Option<PruningSummary> {
+    meta.pruning().map(|p| PruningSummary {
+        job: p.job,
+        at: p.at.clone(),
+        k: p.k,
+        weighted_items: p.v.len(),
+        stale_items: p.stale.len(),
+    })
+}
+
+/// Scores every item by querying the memory with it (its own id
+/// excluded), then ends as `mode` says. Blocking.
+fn prune(
+    engram: &Engram,
+    hosted: &HostedCollection,
+    meta: &CollectionMeta,
+    job: &Job,
+    mode: PruneMode,
+    k: usize,
+    threshold: u32,
+) -> Result<serde_json::Value> {
+    let curation = meta.curation();
+    job.set_total(hosted.stats().items);
+    let mut scores = PruningScores::default();
+    let mut partial = false;
+    hosted.scan(&mut |items| {
+        for chunk in items.chunks(PRUNE_BATCH) {
+            if job.cancelled() {
+                return Ok(());
+            }
+            let queries: Vec<&[f32]> = chunk.iter().map(|i| i.vector.as_slice()).collect();
+            let found = hosted.search_batch(
+                &queries,
+                k + 1,
+                &SearchFilter::default(),
+                SearchTuning::default(),
+            );
+            partial |= !found.incomplete_shards.is_empty();
+            for (item, list) in chunk.iter().zip(&found.lists) {
+                let neighbors: Vec<(u64, &str)> = list
+                    .iter()
+                    .filter(|n| n.id != item.id)
+                    .take(k)
+                    .map(|n| (n.id, curation.effective_label(n.id, &n.label)))
+                    .collect();
+                scores.add_query(
+                    item.id,
+                    curation.effective_label(item.id, &item.label),
+                    &neighbors,
+                );
+            }
+            job.advance(chunk.len() as u64);
+        }
+        Ok(())
+    })?;
+    if job.cancelled() {
+        return Err(ApiError::invalid("cancelled"));
+    }
+    if partial {
+        return Err(ApiError::internal(
+            "some sealed segment could not be searched; scores would be incomplete",
+        ));
+    }
+    let mut histogram: BTreeMap<u32, u64> = BTreeMap::new();
+    for v in scores.v.values() {
+        *histogram.entry(*v).or_default() += 1;
+    }
+    histogram.insert(0, scores.items - scores.v.len() as u64);
+    let candidates = scores.at_least(threshold);
+    let top: Vec<serde_json::Value> = candidates
+        .iter()
+        .take(REPORT_TOP)
+        .map(|(id, v)| {
+            let label = hosted.get(*id).map(|i| i.label.to_string());
+            json!({ "id": id, "v": v, "label": label })
+        })
+        .collect();
+    let mut report = json!({
+        "items_scored": scores.items,
+        "v_histogram": histogram,
+        "at_or_above_threshold": candidates.len(),
+        "top": top,
+    });
+    match mode {
+        PruneMode::DryRun => {}
+        PruneMode::Hard => {
+            let ids: Vec<u64> = candidates.iter().map(|(id, _)| *id).collect();
+            let log = hosted.delete_ids_traced(&ids)?;
+            let deleted: usize = log.iter().map(|d| d.ids.len()).sum();
+            engram.inner.metrics.items_deleted(deleted);
+            report["deleted"] = json!(deleted);
+            if deleted > 0 {
+                let selector = Selector {
+                    ids: Some(ids.len()),
+                    ..Selector::default()
+                };
+                let receipt = meta.record_deletion(selector, log)?;
+                report["receipt"] = json!(receipt.receipt);
+            }
+        }
+        PruneMode::Soft => {
+            let weighted = scores.v.len();
+            let gamma_min = scores
+                .v
+                .values()
+                .max()
+                .map_or(1.0, |v| engram_core::curation::soft_pruning_gamma(*v));
+            meta.set_pruning(Some(PruningWeights::new(job.id(), now(), k, scores)))?;
+            report["weighted_items"] = json!(weighted);
+            report["gamma_min"] = json!(gamma_min);
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,271 @@
+//! Curation metadata of each collection: interventions with their audit
+//! trail, soft-pruning weights and unlearning receipts.
+//!
+//! In a cluster these live in the Raft state machine; the embedded node
+//! keeps them under `<data_dir>/meta/<collection>/` in checksummed files
+//! (`curation.bin`, `pruning.bin`, `receipts/<n>.bin`), each rewritten
+//! atomically before the change is acknowledged. Readers take an `Arc`
+//! snapshot, so decisions never wait for a curator's write.
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engram_core::{AuditEntry, Curation, Intervention, PruningWeights};
+use engram_store::checksummed;
+use engram_worker::ShardDeletion;
+
+use crate::error::{ApiError, Result};
+
+const CURATION_FILE: &str = "curation.bin";
+const PRUNING_FILE: &str = "pruning.bin";
+const RECEIPTS_DIR: &str = "receipts";
+
+/// What a delete request selected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Selector {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ids: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<String>,
+}
+
+/// The durable record of one unlearning request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub receipt: u64,
+    pub at: String,
+    pub selector: Selector,
+    pub deleted: usize,
+    /// Per shard: the ids, the log position of the delete and where the
+    /// items' vectors were physically when they were deleted.
+    pub log: Vec<ShardDeletion>,
+    /// Soft-pruning weights that had counted one of these items as a query.
+    pub stale_pruning_weights: usize,
+}
+
+/// The metadata of one collection.
+pub struct CollectionMeta {
+    dir: PathBuf,
+    curation: RwLock<Arc<Curation>>,
+    pruning: RwLock<Option<Arc<PruningWeights>>>,
+    next_receipt: Mutex<u64>,
+    /// Serialises writers (readers use the snapshots).
+    write: Mutex<()>,
+}
+
+fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = checksummed::read_verified(path)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::internal(format!("{} is unreadable: {e}", path.display())))
+}
+
+fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(|e| ApiError::internal(e.to_string()))?;
+    checksummed::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// Now, as RFC 3339 UTC with seconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl CollectionMeta {
+    /// Loads (creating where missing) the metadata in `dir`; a corrupted
+    /// file is refused.
+    pub fn open(dir: &Path) -> Result<CollectionMeta> {
+        fs_err::create_dir_all(dir.join(RECEIPTS_DIR)).map_err(io)?;
+        let curation: Curation = load(&dir.join(CURATION_FILE))?.unwrap_or_default();
+        let pruning: Option<PruningWeights> = load(&dir.join(PRUNING_FILE))?;
+        let mut last = 0;
+        for entry in fs_err::read_dir(dir.join(RECEIPTS_DIR)).map_err(io)? {
+            let name = entry.map_err(io)?.file_name().to_string_lossy().to_string();
+            if let Some(n) = name
+                .strip_suffix(".bin")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                last = last.max(n);
+            }
+        }
+        Ok(CollectionMeta {
+            dir: dir.to_path_buf(),
+            curation: RwLock::new(Arc::new(curation)),
+            pruning: RwLock::new(pruning.map(Arc::new)),
+            next_receipt: Mutex::new(last + 1),
+            write: Mutex::new(()),
+        })
+    }
+
+    pub fn curation(&self) -> Arc<Curation> {
+        self.curation.read().clone()
+    }
+
+    pub fn pruning(&self) -> Option<Arc<PruningWeights>> {
+        self.pruning.read().clone()
+    }
+
+    /// Applies, persists, then publishes an intervention.
+    pub fn intervene(&self, intervention: Intervention, reason: &str) -> Result<AuditEntry> {
+        let _writer = self.write.lock();
+        let mut next = (*self.curation()).clone();
+        let entry = next.apply(intervention, reason, now())?;
+        save(&self.dir.join(CURATION_FILE), &next)?;
+        *self.curation.write() = Arc::new(next);
+        Ok(entry)
+    }
+
+    /// Replaces the soft-pruning weights (`None` removes them).
+    pub fn set_pruning(&self, weights: Option<PruningWeights>) -> Result<()> {
+        let _writer = self.write.lock();
+        match &weights {
+            Some(w) => save(&self.dir.join(PRUNING_FILE), w)?,
+            None => {
+                let path = self.dir.join(PRUNING_FILE);
+                if path.exists() {
+                    fs_err::remove_file(path).map_err(io)?;
+                }
+            }
+        }
+        *self.pruning.write() = weights.map(Arc::new);
+        Ok(())
+    }
+
+    /// Records an unlearning request: marks pruning weights its items had
+    /// counted towards as stale, then writes the receipt.
+    pub fn record_deletion(&self, selector: Selector, log: Vec<ShardDeletion>) -> Result<Receipt> {
+        let _writer = self.write.lock();
+        let ids: Vec<u64> = log.iter().flat_map(|d| d.ids.iter().copied()).collect();
+        let mut stale = 0;
+        if let Some(current) = self.pruning() {
+            let mut next = (*current).clone();
+            stale = next.forget(&ids);
+            if next != *current {
+                save(&self.dir.join(PRUNING_FILE), &next)?;
+                *self.pruning.write() = Some(Arc::new(next));
+            }
+        }
+        let mut counter = self.next_receipt.lock();
+        let receipt = Receipt {
+            receipt: *counter,
+            at: now(),
+            selector,
+            deleted: ids.len(),
+            log,
+            stale_pruning_weights: stale,
+        };
+        save(&self.receipt_path(receipt.receipt), &receipt)?;
+        *counter += 1;
+        Ok(receipt)
+    }
+
+    pub fn receipt(&self, id: u64) -> Result<Option<Receipt>> {
+        load(&self.receipt_path(id))
+    }
+
+    fn receipt_path(&self, id: u64) -> PathBuf {
+        self.dir.join(RECEIPTS_DIR).join(format!("{id:016}.bin"))
+    }
+}
+
+/// The metadata of every collection on this node.
+pub struct MetaStore {
+    root: PathBuf,
+    collections: Mutex<HashMap<String, Arc<CollectionMeta>>>,
+}
+
+impl MetaStore {
+    pub fn new(data_dir: &Path) -> MetaStore {
+        MetaStore {
+            root: data_dir.join("meta"),
+            collections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The metadata of `collection`, loaded on first use.
+    pub fn get(&self, collection: &str) -> Result<Arc<CollectionMeta>> {
+        let mut map = self.collections.lock();
+        if let Some(meta) = map.get(collection) {
+            return Ok(meta.clone());
+        }
+        let meta = Arc::new(CollectionMeta::open(&self.root.join(collection))?);
+        map.insert(collection.to_string(), meta.clone());
+        Ok(meta)
+    }
+
+    /// Forgets `collection` and removes its files (collection deleted, or
+    /// leftovers found when a collection of that name is created).
+    pub fn remove(&self, collection: &str) -> Result<()> {
+        self.collections.lock().remove(collection);
+        let dir = self.root.join(collection);
+        if dir.exists() {
+            fs_err::remove_dir_all(dir).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interventions_pruning_and_receipts_survive_reopen_and_corruption_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        {
+            let meta = CollectionMeta::open(&path).unwrap();
+            meta.intervene(Intervention::BlockClass { label: "x".into() }, "test")
+                .unwrap();
+            let mut scores = engram_core::PruningScores::default();
+            scores.add_query(1, "a", &[(2, "b")]);
+            meta.set_pruning(Some(PruningWeights::new(7, now(), 10, scores)))
+                .unwrap();
+            let deletion = ShardDeletion {
+                shard: 0,
+                ids: vec![1],
+                wal_generation: 0,
+                wal_offset: 100,
+                vectors_in_wal: true,
+                segments: vec![],
+            };
+            let receipt = meta
+                .record_deletion(
+                    Selector {
+                        ids: Some(1),
+                        ..Selector::default()
+                    },
+                    vec![deletion],
+                )
+                .unwrap();
+            assert_eq!((receipt.receipt, receipt.stale_pruning_weights), (1, 1));
+        }
+        let meta = CollectionMeta::open(&path).unwrap();
+        assert!(meta.curation().blocked_classes.contains_key("x"));
+        assert!(meta.pruning().unwrap().stale.contains(&2));
+        assert_eq!(meta.receipt(1).unwrap().unwrap().deleted, 1);
+        assert!(meta.receipt(2).unwrap().is_none());
+        let next = meta.record_deletion(Selector::default(), vec![]).unwrap();
+        assert_eq!(next.receipt, 2, "receipt numbers continue after a restart");
+        drop(meta);
+
+        let file = path.join(CURATION_FILE);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        assert!(CollectionMeta::open(&path).is_err());
+    }
+}
