@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo test bench bench-index lint fmt clean serve
+.PHONY: all setup build demo eval test bench bench-index lint fmt clean serve
 
 all: build
 
@@ -22,6 +22,12 @@ build: setup
 ## the API, classifies, explains, unlearns and re-adds a class, stops.
 demo: build
 	@scripts/demo.sh
+
+## The paper's experiments in kind on Fashion-MNIST (accuracy per rule and k,
+## new classes, label noise, pruning, unlearning): writes docs/evaluation.md
+## and its plots. About 10 minutes on 2 cores.
+eval: build
+	@scripts/eval.sh
 
 serve: build
 	$(CARGO) run --bin engram -- serve --config config/embedded.toml

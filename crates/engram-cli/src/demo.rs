@@ -6,15 +6,13 @@
 //! sent as base64 PNG, the server embeds them with its ONNX model.
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
-use image::{GrayImage, ImageFormat};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use engram_ingest::idx::{self, FASHION_MNIST_CLASSES, IdxImages};
+use engram_ingest::idx::{self, IdxImages};
+
+use crate::client::{Client, class_name, png_base64, progress};
 
 const COLLECTION: &str = "fashion-mnist";
 const PIXEL_COLLECTION: &str = "fashion-mnist-pixels";
@@ -40,107 +38,6 @@ pub struct DemoArgs {
     /// Images per upload request.
     #[arg(long, default_value_t = 128)]
     batch: usize,
-}
-
-struct Client {
-    http: reqwest::blocking::Client,
-    base: String,
-}
-
-impl Client {
-    fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().with_context(|| format!("{method} {path}"))?;
-        let status = response.status().as_u16();
-        let text = response.text()?;
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)?
-        };
-        Ok((status, value))
-    }
-
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let (status, value) = self.call(reqwest::Method::POST, path, Some(body))?;
-        if !(200..300).contains(&status) {
-            bail!("POST {path} answered {status}: {value}");
-        }
-        Ok(value)
-    }
-
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (status, value) = self.call(reqwest::Method::GET, path, None)?;
-        if status != 200 {
-            bail!("GET {path} answered {status}: {value}");
-        }
-        Ok(value)
-    }
-
-    fn delete_collection(&self, name: &str) -> anyhow::Result<()> {
-        let (status, value) = self.call(
-            reqwest::Method::DELETE,
-            &format!("/v1/collections/{name}"),
-            None,
-        )?;
-        if status != 204 && status != 404 {
-            bail!("DELETE collection {name} answered {status}: {value}");
-        }
-        Ok(())
-    }
-
-    fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            if let Ok((200, _)) = self.call(reqwest::Method::GET, "/healthz", None) {
-                return Ok(());
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "server at {} did not become healthy within {timeout:?}",
-                    self.base
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-fn png_base64(images: &IdxImages, i: usize) -> anyhow::Result<String> {
-    let image = GrayImage::from_raw(
-        images.cols as u32,
-        images.rows as u32,
-        images.image(i).to_vec(),
-    )
-    .context("image size does not match its pixels")?;
-    let mut png = Cursor::new(Vec::new());
-    image.write_to(&mut png, ImageFormat::Png)?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(png.into_inner()))
-}
-
-fn class_name(label: u8) -> &'static str {
-    FASHION_MNIST_CLASSES[label as usize]
-}
-
-fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:<28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Uploads training images `ids` as images; returns how many were added.
@@ -208,12 +105,7 @@ fn accuracy(results: &[Value], truth: &[u8]) -> f64 {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let client = Client {
-        http: reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()?,
-        base: args.server.trim_end_matches('/').to_string(),
-    };
+    let client = Client::new(&args.server)?;
     client.wait_healthy(Duration::from_secs(120))?;
     let dir = &args.dataset_dir;
     let train_images =

@@ -1,7 +1,11 @@
-//! `engram`: serve the embedded node, or run the demo against one.
+//! `engram`: serve the embedded node; run the demo, pruning jobs or the
+//! evaluation against one.
 
+mod client;
 mod config;
 mod demo;
+mod eval;
+mod prune;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -36,6 +40,12 @@ enum Command {
     /// Build a visual memory from Fashion-MNIST through the API of a running
     /// server, and show what it decides.
     Demo(demo::DemoArgs),
+    /// Score every item of a collection against the rest of the memory and
+    /// prune (dry run, hard or soft), as a job on a running server.
+    Prune(prune::PruneArgs),
+    /// Reproduce the paper's experiments in kind on Fashion-MNIST through a
+    /// running server; writes docs/evaluation.md.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +63,8 @@ fn main() -> anyhow::Result<()> {
             data_dir,
         } => serve(config, listen, data_dir),
         Command::Demo(args) => demo::run(args),
+        Command::Prune(args) => prune::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

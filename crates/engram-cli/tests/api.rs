@@ -553,6 +553,13 @@ fn openapi_metrics_and_health() {
         "/v1/collections/{collection}/classify",
         "/v1/collections/{collection}/classify/batch",
         "/v1/collections/{collection}/embed",
+        "/v1/collections/{collection}/compact",
+        "/v1/collections/{collection}/interventions",
+        "/v1/collections/{collection}/jobs",
+        "/v1/collections/{collection}/jobs/{job}",
+        "/v1/collections/{collection}/jobs/{job}/cancel",
+        "/v1/collections/{collection}/pruning",
+        "/v1/collections/{collection}/unlearning/{receipt}",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }

@@ -1,0 +1,127 @@
+//! A blocking client of the public API, shared by the demo, `engram
+//! prune` and `engram eval`, plus helpers for Fashion-MNIST images.
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use image::{GrayImage, ImageFormat};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use engram_ingest::idx::{FASHION_MNIST_CLASSES, IdxImages};
+
+pub struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(server: &str) -> anyhow::Result<Client> {
+        Ok(Client {
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()?,
+            base: server.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let text = response.text()?;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        };
+        Ok((status, value))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let (status, value) = self.call(reqwest::Method::POST, path, Some(body))?;
+        if !(200..300).contains(&status) {
+            bail!("POST {path} answered {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, value) = self.call(reqwest::Method::GET, path, None)?;
+        if status != 200 {
+            bail!("GET {path} answered {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    pub fn delete_collection(&self, name: &str) -> anyhow::Result<()> {
+        let (status, value) = self.call(
+            reqwest::Method::DELETE,
+            &format!("/v1/collections/{name}"),
+            None,
+        )?;
+        if status != 204 && status != 404 {
+            bail!("DELETE collection {name} answered {status}: {value}");
+        }
+        Ok(())
+    }
+
+    pub fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Ok((200, _)) = self.call(reqwest::Method::GET, "/healthz", None) {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "server at {} did not become healthy within {timeout:?}",
+                    self.base
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn png_base64(images: &IdxImages, i: usize) -> anyhow::Result<String> {
+    let image = GrayImage::from_raw(
+        images.cols as u32,
+        images.rows as u32,
+        images.image(i).to_vec(),
+    )
+    .context("image size does not match its pixels")?;
+    let mut png = Cursor::new(Vec::new());
+    image.write_to(&mut png, ImageFormat::Png)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(png.into_inner()))
+}
+
+pub fn class_name(label: u8) -> &'static str {
+    FASHION_MNIST_CLASSES[label as usize]
+}
+
+pub fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Today's date (UTC), for reports.
+pub fn today() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10].to_string()
+}
