@@ -3,11 +3,15 @@
 # skipping whatever is already there:
 #   - Fashion-MNIST (Debian package dataset-fashion-mnist),
 #   - a project-local venv (.venv) with the onnxruntime wheel, whose
-#     libonnxruntime.so the Rust code loads through ORT_DYLIB_PATH.
+#     libonnxruntime.so the Rust code loads through ORT_DYLIB_PATH,
+#   - for the decision page's browser test: Chromium (Debian package
+#     chromium) and Playwright (into .venv; it drives that Chromium, it
+#     downloads no browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ONNXRUNTIME_VERSION="${ONNXRUNTIME_VERSION:-1.32.0}"
+PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.65.2}"
 DATASET_DIR=/usr/share/datasets/fashion-mnist
 
 as_root() {
@@ -15,16 +19,24 @@ as_root() {
     echo "setup: need root to run: $*" >&2; exit 1; fi
 }
 
-if [ ! -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ]; then
-  echo "setup: installing Debian package dataset-fashion-mnist"
+missing=()
+[ -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ] || missing+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so."$ONNXRUNTIME_VERSION" >/dev/null 2>&1 || ! .venv/bin/python -c "import PIL, numpy" 2>/dev/null; then
   echo "setup: creating .venv with onnxruntime==$ONNXRUNTIME_VERSION"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" "numpy==2.4.6" "pillow==13.0.0"
+fi
+
+if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
+  echo "setup: installing playwright==$PLAYWRIGHT_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION"
 fi
 
 echo "setup: ok (ORT_DYLIB_PATH=$(scripts/ort_dylib_path.sh))"

@@ -92,6 +92,7 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
     add(&server, 0..200);
     let (_, info) = server.get("/v1/collections/m");
     assert!(info["sealed_segments"].as_u64().unwrap() >= 2, "{info}");
+    assert_eq!(info["tombstones"], 0);
 
     let deleted: Vec<u64> = (0..50).collect();
     let (status, body) = server.post("/v1/collections/m/items/delete", &json!({ "ids": deleted }));
@@ -106,6 +107,8 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
             .any(|id| on_disk(&data, &bytes(&vector(*id)))),
         "before compaction deleted rows are still in some file"
     );
+    let (_, info) = server.get("/v1/collections/m");
+    assert!(info["tombstone_share"].as_f64().unwrap() > 0.0, "{info}");
 
     // Bad requests change nothing.
     assert_client_error(
@@ -145,6 +148,34 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
     assert!(ids.iter().all(|id| *id >= 50));
     assert_eq!(body["partial"], false);
     assert!(body.get("missing_shards").is_none(), "{body}");
+
+    // A stored vector comes back exactly, from a sealed segment or the
+    // growing one; unknown query parameters are refused.
+    let (_, info) = server.get("/v1/collections/m");
+    assert!(info["sealed_segments"].as_u64().unwrap() >= 1);
+    for id in [60u64, 199] {
+        let (status, item) = server.get(&format!("/v1/collections/m/items/{id}?vector=true"));
+        assert_eq!(status, 200, "{item}");
+        let got: Vec<f32> = serde_json::from_value(item["vector"].clone()).unwrap();
+        assert_eq!(got, vector(id));
+    }
+    let (_, plain) = server.get("/v1/collections/m/items/60");
+    assert!(plain.get("vector").is_none());
+    assert_client_error(
+        &server.get("/v1/collections/m/items/60?vector=maybe"),
+        400,
+        "vector=maybe",
+    );
+    assert_client_error(
+        &server.get("/v1/collections/m/items/60?vectors=true"),
+        400,
+        "vectors",
+    );
+    assert_client_error(
+        &server.get("/v1/collections/m/items/10?vector=true"),
+        404,
+        "deleted item",
+    );
 
     // Automatic compaction: deletions past the threshold are compacted
     // without being asked.

@@ -43,6 +43,12 @@ pub struct CollectionInfo {
     /// Sealed (SSD-resident) segments over all shards.
     #[serde(default)]
     pub sealed_segments: usize,
+    /// Deleted rows still in sealed segments (until compaction), and their
+    /// share of the sealed rows.
+    #[serde(default)]
+    pub tombstones: u64,
+    #[serde(default)]
+    pub tombstone_share: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -92,6 +98,17 @@ pub struct ItemInfo {
     pub weight: f32,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<String>,
+    /// Only with `?vector=true`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vector: Option<Vec<f32>>,
+}
+
+/// Query string of `GET .../items/{id}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemQuery {
+    #[serde(default)]
+    pub vector: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

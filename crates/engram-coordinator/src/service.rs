@@ -298,16 +298,24 @@ impl Engram {
         Ok(Added { added })
     }
 
-    pub async fn get_item(&self, collection: &str, id: u64) -> Result<ItemInfo> {
+    /// One item; with `vector`, also its stored vector (read back from its
+    /// sealed segment when it has been sealed), e.g. to query by an item.
+    pub async fn get_item(&self, collection: &str, id: u64, vector: bool) -> Result<ItemInfo> {
         let hosted = self.hosted(collection)?;
         let item = hosted.get(id).ok_or_else(|| {
             ApiError::not_found(format!("item {id} does not exist in `{collection}`"))
         })?;
+        let vector = if vector {
+            blocking(move || Ok(hosted.get_vector(id)?)).await?
+        } else {
+            None
+        };
         Ok(ItemInfo {
             id,
             label: item.label.to_string(),
             weight: item.weight,
             source: item.source.map(|s| s.to_string()),
+            vector,
         })
     }
 
@@ -557,8 +565,13 @@ impl Engram {
         let pruning = meta.pruning();
         let (vectors, excludes) = self.prepare_queries(hosted.spec(), queries, what).await?;
         // A counterfactual needs the neighbours that would move up when
-        // voters are removed: fetch k more.
-        let fetch = if explain { 2 * k } else { k };
+        // voters are removed: fetch at least 100 more (a confident decision
+        // may need most of its voters removed, and each removal lets one in).
+        let fetch = if explain {
+            k + k.max(COUNTERFACTUAL_EXTRA)
+        } else {
+            k
+        };
         let admit = admit_filter(&curation);
         let found = self
             .search_vectors(
@@ -821,6 +834,9 @@ pub(crate) fn admit_filter(curation: &Arc<Curation>) -> Option<Admit> {
     }))
 }
 
+/// Neighbours fetched beyond k (at least) when a decision is explained.
+const COUNTERFACTUAL_EXTRA: usize = 100;
+
 /// Largest per-query DiskANN candidate list.
 const MAX_SEARCH_LIST_SIZE: u32 = 10_000;
 
@@ -858,6 +874,7 @@ impl QueryInput {
 fn info(hosted: &HostedCollection) -> CollectionInfo {
     let spec = hosted.spec();
     let stats = hosted.stats();
+    let (tombstones, sealed_rows) = hosted.tombstones();
     CollectionInfo {
         name: spec.name.clone(),
         dim: spec.dim,
@@ -870,6 +887,12 @@ fn info(hosted: &HostedCollection) -> CollectionInfo {
         items: stats.items,
         labels: stats.labels,
         sealed_segments: hosted.sealed_segments(),
+        tombstones,
+        tombstone_share: if sealed_rows == 0 {
+            0.0
+        } else {
+            tombstones as f64 / sealed_rows as f64
+        },
     }
 }
 

@@ -217,8 +217,16 @@ impl HostedCollection {
         self.shard_for(id).get(id)
     }
 
-    pub fn get_vector(&self, id: u64) -> Option<Vec<f32>> {
+    pub fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
         self.shard_for(id).get_vector(id)
+    }
+
+    /// `(deleted, total)` rows over every sealed segment.
+    pub fn tombstones(&self) -> (u64, u64) {
+        self.shards
+            .iter()
+            .map(Shard::tombstones)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     pub fn stats(&self) -> CollectionStats {

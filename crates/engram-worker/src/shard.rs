@@ -590,9 +590,29 @@ impl Shard {
         })
     }
 
-    /// The vector of `id` if it is in the growing segment.
-    pub fn get_vector(&self, id: u64) -> Option<Vec<f32>> {
-        self.state.read().growing.get(id).map(<[f32]>::to_vec)
+    /// The stored vector of a live `id` (growing segment, or read back
+    /// from its sealed segment's sectors).
+    pub fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        let state = self.state.read();
+        if let Some(v) = state.growing.get(id) {
+            return Ok(Some(v.to_vec()));
+        }
+        for segment in &state.sealed {
+            if let Some(v) = segment.vector(id)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `(deleted, total)` rows of the sealed segments: the tombstones that
+    /// compaction would reclaim.
+    pub fn tombstones(&self) -> (u64, u64) {
+        self.state.read().sealed.iter().fold((0, 0), |(d, t), s| {
+            let rows = s.rows() as u64;
+            let live = s.len() as u64;
+            (d + rows - live, t + rows)
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -792,6 +812,10 @@ mod tests {
             assert_eq!(shard.get(100).unwrap().label.as_ref(), "c0");
             assert_eq!(shard.get(100).unwrap().source.as_deref(), Some("src1"));
             assert!(shard.get(3).is_none());
+            // Sealed rows are read back from their sectors, exactly.
+            assert_eq!(shard.get_vector(100).unwrap().unwrap(), data[100]);
+            assert_eq!(shard.get_vector(31).unwrap().unwrap(), data[31]);
+            assert!(shard.get_vector(3).unwrap().is_none());
             let mut exact = FlatIndex::new(dim, Metric::Cosine);
             for id in live.keys() {
                 exact.upsert(*id, &data[*id as usize]).unwrap();

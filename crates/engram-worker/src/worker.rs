@@ -132,7 +132,7 @@ mod tests {
             .collect();
         c.write(ops).unwrap();
         assert_eq!(c.stats().items, 200);
-        let q = c.get_vector(150).unwrap();
+        let q = c.get_vector(150).unwrap().unwrap();
         let hits = &c
             .search_batch(&[&q], 5, &Default::default(), Default::default())
             .lists[0];

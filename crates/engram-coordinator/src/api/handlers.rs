@@ -1,13 +1,14 @@
 //! One function per route.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::OPENAPI_JSON;
 use super::json::ApiJson;
+use super::{DECISION_PAGE, OPENAPI_JSON};
 use crate::dto::*;
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::service::Engram;
@@ -52,13 +53,15 @@ pub async fn add_items(
 pub async fn get_item(
     State(engram): State<Engram>,
     Path((collection, id)): Path<(String, String)>,
+    query: std::result::Result<Query<ItemQuery>, QueryRejection>,
 ) -> Result<Json<ItemInfo>> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
     let id: u64 = id.parse().map_err(|_| {
         ApiError::invalid(format!(
             "item id must be an unsigned 64-bit integer, got {id:?}"
         ))
     })?;
-    Ok(Json(engram.get_item(&collection, id).await?))
+    Ok(Json(engram.get_item(&collection, id, query.vector).await?))
 }
 
 pub async fn delete_items(
@@ -220,4 +223,16 @@ pub async fn cancel_job(
 ) -> Result<Json<crate::jobs::JobStatus>> {
     let job = parse_number("job id", &job)?;
     Ok(Json(engram.cancel_job(&collection, job)?))
+}
+
+/// The decision page (see docs/api.md, "The decision page").
+pub async fn page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DECISION_PAGE,
+    )
+}
+
+pub async fn to_page() -> impl IntoResponse {
+    axum::response::Redirect::to("/ui")
 }

@@ -14,6 +14,9 @@ use std::time::Instant;
 use crate::error::{ApiError, ErrorCode};
 use crate::service::Engram;
 
+/// The decision page: one self-contained HTML file built into the binary.
+pub const DECISION_PAGE: &str = include_str!("../ui/index.html");
+
 /// The OpenAPI document of the public API.
 pub const OPENAPI_JSON: &str = include_str!("../../../../docs/openapi.json");
 
@@ -83,6 +86,8 @@ pub fn router(engram: Engram) -> Router {
             post(handlers::cancel_job),
         )
         .route("/v1/openapi.json", get(handlers::openapi))
+        .route("/", get(handlers::to_page))
+        .route("/ui", get(handlers::page))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::healthz))

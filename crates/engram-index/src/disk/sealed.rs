@@ -391,18 +391,8 @@ impl SealedSegment {
     pub fn live_rows(&self) -> Result<(Vec<u64>, Vec<f32>)> {
         let path = PathBuf::from(get_disk_index_file(&prefix(&self.dir)));
         let bytes = fs::read(&path)?;
-        // As DiskANN's own reader does: the header follows an 8-byte preamble.
-        let header = GraphHeader::try_from(bytes.get(8..DISK_SECTOR_LEN).unwrap_or_default())?;
-        let meta = header.metadata();
-        let block = header.block_size() as usize;
+        let layout = RowLayout::parse(&bytes)?;
         let dim = self.manifest.dim;
-        let node_len = meta.node_len as usize;
-        let per_block = meta.num_nodes_per_block as usize;
-        let sectors_per_node = if per_block > 0 {
-            1
-        } else {
-            node_len.div_ceil(block)
-        };
         let deleted = self.deleted.read();
         let mut ids = Vec::new();
         let mut vectors = Vec::new();
@@ -410,12 +400,7 @@ impl SealedSegment {
             if Self::is_deleted_slot(&deleted, slot as u32) {
                 continue;
             }
-            // DiskANN's layout: sector 0 is the header; small rows are packed
-            // `per_block` to a sector, large rows start on a sector boundary.
-            let offset = match slot.checked_div(per_block) {
-                Some(sector) => (1 + sector) * block + (slot % per_block) * node_len,
-                None => (1 + slot * sectors_per_node) * block,
-            };
+            let offset = layout.offset(slot);
             let raw = bytes
                 .get(offset..offset + dim * 4)
                 .ok_or_else(|| IndexError::Corrupted {
@@ -423,12 +408,30 @@ impl SealedSegment {
                     reason: format!("row {slot} lies beyond the end of the file"),
                 })?;
             ids.push(*id);
-            vectors.extend(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
-            );
+            vectors.extend(floats(raw));
         }
         Ok((ids, vectors))
+    }
+
+    /// The stored vector of a live `id` (two positional reads: the header
+    /// sector and the row), `None` if it is not live here.
+    pub fn vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        if !SegmentIndex::contains(self, id) {
+            return Ok(None);
+        }
+        let slot = self.slot_of[&id] as usize;
+        let path = PathBuf::from(get_disk_index_file(&prefix(&self.dir)));
+        let file = std::fs::File::open(&path)?;
+        let mut header = vec![0u8; DISK_SECTOR_LEN];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0)?;
+        let layout = RowLayout::parse(&header)?;
+        let mut raw = vec![0u8; self.manifest.dim * 4];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut raw, layout.offset(slot) as u64)
+            .map_err(|e| IndexError::Corrupted {
+                file: path.clone(),
+                reason: format!("row {slot}: {e}"),
+            })?;
+        Ok(Some(floats(&raw).collect()))
     }
 
     /// Rebuilds this segment without its deleted rows into `new_dir`
@@ -487,6 +490,50 @@ impl SegmentIndex for SealedSegment {
             }
         }
     }
+}
+
+/// Where rows sit in DiskANN's disk index: sector 0 is the header (after
+/// an 8-byte preamble); small rows are packed `per_block` to a sector, large
+/// rows start on a sector boundary. Rows begin with the full vector.
+struct RowLayout {
+    block: usize,
+    node_len: usize,
+    per_block: usize,
+    sectors_per_node: usize,
+}
+
+impl RowLayout {
+    /// From the first sector of the file.
+    fn parse(first_sector: &[u8]) -> Result<RowLayout> {
+        let header =
+            GraphHeader::try_from(first_sector.get(8..DISK_SECTOR_LEN).unwrap_or_default())?;
+        let meta = header.metadata();
+        let block = header.block_size() as usize;
+        let node_len = meta.node_len as usize;
+        let per_block = meta.num_nodes_per_block as usize;
+        Ok(RowLayout {
+            block,
+            node_len,
+            per_block,
+            sectors_per_node: if per_block > 0 {
+                1
+            } else {
+                node_len.div_ceil(block.max(1))
+            },
+        })
+    }
+
+    fn offset(&self, slot: usize) -> usize {
+        match slot.checked_div(self.per_block) {
+            Some(sector) => (1 + sector) * self.block + (slot % self.per_block) * self.node_len,
+            None => (1 + slot * self.sectors_per_node) * self.block,
+        }
+    }
+}
+
+fn floats(raw: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
 }
 
 fn write_deleted(dir: &Path, words: &[u64]) -> Result<()> {

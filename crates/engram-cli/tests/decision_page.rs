@@ -1,0 +1,93 @@
+//! The decision page, driven in headless Chromium against the real server
+//! (tests/e2e/decision_page.py). `make test` installs Chromium (Debian
+//! package `chromium`) and Playwright (into .venv) first. The screenshot is
+//! kept as a test artifact in `target/tmp/decision_page.png`.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+
+#[test]
+fn classify_relabel_and_unlearn_in_the_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let server = Server::start(&config, &dir.path().join("data"));
+    let (status, body) = server.post(
+        "/v1/collections",
+        &json!({ "name": "fashion", "embedder": "default", "shards": 4, "default_k": 5 }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let data = fashion_mnist_dir();
+    let train = engram_ingest::idx::read_images(&data.join("train-images-idx3-ubyte.gz")).unwrap();
+    let labels = engram_ingest::idx::read_labels(&data.join("train-labels-idx1-ubyte.gz")).unwrap();
+    let names = engram_ingest::idx::FASHION_MNIST_CLASSES;
+    for chunk in (0..300usize).collect::<Vec<_>>().chunks(100) {
+        let items: Vec<_> = chunk
+            .iter()
+            .map(|&i| json!({ "id": i, "label": names[labels[i] as usize], "image": fashion_png(&train, i), "source": format!("train#{}", i % 7) }))
+            .collect();
+        let (status, body) =
+            server.post("/v1/collections/fashion/items", &json!({ "items": items }));
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, page) = server.get("/ui");
+    assert_eq!(status, 200);
+    assert!(
+        page.as_str().unwrap_or_default().contains("<title>Engram"),
+        "the page is served"
+    );
+
+    // The query: a held-out test image, as a PNG file the browser uploads.
+    let test = engram_ingest::idx::read_images(&data.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(fashion_png(&test, 0))
+        .unwrap();
+    let query = dir.path().join("query.png");
+    std::fs::write(&query, png).unwrap();
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("decision_page.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let python = repo_root().join(".venv/bin/python");
+    let output = Command::new(&python)
+        .arg(repo_root().join("crates/engram-cli/tests/e2e/decision_page.py"))
+        .arg(&server.base)
+        .arg("fashion")
+        .arg(&query)
+        .arg(&screenshot)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} did not run ({e}): run the tests with `make test`",
+                python.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("decision page: ok"), "{stdout}");
+    assert!(
+        screenshot.metadata().unwrap().len() > 10_000,
+        "a screenshot was saved"
+    );
+
+    // What the browser did is what the server now holds.
+    let (_, curation) = server.get("/v1/collections/fashion/interventions");
+    let audit = curation["audit"].as_array().unwrap();
+    assert!(
+        !audit.is_empty()
+            && audit
+                .iter()
+                .all(|e| e["action"] == "relabel" && e["reason"] == "e2e test")
+    );
+    let (_, info) = server.get("/v1/collections/fashion");
+    assert_eq!(info["items"], 299, "one neighbour was unlearned");
+}
