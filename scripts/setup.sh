@@ -6,12 +6,15 @@
 #     libonnxruntime.so the Rust code loads through ORT_DYLIB_PATH,
 #   - for the decision page's browser test: Chromium (Debian package
 #     chromium) and Playwright (into .venv; it drives that Chromium, it
-#     downloads no browser of its own).
+#     downloads no browser of its own),
+#   - for the ingestion tests: moto_server (moto[server], into .venv), the
+#     S3-compatible server the tests start on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ONNXRUNTIME_VERSION="${ONNXRUNTIME_VERSION:-1.32.0}"
 PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.65.2}"
+MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
 DATASET_DIR=/usr/share/datasets/fashion-mnist
 
 as_root() {
@@ -37,6 +40,11 @@ fi
 if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
   echo "setup: installing playwright==$PLAYWRIGHT_VERSION into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION"
+fi
+
+if [ ! -x .venv/bin/moto_server ]; then
+  echo "setup: installing moto[server]==$MOTO_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
 echo "setup: ok (ORT_DYLIB_PATH=$(scripts/ort_dylib_path.sh))"

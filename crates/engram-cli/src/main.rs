@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod eval;
+mod ingest;
 mod prune;
 
 use anyhow::Context;
@@ -40,6 +41,9 @@ enum Command {
     /// Build a visual memory from Fashion-MNIST through the API of a running
     /// server, and show what it decides.
     Demo(demo::DemoArgs),
+    /// Ingest Parquet files (embeddings or images) from object storage into
+    /// a collection, as a job on a running server.
+    Ingest(ingest::IngestArgs),
     /// Score every item of a collection against the rest of the memory and
     /// prune (dry run, hard or soft), as a job on a running server.
     Prune(prune::PruneArgs),
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         } => serve(config, listen, data_dir),
         Command::Demo(args) => demo::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Ingest(args) => ingest::run(args),
         Command::Eval(args) => eval::run(args),
     }
 }

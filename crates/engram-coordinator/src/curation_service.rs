@@ -136,11 +136,23 @@ impl Engram {
     /// Starts a job; answers at once with its status.
     pub async fn start_job(&self, collection: &str, request: JobRequest) -> Result<JobStatus> {
         let hosted = self.hosted_collection(collection)?;
-        if request.kind != "prune" {
-            return Err(ApiError::invalid(format!(
-                "unknown job kind `{}`; known: prune",
-                request.kind
-            )));
+        match request.kind.as_str() {
+            "prune" => {}
+            "ingest" => return self.ingest_request(hosted, request),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown job kind `{other}`; known: prune, ingest"
+                )));
+            }
+        }
+        if request.uri.is_some()
+            || request.columns.is_some()
+            || request.max_reject_share.is_some()
+            || request.batch_rows.is_some()
+        {
+            return Err(ApiError::invalid(
+                "uri, columns, max_reject_share and batch_rows belong to ingest jobs",
+            ));
         }
         let mode = match request.mode.as_deref().unwrap_or("dry_run") {
             "dry_run" => PruneMode::DryRun,
@@ -186,6 +198,39 @@ impl Engram {
             running.finish(outcome.map_err(|e| e.to_string()));
         });
         Ok(job.status())
+    }
+
+    fn ingest_request(
+        &self,
+        hosted: Arc<HostedCollection>,
+        request: JobRequest,
+    ) -> Result<JobStatus> {
+        if request.mode.is_some() || request.k.is_some() || request.threshold.is_some() {
+            return Err(ApiError::invalid(
+                "mode, k and threshold belong to prune jobs",
+            ));
+        }
+        let uri = request
+            .uri
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| ApiError::invalid("an ingest job needs `uri`"))?;
+        let max_reject_share = request.max_reject_share.unwrap_or(0.01);
+        if !(0.0..=1.0).contains(&max_reject_share) {
+            return Err(ApiError::invalid(
+                "max_reject_share must be between 0 and 1",
+            ));
+        }
+        let batch_rows = request.batch_rows.unwrap_or(1024);
+        if !(1..=65_536).contains(&batch_rows) {
+            return Err(ApiError::invalid("batch_rows must be between 1 and 65536"));
+        }
+        self.start_ingest(
+            hosted,
+            uri,
+            request.columns.unwrap_or_default(),
+            max_reject_share,
+            batch_rows,
+        )
     }
 
     pub fn job(&self, collection: &str, id: u64) -> Result<JobStatus> {

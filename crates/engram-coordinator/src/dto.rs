@@ -379,9 +379,15 @@ pub struct UnlearningStatus {
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub kind: String,
+    // prune
     pub mode: Option<String>,
     pub k: Option<usize>,
     pub threshold: Option<u32>,
+    // ingest
+    pub uri: Option<String>,
+    pub columns: Option<engram_ingest::rows::Columns>,
+    pub max_reject_share: Option<f64>,
+    pub batch_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

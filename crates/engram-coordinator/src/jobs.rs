@@ -41,6 +41,10 @@ pub struct JobStatus {
     pub params: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub report: Option<serde_json::Value>,
+    /// Live counts while it runs (ingestion: files, rows read, items
+    /// written, rejected).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub counts: Option<serde_json::Value>,
 }
 
 /// A running job's shared handle.
@@ -57,6 +61,10 @@ impl Job {
 
     pub fn set_total(&self, total: u64) {
         self.status.lock().total = total;
+    }
+
+    pub fn set_counts(&self, counts: serde_json::Value) {
+        self.status.lock().counts = Some(counts);
     }
 
     pub fn advance(&self, n: u64) {
@@ -100,6 +108,31 @@ pub struct Jobs {
 impl Jobs {
     pub fn start(&self, collection: &str, kind: &str, params: serde_json::Value) -> Arc<Job> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.insert(id, collection, kind, params, now())
+    }
+
+    /// Registers a job a previous process persisted, under its own id; new
+    /// jobs get larger ids.
+    pub fn restore(
+        &self,
+        id: u64,
+        collection: &str,
+        kind: &str,
+        params: serde_json::Value,
+        started_at: &str,
+    ) -> Arc<Job> {
+        self.next.fetch_max(id, Ordering::Relaxed);
+        self.insert(id, collection, kind, params, started_at.to_string())
+    }
+
+    fn insert(
+        &self,
+        id: u64,
+        collection: &str,
+        kind: &str,
+        params: serde_json::Value,
+        started_at: String,
+    ) -> Arc<Job> {
         let job = Arc::new(Job {
             status: Mutex::new(JobStatus {
                 id,
@@ -108,11 +141,12 @@ impl Jobs {
                 state: JobState::Running,
                 done: 0,
                 total: 0,
-                started_at: now(),
+                started_at,
                 finished_at: None,
                 error: None,
                 params,
                 report: None,
+                counts: None,
             }),
             done: AtomicU64::new(0),
             cancel: AtomicBool::new(false),

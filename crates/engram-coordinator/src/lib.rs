@@ -10,6 +10,7 @@ pub mod catalog;
 mod curation_service;
 pub mod dto;
 pub mod error;
+pub mod ingest_job;
 pub mod jobs;
 pub mod meta;
 pub mod metrics;

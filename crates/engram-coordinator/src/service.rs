@@ -29,9 +29,9 @@ use crate::meta::{MetaStore, Selector};
 use crate::metrics::Metrics;
 
 /// Longest label, in bytes.
-const MAX_LABEL_BYTES: usize = 256;
+pub(crate) const MAX_LABEL_BYTES: usize = 256;
 /// Longest source, in bytes.
-const MAX_SOURCE_BYTES: usize = 4096;
+pub(crate) const MAX_SOURCE_BYTES: usize = 4096;
 /// Most ids one query may exclude.
 const MAX_EXCLUDE_IDS: usize = 10_000;
 
@@ -807,6 +807,10 @@ impl Engram {
 
     fn hosted(&self, name: &str) -> Result<Arc<HostedCollection>> {
         Ok(self.inner.worker.get(name)?)
+    }
+
+    pub(crate) fn embedder_named(&self, name: &str) -> Result<Arc<OnnxEmbedder>> {
+        self.embedder(name)
     }
 
     fn embedder(&self, name: &str) -> Result<Arc<OnnxEmbedder>> {

@@ -17,6 +17,29 @@ pub struct EngramConfig {
     pub index: IndexParams,
     /// Named embedders; a collection created with `"embedder": "<name>"` uses one.
     pub embedders: BTreeMap<String, EmbedderConfig>,
+    /// Object storage that ingestion jobs read from.
+    pub storage: StorageConfig,
+}
+
+/// Credentials and endpoints for `s3://`, `gs://` and `az://` URIs. Anything
+/// left unset comes from the usual environment variables of each service
+/// (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:5055` for a local S3-compatible server.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow plain HTTP endpoints (local servers only).
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

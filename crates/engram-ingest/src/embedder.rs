@@ -99,6 +99,11 @@ impl OnnxEmbedder {
         self.config.dim
     }
 
+    /// Images per model run.
+    pub fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
     pub fn preprocessor(&self) -> &Preprocessor {
         &self.preprocessor
     }

@@ -18,6 +18,10 @@ pub enum IngestError {
     Runtime(String),
     #[error("dataset file {path}: {reason}")]
     Dataset { path: PathBuf, reason: String },
+    #[error("source {uri}: {reason}")]
+    Source { uri: String, reason: String },
+    #[error("Parquet file {path}: {reason}")]
+    Parquet { path: String, reason: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

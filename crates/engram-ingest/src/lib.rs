@@ -1,4 +1,5 @@
-//! Ingestion: turning images into vectors.
+//! Ingestion: turning images into vectors, and Parquet files on object
+//! storage into items ([`source`], [`rows`], [`items`]).
 //!
 //! Images are decoded and preprocessed in Rust ([`preprocess`]) and embedded
 //! by an ONNX model through ONNX Runtime ([`embedder`]), which is loaded at
@@ -8,8 +9,11 @@
 pub mod embedder;
 pub mod error;
 pub mod idx;
+pub mod items;
 pub mod model_file;
 pub mod preprocess;
+pub mod rows;
+pub mod source;
 
 pub use embedder::OnnxEmbedder;
 pub use error::{IngestError, Result};

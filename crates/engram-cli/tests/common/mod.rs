@@ -58,6 +58,21 @@ impl Server {
     }
 
     pub fn try_start(config: &Path, data_dir: &Path) -> Result<Server, String> {
+        Self::try_start_with_env(config, data_dir, &[])
+    }
+
+    /// Starts a server with extra environment variables (e.g. `ENGRAM_*`
+    /// overrides).
+    pub fn start_with_env(config: &Path, data_dir: &Path, env: &[(String, String)]) -> Server {
+        Self::try_start_with_env(config, data_dir, env)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    pub fn try_start_with_env(
+        config: &Path,
+        data_dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Server, String> {
         assert!(
             std::env::var("ORT_DYLIB_PATH").is_ok(),
             "ORT_DYLIB_PATH must name libonnxruntime.so: run the tests with `make test`"
@@ -68,6 +83,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("ENGRAM_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

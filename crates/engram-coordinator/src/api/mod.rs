@@ -139,6 +139,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let compaction = engram.spawn_compaction();
+    if let Err(error) = engram.resume_jobs() {
+        tracing::error!(%error, "could not resume the ingest jobs of the data directory");
+    }
     let served = axum::serve(listener, router(engram))
         .with_graceful_shutdown(shutdown)
         .await;

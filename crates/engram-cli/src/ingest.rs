@@ -1,0 +1,74 @@
+//! `engram ingest`: submits an ingestion job to a running server and
+//! follows it to the end with a progress bar (rate and ETA); exits non-zero
+//! if the job fails.
+
+use serde_json::{Map, Value, json};
+
+use crate::client::Client;
+use crate::prune::follow_job;
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Parquet files: `s3://bucket/prefix`, `gs://...`, `az://...`, a local
+    /// directory or file; the last segment may be a glob (`part-*.parquet`).
+    uri: String,
+    #[arg(long)]
+    collection: String,
+    /// Base URL of a running `engram serve`.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// Column names when they differ from id, label, embedding, image,
+    /// image_uri, source, weight: e.g. `--column label=class`.
+    #[arg(long = "column", value_name = "NAME=COLUMN")]
+    columns: Vec<String>,
+    /// Fail once rejected rows exceed this share of the rows read.
+    #[arg(long, default_value_t = 0.01)]
+    max_reject_share: f64,
+    /// Rows per batch (bounds the server's memory).
+    #[arg(long, default_value_t = 1024)]
+    batch_rows: usize,
+    /// Print the final job status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: IngestArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server)?;
+    let mut columns = Map::new();
+    for pair in &args.columns {
+        let (name, column) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--column takes NAME=COLUMN, got {pair:?}"))?;
+        columns.insert(name.to_string(), Value::String(column.to_string()));
+    }
+    let mut body = json!({
+        "kind": "ingest",
+        "uri": args.uri,
+        "max_reject_share": args.max_reject_share,
+        "batch_rows": args.batch_rows,
+    });
+    if !columns.is_empty() {
+        body["columns"] = Value::Object(columns);
+    }
+    let job = client.post(&format!("/v1/collections/{}/jobs", args.collection), &body)?;
+    let id = job["id"].as_u64().unwrap_or(0);
+    let status = follow_job(&client, &args.collection, id, "ingesting rows")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let r = &status["report"];
+    println!(
+        "ingest job {id}: {} rows from {} files; {} items written, {} rejected ({:.0} rows/s){}",
+        r["rows_read"],
+        r["files"],
+        r["items_written"],
+        r["rejected"],
+        r["rows_per_s"].as_f64().unwrap_or(0.0),
+        r["rejects_file"]
+            .as_str()
+            .map(|f| format!("; rejects in {f}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

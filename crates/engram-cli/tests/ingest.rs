@@ -1,0 +1,489 @@
+//! Ingestion jobs against a real S3-compatible server (moto_server from
+//! .venv, started here on 127.0.0.1): embedding and image Parquet files,
+//! bad rows and their rejects file, the reject threshold, and a job killed
+//! with the server (kill -9) that resumes without duplicates or losses.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
+use arrow_array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BUCKET: &str = "engram-test";
+
+/// moto_server on a free loopback port, stopped on drop.
+struct S3 {
+    child: Child,
+    endpoint: String,
+}
+
+impl S3 {
+    fn start() -> S3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let moto = repo_root().join(".venv/bin/moto_server");
+        let child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} did not start ({e}): run `make test`", moto.display()));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::new();
+        let started = Instant::now();
+        while http.get(&endpoint).send().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let created = http.put(format!("{endpoint}/{BUCKET}")).send().unwrap();
+        assert!(created.status().is_success(), "{created:?}");
+        S3 { child, endpoint }
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        let answer = reqwest::blocking::Client::new()
+            .put(format!("{}/{BUCKET}/{key}", self.endpoint))
+            .body(bytes)
+            .send()
+            .unwrap();
+        assert!(answer.status().is_success(), "{answer:?}");
+    }
+
+    /// `ENGRAM_*` overrides pointing the server at this store.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("ENGRAM_STORAGE__S3__ENDPOINT", self.endpoint.as_str()),
+            ("ENGRAM_STORAGE__S3__ALLOW_HTTP", "true"),
+            ("ENGRAM_STORAGE__S3__REGION", "us-east-1"),
+            ("ENGRAM_STORAGE__S3__ACCESS_KEY_ID", "test"),
+            ("ENGRAM_STORAGE__S3__SECRET_ACCESS_KEY", "test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vector(id: u64, dim: usize) -> Vec<f32> {
+    // Distinct per id: the id itself is in every coordinate.
+    (0..dim)
+        .map(|j| id as f32 * 0.01 + ((id * 31 + j as u64) % 97) as f32 / 97.0 + j as f32)
+        .collect()
+}
+
+/// A Parquet file in `groups` row groups of `per_group` rows.
+fn parquet(batches: Vec<RecordBatch>, per_group: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(per_group))
+        .build();
+    let mut writer = ArrowWriter::try_new(&mut out, batches[0].schema(), Some(props)).unwrap();
+    for batch in &batches {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+    out
+}
+
+/// Rows with explicit ids and FixedSizeList embeddings; `None` entries
+/// become bad rows as described by the caller.
+fn fixed_list_batch(
+    ids: &[u64],
+    labels: &[Option<&str>],
+    vectors: &[Vec<f32>],
+    dim: usize,
+) -> RecordBatch {
+    let mut list = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32);
+    for v in vectors {
+        list.values().append_slice(v);
+        list.append(true);
+    }
+    RecordBatch::try_from_iter([
+        ("id", Arc::new(UInt64Array::from(ids.to_vec())) as ArrayRef),
+        (
+            "label",
+            Arc::new(StringArray::from(labels.to_vec())) as ArrayRef,
+        ),
+        ("embedding", Arc::new(list.finish()) as ArrayRef),
+        (
+            "source",
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| format!("batch-{}", i % 2)),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}
+
+fn ingest_cli(server: &Server, uri: &str, collection: &str, extra: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args([
+            "ingest",
+            uri,
+            "--collection",
+            collection,
+            "--server",
+            &server.base,
+            "--json",
+        ])
+        .args(extra)
+        .env("ENGRAM_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn status_of(out: &str) -> Value {
+    let start = out.find('{').unwrap();
+    serde_json::from_str(&out[start..out.rfind('}').unwrap() + 1]).unwrap()
+}
+
+#[test]
+fn embeddings_and_images_from_s3_with_rejects() {
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let server = Server::start_with_env(&config, &dir.path().join("data"), &s3.env());
+    let (status, _) = server.post(
+        "/v1/collections",
+        &json!({ "name": "emb", "dim": 8, "metric": "l2", "shards": 4 }),
+    );
+    assert_eq!(status, 201);
+
+    // part-0: 100 rows (2 row groups) with ids; row 7 has a NaN, row 60 no label.
+    let ids: Vec<u64> = (0..100).collect();
+    let labels: Vec<Option<&str>> = ids
+        .iter()
+        .map(|i| {
+            if *i == 60 {
+                None
+            } else {
+                Some(if i % 2 == 0 { "even" } else { "odd" })
+            }
+        })
+        .collect();
+    let vectors: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|i| {
+            let mut v = vector(*i, 8);
+            if *i == 7 {
+                v[3] = f32::NAN;
+            }
+            v
+        })
+        .collect();
+    s3.put(
+        "emb/part-0.parquet",
+        parquet(vec![fixed_list_batch(&ids, &labels, &vectors, 8)], 50),
+    );
+    // part-1: 40 rows, List<float32>, no id column (ids derived); row 5 has 7 dims.
+    let mut list = ListBuilder::new(Float32Builder::new());
+    for i in 0..40u64 {
+        let v = vector(1000 + i, if i == 5 { 7 } else { 8 });
+        list.values().append_slice(&v);
+        list.append(true);
+    }
+    let batch = RecordBatch::try_from_iter([
+        (
+            "label",
+            Arc::new(StringArray::from_iter_values((0..40).map(|_| "listed"))) as ArrayRef,
+        ),
+        ("embedding", Arc::new(list.finish()) as ArrayRef),
+    ])
+    .unwrap();
+    s3.put("emb/part-1.parquet", parquet(vec![batch], 40));
+    s3.put("emb/README.txt", b"not parquet".to_vec());
+
+    let (ok, out) = ingest_cli(
+        &server,
+        &format!("s3://{BUCKET}/emb"),
+        "emb",
+        &["--max-reject-share", "0.05"],
+    );
+    assert!(ok, "{out}");
+    let job = status_of(&out);
+    let report = &job["report"];
+    assert_eq!(report["files"], 2, "{job}");
+    assert_eq!(report["rows_read"], 140);
+    assert_eq!(report["rejected"], 3);
+    assert_eq!(report["items_written"], 137);
+    let (_, info) = server.get("/v1/collections/emb");
+    assert_eq!(info["items"], 137);
+    assert_eq!(
+        info["labels"],
+        json!({ "even": 49, "odd": 49, "listed": 39 })
+    );
+    let (_, item) = server.get("/v1/collections/emb/items/42");
+    assert_eq!(
+        (&item["label"], &item["source"]),
+        (&json!("even"), &json!("batch-0"))
+    );
+
+    // The rejects file says which rows and why.
+    let rejects = engram_ingest::items::read_rejects(std::path::Path::new(
+        report["rejects_file"].as_str().unwrap(),
+    ))
+    .unwrap();
+    let mut seen: Vec<(String, u64, String)> = rejects
+        .iter()
+        .map(|r| {
+            (
+                r.file.rsplit('/').next().unwrap().to_string(),
+                r.row,
+                r.reason.clone(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!((seen[0].0.as_str(), seen[0].1), ("part-0.parquet", 7));
+    assert!(seen[0].2.contains("bad embedding"), "{seen:?}");
+    assert_eq!((seen[1].0.as_str(), seen[1].1), ("part-0.parquet", 60));
+    assert!(seen[1].2.contains("missing label"));
+    assert_eq!((seen[2].0.as_str(), seen[2].1), ("part-1.parquet", 5));
+    assert!(seen[2].2.contains("bad embedding"));
+    let (_, found) = server.post(
+        "/v1/collections/emb/search",
+        &json!({ "vector": vector(1003, 8), "k": 1 }),
+    );
+    assert_eq!(found["neighbors"][0]["label"], "listed");
+    assert_eq!(found["neighbors"][0]["distance"], 0.0);
+
+    // Past the reject threshold the job fails and the CLI says so.
+    let (ok, out) = ingest_cli(
+        &server,
+        &format!("s3://{BUCKET}/emb/part-*.parquet"),
+        "emb",
+        &["--max-reject-share", "0.001"],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("max_reject_share"), "{out}");
+    // Bad requests are refused at once.
+    for (body, what) in [
+        (json!({ "kind": "ingest" }), "uri"),
+        (json!({ "kind": "ingest", "uri": "ftp://x/y" }), "scheme"),
+        (
+            json!({ "kind": "ingest", "uri": "s3://b/x", "k": 3 }),
+            "prune",
+        ),
+        (
+            json!({ "kind": "ingest", "uri": "s3://b/x", "max_reject_share": 2 }),
+            "max_reject_share",
+        ),
+    ] {
+        assert_client_error(&server.post("/v1/collections/emb/jobs", &body), 400, what);
+    }
+    let (ok, out) = ingest_cli(&server, &format!("s3://{BUCKET}/nothing-here"), "emb", &[]);
+    assert!(!ok && out.contains("no Parquet files"), "{out}");
+
+    // Images: a binary column, and an image_uri column naming objects.
+    let (status, _) = server.post(
+        "/v1/collections",
+        &json!({ "name": "img", "embedder": "default", "shards": 2 }),
+    );
+    assert_eq!(status, 201);
+    let data = fashion_mnist_dir();
+    let train = engram_ingest::idx::read_images(&data.join("train-images-idx3-ubyte.gz")).unwrap();
+    let classes =
+        engram_ingest::idx::read_labels(&data.join("train-labels-idx1-ubyte.gz")).unwrap();
+    use base64::Engine as _;
+    let png = |i: usize| {
+        base64::engine::general_purpose::STANDARD
+            .decode(fashion_png(&train, i))
+            .unwrap()
+    };
+    let name = |i: usize| engram_ingest::idx::FASHION_MNIST_CLASSES[classes[i] as usize];
+    let mut images: Vec<Vec<u8>> = (0..20).map(png).collect();
+    images[13] = b"not an image".to_vec();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(UInt64Array::from_iter_values(0..20)) as ArrayRef,
+        ),
+        (
+            "label",
+            Arc::new(StringArray::from_iter_values((0..20).map(name))) as ArrayRef,
+        ),
+        (
+            "image",
+            Arc::new(BinaryArray::from_iter_values(images.iter())) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    s3.put("img/a.parquet", parquet(vec![batch], 20));
+    for i in 20..30 {
+        s3.put(&format!("objects/{i}.png"), png(i));
+    }
+    let batch = RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(UInt64Array::from_iter_values(20..31)) as ArrayRef,
+        ),
+        (
+            "class",
+            Arc::new(StringArray::from_iter_values(
+                (20..31).map(|i| name(i.min(29))),
+            )) as ArrayRef,
+        ),
+        (
+            "path",
+            Arc::new(StringArray::from_iter_values(
+                (20..31).map(|i| format!("objects/{i}.png")),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    s3.put("uris/b.parquet", parquet(vec![batch], 11));
+
+    let (ok, out) = ingest_cli(
+        &server,
+        &format!("s3://{BUCKET}/img"),
+        "img",
+        &["--max-reject-share", "0.2"],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(status_of(&out)["report"]["items_written"], 19);
+    let (ok, out) = ingest_cli(
+        &server,
+        &format!("s3://{BUCKET}/uris/b.parquet"),
+        "img",
+        &[
+            "--column",
+            "label=class",
+            "--column",
+            "image_uri=path",
+            "--max-reject-share",
+            "0.2",
+        ],
+    );
+    assert!(ok, "{out}");
+    let report = &status_of(&out)["report"];
+    assert_eq!(
+        (&report["items_written"], &report["rejected"]),
+        (&json!(10), &json!(1)),
+        "{out}"
+    );
+    let (_, info) = server.get("/v1/collections/img");
+    assert_eq!(info["items"], 29);
+    // An ingested image is its own nearest neighbour.
+    let (_, found) = server.post(
+        "/v1/collections/img/search",
+        &json!({ "image": fashion_png(&train, 25), "k": 1 }),
+    );
+    assert_eq!(found["neighbors"][0]["id"], 25, "{found}");
+}
+
+#[test]
+fn a_killed_ingest_resumes_without_duplicates_or_losses() {
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let data_dir = dir.path().join("data");
+    let mut server = Server::start_with_env(&config, &data_dir, &s3.env());
+    let (status, _) = server.post(
+        "/v1/collections",
+        &json!({ "name": "big", "dim": 32, "metric": "l2", "shards": 4 }),
+    );
+    assert_eq!(status, 201);
+    // 4 files x 10 row groups x 500 rows, no id column: ids are derived
+    // from file and row, so a replayed row group rewrites the same items.
+    let total = 4 * 10 * 500usize;
+    for f in 0..4u64 {
+        let mut list = FixedSizeListBuilder::new(Float32Builder::new(), 32);
+        for i in 0..5000u64 {
+            list.values().append_slice(&vector(f * 10_000 + i, 32));
+            list.append(true);
+        }
+        let batch = RecordBatch::try_from_iter([
+            (
+                "label",
+                Arc::new(StringArray::from_iter_values(
+                    (0..5000).map(|i| format!("c{}", i % 10)),
+                )) as ArrayRef,
+            ),
+            ("embedding", Arc::new(list.finish()) as ArrayRef),
+        ])
+        .unwrap();
+        s3.put(&format!("big/part-{f}.parquet"), parquet(vec![batch], 500));
+    }
+    let (status, job) = server.post(
+        "/v1/collections/big/jobs",
+        &json!({ "kind": "ingest", "uri": format!("s3://{BUCKET}/big"), "batch_rows": 100 }),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, job) = server.get(&format!("/v1/collections/big/jobs/{id}"));
+        let done = job["done"].as_u64().unwrap_or(0);
+        assert_eq!(
+            job["state"], "running",
+            "the job ended before it could be killed: {job}"
+        );
+        if done >= 2_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {job}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+
+    let server = Server::start_with_env(&config, &data_dir, &s3.env());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let job = loop {
+        let (status, job) = server.get(&format!("/v1/collections/big/jobs/{id}"));
+        assert_eq!(status, 200, "the resumed job is listed under its id: {job}");
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed job did not finish: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let report = &job["report"];
+    assert_eq!(report["rows_read"], total as u64);
+    assert_eq!(report["items_written"], total as u64);
+    assert!(report["resumed_at_row"].as_u64().unwrap() > 0, "{job}");
+    let (_, info) = server.get("/v1/collections/big");
+    assert_eq!(info["items"], total as u64, "exactly every row, once");
+    assert_eq!(info["labels"]["c3"], (total / 10) as u64);
+    // A new job gets a new id.
+    let (_, next) = server.post(
+        "/v1/collections/big/jobs",
+        &json!({ "kind": "prune", "mode": "dry_run", "k": 1 }),
+    );
+    assert!(next["id"].as_u64().unwrap() > id);
+}

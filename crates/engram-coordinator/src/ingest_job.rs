@@ -1,0 +1,474 @@
+//! Ingestion jobs: Parquet files on object storage -> (images embedded) ->
+//! items written through the shards' durable write path.
+//!
+//! A job is a directory `<data_dir>/jobs/<id>/`: `job.bin` (what to ingest)
+//! and `checkpoint.bin` (which file and row group come next, and the counts),
+//! both checksummed and replaced atomically, plus one rejects Parquet part
+//! per row group that had bad rows (merged into `rejects.parquet` at the
+//! end). The checkpoint advances only after a row group's items are durable,
+//! and ids are either given or derived from file and row, so a job that was
+//! killed and resumes rewrites the same items (upserts): no duplicates, no
+//! losses. Memory stays bounded: one batch of rows at a time.
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use engram_ingest::items::{Item, Reject, Target, prepare_rows, read_rejects, write_rejects};
+use engram_ingest::rows::{Columns, ParquetFile, Payload, RawRow};
+use engram_ingest::source::{Source, SourceFile};
+use engram_store::{WalOp, checksummed};
+use engram_worker::HostedCollection;
+
+use crate::error::{ApiError, Result};
+use crate::jobs::Job;
+use crate::meta::now;
+use crate::service::{Engram, blocking};
+
+const JOB_FILE: &str = "job.bin";
+const CHECKPOINT_FILE: &str = "checkpoint.bin";
+const REJECTS_DIR: &str = "rejects";
+/// Image objects fetched at once for `image_uri` rows.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// What an ingestion job reads, as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestSpec {
+    pub id: u64,
+    pub collection: String,
+    pub uri: String,
+    pub columns: Columns,
+    /// The job fails once rejected rows exceed this share of rows read.
+    pub max_reject_share: f64,
+    /// Rows per batch (bounds memory).
+    pub batch_rows: usize,
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub rows: u64,
+}
+
+/// Where a job stands; rewritten after every row group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub files: Vec<FileEntry>,
+    /// Next file and row group to read.
+    pub file: usize,
+    pub row_group: usize,
+    pub rows_read: u64,
+    pub items_written: u64,
+    pub rejected: u64,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
+}
+
+fn io(e: std::io::Error) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = checksummed::read_verified(path)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::internal(format!("{} is unreadable: {e}", path.display())))
+}
+
+fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(|e| ApiError::internal(e.to_string()))?;
+    checksummed::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+pub fn jobs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("jobs")
+}
+
+/// Persisted ingest jobs: `(spec, checkpoint)` for each job directory.
+pub fn persisted(data_dir: &Path) -> Result<Vec<(IngestSpec, Checkpoint)>> {
+    let dir = jobs_dir(data_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs_err::read_dir(&dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if !path.join(JOB_FILE).exists() {
+            continue;
+        }
+        let spec: IngestSpec = load(&path.join(JOB_FILE))?;
+        let checkpoint: Checkpoint = if path.join(CHECKPOINT_FILE).exists() {
+            load(&path.join(CHECKPOINT_FILE))?
+        } else {
+            Checkpoint {
+                state: "running".into(),
+                ..Checkpoint::default()
+            }
+        };
+        out.push((spec, checkpoint));
+    }
+    out.sort_by_key(|(s, _)| s.id);
+    Ok(out)
+}
+
+/// Creates the job's directory and description.
+pub fn create(data_dir: &Path, spec: &IngestSpec) -> Result<()> {
+    let dir = jobs_dir(data_dir).join(spec.id.to_string());
+    fs_err::create_dir_all(dir.join(REJECTS_DIR)).map_err(io)?;
+    save(&dir.join(JOB_FILE), spec)
+}
+
+fn counts(cp: &Checkpoint) -> serde_json::Value {
+    json!({
+        "files": cp.files.len(),
+        "files_done": cp.file,
+        "rows_read": cp.rows_read,
+        "items_written": cp.items_written,
+        "rejected": cp.rejected,
+    })
+}
+
+/// Runs (or resumes) a job to its end; records the outcome in the
+/// checkpoint and on `job`.
+pub async fn run(engram: Engram, hosted: Arc<HostedCollection>, job: Arc<Job>, spec: IngestSpec) {
+    let dir = jobs_dir(&engram.data_dir()).join(spec.id.to_string());
+    let outcome = ingest(&engram, &hosted, &job, &spec, &dir).await;
+    let mut cp: Checkpoint = load(&dir.join(CHECKPOINT_FILE)).unwrap_or_default();
+    match &outcome {
+        Ok(report) => {
+            cp.state = "succeeded".into();
+            cp.report = Some(report.clone());
+        }
+        Err(_) if job.cancelled() => cp.state = "cancelled".into(),
+        Err(e) => {
+            cp.state = "failed".into();
+            cp.error = Some(e.to_string());
+            tracing::warn!(job = spec.id, error = %e, "ingest job failed");
+        }
+    }
+    if let Err(e) = save(&dir.join(CHECKPOINT_FILE), &cp) {
+        tracing::error!(job = spec.id, error = %e, "could not record the end of an ingest job");
+    }
+    job.finish(outcome.map_err(|e| e.to_string()));
+}
+
+async fn ingest(
+    engram: &Engram,
+    hosted: &Arc<HostedCollection>,
+    job: &Job,
+    spec: &IngestSpec,
+    dir: &Path,
+) -> Result<serde_json::Value> {
+    let started = Instant::now();
+    let source = Source::parse(&spec.uri, &engram.config().storage)?;
+    let checkpoint_path = dir.join(CHECKPOINT_FILE);
+    let mut cp: Checkpoint = if checkpoint_path.exists() {
+        load(&checkpoint_path)?
+    } else {
+        let mut files = Vec::new();
+        for file in source.files().await? {
+            let parquet = ParquetFile::open(source.store.clone(), &file, &spec.columns).await?;
+            files.push(FileEntry {
+                path: file.path.to_string(),
+                size: file.size,
+                rows: parquet.rows(),
+            });
+        }
+        if files.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "no Parquet files at {}",
+                spec.uri
+            )));
+        }
+        let cp = Checkpoint {
+            files,
+            state: "running".into(),
+            ..Checkpoint::default()
+        };
+        save(&checkpoint_path, &cp)?;
+        cp
+    };
+    let resumed_rows = cp.rows_read;
+    job.set_total(cp.files.iter().map(|f| f.rows).sum());
+    job.advance(cp.rows_read);
+    job.set_counts(counts(&cp));
+    let embedder = match &hosted.spec().embedder {
+        Some(name) => Some(engram.embedder_named(name)?),
+        None => None,
+    };
+    while cp.file < cp.files.len() {
+        let entry = cp.files[cp.file].clone();
+        let file = SourceFile {
+            path: ObjectPath::from(entry.path.as_str()),
+            size: entry.size,
+        };
+        let parquet = ParquetFile::open(source.store.clone(), &file, &spec.columns).await?;
+        while cp.row_group < parquet.row_groups() {
+            if job.cancelled() {
+                return Err(ApiError::invalid("cancelled"));
+            }
+            let group = cp.row_group;
+            // (rejects, items written) of this row group; the lock is never
+            // held across an await.
+            let tally: parking_lot::Mutex<(Vec<Reject>, u64)> = Default::default();
+            parquet
+                .read_row_group(group, spec.batch_rows, |rows| {
+                    let store = source.store.clone();
+                    let hosted = hosted.clone();
+                    let embedder = embedder.clone();
+                    let path = entry.path.clone();
+                    let tally = &tally;
+                    async move {
+                        let (rows, fetch_failed) = fetch_images(&store, &path, rows).await;
+                        let (written, bad) = blocking(move || {
+                            let target = Target {
+                                dim: hosted.spec().dim,
+                                metric: hosted.spec().metric,
+                                embedder: embedder.as_deref(),
+                                max_label: crate::service::MAX_LABEL_BYTES,
+                                max_source: crate::service::MAX_SOURCE_BYTES,
+                            };
+                            let (items, bad) = prepare_rows(&path, rows, &target)?;
+                            write_items(&hosted, &items)?;
+                            Ok((items.len() as u64, bad))
+                        })
+                        .await?;
+                        let mut tally = tally.lock();
+                        tally.0.extend(fetch_failed);
+                        tally.0.extend(bad);
+                        tally.1 += written;
+                        Ok::<(), ApiError>(())
+                    }
+                })
+                .await?;
+            let (rejects, written) = tally.into_inner();
+            if !rejects.is_empty() {
+                let part = dir
+                    .join(REJECTS_DIR)
+                    .join(format!("{:06}-{:06}.parquet", cp.file, group));
+                write_rejects(&part, &rejects)?;
+            }
+            let rows = parquet.row_group_rows(group);
+            cp.row_group += 1;
+            cp.rows_read += rows;
+            cp.items_written += written;
+            cp.rejected += rejects.len() as u64;
+            save(&checkpoint_path, &cp)?;
+            engram.metrics().items_added(written as usize);
+            job.advance(rows);
+            job.set_counts(counts(&cp));
+            let share = cp.rejected as f64 / cp.rows_read.max(1) as f64;
+            if share > spec.max_reject_share {
+                return Err(ApiError::invalid(format!(
+                    "{} of {} rows rejected ({:.2}%), more than max_reject_share {:.2}%; see {}",
+                    cp.rejected,
+                    cp.rows_read,
+                    100.0 * share,
+                    100.0 * spec.max_reject_share,
+                    dir.join(REJECTS_DIR).display()
+                )));
+            }
+        }
+        cp.file += 1;
+        cp.row_group = 0;
+        save(&checkpoint_path, &cp)?;
+        job.set_counts(counts(&cp));
+    }
+    let rejects_file = merge_rejects(dir)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rows_this_run = cp.rows_read - resumed_rows;
+    Ok(json!({
+        "files": cp.files.len(),
+        "rows_read": cp.rows_read,
+        "items_written": cp.items_written,
+        "rejected": cp.rejected,
+        "rejects_file": rejects_file.map(|p| p.display().to_string()),
+        "seconds": seconds,
+        "rows_per_s": rows_this_run as f64 / seconds.max(1e-9),
+        "resumed_at_row": resumed_rows,
+    }))
+}
+
+/// Replaces `image_uri` payloads by the fetched images (from the same
+/// store); rows whose object cannot be read become rejects.
+async fn fetch_images(
+    store: &Arc<dyn object_store::ObjectStore>,
+    file: &str,
+    rows: Vec<RawRow>,
+) -> (Vec<RawRow>, Vec<Reject>) {
+    if !rows
+        .iter()
+        .any(|r| matches!(r.payload, Some(Payload::ImageUri(_))))
+    {
+        return (rows, Vec::new());
+    }
+    let fetched: Vec<(RawRow, Option<String>)> = futures::stream::iter(rows)
+        .map(|mut row| {
+            let store = store.clone();
+            async move {
+                let Some(Payload::ImageUri(uri)) = row.payload.clone() else {
+                    return (row, None);
+                };
+                let path = ObjectPath::from(uri.trim_start_matches('/'));
+                let fetched = match store.get(&path).await {
+                    Ok(got) => got.bytes().await,
+                    Err(e) => Err(e),
+                };
+                match fetched {
+                    Ok(bytes) => {
+                        row.payload = Some(Payload::Image(bytes.to_vec()));
+                        (row, None)
+                    }
+                    Err(e) => (row, Some(format!("image_uri {uri}: {e}"))),
+                }
+            }
+        })
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut rows = Vec::with_capacity(fetched.len());
+    let mut rejects = Vec::new();
+    for (row, error) in fetched {
+        match error {
+            Some(reason) => rejects.push(Reject {
+                file: file.to_string(),
+                row: row.row,
+                id: row.id,
+                reason,
+            }),
+            None => rows.push(row),
+        }
+    }
+    (rows, rejects)
+}
+
+fn write_items(hosted: &HostedCollection, items: &[Item]) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let ops: Vec<WalOp> = items
+        .iter()
+        .map(|item| WalOp::Upsert {
+            id: item.id,
+            label: item.label.as_str().into(),
+            weight: item.weight,
+            source: item.source.as_deref().map(Into::into),
+            vector: item.vector.clone(),
+        })
+        .collect();
+    Ok(hosted.write(ops)?)
+}
+
+/// Merges the rejects parts into `rejects.parquet` (kept, with the job);
+/// `None` when no row was rejected.
+fn merge_rejects(dir: &Path) -> Result<Option<PathBuf>> {
+    let parts_dir = dir.join(REJECTS_DIR);
+    let mut parts: Vec<PathBuf> = fs_err::read_dir(&parts_dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    parts.sort();
+    let target = dir.join("rejects.parquet");
+    if parts.is_empty() {
+        return Ok(target.exists().then_some(target));
+    }
+    let mut all = if target.exists() {
+        read_rejects(&target)?
+    } else {
+        Vec::new()
+    };
+    for part in &parts {
+        all.extend(read_rejects(part)?);
+    }
+    write_rejects(&target, &all)?;
+    for part in parts {
+        fs_err::remove_file(part).map_err(io)?;
+    }
+    Ok(Some(target))
+}
+
+impl Engram {
+    /// Starts an ingestion job (see the module doc).
+    pub(crate) fn start_ingest(
+        &self,
+        hosted: Arc<HostedCollection>,
+        uri: String,
+        columns: Columns,
+        max_reject_share: f64,
+        batch_rows: usize,
+    ) -> Result<crate::jobs::JobStatus> {
+        // Refuse a bad URI now rather than in the job.
+        Source::parse(&uri, &self.config().storage)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let collection = hosted.spec().name.clone();
+        let params = json!({
+            "uri": uri,
+            "columns": columns,
+            "max_reject_share": max_reject_share,
+            "batch_rows": batch_rows,
+        });
+        let job = self.inner.jobs.start(&collection, "ingest", params);
+        let spec = IngestSpec {
+            id: job.id(),
+            collection,
+            uri,
+            columns,
+            max_reject_share,
+            batch_rows,
+            started_at: now(),
+        };
+        create(&self.data_dir(), &spec)?;
+        tokio::spawn(run(self.clone(), hosted, job.clone(), spec));
+        Ok(job.status())
+    }
+
+    /// Resumes the ingest jobs a previous process left running, and lists
+    /// the ended ones. Called once the server runs.
+    pub fn resume_jobs(&self) -> Result<()> {
+        for (spec, cp) in persisted(&self.data_dir())? {
+            let params = json!({
+                "uri": spec.uri,
+                "columns": spec.columns,
+                "max_reject_share": spec.max_reject_share,
+                "batch_rows": spec.batch_rows,
+            });
+            let job = self.inner.jobs.restore(
+                spec.id,
+                &spec.collection,
+                "ingest",
+                params,
+                &spec.started_at,
+            );
+            job.set_counts(counts(&cp));
+            job.set_total(cp.files.iter().map(|f| f.rows).sum());
+            if cp.state != "running" {
+                job.advance(cp.rows_read);
+                job.finish(match cp.state.as_str() {
+                    "succeeded" => Ok(cp.report.clone().unwrap_or_default()),
+                    _ => Err(cp.error.clone().unwrap_or_else(|| cp.state.clone())),
+                });
+                continue;
+            }
+            match self.inner.worker.get(&spec.collection) {
+                Ok(hosted) => {
+                    tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");
+                    tokio::spawn(run(self.clone(), hosted, job, spec));
+                }
+                Err(_) => job.finish(Err("its collection no longer exists".into())),
+            }
+        }
+        Ok(())
+    }
+}
