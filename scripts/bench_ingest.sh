@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make bench-ingest`: ingestion throughput of a release server on this
+# machine, with its references in the same run:
+#   - N_EMBEDDINGS (1,000,000) clustered 128-d embeddings in Parquet files,
+#     `engram ingest` from the local disk into a 128-d L2 collection, beside
+#     faiss HNSW adding the same vectors;
+#   - N_IMAGES (5,000) Fashion-MNIST PNGs in a Parquet file, ingested into a
+#     collection with the default embedder, beside a Python onnxruntime loop.
+# Prints `ingest kind=<embeddings|images> rows_per_s=<r> peak_rss_mb=<m>`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort_dylib_path.sh)}"
+N_EMBEDDINGS="${N_EMBEDDINGS:-1000000}"
+N_IMAGES="${N_IMAGES:-5000}"
+PYARROW_VERSION=26.0.1
+target="${CARGO_TARGET_DIR:-target}"
+out="$target/bench-ingest"
+data="$out/data-$N_EMBEDDINGS-$N_IMAGES"
+listen="${ENGRAM_BENCH_LISTEN:-127.0.0.1:7720}"
+mkdir -p "$out"
+
+.venv/bin/python -c "import pyarrow" 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
+scripts/bench_index_setup.sh >/dev/null
+[ -f "$data/vectors.npy" ] || .venv/bin/python benches/ingest_refs/make_parquet.py "$data" "$N_EMBEDDINGS" "$N_IMAGES"
+cargo build --release -q --bin engram
+engram="$target/release/engram"
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+} | tee "$out/machine.txt"
+
+server_dir="$out/server"
+rm -rf "$server_dir"
+"$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$server_dir" >"$out/server.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf "http://$listen/healthz" >/dev/null && break; sleep 0.2; done
+peak() { awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$server/status"; }
+base_rss=$(peak)
+
+curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
+  -d '{"name":"emb","dim":128,"metric":"l2"}' >/dev/null
+"$engram" ingest "$data/embeddings" --collection emb --server "http://$listen" --json >"$out/embeddings.json"
+rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['report']['rows_per_s']))" "$out/embeddings.json")
+echo "ingest kind=embeddings rows=$N_EMBEDDINGS rows_per_s=$rate peak_rss_mb=$(peak) idle_rss_mb=$base_rss"
+
+curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
+  -d '{"name":"img","embedder":"default"}' >/dev/null
+"$engram" ingest "$data/images/images.parquet" --collection img --server "http://$listen" --json >"$out/images.json"
+rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['report']['rows_per_s'], 1))" "$out/images.json")
+echo "ingest kind=images rows=$N_IMAGES rows_per_s=$rate peak_rss_mb=$(peak) (server process, after both jobs)"
+kill -TERM $server; wait $server || true
+trap - EXIT
+
+.bench-venv/bin/python benches/ingest_refs/faiss_add.py "$data/vectors.npy"
+.venv/bin/python benches/ingest_refs/python_images.py "$data/images/images.parquet"
