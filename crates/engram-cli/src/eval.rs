@@ -209,16 +209,17 @@ fn add(
     Ok(())
 }
 
-/// The server's ranked neighbours (curation applied) for every query.
-fn neighbours(
+/// The server's `classify/batch` answer for every query (rank rule, `k`),
+/// 250 queries per request.
+fn classify_all(
     client: &Client,
     collection: &str,
     queries: &[Vec<f32>],
     k: usize,
     what: &str,
-) -> anyhow::Result<Vec<Vec<Neighbor>>> {
+) -> anyhow::Result<Vec<Value>> {
     let bar = progress(queries.len(), what);
-    let mut lists = Vec::with_capacity(queries.len());
+    let mut results = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(250) {
         let body: Vec<Value> = chunk.iter().map(|v| json!({ "vector": v })).collect();
         let answer = client.post(
@@ -229,18 +230,33 @@ fn neighbours(
             if result["partial"] == json!(true) {
                 bail!("a partial answer during evaluation: {result}");
             }
-            let list = result["neighbors"]
-                .as_array()
-                .context("no neighbours")?
-                .iter()
-                .map(|n| serde_json::from_value::<Neighbor>(n.clone()))
-                .collect::<Result<Vec<_>, _>>()?;
-            lists.push(list);
+            results.push(result.clone());
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
-    Ok(lists)
+    Ok(results)
+}
+
+/// The server's ranked neighbours (curation applied) for every query.
+fn neighbours(
+    client: &Client,
+    collection: &str,
+    queries: &[Vec<f32>],
+    k: usize,
+    what: &str,
+) -> anyhow::Result<Vec<Vec<Neighbor>>> {
+    classify_all(client, collection, queries, k, what)?
+        .iter()
+        .map(|result| {
+            result["neighbors"]
+                .as_array()
+                .context("no neighbours")?
+                .iter()
+                .map(|n| Ok(serde_json::from_value::<Neighbor>(n.clone())?))
+                .collect()
+        })
+        .collect()
 }
 
 fn accuracy(lists: &[Vec<Neighbor>], truth: &[u8], rule: VotingRule, k: usize) -> f64 {
@@ -279,18 +295,10 @@ fn classify_labels(
     queries: &[Vec<f32>],
     k: usize,
 ) -> anyhow::Result<Vec<Option<String>>> {
-    let mut labels = Vec::with_capacity(queries.len());
-    for chunk in queries.chunks(250) {
-        let body: Vec<Value> = chunk.iter().map(|v| json!({ "vector": v })).collect();
-        let answer = client.post(
-            &format!("/v1/collections/{collection}/classify/batch"),
-            &json!({ "queries": body, "k": k, "rule": "rank" }),
-        )?;
-        for result in answer["results"].as_array().context("no results")? {
-            labels.push(result["label"].as_str().map(str::to_string));
-        }
-    }
-    Ok(labels)
+    Ok(classify_all(client, collection, queries, k, "classifying")?
+        .iter()
+        .map(|r| r["label"].as_str().map(str::to_string))
+        .collect())
 }
 
 fn share_correct(predicted: &[Option<String>], truth: &[u8], keep: impl Fn(u8) -> bool) -> f64 {

@@ -410,6 +410,17 @@ fn float_values(values: &ArrayRef) -> std::result::Result<&arrow_array::Float32A
         .ok_or_else(|| format!("embedding values are {}, not float32", values.data_type()))
 }
 
+/// Rows of a List<float32> (32- or 64-bit offsets).
+fn list_rows<O: arrow_array::OffsetSizeTrait>(
+    a: &arrow_array::GenericListArray<O>,
+) -> Column<Vec<f32>> {
+    let values = float_values(a.values())?;
+    let offsets = a.value_offsets();
+    Ok(each(a, |i| {
+        values.values()[offsets[i].as_usize()..offsets[i + 1].as_usize()].to_vec()
+    }))
+}
+
 fn embeddings(array: &ArrayRef) -> Column<Vec<f32>> {
     if let Some(a) = array.as_fixed_size_list_opt() {
         let values = float_values(a.values())?;
@@ -421,18 +432,10 @@ fn embeddings(array: &ArrayRef) -> Column<Vec<f32>> {
         }));
     }
     if let Some(a) = array.as_list_opt::<i32>() {
-        let values = float_values(a.values())?;
-        let offsets = a.value_offsets();
-        return Ok(each(a, |i| {
-            values.values()[offsets[i] as usize..offsets[i + 1] as usize].to_vec()
-        }));
+        return list_rows(a);
     }
     if let Some(a) = array.as_list_opt::<i64>() {
-        let values = float_values(a.values())?;
-        let offsets = a.value_offsets();
-        return Ok(each(a, |i| {
-            values.values()[offsets[i] as usize..offsets[i + 1] as usize].to_vec()
-        }));
+        return list_rows(a);
     }
     Err(format!(
         "embedding column has type {}, not FixedSizeList<float32> or List<float32>",
