@@ -487,3 +487,106 @@ fn a_killed_ingest_resumes_without_duplicates_or_losses() {
     );
     assert!(next["id"].as_u64().unwrap() > id);
 }
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+#[test]
+fn reading_more_parquet_does_not_raise_peak_memory() {
+    // 1,600 noise images of 256x256 RGB (~190 KiB of PNG each, ~300 MiB in
+    // all) in row groups of 50, from the local disk: the server holds one
+    // row group and one batch at a time, never the file.
+    let dir = tempfile::tempdir().unwrap();
+    let images_dir = dir.path().join("big");
+    std::fs::create_dir_all(&images_dir).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    };
+    let png = |noise: &mut dyn FnMut() -> u8| {
+        let pixels: Vec<u8> = (0..256 * 256 * 3).map(|_| noise()).collect();
+        let image = image::RgbImage::from_raw(256, 256, pixels).unwrap();
+        let mut out = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let mut file_bytes = 0usize;
+    for part in 0..4u64 {
+        let images: Vec<Vec<u8>> = (0..400).map(|_| png(&mut noise)).collect();
+        file_bytes += images.iter().map(Vec::len).sum::<usize>();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(UInt64Array::from_iter_values(part * 400..(part + 1) * 400)) as ArrayRef,
+            ),
+            (
+                "label",
+                Arc::new(StringArray::from_iter_values(
+                    (0..400).map(|i| format!("n{}", i % 3)),
+                )) as ArrayRef,
+            ),
+            (
+                "image",
+                Arc::new(BinaryArray::from_iter_values(images.iter())) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        std::fs::write(
+            images_dir.join(format!("part-{part}.parquet")),
+            parquet(vec![batch], 50),
+        )
+        .unwrap();
+    }
+    let file_mib = (file_bytes / (1 << 20)) as u64;
+    assert!(file_mib > 250, "{file_mib} MiB of input");
+
+    let config = write_config(dir.path(), "");
+    let server = Server::start(&config, &dir.path().join("data"));
+    let (status, _) = server.post(
+        "/v1/collections",
+        &json!({ "name": "noise", "embedder": "default", "shards": 2 }),
+    );
+    assert_eq!(status, 201);
+    // Warm up with one file (the model's buffers, the first row groups),
+    // then read all four: the peak must not grow with the amount read.
+    let first = images_dir.join("part-0.parquet");
+    let (ok, out) = ingest_cli(
+        &server,
+        first.to_str().unwrap(),
+        "noise",
+        &["--batch-rows", "16"],
+    );
+    assert!(ok, "{out}");
+    let after_one = peak_rss_mib(server.child.id());
+    let (ok, out) = ingest_cli(
+        &server,
+        images_dir.to_str().unwrap(),
+        "noise",
+        &["--batch-rows", "16"],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(status_of(&out)["report"]["items_written"], 1600);
+    let after_all = peak_rss_mib(server.child.id());
+    eprintln!(
+        "peak RSS {after_one} MiB after {} MiB of Parquet, {after_all} MiB after {file_mib} MiB more",
+        file_mib / 4
+    );
+    // Another 300 MiB read may add the stored vectors (1,200 x 5 KiB) and
+    // allocator noise, not the input.
+    assert!(
+        after_all <= after_one + 60,
+        "peak RSS grew from {after_one} to {after_all} MiB while reading {file_mib} MiB more"
+    );
+}
