@@ -239,6 +239,16 @@ fn new_classes_interventions_explanations_and_counterfactuals() {
             400,
             "reason",
         ),
+        (
+            json!({ "action": "block_class", "label": "x".repeat(300), "reason": "x" }),
+            400,
+            "long label",
+        ),
+        (
+            json!({ "action": "block_source", "source": "s", "reason": "r".repeat(5000) }),
+            400,
+            "long reason",
+        ),
     ] {
         assert_client_error(
             &server.post("/v1/collections/m/interventions", &body),

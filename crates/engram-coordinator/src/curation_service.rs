@@ -5,7 +5,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engram_core::{AuditEntry, PruningScores, PruningWeights};
+use engram_core::{AuditEntry, Intervention, PruningScores, PruningWeights};
 use engram_index::SearchTuning;
 use engram_worker::{HostedCollection, SearchFilter};
 
@@ -17,7 +17,7 @@ use crate::dto::{
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::jobs::{Job, JobStatus};
 use crate::meta::{CollectionMeta, Selector, now};
-use crate::service::Engram;
+use crate::service::{Engram, MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
 
 /// Queries per search batch while pruning.
 const PRUNE_BATCH: usize = 256;
@@ -40,6 +40,28 @@ impl Engram {
         request: InterventionRequest,
     ) -> Result<AuditEntry> {
         let hosted = self.hosted_collection(collection)?;
+        let too_long = match &request.intervention {
+            Intervention::Relabel { label, .. }
+            | Intervention::BlockClass { label }
+            | Intervention::UnblockClass { label }
+            | Intervention::ScaleClass { label, .. } => {
+                (label.len() > MAX_LABEL_BYTES).then_some(("label", MAX_LABEL_BYTES))
+            }
+            Intervention::BlockSource { source } | Intervention::UnblockSource { source } => {
+                (source.len() > MAX_SOURCE_BYTES).then_some(("source", MAX_SOURCE_BYTES))
+            }
+            _ => None,
+        };
+        if let Some((what, limit)) = too_long {
+            return Err(ApiError::invalid(format!(
+                "{what} longer than {limit} bytes"
+            )));
+        }
+        if request.reason.len() > MAX_SOURCE_BYTES {
+            return Err(ApiError::invalid(format!(
+                "reason longer than {MAX_SOURCE_BYTES} bytes"
+            )));
+        }
         if let Some(id) = request.intervention.item()
             && hosted.get(id).is_none()
         {
