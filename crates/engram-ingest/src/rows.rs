@@ -425,9 +425,8 @@ fn embeddings(array: &ArrayRef) -> Column<Vec<f32>> {
     if let Some(a) = array.as_fixed_size_list_opt() {
         let values = float_values(a.values())?;
         let len = a.value_length() as usize;
-        let offset = a.offset();
         return Ok(each(a, |i| {
-            let start = (offset + i) * len;
+            let start = a.value_offset_at(i);
             values.values()[start..start + len].to_vec()
         }));
     }
