@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 
-use diskann::graph::config;
 use diskann::graph::search::Knn;
 use diskann::graph::search_output_buffer::IdDistance;
 use diskann::provider::{DefaultContext, Delete};
@@ -52,21 +51,6 @@ pub struct GrowingSegment {
     has_start_point: bool,
 }
 
-fn graph_config(params: &IndexParams) -> Result<config::Config> {
-    config::Builder::new_with(
-        params.max_degree as usize,
-        config::MaxDegree::default_slack(),
-        params.build_list_size as usize,
-        DiskMetric::L2.into(),
-        |b| {
-            b.alpha(params.alpha);
-            b.saturate_after_prune(true);
-        },
-    )
-    .build()
-    .map_err(|e| IndexError::DiskAnn(e.to_string()))
-}
-
 impl GrowingSegment {
     pub fn new(dim: usize, metric: Metric, params: &IndexParams) -> Result<Self> {
         Self::with_capacity(dim, metric, params, INITIAL_CAPACITY)
@@ -78,7 +62,7 @@ impl GrowingSegment {
         params: &IndexParams,
         capacity: usize,
     ) -> Result<Self> {
-        let config = graph_config(params)?;
+        let config = super::graph_config(params)?;
         let provider = DefaultProviderParameters {
             max_points: capacity,
             frozen_points: ONE,

@@ -13,8 +13,29 @@ pub mod reader;
 pub mod sealed;
 
 use diskann::ANNError;
+use diskann::graph::config;
+use diskann_vector::distance::Metric as DiskMetric;
 
-use crate::error::IndexError;
+use engram_core::config::IndexParams;
+
+use crate::error::{IndexError, Result};
+
+/// The Vamana graph settings shared by growing and sealed segments: both
+/// search by squared L2 (cosine collections store unit vectors).
+fn graph_config(params: &IndexParams) -> Result<config::Config> {
+    config::Builder::new_with(
+        params.max_degree as usize,
+        config::MaxDegree::default_slack(),
+        params.build_list_size as usize,
+        DiskMetric::L2.into(),
+        |b| {
+            b.alpha(params.alpha);
+            b.saturate_after_prune(true);
+        },
+    )
+    .build()
+    .map_err(|e| IndexError::DiskAnn(e.to_string()))
+}
 
 impl From<ANNError> for IndexError {
     fn from(e: ANNError) -> Self {

@@ -19,7 +19,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use diskann::graph::config;
 use diskann::utils::ONE;
 use diskann_disk::QuantizationType;
 use diskann_disk::build::builder::build::DiskIndexBuilder;
@@ -134,18 +133,7 @@ impl SealedSegment {
             }
             out.flush()?;
         }
-        let graph = config::Builder::new_with(
-            params.max_degree as usize,
-            config::MaxDegree::default_slack(),
-            params.build_list_size as usize,
-            DiskMetric::L2.into(),
-            |b| {
-                b.alpha(params.alpha);
-                b.saturate_after_prune(true);
-            },
-        )
-        .build()
-        .map_err(|e| IndexError::DiskAnn(e.to_string()))?;
+        let graph = super::graph_config(params)?;
         let pq_bytes = params.pq_bytes.min(dim);
         let build_params = DiskIndexBuildParameters::new(
             MemoryBudget::try_from_gb(4.0).map_err(|e| IndexError::DiskAnn(e.to_string()))?,
