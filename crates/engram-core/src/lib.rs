@@ -11,6 +11,7 @@ pub mod curation;
 pub mod distance;
 pub mod error;
 pub mod neighbor;
+pub mod placement;
 pub mod shard;
 pub mod topk;
 pub mod vector;

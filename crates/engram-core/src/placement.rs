@@ -1,0 +1,258 @@
+//! Which workers hold which virtual shards: pure planners over the shard
+//! map, used by the Raft state machine (so they must be deterministic) and
+//! tested without any I/O.
+//!
+//! Every shard has one primary, which orders its writes, a list of in-sync
+//! replicas, which hold every acknowledged write, and workers that host it
+//! but are catching up (`out_of_sync`). Each change bumps the shard's epoch,
+//! so a worker or coordinator acting on an older map is refused.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A worker's id, fixed in its configuration.
+pub type WorkerId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    pub epoch: u64,
+    pub primary: WorkerId,
+    /// In-sync followers: every acknowledged write is on them.
+    pub replicas: Vec<WorkerId>,
+    /// Hosts that missed writes and must catch up by transfer.
+    pub out_of_sync: Vec<WorkerId>,
+}
+
+impl ShardPlacement {
+    /// Primary first, then the in-sync replicas.
+    pub fn in_sync(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        std::iter::once(self.primary).chain(self.replicas.iter().copied())
+    }
+
+    pub fn is_in_sync(&self, worker: WorkerId) -> bool {
+        self.in_sync().any(|w| w == worker)
+    }
+
+    pub fn hosts(&self, worker: WorkerId) -> bool {
+        self.is_in_sync(worker) || self.out_of_sync.contains(&worker)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("replication {replication} needs at least {replication} live workers, there are {workers}")]
+    NotEnoughWorkers { replication: u32, workers: usize },
+    #[error("shard placement changed (epoch {current}, expected {expected})")]
+    StaleEpoch { expected: u64, current: u64 },
+    #[error("worker {0} does not host this shard")]
+    NotHosted(WorkerId),
+}
+
+/// Places `shards` shards with `replication` copies on distinct `workers`
+/// (any order; duplicates ignored). Copies are dealt round-robin, so every
+/// worker holds the same number of copies give or take one; each shard's
+/// primary is the copy whose worker leads the fewest shards so far.
+pub fn assign(
+    shards: u32,
+    replication: u32,
+    workers: &[WorkerId],
+) -> Result<Vec<ShardPlacement>, PlacementError> {
+    let mut workers = workers.to_vec();
+    workers.sort_unstable();
+    workers.dedup();
+    if replication == 0 || workers.len() < replication as usize {
+        return Err(PlacementError::NotEnoughWorkers {
+            replication,
+            workers: workers.len(),
+        });
+    }
+    let n = workers.len();
+    let r = replication as usize;
+    let mut led: BTreeMap<WorkerId, usize> = workers.iter().map(|w| (*w, 0)).collect();
+    let mut placements = Vec::with_capacity(shards as usize);
+    for s in 0..shards as usize {
+        let copies: Vec<WorkerId> = (0..r).map(|i| workers[(s * r + i) % n]).collect();
+        let primary = *copies
+            .iter()
+            .min_by_key(|w| (led[w], **w))
+            .expect("replication >= 1");
+        *led.get_mut(&primary).expect("known worker") += 1;
+        placements.push(ShardPlacement {
+            epoch: 1,
+            primary,
+            replicas: copies.into_iter().filter(|w| *w != primary).collect(),
+            out_of_sync: Vec::new(),
+        });
+    }
+    Ok(placements)
+}
+
+/// The placement after `worker` is found dead, or `None` if nothing changes.
+///
+/// A dead replica becomes out of sync. A dead primary is replaced by its
+/// first in-sync replica and becomes out of sync; a primary without any
+/// in-sync replica stays primary, because it alone holds every
+/// acknowledged write (the shard is unavailable until it returns, never
+/// served from a copy that may have missed writes).
+pub fn fail_worker(placement: &ShardPlacement, worker: WorkerId) -> Option<ShardPlacement> {
+    let mut next = placement.clone();
+    if placement.primary == worker {
+        if placement.replicas.is_empty() {
+            return None;
+        }
+        next.primary = next.replicas.remove(0);
+    } else if let Some(i) = placement.replicas.iter().position(|w| *w == worker) {
+        next.replicas.remove(i);
+    } else {
+        return None;
+    }
+    next.out_of_sync.push(worker);
+    next.epoch += 1;
+    Some(next)
+}
+
+/// The placement after `worker` stops receiving writes (a replication to it
+/// failed), checked against the epoch the caller acted on.
+pub fn mark_out_of_sync(
+    placement: &ShardPlacement,
+    worker: WorkerId,
+    expected_epoch: u64,
+) -> Result<ShardPlacement, PlacementError> {
+    check_epoch(placement, expected_epoch)?;
+    if !placement.replicas.contains(&worker) {
+        return Err(PlacementError::NotHosted(worker));
+    }
+    Ok(fail_worker(placement, worker).expect("a replica always changes"))
+}
+
+/// The placement after an out-of-sync host caught up (while its primary
+/// held back writes), checked against the epoch the caller acted on.
+pub fn mark_in_sync(
+    placement: &ShardPlacement,
+    worker: WorkerId,
+    expected_epoch: u64,
+) -> Result<ShardPlacement, PlacementError> {
+    check_epoch(placement, expected_epoch)?;
+    let Some(i) = placement.out_of_sync.iter().position(|w| *w == worker) else {
+        return Err(PlacementError::NotHosted(worker));
+    };
+    let mut next = placement.clone();
+    next.out_of_sync.remove(i);
+    next.replicas.push(worker);
+    next.epoch += 1;
+    Ok(next)
+}
+
+fn check_epoch(placement: &ShardPlacement, expected: u64) -> Result<(), PlacementError> {
+    if placement.epoch == expected {
+        Ok(())
+    } else {
+        Err(PlacementError::StaleEpoch {
+            expected,
+            current: placement.epoch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn copies_per_worker(placements: &[ShardPlacement]) -> BTreeMap<WorkerId, usize> {
+        let mut load = BTreeMap::new();
+        for p in placements {
+            for w in p.in_sync() {
+                *load.entry(w).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    proptest! {
+        #[test]
+        fn assignment_is_balanced_and_distinct(
+            shards in 1u32..200,
+            replication in 1u32..4,
+            workers in proptest::collection::btree_set(0u64..50, 1..12),
+        ) {
+            let workers: Vec<u64> = workers.into_iter().collect();
+            let result = assign(shards, replication, &workers);
+            if workers.len() < replication as usize {
+                prop_assert!(result.is_err());
+                return Ok(());
+            }
+            let placements = result.unwrap();
+            prop_assert_eq!(placements.len(), shards as usize);
+            for p in &placements {
+                let mut copies: Vec<u64> = p.in_sync().collect();
+                prop_assert_eq!(copies.len(), replication as usize);
+                copies.sort_unstable();
+                copies.dedup();
+                prop_assert_eq!(copies.len(), replication as usize, "copies on distinct workers");
+                prop_assert!(copies.iter().all(|w| workers.contains(w)));
+            }
+            let load = copies_per_worker(&placements);
+            let total = shards as usize * replication as usize;
+            if total >= workers.len() {
+                prop_assert_eq!(load.len(), workers.len(), "every worker used");
+            }
+            let max = load.values().max().unwrap();
+            let min = if load.len() == workers.len() { *load.values().min().unwrap() } else { 0 };
+            prop_assert!(max - min <= 1, "copies per worker {:?}", load);
+            let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+            for p in &placements {
+                *led.entry(p.primary).or_default() += 1;
+            }
+            let fair = (shards as usize).div_ceil(workers.len());
+            prop_assert!(led.values().all(|n| *n <= fair + 1), "primaries {:?}", led);
+        }
+
+        #[test]
+        fn failures_keep_every_acknowledged_copy_reachable(
+            replication in 1u32..4,
+            failures in proptest::collection::vec(0u64..5, 0..8),
+        ) {
+            let workers = [0u64, 1, 2, 3, 4];
+            let mut placements = assign(16, replication, &workers).unwrap();
+            for dead in failures {
+                for p in placements.iter_mut() {
+                    let before = p.clone();
+                    if let Some(next) = fail_worker(p, dead) {
+                        prop_assert_eq!(next.epoch, before.epoch + 1);
+                        prop_assert!(!next.is_in_sync(dead));
+                        // The new primary was in sync before: it has every acknowledged write.
+                        prop_assert!(before.is_in_sync(next.primary));
+                        *p = next;
+                    } else {
+                        prop_assert!(!before.replicas.contains(&dead));
+                        prop_assert!(before.primary != dead || before.replicas.is_empty());
+                    }
+                    prop_assert!(p.in_sync().count() >= 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn catching_up_is_checked_against_the_epoch() {
+        let p = assign(1, 2, &[7, 9]).unwrap().remove(0);
+        assert_eq!((p.primary, p.replicas.clone()), (7, vec![9]));
+        let failed = fail_worker(&p, 7).unwrap();
+        assert_eq!((failed.primary, failed.out_of_sync.clone()), (9, vec![7]));
+        assert_eq!(
+            mark_in_sync(&failed, 7, p.epoch),
+            Err(PlacementError::StaleEpoch {
+                expected: 1,
+                current: 2
+            })
+        );
+        let back = mark_in_sync(&failed, 7, failed.epoch).unwrap();
+        assert_eq!((back.primary, back.replicas.clone(), back.epoch), (9, vec![7], 3));
+        assert!(mark_out_of_sync(&back, 9, back.epoch).is_err(), "the primary is not a replica");
+        let out = mark_out_of_sync(&back, 7, back.epoch).unwrap();
+        assert_eq!(out.out_of_sync, vec![7]);
+        // The last in-sync copy is never demoted.
+        assert_eq!(fail_worker(&out, 9), None);
+    }
+}
