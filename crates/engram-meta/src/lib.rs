@@ -1,0 +1,20 @@
+//! Engram's cluster metadata (DESIGN.md 4): members, collections and shard
+//! maps in an openraft state machine, with its log and snapshots on
+//! checksummed files and Raft RPC over HTTP on the internal port.
+
+pub mod error;
+pub mod journal;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod rpc;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+pub use error::{MetaError, Result};
+pub use log_store::LogStore;
+pub use node::{MetaNode, RaftTiming, WriteOutcome};
+pub use state::{ClusterState, CollectionMeta, WorkerInfo};
+pub use state_machine::StateMachineStore;
+pub use types::{Command, CommandResult, NodeId, Raft, TypeConfig};

@@ -1,0 +1,72 @@
+//! The Raft RPC server, mounted on a coordinator's internal port under
+//! `/raft`: openraft's three messages, plus `write` (a follower forwarding
+//! a metadata command to the leader) and `membership` changes.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::network::BINCODE;
+use crate::node::MetaNode;
+use crate::types::Command;
+
+pub fn router(node: MetaNode) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/write", post(write))
+        .with_state(node)
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    bincode::deserialize(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable raft message: {e}"),
+        )
+            .into_response()
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Response {
+    match bincode::serialize(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, BINCODE)], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn append(State(node): State<MetaNode>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => encode(&node.raft().append_entries(rpc).await),
+        Err(r) => r,
+    }
+}
+
+async fn vote(State(node): State<MetaNode>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => encode(&node.raft().vote(rpc).await),
+        Err(r) => r,
+    }
+}
+
+async fn snapshot(State(node): State<MetaNode>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => encode(&node.raft().install_snapshot(rpc).await),
+        Err(r) => r,
+    }
+}
+
+/// Applies a forwarded command if this node leads; otherwise the caller is
+/// told to try again (`Err`), with whatever leader this node knows.
+async fn write(State(node): State<MetaNode>, body: Bytes) -> Response {
+    match decode::<Command>(&body) {
+        Ok(command) => encode(&node.write_local(command).await),
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,78 @@
+//! The Raft type configuration: what the log carries and what applying an
+//! entry answers.
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+use engram_core::CollectionSpec;
+use engram_core::placement::{ShardPlacement, WorkerId};
+
+/// A coordinator's Raft node id.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Engram's metadata Raft: metadata commands, never vectors.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+
+/// A change to the cluster metadata. Applying one is deterministic: the
+/// placement planners run inside the state machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A worker announces itself (at start, or back after being found dead).
+    RegisterWorker {
+        id: WorkerId,
+        addr: String,
+    },
+    /// The leader found a worker dead: its replicas fall out of sync and
+    /// replicas take over the shards it led.
+    WorkerFailed {
+        id: WorkerId,
+    },
+    /// Places the shards over the live workers.
+    CreateCollection {
+        spec: CollectionSpec,
+    },
+    DropCollection {
+        name: String,
+    },
+    /// A primary could not replicate to `worker`, which stops counting as
+    /// in sync (so the write can be acknowledged without it).
+    ReplicaOutOfSync {
+        collection: String,
+        shard: u32,
+        worker: WorkerId,
+        epoch: u64,
+    },
+    /// `worker` caught up by transfer while the primary held writes back.
+    ReplicaInSync {
+        collection: String,
+        shard: u32,
+        worker: WorkerId,
+        epoch: u64,
+    },
+}
+
+/// The outcome of applying a [`Command`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Done,
+    /// The shard's placement after the change.
+    Placement(ShardPlacement),
+    /// Not applied: the reason, for the caller (e.g. a stale epoch).
+    Refused(String),
+}
