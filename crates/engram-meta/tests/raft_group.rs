@@ -16,10 +16,10 @@ struct Running {
 async fn start(id: u64, dir: &Path, listener: tokio::net::TcpListener) -> Running {
     let node = MetaNode::start(id, &dir.join(format!("n{id}")), &RaftTiming::default())
         .await
-        .unwrap();
+        .expect("node starts");
     let app = rpc::router(node.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        axum::serve(listener, app).await.expect("serve");
     });
     Running { node, server }
 }

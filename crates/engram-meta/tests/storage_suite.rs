@@ -19,6 +19,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(FileStores)
+fn openraft_storage_suite() {
+    Suite::test_all(FileStores).expect("storage suite");
 }
