@@ -40,7 +40,9 @@ impl ShardPlacement {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
-    #[error("replication {replication} needs at least {replication} live workers, there are {workers}")]
+    #[error(
+        "replication {replication} needs at least {replication} live workers, there are {workers}"
+    )]
     NotEnoughWorkers { replication: u32, workers: usize },
     #[error("shard placement changed (epoch {current}, expected {expected})")]
     StaleEpoch { expected: u64, current: u64 },
@@ -248,8 +250,14 @@ mod tests {
             })
         );
         let back = mark_in_sync(&failed, 7, failed.epoch).unwrap();
-        assert_eq!((back.primary, back.replicas.clone(), back.epoch), (9, vec![7], 3));
-        assert!(mark_out_of_sync(&back, 9, back.epoch).is_err(), "the primary is not a replica");
+        assert_eq!(
+            (back.primary, back.replicas.clone(), back.epoch),
+            (9, vec![7], 3)
+        );
+        assert!(
+            mark_out_of_sync(&back, 9, back.epoch).is_err(),
+            "the primary is not a replica"
+        );
         let out = mark_out_of_sync(&back, 7, back.epoch).unwrap();
         assert_eq!(out.out_of_sync, vec![7]);
         // The last in-sync copy is never demoted.

@@ -28,7 +28,7 @@ const TAG_UPSERT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 
 /// One operation on a shard.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum WalOp {
     Upsert {
         id: u64,

@@ -1,15 +1,27 @@
 //! The shard worker: hosts the shards of collections on local disk and
 //! answers writes and searches for them. A shard is a growing segment (an
-//! exact in-memory index over full vectors) behind a write-ahead log; sealed
-//! DiskANN segments join it in the next stage.
+//! in-memory DiskANN graph) behind a write-ahead log plus the sealed DiskANN
+//! segments it produced.
+//!
+//! In the embedded node a [`Worker`] hosts every shard of its collections
+//! and is called directly. In a cluster a [`WorkerNode`] hosts the replicas
+//! the Raft shard map places on it and serves them over internal RPC
+//! ([`server`]), following the map through heartbeats ([`agent`]).
 
+pub mod agent;
 pub mod error;
 pub mod hosted_collection;
+pub mod node;
+pub mod replicas;
+pub mod rpc_client;
+pub mod server;
 pub mod shard;
+pub mod wire;
 pub mod worker;
 
 pub use error::{Result, WorkerError};
 pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
+pub use node::WorkerNode;
 pub use shard::{
     Admit, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
 };

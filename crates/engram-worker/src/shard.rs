@@ -143,6 +143,8 @@ pub struct Presence {
 pub struct ScannedItem {
     pub id: u64,
     pub label: Arc<str>,
+    pub weight: f32,
+    pub source: Option<Arc<str>>,
     pub vector: Vec<f32>,
 }
 
@@ -380,6 +382,8 @@ impl Shard {
                     Some(ScannedItem {
                         id: *id,
                         label: state.items.label_of(record).clone(),
+                        weight: record.weight,
+                        source: record.source.clone(),
                         vector: v.to_vec(),
                     })
                 })

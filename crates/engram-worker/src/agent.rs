@@ -1,0 +1,172 @@
+//! The worker's background loop: heartbeat every coordinator, follow the
+//! newest cluster state they report, open the shards placed here, drop
+//! collections that are gone, and catch up shards this worker fell behind on.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use engram_meta::ClusterState;
+
+use crate::node::WorkerNode;
+use crate::rpc_client::call;
+use crate::wire::*;
+
+/// How often a worker heartbeats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
+
+impl WorkerNode {
+    /// Runs the loop forever (spawn it).
+    pub async fn run_agent(self) {
+        loop {
+            self.tick().await;
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+    }
+
+    async fn tick(&self) {
+        let beat = Heartbeat {
+            worker: self.inner.id,
+            addr: self.inner.addr.clone(),
+        };
+        let replies = futures::future::join_all(self.inner.coordinators.iter().map(|addr| {
+            call::<_, HeartbeatReply>(
+                &self.inner.client,
+                addr,
+                coordinator_path::HEARTBEAT,
+                &beat,
+                Duration::from_secs(1),
+            )
+        }))
+        .await;
+        let newest = replies
+            .into_iter()
+            .filter_map(Result::ok)
+            .max_by_key(|r| r.applied);
+        let Some(reply) = newest else {
+            tracing::debug!("no coordinator answered the heartbeat");
+            return;
+        };
+        let advanced = {
+            let mut state = self.inner.state.write();
+            if reply.applied >= state.0 {
+                *state = (reply.applied, Arc::new(reply.state));
+                true
+            } else {
+                false
+            }
+        };
+        if advanced {
+            self.reconcile().await;
+        }
+    }
+
+    /// Brings hosted replicas in line with the newest state.
+    async fn reconcile(&self) {
+        let (applied, state) = self.inner.state.read().clone();
+        // A coordinator may have told this worker about a collection (see
+        // `host_now`) at a log index the state seen here does not reach yet:
+        // then its absence here means "not yet", not "dropped".
+        let may_drop = applied >= self.inner.floor.load(Ordering::SeqCst);
+        let me = self.inner.id;
+        let node = self.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            for collection in state.collections.values() {
+                for (shard, placement) in collection.shards.iter().enumerate() {
+                    if placement.hosts(me)
+                        && let Err(e) = node.host().ensure(&collection.spec, shard as u32, placement)
+                    {
+                        tracing::error!(collection = %collection.spec.name, shard, error = %e, "cannot open replica");
+                    }
+                }
+            }
+            let on_disk = node.host().collections_on_disk().unwrap_or_default();
+            for name in on_disk {
+                if may_drop && !state.collections.contains_key(&name) {
+                    tracing::info!(collection = %name, "dropping a collection that is no longer in the cluster state");
+                    if let Err(e) = node.host().drop_collection(&name) {
+                        tracing::error!(collection = %name, error = %e, "cannot drop");
+                    }
+                }
+            }
+            state
+        })
+        .await;
+        let Ok(state) = opened else { return };
+        self.start_catch_ups(&state);
+    }
+
+    fn start_catch_ups(&self, state: &ClusterState) {
+        let me = self.inner.id;
+        for collection in state.collections.values() {
+            for (shard, placement) in collection.shards.iter().enumerate() {
+                if !placement.out_of_sync.contains(&me) {
+                    continue;
+                }
+                let primary_alive = state
+                    .workers
+                    .get(&placement.primary)
+                    .is_some_and(|w| w.alive);
+                let Some(primary) = state.workers.get(&placement.primary) else {
+                    continue;
+                };
+                if !primary_alive || placement.primary == me {
+                    continue;
+                }
+                let key = (collection.spec.name.clone(), shard as u32);
+                if !self.inner.catching_up.lock().insert(key.clone()) {
+                    continue;
+                }
+                let node = self.clone();
+                let addr = primary.addr.clone();
+                tokio::spawn(async move {
+                    let request = CatchUpRequest {
+                        collection: key.0.clone(),
+                        shard: key.1,
+                        worker: node.inner.id,
+                    };
+                    let result = call::<_, ()>(
+                        &node.inner.client,
+                        &addr,
+                        path::CATCH_UP,
+                        &request,
+                        Duration::from_secs(600),
+                    )
+                    .await;
+                    if let Err(e) = result {
+                        tracing::warn!(collection = %key.0, shard = key.1, error = %e, "catch-up failed; retrying later");
+                    }
+                    node.inner.catching_up.lock().remove(&key);
+                });
+            }
+        }
+    }
+
+    /// A coordinator creating a collection: open its shards placed here now.
+    pub async fn host_now(self, request: HostRequest) -> RpcResult<()> {
+        self.inner.floor.fetch_max(request.index, Ordering::SeqCst);
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            for (shard, placement) in &request.shards {
+                node.host()
+                    .ensure(&request.spec, *shard, placement)
+                    .map_err(|e| RpcError::Internal(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| RpcError::Internal(e.to_string()))?
+    }
+
+    /// A coordinator dropping a collection.
+    pub async fn drop_now(self, request: DropRequest) -> RpcResult<()> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            node.host()
+                .drop_collection(&request.collection)
+                .map_err(|e| RpcError::Internal(e.to_string()))
+        })
+        .await
+        .map_err(|e| RpcError::Internal(e.to_string()))?
+    }
+}

@@ -1,0 +1,495 @@
+//! A cluster worker: hosts shard replicas, orders and replicates writes for
+//! the shards it leads, answers searches, and catches up shards it fell
+//! behind on by transfer from their primary.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use engram_core::config::IndexParams;
+use engram_core::placement::WorkerId;
+use engram_core::topk::merge_sorted;
+use engram_index::SearchTuning;
+use engram_meta::{ClusterState, Command, CommandResult};
+use engram_store::WalOp;
+
+use crate::replicas::{Replica, ReplicaHost};
+use crate::rpc_client::{CallError, call, internal_client};
+use crate::shard::{SearchFilter, ShardDeletion};
+use crate::wire::*;
+
+/// Longest a replication or transfer chunk may take.
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Items per transfer chunk.
+const TRANSFER_CHUNK: usize = 2_000;
+
+#[derive(Clone)]
+pub struct WorkerNode {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: WorkerId,
+    /// The internal address others reach this worker at.
+    pub(crate) addr: String,
+    pub(crate) coordinators: Vec<String>,
+    pub(crate) host: ReplicaHost,
+    pub(crate) client: reqwest::Client,
+    /// The newest cluster state seen, and the Raft index it was applied at.
+    pub(crate) state: RwLock<(u64, Arc<ClusterState>)>,
+    pub(crate) catching_up: Mutex<HashSet<(String, u32)>>,
+    /// The highest Raft index a coordinator told this worker about
+    /// directly; collections are only dropped on a state at least as new.
+    pub(crate) floor: AtomicU64,
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::Internal(e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> RpcResult<T> + Send + 'static,
+) -> RpcResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+impl WorkerNode {
+    pub fn new(
+        id: WorkerId,
+        addr: String,
+        coordinators: Vec<String>,
+        data_dir: &Path,
+        params: IndexParams,
+    ) -> crate::Result<WorkerNode> {
+        Ok(WorkerNode {
+            inner: Arc::new(Inner {
+                id,
+                addr,
+                coordinators,
+                host: ReplicaHost::new(data_dir, params)?,
+                client: internal_client(),
+                state: RwLock::new((0, Arc::new(ClusterState::default()))),
+                catching_up: Mutex::new(HashSet::new()),
+                floor: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> WorkerId {
+        self.inner.id
+    }
+
+    pub fn host(&self) -> &ReplicaHost {
+        &self.inner.host
+    }
+
+    pub(crate) fn state(&self) -> Arc<ClusterState> {
+        self.inner.state.read().1.clone()
+    }
+
+    fn worker_addr(&self, worker: WorkerId) -> RpcResult<String> {
+        self.state()
+            .workers
+            .get(&worker)
+            .map(|w| w.addr.clone())
+            .ok_or_else(|| RpcError::Internal(format!("worker {worker} is not in the shard map")))
+    }
+
+    /// Sends `command` through any coordinator (they forward to the Raft
+    /// leader) and returns its result.
+    pub(crate) async fn command(&self, command: Command) -> RpcResult<CommandResult> {
+        let mut last = String::from("no coordinator configured");
+        for addr in &self.inner.coordinators {
+            match call::<_, CommandResult>(
+                &self.inner.client,
+                addr,
+                coordinator_path::COMMAND,
+                &command,
+                Duration::from_secs(20),
+            )
+            .await
+            {
+                Ok(result) => return Ok(result),
+                Err(CallError::Refused(e)) => return Err(e),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(RpcError::Internal(format!(
+            "no coordinator took the command: {last}"
+        )))
+    }
+
+    // ----- writes ------------------------------------------------------
+
+    /// A primary's write: apply locally (WAL fsync), then replicate to every
+    /// in-sync replica; a replica that cannot take it is marked out of sync
+    /// through Raft first. Only then is the write acknowledged.
+    pub async fn write(self, request: WriteRequest) -> RpcResult<WriteReply> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        let _order = replica.order.lock().await;
+        replica.check_epoch(&request.placement)?;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        let local = replica.clone();
+        let (applied, deletions) = blocking(move || apply_as_primary(&local, request.ops)).await?;
+        if !applied.is_empty() {
+            self.replicate(&replica, &request.collection, request.shard, applied)
+                .await?;
+        }
+        Ok(WriteReply { deletions })
+    }
+
+    async fn replicate(
+        &self,
+        replica: &Arc<Replica>,
+        collection: &str,
+        shard: u32,
+        ops: Vec<WalOp>,
+    ) -> RpcResult<()> {
+        let placement = replica.placement();
+        let request = ReplicateRequest {
+            collection: collection.to_string(),
+            shard,
+            placement: placement.clone(),
+            ops,
+        };
+        let sends = placement.replicas.iter().map(|r| {
+            let request = &request;
+            async move {
+                let result = match self.worker_addr(*r) {
+                    Ok(addr) => call::<_, ()>(
+                        &self.inner.client,
+                        &addr,
+                        path::REPLICATE,
+                        request,
+                        REPLICATION_TIMEOUT,
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (*r, result)
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        for (worker, result) in results {
+            let Err(reason) = result else { continue };
+            tracing::warn!(collection, shard, replica = worker, %reason, "replication failed; marking the replica out of sync");
+            let epoch = replica.placement().epoch;
+            match self
+                .command(Command::ReplicaOutOfSync {
+                    collection: collection.to_string(),
+                    shard,
+                    worker,
+                    epoch,
+                })
+                .await?
+            {
+                CommandResult::Placement(next) => replica.observe(&next),
+                CommandResult::Refused(why) => {
+                    return Err(RpcError::Replication(format!(
+                        "replica {worker} missed the write and could not be marked out of sync: {why}"
+                    )));
+                }
+                CommandResult::Done => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A replica's side of replication.
+    pub async fn apply_replicated(self, request: ReplicateRequest) -> RpcResult<()> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        replica.check_epoch(&request.placement)?;
+        blocking(move || replica.shard.write(request.ops).map_err(internal)).await
+    }
+
+    // ----- catching up -------------------------------------------------
+
+    /// Primary side of a catch-up: holds writes back, sends the whole shard
+    /// to `worker`, then marks it in sync through Raft.
+    pub async fn catch_up(self, request: CatchUpRequest) -> RpcResult<()> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        let _order = replica.order.lock().await;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        if !placement.out_of_sync.contains(&request.worker) {
+            return Err(RpcError::Invalid(format!(
+                "worker {} is not catching up on shard {} (epoch {})",
+                request.worker, request.shard, placement.epoch
+            )));
+        }
+        let target = self.worker_addr(request.worker)?;
+        let source = replica.clone();
+        let items = blocking(move || {
+            let mut all = Vec::new();
+            source
+                .shard
+                .scan(&mut |items| {
+                    all.extend(items.into_iter().map(|i| WalOp::Upsert {
+                        id: i.id,
+                        label: i.label,
+                        weight: i.weight,
+                        source: i.source,
+                        vector: i.vector,
+                    }));
+                    Ok(())
+                })
+                .map_err(internal)?;
+            Ok(all)
+        })
+        .await?;
+        let total = items.len();
+        let mut chunks: Vec<Vec<WalOp>> = items
+            .chunks(TRANSFER_CHUNK)
+            .map(<[WalOp]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        for (i, ops) in chunks.into_iter().enumerate() {
+            let install = InstallRequest {
+                spec: replica.spec.clone(),
+                shard: request.shard,
+                placement: placement.clone(),
+                reset: i == 0,
+                ops,
+            };
+            call::<_, ()>(
+                &self.inner.client,
+                &target,
+                path::INSTALL,
+                &install,
+                REPLICATION_TIMEOUT,
+            )
+            .await
+            .map_err(|e| RpcError::Replication(e.to_string()))?;
+        }
+        match self
+            .command(Command::ReplicaInSync {
+                collection: request.collection.clone(),
+                shard: request.shard,
+                worker: request.worker,
+                epoch: placement.epoch,
+            })
+            .await?
+        {
+            CommandResult::Placement(next) => replica.observe(&next),
+            CommandResult::Refused(why) => return Err(RpcError::Replication(why)),
+            CommandResult::Done => {}
+        }
+        tracing::info!(collection = %request.collection, shard = request.shard, worker = request.worker, items = total, "replica caught up");
+        Ok(())
+    }
+
+    /// Receiving side of a transfer.
+    pub async fn install(self, request: InstallRequest) -> RpcResult<()> {
+        let host = self.clone();
+        blocking(move || {
+            let replica = if request.reset {
+                host.inner
+                    .host
+                    .reset(&request.spec, request.shard, &request.placement)
+                    .map_err(internal)?
+            } else {
+                host.inner.host.get(&request.spec.name, request.shard)?
+            };
+            replica.observe(&request.placement);
+            replica.shard.write(request.ops).map_err(internal)
+        })
+        .await
+    }
+
+    // ----- reads -------------------------------------------------------
+
+    pub async fn search(self, request: SearchRequest) -> RpcResult<SearchReply> {
+        let replicas = request
+            .shards
+            .iter()
+            .map(|s| self.inner.host.get(&request.collection, *s))
+            .collect::<RpcResult<Vec<_>>>()?;
+        let tuning = SearchTuning {
+            list_size: request.list_size,
+        };
+        blocking(move || {
+            use rayon::prelude::*;
+            let filter = SearchFilter::excluding(request.exclude.iter().copied().collect());
+            let queries: Vec<&[f32]> = request.queries.iter().map(Vec::as_slice).collect();
+            let per_shard: Vec<_> = replicas
+                .par_iter()
+                .map(|r| r.shard.search_batch(&queries, request.k, &filter, tuning))
+                .collect();
+            let mut incomplete_shards = Vec::new();
+            let mut per_query: Vec<Vec<Vec<engram_core::Neighbor>>> =
+                vec![Vec::new(); queries.len()];
+            for (replica, hits) in replicas.iter().zip(per_shard) {
+                if hits.failed_segments > 0 {
+                    incomplete_shards.push(replica.shard.number());
+                }
+                for (q, list) in hits.lists.into_iter().enumerate() {
+                    per_query[q].push(list);
+                }
+            }
+            Ok(SearchReply {
+                lists: per_query
+                    .into_iter()
+                    .map(|lists| {
+                        merge_sorted(lists, request.k)
+                            .iter()
+                            .map(WireNeighbor::from)
+                            .collect()
+                    })
+                    .collect(),
+                incomplete_shards,
+            })
+        })
+        .await
+    }
+
+    pub async fn get(self, request: GetRequest) -> RpcResult<Option<ItemReply>> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        blocking(move || {
+            let Some(item) = replica.shard.get(request.id) else {
+                return Ok(None);
+            };
+            let vector = if request.vector {
+                replica.shard.get_vector(request.id).map_err(internal)?
+            } else {
+                None
+            };
+            Ok(Some(ItemReply {
+                id: item.id,
+                label: item.label.to_string(),
+                weight: item.weight,
+                source: item.source.map(|s| s.to_string()),
+                vector,
+            }))
+        })
+        .await
+    }
+
+    pub async fn stats(self, request: StatsRequest) -> RpcResult<Vec<ShardStats>> {
+        let replicas = request
+            .shards
+            .iter()
+            .map(|s| self.inner.host.get(&request.collection, *s))
+            .collect::<RpcResult<Vec<_>>>()?;
+        Ok(replicas
+            .iter()
+            .map(|r| {
+                let (tombstones, sealed_rows) = r.shard.tombstones();
+                ShardStats {
+                    shard: r.shard.number(),
+                    items: r.shard.len() as u64,
+                    labels: r
+                        .shard
+                        .label_counts()
+                        .into_iter()
+                        .map(|(l, n)| (l.to_string(), n))
+                        .collect(),
+                    tombstones,
+                    sealed_rows,
+                    sealed_segments: r.shard.sealed_segments(),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn presence(self, request: PresenceRequest) -> RpcResult<PresenceReply> {
+        let mut presence = Vec::new();
+        for d in &request.deletions {
+            let replica = self.inner.host.get(&request.collection, d.shard)?;
+            let p = replica.shard.presence(d);
+            if p.wal || !p.segments.is_empty() {
+                presence.push((d.shard, p));
+            }
+        }
+        Ok(PresenceReply { presence })
+    }
+
+    /// Compacts the listed shards (every replica compacts its own copy).
+    pub async fn compact(self, request: CompactRequest) -> RpcResult<usize> {
+        let replicas = request
+            .shards
+            .iter()
+            .map(|s| self.inner.host.get(&request.collection, *s))
+            .collect::<RpcResult<Vec<_>>>()?;
+        blocking(move || {
+            replicas
+                .iter()
+                .map(|r| r.shard.compact(request.min_deleted_fraction))
+                .sum::<crate::Result<usize>>()
+                .map_err(internal)
+        })
+        .await
+    }
+}
+
+/// Applies a primary's ops in order: upserts and id deletes as given,
+/// label/source deletes resolved to ids under the WAL lock. Returns the
+/// concrete operations to replicate and the deletions made.
+fn apply_as_primary(
+    replica: &Replica,
+    ops: Vec<ShardOp>,
+) -> RpcResult<(Vec<WalOp>, Vec<ShardDeletion>)> {
+    let shard = &replica.shard;
+    let mut applied = Vec::new();
+    let mut deletions = Vec::new();
+    let mut pending: Vec<WalOp> = Vec::new();
+    let flush = |pending: &mut Vec<WalOp>, applied: &mut Vec<WalOp>| -> RpcResult<()> {
+        if !pending.is_empty() {
+            let ops = std::mem::take(pending);
+            shard.write(ops.clone()).map_err(|e| match e {
+                crate::WorkerError::Index(engram_index::IndexError::DimensionMismatch {
+                    ..
+                }) => RpcError::Invalid(e.to_string()),
+                e => internal(e),
+            })?;
+            applied.extend(ops);
+        }
+        Ok(())
+    };
+    for op in ops {
+        let deletion = match op {
+            ShardOp::Op(op) => {
+                pending.push(op);
+                continue;
+            }
+            ShardOp::DeleteIds(ids) => {
+                flush(&mut pending, &mut applied)?;
+                shard.delete_traced(|items| {
+                    let mut live: Vec<u64> = ids
+                        .iter()
+                        .copied()
+                        .filter(|id| items.contains(*id))
+                        .collect();
+                    live.sort_unstable();
+                    live.dedup();
+                    live
+                })
+            }
+            ShardOp::DeleteLabel(label) => {
+                flush(&mut pending, &mut applied)?;
+                shard.delete_traced(|items| items.ids_with_label(&label))
+            }
+            ShardOp::DeleteSource(source) => {
+                flush(&mut pending, &mut applied)?;
+                shard.delete_traced(|items| items.ids_with_source(&source))
+            }
+        }
+        .map_err(internal)?;
+        if let Some(d) = deletion {
+            applied.extend(d.ids.iter().map(|id| WalOp::Delete { id: *id }));
+            deletions.push(d);
+        }
+    }
+    flush(&mut pending, &mut applied)?;
+    Ok((applied, deletions))
+}

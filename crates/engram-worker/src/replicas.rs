@@ -1,0 +1,192 @@
+//! The shard replicas a cluster worker hosts, whatever their role: the
+//! placement in the Raft shard map says which one is primary.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engram_core::CollectionSpec;
+use engram_core::config::IndexParams;
+use engram_core::placement::ShardPlacement;
+
+use crate::error::Result;
+use crate::shard::Shard;
+use crate::wire::RpcError;
+
+/// One hosted copy of a shard.
+pub struct Replica {
+    pub spec: CollectionSpec,
+    pub shard: Shard,
+    /// Held by a primary from its local write until every in-sync replica
+    /// has the write (and during a full transfer), so that replicas apply
+    /// writes in the primary's order and a transfer misses none.
+    pub order: tokio::sync::Mutex<()>,
+    /// The newest placement seen for this shard.
+    placement: Mutex<ShardPlacement>,
+}
+
+impl Replica {
+    pub fn placement(&self) -> ShardPlacement {
+        self.placement.lock().clone()
+    }
+
+    /// Adopts `placement` unless it is older than the one known: callers
+    /// acting on an old shard map are refused with the current epoch.
+    pub fn check_epoch(&self, placement: &ShardPlacement) -> std::result::Result<(), RpcError> {
+        let mut known = self.placement.lock();
+        if placement.epoch < known.epoch {
+            return Err(RpcError::StaleEpoch {
+                sent: placement.epoch,
+                current: known.epoch,
+            });
+        }
+        *known = placement.clone();
+        Ok(())
+    }
+
+    /// Records a newer placement (from the Raft state or a command result).
+    pub fn observe(&self, placement: &ShardPlacement) {
+        let mut known = self.placement.lock();
+        if placement.epoch > known.epoch {
+            *known = placement.clone();
+        }
+    }
+}
+
+pub struct ReplicaHost {
+    dir: PathBuf,
+    params: IndexParams,
+    replicas: RwLock<BTreeMap<(String, u32), Arc<Replica>>>,
+}
+
+fn shard_dir(dir: &Path, collection: &str, shard: u32) -> PathBuf {
+    dir.join(collection)
+        .join("shards")
+        .join(format!("{shard:04}"))
+}
+
+impl ReplicaHost {
+    /// Replicas live under `<data_dir>/collections/<c>/shards/<nnnn>`, the
+    /// embedded node's layout.
+    pub fn new(data_dir: &Path, params: IndexParams) -> Result<ReplicaHost> {
+        let dir = data_dir.join("collections");
+        fs_err::create_dir_all(&dir)?;
+        Ok(ReplicaHost {
+            dir,
+            params,
+            replicas: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn get(&self, collection: &str, shard: u32) -> std::result::Result<Arc<Replica>, RpcError> {
+        self.replicas
+            .read()
+            .get(&(collection.to_string(), shard))
+            .cloned()
+            .ok_or_else(|| RpcError::NotHosted {
+                collection: collection.to_string(),
+                shard,
+            })
+    }
+
+    /// Opens (creating if new) the replica of `shard`; blocking I/O.
+    pub fn ensure(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        placement: &ShardPlacement,
+    ) -> Result<Arc<Replica>> {
+        if let Ok(replica) = self.get(&spec.name, shard) {
+            replica.observe(placement);
+            return Ok(replica);
+        }
+        let opened = self.open(spec, shard, placement)?;
+        let mut replicas = self.replicas.write();
+        let replica = replicas
+            .entry((spec.name.clone(), shard))
+            .or_insert(opened)
+            .clone();
+        replica.observe(placement);
+        Ok(replica)
+    }
+
+    fn open(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        placement: &ShardPlacement,
+    ) -> Result<Arc<Replica>> {
+        let shard_store = Shard::open(
+            &shard_dir(&self.dir, &spec.name, shard),
+            shard,
+            spec.dim,
+            spec.metric,
+            &self.params,
+        )?;
+        Ok(Arc::new(Replica {
+            spec: spec.clone(),
+            shard: shard_store,
+            order: tokio::sync::Mutex::new(()),
+            placement: Mutex::new(placement.clone()),
+        }))
+    }
+
+    /// Replaces the replica of `shard` by an empty one (the start of a full
+    /// transfer); the old files are removed.
+    pub fn reset(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        placement: &ShardPlacement,
+    ) -> Result<Arc<Replica>> {
+        let key = (spec.name.clone(), shard);
+        self.replicas.write().remove(&key);
+        let dir = shard_dir(&self.dir, &spec.name, shard);
+        if dir.exists() {
+            let trash = dir.with_extension(format!("old-{}", std::process::id()));
+            fs_err::rename(&dir, &trash)?;
+            fs_err::remove_dir_all(&trash)?;
+        }
+        let fresh = self.open(spec, shard, placement)?;
+        self.replicas.write().insert(key, fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Every hosted replica.
+    pub fn all(&self) -> Vec<Arc<Replica>> {
+        self.replicas.read().values().cloned().collect()
+    }
+
+    /// Hosted shards of `collection`.
+    pub fn shards_of(&self, collection: &str) -> BTreeSet<u32> {
+        self.replicas
+            .read()
+            .keys()
+            .filter(|(c, _)| c == collection)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// Stops hosting `collection` and deletes its files.
+    pub fn drop_collection(&self, collection: &str) -> Result<()> {
+        self.replicas.write().retain(|(c, _), _| c != collection);
+        let dir = self.dir.join(collection);
+        if dir.exists() {
+            fs_err::remove_dir_all(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Names of collections with files on disk.
+    pub fn collections_on_disk(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs_err::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                names.push(entry.file_name().to_string_lossy().to_string());
+            }
+        }
+        Ok(names)
+    }
+}

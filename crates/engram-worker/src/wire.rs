@@ -1,0 +1,237 @@
+//! Messages of the worker's internal RPC (bincode bodies over HTTP), shared
+//! by the worker's server and the coordinator's client.
+
+use engram_core::placement::{ShardPlacement, WorkerId};
+use engram_core::{CollectionSpec, Neighbor};
+use engram_store::WalOp;
+use serde::{Deserialize, Serialize};
+
+use crate::shard::{Presence, ShardDeletion};
+
+/// Paths under the worker's internal address.
+pub mod path {
+    pub const WRITE: &str = "/internal/v1/write";
+    pub const REPLICATE: &str = "/internal/v1/replicate";
+    pub const SEARCH: &str = "/internal/v1/search";
+    pub const GET: &str = "/internal/v1/get";
+    pub const STATS: &str = "/internal/v1/stats";
+    pub const PRESENCE: &str = "/internal/v1/presence";
+    pub const CATCH_UP: &str = "/internal/v1/catch_up";
+    pub const INSTALL: &str = "/internal/v1/install";
+    pub const COMPACT: &str = "/internal/v1/compact";
+    pub const HOST: &str = "/internal/v1/host";
+    pub const DROP: &str = "/internal/v1/drop";
+}
+
+/// Paths under a coordinator's internal address that workers call.
+pub mod coordinator_path {
+    pub const HEARTBEAT: &str = "/internal/v1/heartbeat";
+    pub const COMMAND: &str = "/internal/v1/command";
+}
+
+/// One shard's part of a write, as the coordinator sends it to the primary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ShardOp {
+    Op(WalOp),
+    DeleteIds(Vec<u64>),
+    DeleteLabel(String),
+    DeleteSource(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub collection: String,
+    pub shard: u32,
+    /// The placement the coordinator acted on; refused if older than the
+    /// primary's.
+    pub placement: ShardPlacement,
+    pub ops: Vec<ShardOp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteReply {
+    /// What the deletes removed and where (for unlearning receipts).
+    pub deletions: Vec<ShardDeletion>,
+}
+
+/// A primary's already-ordered operations for a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicateRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    pub ops: Vec<WalOp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchRequest {
+    pub collection: String,
+    pub shards: Vec<u32>,
+    pub queries: Vec<Vec<f32>>,
+    pub k: usize,
+    pub exclude: Vec<u64>,
+    pub list_size: Option<u32>,
+}
+
+/// `Neighbor` without its JSON-only serde attributes: bincode needs every
+/// field present.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireNeighbor {
+    pub id: u64,
+    pub distance: f32,
+    pub label: String,
+    pub weight: f32,
+    pub source: Option<String>,
+}
+
+impl From<&Neighbor> for WireNeighbor {
+    fn from(n: &Neighbor) -> Self {
+        WireNeighbor {
+            id: n.id,
+            distance: n.distance,
+            label: n.label.clone(),
+            weight: n.weight,
+            source: n.source.clone(),
+        }
+    }
+}
+
+impl From<WireNeighbor> for Neighbor {
+    fn from(n: WireNeighbor) -> Self {
+        Neighbor {
+            id: n.id,
+            distance: n.distance,
+            label: n.label,
+            weight: n.weight,
+            source: n.source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchReply {
+    /// One list per query, best first, merged over the requested shards.
+    pub lists: Vec<Vec<WireNeighbor>>,
+    /// Requested shards answered without some of their segments.
+    pub incomplete_shards: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub id: u64,
+    pub vector: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemReply {
+    pub id: u64,
+    pub label: String,
+    pub weight: f32,
+    pub source: Option<String>,
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsRequest {
+    pub collection: String,
+    pub shards: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub items: u64,
+    pub labels: Vec<(String, u64)>,
+    pub tombstones: u64,
+    pub sealed_rows: u64,
+    pub sealed_segments: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceRequest {
+    pub collection: String,
+    pub deletions: Vec<ShardDeletion>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceReply {
+    pub presence: Vec<(u32, Presence)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompactRequest {
+    pub collection: String,
+    pub shards: Vec<u32>,
+    pub min_deleted_fraction: f64,
+}
+
+/// An out-of-sync host asks the shard's primary to bring it up to date.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchUpRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub worker: WorkerId,
+}
+
+/// One chunk of a full shard transfer from a primary; the first chunk
+/// (`reset`) replaces whatever the receiver held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallRequest {
+    pub spec: CollectionSpec,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    pub reset: bool,
+    pub ops: Vec<WalOp>,
+}
+
+/// Open these shards now (a coordinator creating a collection), as of
+/// Raft log index `index`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRequest {
+    pub spec: CollectionSpec,
+    pub shards: Vec<(u32, ShardPlacement)>,
+    pub index: u64,
+}
+
+/// Stop hosting a dropped collection and delete its files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropRequest {
+    pub collection: String,
+    pub index: u64,
+}
+
+/// A coordinator's answer to a heartbeat: its applied cluster state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub applied: u64,
+    pub state: engram_meta::ClusterState,
+}
+
+/// A worker's heartbeat to a coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub worker: WorkerId,
+    pub addr: String,
+}
+
+/// Why an internal call was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    #[error("stale shard placement: epoch {sent} is older than {current}")]
+    StaleEpoch { sent: u64, current: u64 },
+    #[error("this worker is not the primary of shard {0}")]
+    NotPrimary(u32),
+    #[error("shard {shard} of collection `{collection}` is not hosted here")]
+    NotHosted { collection: String, shard: u32 },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("replication failed: {0}")]
+    Replication(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Every internal reply: the answer or why not.
+pub type RpcResult<T> = Result<T, RpcError>;
