@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo eval test bench bench-index bench-ingest lint fmt clean serve
+.PHONY: all setup build demo eval test bench bench-index bench-ingest lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -31,6 +31,14 @@ eval: build
 
 serve: build
 	$(CARGO) run --bin engram -- serve --config config/embedded.toml
+
+## Three coordinators (API on 127.0.0.1:7700-7702) and three workers on
+## loopback, data under data/cluster; `make cluster-stop` ends them.
+cluster: build
+	@deploy/local/cluster.sh start
+
+cluster-stop:
+	@deploy/local/cluster.sh stop
 
 test: setup
 	$(CARGO) test $(CARGO_TEST_FLAGS)

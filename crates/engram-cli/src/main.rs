@@ -2,6 +2,7 @@
 //! evaluation against one.
 
 mod client;
+mod cluster;
 mod config;
 mod demo;
 mod eval;
@@ -12,6 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use engram_core::config::Role;
 
 #[derive(Parser)]
 #[command(
@@ -26,11 +29,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API (the embedded single-node default).
+    /// Serve: the embedded single node (default), or a cluster coordinator
+    /// or worker (`--role`).
     Serve {
         /// TOML config file; `ENGRAM_*` variables override it (e.g. ENGRAM_SERVER__LISTEN).
         #[arg(long, default_value = "config/embedded.toml")]
         config: PathBuf,
+        /// embedded | coordinator | worker (overrides `cluster.role`).
+        #[arg(long)]
+        role: Option<String>,
         /// Address to listen on (overrides the config).
         #[arg(long)]
         listen: Option<String>,
@@ -63,9 +70,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve {
             config,
+            role,
             listen,
             data_dir,
-        } => serve(config, listen, data_dir),
+        } => serve(config, role, listen, data_dir),
         Command::Demo(args) => demo::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Ingest(args) => ingest::run(args),
@@ -75,10 +83,20 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(
     config_path: PathBuf,
+    role: Option<String>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut config = config::load(&config_path)?;
+    if let Some(role) = role {
+        config.cluster.role = serde_json::from_value(serde_json::Value::String(role.clone()))
+            .map_err(|_| {
+                anyhow::anyhow!("--role must be embedded, coordinator or worker, not {role:?}")
+            })?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", config_path.display()))?;
+    }
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
@@ -92,6 +110,11 @@ fn serve(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    match config.cluster.role {
+        Role::Embedded => {}
+        Role::Coordinator => return runtime.block_on(cluster::serve_coordinator(config, addr)),
+        Role::Worker => return runtime.block_on(cluster::serve_worker(config)),
+    }
     runtime.block_on(async move {
         let engram = tokio::task::spawn_blocking(move || engram_coordinator::Engram::open(config))
             .await?
@@ -109,7 +132,7 @@ fn serve(
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -3,11 +3,12 @@
 
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use engram_core::{AuditEntry, Intervention, PruningScores, PruningWeights};
 use engram_index::SearchTuning;
-use engram_worker::{HostedCollection, SearchFilter};
+use engram_worker::{SearchFilter, ShardedCollection};
+
+use crate::backend::Collection;
 
 use crate::dto::InterventionRequest;
 use crate::dto::{
@@ -39,6 +40,7 @@ impl Engram {
         collection: &str,
         request: InterventionRequest,
     ) -> Result<AuditEntry> {
+        self.inner.backend.require_embedded("interventions")?;
         let hosted = self.hosted_collection(collection)?;
         let too_long = match &request.intervention {
             Intervention::Relabel { label, .. }
@@ -63,7 +65,7 @@ impl Engram {
             )));
         }
         if let Some(id) = request.intervention.item()
-            && hosted.get(id).is_none()
+            && hosted.get(id)?.is_none()
         {
             return Err(ApiError::not_found(format!(
                 "item {id} does not exist in `{collection}`"
@@ -79,6 +81,7 @@ impl Engram {
 
     /// The active interventions, the audit trail and the pruning weights.
     pub async fn curation(&self, collection: &str) -> Result<CurationView> {
+        self.inner.backend.require_embedded("interventions")?;
         self.hosted_collection(collection)?;
         let meta = self.inner.meta.get(collection)?;
         Ok(CurationView {
@@ -88,6 +91,7 @@ impl Engram {
     }
 
     pub async fn pruning(&self, collection: &str) -> Result<PruningSummary> {
+        self.inner.backend.require_embedded("pruning")?;
         self.hosted_collection(collection)?;
         let meta = self.inner.meta.get(collection)?;
         pruning_summary(&meta).ok_or_else(|| {
@@ -98,6 +102,7 @@ impl Engram {
     /// Removes the soft-pruning weights (every item votes with its own
     /// weight again).
     pub async fn clear_pruning(&self, collection: &str) -> Result<()> {
+        self.inner.backend.require_embedded("pruning")?;
         self.hosted_collection(collection)?;
         let meta = self.inner.meta.get(collection)?;
         crate::service::blocking(move || meta.set_pruning(None)).await
@@ -106,12 +111,14 @@ impl Engram {
     /// Whether the items of an unlearning receipt are still physically
     /// present anywhere.
     pub async fn unlearning(&self, collection: &str, receipt: u64) -> Result<UnlearningStatus> {
+        self.inner.backend.require_embedded("unlearning receipts")?;
         let hosted = self.hosted_collection(collection)?;
         let meta = self.inner.meta.get(collection)?;
         let receipt = meta.receipt(receipt)?.ok_or_else(|| {
             ApiError::not_found(format!("no unlearning receipt {receipt} in `{collection}`"))
         })?;
-        let presence = hosted.presence(&receipt.log);
+        let log = receipt.log.clone();
+        let presence = crate::service::blocking(move || Ok(hosted.presence(&log)?)).await?;
         let present_in = PresentIn {
             wal_shards: presence
                 .iter()
@@ -213,7 +220,7 @@ impl Engram {
         let this = self.clone();
         let running = job.clone();
         tokio::task::spawn_blocking(move || {
-            let outcome = prune(&this, &hosted, &meta, &running, mode, k, threshold);
+            let outcome = prune(&this, hosted.as_ref(), &meta, &running, mode, k, threshold);
             if let Err(e) = &outcome {
                 tracing::warn!(job = running.id(), error = %e, "prune job ended without a result");
             }
@@ -222,11 +229,7 @@ impl Engram {
         Ok(job.status())
     }
 
-    fn ingest_request(
-        &self,
-        hosted: Arc<HostedCollection>,
-        request: JobRequest,
-    ) -> Result<JobStatus> {
+    fn ingest_request(&self, hosted: Collection, request: JobRequest) -> Result<JobStatus> {
         if request.mode.is_some() || request.k.is_some() || request.threshold.is_some() {
             return Err(ApiError::invalid(
                 "mode, k and threshold belong to prune jobs",
@@ -282,8 +285,8 @@ impl Engram {
         Ok(job.status())
     }
 
-    fn hosted_collection(&self, name: &str) -> Result<Arc<HostedCollection>> {
-        Ok(self.inner.worker.get(name)?)
+    fn hosted_collection(&self, name: &str) -> Result<Collection> {
+        self.hosted(name)
     }
 }
 
@@ -301,7 +304,7 @@ fn pruning_summary(meta: &CollectionMeta) -> Option<PruningSummary> {
 /// excluded), then ends as `mode` says. Blocking.
 fn prune(
     engram: &Engram,
-    hosted: &HostedCollection,
+    hosted: &dyn ShardedCollection,
     meta: &CollectionMeta,
     job: &Job,
     mode: PruneMode,
@@ -309,7 +312,7 @@ fn prune(
     threshold: u32,
 ) -> Result<serde_json::Value> {
     let curation = meta.curation();
-    job.set_total(hosted.stats().items);
+    job.set_total(hosted.stats()?.items);
     let mut scores = PruningScores::default();
     let mut partial = false;
     hosted.scan(&mut |items| {
@@ -360,7 +363,7 @@ fn prune(
         .iter()
         .take(REPORT_TOP)
         .map(|(id, v)| {
-            let label = hosted.get(*id).map(|i| i.label.to_string());
+            let label = hosted.get(*id).ok().flatten().map(|i| i.label.to_string());
             json!({ "id": id, "v": v, "label": label })
         })
         .collect();

@@ -21,6 +21,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Corrupted,
     Internal,
+    /// No replica or no Raft leader could serve in time.
+    Unavailable,
+    /// Not available in this deployment mode.
+    NotImplemented,
 }
 
 impl ErrorCode {
@@ -34,6 +38,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Corrupted => "data_corrupted",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotImplemented => "not_implemented",
         }
     }
 
@@ -46,6 +52,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Corrupted | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -126,6 +134,10 @@ impl From<WorkerError> for ApiError {
                 _ => ApiError::internal(e.to_string()),
             },
             WorkerError::Io(e) => ApiError::internal(e.to_string()),
+            WorkerError::Invalid(m) => ApiError::invalid(m),
+            WorkerError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),
+            WorkerError::Unsupported(m) => ApiError::new(ErrorCode::NotImplemented, m),
+            WorkerError::Remote(m) => ApiError::internal(m),
         }
     }
 }

@@ -23,7 +23,9 @@ use engram_ingest::items::{Item, Reject, Target, prepare_rows, read_rejects, wri
 use engram_ingest::rows::{Columns, ParquetFile, Payload, RawRow};
 use engram_ingest::source::{Source, SourceFile};
 use engram_store::{WalOp, checksummed};
-use engram_worker::HostedCollection;
+use engram_worker::ShardedCollection;
+
+use crate::backend::Collection;
 
 use crate::error::{ApiError, Result};
 use crate::jobs::Job;
@@ -141,7 +143,7 @@ fn counts(cp: &Checkpoint) -> serde_json::Value {
 
 /// Runs (or resumes) a job to its end; records the outcome in the
 /// checkpoint and on `job`.
-pub async fn run(engram: Engram, hosted: Arc<HostedCollection>, job: Arc<Job>, spec: IngestSpec) {
+pub async fn run(engram: Engram, hosted: Collection, job: Arc<Job>, spec: IngestSpec) {
     let dir = jobs_dir(&engram.data_dir()).join(spec.id.to_string());
     let outcome = ingest(&engram, &hosted, &job, &spec, &dir).await;
     let mut cp: Checkpoint = load(&dir.join(CHECKPOINT_FILE)).unwrap_or_default();
@@ -165,7 +167,7 @@ pub async fn run(engram: Engram, hosted: Arc<HostedCollection>, job: Arc<Job>, s
 
 async fn ingest(
     engram: &Engram,
-    hosted: &Arc<HostedCollection>,
+    hosted: &Collection,
     job: &Job,
     spec: &IngestSpec,
     dir: &Path,
@@ -240,7 +242,7 @@ async fn ingest(
                                 max_source: crate::service::MAX_SOURCE_BYTES,
                             };
                             let (items, bad) = prepare_rows(&path, rows, &target)?;
-                            write_items(&hosted, &items)?;
+                            write_items(hosted.as_ref(), &items)?;
                             Ok((items.len() as u64, bad))
                         })
                         .await?;
@@ -353,7 +355,7 @@ async fn fetch_images(
     (rows, rejects)
 }
 
-fn write_items(hosted: &HostedCollection, items: &[Item]) -> Result<()> {
+fn write_items(hosted: &dyn ShardedCollection, items: &[Item]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
@@ -403,7 +405,7 @@ impl Engram {
     /// Starts an ingestion job (see the module doc).
     pub(crate) fn start_ingest(
         &self,
-        hosted: Arc<HostedCollection>,
+        hosted: Collection,
         uri: String,
         columns: Columns,
         max_reject_share: f64,
@@ -461,7 +463,7 @@ impl Engram {
                 });
                 continue;
             }
-            match self.inner.worker.get(&spec.collection) {
+            match self.hosted(&spec.collection) {
                 Ok(hosted) => {
                     tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");
                     tokio::spawn(run(self.clone(), hosted, job, spec));

@@ -6,7 +6,10 @@
 //! [`api`] is the thin axum layer over it: parse, call, map the error.
 
 pub mod api;
+mod backend;
 pub mod catalog;
+pub mod cluster;
+pub mod cluster_service;
 mod curation_service;
 pub mod dto;
 pub mod error;

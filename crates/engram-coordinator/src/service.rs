@@ -19,9 +19,11 @@ use engram_core::{
 use engram_index::SearchTuning;
 use engram_ingest::{IngestError, OnnxEmbedder};
 use engram_store::WalOp;
-use engram_worker::{Admit, HostedCollection, SearchFilter, SearchResults, Worker};
+use engram_worker::{Admit, SearchFilter, SearchResults, ShardedCollection, Worker};
 
+use crate::backend::{Backend, Collection};
 use crate::catalog::Catalog;
+use crate::cluster::ClusterBackend;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::jobs::Jobs;
@@ -43,8 +45,7 @@ pub struct Engram {
 
 pub(crate) struct Inner {
     config: EngramConfig,
-    catalog: Mutex<Catalog>,
-    pub(crate) worker: Worker,
+    pub(crate) backend: Backend,
     embedders: BTreeMap<String, Arc<OnnxEmbedder>>,
     pub(crate) metrics: Metrics,
     /// Interventions, pruning weights and receipts per collection.
@@ -52,6 +53,16 @@ pub(crate) struct Inner {
     pub(crate) jobs: Jobs,
     /// Held for the life of the process: one node per data directory.
     _data_dir_lock: std::fs::File,
+}
+
+fn load_embedders(config: &EngramConfig) -> Result<BTreeMap<String, Arc<OnnxEmbedder>>> {
+    let mut embedders = BTreeMap::new();
+    for (name, embedder_config) in &config.embedders {
+        let embedder = OnnxEmbedder::load(embedder_config, config.limits.max_image_pixels)
+            .map_err(|e| ApiError::internal(format!("embedder `{name}`: {e}")))?;
+        embedders.insert(name.clone(), Arc::new(embedder));
+    }
+    Ok(embedders)
 }
 
 impl Engram {
@@ -71,17 +82,14 @@ impl Engram {
             let hosted = worker.host(spec.clone())?;
             tracing::info!(collection = %spec.name, items = hosted.stats().items, "collection opened");
         }
-        let mut embedders = BTreeMap::new();
-        for (name, embedder_config) in &config.embedders {
-            let embedder = OnnxEmbedder::load(embedder_config, config.limits.max_image_pixels)
-                .map_err(|e| ApiError::internal(format!("embedder `{name}`: {e}")))?;
-            embedders.insert(name.clone(), Arc::new(embedder));
-        }
+        let embedders = load_embedders(&config)?;
         Ok(Engram {
             inner: Arc::new(Inner {
                 config,
-                catalog: Mutex::new(catalog),
-                worker,
+                backend: Backend::Embedded {
+                    catalog: Mutex::new(catalog),
+                    worker,
+                },
                 embedders,
                 metrics: Metrics::new(),
                 meta: MetaStore::new(&data_dir),
@@ -89,6 +97,32 @@ impl Engram {
                 _data_dir_lock: lock,
             }),
         })
+    }
+
+    /// A coordinator of a cluster: collections live on workers, placed by
+    /// the Raft shard map of `cluster`. Blocking (loads embedders).
+    pub fn open_coordinator(config: EngramConfig, cluster: ClusterBackend) -> Result<Engram> {
+        config.validate()?;
+        let data_dir = config.server.data_dir.clone();
+        fs_err::create_dir_all(&data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
+        let lock = lock_data_dir(&data_dir)?;
+        let embedders = load_embedders(&config)?;
+        Ok(Engram {
+            inner: Arc::new(Inner {
+                config,
+                backend: Backend::Cluster(cluster),
+                embedders,
+                metrics: Metrics::new(),
+                meta: MetaStore::new(&data_dir),
+                jobs: Jobs::default(),
+                _data_dir_lock: lock,
+            }),
+        })
+    }
+
+    /// The cluster side of a coordinator (`None` for the embedded node).
+    pub fn cluster(&self) -> Option<&ClusterBackend> {
+        self.inner.backend.cluster()
     }
 
     pub fn config(&self) -> &EngramConfig {
@@ -101,15 +135,10 @@ impl Engram {
 
     /// Prometheus text exposition of all metrics, with live item counts.
     pub fn render_metrics(&self) -> String {
-        let specs: Vec<String> = self
-            .inner
-            .catalog
-            .lock()
-            .specs()
-            .map(|s| s.name.clone())
-            .collect();
-        for name in specs {
-            if let Ok(hosted) = self.inner.worker.get(&name) {
+        // Cluster coordinators would ask every worker; they report what
+        // they count themselves.
+        for name in self.inner.backend.names() {
+            if let Some(hosted) = self.inner.backend.hosted(&name) {
                 self.inner.metrics.set_items(&name, hosted.stats().items);
             }
         }
@@ -159,6 +188,17 @@ impl Engram {
             default_rule,
         };
         spec.validate()?;
+        if let Backend::Cluster(cluster) = &self.inner.backend {
+            if spec.default_k > self.inner.config.limits.max_k {
+                return Err(ApiError::invalid(format!(
+                    "default_k must be at most {}",
+                    self.inner.config.limits.max_k
+                )));
+            }
+            cluster.create(spec.clone()).await?;
+            tracing::info!(collection = %spec.name, dim = spec.dim, shards = spec.shards, replication = spec.replication, "collection created");
+            return self.get_collection(&spec.name).await;
+        }
         if spec.replication != 1 {
             return Err(ApiError::invalid(
                 "the embedded node has a single worker, so `replication` must be 1",
@@ -172,7 +212,10 @@ impl Engram {
         }
         let this = self.clone();
         blocking(move || {
-            let mut catalog = this.inner.catalog.lock();
+            let Backend::Embedded { catalog, worker } = &this.inner.backend else {
+                return Err(ApiError::internal("not an embedded node"));
+            };
+            let mut catalog = catalog.lock();
             if catalog.get(&spec.name).is_some() {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,
@@ -180,53 +223,60 @@ impl Engram {
                 ));
             }
             this.inner.meta.remove(&spec.name)?;
-            let hosted = this.inner.worker.host(spec.clone())?;
+            let hosted = worker.host(spec.clone())?;
             if let Err(e) = catalog.insert(spec.clone()) {
-                let _ = this.inner.worker.drop_collection(&spec.name);
+                let _ = worker.drop_collection(&spec.name);
                 return Err(e);
             }
             tracing::info!(collection = %spec.name, dim = spec.dim, shards = spec.shards, "collection created");
-            Ok(info(&hosted))
+            info(hosted.as_ref())
         })
         .await
     }
 
     pub async fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
         let hosted = self.hosted(name)?;
-        blocking(move || Ok(info(&hosted))).await
+        blocking(move || info(hosted.as_ref())).await
     }
 
     pub async fn list_collections(&self) -> Result<CollectionList> {
-        let names: Vec<String> = self
+        let hosted: Vec<Collection> = self
             .inner
-            .catalog
-            .lock()
-            .specs()
-            .map(|s| s.name.clone())
-            .collect();
-        let hosted: Vec<Arc<HostedCollection>> = names
+            .backend
+            .names()
             .iter()
-            .filter_map(|n| self.inner.worker.get(n).ok())
+            .filter_map(|n| self.inner.backend.collection(n).ok())
             .collect();
         blocking(move || {
             Ok(CollectionList {
-                collections: hosted.iter().map(|h| info(h)).collect(),
+                collections: hosted
+                    .iter()
+                    .map(|h| info(h.as_ref()))
+                    .collect::<Result<_>>()?,
             })
         })
         .await
     }
 
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        if let Backend::Cluster(cluster) = &self.inner.backend {
+            cluster.drop(name).await?;
+            tracing::info!(collection = %name, "collection deleted");
+            return Ok(());
+        }
         let this = self.clone();
         let name = name.to_string();
         blocking(move || {
-            let mut catalog = this.inner.catalog.lock();
+            let Backend::Embedded { catalog, worker } = &this.inner.backend else {
+                return Err(ApiError::internal("not an embedded node"));
+            };
+            let mut catalog = catalog.lock();
             if catalog.remove(&name)?.is_none() {
                 return Err(ApiError::not_found(format!(
                     "collection `{name}` does not exist"
                 )));
             }
-            this.inner.worker.drop_collection(&name)?;
+            worker.drop_collection(&name)?;
             this.inner.meta.remove(&name)?;
             tracing::info!(collection = %name, "collection deleted");
             Ok(())
@@ -302,14 +352,18 @@ impl Engram {
     /// sealed segment when it has been sealed), e.g. to query by an item.
     pub async fn get_item(&self, collection: &str, id: u64, vector: bool) -> Result<ItemInfo> {
         let hosted = self.hosted(collection)?;
-        let item = hosted.get(id).ok_or_else(|| {
+        let (item, vector) = blocking(move || {
+            let item = hosted.get(id)?;
+            let vector = match (&item, vector) {
+                (Some(_), true) => hosted.get_vector(id)?,
+                _ => None,
+            };
+            Ok((item, vector))
+        })
+        .await?;
+        let item = item.ok_or_else(|| {
             ApiError::not_found(format!("item {id} does not exist in `{collection}`"))
         })?;
-        let vector = if vector {
-            blocking(move || Ok(hosted.get_vector(id)?)).await?
-        } else {
-            None
-        };
         Ok(ItemInfo {
             id,
             label: item.label.to_string(),
@@ -360,7 +414,9 @@ impl Engram {
         .await?;
         let deleted: usize = log.iter().map(|d| d.ids.len()).sum();
         self.inner.metrics.items_deleted(deleted);
-        if deleted == 0 {
+        // Receipts are kept by the embedded node only so far (in a cluster
+        // they would have to live in the Raft state, not on one coordinator).
+        if deleted == 0 || self.inner.backend.cluster().is_some() {
             return Ok(Deleted {
                 deleted,
                 receipt: None,
@@ -395,7 +451,7 @@ impl Engram {
         let started = std::time::Instant::now();
         let (rewritten, sealed) = blocking(move || {
             let rewritten = hosted.compact(threshold)?;
-            Ok((rewritten, hosted.sealed_segments()))
+            Ok((rewritten, hosted.stats()?.sealed_segments))
         })
         .await?;
         self.inner.metrics.segments_compacted(rewritten);
@@ -416,12 +472,13 @@ impl Engram {
     /// hold a sealed segment past `index.compact_deleted_fraction`.
     pub async fn compact_due(&self) -> Result<usize> {
         let threshold = self.inner.config.index.compact_deleted_fraction;
-        let hosted: Vec<Arc<HostedCollection>> = self
+        // Cluster workers' shards are compacted on request only, so far.
+        let hosted: Vec<_> = self
             .inner
-            .catalog
-            .lock()
-            .specs()
-            .filter_map(|s| self.inner.worker.get(&s.name).ok())
+            .backend
+            .names()
+            .iter()
+            .filter_map(|name| self.inner.backend.hosted(name))
             .collect();
         let mut total = 0;
         for collection in hosted {
@@ -643,7 +700,7 @@ impl Engram {
     /// query's `exclude_ids`.
     async fn search_queries(
         &self,
-        hosted: &Arc<HostedCollection>,
+        hosted: &Collection,
         queries: Vec<Query>,
         k: usize,
         tuning: SearchTuning,
@@ -685,7 +742,7 @@ impl Engram {
     /// its own excluded ids.
     pub(crate) async fn search_vectors(
         &self,
-        hosted: &Arc<HostedCollection>,
+        hosted: &Collection,
         vectors: Vec<Vec<f32>>,
         mut excludes: Vec<HashSet<u64>>,
         k: usize,
@@ -805,8 +862,8 @@ impl Engram {
         Ok(k)
     }
 
-    fn hosted(&self, name: &str) -> Result<Arc<HostedCollection>> {
-        Ok(self.inner.worker.get(name)?)
+    pub(crate) fn hosted(&self, name: &str) -> Result<Collection> {
+        self.inner.backend.collection(name)
     }
 
     pub(crate) fn embedder_named(&self, name: &str) -> Result<Arc<OnnxEmbedder>> {
@@ -875,11 +932,11 @@ impl QueryInput {
     }
 }
 
-fn info(hosted: &HostedCollection) -> CollectionInfo {
+fn info(hosted: &dyn ShardedCollection) -> Result<CollectionInfo> {
     let spec = hosted.spec();
-    let stats = hosted.stats();
-    let (tombstones, sealed_rows) = hosted.tombstones();
-    CollectionInfo {
+    let stats = hosted.stats()?;
+    let (tombstones, sealed_rows) = (stats.tombstones, stats.sealed_rows);
+    Ok(CollectionInfo {
         name: spec.name.clone(),
         dim: spec.dim,
         metric: spec.metric,
@@ -890,14 +947,14 @@ fn info(hosted: &HostedCollection) -> CollectionInfo {
         default_rule: spec.default_rule,
         items: stats.items,
         labels: stats.labels,
-        sealed_segments: hosted.sealed_segments(),
+        sealed_segments: stats.sealed_segments,
         tombstones,
         tombstone_share: if sealed_rows == 0 {
             0.0
         } else {
             tombstones as f64 / sealed_rows as f64
         },
-    }
+    })
 }
 
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {

@@ -19,6 +19,128 @@ pub struct EngramConfig {
     pub embedders: BTreeMap<String, EmbedderConfig>,
     /// Object storage that ingestion jobs read from.
     pub storage: StorageConfig,
+    /// Role in a cluster; the default is the embedded single node.
+    pub cluster: ClusterConfig,
+}
+
+/// What this process is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Coordinator and worker in one process, no Raft peers.
+    #[default]
+    Embedded,
+    /// Public API, Raft metadata member, query fan-out.
+    Coordinator,
+    /// Hosts shard replicas.
+    Worker,
+}
+
+/// A coordinator as the others and the workers reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Raft node id (unique, > 0).
+    pub id: u64,
+    /// Internal RPC address (`host:port`).
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub role: Role,
+    /// A coordinator's Raft id, or a worker's id (fixed: it names the
+    /// worker in the shard map across restarts).
+    pub node_id: u64,
+    /// Where this node serves internal RPC (Raft, worker calls).
+    pub internal_listen: String,
+    /// The address others use for `internal_listen` (default: the same).
+    pub advertise: Option<String>,
+    /// The coordinators forming the Raft group; the one with the lowest id
+    /// bootstraps it on first start. Workers heartbeat every one.
+    pub coordinators: Vec<Peer>,
+    /// A worker silent this long is declared dead by the Raft leader.
+    pub worker_timeout_ms: u64,
+    /// Deadline of one fan-out request to a worker before trying another replica.
+    pub query_timeout_ms: u64,
+    /// How long a write keeps retrying (failover, stale maps) before failing.
+    pub write_timeout_ms: u64,
+    pub raft_heartbeat_ms: u64,
+    pub raft_election_min_ms: u64,
+    pub raft_election_max_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            role: Role::Embedded,
+            node_id: 1,
+            internal_listen: "127.0.0.1:7800".into(),
+            advertise: None,
+            coordinators: Vec::new(),
+            worker_timeout_ms: 2_000,
+            query_timeout_ms: 2_000,
+            write_timeout_ms: 20_000,
+            raft_heartbeat_ms: 150,
+            raft_election_min_ms: 700,
+            raft_election_max_ms: 1_400,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.internal_listen.clone())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.role == Role::Embedded {
+            return Ok(());
+        }
+        if self.node_id == 0 {
+            return Err(CoreError::invalid("cluster.node_id", "must be at least 1"));
+        }
+        if self.coordinators.is_empty() {
+            return Err(CoreError::invalid(
+                "cluster.coordinators",
+                "a cluster node needs the list of coordinators",
+            ));
+        }
+        let mut ids: Vec<u64> = self.coordinators.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.coordinators.len() || ids.contains(&0) {
+            return Err(CoreError::invalid(
+                "cluster.coordinators",
+                "coordinator ids must be unique and at least 1",
+            ));
+        }
+        if self.role == Role::Coordinator && !ids.contains(&self.node_id) {
+            return Err(CoreError::invalid(
+                "cluster.node_id",
+                "a coordinator must be listed in cluster.coordinators",
+            ));
+        }
+        if !(self.raft_heartbeat_ms > 0
+            && self.raft_heartbeat_ms < self.raft_election_min_ms
+            && self.raft_election_min_ms < self.raft_election_max_ms)
+        {
+            return Err(CoreError::invalid(
+                "cluster.raft_*",
+                "need 0 < heartbeat < election_min < election_max",
+            ));
+        }
+        if self.worker_timeout_ms == 0 || self.query_timeout_ms == 0 || self.write_timeout_ms == 0 {
+            return Err(CoreError::invalid(
+                "cluster.*_timeout_ms",
+                "timeouts must be positive",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Credentials and endpoints for `s3://`, `gs://` and `az://` URIs. Anything
@@ -244,6 +366,7 @@ impl EngramConfig {
             ));
         }
         self.index.validate()?;
+        self.cluster.validate()?;
         for (name, e) in &self.embedders {
             e.validate().map_err(|err| CoreError::InvalidParameter {
                 name: "embedders",

@@ -18,7 +18,7 @@ pub mod types;
 
 pub use error::{MetaError, Result};
 pub use log_store::LogStore;
-pub use node::{MetaNode, RaftTiming, WriteOutcome};
+pub use node::{MembershipChange, MetaNode, RaftTiming, WriteOutcome};
 pub use state::{ClusterState, CollectionMeta, WorkerInfo};
 pub use state_machine::StateMachineStore;
 pub use types::{Command, CommandResult, NodeId, Raft, TypeConfig};

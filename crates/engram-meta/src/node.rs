@@ -40,6 +40,13 @@ impl Default for RaftTiming {
     }
 }
 
+/// A change of the voting coordinators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    Add { id: NodeId, addr: String },
+    Remove { id: NodeId },
+}
+
 /// The answer to a write sent to one node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WriteOutcome {
@@ -142,6 +149,11 @@ impl MetaNode {
         self.inner.state_machine.state()
     }
 
+    /// The index of the last entry this node applied.
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.state_machine.applied().borrow()
+    }
+
     /// The current leader and its internal address, as this node knows.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.inner.raft.metrics().borrow().clone();
@@ -238,9 +250,63 @@ impl MetaNode {
         let _ = tokio::time::timeout_at(deadline.into(), wait).await;
     }
 
+    /// Changes the voters through the leader, wherever it is.
+    pub async fn change_members(&self, change: MembershipChange) -> Result<()> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let outcome = if self.is_leader() {
+                self.change_members_local(change.clone()).await
+            } else if let Some((_, addr)) = self.leader() {
+                self.forward_membership(&addr, &change).await
+            } else {
+                Err(MetaError::NoLeader("no leader elected yet".into()))
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(MetaError::NoLeader(e)) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "membership change waits for a leader");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Applies a membership change on this node, which must lead.
+    pub async fn change_members_local(&self, change: MembershipChange) -> Result<()> {
+        if !self.is_leader() {
+            return Err(MetaError::NoLeader("this node does not lead".into()));
+        }
+        match change {
+            MembershipChange::Add { id, addr } => self.add_member(id, &addr).await,
+            MembershipChange::Remove { id } => self.remove_member(id).await,
+        }
+    }
+
+    async fn forward_membership(&self, addr: &str, change: &MembershipChange) -> Result<()> {
+        let body = bincode::serialize(change).map_err(|e| MetaError::Raft(e.to_string()))?;
+        let response = self
+            .inner
+            .client
+            .post(format!("http://{addr}/raft/membership"))
+            .header(reqwest::header::CONTENT_TYPE, BINCODE)
+            .timeout(Duration::from_secs(60))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| MetaError::NoLeader(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| MetaError::NoLeader(e.to_string()))?;
+        let result: std::result::Result<(), String> =
+            bincode::deserialize(&bytes).map_err(|e| MetaError::Raft(e.to_string()))?;
+        result.map_err(MetaError::Raft)
+    }
+
     /// Adds a coordinator as a voter (it catches up as a learner first).
     /// Only the leader may do this.
-    pub async fn add_member(&self, id: NodeId, addr: &str) -> Result<()> {
+    async fn add_member(&self, id: NodeId, addr: &str) -> Result<()> {
         self.inner
             .raft
             .add_learner(id, BasicNode::new(addr), true)
@@ -255,7 +321,7 @@ impl MetaNode {
     }
 
     /// Removes a coordinator from the voters. Only the leader may do this.
-    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+    async fn remove_member(&self, id: NodeId) -> Result<()> {
         self.inner
             .raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::network::BINCODE;
-use crate::node::MetaNode;
+use crate::node::{MembershipChange, MetaNode};
 use crate::types::Command;
 
 pub fn router(node: MetaNode) -> Router {
@@ -21,6 +21,7 @@ pub fn router(node: MetaNode) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/write", post(write))
+        .route("/raft/membership", post(membership))
         .with_state(node)
 }
 
@@ -67,6 +68,20 @@ async fn snapshot(State(node): State<MetaNode>, body: Bytes) -> Response {
 async fn write(State(node): State<MetaNode>, body: Bytes) -> Response {
     match decode::<Command>(&body) {
         Ok(command) => encode(&node.write_local(command).await),
+        Err(r) => r,
+    }
+}
+
+/// Applies a forwarded membership change if this node leads.
+async fn membership(State(node): State<MetaNode>, body: Bytes) -> Response {
+    match decode::<MembershipChange>(&body) {
+        Ok(change) => {
+            let result: Result<(), String> = node
+                .change_members_local(change)
+                .await
+                .map_err(|e| e.to_string());
+            encode(&result)
+        }
         Err(r) => r,
     }
 }

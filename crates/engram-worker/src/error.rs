@@ -12,6 +12,17 @@ pub enum WorkerError {
     Index(#[from] engram_index::IndexError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The caller's mistake, as a remote worker reported it.
+    #[error("{0}")]
+    Invalid(String),
+    /// No replica could serve (cluster mode).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Not available in this deployment mode.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("remote worker: {0}")]
+    Remote(String),
 }
 
 pub type Result<T> = std::result::Result<T, WorkerError>;

@@ -16,11 +16,15 @@ use crate::shard::{
     ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
 };
 
-/// Live items and items per label.
+/// Live items and items per label, and the state of sealed segments.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CollectionStats {
     pub items: u64,
     pub labels: BTreeMap<String, u64>,
+    /// Deleted rows still in sealed segments, and all their rows.
+    pub tombstones: u64,
+    pub sealed_rows: u64,
+    pub sealed_segments: usize,
 }
 
 /// Merged answers to a batch of queries.
@@ -236,6 +240,10 @@ impl HostedCollection {
             for (label, count) in shard.label_counts() {
                 *stats.labels.entry(label.to_string()).or_default() += count;
             }
+            let (tombstones, rows) = shard.tombstones();
+            stats.tombstones += tombstones;
+            stats.sealed_rows += rows;
+            stats.sealed_segments += shard.sealed_segments();
         }
         stats
     }

@@ -9,6 +9,7 @@
 //! ([`server`]), following the map through heartbeats ([`agent`]).
 
 pub mod agent;
+pub mod collection_api;
 pub mod error;
 pub mod hosted_collection;
 pub mod node;
@@ -19,6 +20,7 @@ pub mod shard;
 pub mod wire;
 pub mod worker;
 
+pub use collection_api::ShardedCollection;
 pub use error::{Result, WorkerError};
 pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
 pub use node::WorkerNode;

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::json::ApiJson;
 use super::{DECISION_PAGE, OPENAPI_JSON};
+use crate::cluster_service::{AddCoordinator, ClusterStatus};
 use crate::dto::*;
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::service::Engram;
@@ -235,4 +236,27 @@ pub async fn page() -> impl IntoResponse {
 
 pub async fn to_page() -> impl IntoResponse {
     axum::response::Redirect::to("/ui")
+}
+
+pub async fn readyz(State(engram): State<Engram>) -> Result<Json<serde_json::Value>> {
+    engram.ready()?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+pub async fn cluster_status(State(engram): State<Engram>) -> Json<ClusterStatus> {
+    Json(engram.cluster_status())
+}
+
+pub async fn add_coordinator(
+    State(engram): State<Engram>,
+    ApiJson(request): ApiJson<AddCoordinator>,
+) -> Result<Json<ClusterStatus>> {
+    Ok(Json(engram.add_coordinator(request).await?))
+}
+
+pub async fn remove_coordinator(
+    State(engram): State<Engram>,
+    Path(id): Path<u64>,
+) -> Result<Json<ClusterStatus>> {
+    Ok(Json(engram.remove_coordinator(id).await?))
 }

@@ -85,12 +85,18 @@ pub fn router(engram: Engram) -> Router {
             "/v1/collections/{collection}/jobs/{job}/cancel",
             post(handlers::cancel_job),
         )
+        .route("/v1/cluster", get(handlers::cluster_status))
+        .route("/v1/cluster/coordinators", post(handlers::add_coordinator))
+        .route(
+            "/v1/cluster/coordinators/{id}",
+            axum::routing::delete(handlers::remove_coordinator),
+        )
         .route("/v1/openapi.json", get(handlers::openapi))
         .route("/", get(handlers::to_page))
         .route("/ui", get(handlers::page))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,97 @@
+//! `engram serve --role coordinator|worker`: the two cluster processes.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+
+use engram_coordinator::cluster::ClusterBackend;
+use engram_core::config::EngramConfig;
+use engram_worker::WorkerNode;
+
+use crate::shutdown_signal;
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Public API on `server.listen`, Raft and worker-facing RPC on
+/// `cluster.internal_listen`.
+pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyhow::Result<()> {
+    let internal = bind(&config.cluster.internal_listen).await?;
+    let data_dir = config.server.data_dir.clone();
+    fs_err::create_dir_all(&data_dir)?;
+    let cluster = ClusterBackend::start(&config.cluster, &data_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the raft node: {e}"))?;
+    let internal_app = cluster.internal_router();
+    let internal_addr = internal.local_addr()?;
+    let internal_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(internal, internal_app).await {
+            tracing::error!(error = %e, "internal server stopped");
+        }
+    });
+    let detector = cluster.spawn_failure_detector();
+    let engram = tokio::task::spawn_blocking(move || {
+        engram_coordinator::Engram::open_coordinator(config, cluster)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+    let listener = bind(&public.to_string()).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, internal = %internal_addr, "engram coordinator serving");
+    println!("engram listening on {bound}");
+    engram_coordinator::serve(engram, listener, shutdown_signal()).await?;
+    detector.abort();
+    internal_task.abort();
+    tracing::info!("engram coordinator stopped");
+    Ok(())
+}
+
+/// Internal RPC on `cluster.internal_listen`; heartbeats to every coordinator.
+pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
+    let listener = bind(&config.cluster.internal_listen).await?;
+    let data_dir = config.server.data_dir.clone();
+    fs_err::create_dir_all(&data_dir)?;
+    let lock_path = data_dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "data directory {} is in use by another Engram process",
+            data_dir.display()
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let advertised = match &config.cluster.advertise {
+        Some(a) => a.clone(),
+        None => bound.to_string(),
+    };
+    let node = WorkerNode::new(
+        config.cluster.node_id,
+        advertised.clone(),
+        config
+            .cluster
+            .coordinators
+            .iter()
+            .map(|p| p.addr.clone())
+            .collect(),
+        &data_dir,
+        config.index.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the worker: {e}"))?;
+    let agent = tokio::spawn(node.clone().run_agent());
+    tracing::info!(worker = node.id(), addr = %advertised, "engram worker serving");
+    println!("engram worker listening on {bound}");
+    axum::serve(listener, engram_worker::server::router(node))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    agent.abort();
+    drop(lock);
+    tracing::info!("engram worker stopped");
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The coordinator's side of a cluster: its Raft metadata node, what it
+//! knows of worker health (heartbeats), the leader's failure detector, and
+//! collections served by remote workers ([`remote::RemoteCollection`]).
+
+pub mod remote;
+pub mod routing;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use engram_core::CollectionSpec;
+use engram_core::config::ClusterConfig;
+use engram_core::placement::WorkerId;
+use engram_meta::{ClusterState, Command, CommandResult, MetaError, MetaNode, RaftTiming};
+use engram_worker::rpc_client::{BINCODE, call, internal_client};
+use engram_worker::wire::{
+    DropRequest, Heartbeat, HeartbeatReply, HostRequest, RpcError, RpcResult, coordinator_path,
+    path,
+};
+
+use crate::error::{ApiError, ErrorCode, Result};
+use remote::RemoteCollection;
+
+/// Timeouts of the fan-out and of writes.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub worker: Duration,
+    pub query: Duration,
+    pub write: Duration,
+}
+
+#[derive(Clone)]
+pub struct ClusterBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) meta: MetaNode,
+    /// When each worker last heartbeated this coordinator.
+    seen: Mutex<HashMap<WorkerId, Instant>>,
+    /// Registrations being written, so a burst of heartbeats writes once.
+    registering: Mutex<HashSet<WorkerId>>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) started: Instant,
+    /// Rotates replica choice between queries.
+    pub(crate) salt: AtomicUsize,
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::Refused(m) => ApiError::invalid(m),
+            MetaError::NoLeader(_) | MetaError::Raft(_) => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            }
+            MetaError::Corrupted(_) | MetaError::Journal(_) => {
+                ApiError::new(ErrorCode::Corrupted, e.to_string())
+            }
+            MetaError::Io(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl ClusterBackend {
+    /// Starts this coordinator's Raft node (data under `<data_dir>/raft`)
+    /// and, on the lowest-id coordinator, forms the group on first start.
+    pub async fn start(config: &ClusterConfig, data_dir: &std::path::Path) -> Result<Self> {
+        let timing = RaftTiming {
+            heartbeat_ms: config.raft_heartbeat_ms,
+            election_min_ms: config.raft_election_min_ms,
+            election_max_ms: config.raft_election_max_ms,
+        };
+        let meta = MetaNode::start(config.node_id, &data_dir.join("raft"), &timing).await?;
+        let lowest = config.coordinators.iter().map(|p| p.id).min();
+        if lowest == Some(config.node_id) {
+            let members: BTreeMap<u64, String> = config
+                .coordinators
+                .iter()
+                .map(|p| (p.id, p.addr.clone()))
+                .collect();
+            meta.bootstrap(&members).await?;
+        }
+        Ok(ClusterBackend {
+            inner: Arc::new(Inner {
+                meta,
+                seen: Mutex::new(HashMap::new()),
+                registering: Mutex::new(HashSet::new()),
+                client: internal_client(),
+                timeouts: Timeouts {
+                    worker: Duration::from_millis(config.worker_timeout_ms),
+                    query: Duration::from_millis(config.query_timeout_ms),
+                    write: Duration::from_millis(config.write_timeout_ms),
+                },
+                started: Instant::now(),
+                salt: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    pub fn meta(&self) -> &MetaNode {
+        &self.inner.meta
+    }
+
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.inner.meta.state()
+    }
+
+    /// A worker is used for queries if the shard map has it alive and it
+    /// heartbeated recently (or this coordinator just started and has not
+    /// heard from anyone yet).
+    pub(crate) fn healthy(&self, worker: WorkerId) -> bool {
+        let state = self.state();
+        if !state.workers.get(&worker).is_some_and(|w| w.alive) {
+            return false;
+        }
+        match self.inner.seen.lock().get(&worker) {
+            Some(at) => at.elapsed() < self.inner.timeouts.worker,
+            None => self.inner.started.elapsed() < self.inner.timeouts.worker,
+        }
+    }
+
+    /// Routes for the internal port: Raft RPC plus the worker-facing calls.
+    pub fn internal_router(&self) -> Router {
+        engram_meta::rpc::router(self.inner.meta.clone()).merge(
+            Router::new()
+                .route(coordinator_path::HEARTBEAT, post(heartbeat))
+                .route(coordinator_path::COMMAND, post(command))
+                .with_state(self.clone()),
+        )
+    }
+
+    /// On the leader, declares dead every live worker not heard from within
+    /// the timeout (counting from when this node took the lead).
+    pub fn spawn_failure_detector(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut leading_since: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if !this.inner.meta.is_leader() {
+                    leading_since = None;
+                    continue;
+                }
+                let since = *leading_since.get_or_insert_with(Instant::now);
+                let timeout = this.inner.timeouts.worker;
+                if since.elapsed() < timeout {
+                    continue;
+                }
+                let state = this.state();
+                let dead: Vec<WorkerId> = state
+                    .workers
+                    .values()
+                    .filter(|w| w.alive)
+                    .filter(|w| {
+                        this.inner
+                            .seen
+                            .lock()
+                            .get(&w.id)
+                            .is_none_or(|at| at.elapsed() >= timeout)
+                    })
+                    .map(|w| w.id)
+                    .collect();
+                for id in dead {
+                    tracing::warn!(worker = id, "worker missed its heartbeats; failing it over");
+                    if let Err(e) = this.inner.meta.write(Command::WorkerFailed { id }).await {
+                        tracing::error!(worker = id, error = %e, "cannot record the failure");
+                    }
+                }
+            }
+        })
+    }
+
+    pub(crate) fn collection(&self, name: &str) -> Result<Arc<RemoteCollection>> {
+        let state = self.state();
+        let meta = state
+            .collections
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("collection `{name}` does not exist")))?;
+        Ok(Arc::new(RemoteCollection::new(
+            self.clone(),
+            meta.spec.clone(),
+            tokio::runtime::Handle::current(),
+        )))
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.state().collections.keys().cloned().collect()
+    }
+
+    /// Places the collection through Raft, then has its workers open their
+    /// shards before answering (so the first write finds them).
+    pub(crate) async fn create(&self, spec: CollectionSpec) -> Result<()> {
+        match self
+            .inner
+            .meta
+            .write(Command::CreateCollection { spec: spec.clone() })
+            .await
+        {
+            Ok(_) => {}
+            Err(MetaError::Refused(m)) if m.contains("already exists") => {
+                return Err(ApiError::new(ErrorCode::AlreadyExists, m));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let index = self.inner.meta.applied_index();
+        let state = self.state();
+        let Some(meta) = state.collections.get(&spec.name) else {
+            return Err(ApiError::internal(
+                "created collection missing from the state",
+            ));
+        };
+        let mut per_worker: BTreeMap<WorkerId, Vec<(u32, _)>> = BTreeMap::new();
+        for (shard, placement) in meta.shards.iter().enumerate() {
+            for worker in placement.in_sync() {
+                per_worker
+                    .entry(worker)
+                    .or_default()
+                    .push((shard as u32, placement.clone()));
+            }
+        }
+        let calls = per_worker.into_iter().filter_map(|(worker, shards)| {
+            let addr = state.workers.get(&worker)?.addr.clone();
+            let request = HostRequest {
+                spec: spec.clone(),
+                shards,
+                index,
+            };
+            let client = self.inner.client.clone();
+            Some(async move {
+                call::<_, ()>(
+                    &client,
+                    &addr,
+                    path::HOST,
+                    &request,
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|e| (worker, e))
+            })
+        });
+        for result in futures::future::join_all(calls).await {
+            if let Err((worker, e)) = result {
+                // The worker opens them from the shard map when it is back.
+                tracing::warn!(worker, error = %e, "worker did not open its new shards now");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn drop(&self, name: &str) -> Result<()> {
+        match self
+            .inner
+            .meta
+            .write(Command::DropCollection {
+                name: name.to_string(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(MetaError::Refused(m)) => return Err(ApiError::not_found(m)),
+            Err(e) => return Err(e.into()),
+        }
+        let index = self.inner.meta.applied_index();
+        let state = self.state();
+        let calls = state.workers.values().map(|w| {
+            let request = DropRequest {
+                collection: name.to_string(),
+                index,
+            };
+            let client = self.inner.client.clone();
+            let addr = w.addr.clone();
+            async move {
+                call::<_, ()>(
+                    &client,
+                    &addr,
+                    path::DROP,
+                    &request,
+                    Duration::from_secs(30),
+                )
+                .await
+            }
+        });
+        // Workers that miss this drop the files when they next see the map.
+        let _ = futures::future::join_all(calls).await;
+        Ok(())
+    }
+
+    fn note_heartbeat(&self, beat: &Heartbeat) {
+        self.inner.seen.lock().insert(beat.worker, Instant::now());
+        let state = self.state();
+        let current = state
+            .workers
+            .get(&beat.worker)
+            .is_some_and(|w| w.alive && w.addr == beat.addr);
+        if current || !self.inner.registering.lock().insert(beat.worker) {
+            return;
+        }
+        let this = self.clone();
+        let id = beat.worker;
+        let command = Command::RegisterWorker {
+            id,
+            addr: beat.addr.clone(),
+        };
+        tokio::spawn(async move {
+            match this.inner.meta.write(command).await {
+                Ok(_) => tracing::info!(worker = id, "worker registered"),
+                Err(e) => tracing::warn!(worker = id, error = %e, "cannot register worker yet"),
+            }
+            this.inner.registering.lock().remove(&id);
+        });
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Response {
+    match bincode::serialize(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, BINCODE)], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn heartbeat(State(cluster): State<ClusterBackend>, body: Bytes) -> Response {
+    let beat: Heartbeat = match bincode::deserialize(&body) {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    cluster.note_heartbeat(&beat);
+    let reply: RpcResult<HeartbeatReply> = Ok(HeartbeatReply {
+        applied: cluster.inner.meta.applied_index(),
+        state: cluster.state().as_ref().clone(),
+    });
+    encode(&reply)
+}
+
+/// A worker's metadata command (replica in/out of sync), through Raft.
+async fn command(State(cluster): State<ClusterBackend>, body: Bytes) -> Response {
+    let command: Command = match bincode::deserialize(&body) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let reply: RpcResult<CommandResult> = match cluster.inner.meta.write(command).await {
+        Ok(result) => Ok(result),
+        Err(MetaError::Refused(why)) => Ok(CommandResult::Refused(why)),
+        Err(e) => Err(RpcError::Internal(e.to_string())),
+    };
+    encode(&reply)
+}

@@ -1,0 +1,481 @@
+//! A collection whose shards live on cluster workers: writes go to each
+//! shard's primary (retried across failovers and stale maps until the
+//! write deadline), reads fan out to one healthy in-sync replica per shard
+//! (retried on another replica when one fails or is too slow).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use engram_core::CollectionSpec;
+use engram_core::placement::WorkerId;
+use engram_core::shard::shard_of;
+use engram_core::topk::merge_sorted;
+use engram_index::SearchTuning;
+use engram_store::WalOp;
+use engram_worker::rpc_client::{CallError, call};
+use engram_worker::wire::*;
+use engram_worker::{
+    CollectionStats, ItemView, Presence, Result, ScannedItem, SearchFilter, SearchResults,
+    ShardDeletion, ShardedCollection, WorkerError,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ClusterBackend;
+use super::routing;
+
+pub struct RemoteCollection {
+    cluster: ClusterBackend,
+    spec: CollectionSpec,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Pause between write attempts while the shard map settles.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl RemoteCollection {
+    pub(crate) fn new(
+        cluster: ClusterBackend,
+        spec: CollectionSpec,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        RemoteCollection {
+            cluster,
+            spec,
+            runtime,
+        }
+    }
+
+    fn placements(&self) -> Result<Vec<engram_core::placement::ShardPlacement>> {
+        self.cluster
+            .state()
+            .collections
+            .get(&self.spec.name)
+            .map(|c| c.shards.clone())
+            .ok_or_else(|| WorkerError::UnknownCollection(self.spec.name.clone()))
+    }
+
+    fn addr(&self, worker: WorkerId) -> Option<String> {
+        self.cluster
+            .state()
+            .workers
+            .get(&worker)
+            .map(|w| w.addr.clone())
+    }
+
+    /// Sends each shard's ops to its primary, in parallel; retries until
+    /// the write deadline on anything but the caller's own mistake.
+    fn write_shards(&self, per_shard: BTreeMap<u32, Vec<ShardOp>>) -> Result<Vec<ShardDeletion>> {
+        let deadline = Instant::now() + self.cluster.inner.timeouts.write;
+        self.runtime.block_on(async {
+            let writes = per_shard
+                .into_iter()
+                .map(|(shard, ops)| self.write_shard(shard, ops, deadline));
+            let mut deletions = Vec::new();
+            for result in futures::future::join_all(writes).await {
+                deletions.extend(result?);
+            }
+            Ok(deletions)
+        })
+    }
+
+    async fn write_shard(
+        &self,
+        shard: u32,
+        ops: Vec<ShardOp>,
+        deadline: Instant,
+    ) -> Result<Vec<ShardDeletion>> {
+        let mut last;
+        loop {
+            let placement = self.placements()?[shard as usize].clone();
+            if let Some(addr) = self.addr(placement.primary) {
+                let request = WriteRequest {
+                    collection: self.spec.name.clone(),
+                    shard,
+                    placement: placement.clone(),
+                    ops: ops.clone(),
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                match call::<_, WriteReply>(
+                    &self.cluster.inner.client,
+                    &addr,
+                    path::WRITE,
+                    &request,
+                    left.max(Duration::from_millis(1)),
+                )
+                .await
+                {
+                    Ok(reply) => return Ok(reply.deletions),
+                    Err(CallError::Refused(RpcError::Invalid(m))) => {
+                        return Err(WorkerError::Invalid(m));
+                    }
+                    Err(CallError::Refused(RpcError::StaleEpoch { current, .. })) => {
+                        self.wait_for_epoch(shard, current, deadline).await;
+                        if Instant::now() >= deadline {
+                            return Err(WorkerError::Unavailable(format!(
+                                "shard {shard}: the shard map here did not reach epoch {current} in time"
+                            )));
+                        }
+                        continue;
+                    }
+                    Err(e) => last = format!("shard {shard} primary {}: {e}", placement.primary),
+                }
+            } else {
+                last = format!("shard {shard}: primary {} unknown", placement.primary);
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(WorkerError::Unavailable(format!(
+                    "write not acknowledged in time: {last}"
+                )));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Waits until this coordinator's shard map has `shard` at `epoch` or
+    /// later (Raft applies it here shortly after the leader).
+    async fn wait_for_epoch(&self, shard: u32, epoch: u64, deadline: Instant) {
+        while Instant::now() < deadline {
+            let current = self
+                .cluster
+                .state()
+                .placement(&self.spec.name, shard)
+                .map_or(u64::MAX, |p| p.epoch);
+            if current >= epoch {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a read to one healthy in-sync replica per shard, grouped by
+    /// worker, retrying the shards of a failed worker on other replicas.
+    /// Returns each worker's answer with its shards, and the shards nobody
+    /// could serve.
+    async fn fan_out<Req, Resp>(
+        &self,
+        shards: Vec<u32>,
+        path: &'static str,
+        request: impl Fn(Vec<u32>) -> Req,
+    ) -> Result<(Vec<(Vec<u32>, Resp)>, Vec<u32>)>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let placements = self.placements()?;
+        let salt = self.cluster.inner.salt.fetch_add(1, Ordering::Relaxed);
+        let mut tried: BTreeMap<u32, BTreeSet<WorkerId>> = BTreeMap::new();
+        let mut pending = shards;
+        let mut answers = Vec::new();
+        let mut unserved = Vec::new();
+        while !pending.is_empty() {
+            let plan = routing::plan(
+                &placements,
+                pending.iter().copied(),
+                |w| self.cluster.healthy(w),
+                &tried,
+                salt,
+            );
+            unserved.extend(plan.unserved);
+            let calls = plan.requests.into_iter().map(|(worker, shards)| {
+                let body = request(shards.clone());
+                let addr = self.addr(worker);
+                async move {
+                    let result = match addr {
+                        Some(addr) => {
+                            call::<_, Resp>(
+                                &self.cluster.inner.client,
+                                &addr,
+                                path,
+                                &body,
+                                self.cluster.inner.timeouts.query,
+                            )
+                            .await
+                        }
+                        None => Err(CallError::Refused(RpcError::Internal(
+                            "unknown worker".into(),
+                        ))),
+                    };
+                    (worker, shards, result)
+                }
+            });
+            pending = Vec::new();
+            for (worker, shards, result) in futures::future::join_all(calls).await {
+                match result {
+                    Ok(answer) => answers.push((shards, answer)),
+                    Err(CallError::Refused(RpcError::Invalid(m))) => {
+                        return Err(WorkerError::Invalid(m));
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker, error = %e, "replica failed; trying another");
+                        for s in shards {
+                            tried.entry(s).or_default().insert(worker);
+                            pending.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        unserved.sort_unstable();
+        Ok((answers, unserved))
+    }
+
+    fn all_shards(&self) -> Vec<u32> {
+        (0..self.spec.shards).collect()
+    }
+
+    fn get_item(&self, id: u64, vector: bool) -> Result<Option<ItemReply>> {
+        let shard = shard_of(id, self.spec.shards);
+        let (answers, unserved) =
+            self.runtime
+                .block_on(self.fan_out(vec![shard], path::GET, |_| GetRequest {
+                    collection: self.spec.name.clone(),
+                    shard,
+                    id,
+                    vector,
+                }))?;
+        if !unserved.is_empty() {
+            return Err(WorkerError::Unavailable(format!(
+                "no replica of shard {shard} answered"
+            )));
+        }
+        Ok(answers.into_iter().next().and_then(|(_, item)| item))
+    }
+}
+
+impl ShardedCollection for RemoteCollection {
+    fn spec(&self) -> &CollectionSpec {
+        &self.spec
+    }
+
+    fn write(&self, ops: Vec<WalOp>) -> Result<()> {
+        let mut per_shard: BTreeMap<u32, Vec<ShardOp>> = BTreeMap::new();
+        for op in ops {
+            let id = match &op {
+                WalOp::Upsert { id, .. } | WalOp::Delete { id } => *id,
+            };
+            per_shard
+                .entry(shard_of(id, self.spec.shards))
+                .or_default()
+                .push(ShardOp::Op(op));
+        }
+        self.write_shards(per_shard).map(|_| ())
+    }
+
+    fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>> {
+        let mut per_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for id in ids {
+            per_shard
+                .entry(shard_of(*id, self.spec.shards))
+                .or_default()
+                .push(*id);
+        }
+        self.write_shards(
+            per_shard
+                .into_iter()
+                .map(|(s, ids)| (s, vec![ShardOp::DeleteIds(ids)]))
+                .collect(),
+        )
+    }
+
+    fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>> {
+        self.write_shards(
+            self.all_shards()
+                .into_iter()
+                .map(|s| (s, vec![ShardOp::DeleteLabel(label.to_string())]))
+                .collect(),
+        )
+    }
+
+    fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>> {
+        self.write_shards(
+            self.all_shards()
+                .into_iter()
+                .map(|s| (s, vec![ShardOp::DeleteSource(source.to_string())]))
+                .collect(),
+        )
+    }
+
+    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
+        // Each replica keeps its own files: ask every host of each shard.
+        let placements = self.placements()?;
+        let mut per_worker: BTreeMap<WorkerId, Vec<ShardDeletion>> = BTreeMap::new();
+        for d in deletions {
+            if let Some(p) = placements.get(d.shard as usize) {
+                for w in p.in_sync().chain(p.out_of_sync.iter().copied()) {
+                    per_worker.entry(w).or_default().push(d.clone());
+                }
+            }
+        }
+        self.runtime.block_on(async {
+            let mut merged: BTreeMap<u32, Presence> = BTreeMap::new();
+            for (worker, deletions) in per_worker {
+                let Some(addr) = self.addr(worker) else {
+                    continue;
+                };
+                let request = PresenceRequest {
+                    collection: self.spec.name.clone(),
+                    deletions,
+                };
+                let reply = call::<_, PresenceReply>(
+                    &self.cluster.inner.client,
+                    &addr,
+                    path::PRESENCE,
+                    &request,
+                    self.cluster.inner.timeouts.query,
+                )
+                .await
+                .map_err(|e| WorkerError::Unavailable(e.to_string()))?;
+                for (shard, p) in reply.presence {
+                    let entry = merged.entry(shard).or_default();
+                    entry.wal |= p.wal;
+                    for s in p.segments {
+                        if !entry.segments.contains(&s) {
+                            entry.segments.push(s);
+                        }
+                    }
+                }
+            }
+            Ok(merged.into_iter().collect())
+        })
+    }
+
+    fn scan(&self, _f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
+        Err(WorkerError::Unsupported(
+            "scanning a collection (pruning jobs) is not available in cluster mode yet".into(),
+        ))
+    }
+
+    fn search_batch(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        filter: &SearchFilter,
+        tuning: SearchTuning,
+    ) -> SearchResults {
+        // Blocks (curation) are not sent to workers: cluster mode refuses
+        // interventions, so none are set here.
+        debug_assert!(filter.admit.is_none());
+        let queries: Vec<Vec<f32>> = queries.iter().map(|q| q.to_vec()).collect();
+        let exclude: Vec<u64> = filter.exclude.iter().copied().collect();
+        let n = queries.len();
+        let outcome =
+            self.runtime
+                .block_on(
+                    self.fan_out(self.all_shards(), path::SEARCH, |shards| SearchRequest {
+                        collection: self.spec.name.clone(),
+                        shards,
+                        queries: queries.clone(),
+                        k,
+                        exclude: exclude.clone(),
+                        list_size: tuning.list_size,
+                    }),
+                );
+        let (answers, unserved) = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "search fan-out failed");
+                (Vec::new(), self.all_shards())
+            }
+        };
+        let mut per_query: Vec<Vec<Vec<engram_core::Neighbor>>> = vec![Vec::new(); n];
+        let mut incomplete_shards = unserved;
+        for (_, reply) in answers {
+            let reply: SearchReply = reply;
+            incomplete_shards.extend(reply.incomplete_shards);
+            for (q, list) in reply.lists.into_iter().enumerate().take(n) {
+                per_query[q].push(list.into_iter().map(Into::into).collect());
+            }
+        }
+        incomplete_shards.sort_unstable();
+        incomplete_shards.dedup();
+        SearchResults {
+            lists: per_query
+                .into_iter()
+                .map(|lists| merge_sorted(lists, k))
+                .collect(),
+            incomplete_shards,
+        }
+    }
+
+    fn get(&self, id: u64) -> Result<Option<ItemView>> {
+        Ok(self.get_item(id, false)?.map(|item| ItemView {
+            id: item.id,
+            label: Arc::from(item.label),
+            weight: item.weight,
+            source: item.source.map(Arc::from),
+        }))
+    }
+
+    fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        Ok(self.get_item(id, true)?.and_then(|item| item.vector))
+    }
+
+    fn stats(&self) -> Result<CollectionStats> {
+        let (answers, unserved) =
+            self.runtime
+                .block_on(
+                    self.fan_out(self.all_shards(), path::STATS, |shards| StatsRequest {
+                        collection: self.spec.name.clone(),
+                        shards,
+                    }),
+                )?;
+        if !unserved.is_empty() {
+            return Err(WorkerError::Unavailable(format!(
+                "no replica of shards {unserved:?} answered"
+            )));
+        }
+        let mut stats = CollectionStats::default();
+        for (_, shards) in answers {
+            let shards: Vec<ShardStats> = shards;
+            for s in shards {
+                stats.items += s.items;
+                for (label, n) in s.labels {
+                    *stats.labels.entry(label).or_default() += n;
+                }
+                stats.tombstones += s.tombstones;
+                stats.sealed_rows += s.sealed_rows;
+                stats.sealed_segments += s.sealed_segments;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+        // Every in-sync copy compacts its own files; the count is over all
+        // copies.
+        let placements = self.placements()?;
+        let mut per_worker: BTreeMap<WorkerId, Vec<u32>> = BTreeMap::new();
+        for (shard, p) in placements.iter().enumerate() {
+            for w in p.in_sync() {
+                per_worker.entry(w).or_default().push(shard as u32);
+            }
+        }
+        self.runtime.block_on(async {
+            let mut rewritten = 0;
+            for (worker, shards) in per_worker {
+                let Some(addr) = self.addr(worker) else {
+                    continue;
+                };
+                let request = CompactRequest {
+                    collection: self.spec.name.clone(),
+                    shards,
+                    min_deleted_fraction,
+                };
+                let n = call::<_, usize>(
+                    &self.cluster.inner.client,
+                    &addr,
+                    path::COMPACT,
+                    &request,
+                    Duration::from_secs(3600),
+                )
+                .await
+                .map_err(|e| WorkerError::Unavailable(e.to_string()))?;
+                rewritten += n;
+            }
+            Ok(rewritten)
+        })
+    }
+}

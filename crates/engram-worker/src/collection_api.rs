@@ -1,0 +1,95 @@
+//! What a coordinator needs from the shards of one collection, wherever
+//! they are: in this process (the embedded node's [`HostedCollection`]) or
+//! on cluster workers behind RPC (the coordinator's remote collection).
+//! The calls block; coordinators make them from blocking threads.
+
+use engram_core::CollectionSpec;
+use engram_index::SearchTuning;
+use engram_store::WalOp;
+
+use crate::error::Result;
+use crate::hosted_collection::{CollectionStats, HostedCollection, SearchResults};
+use crate::shard::{ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion};
+
+pub trait ShardedCollection: Send + Sync {
+    fn spec(&self) -> &CollectionSpec;
+    /// Upserts and deletes; acknowledged once durable on every in-sync copy.
+    fn write(&self, ops: Vec<WalOp>) -> Result<()>;
+    fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>>;
+    fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>>;
+    fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>>;
+    /// Where deleted items may still be physically present.
+    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>>;
+    /// Every live item with its vector, in batches.
+    fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()>;
+    /// The `k` nearest items per query, merged over all shards; shards
+    /// that could not answer completely are listed in the result.
+    fn search_batch(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        filter: &SearchFilter,
+        tuning: SearchTuning,
+    ) -> SearchResults;
+    fn get(&self, id: u64) -> Result<Option<ItemView>>;
+    fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>>;
+    fn stats(&self) -> Result<CollectionStats>;
+    /// Rewrites sealed segments past `min_deleted_fraction`; returns how many.
+    fn compact(&self, min_deleted_fraction: f64) -> Result<usize>;
+}
+
+impl ShardedCollection for HostedCollection {
+    fn spec(&self) -> &CollectionSpec {
+        HostedCollection::spec(self)
+    }
+
+    fn write(&self, ops: Vec<WalOp>) -> Result<()> {
+        HostedCollection::write(self, ops)
+    }
+
+    fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>> {
+        HostedCollection::delete_ids_traced(self, ids)
+    }
+
+    fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>> {
+        HostedCollection::delete_label_traced(self, label)
+    }
+
+    fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>> {
+        HostedCollection::delete_source_traced(self, source)
+    }
+
+    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
+        Ok(HostedCollection::presence(self, deletions))
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
+        HostedCollection::scan(self, f)
+    }
+
+    fn search_batch(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        filter: &SearchFilter,
+        tuning: SearchTuning,
+    ) -> SearchResults {
+        HostedCollection::search_batch(self, queries, k, filter, tuning)
+    }
+
+    fn get(&self, id: u64) -> Result<Option<ItemView>> {
+        Ok(HostedCollection::get(self, id))
+    }
+
+    fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        HostedCollection::get_vector(self, id)
+    }
+
+    fn stats(&self) -> Result<CollectionStats> {
+        Ok(HostedCollection::stats(self))
+    }
+
+    fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+        HostedCollection::compact(self, min_deleted_fraction)
+    }
+}

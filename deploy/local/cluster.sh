@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A cluster on loopback: 3 coordinators (public API on 127.0.0.1:7700-7702,
+# Raft on 7800-7802) and 3 workers (internal RPC on 7810-7812), each with its
+# own data directory under ${ENGRAM_CLUSTER_DIR:-data/cluster}.
+#   deploy/local/cluster.sh start | stop | status
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DIR="${ENGRAM_CLUSTER_DIR:-data/cluster}"
+BIN="${ENGRAM_BIN:-target/debug/engram}"
+COORDINATORS=(1 2 3)
+WORKERS=(1 2 3)
+
+start_one() { # name config env...
+  local name=$1 config=$2
+  shift 2
+  mkdir -p "$DIR/$name"
+  if [[ -f "$DIR/$name.pid" ]] && kill -0 "$(cat "$DIR/$name.pid")" 2>/dev/null; then
+    echo "$name already running (pid $(cat "$DIR/$name.pid"))"
+    return
+  fi
+  env "$@" ENGRAM_SERVER__DATA_DIR="$DIR/$name" \
+    nohup "$BIN" serve --config "$config" >"$DIR/$name.log" 2>&1 &
+  echo $! >"$DIR/$name.pid"
+  echo "started $name (pid $!, log $DIR/$name.log)"
+}
+
+start() {
+  [[ -x "$BIN" ]] || { echo "$BIN is missing: run make build first" >&2; exit 1; }
+  mkdir -p "$DIR"
+  for i in "${COORDINATORS[@]}"; do
+    start_one "coordinator-$i" config/coordinator.toml \
+      ENGRAM_CLUSTER__NODE_ID="$i" \
+      ENGRAM_SERVER__LISTEN="127.0.0.1:$((7699 + i))" \
+      ENGRAM_CLUSTER__INTERNAL_LISTEN="127.0.0.1:$((7799 + i))"
+  done
+  for i in "${WORKERS[@]}"; do
+    start_one "worker-$i" config/worker.toml \
+      ENGRAM_CLUSTER__NODE_ID="$i" \
+      ENGRAM_CLUSTER__INTERNAL_LISTEN="127.0.0.1:$((7809 + i))"
+  done
+  # Ready when every coordinator knows a leader and sees every worker.
+  for _ in $(seq 1 600); do
+    local ok=0
+    for i in "${COORDINATORS[@]}"; do
+      local status
+      status=$(curl -sf "http://127.0.0.1:$((7699 + i))/v1/cluster" || true)
+      if [[ -n "$status" ]] && python3 -c '
+import json, sys
+s = json.loads(sys.argv[1])
+sys.exit(0 if s["leader"] and sum(w["healthy"] for w in s["workers"]) == int(sys.argv[2]) else 1)
+' "$status" "${#WORKERS[@]}"; then ok=$((ok + 1)); fi
+    done
+    if [[ $ok == "${#COORDINATORS[@]}" ]]; then
+      echo "cluster ready: coordinators on http://127.0.0.1:7700, :7701, :7702"
+      return
+    fi
+    sleep 0.2
+  done
+  echo "cluster did not become ready in 120 s; see $DIR/*.log" >&2
+  exit 1
+}
+
+stop() {
+  shopt -s nullglob
+  for pidfile in "$DIR"/*.pid; do
+    local pid
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      echo "stopped $(basename "$pidfile" .pid)"
+    fi
+    rm -f "$pidfile"
+  done
+}
+
+status() {
+  curl -sf http://127.0.0.1:7700/v1/cluster | python3 -m json.tool
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
