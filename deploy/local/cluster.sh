@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR="${ENGRAM_CLUSTER_DIR:-data/cluster}"
 BIN="${ENGRAM_BIN:-target/debug/engram}"
+# Coordinators load the image embedder: ONNX Runtime from .venv (make setup).
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort_dylib_path.sh 2>/dev/null || true)}"
 COORDINATORS=(1 2 3)
 WORKERS=(1 2 3)
 

@@ -32,6 +32,9 @@ pub struct RemoteCollection {
     runtime: tokio::runtime::Handle,
 }
 
+/// Queries per worker search request (see `search_batch`).
+const QUERIES_PER_REQUEST: usize = 16;
+
 /// Pause between write attempts while the shard map settles.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -164,13 +167,16 @@ impl RemoteCollection {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let placements = self.placements()?;
         let salt = self.cluster.inner.salt.fetch_add(1, Ordering::Relaxed);
+        // Replicas that just restarted may not have opened their shards yet:
+        // shards every replica failed are tried again until the deadline.
+        let deadline = Instant::now() + 2 * self.cluster.inner.timeouts.query;
         let mut tried: BTreeMap<u32, BTreeSet<WorkerId>> = BTreeMap::new();
         let mut pending = shards;
         let mut answers = Vec::new();
         let mut unserved = Vec::new();
         while !pending.is_empty() {
+            let placements = self.placements()?;
             let plan = routing::plan(
                 &placements,
                 pending.iter().copied(),
@@ -178,7 +184,15 @@ impl RemoteCollection {
                 &tried,
                 salt,
             );
-            unserved.extend(plan.unserved);
+            let mut retry = Vec::new();
+            for shard in plan.unserved {
+                if tried.contains_key(&shard) && Instant::now() + RETRY_PAUSE < deadline {
+                    tried.remove(&shard);
+                    retry.push(shard);
+                } else {
+                    unserved.push(shard);
+                }
+            }
             let calls = plan.requests.into_iter().map(|(worker, shards)| {
                 let body = request(shards.clone());
                 let addr = self.addr(worker);
@@ -201,8 +215,12 @@ impl RemoteCollection {
                     (worker, shards, result)
                 }
             });
-            pending = Vec::new();
-            for (worker, shards, result) in futures::future::join_all(calls).await {
+            let results = futures::future::join_all(calls).await;
+            if !retry.is_empty() {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            pending = retry;
+            for (worker, shards, result) in results {
                 match result {
                     Ok(answer) => answers.push((shards, answer)),
                     Err(CallError::Refused(RpcError::Invalid(m))) => {
@@ -220,6 +238,52 @@ impl RemoteCollection {
         }
         unserved.sort_unstable();
         Ok((answers, unserved))
+    }
+
+    fn search_slice(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        exclude: &[u64],
+        tuning: SearchTuning,
+    ) -> SearchResults {
+        let queries: Vec<Vec<f32>> = queries.iter().map(|q| q.to_vec()).collect();
+        let n = queries.len();
+        let outcome =
+            self.runtime
+                .block_on(
+                    self.fan_out(self.all_shards(), path::SEARCH, |shards| SearchRequest {
+                        collection: self.spec.name.clone(),
+                        shards,
+                        queries: queries.clone(),
+                        k,
+                        exclude: exclude.to_vec(),
+                        list_size: tuning.list_size,
+                    }),
+                );
+        let (answers, unserved) = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "search fan-out failed");
+                (Vec::new(), self.all_shards())
+            }
+        };
+        let mut per_query: Vec<Vec<Vec<engram_core::Neighbor>>> = vec![Vec::new(); n];
+        let mut incomplete_shards = unserved;
+        for (_, reply) in answers {
+            let reply: SearchReply = reply;
+            incomplete_shards.extend(reply.incomplete_shards);
+            for (q, list) in reply.lists.into_iter().enumerate().take(n) {
+                per_query[q].push(list.into_iter().map(Into::into).collect());
+            }
+        }
+        SearchResults {
+            lists: per_query
+                .into_iter()
+                .map(|lists| merge_sorted(lists, k))
+                .collect(),
+            incomplete_shards,
+        }
     }
 
     fn all_shards(&self) -> Vec<u32> {
@@ -358,46 +422,18 @@ impl ShardedCollection for RemoteCollection {
         // Blocks (curation) are not sent to workers: cluster mode refuses
         // interventions, so none are set here.
         debug_assert!(filter.admit.is_none());
-        let queries: Vec<Vec<f32>> = queries.iter().map(|q| q.to_vec()).collect();
         let exclude: Vec<u64> = filter.exclude.iter().copied().collect();
-        let n = queries.len();
-        let outcome =
-            self.runtime
-                .block_on(
-                    self.fan_out(self.all_shards(), path::SEARCH, |shards| SearchRequest {
-                        collection: self.spec.name.clone(),
-                        shards,
-                        queries: queries.clone(),
-                        k,
-                        exclude: exclude.clone(),
-                        list_size: tuning.list_size,
-                    }),
-                );
-        let (answers, unserved) = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(error = %e, "search fan-out failed");
-                (Vec::new(), self.all_shards())
-            }
-        };
-        let mut per_query: Vec<Vec<Vec<engram_core::Neighbor>>> = vec![Vec::new(); n];
-        let mut incomplete_shards = unserved;
-        for (_, reply) in answers {
-            let reply: SearchReply = reply;
-            incomplete_shards.extend(reply.incomplete_shards);
-            for (q, list) in reply.lists.into_iter().enumerate().take(n) {
-                per_query[q].push(list.into_iter().map(Into::into).collect());
-            }
+        let mut results = SearchResults::default();
+        // Large batches go out in slices, so that each worker request's
+        // deadline covers a bounded amount of work.
+        for slice in queries.chunks(QUERIES_PER_REQUEST) {
+            let part = self.search_slice(slice, k, &exclude, tuning);
+            results.lists.extend(part.lists);
+            results.incomplete_shards.extend(part.incomplete_shards);
         }
-        incomplete_shards.sort_unstable();
-        incomplete_shards.dedup();
-        SearchResults {
-            lists: per_query
-                .into_iter()
-                .map(|lists| merge_sorted(lists, k))
-                .collect(),
-            incomplete_shards,
-        }
+        results.incomplete_shards.sort_unstable();
+        results.incomplete_shards.dedup();
+        results
     }
 
     fn get(&self, id: u64) -> Result<Option<ItemView>> {
