@@ -560,11 +560,16 @@ fn openapi_metrics_and_health() {
         "/v1/collections/{collection}/jobs/{job}/cancel",
         "/v1/collections/{collection}/pruning",
         "/v1/collections/{collection}/unlearning/{receipt}",
+        "/v1/cluster",
+        "/v1/cluster/coordinators",
+        "/v1/cluster/coordinators/{id}",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert!(server.healthy());
     assert_eq!(server.get("/readyz").0, 200);
+    let (status, cluster) = server.get("/v1/cluster");
+    assert_eq!((status, cluster["mode"].as_str()), (200, Some("embedded")));
     vector_collection(&server, "m", 2, "l2");
     server.post(
         "/v1/collections/m/items",

@@ -339,7 +339,7 @@ fn client_loop(
                 l.writes_after_fault += 1;
             }
         }
-        if batch % 4 == 0 {
+        if batch.is_multiple_of(4) {
             let doomed: Vec<u64> = ids[..5].to_vec();
             post_until_acked(
                 cluster,
@@ -523,6 +523,41 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
         .collect();
     assert_eq!(names, BTreeSet::from(["c", "after-failover"]));
     check_ledger(&cluster, &ledger);
+
+    // Membership through the API: remove coordinator 3, then add it back.
+    let members = |cluster: &Cluster| -> BTreeSet<u64> {
+        let (_, status) = cluster.get("/v1/cluster");
+        status["coordinators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect()
+    };
+    let base = cluster.coordinators[0].base.clone().unwrap();
+    let removed = cluster
+        .http
+        .delete(format!("{base}/v1/cluster/coordinators/3"))
+        .send()
+        .unwrap();
+    assert_eq!(removed.status().as_u16(), 200);
+    assert_eq!(members(&cluster), BTreeSet::from([1, 2]));
+    let internal3 = std::fs::read_to_string(&cluster.coordinators[2].config)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("internal_listen"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let (status, body) = cluster.post(
+        "/v1/cluster/coordinators",
+        &json!({"id": 3, "addr": internal3}),
+    );
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(members(&cluster), BTreeSet::from([1, 2, 3]));
+    create_collection(&cluster, "after-membership");
 }
 
 #[test]
