@@ -9,6 +9,7 @@
 //! system searches by squared L2 and ranks like cosine.
 
 mod data;
+mod http_load;
 mod measure;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,36 @@ enum Command {
         #[arg(long, default_value = "all")]
         phase: String,
     },
+    /// Loads a data directory into a new collection of a running server
+    /// (embedded or a cluster coordinator) and seals it.
+    Load {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        collection: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        shards: u32,
+        #[arg(long, default_value_t = 1)]
+        replication: u32,
+    },
+    /// Query latency (one client) and throughput (`concurrency` clients)
+    /// through a server's public API; prints `<label> p50_ms= p99_ms= qps=`.
+    Query {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        collection: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,5 +112,20 @@ fn main() -> anyhow::Result<()> {
             index,
             phase,
         } => measure::run(&data, &work, &index, &phase),
+        Command::Load {
+            url,
+            collection,
+            data,
+            shards,
+            replication,
+        } => http_load::load(&url, &collection, &data, shards, replication),
+        Command::Query {
+            url,
+            collection,
+            data,
+            label,
+            concurrency,
+            seconds,
+        } => http_load::query(&url, &collection, &data, &label, concurrency, seconds),
     }
 }

@@ -620,8 +620,35 @@ fn worker_holding_primaries_killed_during_writes() {
     }
     // Its copies serve: kill the others' copies' holders one by one is out
     // of scope; instead kill a surviving worker and check nothing is lost.
+    // A collection without replicas, to see answers lose a dead worker's shards.
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "single", "dim": DIM, "metric": "l2", "shards": SHARDS, "replication": 1}),
+    );
+    assert_eq!(status, 201, "{body:?}");
+    let items: Vec<Value> = (0..200u64)
+        .map(|id| json!({"id": id, "label": "x", "vector": vector(id)}))
+        .collect();
+    assert_eq!(
+        cluster
+            .post("/v1/collections/single/items", &json!({ "items": items }))
+            .0,
+        200
+    );
     let other = (1..=3u64).find(|w| *w != victim).unwrap();
     cluster.workers[other as usize - 1].kill9();
     cluster.wait_ready(2, Duration::from_secs(10));
     check_ledger(&cluster, &ledger);
+    let query = json!({"vector": vector(7), "k": 200});
+    let (status, answer) = cluster.post("/v1/collections/single/search", &query);
+    assert_eq!(status, 200);
+    assert_eq!(answer["partial"], json!(true), "{answer:?}");
+    let missing = answer["missing_shards"].as_array().unwrap().len();
+    assert!(missing > 0 && missing < SHARDS as usize, "{answer:?}");
+    assert!(answer["neighbors"].as_array().unwrap().len() < 200);
+    let mut strict = query.clone();
+    strict["require_complete"] = json!(true);
+    let (status, body) = cluster.post("/v1/collections/single/search", &strict);
+    assert_eq!(status, 503, "{body:?}");
+    assert_eq!(body["error"]["code"], json!("unavailable"));
 }

@@ -149,16 +149,23 @@ pub struct SearchRequest {
     pub k: Option<usize>,
     /// DiskANN candidate list size L for this query (recall vs speed).
     pub search_list_size: Option<u32>,
+    /// Fail (503) rather than answer without some shard.
+    pub require_complete: Option<bool>,
 }
 
 impl SearchRequest {
-    pub fn into_parts(self) -> (Query, Option<usize>, Option<u32>) {
+    pub fn into_parts(self) -> (Query, Option<usize>, Option<u32>, bool) {
         let query = Query {
             vector: self.vector,
             image: self.image,
             exclude_ids: self.exclude_ids,
         };
-        (query, self.k, self.search_list_size)
+        (
+            query,
+            self.k,
+            self.search_list_size,
+            self.require_complete.unwrap_or(false),
+        )
     }
 }
 
@@ -193,6 +200,7 @@ pub struct VoteOptions {
     pub tau: Option<f64>,
     pub xi: Option<f64>,
     pub explain: Option<bool>,
+    pub require_complete: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +217,8 @@ pub struct ClassifyRequest {
     pub search_list_size: Option<u32>,
     /// Also return the blocked neighbours and a counterfactual.
     pub explain: Option<bool>,
+    /// Fail (503) rather than answer without some shard.
+    pub require_complete: Option<bool>,
 }
 
 impl ClassifyRequest {
@@ -226,6 +236,7 @@ impl ClassifyRequest {
             xi: self.xi,
             search_list_size: self.search_list_size,
             explain: self.explain,
+            require_complete: self.require_complete,
         };
         (query, options)
     }
@@ -259,6 +270,8 @@ pub struct ClassifyBatchRequest {
     pub xi: Option<f64>,
     pub search_list_size: Option<u32>,
     pub explain: Option<bool>,
+    /// Fail (503) rather than answer without some shard.
+    pub require_complete: Option<bool>,
 }
 
 impl ClassifyBatchRequest {
@@ -271,6 +284,7 @@ impl ClassifyBatchRequest {
             xi: self.xi,
             search_list_size: self.search_list_size,
             explain: self.explain,
+            require_complete: self.require_complete,
         };
         (self.queries, options)
     }

@@ -518,12 +518,13 @@ impl Engram {
 
     pub async fn search(&self, collection: &str, request: SearchRequest) -> Result<SearchResponse> {
         let hosted = self.hosted(collection)?;
-        let (query, k, list_size) = request.into_parts();
+        let (query, k, list_size, require_complete) = request.into_parts();
         let k = self.check_k(k.unwrap_or(hosted.spec().default_k))?;
         let tuning = tuning(list_size)?;
         let mut results = self
             .search_queries(&hosted, vec![query], k, tuning, "query")
             .await?;
+        check_complete(&results, require_complete)?;
         let neighbors = results
             .lists
             .pop()
@@ -650,6 +651,7 @@ impl Engram {
         } else {
             None
         };
+        check_complete(&found, options.require_complete.unwrap_or(false))?;
         let partial = !found.incomplete_shards.is_empty();
         let results: Vec<ClassifyResponse> = found
             .lists
@@ -893,6 +895,21 @@ pub(crate) fn admit_filter(curation: &Arc<Curation>) -> Option<Admit> {
     Some(Arc::new(move |id, label: &str, source: Option<&str>| {
         curation.admits(id, label, source)
     }))
+}
+
+/// A request that asked for completeness fails instead of answering
+/// without some shard.
+fn check_complete(results: &SearchResults, required: bool) -> Result<()> {
+    if required && !results.incomplete_shards.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "shards {:?} could not be searched and `require_complete` is set",
+                results.incomplete_shards
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Neighbours fetched beyond k (at least) when a decision is explained.

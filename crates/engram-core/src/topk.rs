@@ -102,6 +102,26 @@ pub fn merge_sorted<T: Ranked>(lists: Vec<Vec<T>>, k: usize) -> Vec<T> {
     all
 }
 
+/// Merges, for each of `queries` queries, the lists several sources (shards,
+/// workers) returned for it: `per_source[s][q]` is source `s`'s list for
+/// query `q`. A source answering fewer lists contributes nothing to the rest.
+pub fn merge_per_query<T: Ranked>(
+    per_source: impl IntoIterator<Item = Vec<Vec<T>>>,
+    queries: usize,
+    k: usize,
+) -> Vec<Vec<T>> {
+    let mut per_query: Vec<Vec<Vec<T>>> = (0..queries).map(|_| Vec::new()).collect();
+    for lists in per_source {
+        for (q, list) in lists.into_iter().enumerate().take(queries) {
+            per_query[q].push(list);
+        }
+    }
+    per_query
+        .into_iter()
+        .map(|lists| merge_sorted(lists, k))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +167,24 @@ mod tests {
             expected.truncate(k);
             prop_assert_eq!(merge_sorted(per_shard, k), expected);
         }
+    }
+
+    #[test]
+    fn per_query_merge_keeps_queries_apart() {
+        let a = vec![hits(&[0.1, 0.5]), hits(&[0.9])];
+        let b = vec![
+            vec![ScoredId {
+                id: 7,
+                distance: 0.2,
+            }],
+            Vec::new(),
+        ];
+        let merged = merge_per_query([a, b], 2, 2);
+        assert_eq!(
+            merged[0].iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![0, 7]
+        );
+        assert_eq!(merged[1].iter().map(|h| h.id).collect::<Vec<_>>(), vec![0]);
     }
 
     #[test]

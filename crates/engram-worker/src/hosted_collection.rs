@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use engram_core::config::IndexParams;
 use engram_core::shard::shard_of;
-use engram_core::topk::merge_sorted;
+use engram_core::topk::merge_per_query;
 use engram_core::{CollectionSpec, Neighbor};
 use engram_index::SearchTuning;
 use engram_store::{WalOp, WalRecord};
@@ -196,23 +196,15 @@ impl HostedCollection {
             .par_iter()
             .map(|s| s.search_batch(queries, k, filter, tuning))
             .collect();
-        let mut per_query: Vec<Vec<Vec<Neighbor>>> = (0..queries.len())
-            .map(|_| Vec::with_capacity(self.shards.len()))
+        let incomplete_shards = self
+            .shards
+            .iter()
+            .zip(&per_shard)
+            .filter(|(_, hits)| hits.failed_segments > 0)
+            .map(|(shard, _)| shard.number())
             .collect();
-        let mut incomplete_shards = Vec::new();
-        for (shard, hits) in self.shards.iter().zip(per_shard) {
-            if hits.failed_segments > 0 {
-                incomplete_shards.push(shard.number());
-            }
-            for (q, list) in hits.lists.into_iter().enumerate() {
-                per_query[q].push(list);
-            }
-        }
         SearchResults {
-            lists: per_query
-                .into_iter()
-                .map(|lists| merge_sorted(lists, k))
-                .collect(),
+            lists: merge_per_query(per_shard.into_iter().map(|h| h.lists), queries.len(), k),
             incomplete_shards,
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use engram_core::config::IndexParams;
 use engram_core::placement::WorkerId;
-use engram_core::topk::merge_sorted;
+use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
 use engram_meta::{ClusterState, Command, CommandResult};
 use engram_store::WalOp;
@@ -326,26 +326,21 @@ impl WorkerNode {
                 .par_iter()
                 .map(|r| r.shard.search_batch(&queries, request.k, &filter, tuning))
                 .collect();
-            let mut incomplete_shards = Vec::new();
-            let mut per_query: Vec<Vec<Vec<engram_core::Neighbor>>> =
-                vec![Vec::new(); queries.len()];
-            for (replica, hits) in replicas.iter().zip(per_shard) {
-                if hits.failed_segments > 0 {
-                    incomplete_shards.push(replica.shard.number());
-                }
-                for (q, list) in hits.lists.into_iter().enumerate() {
-                    per_query[q].push(list);
-                }
-            }
+            let incomplete_shards = replicas
+                .iter()
+                .zip(&per_shard)
+                .filter(|(_, hits)| hits.failed_segments > 0)
+                .map(|(replica, _)| replica.shard.number())
+                .collect();
+            let lists = merge_per_query(
+                per_shard.into_iter().map(|h| h.lists),
+                queries.len(),
+                request.k,
+            );
             Ok(SearchReply {
-                lists: per_query
-                    .into_iter()
-                    .map(|lists| {
-                        merge_sorted(lists, request.k)
-                            .iter()
-                            .map(WireNeighbor::from)
-                            .collect()
-                    })
+                lists: lists
+                    .iter()
+                    .map(|list| list.iter().map(WireNeighbor::from).collect())
                     .collect(),
                 incomplete_shards,
             })

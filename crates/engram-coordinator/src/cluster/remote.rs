@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use engram_core::CollectionSpec;
 use engram_core::placement::WorkerId;
 use engram_core::shard::shard_of;
-use engram_core::topk::merge_sorted;
+use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
 use engram_store::WalOp;
 use engram_worker::rpc_client::{CallError, call};
@@ -268,20 +268,21 @@ impl RemoteCollection {
                 (Vec::new(), self.all_shards())
             }
         };
-        let mut per_query: Vec<Vec<Vec<engram_core::Neighbor>>> = vec![Vec::new(); n];
         let mut incomplete_shards = unserved;
+        let mut per_worker = Vec::with_capacity(answers.len());
         for (_, reply) in answers {
             let reply: SearchReply = reply;
             incomplete_shards.extend(reply.incomplete_shards);
-            for (q, list) in reply.lists.into_iter().enumerate().take(n) {
-                per_query[q].push(list.into_iter().map(Into::into).collect());
-            }
+            per_worker.push(
+                reply
+                    .lists
+                    .into_iter()
+                    .map(|list| list.into_iter().map(Into::into).collect())
+                    .collect(),
+            );
         }
         SearchResults {
-            lists: per_query
-                .into_iter()
-                .map(|lists| merge_sorted(lists, k))
-                .collect(),
+            lists: merge_per_query(per_worker, n, k),
             incomplete_shards,
         }
     }
