@@ -30,9 +30,11 @@ bench="$target/release/engram-bench"
   echo "data: $N x $DIM, 1000 queries, k=10, one sealed segment per shard; latency: 1 client; qps: $CONCURRENCY clients"
 } | tee "$out/machine.txt"
 results="$out/results.txt"
-: >"$results"
+[[ " ${PARTS:-embedded cluster} " == *" embedded "* ]] && : >"$results"
 
-# The embedded node.
+# The embedded node (PARTS=cluster skips it).
+PARTS="${PARTS:-embedded cluster}"
+if [[ " $PARTS " == *" embedded "* ]]; then
 listen=127.0.0.1:7730
 rm -rf "$out/embedded"
 "$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$out/embedded" >"$out/embedded.log" 2>&1 &
@@ -45,9 +47,11 @@ for shards in 1 8; do
     --label "embedded shards=$shards" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" | tee -a "$results"
 done
 kill -TERM $server; wait $server 2>/dev/null || true
+fi
 
 # The cluster.
-export ENGRAM_BIN="$engram" ENGRAM_CLUSTER_DIR="$out/cluster"
+[[ " $PARTS " == *" cluster "* ]] || exit 0
+export CLUSTER_BIN="$engram" CLUSTER_DIR="$out/cluster"
 deploy/local/cluster.sh stop >/dev/null 2>&1 || true
 rm -rf "$out/cluster"
 trap 'deploy/local/cluster.sh stop >/dev/null 2>&1 || true' EXIT

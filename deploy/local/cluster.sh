@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A cluster on loopback: 3 coordinators (public API on 127.0.0.1:7700-7702,
 # Raft on 7800-7802) and 3 workers (internal RPC on 7810-7812), each with its
-# own data directory under ${ENGRAM_CLUSTER_DIR:-data/cluster}.
+# own data directory under ${CLUSTER_DIR:-data/cluster}.
 #   deploy/local/cluster.sh start | stop | status
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DIR="${ENGRAM_CLUSTER_DIR:-data/cluster}"
-BIN="${ENGRAM_BIN:-target/debug/engram}"
+DIR="${CLUSTER_DIR:-data/cluster}"
+BIN="${CLUSTER_BIN:-target/debug/engram}"
 # Coordinators load the image embedder: ONNX Runtime from .venv (make setup).
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort_dylib_path.sh 2>/dev/null || true)}"
 COORDINATORS=(1 2 3)

@@ -15,7 +15,13 @@ pub fn load(path: &Path) -> anyhow::Result<EngramConfig> {
     }
     let config: EngramConfig = Figment::from(Serialized::defaults(EngramConfig::default()))
         .merge(Toml::file(path))
-        .merge(Env::prefixed("ENGRAM_").split("__").ignore(&["log"]))
+        // Only `SECTION__KEY` variables are config: ENGRAM_LOG and the
+        // scripts' own ENGRAM_* variables are not.
+        .merge(
+            Env::prefixed("ENGRAM_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        )
         .extract()
         .with_context(|| format!("invalid config {}", path.display()))?;
     config
