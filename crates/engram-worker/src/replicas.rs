@@ -58,6 +58,9 @@ pub struct ReplicaHost {
     dir: PathBuf,
     params: IndexParams,
     replicas: RwLock<BTreeMap<(String, u32), Arc<Replica>>>,
+    /// Held while a shard directory is opened or replaced, so that two
+    /// callers (the agent and a transfer) never open the same one at once.
+    opening: Mutex<()>,
 }
 
 fn shard_dir(dir: &Path, collection: &str, shard: u32) -> PathBuf {
@@ -76,6 +79,7 @@ impl ReplicaHost {
             dir,
             params,
             replicas: RwLock::new(BTreeMap::new()),
+            opening: Mutex::new(()),
         })
     }
 
@@ -101,14 +105,16 @@ impl ReplicaHost {
             replica.observe(placement);
             return Ok(replica);
         }
+        let _opening = self.opening.lock();
+        if let Ok(replica) = self.get(&spec.name, shard) {
+            replica.observe(placement);
+            return Ok(replica);
+        }
         let opened = self.open(spec, shard, placement)?;
-        let mut replicas = self.replicas.write();
-        let replica = replicas
-            .entry((spec.name.clone(), shard))
-            .or_insert(opened)
-            .clone();
-        replica.observe(placement);
-        Ok(replica)
+        self.replicas
+            .write()
+            .insert((spec.name.clone(), shard), opened.clone());
+        Ok(opened)
     }
 
     fn open(
@@ -140,6 +146,7 @@ impl ReplicaHost {
         shard: u32,
         placement: &ShardPlacement,
     ) -> Result<Arc<Replica>> {
+        let _opening = self.opening.lock();
         let key = (spec.name.clone(), shard);
         self.replicas.write().remove(&key);
         let dir = shard_dir(&self.dir, &spec.name, shard);
@@ -170,6 +177,7 @@ impl ReplicaHost {
 
     /// Stops hosting `collection` and deletes its files.
     pub fn drop_collection(&self, collection: &str) -> Result<()> {
+        let _opening = self.opening.lock();
         self.replicas.write().retain(|(c, _), _| c != collection);
         let dir = self.dir.join(collection);
         if dir.exists() {
