@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use engram_meta::ClusterState;
 
-use crate::node::WorkerNode;
+use crate::node::{WorkerNode, blocking, internal};
 use crate::rpc_client::call;
 use crate::wire::*;
 
@@ -145,28 +145,24 @@ impl WorkerNode {
     /// A coordinator creating a collection: open its shards placed here now.
     pub async fn host_now(self, request: HostRequest) -> RpcResult<()> {
         self.inner.floor.fetch_max(request.index, Ordering::SeqCst);
-        let node = self.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             for (shard, placement) in &request.shards {
-                node.host()
+                self.host()
                     .ensure(&request.spec, *shard, placement)
-                    .map_err(|e| RpcError::Internal(e.to_string()))?;
+                    .map_err(internal)?;
             }
             Ok(())
         })
         .await
-        .map_err(|e| RpcError::Internal(e.to_string()))?
     }
 
     /// A coordinator dropping a collection.
     pub async fn drop_now(self, request: DropRequest) -> RpcResult<()> {
-        let node = self.clone();
-        tokio::task::spawn_blocking(move || {
-            node.host()
+        blocking(move || {
+            self.host()
                 .drop_collection(&request.collection)
-                .map_err(|e| RpcError::Internal(e.to_string()))
+                .map_err(internal)
         })
         .await
-        .map_err(|e| RpcError::Internal(e.to_string()))?
     }
 }

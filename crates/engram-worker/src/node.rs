@@ -46,11 +46,11 @@ pub(crate) struct Inner {
     pub(crate) floor: AtomicU64,
 }
 
-fn internal(e: impl std::fmt::Display) -> RpcError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::Internal(e.to_string())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> RpcResult<T> + Send + 'static,
 ) -> RpcResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(internal)?
@@ -309,12 +309,16 @@ impl WorkerNode {
 
     // ----- reads -------------------------------------------------------
 
-    pub async fn search(self, request: SearchRequest) -> RpcResult<SearchReply> {
-        let replicas = request
-            .shards
+    /// The hosted replicas of `shards`; refused if one is not hosted here.
+    fn replicas(&self, collection: &str, shards: &[u32]) -> RpcResult<Vec<Arc<Replica>>> {
+        shards
             .iter()
-            .map(|s| self.inner.host.get(&request.collection, *s))
-            .collect::<RpcResult<Vec<_>>>()?;
+            .map(|s| self.inner.host.get(collection, *s))
+            .collect()
+    }
+
+    pub async fn search(self, request: SearchRequest) -> RpcResult<SearchReply> {
+        let replicas = self.replicas(&request.collection, &request.shards)?;
         let tuning = SearchTuning {
             list_size: request.list_size,
         };
@@ -371,11 +375,7 @@ impl WorkerNode {
     }
 
     pub async fn stats(self, request: StatsRequest) -> RpcResult<Vec<ShardStats>> {
-        let replicas = request
-            .shards
-            .iter()
-            .map(|s| self.inner.host.get(&request.collection, *s))
-            .collect::<RpcResult<Vec<_>>>()?;
+        let replicas = self.replicas(&request.collection, &request.shards)?;
         Ok(replicas
             .iter()
             .map(|r| {
@@ -411,11 +411,7 @@ impl WorkerNode {
 
     /// Compacts the listed shards (every replica compacts its own copy).
     pub async fn compact(self, request: CompactRequest) -> RpcResult<usize> {
-        let replicas = request
-            .shards
-            .iter()
-            .map(|s| self.inner.host.get(&request.collection, *s))
-            .collect::<RpcResult<Vec<_>>>()?;
+        let replicas = self.replicas(&request.collection, &request.shards)?;
         blocking(move || {
             replicas
                 .iter()

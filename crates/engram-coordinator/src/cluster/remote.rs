@@ -195,23 +195,15 @@ impl RemoteCollection {
             }
             let calls = plan.requests.into_iter().map(|(worker, shards)| {
                 let body = request(shards.clone());
-                let addr = self.addr(worker);
                 async move {
-                    let result = match addr {
-                        Some(addr) => {
-                            call::<_, Resp>(
-                                &self.cluster.inner.client,
-                                &addr,
-                                path,
-                                &body,
-                                self.cluster.inner.timeouts.query,
-                            )
-                            .await
-                        }
-                        None => Err(CallError::Refused(RpcError::Internal(
-                            "unknown worker".into(),
-                        ))),
-                    };
+                    let result = self
+                        .call_worker(worker, path, &body, self.cluster.inner.timeouts.query)
+                        .await
+                        .unwrap_or_else(|| {
+                            Err(CallError::Refused(RpcError::Internal(
+                                "unknown worker".into(),
+                            )))
+                        });
                     (worker, shards, result)
                 }
             });
@@ -285,6 +277,19 @@ impl RemoteCollection {
             lists: merge_per_query(per_worker, n, k),
             incomplete_shards,
         }
+    }
+
+    /// One internal call to `worker`; `None` if the shard map does not
+    /// know it.
+    async fn call_worker<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        worker: WorkerId,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Option<std::result::Result<Resp, CallError>> {
+        let addr = self.addr(worker)?;
+        Some(call(&self.cluster.inner.client, &addr, path, request, timeout).await)
     }
 
     fn all_shards(&self) -> Vec<u32> {
@@ -377,22 +382,18 @@ impl ShardedCollection for RemoteCollection {
         self.runtime.block_on(async {
             let mut merged: BTreeMap<u32, Presence> = BTreeMap::new();
             for (worker, deletions) in per_worker {
-                let Some(addr) = self.addr(worker) else {
-                    continue;
-                };
                 let request = PresenceRequest {
                     collection: self.spec.name.clone(),
                     deletions,
                 };
-                let reply = call::<_, PresenceReply>(
-                    &self.cluster.inner.client,
-                    &addr,
-                    path::PRESENCE,
-                    &request,
-                    self.cluster.inner.timeouts.query,
-                )
-                .await
-                .map_err(|e| WorkerError::Unavailable(e.to_string()))?;
+                let timeout = self.cluster.inner.timeouts.query;
+                let Some(reply) = self
+                    .call_worker::<_, PresenceReply>(worker, path::PRESENCE, &request, timeout)
+                    .await
+                else {
+                    continue;
+                };
+                let reply = reply.map_err(|e| WorkerError::Unavailable(e.to_string()))?;
                 for (shard, p) in reply.presence {
                     let entry = merged.entry(shard).or_default();
                     entry.wal |= p.wal;
@@ -493,23 +494,19 @@ impl ShardedCollection for RemoteCollection {
         self.runtime.block_on(async {
             let mut rewritten = 0;
             for (worker, shards) in per_worker {
-                let Some(addr) = self.addr(worker) else {
-                    continue;
-                };
                 let request = CompactRequest {
                     collection: self.spec.name.clone(),
                     shards,
                     min_deleted_fraction,
                 };
-                let n = call::<_, usize>(
-                    &self.cluster.inner.client,
-                    &addr,
-                    path::COMPACT,
-                    &request,
-                    Duration::from_secs(3600),
-                )
-                .await
-                .map_err(|e| WorkerError::Unavailable(e.to_string()))?;
+                let timeout = Duration::from_secs(3600);
+                let Some(n) = self
+                    .call_worker::<_, usize>(worker, path::COMPACT, &request, timeout)
+                    .await
+                else {
+                    continue;
+                };
+                let n = n.map_err(|e| WorkerError::Unavailable(e.to_string()))?;
                 rewritten += n;
             }
             Ok(rewritten)
