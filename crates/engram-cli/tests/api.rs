@@ -408,9 +408,8 @@ fn bad_input_gets_a_json_4xx_and_stores_nothing() {
     for (what, path, body, status) in &cases {
         assert_client_error(&server.post(path, body), *status, what);
     }
-    let big = vec![b'['; 2 << 20];
     assert_client_error(
-        &server.post_raw("/v1/collections/v/items", big, "application/json"),
+        &server.post_oversized("/v1/collections/v/items", 2 << 20),
         413,
         "oversized body",
     );

@@ -101,6 +101,10 @@ pub fn router(engram: Engram) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
+            body_limit,
+            refuse_declared_oversize,
+        ))
+        .layer(middleware::from_fn_with_state(
             engram.clone(),
             record_metrics,
         ))
@@ -121,6 +125,34 @@ async fn record_metrics(State(engram): State<Engram>, request: Request, next: Ne
         .observe_request(&method, &route, status, started.elapsed().as_secs_f64());
     tracing::debug!(%method, %route, status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
     response
+}
+
+/// Answers 413 from the `Content-Length` header alone, before any of the
+/// body is read. `DefaultBodyLimit` only notices once it has read past the
+/// limit, so a client still sending a large body could see the connection
+/// closed under it instead of the JSON error; this way it always gets the
+/// answer first, and the server never buffers what it will refuse.
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit as u64 => {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body of {len} bytes is larger than the configured limit of {limit} bytes (limits.max_body_bytes)"
+                ),
+            ))
+        }
+        _ => next.run(request).await,
+    }
 }
 
 impl ApiError {
