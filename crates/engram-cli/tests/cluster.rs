@@ -652,3 +652,156 @@ fn worker_holding_primaries_killed_during_writes() {
     assert_eq!(status, 503, "{body:?}");
     assert_eq!(body["error"]["code"], json!("unavailable"));
 }
+
+/// Two classes in 2-d: `a` around (0, 0), `b` around (10, 0), and three
+/// `b` items inside `a` (noise) that pruning should find.
+fn curation_memory() -> Vec<Value> {
+    let mut items = Vec::new();
+    for i in 0..30u64 {
+        let (x, y) = ((i % 6) as f32 * 0.2, (i / 6) as f32 * 0.2);
+        items.push(json!({ "id": i, "label": "a", "vector": [x, y] }));
+        items.push(json!({ "id": 100 + i, "label": "b", "vector": [10.0 + x, y] }));
+    }
+    for (n, id) in [200u64, 201, 202].into_iter().enumerate() {
+        let x = 0.3 + n as f32 * 0.2;
+        items.push(json!({ "id": id, "label": "b", "vector": [x, 0.5], "source": "noise" }));
+    }
+    items
+}
+
+impl Cluster {
+    /// A request to coordinator `i` (0-based) itself.
+    fn at(&self, i: usize, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let base = self.coordinators[i].base.clone().unwrap();
+        let url = format!("{base}{path}");
+        let request = match method {
+            "POST" => self.http.post(url).json(body.unwrap()),
+            _ => self.http.get(url),
+        };
+        let r = request.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// Polls coordinator `i` until `check` holds for its answer to GET
+    /// `path` (it applies Raft entries a moment after the leader).
+    fn eventually(&self, i: usize, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.at(i, "GET", path, None);
+            if status == 200 && check(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coordinator {} never showed it at {path}: {status} {body}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn curation_lives_in_raft_on_every_coordinator() {
+    let mut cluster = Cluster::start();
+    let (status, body) = cluster.at(
+        0,
+        "POST",
+        "/v1/collections",
+        Some(&json!({"name": "m", "dim": 2, "metric": "l2", "shards": 4, "replication": 2, "default_k": 5})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = cluster.at(
+        0,
+        "POST",
+        "/v1/collections/m/items",
+        Some(&json!({ "items": curation_memory() })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let near_b = json!({ "vector": [10.0, 0.0], "k": 5 });
+    let (_, answer) = cluster.at(2, "POST", "/v1/collections/m/classify", Some(&near_b));
+    assert_eq!(answer["label"], "b", "{answer}");
+
+    // An intervention taken by one coordinator steers decisions on another.
+    let block = json!({ "action": "block_class", "label": "b", "reason": "recall of batch 7" });
+    let (status, entry) = cluster.at(1, "POST", "/v1/collections/m/interventions", Some(&block));
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["seq"], 1);
+    cluster.eventually(2, "/v1/collections/m/interventions", |v| {
+        v["audit"].as_array().is_some_and(|a| a.len() == 1)
+    });
+    let (_, answer) = cluster.at(2, "POST", "/v1/collections/m/classify", Some(&near_b));
+    assert_eq!(answer["label"], "a", "blocked class still voted: {answer}");
+    // The state machine applies the same rules: a bad one is refused.
+    let (status, error) = cluster.at(
+        0,
+        "POST",
+        "/v1/collections/m/interventions",
+        Some(&json!({ "action": "set_weight", "id": 999, "weight": 2.0, "reason": "x" })),
+    );
+    assert_eq!(status, 404, "{error}");
+    let unblock = json!({ "action": "unblock_class", "label": "b", "reason": "batch 7 cleared" });
+    let (status, _) = cluster.at(0, "POST", "/v1/collections/m/interventions", Some(&unblock));
+    assert_eq!(status, 200);
+    let (_, answer) = cluster.at(0, "POST", "/v1/collections/m/classify", Some(&near_b));
+    assert_eq!(answer["label"], "b", "{answer}");
+
+    // Soft pruning scans the collection through the workers; its weights
+    // reach every coordinator.
+    let (status, job) = cluster.at(
+        0,
+        "POST",
+        "/v1/collections/m/jobs",
+        Some(&json!({ "kind": "prune", "mode": "soft", "k": 5 })),
+    );
+    assert_eq!(status, 202, "{job}");
+    let job = cluster.eventually(0, &format!("/v1/collections/m/jobs/{}", job["id"]), |j| {
+        j["state"] != "running"
+    });
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["report"]["items_scored"], 63, "{job}");
+    let pruning = cluster.eventually(1, "/v1/collections/m/pruning", |p| {
+        p["weighted_items"].as_u64().is_some_and(|n| n > 0)
+    });
+    assert_eq!(pruning["stale_items"], 0, "{pruning}");
+
+    // Unlearning a noise item gives a receipt any coordinator can show.
+    let (status, deleted) = cluster.at(
+        1,
+        "POST",
+        "/v1/collections/m/items/delete",
+        Some(&json!({ "ids": [201] })),
+    );
+    assert_eq!(status, 200, "{deleted}");
+    let receipt = deleted["receipt"].as_u64().expect("a receipt");
+    let path = format!("/v1/collections/m/unlearning/{receipt}");
+    let unlearning = cluster.eventually(2, &path, |_| true);
+    assert_eq!(
+        (&unlearning["deleted"], &unlearning["ids"]),
+        (&json!(1), &json!([201])),
+        "{unlearning}"
+    );
+    assert_eq!(unlearning["status"], "deleted", "{unlearning}");
+    assert!(
+        !unlearning["present_in"]["wal_shards"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{unlearning}"
+    );
+    assert!(unlearning["stale_pruning_weights"].as_u64().unwrap() > 0);
+
+    // Kill -9 the Raft leader and bring it back: it recovers the curation
+    // from its own log and snapshot files.
+    let leader = cluster.wait_ready(3, Duration::from_secs(10)) as usize - 1;
+    cluster.coordinators[leader].kill9();
+    cluster.coordinators[leader].restart();
+    cluster.wait_ready(3, Duration::from_secs(30));
+    let view = cluster.eventually(leader, "/v1/collections/m/interventions", |v| {
+        v["audit"].as_array().is_some_and(|a| a.len() == 2)
+    });
+    assert_eq!(view["audit"][0]["reason"], "recall of batch 7", "{view}");
+    assert!(view["pruning"]["weighted_items"].as_u64().unwrap() > 0);
+    cluster.eventually(leader, &path, |u| u["ids"] == json!([201]));
+}

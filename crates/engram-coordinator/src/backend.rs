@@ -9,7 +9,7 @@ use engram_worker::{HostedCollection, ShardedCollection, Worker};
 
 use crate::catalog::Catalog;
 use crate::cluster::ClusterBackend;
-use crate::error::{ApiError, ErrorCode, Result};
+use crate::error::Result;
 
 pub(crate) type Collection = Arc<dyn ShardedCollection>;
 
@@ -50,17 +50,6 @@ impl Backend {
         match self {
             Backend::Cluster(c) => Some(c),
             Backend::Embedded { .. } => None,
-        }
-    }
-
-    /// Refuses what only the embedded node supports so far (`what` names it).
-    pub(crate) fn require_embedded(&self, what: &str) -> Result<()> {
-        match self {
-            Backend::Embedded { .. } => Ok(()),
-            Backend::Cluster(_) => Err(ApiError::new(
-                ErrorCode::NotImplemented,
-                format!("{what} is not available in cluster mode yet"),
-            )),
         }
     }
 }

@@ -17,8 +17,9 @@ use crate::dto::{
 };
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::jobs::{Job, JobStatus};
-use crate::meta::{CollectionMeta, Selector, now};
+use crate::meta::now;
 use crate::service::{Engram, MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
+use engram_core::Selector;
 
 /// Queries per search batch while pruning.
 const PRUNE_BATCH: usize = 256;
@@ -40,7 +41,6 @@ impl Engram {
         collection: &str,
         request: InterventionRequest,
     ) -> Result<AuditEntry> {
-        self.inner.backend.require_embedded("interventions")?;
         let hosted = self.hosted_collection(collection)?;
         let too_long = match &request.intervention {
             Intervention::Relabel { label, .. }
@@ -65,36 +65,35 @@ impl Engram {
             )));
         }
         if let Some(id) = request.intervention.item()
-            && hosted.get(id)?.is_none()
+            && crate::service::blocking(move || Ok(hosted.get(id)?))
+                .await?
+                .is_none()
         {
             return Err(ApiError::not_found(format!(
                 "item {id} does not exist in `{collection}`"
             )));
         }
-        let meta = self.inner.meta.get(collection)?;
-        let entry =
-            crate::service::blocking(move || meta.intervene(request.intervention, &request.reason))
-                .await?;
+        let entry = self
+            .inner
+            .meta
+            .intervene(collection, request.intervention, request.reason)
+            .await?;
         tracing::info!(collection, seq = entry.seq, reason = %entry.reason, "intervention");
         Ok(entry)
     }
 
     /// The active interventions, the audit trail and the pruning weights.
     pub async fn curation(&self, collection: &str) -> Result<CurationView> {
-        self.inner.backend.require_embedded("interventions")?;
         self.hosted_collection(collection)?;
-        let meta = self.inner.meta.get(collection)?;
         Ok(CurationView {
-            curation: (*meta.curation()).clone(),
-            pruning: pruning_summary(&meta),
+            curation: (*self.inner.meta.curation(collection)?).clone(),
+            pruning: self.pruning_summary(collection)?,
         })
     }
 
     pub async fn pruning(&self, collection: &str) -> Result<PruningSummary> {
-        self.inner.backend.require_embedded("pruning")?;
         self.hosted_collection(collection)?;
-        let meta = self.inner.meta.get(collection)?;
-        pruning_summary(&meta).ok_or_else(|| {
+        self.pruning_summary(collection)?.ok_or_else(|| {
             ApiError::not_found(format!("`{collection}` has no soft-pruning weights"))
         })
     }
@@ -102,21 +101,21 @@ impl Engram {
     /// Removes the soft-pruning weights (every item votes with its own
     /// weight again).
     pub async fn clear_pruning(&self, collection: &str) -> Result<()> {
-        self.inner.backend.require_embedded("pruning")?;
         self.hosted_collection(collection)?;
-        let meta = self.inner.meta.get(collection)?;
-        crate::service::blocking(move || meta.set_pruning(None)).await
+        self.inner.meta.set_pruning(collection, None).await
     }
 
     /// Whether the items of an unlearning receipt are still physically
     /// present anywhere.
     pub async fn unlearning(&self, collection: &str, receipt: u64) -> Result<UnlearningStatus> {
-        self.inner.backend.require_embedded("unlearning receipts")?;
         let hosted = self.hosted_collection(collection)?;
-        let meta = self.inner.meta.get(collection)?;
-        let receipt = meta.receipt(receipt)?.ok_or_else(|| {
-            ApiError::not_found(format!("no unlearning receipt {receipt} in `{collection}`"))
-        })?;
+        let receipt = self
+            .inner
+            .meta
+            .receipt(collection, receipt)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no unlearning receipt {receipt} in `{collection}`"))
+            })?;
         let log = receipt.log.clone();
         let presence = crate::service::blocking(move || Ok(hosted.presence(&log)?)).await?;
         let present_in = PresentIn {
@@ -216,11 +215,11 @@ impl Engram {
             "threshold": threshold,
         });
         let job = self.inner.jobs.start(collection, "prune", params);
-        let meta = self.inner.meta.get(collection)?;
         let this = self.clone();
         let running = job.clone();
+        let name = collection.to_string();
         tokio::task::spawn_blocking(move || {
-            let outcome = prune(&this, hosted.as_ref(), &meta, &running, mode, k, threshold);
+            let outcome = prune(&this, &name, hosted.as_ref(), &running, mode, k, threshold);
             if let Err(e) = &outcome {
                 tracing::warn!(job = running.id(), error = %e, "prune job ended without a result");
             }
@@ -290,28 +289,37 @@ impl Engram {
     }
 }
 
-fn pruning_summary(meta: &CollectionMeta) -> Option<PruningSummary> {
-    meta.pruning().map(|p| PruningSummary {
-        job: p.job,
-        at: p.at.clone(),
-        k: p.k,
-        weighted_items: p.v.len(),
-        stale_items: p.stale.len(),
-    })
+impl Engram {
+    fn pruning_summary(&self, collection: &str) -> Result<Option<PruningSummary>> {
+        Ok(self
+            .inner
+            .meta
+            .pruning(collection)?
+            .map(|p| PruningSummary {
+                job: p.job,
+                at: p.at.clone(),
+                k: p.k,
+                weighted_items: p.v.len(),
+                stale_items: p.stale.len(),
+            }))
+    }
 }
 
 /// Scores every item by querying the memory with it (its own id
-/// excluded), then ends as `mode` says. Blocking.
+/// excluded), then ends as `mode` says. Blocking (runs on a blocking
+/// thread of the runtime, whose handle records the outcome).
 fn prune(
     engram: &Engram,
+    collection: &str,
     hosted: &dyn ShardedCollection,
-    meta: &CollectionMeta,
     job: &Job,
     mode: PruneMode,
     k: usize,
     threshold: u32,
 ) -> Result<serde_json::Value> {
-    let curation = meta.curation();
+    let runtime = tokio::runtime::Handle::current();
+    let meta = &engram.inner.meta;
+    let curation = meta.curation(collection)?;
     job.set_total(hosted.stats()?.items);
     let mut scores = PruningScores::default();
     let mut partial = false;
@@ -386,7 +394,7 @@ fn prune(
                     ids: Some(ids.len()),
                     ..Selector::default()
                 };
-                let receipt = meta.record_deletion(selector, log)?;
+                let receipt = runtime.block_on(meta.record_deletion(collection, selector, log))?;
                 report["receipt"] = json!(receipt.receipt);
             }
         }
@@ -397,7 +405,8 @@ fn prune(
                 .values()
                 .max()
                 .map_or(1.0, |v| engram_core::curation::soft_pruning_gamma(*v));
-            meta.set_pruning(Some(PruningWeights::new(job.id(), now(), k, scores)))?;
+            let weights = PruningWeights::new(job.id(), now(), k, scores);
+            runtime.block_on(meta.set_pruning(collection, Some(weights)))?;
             report["weighted_items"] = json!(weighted);
             report["gamma_min"] = json!(gamma_min);
         }

@@ -10,7 +10,7 @@ use engram_core::{
 };
 
 use crate::jobs::JobStatus;
-use crate::meta::Selector;
+use engram_core::Selector;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

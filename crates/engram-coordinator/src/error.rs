@@ -23,8 +23,6 @@ pub enum ErrorCode {
     Internal,
     /// No replica or no Raft leader could serve in time.
     Unavailable,
-    /// Not available in this deployment mode.
-    NotImplemented,
 }
 
 impl ErrorCode {
@@ -39,7 +37,6 @@ impl ErrorCode {
             ErrorCode::Corrupted => "data_corrupted",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
-            ErrorCode::NotImplemented => "not_implemented",
         }
     }
 
@@ -53,7 +50,6 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Corrupted | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -136,7 +132,6 @@ impl From<WorkerError> for ApiError {
             WorkerError::Io(e) => ApiError::internal(e.to_string()),
             WorkerError::Invalid(m) => ApiError::invalid(m),
             WorkerError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),
-            WorkerError::Unsupported(m) => ApiError::new(ErrorCode::NotImplemented, m),
             WorkerError::Remote(m) => ApiError::internal(m),
         }
     }

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod cluster_service;
 mod curation_service;
+mod curation_store;
 pub mod dto;
 pub mod error;
 pub mod ingest_job;

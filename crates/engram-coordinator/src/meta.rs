@@ -13,40 +13,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engram_core::{AuditEntry, Curation, Intervention, PruningWeights};
+use engram_core::{
+    AuditEntry, Curation, Intervention, PruningWeights, Receipt, Selector, ShardDeletion,
+};
 use engram_store::checksummed;
-use engram_worker::ShardDeletion;
 
 use crate::error::{ApiError, Result};
 
 const CURATION_FILE: &str = "curation.bin";
 const PRUNING_FILE: &str = "pruning.bin";
 const RECEIPTS_DIR: &str = "receipts";
-
-/// What a delete request selected.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Selector {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub ids: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub label: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub source: Option<String>,
-}
-
-/// The durable record of one unlearning request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Receipt {
-    pub receipt: u64,
-    pub at: String,
-    pub selector: Selector,
-    pub deleted: usize,
-    /// Per shard: the ids, the log position of the delete and where the
-    /// items' vectors were physically when they were deleted.
-    pub log: Vec<ShardDeletion>,
-    /// Soft-pruning weights that had counted one of these items as a query.
-    pub stale_pruning_weights: usize,
-}
 
 /// The metadata of one collection.
 pub struct CollectionMeta {

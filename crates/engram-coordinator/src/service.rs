@@ -19,16 +19,18 @@ use engram_core::{
 use engram_index::SearchTuning;
 use engram_ingest::{IngestError, OnnxEmbedder};
 use engram_store::WalOp;
-use engram_worker::{Admit, SearchFilter, SearchResults, ShardedCollection, Worker};
+use engram_worker::{SearchFilter, SearchResults, ShardedCollection, Worker};
 
 use crate::backend::{Backend, Collection};
 use crate::catalog::Catalog;
 use crate::cluster::ClusterBackend;
+use crate::curation_store::CurationStore;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::jobs::Jobs;
-use crate::meta::{MetaStore, Selector};
+use crate::meta::MetaStore;
 use crate::metrics::Metrics;
+use engram_core::{Admission, Selector};
 
 /// Longest label, in bytes.
 pub(crate) const MAX_LABEL_BYTES: usize = 256;
@@ -49,7 +51,7 @@ pub(crate) struct Inner {
     embedders: BTreeMap<String, Arc<OnnxEmbedder>>,
     pub(crate) metrics: Metrics,
     /// Interventions, pruning weights and receipts per collection.
-    pub(crate) meta: MetaStore,
+    pub(crate) meta: CurationStore,
     pub(crate) jobs: Jobs,
     /// Held for the life of the process: one node per data directory.
     _data_dir_lock: std::fs::File,
@@ -92,7 +94,7 @@ impl Engram {
                 },
                 embedders,
                 metrics: Metrics::new(),
-                meta: MetaStore::new(&data_dir),
+                meta: CurationStore::Local(MetaStore::new(&data_dir)),
                 jobs: Jobs::default(),
                 _data_dir_lock: lock,
             }),
@@ -107,13 +109,14 @@ impl Engram {
         fs_err::create_dir_all(&data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let lock = lock_data_dir(&data_dir)?;
         let embedders = load_embedders(&config)?;
+        let meta = CurationStore::Raft(cluster.meta().clone());
         Ok(Engram {
             inner: Arc::new(Inner {
                 config,
                 backend: Backend::Cluster(cluster),
                 embedders,
                 metrics: Metrics::new(),
-                meta: MetaStore::new(&data_dir),
+                meta,
                 jobs: Jobs::default(),
                 _data_dir_lock: lock,
             }),
@@ -222,7 +225,7 @@ impl Engram {
                     format!("collection `{}` already exists", spec.name),
                 ));
             }
-            this.inner.meta.remove(&spec.name)?;
+            this.inner.meta.remove_local(&spec.name)?;
             let hosted = worker.host(spec.clone())?;
             if let Err(e) = catalog.insert(spec.clone()) {
                 let _ = worker.drop_collection(&spec.name);
@@ -277,7 +280,7 @@ impl Engram {
                 )));
             }
             worker.drop_collection(&name)?;
-            this.inner.meta.remove(&name)?;
+            this.inner.meta.remove_local(&name)?;
             tracing::info!(collection = %name, "collection deleted");
             Ok(())
         })
@@ -414,9 +417,7 @@ impl Engram {
         .await?;
         let deleted: usize = log.iter().map(|d| d.ids.len()).sum();
         self.inner.metrics.items_deleted(deleted);
-        // Receipts are kept by the embedded node only so far (in a cluster
-        // they would have to live in the Raft state, not on one coordinator).
-        if deleted == 0 || self.inner.backend.cluster().is_some() {
+        if deleted == 0 {
             return Ok(Deleted {
                 deleted,
                 receipt: None,
@@ -425,8 +426,11 @@ impl Engram {
         // The deletes are durable; the receipt records them. If writing it
         // fails the caller sees an error and may retry (deleting again is a
         // no-op).
-        let meta = self.inner.meta.get(collection)?;
-        let receipt = blocking(move || meta.record_deletion(selector, log)).await?;
+        let receipt = self
+            .inner
+            .meta
+            .record_deletion(collection, selector, log)
+            .await?;
         Ok(Deleted {
             deleted,
             receipt: Some(receipt.receipt),
@@ -618,9 +622,8 @@ impl Engram {
         params.validate()?;
         let tuning = tuning(options.search_list_size)?;
         let explain = options.explain.unwrap_or(false);
-        let meta = self.inner.meta.get(collection)?;
-        let curation = meta.curation();
-        let pruning = meta.pruning();
+        let curation = self.inner.meta.curation(collection)?;
+        let pruning = self.inner.meta.pruning(collection)?;
         let (vectors, excludes) = self.prepare_queries(hosted.spec(), queries, what).await?;
         // A counterfactual needs the neighbours that would move up when
         // voters are removed: fetch at least 100 more (a confident decision
@@ -749,7 +752,7 @@ impl Engram {
         mut excludes: Vec<HashSet<u64>>,
         k: usize,
         tuning: SearchTuning,
-        admit: Option<Admit>,
+        admit: Option<Arc<Admission>>,
     ) -> Result<SearchResults> {
         let queries_len = vectors.len();
         let hosted = hosted.clone();
@@ -887,14 +890,8 @@ impl Engram {
 
 /// The search-side half of blocking: items whose class or source is
 /// blocked are skipped inside the index search, so k admitted items vote.
-pub(crate) fn admit_filter(curation: &Arc<Curation>) -> Option<Admit> {
-    if !curation.blocks_anything() {
-        return None;
-    }
-    let curation = curation.clone();
-    Some(Arc::new(move |id, label: &str, source: Option<&str>| {
-        curation.admits(id, label, source)
-    }))
+pub(crate) fn admit_filter(curation: &Curation) -> Option<Arc<Admission>> {
+    curation.admission().map(Arc::new)
 }
 
 /// A request that asked for completeness fails instead of answering

@@ -89,6 +89,26 @@ pub struct Curation {
     pub audit: Vec<AuditEntry>,
 }
 
+/// Who may vote: the blocking part of a [`Curation`], in a form a search
+/// request carries to the shards (which apply it inside the index search,
+/// so `k` admitted items come back however many are blocked).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Admission {
+    /// Relabels decide an item's effective label, which class blocks see.
+    pub relabels: HashMap<u64, String>,
+    pub blocked_classes: HashSet<String>,
+    pub blocked_sources: HashSet<String>,
+}
+
+impl Admission {
+    /// Same answer as [`Curation::admits`] for the curation it came from.
+    pub fn admits(&self, id: u64, label: &str, source: Option<&str>) -> bool {
+        let label = self.relabels.get(&id).map_or(label, String::as_str);
+        !self.blocked_classes.contains(label)
+            && source.is_none_or(|s| !self.blocked_sources.contains(s))
+    }
+}
+
 /// How an intervention or pruning changed one neighbour's vote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -249,6 +269,28 @@ impl Curation {
     /// Whether any intervention can block a neighbour (searches then filter).
     pub fn blocks_anything(&self) -> bool {
         !self.blocked_classes.is_empty() || !self.blocked_sources.is_empty()
+    }
+
+    /// The admission rule of this curation, `None` when nothing is blocked
+    /// (relabels travel only when some class is blocked: only then can
+    /// they change who votes).
+    pub fn admission(&self) -> Option<Admission> {
+        if !self.blocks_anything() {
+            return None;
+        }
+        let relabels = if self.blocked_classes.is_empty() {
+            HashMap::new()
+        } else {
+            self.relabels
+                .iter()
+                .map(|(id, a)| (*id, a.value.clone()))
+                .collect()
+        };
+        Some(Admission {
+            relabels,
+            blocked_classes: self.blocked_classes.keys().cloned().collect(),
+            blocked_sources: self.blocked_sources.keys().cloned().collect(),
+        })
     }
 
     /// The label `id` votes for, given its stored `label`.
@@ -593,5 +635,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn admission_admits_exactly_what_the_curation_admits(
+            relabels in proptest::collection::vec((0u64..8, 0u8..3), 0..6),
+            classes in proptest::collection::vec(0u8..3, 0..3),
+            sources in proptest::collection::vec(0u8..3, 0..3),
+            probes in proptest::collection::vec((0u64..8, 0u8..3, proptest::option::of(0u8..3)), 1..20),
+        ) {
+            let mut curation = Curation::default();
+            let at = || "2026-11-29T00:00:00Z".to_string();
+            for (id, l) in relabels {
+                curation.apply(Intervention::Relabel { id, label: format!("l{l}") }, "r", at()).unwrap();
+            }
+            for l in classes {
+                curation.apply(Intervention::BlockClass { label: format!("l{l}") }, "r", at()).unwrap();
+            }
+            for s in sources {
+                curation.apply(Intervention::BlockSource { source: format!("s{s}") }, "r", at()).unwrap();
+            }
+            let admission = curation.admission();
+            proptest::prop_assert_eq!(admission.is_some(), curation.blocks_anything());
+            for (id, l, s) in probes {
+                let label = format!("l{l}");
+                let source = s.map(|s| format!("s{s}"));
+                let expected = curation.admits(id, &label, source.as_deref());
+                let got = admission.as_ref().is_none_or(|a| a.admits(id, &label, source.as_deref()));
+                proptest::prop_assert_eq!(got, expected);
+            }
+        }
     }
 }

@@ -14,15 +14,18 @@ pub mod neighbor;
 pub mod placement;
 pub mod shard;
 pub mod topk;
+pub mod unlearning;
 pub mod vector;
 pub mod voting;
 
 pub use collection::{CollectionSpec, validate_collection_name};
 pub use counterfactual::{Counterfactual, counterfactual};
 pub use curation::{
-    Adjustment, AuditEntry, BlockedNeighbor, Curation, Intervention, PruningScores, PruningWeights,
+    Adjustment, Admission, AuditEntry, BlockedNeighbor, Curation, Intervention, PruningScores,
+    PruningWeights,
 };
 pub use distance::Metric;
 pub use error::{CoreError, Result};
 pub use neighbor::{Neighbor, ScoredId};
+pub use unlearning::{Receipt, Selector, ShardDeletion};
 pub use voting::{Decision, VoteParams, VotedNeighbor, VotingRule, decide};

@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -15,6 +15,9 @@ use crate::network::BINCODE;
 use crate::node::{MembershipChange, MetaNode};
 use crate::types::Command;
 
+/// Largest Raft message accepted.
+pub const MAX_RAFT_BODY: usize = 1 << 30;
+
 pub fn router(node: MetaNode) -> Router {
     Router::new()
         .route("/raft/append", post(append))
@@ -22,6 +25,9 @@ pub fn router(node: MetaNode) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/write", post(write))
         .route("/raft/membership", post(membership))
+        // Log batches and snapshot chunks exceed axum's 2 MiB default once
+        // curation (pruning weights, receipts) is in the state.
+        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY))
         .with_state(node)
 }
 

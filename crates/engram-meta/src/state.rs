@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use engram_core::CollectionSpec;
 use engram_core::placement::{self, ShardPlacement, WorkerId};
+use engram_core::{CollectionSpec, Curation, PruningWeights, Receipt};
 
+use crate::shared::Shared;
 use crate::types::{Command, CommandResult};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,9 +23,20 @@ pub struct CollectionMeta {
     pub spec: CollectionSpec,
     /// Indexed by virtual shard.
     pub shards: Vec<ShardPlacement>,
+    pub curation: CollectionCuration,
 }
 
-/// Everything Raft replicates. Small: members, collections, shard maps.
+/// What curators changed about how a collection votes, and its unlearning
+/// receipts: the same state the embedded node keeps in files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CollectionCuration {
+    pub curation: Shared<Curation>,
+    pub pruning: Option<Shared<PruningWeights>>,
+    pub receipts: BTreeMap<u64, Shared<Receipt>>,
+}
+
+/// Everything Raft replicates: members, collections, shard maps and each
+/// collection's curation. Vectors never pass through it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub workers: BTreeMap<WorkerId, WorkerInfo>,
@@ -78,6 +90,7 @@ impl ClusterState {
                             CollectionMeta {
                                 spec: spec.clone(),
                                 shards,
+                                curation: CollectionCuration::default(),
                             },
                         );
                         CommandResult::Done
@@ -105,7 +118,63 @@ impl ClusterState {
             } => self.change_shard(collection, *shard, |p| {
                 placement::mark_in_sync(p, *worker, *epoch)
             }),
+            Command::Intervene {
+                collection,
+                intervention,
+                reason,
+                at,
+            } => self.curate(collection, |c| {
+                let mut next = (*c.curation).clone();
+                let entry = next
+                    .apply((**intervention).clone(), reason, at.clone())
+                    .map_err(|e| e.to_string())?;
+                c.curation = Shared::new(next);
+                Ok(CommandResult::Audit(Shared::new(entry)))
+            }),
+            Command::SetPruning {
+                collection,
+                weights,
+            } => self.curate(collection, |c| {
+                c.pruning = weights.clone();
+                Ok(CommandResult::Done)
+            }),
+            Command::RecordDeletion {
+                collection,
+                selector,
+                log,
+                at,
+            } => self.curate(collection, |c| {
+                let mut receipt = Receipt {
+                    receipt: c.receipts.keys().next_back().map_or(1, |n| n + 1),
+                    at: at.clone(),
+                    selector: (**selector).clone(),
+                    deleted: log.iter().map(|d| d.ids.len()).sum(),
+                    log: log.clone(),
+                    stale_pruning_weights: 0,
+                };
+                if let Some(current) = &c.pruning {
+                    let mut next = (**current).clone();
+                    receipt.stale_pruning_weights = next.forget(&receipt.ids().collect::<Vec<_>>());
+                    if next != **current {
+                        c.pruning = Some(Shared::new(next));
+                    }
+                }
+                let receipt = Shared::new(receipt);
+                c.receipts.insert(receipt.receipt, receipt.clone());
+                Ok(CommandResult::Receipt(receipt))
+            }),
         }
+    }
+
+    fn curate(
+        &mut self,
+        collection: &str,
+        change: impl FnOnce(&mut CollectionCuration) -> Result<CommandResult, String>,
+    ) -> CommandResult {
+        let Some(meta) = self.collections.get_mut(collection) else {
+            return CommandResult::Refused(format!("collection `{collection}` does not exist"));
+        };
+        change(&mut meta.curation).unwrap_or_else(CommandResult::Refused)
     }
 
     fn change_shard(
@@ -210,6 +279,86 @@ mod tests {
         assert_eq!(
             state.apply(&Command::DropCollection { name: "d".into() }),
             CommandResult::Done
+        );
+    }
+
+    #[test]
+    fn curation_commands_change_only_their_collection_and_number_receipts() {
+        use engram_core::{Intervention, PruningScores, Selector, ShardDeletion};
+        let mut state = ClusterState::default();
+        state.apply(&Command::RegisterWorker {
+            id: 1,
+            addr: "127.0.0.1:9001".into(),
+        });
+        for name in ["c", "d"] {
+            state.apply(&Command::CreateCollection {
+                spec: spec(name, 1),
+            });
+        }
+        let intervene = |collection: &str, label: &str, reason: &str| Command::Intervene {
+            collection: collection.into(),
+            intervention: Shared::new(Intervention::BlockClass {
+                label: label.into(),
+            }),
+            reason: reason.into(),
+            at: "2026-11-29T00:00:00Z".into(),
+        };
+        assert!(matches!(
+            state.apply(&intervene("c", "cat", "bad batch")),
+            CommandResult::Audit(e) if e.seq == 1
+        ));
+        // The curation rules still refuse what they refuse (empty reason).
+        assert!(matches!(
+            state.apply(&intervene("c", "dog", " ")),
+            CommandResult::Refused(_)
+        ));
+        assert!(matches!(
+            state.apply(&intervene("x", "cat", "r")),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(state.collections["c"].curation.curation.audit.len(), 1);
+        assert!(state.collections["d"].curation.curation.audit.is_empty());
+
+        let mut scores = PruningScores::default();
+        scores.add_query(3, "a", &[(7, "b")]);
+        let weights = engram_core::PruningWeights::new(1, "t".into(), 10, scores);
+        state.apply(&Command::SetPruning {
+            collection: "c".into(),
+            weights: Some(Shared::new(weights)),
+        });
+        let delete = |ids: Vec<u64>| Command::RecordDeletion {
+            collection: "c".into(),
+            selector: Shared::new(Selector {
+                ids: Some(ids.len()),
+                ..Selector::default()
+            }),
+            log: vec![ShardDeletion {
+                shard: 0,
+                ids,
+                wal_generation: 1,
+                wal_offset: 10,
+                vectors_in_wal: true,
+                segments: vec![],
+            }],
+            at: "2026-11-29T00:00:01Z".into(),
+        };
+        let CommandResult::Receipt(first) = state.apply(&delete(vec![3])) else {
+            panic!("no receipt");
+        };
+        assert_eq!((first.receipt, first.deleted), (1, 1));
+        assert_eq!(first.stale_pruning_weights, 1);
+        let CommandResult::Receipt(second) = state.apply(&delete(vec![4, 5])) else {
+            panic!("no receipt");
+        };
+        assert_eq!((second.receipt, second.deleted), (2, 2));
+        // The whole state, curation included, round-trips through bincode
+        // (snapshots and log entries).
+        let bytes = bincode::serialize(&state).unwrap();
+        assert_eq!(bincode::deserialize::<ClusterState>(&bytes).unwrap(), state);
+        let bytes = bincode::serialize(&delete(vec![9])).unwrap();
+        assert_eq!(
+            bincode::deserialize::<Command>(&bytes).unwrap(),
+            delete(vec![9])
         );
     }
 }

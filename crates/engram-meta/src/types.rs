@@ -4,8 +4,12 @@
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
-use engram_core::CollectionSpec;
 use engram_core::placement::{ShardPlacement, WorkerId};
+use engram_core::{
+    AuditEntry, CollectionSpec, Intervention, PruningWeights, Receipt, Selector, ShardDeletion,
+};
+
+use crate::shared::Shared;
 
 /// A coordinator's Raft node id.
 pub type NodeId = u64;
@@ -65,6 +69,27 @@ pub enum Command {
         worker: WorkerId,
         epoch: u64,
     },
+    /// A curator's intervention, stamped by the coordinator that took it
+    /// (`at`), so applying it is deterministic.
+    Intervene {
+        collection: String,
+        intervention: Shared<Intervention>,
+        reason: String,
+        at: String,
+    },
+    /// Replaces the soft-pruning weights (`None` removes them).
+    SetPruning {
+        collection: String,
+        weights: Option<Shared<PruningWeights>>,
+    },
+    /// Records an unlearning request whose deletes are durable on the
+    /// shards; pruning weights those items had counted towards go stale.
+    RecordDeletion {
+        collection: String,
+        selector: Shared<Selector>,
+        log: Vec<ShardDeletion>,
+        at: String,
+    },
 }
 
 /// The outcome of applying a [`Command`].
@@ -73,6 +98,10 @@ pub enum CommandResult {
     Done,
     /// The shard's placement after the change.
     Placement(ShardPlacement),
+    /// The audit entry of an applied intervention.
+    Audit(Shared<AuditEntry>),
+    /// The receipt of a recorded deletion.
+    Receipt(Shared<Receipt>),
     /// Not applied: the reason, for the caller (e.g. a stale epoch).
     Refused(String),
 }

@@ -18,9 +18,6 @@ pub enum WorkerError {
     /// No replica could serve (cluster mode).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// Not available in this deployment mode.
-    #[error("{0}")]
-    Unsupported(String),
     #[error("remote worker: {0}")]
     Remote(String),
 }

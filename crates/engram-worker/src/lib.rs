@@ -24,7 +24,5 @@ pub use collection_api::ShardedCollection;
 pub use error::{Result, WorkerError};
 pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
 pub use node::WorkerNode;
-pub use shard::{
-    Admit, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
-};
+pub use shard::{ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits};
 pub use worker::Worker;

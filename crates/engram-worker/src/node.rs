@@ -196,7 +196,7 @@ impl WorkerNode {
                         "replica {worker} missed the write and could not be marked out of sync: {why}"
                     )));
                 }
-                CommandResult::Done => {}
+                _ => {}
             }
         }
         Ok(())
@@ -283,7 +283,7 @@ impl WorkerNode {
         {
             CommandResult::Placement(next) => replica.observe(&next),
             CommandResult::Refused(why) => return Err(RpcError::Replication(why)),
-            CommandResult::Done => {}
+            _ => {}
         }
         tracing::info!(collection = %request.collection, shard = request.shard, worker = request.worker, items = total, "replica caught up");
         Ok(())
@@ -324,7 +324,10 @@ impl WorkerNode {
         };
         blocking(move || {
             use rayon::prelude::*;
-            let filter = SearchFilter::excluding(request.exclude.iter().copied().collect());
+            let filter = SearchFilter {
+                exclude: request.exclude.iter().copied().collect(),
+                admit: request.admission.map(Arc::new),
+            };
             let queries: Vec<&[f32]> = request.queries.iter().map(Vec::as_slice).collect();
             let per_shard: Vec<_> = replicas
                 .par_iter()
@@ -370,6 +373,34 @@ impl WorkerNode {
                 source: item.source.map(|s| s.to_string()),
                 vector,
             }))
+        })
+        .await
+    }
+
+    /// Largest scan page served, whatever the caller asks.
+    pub const MAX_SCAN_PAGE: u32 = 4_096;
+
+    pub async fn scan(self, request: ScanRequest) -> RpcResult<ScanReply> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        let limit = request.limit.clamp(1, Self::MAX_SCAN_PAGE) as usize;
+        blocking(move || {
+            let (items, next) = replica
+                .shard
+                .scan_page(request.after, limit)
+                .map_err(internal)?;
+            Ok(ScanReply {
+                items: items
+                    .into_iter()
+                    .map(|i| ItemReply {
+                        id: i.id,
+                        label: i.label.to_string(),
+                        weight: i.weight,
+                        source: i.source.map(|s| s.to_string()),
+                        vector: Some(i.vector),
+                    })
+                    .collect(),
+                next,
+            })
         })
         .await
     }

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use std::future::Future;
 
 use crate::node::WorkerNode;
 use crate::rpc_client::BINCODE;
-use crate::wire::{RpcResult, path};
+use crate::wire::{MAX_INTERNAL_BODY, RpcResult, path};
 
 pub fn router(node: WorkerNode) -> Router {
     Router::new()
@@ -40,9 +40,13 @@ pub fn router(node: WorkerNode) -> Router {
             path::COMPACT,
             post(|s, b| handle(s, b, WorkerNode::compact)),
         )
+        .route(path::SCAN, post(|s, b| handle(s, b, WorkerNode::scan)))
         .route(path::HOST, post(|s, b| handle(s, b, WorkerNode::host_now)))
         .route(path::DROP, post(|s, b| handle(s, b, WorkerNode::drop_now)))
         .route("/healthz", get(|| async { "ok" }))
+        // Writes, replication and transfers carry vectors: axum's 2 MiB
+        // default would refuse a batch of high-dimensional items.
+        .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .with_state(node)
 }
 

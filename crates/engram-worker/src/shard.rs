@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use engram_core::config::IndexParams;
 use engram_core::topk::merge_sorted;
-use engram_core::{Metric, Neighbor, ScoredId};
+use engram_core::{Admission, Metric, Neighbor, ScoredId};
 use engram_index::{
     GrowingSegment, MutableSegmentIndex, SealedSegment, SearchTuning, SegmentIndex,
 };
@@ -93,15 +93,13 @@ impl ShardState {
     }
 }
 
-/// Decides whether the memory's item may vote: `(id, stored label, source)`.
-pub type Admit = Arc<dyn Fn(u64, &str, Option<&str>) -> bool + Send + Sync>;
-
 /// Which items a search may return; applied inside the index search, so
 /// `k` admitted items come back however many are filtered out.
 #[derive(Default, Clone)]
 pub struct SearchFilter {
     pub exclude: HashSet<u64>,
-    pub admit: Option<Admit>,
+    /// Who may vote (curators' blocks); `None` admits everyone.
+    pub admit: Option<Arc<Admission>>,
 }
 
 impl SearchFilter {
@@ -113,21 +111,7 @@ impl SearchFilter {
     }
 }
 
-/// Where a shard's deleted items were physically, and the log position of
-/// the delete: what an unlearning receipt records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardDeletion {
-    pub shard: u32,
-    pub ids: Vec<u64>,
-    /// The WAL generation and byte offset just after the delete record.
-    pub wal_generation: u64,
-    pub wal_offset: u64,
-    /// Some deleted item was written since the last seal, so its vector is
-    /// in this WAL generation.
-    pub vectors_in_wal: bool,
-    /// Sealed segments holding a row of some deleted item.
-    pub segments: Vec<String>,
-}
+pub use engram_core::ShardDeletion;
 
 /// Where deleted items may still be physically present in one shard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -368,6 +352,37 @@ impl Shard {
         Ok(())
     }
 
+    /// One page of live items with their vectors: the `limit` smallest ids
+    /// above `after`, and the cursor of the next page (`None` after the
+    /// last). Items written or deleted between pages may be missed or
+    /// included; each id is returned at most once over a whole scan.
+    pub fn scan_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<ScannedItem>, Option<u64>)> {
+        let ids = self.state.read().items.ids_after(after, limit);
+        let next = if ids.len() == limit {
+            ids.last().copied()
+        } else {
+            None
+        };
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (Some(item), Some(vector)) = (self.get(id), self.get_vector(id)?) else {
+                continue; // deleted meanwhile
+            };
+            items.push(ScannedItem {
+                id,
+                label: item.label,
+                weight: item.weight,
+                source: item.source,
+                vector,
+            });
+        }
+        Ok((items, next))
+    }
+
     fn scan_rows(
         &self,
         (ids, vectors): (Vec<u64>, Vec<f32>),
@@ -550,7 +565,7 @@ impl Shard {
                 && filter.admit.as_ref().is_none_or(|admit| {
                     items
                         .get(id)
-                        .is_some_and(|r| admit(id, items.label_of(r), r.source.as_deref()))
+                        .is_some_and(|r| admit.admits(id, items.label_of(r), r.source.as_deref()))
                 })
         };
         let mut failed = vec![false; state.sealed.len()];

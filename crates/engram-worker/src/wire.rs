@@ -2,7 +2,7 @@
 //! by the worker's server and the coordinator's client.
 
 use engram_core::placement::{ShardPlacement, WorkerId};
-use engram_core::{CollectionSpec, Neighbor};
+use engram_core::{Admission, CollectionSpec, Neighbor};
 use engram_store::WalOp;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,7 @@ pub mod path {
     pub const CATCH_UP: &str = "/internal/v1/catch_up";
     pub const INSTALL: &str = "/internal/v1/install";
     pub const COMPACT: &str = "/internal/v1/compact";
+    pub const SCAN: &str = "/internal/v1/scan";
     pub const HOST: &str = "/internal/v1/host";
     pub const DROP: &str = "/internal/v1/drop";
 }
@@ -71,6 +72,8 @@ pub struct SearchRequest {
     pub k: usize,
     pub exclude: Vec<u64>,
     pub list_size: Option<u32>,
+    /// Curators' blocks, applied inside each shard's index search.
+    pub admission: Option<Admission>,
 }
 
 /// `Neighbor` without its JSON-only serde attributes: bincode needs every
@@ -131,6 +134,27 @@ pub struct ItemReply {
     pub weight: f32,
     pub source: Option<String>,
     pub vector: Option<Vec<f32>>,
+}
+
+/// Largest internal request body (replication and transfer chunks carry
+/// vectors; the public API enforces its own, smaller limit first).
+pub const MAX_INTERNAL_BODY: usize = 1 << 30;
+
+/// One page of a shard's live items with their vectors (a pruning job
+/// reads the whole collection this way).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub after: Option<u64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanReply {
+    pub items: Vec<ItemReply>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use engram_core::CollectionSpec;
 use engram_core::placement::WorkerId;
 use engram_core::shard::shard_of;
 use engram_core::topk::merge_per_query;
+use engram_core::{Admission, CollectionSpec};
 use engram_index::SearchTuning;
 use engram_store::WalOp;
 use engram_worker::rpc_client::{CallError, call};
@@ -34,6 +34,9 @@ pub struct RemoteCollection {
 
 /// Queries per worker search request (see `search_batch`).
 const QUERIES_PER_REQUEST: usize = 16;
+
+/// Items per scan page.
+const SCAN_PAGE: u32 = 2_048;
 
 /// Pause between write attempts while the shard map settles.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -237,6 +240,7 @@ impl RemoteCollection {
         queries: &[&[f32]],
         k: usize,
         exclude: &[u64],
+        admission: Option<&Admission>,
         tuning: SearchTuning,
     ) -> SearchResults {
         let queries: Vec<Vec<f32>> = queries.iter().map(|q| q.to_vec()).collect();
@@ -251,6 +255,7 @@ impl RemoteCollection {
                         k,
                         exclude: exclude.to_vec(),
                         list_size: tuning.list_size,
+                        admission: admission.cloned(),
                     }),
                 );
         let (answers, unserved) = match outcome {
@@ -408,10 +413,50 @@ impl ShardedCollection for RemoteCollection {
         })
     }
 
-    fn scan(&self, _f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
-        Err(WorkerError::Unsupported(
-            "scanning a collection (pruning jobs) is not available in cluster mode yet".into(),
-        ))
+    /// Pages through each shard in id order on one in-sync replica per
+    /// page (another one when a replica fails), holding no lock between
+    /// pages. A shard no replica can serve fails the scan.
+    fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
+        for shard in self.all_shards() {
+            let mut after = None;
+            loop {
+                let (answers, unserved) =
+                    self.runtime
+                        .block_on(self.fan_out(vec![shard], path::SCAN, |_| ScanRequest {
+                            collection: self.spec.name.clone(),
+                            shard,
+                            after,
+                            limit: SCAN_PAGE,
+                        }))?;
+                let Some((_, page)) = answers.into_iter().next() else {
+                    return Err(WorkerError::Unavailable(format!(
+                        "no replica of shard {shard} answered a scan ({unserved:?})"
+                    )));
+                };
+                let page: ScanReply = page;
+                let items: Vec<ScannedItem> = page
+                    .items
+                    .into_iter()
+                    .filter_map(|i| {
+                        Some(ScannedItem {
+                            id: i.id,
+                            label: i.label.into(),
+                            weight: i.weight,
+                            source: i.source.map(Into::into),
+                            vector: i.vector?,
+                        })
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    f(items)?;
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     fn search_batch(
@@ -421,15 +466,13 @@ impl ShardedCollection for RemoteCollection {
         filter: &SearchFilter,
         tuning: SearchTuning,
     ) -> SearchResults {
-        // Blocks (curation) are not sent to workers: cluster mode refuses
-        // interventions, so none are set here.
-        debug_assert!(filter.admit.is_none());
         let exclude: Vec<u64> = filter.exclude.iter().copied().collect();
+        let admission = filter.admit.as_deref().cloned();
         let mut results = SearchResults::default();
         // Large batches go out in slices, so that each worker request's
         // deadline covers a bounded amount of work.
         for slice in queries.chunks(QUERIES_PER_REQUEST) {
-            let part = self.search_slice(slice, k, &exclude, tuning);
+            let part = self.search_slice(slice, k, &exclude, admission.as_ref(), tuning);
             results.lists.extend(part.lists);
             results.incomplete_shards.extend(part.incomplete_shards);
         }

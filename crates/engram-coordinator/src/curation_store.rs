@@ -1,0 +1,160 @@
+//! Where a collection's curation lives: the embedded node's checksummed
+//! files ([`MetaStore`]) or the cluster's Raft state machine. The service
+//! reads and changes it through this one interface.
+//!
+//! Reads are in-memory snapshots either way (`Arc`s), so a decision never
+//! waits for a curator. A Raft change returns once this coordinator has
+//! applied it, so the caller's next request here sees it; other
+//! coordinators see it as soon as they apply the entry.
+
+use std::sync::Arc;
+
+use engram_core::ShardDeletion;
+use engram_core::{AuditEntry, Curation, Intervention, PruningWeights, Receipt, Selector};
+use engram_meta::{Command, CommandResult, MetaError, MetaNode, Shared};
+
+use crate::error::{ApiError, Result};
+use crate::meta::{MetaStore, now};
+use crate::service::blocking;
+
+pub(crate) enum CurationStore {
+    Local(MetaStore),
+    Raft(MetaNode),
+}
+
+impl CurationStore {
+    pub(crate) fn curation(&self, collection: &str) -> Result<Arc<Curation>> {
+        match self {
+            CurationStore::Local(store) => Ok(store.get(collection)?.curation()),
+            CurationStore::Raft(node) => Ok(raft_curation(node, collection)?.curation.arc()),
+        }
+    }
+
+    pub(crate) fn pruning(&self, collection: &str) -> Result<Option<Arc<PruningWeights>>> {
+        match self {
+            CurationStore::Local(store) => Ok(store.get(collection)?.pruning()),
+            CurationStore::Raft(node) => {
+                Ok(raft_curation(node, collection)?.pruning.map(|p| p.arc()))
+            }
+        }
+    }
+
+    pub(crate) async fn intervene(
+        &self,
+        collection: &str,
+        intervention: Intervention,
+        reason: String,
+    ) -> Result<AuditEntry> {
+        match self {
+            CurationStore::Local(store) => {
+                let meta = store.get(collection)?;
+                blocking(move || meta.intervene(intervention, &reason)).await
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::Intervene {
+                    collection: collection.to_string(),
+                    intervention: Shared::new(intervention),
+                    reason,
+                    at: now(),
+                };
+                match write(node, command).await? {
+                    CommandResult::Audit(entry) => Ok((*entry).clone()),
+                    other => Err(unexpected(other)),
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn set_pruning(
+        &self,
+        collection: &str,
+        weights: Option<PruningWeights>,
+    ) -> Result<()> {
+        match self {
+            CurationStore::Local(store) => {
+                let meta = store.get(collection)?;
+                blocking(move || meta.set_pruning(weights)).await
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::SetPruning {
+                    collection: collection.to_string(),
+                    weights: weights.map(Shared::new),
+                };
+                write(node, command).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Records an unlearning request whose deletes are durable.
+    pub(crate) async fn record_deletion(
+        &self,
+        collection: &str,
+        selector: Selector,
+        log: Vec<ShardDeletion>,
+    ) -> Result<Receipt> {
+        match self {
+            CurationStore::Local(store) => {
+                let meta = store.get(collection)?;
+                blocking(move || meta.record_deletion(selector, log)).await
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::RecordDeletion {
+                    collection: collection.to_string(),
+                    selector: Shared::new(selector),
+                    log,
+                    at: now(),
+                };
+                match write(node, command).await? {
+                    CommandResult::Receipt(receipt) => Ok((*receipt).clone()),
+                    other => Err(unexpected(other)),
+                }
+            }
+        }
+    }
+
+    /// Removes the embedded node's files of `collection` (in a cluster its
+    /// curation goes with the collection's Raft entry).
+    pub(crate) fn remove_local(&self, collection: &str) -> Result<()> {
+        match self {
+            CurationStore::Local(store) => store.remove(collection),
+            CurationStore::Raft(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn receipt(&self, collection: &str, id: u64) -> Result<Option<Receipt>> {
+        match self {
+            CurationStore::Local(store) => store.get(collection)?.receipt(id),
+            CurationStore::Raft(node) => Ok(raft_curation(node, collection)?
+                .receipts
+                .get(&id)
+                .map(|r| (**r).clone())),
+        }
+    }
+}
+
+fn raft_curation(node: &MetaNode, collection: &str) -> Result<engram_meta::CollectionCuration> {
+    node.state()
+        .collections
+        .get(collection)
+        .map(|c| c.curation.clone())
+        .ok_or_else(|| ApiError::not_found(format!("collection `{collection}` does not exist")))
+}
+
+async fn write(node: &MetaNode, command: Command) -> Result<CommandResult> {
+    match node.write(command).await {
+        Ok(result) => Ok(result),
+        // The state machine applies the same rules as the embedded node;
+        // what it refuses is the caller's mistake (or a dropped collection).
+        Err(MetaError::Refused(reason)) if reason.contains("does not exist") => {
+            Err(ApiError::not_found(reason))
+        }
+        Err(MetaError::Refused(reason)) => Err(ApiError::invalid(reason)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unexpected(result: CommandResult) -> ApiError {
+    ApiError::internal(format!(
+        "unexpected answer from the state machine: {result:?}"
+    ))
+}
