@@ -761,6 +761,9 @@ fn curation_lives_in_raft_on_every_coordinator() {
     });
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["report"]["items_scored"], 63, "{job}");
+    // Jobs are in the Raft state too: another coordinator shows it.
+    let job_path = format!("/v1/collections/m/jobs/{}", job["id"]);
+    cluster.eventually(2, &job_path, |j| j["state"] == "succeeded");
     let pruning = cluster.eventually(1, "/v1/collections/m/pruning", |p| {
         p["weighted_items"].as_u64().is_some_and(|n| n > 0)
     });
@@ -791,6 +794,41 @@ fn curation_lives_in_raft_on_every_coordinator() {
         "{unlearning}"
     );
     assert!(unlearning["stale_pruning_weights"].as_u64().unwrap() > 0);
+
+    // A job started on one coordinator is cancelled through another.
+    let (status, body) = cluster.at(
+        0,
+        "POST",
+        "/v1/collections",
+        Some(&json!({"name": "big", "dim": 2, "metric": "l2", "shards": 4, "replication": 1})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let items: Vec<Value> = (0..4_000u64)
+        .map(|i| json!({ "id": i, "label": format!("c{}", i % 7), "vector": [(i % 67) as f32, (i / 67) as f32] }))
+        .collect();
+    for chunk in items.chunks(2_000) {
+        let (status, body) = cluster.at(
+            0,
+            "POST",
+            "/v1/collections/big/items",
+            Some(&json!({ "items": chunk })),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, job) = cluster.at(
+        0,
+        "POST",
+        "/v1/collections/big/jobs",
+        Some(&json!({ "kind": "prune", "mode": "dry_run", "k": 5 })),
+    );
+    assert_eq!(status, 202, "{job}");
+    let big_job = format!("/v1/collections/big/jobs/{}", job["id"]);
+    cluster.eventually(1, &big_job, |j| j["state"] == "running");
+    let (status, body) = cluster.at(1, "POST", &format!("{big_job}/cancel"), Some(&json!({})));
+    assert_eq!(status, 200, "{body}");
+    let ended = cluster.eventually(0, &big_job, |j| j["state"] != "running");
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    cluster.eventually(2, &big_job, |j| j["state"] == "cancelled");
 
     // Kill -9 the Raft leader and bring it back: it recovers the curation
     // from its own log and snapshot files.

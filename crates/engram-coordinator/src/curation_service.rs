@@ -10,16 +10,18 @@ use engram_worker::{SearchFilter, ShardedCollection};
 
 use crate::backend::Collection;
 
+use crate::cluster::jobs as cluster_jobs;
 use crate::dto::InterventionRequest;
 use crate::dto::{
     CurationView, JobList, JobRequest, LogPosition, PresentIn, PruningSummary, SegmentRef,
     UnlearningStatus,
 };
 use crate::error::{ApiError, ErrorCode, Result};
-use crate::jobs::{Job, JobStatus};
+use crate::jobs::{Job, JobState, JobStatus};
 use crate::meta::now;
 use crate::service::{Engram, MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
 use engram_core::Selector;
+use std::sync::Arc;
 
 /// Queries per search batch while pruning.
 const PRUNE_BATCH: usize = 256;
@@ -166,7 +168,7 @@ impl Engram {
         let hosted = self.hosted_collection(collection)?;
         match request.kind.as_str() {
             "prune" => {}
-            "ingest" => return self.ingest_request(hosted, request),
+            "ingest" => return self.ingest_request(hosted, request).await,
             other => {
                 return Err(ApiError::invalid(format!(
                     "unknown job kind `{other}`; known: prune, ingest"
@@ -203,7 +205,7 @@ impl Engram {
         if threshold == 0 {
             return Err(ApiError::invalid("threshold must be at least 1"));
         }
-        if self.inner.jobs.running(collection, "prune") {
+        if self.running_anywhere(collection, "prune") {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
                 format!("a prune job is already running on `{collection}`"),
@@ -214,7 +216,7 @@ impl Engram {
             "k": k,
             "threshold": threshold,
         });
-        let job = self.inner.jobs.start(collection, "prune", params);
+        let job = self.new_job(collection, "prune", params).await?;
         let this = self.clone();
         let running = job.clone();
         let name = collection.to_string();
@@ -228,7 +230,7 @@ impl Engram {
         Ok(job.status())
     }
 
-    fn ingest_request(&self, hosted: Collection, request: JobRequest) -> Result<JobStatus> {
+    async fn ingest_request(&self, hosted: Collection, request: JobRequest) -> Result<JobStatus> {
         if request.mode.is_some() || request.k.is_some() || request.threshold.is_some() {
             return Err(ApiError::invalid(
                 "mode, k and threshold belong to prune jobs",
@@ -255,33 +257,88 @@ impl Engram {
             max_reject_share,
             batch_rows,
         )
+        .await
     }
 
+    /// A new running job: numbered locally on the embedded node, through
+    /// Raft in a cluster (and then published there while it runs).
+    pub(crate) async fn new_job(
+        &self,
+        collection: &str,
+        kind: &str,
+        params: serde_json::Value,
+    ) -> Result<Arc<Job>> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(self.inner.jobs.start(collection, kind, params));
+        };
+        let meta = cluster.meta().clone();
+        let id = cluster_jobs::register(&meta, collection, kind, &params).await?;
+        let job = self
+            .inner
+            .jobs
+            .restore(id, collection, kind, params, &now());
+        cluster_jobs::spawn_publisher(meta, self.inner.jobs.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// Whether a job of `kind` runs on `collection` here or (as last
+    /// published) on another coordinator.
+    fn running_anywhere(&self, collection: &str, kind: &str) -> bool {
+        self.inner.jobs.running(collection, kind)
+            || self.cluster().is_some_and(|c| {
+                cluster_jobs::recorded_all(c.meta(), collection)
+                    .iter()
+                    .any(|j| j.kind == kind && j.state == JobState::Running)
+            })
+    }
+
+    /// A job's status: live if this node runs it, else as its owner last
+    /// published it.
     pub fn job(&self, collection: &str, id: u64) -> Result<JobStatus> {
         self.hosted_collection(collection)?;
         self.inner
             .jobs
             .get(collection, id)
             .map(|j| j.status())
+            .or_else(|| {
+                self.cluster()
+                    .and_then(|c| cluster_jobs::recorded(c.meta(), collection, id))
+            })
             .ok_or_else(|| ApiError::not_found(format!("no job {id} on `{collection}`")))
     }
 
     pub fn jobs(&self, collection: &str) -> Result<JobList> {
         self.hosted_collection(collection)?;
+        let mut jobs: BTreeMap<u64, JobStatus> = BTreeMap::new();
+        if let Some(cluster) = self.cluster() {
+            for job in cluster_jobs::recorded_all(cluster.meta(), collection) {
+                jobs.insert(job.id, job);
+            }
+        }
+        for job in self.inner.jobs.list(collection) {
+            jobs.insert(job.id, job);
+        }
         Ok(JobList {
-            jobs: self.inner.jobs.list(collection),
+            jobs: jobs.into_values().collect(),
         })
     }
 
-    pub fn cancel_job(&self, collection: &str, id: u64) -> Result<JobStatus> {
+    pub async fn cancel_job(&self, collection: &str, id: u64) -> Result<JobStatus> {
         self.hosted_collection(collection)?;
-        let job = self
-            .inner
-            .jobs
-            .get(collection, id)
+        if let Some(job) = self.inner.jobs.get(collection, id) {
+            self.inner.jobs.cancel(&job);
+            return Ok(job.status());
+        }
+        let cluster = self.cluster();
+        let recorded = cluster
+            .and_then(|c| cluster_jobs::recorded(c.meta(), collection, id))
             .ok_or_else(|| ApiError::not_found(format!("no job {id} on `{collection}`")))?;
-        self.inner.jobs.cancel(&job);
-        Ok(job.status())
+        if let Some(cluster) = cluster
+            && recorded.state == JobState::Running
+        {
+            cluster_jobs::request_cancel(cluster.meta(), id).await?;
+        }
+        Ok(recorded)
     }
 
     fn hosted_collection(&self, name: &str) -> Result<Collection> {

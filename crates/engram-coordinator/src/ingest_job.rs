@@ -403,7 +403,7 @@ fn merge_rejects(dir: &Path) -> Result<Option<PathBuf>> {
 
 impl Engram {
     /// Starts an ingestion job (see the module doc).
-    pub(crate) fn start_ingest(
+    pub(crate) async fn start_ingest(
         &self,
         hosted: Collection,
         uri: String,
@@ -421,7 +421,7 @@ impl Engram {
             "max_reject_share": max_reject_share,
             "batch_rows": batch_rows,
         });
-        let job = self.inner.jobs.start(&collection, "ingest", params);
+        let job = self.new_job(&collection, "ingest", params).await?;
         let spec = IngestSpec {
             id: job.id(),
             collection,
@@ -434,6 +434,22 @@ impl Engram {
         create(&self.data_dir(), &spec)?;
         tokio::spawn(run(self.clone(), hosted, job.clone(), spec));
         Ok(job.status())
+    }
+
+    /// The collection, once this node knows it: at once on the embedded
+    /// node; a restarted coordinator may need a moment to apply the Raft
+    /// log that holds it.
+    async fn wait_for_collection(&self, name: &str) -> Option<Collection> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.hosted(name) {
+                Ok(hosted) => return Some(hosted),
+                Err(_) if self.cluster().is_some() && Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Resumes the ingest jobs a previous process left running, and lists
@@ -463,13 +479,22 @@ impl Engram {
                 });
                 continue;
             }
-            match self.hosted(&spec.collection) {
-                Ok(hosted) => {
-                    tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");
-                    tokio::spawn(run(self.clone(), hosted, job, spec));
+            let this = self.clone();
+            tokio::spawn(async move {
+                let Some(hosted) = this.wait_for_collection(&spec.collection).await else {
+                    job.finish(Err("its collection no longer exists".into()));
+                    return;
+                };
+                if let Some(cluster) = this.cluster() {
+                    crate::cluster::jobs::spawn_publisher(
+                        cluster.meta().clone(),
+                        this.inner.jobs.clone(),
+                        job.clone(),
+                    );
                 }
-                Err(_) => job.finish(Err("its collection no longer exists".into())),
-            }
+                tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");
+                run(this, hosted, job, spec).await;
+            });
         }
         Ok(())
     }

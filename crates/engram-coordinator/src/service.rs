@@ -52,7 +52,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Interventions, pruning weights and receipts per collection.
     pub(crate) meta: CurationStore,
-    pub(crate) jobs: Jobs,
+    pub(crate) jobs: Arc<Jobs>,
     /// Held for the life of the process: one node per data directory.
     _data_dir_lock: std::fs::File,
 }
@@ -95,7 +95,7 @@ impl Engram {
                 embedders,
                 metrics: Metrics::new(),
                 meta: CurationStore::Local(MetaStore::new(&data_dir)),
-                jobs: Jobs::default(),
+                jobs: Arc::new(Jobs::default()),
                 _data_dir_lock: lock,
             }),
         })
@@ -117,7 +117,7 @@ impl Engram {
                 embedders,
                 metrics: Metrics::new(),
                 meta,
-                jobs: Jobs::default(),
+                jobs: Arc::new(Jobs::default()),
                 _data_dir_lock: lock,
             }),
         })

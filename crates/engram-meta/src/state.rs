@@ -7,7 +7,7 @@ use engram_core::placement::{self, ShardPlacement, WorkerId};
 use engram_core::{CollectionSpec, Curation, PruningWeights, Receipt};
 
 use crate::shared::Shared;
-use crate::types::{Command, CommandResult};
+use crate::types::{Command, CommandResult, NodeId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
@@ -35,12 +35,28 @@ pub struct CollectionCuration {
     pub receipts: BTreeMap<u64, Shared<Receipt>>,
 }
 
+/// A long-running job (ingestion, pruning) as every coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: u64,
+    pub collection: String,
+    pub kind: String,
+    /// The coordinator that runs it (and resumes it after a restart).
+    pub owner: NodeId,
+    /// Some coordinator asked it to stop; its owner stops it.
+    pub cancel_requested: bool,
+    /// The job's status as the API shows it (opaque here), as its owner
+    /// last published it.
+    pub status: Shared<serde_json::Value>,
+}
+
 /// Everything Raft replicates: members, collections, shard maps and each
 /// collection's curation. Vectors never pass through it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub workers: BTreeMap<WorkerId, WorkerInfo>,
     pub collections: BTreeMap<String, CollectionMeta>,
+    pub jobs: BTreeMap<u64, JobRecord>,
 }
 
 impl ClusterState {
@@ -99,8 +115,58 @@ impl ClusterState {
                 }
             }
             Command::DropCollection { name } => match self.collections.remove(name) {
-                Some(_) => CommandResult::Done,
+                Some(_) => {
+                    self.jobs.retain(|_, j| j.collection != *name);
+                    CommandResult::Done
+                }
                 None => CommandResult::Refused(format!("collection `{name}` does not exist")),
+            },
+            Command::CreateJob {
+                collection,
+                kind,
+                owner,
+                status,
+            } => {
+                if !self.collections.contains_key(collection) {
+                    return CommandResult::Refused(format!(
+                        "collection `{collection}` does not exist"
+                    ));
+                }
+                let id = self.jobs.keys().next_back().map_or(1, |n| n + 1);
+                let mut status = (**status).clone();
+                if let Some(object) = status.as_object_mut() {
+                    object.insert("id".into(), id.into());
+                }
+                self.jobs.insert(
+                    id,
+                    JobRecord {
+                        id,
+                        collection: collection.clone(),
+                        kind: kind.clone(),
+                        owner: *owner,
+                        cancel_requested: false,
+                        status: Shared::new(status),
+                    },
+                );
+                CommandResult::Job(id)
+            }
+            Command::UpdateJob { id, owner, status } => match self.jobs.get_mut(id) {
+                Some(job) if job.owner == *owner => {
+                    job.status = status.clone();
+                    CommandResult::Done
+                }
+                Some(job) => CommandResult::Refused(format!(
+                    "job {id} is run by coordinator {}, not {owner}",
+                    job.owner
+                )),
+                None => CommandResult::Refused(format!("job {id} does not exist")),
+            },
+            Command::CancelJob { id } => match self.jobs.get_mut(id) {
+                Some(job) => {
+                    job.cancel_requested = true;
+                    CommandResult::Done
+                }
+                None => CommandResult::Refused(format!("job {id} does not exist")),
             },
             Command::ReplicaOutOfSync {
                 collection,
@@ -360,5 +426,50 @@ mod tests {
             bincode::deserialize::<Command>(&bytes).unwrap(),
             delete(vec![9])
         );
+    }
+
+    #[test]
+    fn jobs_get_cluster_wide_ids_one_writer_and_go_with_their_collection() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::RegisterWorker {
+            id: 1,
+            addr: "127.0.0.1:9001".into(),
+        });
+        state.apply(&Command::CreateCollection { spec: spec("c", 1) });
+        let create = |owner| Command::CreateJob {
+            collection: "c".into(),
+            kind: "ingest".into(),
+            owner,
+            status: Shared::new(serde_json::json!({ "id": 0, "state": "running" })),
+        };
+        assert_eq!(state.apply(&create(1)), CommandResult::Job(1));
+        assert_eq!(state.apply(&create(2)), CommandResult::Job(2));
+        assert_eq!(state.jobs[&2].status["id"], 2);
+        let update = |owner| Command::UpdateJob {
+            id: 1,
+            owner,
+            status: Shared::new(serde_json::json!({ "id": 1, "state": "succeeded" })),
+        };
+        assert!(matches!(state.apply(&update(2)), CommandResult::Refused(_)));
+        assert_eq!(state.apply(&update(1)), CommandResult::Done);
+        assert_eq!(state.jobs[&1].status["state"], "succeeded");
+        assert_eq!(
+            state.apply(&Command::CancelJob { id: 2 }),
+            CommandResult::Done
+        );
+        assert!(state.jobs[&2].cancel_requested);
+        let bytes = bincode::serialize(&state).unwrap();
+        assert_eq!(bincode::deserialize::<ClusterState>(&bytes).unwrap(), state);
+        state.apply(&Command::DropCollection { name: "c".into() });
+        assert!(state.jobs.is_empty());
+        assert!(matches!(
+            state.apply(&Command::CreateJob {
+                collection: "c".into(),
+                kind: "ingest".into(),
+                owner: 1,
+                status: Shared::new(serde_json::json!({})),
+            }),
+            CommandResult::Refused(_)
+        ));
     }
 }

@@ -90,6 +90,25 @@ pub enum Command {
         log: Vec<ShardDeletion>,
         at: String,
     },
+    /// Registers a job run by coordinator `owner`; the state machine picks
+    /// its id (unique in the cluster) and writes it into `status.id`.
+    CreateJob {
+        collection: String,
+        kind: String,
+        owner: NodeId,
+        status: Shared<serde_json::Value>,
+    },
+    /// The owner publishes the job's progress or outcome (anyone else is
+    /// refused: a job has one writer).
+    UpdateJob {
+        id: u64,
+        owner: NodeId,
+        status: Shared<serde_json::Value>,
+    },
+    /// Asks the job's owner to stop it.
+    CancelJob {
+        id: u64,
+    },
 }
 
 /// The outcome of applying a [`Command`].
@@ -102,6 +121,8 @@ pub enum CommandResult {
     Audit(Shared<AuditEntry>),
     /// The receipt of a recorded deletion.
     Receipt(Shared<Receipt>),
+    /// The id of a created job.
+    Job(u64),
     /// Not applied: the reason, for the caller (e.g. a stale epoch).
     Refused(String),
 }

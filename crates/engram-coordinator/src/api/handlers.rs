@@ -223,7 +223,7 @@ pub async fn cancel_job(
     Path((collection, job)): Path<(String, String)>,
 ) -> Result<Json<crate::jobs::JobStatus>> {
     let job = parse_number("job id", &job)?;
-    Ok(Json(engram.cancel_job(&collection, job)?))
+    Ok(Json(engram.cancel_job(&collection, job).await?))
 }
 
 /// The decision page (see docs/api.md, "The decision page").

@@ -2,6 +2,7 @@
 //! knows of worker health (heartbeats), the leader's failure detector, and
 //! collections served by remote workers ([`remote::RemoteCollection`]).
 
+pub(crate) mod jobs;
 pub mod remote;
 pub mod routing;
 
