@@ -815,6 +815,44 @@ fn curation_lives_in_raft_on_every_coordinator() {
         );
         assert_eq!(status, 200, "{body}");
     }
+    // Each copy's sealed segments (seal threshold 400) reach the Raft
+    // state: every shard's primary reports files with sizes and CRC32s.
+    let status = cluster.eventually(2, "/v1/cluster", |s| {
+        s["collections"].as_array().unwrap().iter().any(|c| {
+            c["name"] == "big"
+                && c["shards"].as_array().unwrap().iter().all(|shard| {
+                    let primary = shard["primary"].to_string();
+                    shard["segments"][&primary]
+                        .as_array()
+                        .is_some_and(|segments| !segments.is_empty())
+                })
+        })
+    });
+    let big = status["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "big")
+        .unwrap();
+    let mut sealed_rows = 0;
+    for shard in big["shards"].as_array().unwrap() {
+        for segment in shard["segments"][&shard["primary"].to_string()]
+            .as_array()
+            .unwrap()
+        {
+            sealed_rows += segment["rows"].as_u64().unwrap();
+            assert_eq!(segment["deleted"], 0, "{segment}");
+            assert!(
+                segment["files"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|f| f["bytes"].as_u64().unwrap() > 0),
+                "{segment}"
+            );
+        }
+    }
+    assert!(sealed_rows > 0 && sealed_rows <= 4_000, "{sealed_rows}");
     let (status, job) = cluster.at(
         0,
         "POST",

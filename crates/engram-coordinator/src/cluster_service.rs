@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use engram_core::placement::ShardPlacement;
-use engram_meta::MembershipChange;
+use engram_meta::{MembershipChange, SegmentRecord};
+use std::collections::BTreeMap;
 
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::service::Engram;
@@ -40,7 +41,16 @@ pub struct WorkerStatus {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ShardMap {
     pub name: String,
-    pub shards: Vec<ShardPlacement>,
+    pub shards: Vec<ShardView>,
+}
+
+/// A shard's placement and, per hosting worker, the sealed segments of
+/// its copy (as the worker last reported them).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardView {
+    #[serde(flatten)]
+    pub placement: ShardPlacement,
+    pub segments: BTreeMap<u64, Vec<SegmentRecord>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,7 +101,15 @@ impl Engram {
                 .values()
                 .map(|c| ShardMap {
                     name: c.spec.name.clone(),
-                    shards: c.shards.clone(),
+                    shards: c
+                        .shards
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| ShardView {
+                            placement: p.clone(),
+                            segments: c.segments.get(&(i as u32)).cloned().unwrap_or_default(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         }

@@ -21,6 +21,9 @@ pub use error::{MetaError, Result};
 pub use log_store::LogStore;
 pub use node::{MembershipChange, MetaNode, RaftTiming, WriteOutcome};
 pub use shared::Shared;
-pub use state::{ClusterState, CollectionCuration, CollectionMeta, JobRecord, WorkerInfo};
+pub use state::{
+    ClusterState, CollectionCuration, CollectionMeta, JobRecord, SegmentFile, SegmentRecord,
+    WorkerInfo,
+};
 pub use state_machine::StateMachineStore;
 pub use types::{Command, CommandResult, NodeId, Raft, TypeConfig};

@@ -24,6 +24,27 @@ pub struct CollectionMeta {
     /// Indexed by virtual shard.
     pub shards: Vec<ShardPlacement>,
     pub curation: CollectionCuration,
+    /// Per shard, per hosting worker: the sealed segments of that copy as
+    /// the worker last reported them (each copy seals and compacts its
+    /// own files).
+    pub segments: BTreeMap<u32, BTreeMap<WorkerId, Vec<SegmentRecord>>>,
+}
+
+/// One sealed segment of one shard copy: its manifest's files with their
+/// sizes and CRC32s, and how many of its rows are deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub name: String,
+    pub rows: u64,
+    pub deleted: u64,
+    pub files: Vec<SegmentFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentFile {
+    pub name: String,
+    pub bytes: u64,
+    pub crc32: u32,
 }
 
 /// What curators changed about how a collection votes, and its unlearning
@@ -107,6 +128,7 @@ impl ClusterState {
                                 spec: spec.clone(),
                                 shards,
                                 curation: CollectionCuration::default(),
+                                segments: BTreeMap::new(),
                             },
                         );
                         CommandResult::Done
@@ -121,6 +143,28 @@ impl ClusterState {
                 }
                 None => CommandResult::Refused(format!("collection `{name}` does not exist")),
             },
+            Command::ReportSegments {
+                collection,
+                shard,
+                worker,
+                segments,
+            } => {
+                let Some(meta) = self.collections.get_mut(collection) else {
+                    return CommandResult::Refused(format!(
+                        "collection `{collection}` does not exist"
+                    ));
+                };
+                if *shard >= meta.spec.shards {
+                    return CommandResult::Refused(format!(
+                        "no shard {shard} in collection `{collection}`"
+                    ));
+                }
+                meta.segments
+                    .entry(*shard)
+                    .or_default()
+                    .insert(*worker, segments.clone());
+                CommandResult::Done
+            }
             Command::CreateJob {
                 collection,
                 kind,

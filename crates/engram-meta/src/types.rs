@@ -10,6 +10,7 @@ use engram_core::{
 };
 
 use crate::shared::Shared;
+use crate::state::SegmentRecord;
 
 /// A coordinator's Raft node id.
 pub type NodeId = u64;
@@ -89,6 +90,14 @@ pub enum Command {
         selector: Shared<Selector>,
         log: Vec<ShardDeletion>,
         at: String,
+    },
+    /// A worker reports the sealed segments of its copy of a shard (after
+    /// it sealed or compacted, or deletes changed their counts).
+    ReportSegments {
+        collection: String,
+        shard: u32,
+        worker: WorkerId,
+        segments: Vec<SegmentRecord>,
     },
     /// Registers a job run by coordinator `owner`; the state machine picks
     /// its id (unique in the cluster) and writes it into `status.id`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use engram_meta::ClusterState;
+use engram_meta::{ClusterState, Command, SegmentFile, SegmentRecord};
 
 use crate::node::{WorkerNode, blocking, internal};
 use crate::rpc_client::call;
@@ -15,12 +15,79 @@ use crate::wire::*;
 /// How often a worker heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 
+/// Heartbeats between two segment reports (about 3 s).
+const SEGMENT_REPORT_TICKS: u64 = 10;
+
+/// A shard copy's sealed segments as the Raft state records them.
+fn segment_records(shard: &crate::shard::Shard) -> Vec<SegmentRecord> {
+    shard
+        .sealed()
+        .iter()
+        .map(|segment| SegmentRecord {
+            name: segment.name(),
+            rows: segment.rows() as u64,
+            deleted: segment.deleted_rows() as u64,
+            files: segment
+                .manifest()
+                .files
+                .iter()
+                .map(|f| SegmentFile {
+                    name: f.name.clone(),
+                    bytes: f.bytes,
+                    crc32: f.crc32,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 impl WorkerNode {
     /// Runs the loop forever (spawn it).
     pub async fn run_agent(self) {
+        let mut ticks = 0u64;
         loop {
             self.tick().await;
+            ticks += 1;
+            if ticks.is_multiple_of(SEGMENT_REPORT_TICKS) {
+                self.report_segments().await;
+            }
             tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+    }
+
+    /// Reports each hosted copy's sealed segments to the Raft state where
+    /// they differ from what it holds (after a seal, a compaction, or
+    /// deletes). Comparing with the replicated state, not with the last
+    /// report, makes a lost report harmless: the next round sends it again.
+    async fn report_segments(&self) {
+        let state = self.state();
+        let me = self.inner.id;
+        for replica in self.host().all() {
+            let shard = replica.shard.number();
+            let Some(collection) = state.collections.get(&replica.spec.name) else {
+                continue;
+            };
+            if !collection
+                .shards
+                .get(shard as usize)
+                .is_some_and(|p| p.hosts(me))
+            {
+                continue;
+            }
+            let records = segment_records(&replica.shard);
+            let known = collection.segments.get(&shard).and_then(|m| m.get(&me));
+            if known == Some(&records) || (known.is_none() && records.is_empty()) {
+                continue;
+            }
+            let command = Command::ReportSegments {
+                collection: replica.spec.name.clone(),
+                shard,
+                worker: me,
+                segments: records,
+            };
+            if let Err(e) = self.command(command).await {
+                tracing::warn!(collection = %replica.spec.name, shard, error = %e, "could not report segments; retrying later");
+            }
         }
     }
 

@@ -653,6 +653,11 @@ impl Shard {
     }
 
     /// Number of sealed segments.
+    /// The sealed segments served now, oldest first.
+    pub fn sealed(&self) -> Vec<Arc<SealedSegment>> {
+        self.state.read().sealed.clone()
+    }
+
     pub fn sealed_segments(&self) -> usize {
         self.state.read().sealed.len()
     }

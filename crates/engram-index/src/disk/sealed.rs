@@ -285,6 +285,13 @@ impl SealedSegment {
             .unwrap_or_default()
     }
 
+    /// Rows deleted (their bytes stay until compaction).
+    pub fn deleted_rows(&self) -> usize {
+        self.manifest
+            .rows
+            .saturating_sub(self.live.load(Ordering::Relaxed))
+    }
+
     /// Fraction of rows deleted; compaction is worth it past a threshold.
     pub fn deleted_fraction(&self) -> f64 {
         1.0 - self.live.load(Ordering::Relaxed) as f64 / self.manifest.rows.max(1) as f64
