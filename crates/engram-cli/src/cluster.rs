@@ -85,12 +85,21 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot start the worker: {e}"))?;
     let agent = tokio::spawn(node.clone().run_agent());
+    let compaction = (config.index.compaction_interval_s > 0).then(|| {
+        tokio::spawn(node.clone().run_compaction(
+            std::time::Duration::from_secs(config.index.compaction_interval_s),
+            config.index.compact_deleted_fraction,
+        ))
+    });
     tracing::info!(worker = node.id(), addr = %advertised, "engram worker serving");
     println!("engram worker listening on {bound}");
     axum::serve(listener, engram_worker::server::router(node))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     agent.abort();
+    if let Some(task) = compaction {
+        task.abort();
+    }
     drop(lock);
     tracing::info!("engram worker stopped");
     Ok(())

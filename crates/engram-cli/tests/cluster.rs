@@ -124,6 +124,11 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("compaction_interval_s = 0")
+    }
+
+    /// A cluster whose nodes' `[index]` section also has `index_extra`.
+    fn start_with(index_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         eprintln!("cluster dir {}", dir.path().display());
         let internal: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -137,8 +142,10 @@ impl Cluster {
             "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = 1500\n\
              query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n"
         );
-        let index = "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
-                     pq_bytes = 4\ncompaction_interval_s = 0\n";
+        let index = format!(
+            "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
+             pq_bytes = 4\n{index_extra}\n"
+        );
         let mut coordinators = Vec::new();
         for (i, port) in internal.iter().enumerate() {
             let id = i + 1;
@@ -704,7 +711,9 @@ impl Cluster {
 
 #[test]
 fn curation_lives_in_raft_on_every_coordinator() {
-    let mut cluster = Cluster::start();
+    // Automatic compaction runs on the workers every second here.
+    let mut cluster =
+        Cluster::start_with("compaction_interval_s = 1\ncompact_deleted_fraction = 0.2");
     let (status, body) = cluster.at(
         0,
         "POST",
@@ -867,6 +876,68 @@ fn curation_lives_in_raft_on_every_coordinator() {
     let ended = cluster.eventually(0, &big_job, |j| j["state"] != "running");
     assert_eq!(ended["state"], "cancelled", "{ended}");
     cluster.eventually(2, &big_job, |j| j["state"] == "cancelled");
+
+    // Workers compact their own copies automatically: after deleting 40%
+    // of `big`, every copy reports segments without deleted rows, and the
+    // deleted items are gone from answers while the others remain.
+    let deleted: Vec<u64> = (0..1_600).collect();
+    let (status, body) = cluster.at(
+        2,
+        "POST",
+        "/v1/collections/big/items/delete",
+        Some(&json!({ "ids": deleted })),
+    );
+    assert_eq!(status, 200, "{body}");
+    // (Compaction seals first, so the primaries' segments then hold
+    // exactly the 2,400 live items.)
+    cluster.eventually(1, "/v1/cluster", |s| {
+        let Some(big) = s["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "big")
+        else {
+            return false;
+        };
+        let shards = big["shards"].as_array().unwrap();
+        let clean = shards.iter().all(|shard| {
+            shard["segments"].as_object().unwrap().values().all(|copy| {
+                copy.as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|seg| seg["deleted"] == 0)
+            })
+        });
+        let primary_rows: u64 = shards
+            .iter()
+            .flat_map(|shard| {
+                shard["segments"][&shard["primary"].to_string()]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|seg| seg["rows"].as_u64().unwrap())
+            .sum();
+        clean && primary_rows == 2_400
+    });
+    let (_, info) = cluster.at(0, "GET", "/v1/collections/big", None);
+    assert_eq!(info["items"], 2_400, "{info}");
+    for id in [0u64, 799, 1_599, 1_600, 3_999] {
+        let vector = json!([(id % 67) as f32, (id / 67) as f32]);
+        let (status, found) = cluster.at(
+            1,
+            "POST",
+            "/v1/collections/big/search",
+            Some(&json!({ "vector": vector, "k": 1 })),
+        );
+        assert_eq!(status, 200, "{found}");
+        let nearest = found["neighbors"][0]["id"].as_u64().unwrap();
+        if id < 1_600 {
+            assert!(nearest >= 1_600, "deleted {id} came back: {found}");
+        } else {
+            assert_eq!(nearest, id, "{found}");
+        }
+    }
 
     // Kill -9 the Raft leader and bring it back: it recovers the curation
     // from its own log and snapshot files.

@@ -476,7 +476,7 @@ impl Engram {
     /// hold a sealed segment past `index.compact_deleted_fraction`.
     pub async fn compact_due(&self) -> Result<usize> {
         let threshold = self.inner.config.index.compact_deleted_fraction;
-        // Cluster workers' shards are compacted on request only, so far.
+        // In a cluster, each worker compacts its own copies (its agent).
         let hosted: Vec<_> = self
             .inner
             .backend

@@ -55,6 +55,37 @@ impl WorkerNode {
         }
     }
 
+    /// Automatic compaction of this worker's copies: every `every`, each
+    /// copy whose most-deleted sealed segment passes `threshold` is
+    /// rewritten without its deleted rows (each copy compacts its own
+    /// files; writes to a shard wait for its rebuild, searches continue).
+    /// The new segments reach the Raft state with the next segment report.
+    pub async fn run_compaction(self, every: Duration, threshold: f64) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            for replica in self.host().all() {
+                if replica.shard.max_deleted_fraction() <= threshold {
+                    continue;
+                }
+                let collection = replica.spec.name.clone();
+                let shard = replica.shard.number();
+                let compacted =
+                    blocking(move || replica.compact(threshold).map_err(internal)).await;
+                match compacted {
+                    Ok(rewritten) => {
+                        tracing::info!(%collection, shard, rewritten, "automatic compaction")
+                    }
+                    Err(e) => {
+                        tracing::error!(%collection, shard, error = %e, "automatic compaction failed; retrying next round")
+                    }
+                }
+            }
+        }
+    }
+
     /// Reports each hosted copy's sealed segments to the Raft state where
     /// they differ from what it holds (after a seal, a compaction, or
     /// deletes). Comparing with the replicated state, not with the last

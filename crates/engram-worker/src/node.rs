@@ -446,7 +446,7 @@ impl WorkerNode {
         blocking(move || {
             replicas
                 .iter()
-                .map(|r| r.shard.compact(request.min_deleted_fraction))
+                .map(|r| r.compact(request.min_deleted_fraction))
                 .sum::<crate::Result<usize>>()
                 .map_err(internal)
         })

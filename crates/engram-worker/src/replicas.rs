@@ -24,9 +24,23 @@ pub struct Replica {
     pub order: tokio::sync::Mutex<()>,
     /// The newest placement seen for this shard.
     placement: Mutex<ShardPlacement>,
+    /// Held while the shard's files are rewritten (compaction) or the copy
+    /// is replaced by a transfer; `true` once replaced, after which this
+    /// object's directory belongs to its successor and must not be touched.
+    retired: Mutex<bool>,
 }
 
 impl Replica {
+    /// Compacts this copy unless a transfer replaced it meanwhile (then
+    /// there is nothing to do: the successor starts without tombstones).
+    pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+        let retired = self.retired.lock();
+        if *retired {
+            return Ok(0);
+        }
+        self.shard.compact(min_deleted_fraction)
+    }
+
     pub fn placement(&self) -> ShardPlacement {
         self.placement.lock().clone()
     }
@@ -135,6 +149,7 @@ impl ReplicaHost {
             shard: shard_store,
             order: tokio::sync::Mutex::new(()),
             placement: Mutex::new(placement.clone()),
+            retired: Mutex::new(false),
         }))
     }
 
@@ -148,7 +163,13 @@ impl ReplicaHost {
     ) -> Result<Arc<Replica>> {
         let _opening = self.opening.lock();
         let key = (spec.name.clone(), shard);
-        self.replicas.write().remove(&key);
+        let old = self.replicas.write().remove(&key);
+        // Waits for a compaction of the old copy, then retires it.
+        let _retired = old.as_ref().map(|r| {
+            let mut retired = r.retired.lock();
+            *retired = true;
+            retired
+        });
         let dir = shard_dir(&self.dir, &spec.name, shard);
         if dir.exists() {
             let trash = dir.with_extension(format!("old-{}", std::process::id()));
