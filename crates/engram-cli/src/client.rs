@@ -49,6 +49,29 @@ impl Client {
         Ok((status, value))
     }
 
+    /// One call; a non-2xx answer is an error carrying the server's own
+    /// message (`error.message` of the JSON error body).
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, value) = self
+            .call(method.clone(), path, body)
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        match value["error"]["message"].as_str() {
+            Some(message) => bail!(
+                "{method} {path}: {status} {}: {message}",
+                value["error"]["code"].as_str().unwrap_or("error")
+            ),
+            None => bail!("{method} {path}: {status} {value}"),
+        }
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let (status, value) = self.call(reqwest::Method::POST, path, Some(body))?;
         if !(200..300).contains(&status) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use engram_ingest::idx::{self, IdxImages};
 
-use crate::client::{Client, class_name, png_base64, progress};
+use engram_cli::client::{Client, class_name, png_base64, progress};
 
 const COLLECTION: &str = "fashion-mnist";
 const PIXEL_COLLECTION: &str = "fashion-mnist-pixels";

@@ -22,8 +22,8 @@ use std::time::Instant;
 use engram_core::{Neighbor, VoteParams, VotingRule, decide};
 use engram_ingest::idx::{self, FASHION_MNIST_CLASSES, IdxImages};
 
-use crate::client::{Client, class_name, png_base64, progress};
 use crate::prune::follow_job;
+use engram_cli::client::{Client, class_name, png_base64, progress};
 
 const MAX_K: usize = 100;
 const REPORT_KS: [usize; 6] = [1, 5, 10, 20, 50, 100];
@@ -602,7 +602,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     client.delete_collection(NEW_MEMORY)?;
 
     let results = Results {
-        date: crate::client::today(),
+        date: engram_cli::client::today(),
         memory: args.memory,
         validation: args.validation,
         test: n_test,

@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::client::Client;
 use crate::prune::follow_job;
+use engram_cli::client::Client;
 
 #[derive(clap::Args)]
 pub struct IngestArgs {

@@ -1,7 +1,6 @@
 //! `engram`: serve the embedded node; run the demo, pruning jobs or the
 //! evaluation against one.
 
-mod client;
 mod cluster;
 mod config;
 mod demo;

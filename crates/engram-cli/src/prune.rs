@@ -5,7 +5,7 @@ use anyhow::bail;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use crate::client::{Client, progress};
+use engram_cli::client::{Client, progress};
 
 #[derive(clap::Args)]
 pub struct PruneArgs {

@@ -274,6 +274,24 @@ impl Cluster {
     }
 }
 
+/// Runs `engramctl --server <base> args...`: (exit ok, stdout + stderr).
+fn engramctl(base: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engramctl"))
+        .arg("--server")
+        .arg(base)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// A distinct pseudo-random vector per id (splitmix64 per coordinate).
 fn vector(id: u64) -> Vec<f32> {
     (0..DIM as u64)
@@ -542,12 +560,9 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
             .collect()
     };
     let base = cluster.coordinators[0].base.clone().unwrap();
-    let removed = cluster
-        .http
-        .delete(format!("{base}/v1/cluster/coordinators/3"))
-        .send()
-        .unwrap();
-    assert_eq!(removed.status().as_u16(), 200);
+    // Through engramctl, as an operator would.
+    let (ok, out) = engramctl(&base, &["node", "remove", "3"]);
+    assert!(ok, "{out}");
     assert_eq!(members(&cluster), BTreeSet::from([1, 2]));
     let internal3 = std::fs::read_to_string(&cluster.coordinators[2].config)
         .unwrap()
@@ -558,12 +573,30 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
         .nth(1)
         .unwrap()
         .to_string();
-    let (status, body) = cluster.post(
-        "/v1/cluster/coordinators",
-        &json!({"id": 3, "addr": internal3}),
-    );
-    assert_eq!(status, 200, "{body:?}");
+    let (ok, out) = engramctl(&base, &["node", "add", "--id", "3", "--addr", &internal3]);
+    assert!(ok, "{out}");
     assert_eq!(members(&cluster), BTreeSet::from([1, 2, 3]));
+    // engramctl status: the members, the leader, every worker alive, and
+    // the shard maps of both collections.
+    let (ok, out) = engramctl(&base, &["status"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Raft leader"), "{out}");
+    assert_eq!(out.matches("  leader").count(), 1, "{out}");
+    assert!(
+        out.contains("collection c:") && out.contains("collection after-failover:"),
+        "{out}"
+    );
+    let (ok, out) = engramctl(&base, &["status", "--json"]);
+    assert!(ok, "{out}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        status["cluster"]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["alive"] == true),
+        "{status}"
+    );
     create_collection(&cluster, "after-membership");
 }
 

@@ -49,6 +49,22 @@ pub struct CollectionInfo {
     pub tombstones: u64,
     #[serde(default)]
     pub tombstone_share: f64,
+    /// Bytes of the sealed segments' files (one copy of each shard).
+    #[serde(default)]
+    pub sealed_bytes: u64,
+    /// The same counts per shard.
+    #[serde(default)]
+    pub shard_stats: Vec<ShardInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub shard: u32,
+    pub items: u64,
+    pub sealed_segments: usize,
+    pub sealed_rows: u64,
+    pub tombstones: u64,
+    pub sealed_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,6 +77,9 @@ pub struct CompactRequest {
 pub struct Compacted {
     pub segments_rewritten: usize,
     pub sealed_segments: usize,
+    /// Bytes of the rewritten segments' files minus their replacements'
+    /// (over every copy in a cluster).
+    pub bytes_reclaimed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

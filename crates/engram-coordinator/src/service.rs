@@ -453,22 +453,26 @@ impl Engram {
             ));
         }
         let started = std::time::Instant::now();
-        let (rewritten, sealed) = blocking(move || {
-            let rewritten = hosted.compact(threshold)?;
-            Ok((rewritten, hosted.stats()?.sealed_segments))
+        let (done, sealed) = blocking(move || {
+            let done = hosted.compact(threshold)?;
+            Ok((done, hosted.stats()?.sealed_segments))
         })
         .await?;
-        self.inner.metrics.segments_compacted(rewritten);
+        self.inner
+            .metrics
+            .segments_compacted(done.segments_rewritten);
         tracing::info!(
             collection,
-            rewritten,
+            rewritten = done.segments_rewritten,
+            bytes_reclaimed = done.bytes_reclaimed,
             sealed,
             seconds = started.elapsed().as_secs_f64(),
             "compaction finished"
         );
         Ok(Compacted {
-            segments_rewritten: rewritten,
+            segments_rewritten: done.segments_rewritten,
             sealed_segments: sealed,
+            bytes_reclaimed: done.bytes_reclaimed,
         })
     }
 
@@ -487,7 +491,9 @@ impl Engram {
         let mut total = 0;
         for collection in hosted {
             let name = collection.spec().name.clone();
-            let rewritten = blocking(move || Ok(collection.compact_due(threshold)?)).await?;
+            let rewritten = blocking(move || Ok(collection.compact_due(threshold)?))
+                .await?
+                .segments_rewritten;
             if rewritten > 0 {
                 tracing::info!(collection = %name, rewritten, "automatic compaction");
             }
@@ -968,6 +974,19 @@ fn info(hosted: &dyn ShardedCollection) -> Result<CollectionInfo> {
         } else {
             tombstones as f64 / sealed_rows as f64
         },
+        sealed_bytes: stats.sealed_bytes,
+        shard_stats: stats
+            .shards
+            .iter()
+            .map(|s| ShardInfo {
+                shard: s.shard,
+                items: s.items,
+                sealed_segments: s.sealed_segments,
+                sealed_rows: s.sealed_rows,
+                tombstones: s.tombstones,
+                sealed_bytes: s.sealed_bytes,
+            })
+            .collect(),
     })
 }
 

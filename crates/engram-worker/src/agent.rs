@@ -75,9 +75,13 @@ impl WorkerNode {
                 let compacted =
                     blocking(move || replica.compact(threshold).map_err(internal)).await;
                 match compacted {
-                    Ok(rewritten) => {
-                        tracing::info!(%collection, shard, rewritten, "automatic compaction")
-                    }
+                    Ok(done) => tracing::info!(
+                        %collection,
+                        shard,
+                        rewritten = done.segments_rewritten,
+                        bytes_reclaimed = done.bytes_reclaimed,
+                        "automatic compaction"
+                    ),
                     Err(e) => {
                         tracing::error!(%collection, shard, error = %e, "automatic compaction failed; retrying next round")
                     }

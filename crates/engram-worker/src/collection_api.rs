@@ -9,7 +9,7 @@ use engram_store::WalOp;
 
 use crate::error::Result;
 use crate::hosted_collection::{CollectionStats, HostedCollection, SearchResults};
-use crate::shard::{ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion};
+use crate::shard::{Compaction, ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion};
 
 pub trait ShardedCollection: Send + Sync {
     fn spec(&self) -> &CollectionSpec;
@@ -34,8 +34,8 @@ pub trait ShardedCollection: Send + Sync {
     fn get(&self, id: u64) -> Result<Option<ItemView>>;
     fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>>;
     fn stats(&self) -> Result<CollectionStats>;
-    /// Rewrites sealed segments past `min_deleted_fraction`; returns how many.
-    fn compact(&self, min_deleted_fraction: f64) -> Result<usize>;
+    /// Rewrites sealed segments past `min_deleted_fraction`.
+    fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction>;
 }
 
 impl ShardedCollection for HostedCollection {
@@ -89,7 +89,7 @@ impl ShardedCollection for HostedCollection {
         Ok(HostedCollection::stats(self))
     }
 
-    fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+    fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         HostedCollection::compact(self, min_deleted_fraction)
     }
 }

@@ -13,8 +13,9 @@ use engram_store::{WalOp, WalRecord};
 
 use crate::error::Result;
 use crate::shard::{
-    ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
+    Compaction, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
 };
+use crate::wire::ShardStats;
 
 /// Live items and items per label, and the state of sealed segments.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -25,6 +26,29 @@ pub struct CollectionStats {
     pub tombstones: u64,
     pub sealed_rows: u64,
     pub sealed_segments: usize,
+    pub sealed_bytes: u64,
+    /// Per shard, in shard order.
+    pub shards: Vec<ShardStats>,
+}
+
+impl CollectionStats {
+    /// Totals over `shards` (one copy of each).
+    pub fn from_shards(mut shards: Vec<ShardStats>) -> CollectionStats {
+        shards.sort_by_key(|s| s.shard);
+        let mut stats = CollectionStats::default();
+        for s in &shards {
+            stats.items += s.items;
+            for (label, n) in &s.labels {
+                *stats.labels.entry(label.clone()).or_default() += n;
+            }
+            stats.tombstones += s.tombstones;
+            stats.sealed_rows += s.sealed_rows;
+            stats.sealed_segments += s.sealed_segments;
+            stats.sealed_bytes += s.sealed_bytes;
+        }
+        stats.shards = shards;
+        stats
+    }
 }
 
 /// Merged answers to a batch of queries.
@@ -226,18 +250,7 @@ impl HostedCollection {
     }
 
     pub fn stats(&self) -> CollectionStats {
-        let mut stats = CollectionStats::default();
-        for shard in &self.shards {
-            stats.items += shard.len() as u64;
-            for (label, count) in shard.label_counts() {
-                *stats.labels.entry(label.to_string()).or_default() += count;
-            }
-            let (tombstones, rows) = shard.tombstones();
-            stats.tombstones += tombstones;
-            stats.sealed_rows += rows;
-            stats.sealed_segments += shard.sealed_segments();
-        }
-        stats
+        CollectionStats::from_shards(self.shards.iter().map(Shard::stats).collect())
     }
 
     pub fn wal_bytes(&self) -> u64 {
@@ -251,8 +264,8 @@ impl HostedCollection {
     }
 
     /// Compacts every shard (see [`Shard::compact`]), one at a time; returns
-    /// the number of sealed segments rewritten.
-    pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+    /// the segments rewritten and bytes reclaimed.
+    pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         self.shards
             .iter()
             .map(|s| s.compact(min_deleted_fraction))
@@ -262,7 +275,7 @@ impl HostedCollection {
     /// Compacts only the shards holding a sealed segment whose deleted
     /// fraction exceeds `min_deleted_fraction` (automatic compaction: a
     /// shard without such a segment keeps its growing segment unsealed).
-    pub fn compact_due(&self, min_deleted_fraction: f64) -> Result<usize> {
+    pub fn compact_due(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         self.shards
             .iter()
             .filter(|s| s.max_deleted_fraction() > min_deleted_fraction)

@@ -24,5 +24,7 @@ pub use collection_api::ShardedCollection;
 pub use error::{Result, WorkerError};
 pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
 pub use node::WorkerNode;
-pub use shard::{ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits};
+pub use shard::{
+    Compaction, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
+};
 pub use worker::Worker;

@@ -18,7 +18,7 @@ use engram_store::WalOp;
 
 use crate::replicas::{Replica, ReplicaHost};
 use crate::rpc_client::{CallError, call, internal_client};
-use crate::shard::{SearchFilter, ShardDeletion};
+use crate::shard::{Compaction, SearchFilter, ShardDeletion};
 use crate::wire::*;
 
 /// Longest a replication or transfer chunk may take.
@@ -407,25 +407,7 @@ impl WorkerNode {
 
     pub async fn stats(self, request: StatsRequest) -> RpcResult<Vec<ShardStats>> {
         let replicas = self.replicas(&request.collection, &request.shards)?;
-        Ok(replicas
-            .iter()
-            .map(|r| {
-                let (tombstones, sealed_rows) = r.shard.tombstones();
-                ShardStats {
-                    shard: r.shard.number(),
-                    items: r.shard.len() as u64,
-                    labels: r
-                        .shard
-                        .label_counts()
-                        .into_iter()
-                        .map(|(l, n)| (l.to_string(), n))
-                        .collect(),
-                    tombstones,
-                    sealed_rows,
-                    sealed_segments: r.shard.sealed_segments(),
-                }
-            })
-            .collect())
+        Ok(replicas.iter().map(|r| r.shard.stats()).collect())
     }
 
     pub async fn presence(self, request: PresenceRequest) -> RpcResult<PresenceReply> {
@@ -441,13 +423,13 @@ impl WorkerNode {
     }
 
     /// Compacts the listed shards (every replica compacts its own copy).
-    pub async fn compact(self, request: CompactRequest) -> RpcResult<usize> {
+    pub async fn compact(self, request: CompactRequest) -> RpcResult<Compaction> {
         let replicas = self.replicas(&request.collection, &request.shards)?;
         blocking(move || {
             replicas
                 .iter()
                 .map(|r| r.compact(request.min_deleted_fraction))
-                .sum::<crate::Result<usize>>()
+                .sum::<crate::Result<Compaction>>()
                 .map_err(internal)
         })
         .await

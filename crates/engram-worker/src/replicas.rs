@@ -11,7 +11,7 @@ use engram_core::config::IndexParams;
 use engram_core::placement::ShardPlacement;
 
 use crate::error::Result;
-use crate::shard::Shard;
+use crate::shard::{Compaction, Shard};
 use crate::wire::RpcError;
 
 /// One hosted copy of a shard.
@@ -33,10 +33,10 @@ pub struct Replica {
 impl Replica {
     /// Compacts this copy unless a transfer replaced it meanwhile (then
     /// there is nothing to do: the successor starts without tombstones).
-    pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+    pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         let retired = self.retired.lock();
         if *retired {
-            return Ok(0);
+            return Ok(Compaction::default());
         }
         self.shard.compact(min_deleted_fraction)
     }

@@ -113,6 +113,35 @@ impl SearchFilter {
 
 pub use engram_core::ShardDeletion;
 
+/// What a compaction did: segments rewritten without their deleted rows,
+/// and the bytes that left the disk (old files minus their replacements).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    pub segments_rewritten: usize,
+    pub bytes_reclaimed: u64,
+}
+
+impl std::ops::Add for Compaction {
+    type Output = Compaction;
+    fn add(self, other: Compaction) -> Compaction {
+        Compaction {
+            segments_rewritten: self.segments_rewritten + other.segments_rewritten,
+            bytes_reclaimed: self.bytes_reclaimed + other.bytes_reclaimed,
+        }
+    }
+}
+
+impl std::iter::Sum for Compaction {
+    fn sum<I: Iterator<Item = Compaction>>(iter: I) -> Compaction {
+        iter.fold(Compaction::default(), |a, b| a + b)
+    }
+}
+
+/// Bytes of a sealed segment's files.
+fn segment_bytes(segment: &SealedSegment) -> u64 {
+    segment.manifest().files.iter().map(|f| f.bytes).sum()
+}
+
 /// Where deleted items may still be physically present in one shard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
@@ -465,12 +494,13 @@ impl Shard {
     /// seals the growing segment, so that deleted vectors are physically
     /// gone from every file of the shard (the WAL included). Returns how
     /// many sealed segments were rewritten.
-    pub fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+    pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         let mut wal = self.wal.lock();
         self.seal_locked(&mut wal)?;
         let sealed: Vec<Arc<SealedSegment>> = self.state.read().sealed.clone();
         let mut manifest = wal.manifest.clone();
         let mut replacements: Vec<(usize, Option<Arc<SealedSegment>>)> = Vec::new();
+        let (mut reclaimed, mut added) = (0u64, 0u64);
         for (position, segment) in sealed.iter().enumerate() {
             if segment.deleted_fraction() <= min_deleted_fraction
                 || segment.deleted_fraction() == 0.0
@@ -480,6 +510,7 @@ impl Shard {
             let name = format!("{:08}", manifest.next_segment);
             manifest.next_segment += 1;
             let new_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+            reclaimed += segment_bytes(segment);
             let replacement = match segment.compact_into(&new_dir, &self.params)? {
                 Some(()) => {
                     let compacted = SealedSegment::open(&new_dir, &self.params, false)?;
@@ -491,6 +522,7 @@ impl Shard {
                         .collect();
                     let items = self.state.read().stored_items(&ids);
                     engram_store::write_items(&new_dir.join(ITEMS_FILE), &items)?;
+                    added += segment_bytes(&compacted);
                     manifest.segments[position] = name;
                     Some(Arc::new(compacted))
                 }
@@ -514,7 +546,10 @@ impl Shard {
             }
             Ok(())
         })?;
-        Ok(rewritten)
+        Ok(Compaction {
+            segments_rewritten: rewritten,
+            bytes_reclaimed: reclaimed.saturating_sub(added),
+        })
     }
 
     /// Commits `manifest` with a fresh, empty WAL: flushes delete bitmaps
@@ -653,6 +688,25 @@ impl Shard {
     }
 
     /// Number of sealed segments.
+    /// Counts of this shard: items, labels, sealed segments and their rows,
+    /// tombstones and bytes.
+    pub fn stats(&self) -> crate::wire::ShardStats {
+        let (tombstones, sealed_rows) = self.tombstones();
+        crate::wire::ShardStats {
+            shard: self.number(),
+            items: self.len() as u64,
+            labels: self
+                .label_counts()
+                .into_iter()
+                .map(|(l, n)| (l.to_string(), n))
+                .collect(),
+            tombstones,
+            sealed_rows,
+            sealed_segments: self.sealed_segments(),
+            sealed_bytes: self.sealed().iter().map(|s| segment_bytes(s)).sum(),
+        }
+    }
+
     /// The sealed segments served now, oldest first.
     pub fn sealed(&self) -> Vec<Arc<SealedSegment>> {
         self.state.read().sealed.clone()
@@ -884,7 +938,7 @@ mod tests {
                 .iter()
                 .any(|id| files_contain(&dir, &bytes(&data[*id as usize])))
         );
-        let rewritten = shard.compact(0.0).unwrap();
+        let rewritten = shard.compact(0.0).unwrap().segments_rewritten;
         assert_eq!(rewritten, 2, "both sealed segments had deletions");
         check(&shard);
         for id in &deleted {

@@ -163,7 +163,7 @@ pub struct StatsRequest {
     pub shards: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardStats {
     pub shard: u32,
     pub items: u64,
@@ -171,6 +171,8 @@ pub struct ShardStats {
     pub tombstones: u64,
     pub sealed_rows: u64,
     pub sealed_segments: usize,
+    /// Bytes of the sealed segments' files.
+    pub sealed_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

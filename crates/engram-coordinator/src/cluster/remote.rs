@@ -17,8 +17,8 @@ use engram_store::WalOp;
 use engram_worker::rpc_client::{CallError, call};
 use engram_worker::wire::*;
 use engram_worker::{
-    CollectionStats, ItemView, Presence, Result, ScannedItem, SearchFilter, SearchResults,
-    ShardDeletion, ShardedCollection, WorkerError,
+    CollectionStats, Compaction, ItemView, Presence, Result, ScannedItem, SearchFilter,
+    SearchResults, ShardDeletion, ShardedCollection, WorkerError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -508,23 +508,14 @@ impl ShardedCollection for RemoteCollection {
                 "no replica of shards {unserved:?} answered"
             )));
         }
-        let mut stats = CollectionStats::default();
-        for (_, shards) in answers {
-            let shards: Vec<ShardStats> = shards;
-            for s in shards {
-                stats.items += s.items;
-                for (label, n) in s.labels {
-                    *stats.labels.entry(label).or_default() += n;
-                }
-                stats.tombstones += s.tombstones;
-                stats.sealed_rows += s.sealed_rows;
-                stats.sealed_segments += s.sealed_segments;
-            }
-        }
-        Ok(stats)
+        let shards: Vec<ShardStats> = answers
+            .into_iter()
+            .flat_map(|(_, shards): (_, Vec<ShardStats>)| shards)
+            .collect();
+        Ok(CollectionStats::from_shards(shards))
     }
 
-    fn compact(&self, min_deleted_fraction: f64) -> Result<usize> {
+    fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         // Every in-sync copy compacts its own files; the count is over all
         // copies.
         let placements = self.placements()?;
@@ -535,7 +526,7 @@ impl ShardedCollection for RemoteCollection {
             }
         }
         self.runtime.block_on(async {
-            let mut rewritten = 0;
+            let mut total = Compaction::default();
             for (worker, shards) in per_worker {
                 let request = CompactRequest {
                     collection: self.spec.name.clone(),
@@ -544,15 +535,15 @@ impl ShardedCollection for RemoteCollection {
                 };
                 let timeout = Duration::from_secs(3600);
                 let Some(n) = self
-                    .call_worker::<_, usize>(worker, path::COMPACT, &request, timeout)
+                    .call_worker::<_, Compaction>(worker, path::COMPACT, &request, timeout)
                     .await
                 else {
                     continue;
                 };
                 let n = n.map_err(|e| WorkerError::Unavailable(e.to_string()))?;
-                rewritten += n;
+                total = total + n;
             }
-            Ok(rewritten)
+            Ok(total)
         })
     }
 }

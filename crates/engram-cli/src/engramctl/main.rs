@@ -1,0 +1,102 @@
+//! `engramctl`: operate an Engram deployment (a cluster's coordinators or
+//! the embedded node) over its public HTTP API, and nothing else.
+//!
+//! Every verb prints a human table by default and its JSON with `--json`;
+//! a failed call exits non-zero with the server's error message.
+
+mod collections;
+mod compact;
+mod jobs;
+mod nodes;
+mod status;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use engram_cli::client::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "engramctl",
+    version,
+    about = "Operate an Engram cluster (or embedded node) over its HTTP API"
+)]
+struct Cli {
+    /// Any coordinator's public API (or the embedded node's).
+    #[arg(
+        long,
+        global = true,
+        env = "ENGRAMCTL_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Raft members and leader, workers and their health, and per
+    /// collection and shard: placement, items, segments, tombstones.
+    Status,
+    /// Coordinators joining or leaving the Raft group.
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
+    /// Rewrite sealed segments whose deleted share passes the threshold, so
+    /// deleted vectors leave every file; reports the bytes reclaimed.
+    Compact(compact::CompactArgs),
+    /// Ingestion and pruning jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Create, inspect and delete collections.
+    #[command(subcommand)]
+    Collections(collections::CollectionsCommand),
+    /// Look at stored items.
+    #[command(subcommand)]
+    Items(collections::ItemsCommand),
+}
+
+/// What a verb prints: JSON for scripts, text for people.
+pub struct Output {
+    pub json: Value,
+    pub human: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = Client::new(&cli.server).and_then(|client| {
+        let ctx = Ctx {
+            client,
+            json: cli.json,
+        };
+        match cli.command {
+            Command::Status => status::run(&ctx),
+            Command::Node(command) => nodes::run(&ctx, command),
+            Command::Compact(args) => compact::run(&ctx, args),
+            Command::Jobs(command) => jobs::run(&ctx, command),
+            Command::Collections(command) => collections::run(&ctx, command),
+            Command::Items(command) => collections::run_items(&ctx, command),
+        }
+    });
+    match result {
+        Ok(output) if cli.json => println!(
+            "{}",
+            serde_json::to_string_pretty(&output.json).unwrap_or_default()
+        ),
+        Ok(output) => print!("{}", output.human),
+        Err(error) => {
+            eprintln!("engramctl: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// What every verb gets: the API client, and whether output is JSON (long
+/// operations then show no progress bar).
+pub struct Ctx {
+    pub client: Client,
+    pub json: bool,
+}
