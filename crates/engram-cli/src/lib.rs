@@ -1,5 +1,7 @@
-//! What the `engram` and `engramctl` binaries share: a blocking client of
-//! the public API and a plain-text table printer.
+//! What the `engram` and `engramctl` binaries (and the tests) share: a
+//! blocking client of the public API, config loading, and a plain-text
+//! table printer.
 
 pub mod client;
+pub mod config;
 pub mod table;

@@ -2,7 +2,6 @@
 //! evaluation against one.
 
 mod cluster;
-mod config;
 mod demo;
 mod eval;
 mod ingest;
@@ -86,7 +85,7 @@ fn serve(
     listen: Option<String>,
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut config = config::load(&config_path)?;
+    let mut config = engram_cli::config::load(&config_path)?;
     if let Some(role) = role {
         config.cluster.role = serde_json::from_value(serde_json::Value::String(role.clone()))
             .map_err(|_| {
