@@ -562,6 +562,8 @@ fn openapi_metrics_and_health() {
         "/v1/cluster",
         "/v1/cluster/coordinators",
         "/v1/cluster/coordinators/{id}",
+        "/v1/cluster/rebalance",
+        "/v1/cluster/moves",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }

@@ -985,3 +985,212 @@ fn curation_lives_in_raft_on_every_coordinator() {
     assert!(view["pruning"]["weighted_items"].as_u64().unwrap() > 0);
     cluster.eventually(leader, &path, |u| u["ids"] == json!([201]));
 }
+
+impl Cluster {
+    /// Starts worker `id` with the configuration of worker 1 (its own
+    /// port and data directory).
+    fn add_worker(&mut self, id: usize) {
+        let first = &self.workers[0];
+        let text = std::fs::read_to_string(&first.config).unwrap();
+        let port = text
+            .lines()
+            .find(|l| l.starts_with("internal_listen"))
+            .unwrap()
+            .to_string();
+        let text = text
+            .replace("worker-1", &format!("worker-{id}"))
+            .replace("node_id = 1\n", &format!("node_id = {id}\n"))
+            .replace(
+                &port,
+                &format!("internal_listen = \"127.0.0.1:{}\"", free_port()),
+            );
+        let dir = first.config.parent().unwrap().to_path_buf();
+        let config = dir.join(format!("worker-{id}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let log = dir.join(format!("worker-{id}.log"));
+        self.workers.push(Proc::start(
+            &format!("worker-{id}"),
+            "worker",
+            &config,
+            &log,
+        ));
+    }
+
+    /// Which workers host any copy of any shard.
+    fn hosting_workers(&self) -> BTreeSet<u64> {
+        let (_, status) = self.get("/v1/cluster");
+        let mut out = BTreeSet::new();
+        for c in status["collections"].as_array().unwrap() {
+            for s in c["shards"].as_array().unwrap() {
+                out.insert(s["primary"].as_u64().unwrap());
+                for w in s["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .chain(s["out_of_sync"].as_array().unwrap())
+                {
+                    out.insert(w.as_u64().unwrap());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Top-5 ids of each probe query on the `static` collection, or the first
+/// answer that was not a 200.
+fn static_answers(cluster: &Cluster, probes: &[u64]) -> Result<Vec<Vec<u64>>, String> {
+    probes
+        .iter()
+        .map(|id| {
+            let (status, body) = cluster.post(
+                "/v1/collections/static/search",
+                &json!({"vector": vector(*id), "k": 5, "require_complete": true}),
+            );
+            if status != 200 {
+                return Err(format!("{status} {body}"));
+            }
+            Ok(body["neighbors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_u64().unwrap())
+                .collect())
+        })
+        .collect()
+}
+
+#[test]
+fn fourth_worker_rebalanced_then_drained_under_load() {
+    let mut cluster = Cluster::start();
+    create_collection(&cluster, "c");
+    // A collection that does not change, to compare answers before, during
+    // and after the moves (small shards: exact answers from each copy).
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "static", "dim": DIM, "metric": "l2", "shards": SHARDS, "replication": 2}),
+    );
+    assert_eq!(status, 201, "{body}");
+    for chunk in (100_000..100_800u64).collect::<Vec<_>>().chunks(200) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"id": id, "label": "s", "vector": vector(*id)}))
+            .collect();
+        let (status, body) = cluster.post("/v1/collections/static/items", &json!({"items": items}));
+        assert_eq!(status, 200, "{body}");
+    }
+    let probes: Vec<u64> = (100_000..100_800).step_by(37).collect();
+    let baseline = static_answers(&cluster, &probes).unwrap();
+
+    cluster.add_worker(4);
+    cluster.wait_ready(4, Duration::from_secs(30));
+    assert!(!cluster.hosting_workers().contains(&4));
+    let base = cluster.coordinators[0].base.clone().unwrap();
+    let (ok, plan) = engramctl(&base, &["rebalance", "--plan"]);
+    assert!(ok, "{plan}");
+    assert!(plan.contains("FROM  TO"), "{plan}");
+
+    // Rebalance, then drain worker 4 again, while a client writes and
+    // deletes on `c` and another reads `static` and checks every answer.
+    let cluster = Arc::new(Mutex::new(cluster));
+    let stop_reader = AtomicBool::new(false);
+    let reader_errors = Mutex::new(Vec::new());
+    let (ledger, _) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut rounds = 0;
+            while !stop_reader.load(Ordering::SeqCst) {
+                let answers = static_answers(&cluster.lock().unwrap(), &probes[..4]);
+                match answers {
+                    Ok(a) if a == baseline[..4] => {}
+                    other => reader_errors.lock().unwrap().push(format!("{other:?}")),
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            rounds
+        });
+        let result = with_traffic(
+            cluster.clone(),
+            Duration::from_secs(2),
+            |_| {
+                let (ok, out) = engramctl(&base, &["rebalance", "--apply", "--json"]);
+                assert!(ok, "{out}");
+                let applied: Value = serde_json::from_str(&out).unwrap();
+                let planned = applied["plan"]["moves"].as_array().unwrap().len();
+                assert_eq!(applied["moved"].as_array().unwrap().len(), planned);
+                assert!(planned >= 3, "{applied}");
+            },
+            Duration::from_secs(1),
+        );
+        stop_reader.store(true, Ordering::SeqCst);
+        assert!(reader.join().unwrap() > 0);
+        result
+    });
+    let cluster = Arc::into_inner(cluster).unwrap().into_inner().unwrap();
+    assert!(
+        reader_errors.lock().unwrap().is_empty(),
+        "answers changed or failed during the moves: {:?}",
+        reader_errors.lock().unwrap()
+    );
+    assert!(
+        cluster.hosting_workers().contains(&4),
+        "worker 4 got no copy"
+    );
+    let (_, status) = cluster.get("/v1/cluster");
+    let copies_on_4: usize = status["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["shards"].as_array().unwrap())
+        .filter(|s| s["primary"] == 4 || s["replicas"].as_array().unwrap().contains(&json!(4)))
+        .count();
+    // 32 copies over 4 workers, balanced by items (the written-to
+    // collection's copies weigh more): a fair share lands on worker 4.
+    assert!(copies_on_4 >= 3, "{copies_on_4} copies on worker 4");
+    check_ledger(&cluster, &ledger);
+    assert_eq!(static_answers(&cluster, &probes).unwrap(), baseline);
+
+    // Worker 4's shard copies are on its disk now...
+    let data = cluster.workers[3]
+        .config
+        .parent()
+        .unwrap()
+        .join("worker-4")
+        .join("collections");
+    let shard_dirs = || -> usize {
+        ["c", "static"]
+            .iter()
+            .map(|c| {
+                std::fs::read_dir(data.join(c).join("shards"))
+                    .map(|d| {
+                        d.filter(|e| {
+                            let name = e.as_ref().unwrap().file_name();
+                            name.to_string_lossy().chars().all(|c| c.is_ascii_digit())
+                        })
+                        .count()
+                    })
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    assert_eq!(shard_dirs(), copies_on_4);
+    // Drain it: every copy leaves, nothing is lost, answers are the same.
+    let (ok, out) = engramctl(&base, &["node", "drain", "4"]);
+    assert!(ok, "{out}");
+    assert!(!cluster.hosting_workers().contains(&4));
+    check_ledger(&cluster, &ledger);
+    assert_eq!(static_answers(&cluster, &probes).unwrap(), baseline);
+    // ...and its files go too (its agent drops copies placed elsewhere).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shards = shard_dirs();
+        if shards == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{shards} shard directories left on worker 4"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -157,7 +157,7 @@ impl Engram {
         Ok(self.cluster_status())
     }
 
-    fn require_cluster(&self) -> Result<&crate::cluster::ClusterBackend> {
+    pub(crate) fn require_cluster(&self) -> Result<&crate::cluster::ClusterBackend> {
         self.cluster().ok_or_else(|| {
             ApiError::invalid("this is an embedded node; it has no cluster membership")
         })

@@ -18,6 +18,7 @@ pub mod ingest_job;
 pub mod jobs;
 pub mod meta;
 pub mod metrics;
+pub mod rebalance_service;
 pub mod service;
 
 pub use api::{router, serve};

@@ -12,6 +12,7 @@ pub mod distance;
 pub mod error;
 pub mod neighbor;
 pub mod placement;
+pub mod rebalance;
 pub mod shard;
 pub mod topk;
 pub mod unlearning;

@@ -48,6 +48,10 @@ pub enum PlacementError {
     StaleEpoch { expected: u64, current: u64 },
     #[error("worker {0} does not host this shard")]
     NotHosted(WorkerId),
+    #[error("worker {0} already hosts this shard")]
+    AlreadyHosted(WorkerId),
+    #[error("worker {0} holds the shard's only in-sync copy")]
+    LastInSyncCopy(WorkerId),
 }
 
 /// Places `shards` shards with `replication` copies on distinct `workers`
@@ -145,6 +149,49 @@ pub fn mark_in_sync(
     Ok(next)
 }
 
+/// The placement with `worker` added as a host that must catch up (the
+/// first step of moving a copy onto it).
+pub fn add_host(
+    placement: &ShardPlacement,
+    worker: WorkerId,
+    expected_epoch: u64,
+) -> Result<ShardPlacement, PlacementError> {
+    check_epoch(placement, expected_epoch)?;
+    if placement.hosts(worker) {
+        return Err(PlacementError::AlreadyHosted(worker));
+    }
+    let mut next = placement.clone();
+    next.out_of_sync.push(worker);
+    next.epoch += 1;
+    Ok(next)
+}
+
+/// The placement without `worker` (the last step of moving a copy off it).
+/// A primary hands over to its first in-sync replica; the only in-sync
+/// copy is never removed, since it alone holds every acknowledged write.
+pub fn remove_host(
+    placement: &ShardPlacement,
+    worker: WorkerId,
+    expected_epoch: u64,
+) -> Result<ShardPlacement, PlacementError> {
+    check_epoch(placement, expected_epoch)?;
+    let mut next = placement.clone();
+    if placement.primary == worker {
+        if next.replicas.is_empty() {
+            return Err(PlacementError::LastInSyncCopy(worker));
+        }
+        next.primary = next.replicas.remove(0);
+    } else if let Some(i) = next.replicas.iter().position(|w| *w == worker) {
+        next.replicas.remove(i);
+    } else if let Some(i) = next.out_of_sync.iter().position(|w| *w == worker) {
+        next.out_of_sync.remove(i);
+    } else {
+        return Err(PlacementError::NotHosted(worker));
+    }
+    next.epoch += 1;
+    Ok(next)
+}
+
 fn check_epoch(placement: &ShardPlacement, expected: u64) -> Result<(), PlacementError> {
     if placement.epoch == expected {
         Ok(())
@@ -232,6 +279,47 @@ mod tests {
                     }
                     prop_assert!(p.in_sync().count() >= 1);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn moving_copies_keeps_an_in_sync_copy_and_distinct_hosts(
+            steps in proptest::collection::vec((any::<bool>(), 0u64..6, any::<bool>()), 0..40),
+        ) {
+            let mut p = assign(1, 2, &[0, 1, 2]).unwrap().remove(0);
+            for (add, worker, sync) in steps {
+                let before = p.clone();
+                let result = if add {
+                    add_host(&p, worker, p.epoch)
+                } else {
+                    remove_host(&p, worker, p.epoch)
+                };
+                match result {
+                    Ok(next) => {
+                        prop_assert_eq!(next.epoch, before.epoch + 1);
+                        // A stale epoch is refused.
+                        prop_assert!(add_host(&next, 99, before.epoch).is_err());
+                        prop_assert!(before.is_in_sync(next.primary));
+                        p = next;
+                    }
+                    Err(PlacementError::LastInSyncCopy(w)) => {
+                        prop_assert!(before.primary == w && before.replicas.is_empty());
+                    }
+                    Err(PlacementError::AlreadyHosted(w)) => prop_assert!(before.hosts(w)),
+                    Err(PlacementError::NotHosted(w)) => prop_assert!(!before.hosts(w)),
+                    Err(e) => prop_assert!(false, "unexpected {e}"),
+                }
+                if sync && let Some(w) = p.out_of_sync.first().copied() {
+                    p = mark_in_sync(&p, w, p.epoch).unwrap();
+                }
+                let mut hosts: Vec<u64> = p.in_sync().chain(p.out_of_sync.iter().copied()).collect();
+                let n = hosts.len();
+                hosts.sort_unstable();
+                hosts.dedup();
+                prop_assert_eq!(hosts.len(), n, "a worker hosts a shard once");
+                prop_assert!(p.in_sync().count() >= 1);
             }
         }
     }

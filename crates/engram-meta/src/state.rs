@@ -228,6 +228,38 @@ impl ClusterState {
             } => self.change_shard(collection, *shard, |p| {
                 placement::mark_in_sync(p, *worker, *epoch)
             }),
+            Command::AddHost {
+                collection,
+                shard,
+                worker,
+                epoch,
+            } => {
+                if !self.workers.get(worker).is_some_and(|w| w.alive) {
+                    return CommandResult::Refused(format!("worker {worker} is not alive"));
+                }
+                self.change_shard(collection, *shard, |p| {
+                    placement::add_host(p, *worker, *epoch)
+                })
+            }
+            Command::RemoveHost {
+                collection,
+                shard,
+                worker,
+                epoch,
+            } => {
+                let result = self.change_shard(collection, *shard, |p| {
+                    placement::remove_host(p, *worker, *epoch)
+                });
+                if matches!(result, CommandResult::Placement(_))
+                    && let Some(copies) = self
+                        .collections
+                        .get_mut(collection)
+                        .and_then(|c| c.segments.get_mut(shard))
+                {
+                    copies.remove(worker);
+                }
+                result
+            }
             Command::Intervene {
                 collection,
                 intervention,

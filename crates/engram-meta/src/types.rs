@@ -70,6 +70,22 @@ pub enum Command {
         worker: WorkerId,
         epoch: u64,
     },
+    /// Rebalancing, first step: `worker` starts hosting the shard as an
+    /// out-of-sync copy and catches up from the primary.
+    AddHost {
+        collection: String,
+        shard: u32,
+        worker: WorkerId,
+        epoch: u64,
+    },
+    /// Rebalancing, last step (once the new copy is in sync): `worker`
+    /// stops hosting the shard; a primary hands over to an in-sync replica.
+    RemoveHost {
+        collection: String,
+        shard: u32,
+        worker: WorkerId,
+        epoch: u64,
+    },
     /// A curator's intervention, stamped by the coordinator that took it
     /// (`at`), so applying it is deterministic.
     Intervene {

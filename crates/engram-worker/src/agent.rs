@@ -182,6 +182,21 @@ impl WorkerNode {
                     }
                 }
             }
+            // Copies moved elsewhere (rebalancing) leave this worker.
+            for replica in node.host().all() {
+                let shard = replica.shard.number();
+                let placed = state
+                    .collections
+                    .get(&replica.spec.name)
+                    .and_then(|c| c.shards.get(shard as usize))
+                    .map(|p| p.hosts(me));
+                if may_drop && placed == Some(false) {
+                    tracing::info!(collection = %replica.spec.name, shard, "dropping a shard copy placed elsewhere now");
+                    if let Err(e) = node.host().drop_shard(&replica.spec.name, shard) {
+                        tracing::error!(collection = %replica.spec.name, shard, error = %e, "cannot drop shard copy");
+                    }
+                }
+            }
             let on_disk = node.host().collections_on_disk().unwrap_or_default();
             for name in on_disk {
                 if may_drop && !state.collections.contains_key(&name) {

@@ -182,6 +182,28 @@ impl ReplicaHost {
     }
 
     /// Every hosted replica.
+    /// Stops hosting one shard (its copy moved elsewhere) and deletes its
+    /// files, after any compaction of it finished.
+    pub fn drop_shard(&self, collection: &str, shard: u32) -> Result<()> {
+        let _opening = self.opening.lock();
+        let old = self
+            .replicas
+            .write()
+            .remove(&(collection.to_string(), shard));
+        let _retired = old.as_ref().map(|r| {
+            let mut retired = r.retired.lock();
+            *retired = true;
+            retired
+        });
+        let dir = shard_dir(&self.dir, collection, shard);
+        if dir.exists() {
+            let trash = dir.with_extension(format!("dropped-{}", std::process::id()));
+            fs_err::rename(&dir, &trash)?;
+            fs_err::remove_dir_all(&trash)?;
+        }
+        Ok(())
+    }
+
     pub fn all(&self) -> Vec<Arc<Replica>> {
         self.replicas.read().values().cloned().collect()
     }

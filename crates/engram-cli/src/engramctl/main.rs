@@ -8,6 +8,7 @@ mod collections;
 mod compact;
 mod jobs;
 mod nodes;
+mod rebalance;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,9 @@ enum Command {
     /// Coordinators joining or leaving the Raft group.
     #[command(subcommand)]
     Node(nodes::NodeCommand),
+    /// Even out the load over the workers (and empty `--drain` ones) by
+    /// moving shard copies; `--plan` prints the moves, `--apply` makes them.
+    Rebalance(rebalance::RebalanceArgs),
     /// Rewrite sealed segments whose deleted share passes the threshold, so
     /// deleted vectors leave every file; reports the bytes reclaimed.
     Compact(compact::CompactArgs),
@@ -75,6 +79,7 @@ fn main() {
         match cli.command {
             Command::Status => status::run(&ctx),
             Command::Node(command) => nodes::run(&ctx, command),
+            Command::Rebalance(args) => rebalance::run(&ctx, args),
             Command::Compact(args) => compact::run(&ctx, args),
             Command::Jobs(command) => jobs::run(&ctx, command),
             Command::Collections(command) => collections::run(&ctx, command),

@@ -1,6 +1,6 @@
-//! `engramctl node add|remove`: coordinators joining or leaving the Raft
-//! group. (Workers join by starting with the coordinators' addresses;
-//! draining a worker needs rebalancing, which is not built yet.)
+//! `engramctl node add|remove|drain`: coordinators joining or leaving the
+//! Raft group, and a worker emptied of shard copies. (Workers join by
+//! starting with the coordinators' addresses.)
 
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -26,10 +26,18 @@ pub enum NodeCommand {
         /// Its node id.
         id: u64,
     },
+    /// Move every shard copy off a worker (before retiring it).
+    Drain {
+        /// The worker's id.
+        worker: u64,
+    },
 }
 
 pub fn run(ctx: &Ctx, command: NodeCommand) -> anyhow::Result<Output> {
     let status = match command {
+        NodeCommand::Drain { worker } => {
+            return crate::rebalance::run(ctx, crate::rebalance::RebalanceArgs::drain(worker));
+        }
         NodeCommand::Add { id, addr } => ctx.client.send(
             reqwest::Method::POST,
             "/v1/cluster/coordinators",

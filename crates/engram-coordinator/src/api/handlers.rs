@@ -260,3 +260,18 @@ pub async fn remove_coordinator(
 ) -> Result<Json<ClusterStatus>> {
     Ok(Json(engram.remove_coordinator(id).await?))
 }
+
+pub async fn rebalance_plan(
+    State(engram): State<Engram>,
+    query: std::result::Result<Query<crate::rebalance_service::PlanQuery>, QueryRejection>,
+) -> Result<Json<engram_core::rebalance::Plan>> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
+    Ok(Json(engram.rebalance_plan(query).await?))
+}
+
+pub async fn move_copy(
+    State(engram): State<Engram>,
+    ApiJson(request): ApiJson<crate::rebalance_service::MoveRequest>,
+) -> Result<Json<crate::rebalance_service::MoveDone>> {
+    Ok(Json(engram.move_copy(request).await?))
+}
