@@ -564,6 +564,8 @@ fn openapi_metrics_and_health() {
         "/v1/cluster/coordinators/{id}",
         "/v1/cluster/rebalance",
         "/v1/cluster/moves",
+        "/v1/snapshots",
+        "/v1/snapshots/restore",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }

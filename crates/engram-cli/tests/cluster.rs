@@ -984,6 +984,47 @@ fn curation_lives_in_raft_on_every_coordinator() {
     assert_eq!(view["audit"][0]["reason"], "recall of batch 7", "{view}");
     assert!(view["pruning"]["weighted_items"].as_u64().unwrap() > 0);
     cluster.eventually(leader, &path, |u| u["ids"] == json!([201]));
+
+    // Snapshot, wipe (a brand-new cluster), restore: the same collections,
+    // items, curation and answers.
+    let snapshots = tempfile::tempdir().unwrap();
+    let uri = snapshots.path().to_string_lossy().to_string();
+    let base = cluster.coordinators[1].base.clone().unwrap();
+    let (ok, out) = engramctl(&base, &["snapshot", "create", "--uri", &uri, "--json"]);
+    assert!(ok, "{out}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    let id = made["id"].as_str().unwrap().to_string();
+    let probe = |cluster: &Cluster| -> Vec<Value> {
+        let mut answers = Vec::new();
+        for body in [
+            json!({ "vector": [10.0, 0.0], "k": 5 }),
+            json!({ "vector": [0.5, 0.5], "k": 5 }),
+        ] {
+            let (status, answer) = cluster.at(0, "POST", "/v1/collections/m/classify", Some(&body));
+            assert_eq!(status, 200, "{answer}");
+            answers.push(json!([answer["label"], answer["neighbors"]]));
+        }
+        for id in [1_600u64, 2_500, 3_999] {
+            let body = json!({ "vector": [(id % 67) as f32, (id / 67) as f32], "k": 3 });
+            let (status, answer) = cluster.at(0, "POST", "/v1/collections/big/search", Some(&body));
+            assert_eq!(status, 200, "{answer}");
+            answers.push(answer["neighbors"].clone());
+        }
+        let (_, view) = cluster.at(0, "GET", "/v1/collections/m/interventions", None);
+        answers.push(view["audit"].clone());
+        for name in ["m", "big"] {
+            let (_, info) = cluster.at(0, "GET", &format!("/v1/collections/{name}"), None);
+            answers.push(json!([info["items"], info["labels"]]));
+        }
+        answers
+    };
+    let before = probe(&cluster);
+    drop(cluster);
+    let fresh = Cluster::start();
+    let base = fresh.coordinators[2].base.clone().unwrap();
+    let (ok, out) = engramctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
+    assert!(ok, "{out}");
+    assert_eq!(probe(&fresh), before);
 }
 
 impl Cluster {

@@ -203,6 +203,73 @@ fn every_verb_against_the_embedded_node() {
         assert_eq!(found["neighbors"][0]["id"], id, "{found}");
     }
 
+    // snapshot: create, list, wipe, restore: the same items and answers;
+    // a damaged snapshot file is refused before anything is restored.
+    let before: Vec<Value> = [120u64, 250, 399]
+        .iter()
+        .map(|id| {
+            server
+                .post(
+                    "/v1/collections/m/search",
+                    &json!({ "vector": vector(*id), "k": 5 }),
+                )
+                .1
+        })
+        .collect();
+    let snapshots = dir.path().join("snapshots");
+    let uri = snapshots.to_string_lossy().to_string();
+    let made = ctl_json(&base, &["snapshot", "create", "--uri", &uri]);
+    assert_eq!(made["items"], 280, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let listed = ctl_json(&base, &["snapshot", "list", "--uri", &uri]);
+    assert_eq!(listed["snapshots"][0]["id"], id.as_str(), "{listed}");
+    let (ok, _, err) = ctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
+    assert!(
+        !ok && err.contains("409"),
+        "restore into a non-empty node: {err}"
+    );
+    let (ok, _, err) = ctl(&base, &["collections", "delete", "m", "--yes"]);
+    assert!(ok, "{err}");
+    let shard_file = snapshots.join(&id).join("m").join("0001.bin");
+    let good = std::fs::read(&shard_file).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x40;
+    std::fs::write(&shard_file, &bad).unwrap();
+    let (ok, _, err) = ctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
+    assert!(!ok && err.contains("checksum"), "{err}");
+    assert_eq!(
+        ctl_json(&base, &["collections", "list"])["collections"],
+        json!([])
+    );
+    std::fs::write(&shard_file, &good).unwrap();
+    let (ok, out, err) = ctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("280 items"), "{out}");
+    let (_, info) = server.get("/v1/collections/m");
+    assert_eq!(info["items"], 280, "{info}");
+    let after: Vec<Value> = [120u64, 250, 399]
+        .iter()
+        .map(|id| {
+            server
+                .post(
+                    "/v1/collections/m/search",
+                    &json!({ "vector": vector(*id), "k": 5 }),
+                )
+                .1
+        })
+        .collect();
+    assert_eq!(after, before);
+    let (ok, _, err) = ctl(&base, &["items", "get", "m", "7"]);
+    assert!(
+        !ok && err.contains("404"),
+        "deleted items stay deleted: {err}"
+    );
+    assert_eq!(
+        ctl_json(&base, &["items", "get", "m", "207"])["label"],
+        "c3"
+    );
+
     // Deleting needs --yes; a cluster-only verb fails clearly here.
     let (ok, _, err) = ctl(&base, &["collections", "delete", "m"]);
     assert!(!ok && err.contains("--yes"), "{err}");

@@ -112,6 +112,30 @@ impl CurationStore {
         }
     }
 
+    /// Replaces `collection`'s curation and pruning weights (a restored
+    /// snapshot).
+    pub(crate) async fn restore(
+        &self,
+        collection: &str,
+        curation: Curation,
+        pruning: Option<PruningWeights>,
+    ) -> Result<()> {
+        match self {
+            CurationStore::Local(store) => {
+                let meta = store.get(collection)?;
+                blocking(move || meta.restore(curation, pruning)).await
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::RestoreCuration {
+                    collection: collection.to_string(),
+                    curation: Shared::new(curation),
+                    pruning: pruning.map(Shared::new),
+                };
+                write(node, command).await.map(|_| ())
+            }
+        }
+    }
+
     /// Removes the embedded node's files of `collection` (in a cluster its
     /// curation goes with the collection's Raft entry).
     pub(crate) fn remove_local(&self, collection: &str) -> Result<()> {

@@ -20,6 +20,7 @@ pub mod meta;
 pub mod metrics;
 pub mod rebalance_service;
 pub mod service;
+pub mod snapshot_service;
 
 pub use api::{router, serve};
 pub use error::{ApiError, ErrorCode};

@@ -103,6 +103,16 @@ impl CollectionMeta {
         Ok(entry)
     }
 
+    /// Replaces the curation and pruning weights (a restored snapshot).
+    pub fn restore(&self, curation: Curation, pruning: Option<PruningWeights>) -> Result<()> {
+        {
+            let _writer = self.write.lock();
+            save(&self.dir.join(CURATION_FILE), &curation)?;
+            *self.curation.write() = Arc::new(curation);
+        }
+        self.set_pruning(pruning)
+    }
+
     /// Replaces the soft-pruning weights (`None` removes them).
     pub fn set_pruning(&self, weights: Option<PruningWeights>) -> Result<()> {
         let _writer = self.write.lock();

@@ -190,7 +190,18 @@ impl Engram {
             default_k: request.default_k.unwrap_or(defaults.k),
             default_rule,
         };
+        self.create_collection_from_spec(spec).await
+    }
+
+    /// Creates a collection from a complete spec (validated here).
+    pub(crate) async fn create_collection_from_spec(
+        &self,
+        spec: CollectionSpec,
+    ) -> Result<CollectionInfo> {
         spec.validate()?;
+        if let Some(name) = &spec.embedder {
+            self.embedder(name)?;
+        }
         if let Backend::Cluster(cluster) = &self.inner.backend {
             if spec.default_k > self.inner.config.limits.max_k {
                 return Err(ApiError::invalid(format!(

@@ -273,6 +273,15 @@ impl ClusterState {
                 c.curation = Shared::new(next);
                 Ok(CommandResult::Audit(Shared::new(entry)))
             }),
+            Command::RestoreCuration {
+                collection,
+                curation,
+                pruning,
+            } => self.curate(collection, |c| {
+                c.curation = curation.clone();
+                c.pruning = pruning.clone();
+                Ok(CommandResult::Done)
+            }),
             Command::SetPruning {
                 collection,
                 weights,

@@ -6,7 +6,8 @@ use std::io::Cursor;
 
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::{
-    AuditEntry, CollectionSpec, Intervention, PruningWeights, Receipt, Selector, ShardDeletion,
+    AuditEntry, CollectionSpec, Curation, Intervention, PruningWeights, Receipt, Selector,
+    ShardDeletion,
 };
 
 use crate::shared::Shared;
@@ -114,6 +115,12 @@ pub enum Command {
         shard: u32,
         worker: WorkerId,
         segments: Vec<SegmentRecord>,
+    },
+    /// A restored snapshot's curation replaces the collection's.
+    RestoreCuration {
+        collection: String,
+        curation: Shared<Curation>,
+        pruning: Option<Shared<PruningWeights>>,
     },
     /// Registers a job run by coordinator `owner`; the state machine picks
     /// its id (unique in the cluster) and writes it into `status.id`.

@@ -20,6 +20,9 @@ pub trait ShardedCollection: Send + Sync {
     fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>>;
     /// Where deleted items may still be physically present.
     fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>>;
+    /// One shard's live items with their vectors at one instant (writes to
+    /// it wait meanwhile): every write acknowledged before is included.
+    fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>>;
     /// Every live item with its vector, in batches.
     fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()>;
     /// The `k` nearest items per query, merged over all shards; shards
@@ -65,6 +68,10 @@ impl ShardedCollection for HostedCollection {
 
     fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
         HostedCollection::scan(self, f)
+    }
+
+    fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>> {
+        HostedCollection::snapshot_shard(self, shard)
     }
 
     fn search_batch(

@@ -283,6 +283,16 @@ impl HostedCollection {
             .sum()
     }
 
+    /// Shard `shard`'s live items at one instant (see [`Shard::snapshot`]).
+    pub fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>> {
+        match self.shards.get(shard as usize) {
+            Some(s) => s.snapshot(),
+            None => Err(crate::error::WorkerError::Invalid(format!(
+                "no shard {shard}"
+            ))),
+        }
+    }
+
     /// Sealed segments over all shards.
     pub fn sealed_segments(&self) -> usize {
         self.shards.iter().map(Shard::sealed_segments).sum()

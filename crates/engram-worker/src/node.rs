@@ -405,6 +405,27 @@ impl WorkerNode {
         .await
     }
 
+    pub async fn snapshot(self, request: SnapshotRequest) -> RpcResult<ScanReply> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        blocking(move || {
+            let items = replica.shard.snapshot().map_err(internal)?;
+            Ok(ScanReply {
+                items: items
+                    .into_iter()
+                    .map(|i| ItemReply {
+                        id: i.id,
+                        label: i.label.to_string(),
+                        weight: i.weight,
+                        source: i.source.map(|s| s.to_string()),
+                        vector: Some(i.vector),
+                    })
+                    .collect(),
+                next: None,
+            })
+        })
+        .await
+    }
+
     pub async fn stats(self, request: StatsRequest) -> RpcResult<Vec<ShardStats>> {
         let replicas = self.replicas(&request.collection, &request.shards)?;
         Ok(replicas.iter().map(|r| r.shard.stats()).collect())

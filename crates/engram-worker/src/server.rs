@@ -41,6 +41,10 @@ pub fn router(node: WorkerNode) -> Router {
             post(|s, b| handle(s, b, WorkerNode::compact)),
         )
         .route(path::SCAN, post(|s, b| handle(s, b, WorkerNode::scan)))
+        .route(
+            path::SNAPSHOT,
+            post(|s, b| handle(s, b, WorkerNode::snapshot)),
+        )
         .route(path::HOST, post(|s, b| handle(s, b, WorkerNode::host_now)))
         .route(path::DROP, post(|s, b| handle(s, b, WorkerNode::drop_now)))
         .route("/healthz", get(|| async { "ok" }))

@@ -381,6 +381,18 @@ impl Shard {
         Ok(())
     }
 
+    /// Every live item with its vector at one instant: writes to this shard
+    /// wait meanwhile (a snapshot's copy of it).
+    pub fn snapshot(&self) -> Result<Vec<ScannedItem>> {
+        let _writes = self.wal.lock();
+        let mut all = Vec::with_capacity(self.len());
+        self.scan(&mut |items| {
+            all.extend(items);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
     /// One page of live items with their vectors: the `limit` smallest ids
     /// above `after`, and the cursor of the next page (`None` after the
     /// last). Items written or deleted between pages may be missed or

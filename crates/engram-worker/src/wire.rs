@@ -20,6 +20,7 @@ pub mod path {
     pub const INSTALL: &str = "/internal/v1/install";
     pub const COMPACT: &str = "/internal/v1/compact";
     pub const SCAN: &str = "/internal/v1/scan";
+    pub const SNAPSHOT: &str = "/internal/v1/snapshot";
     pub const HOST: &str = "/internal/v1/host";
     pub const DROP: &str = "/internal/v1/drop";
 }
@@ -148,6 +149,13 @@ pub struct ScanRequest {
     pub shard: u32,
     pub after: Option<u64>,
     pub limit: u32,
+}
+
+/// One shard's live items at one instant (a snapshot's copy of it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub collection: String,
+    pub shard: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

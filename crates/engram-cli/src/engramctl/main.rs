@@ -9,6 +9,7 @@ mod compact;
 mod jobs;
 mod nodes;
 mod rebalance;
+mod snapshot;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ enum Command {
     /// Rewrite sealed segments whose deleted share passes the threshold, so
     /// deleted vectors leave every file; reports the bytes reclaimed.
     Compact(compact::CompactArgs),
+    /// Snapshots of every collection to object storage, and restoring one.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Ingestion and pruning jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
@@ -81,6 +85,7 @@ fn main() {
             Command::Node(command) => nodes::run(&ctx, command),
             Command::Rebalance(args) => rebalance::run(&ctx, args),
             Command::Compact(args) => compact::run(&ctx, args),
+            Command::Snapshot(command) => snapshot::run(&ctx, command),
             Command::Jobs(command) => jobs::run(&ctx, command),
             Command::Collections(command) => collections::run(&ctx, command),
             Command::Items(command) => collections::run_items(&ctx, command),

@@ -275,3 +275,34 @@ pub async fn move_copy(
 ) -> Result<Json<crate::rebalance_service::MoveDone>> {
     Ok(Json(engram.move_copy(request).await?))
 }
+
+pub async fn create_snapshot(
+    State(engram): State<Engram>,
+    ApiJson(request): ApiJson<crate::snapshot_service::SnapshotRequest>,
+) -> Result<(StatusCode, Json<crate::snapshot_service::SnapshotSummary>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(engram.create_snapshot(request).await?),
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotListQuery {
+    uri: String,
+}
+
+pub async fn list_snapshots(
+    State(engram): State<Engram>,
+    query: std::result::Result<Query<SnapshotListQuery>, QueryRejection>,
+) -> Result<Json<crate::snapshot_service::SnapshotList>> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
+    Ok(Json(engram.list_snapshots(&query.uri).await?))
+}
+
+pub async fn restore_snapshot(
+    State(engram): State<Engram>,
+    ApiJson(request): ApiJson<crate::snapshot_service::RestoreRequest>,
+) -> Result<Json<crate::snapshot_service::SnapshotSummary>> {
+    Ok(Json(engram.restore_snapshot(request).await?))
+}

@@ -91,6 +91,11 @@ pub fn router(engram: Engram) -> Router {
             "/v1/cluster/coordinators/{id}",
             axum::routing::delete(handlers::remove_coordinator),
         )
+        .route(
+            "/v1/snapshots",
+            post(handlers::create_snapshot).get(handlers::list_snapshots),
+        )
+        .route("/v1/snapshots/restore", post(handlers::restore_snapshot))
         .route("/v1/cluster/rebalance", get(handlers::rebalance_plan))
         .route("/v1/cluster/moves", post(handlers::move_copy))
         .route("/v1/openapi.json", get(handlers::openapi))

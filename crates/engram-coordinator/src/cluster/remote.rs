@@ -35,6 +35,9 @@ pub struct RemoteCollection {
 /// Queries per worker search request (see `search_batch`).
 const QUERIES_PER_REQUEST: usize = 16;
 
+/// Longest a worker may take to copy one shard out for a snapshot.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Items per scan page.
 const SCAN_PAGE: u32 = 2_048;
 
@@ -170,6 +173,22 @@ impl RemoteCollection {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        let timeout = self.cluster.inner.timeouts.query;
+        self.fan_out_within(timeout, shards, path, request).await
+    }
+
+    /// [`Self::fan_out`] with another per-request deadline (long reads).
+    async fn fan_out_within<Req, Resp>(
+        &self,
+        timeout: Duration,
+        shards: Vec<u32>,
+        path: &'static str,
+        request: impl Fn(Vec<u32>) -> Req,
+    ) -> Result<(Vec<(Vec<u32>, Resp)>, Vec<u32>)>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
         let salt = self.cluster.inner.salt.fetch_add(1, Ordering::Relaxed);
         // Replicas that just restarted may not have opened their shards yet:
         // shards every replica failed are tried again until the deadline.
@@ -200,7 +219,7 @@ impl RemoteCollection {
                 let body = request(shards.clone());
                 async move {
                     let result = self
-                        .call_worker(worker, path, &body, self.cluster.inner.timeouts.query)
+                        .call_worker(worker, path, &body, timeout)
                         .await
                         .unwrap_or_else(|| {
                             Err(CallError::Refused(RpcError::Internal(
@@ -411,6 +430,38 @@ impl ShardedCollection for RemoteCollection {
             }
             Ok(merged.into_iter().collect())
         })
+    }
+
+    /// From one in-sync replica (another if it fails).
+    fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>> {
+        let (answers, unserved) = self.runtime.block_on(self.fan_out_within(
+            SNAPSHOT_TIMEOUT,
+            vec![shard],
+            path::SNAPSHOT,
+            |_| SnapshotRequest {
+                collection: self.spec.name.clone(),
+                shard,
+            },
+        ))?;
+        let Some((_, reply)) = answers.into_iter().next() else {
+            return Err(WorkerError::Unavailable(format!(
+                "no replica of shard {shard} answered a snapshot ({unserved:?})"
+            )));
+        };
+        let reply: ScanReply = reply;
+        Ok(reply
+            .items
+            .into_iter()
+            .filter_map(|i| {
+                Some(ScannedItem {
+                    id: i.id,
+                    label: i.label.into(),
+                    weight: i.weight,
+                    source: i.source.map(Into::into),
+                    vector: i.vector?,
+                })
+            })
+            .collect())
     }
 
     /// Pages through each shard in id order on one in-sync replica per

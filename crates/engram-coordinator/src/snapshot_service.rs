@@ -1,0 +1,328 @@
+//! Snapshots: every collection's spec, curation and items, written to
+//! object storage (or a local directory), and restored into an empty
+//! deployment.
+//!
+//! Layout under the URI: `<id>/<collection>/<shard>.bin` (bincode items,
+//! their CRC32 in the manifest) and `<id>/manifest.json`, written last: a
+//! snapshot without a manifest is incomplete and never listed. Each shard
+//! is copied at one instant (its writes wait meanwhile), so every write
+//! acknowledged before the snapshot began is in it; shards are copied one
+//! after another, so a write acknowledged during the snapshot may be in
+//! some shards' copies and not others'. Restoring checks every CRC32
+//! before anything is written and refuses a damaged snapshot.
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+use engram_core::{CollectionSpec, Curation, PruningWeights};
+use engram_ingest::source::Source;
+use engram_store::WalOp;
+
+use crate::error::{ApiError, ErrorCode, Result};
+use crate::meta::now;
+use crate::service::{Engram, blocking};
+
+const MANIFEST: &str = "manifest.json";
+const FORMAT: u32 = 1;
+/// Items per write while restoring.
+const RESTORE_BATCH: usize = 1_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Where: `s3://bucket/prefix`, `gs://...`, `az://...`, or a path.
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub uri: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub created_at: String,
+    pub collections: Vec<CollectionSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectionSnapshot {
+    pub spec: CollectionSpec,
+    pub curation: Curation,
+    pub pruning: Option<PruningWeights>,
+    pub shards: Vec<ShardFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardFile {
+    pub shard: u32,
+    pub file: String,
+    pub items: u64,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// One item as a snapshot stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredItem {
+    id: u64,
+    label: String,
+    weight: f32,
+    source: Option<String>,
+    vector: Vec<f32>,
+}
+
+/// What a created, listed or restored snapshot holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotSummary {
+    pub id: String,
+    pub created_at: String,
+    pub collections: Vec<String>,
+    pub items: u64,
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotSummary>,
+}
+
+impl Manifest {
+    fn summary(&self, seconds: Option<f64>) -> SnapshotSummary {
+        let shards = self.collections.iter().flat_map(|c| &c.shards);
+        SnapshotSummary {
+            id: self.id.clone(),
+            created_at: self.created_at.clone(),
+            collections: self
+                .collections
+                .iter()
+                .map(|c| c.spec.name.clone())
+                .collect(),
+            items: shards.clone().map(|s| s.items).sum(),
+            bytes: shards.map(|s| s.bytes).sum(),
+            seconds,
+        }
+    }
+}
+
+fn storage_error(uri: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, format!("{uri}: {e}"))
+}
+
+impl Engram {
+    fn snapshot_store(&self, uri: &str) -> Result<Source> {
+        Source::parse(uri, &self.config().storage).map_err(|e| ApiError::invalid(e.to_string()))
+    }
+
+    /// Copies every collection to `uri` under a new snapshot id.
+    pub async fn create_snapshot(&self, request: SnapshotRequest) -> Result<SnapshotSummary> {
+        let started = Instant::now();
+        let source = self.snapshot_store(&request.uri)?;
+        let id = format!(
+            "{}-{:04}",
+            now().replace([':', '-'], ""),
+            std::process::id() % 10_000
+        );
+        let root = child(&source.prefix, &id);
+        let mut manifest = Manifest {
+            format: FORMAT,
+            id: id.clone(),
+            created_at: now(),
+            collections: Vec::new(),
+        };
+        for name in self.inner.backend.names() {
+            let collection = self.hosted(&name)?;
+            let spec = collection.spec().clone();
+            let mut shards = Vec::new();
+            for shard in 0..spec.shards {
+                let copy = collection.clone();
+                let items = blocking(move || Ok(copy.snapshot_shard(shard)?)).await?;
+                let stored: Vec<StoredItem> = items
+                    .into_iter()
+                    .map(|i| StoredItem {
+                        id: i.id,
+                        label: i.label.to_string(),
+                        weight: i.weight,
+                        source: i.source.map(|s| s.to_string()),
+                        vector: i.vector,
+                    })
+                    .collect();
+                let bytes =
+                    bincode::serialize(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
+                let file = format!("{name}/{shard:04}.bin");
+                let entry = ShardFile {
+                    shard,
+                    file: file.clone(),
+                    items: stored.len() as u64,
+                    bytes: bytes.len() as u64,
+                    crc32: crc32fast::hash(&bytes),
+                };
+                source
+                    .store
+                    .put(&child(&root, &file), Bytes::from(bytes).into())
+                    .await
+                    .map_err(|e| storage_error(&request.uri, e))?;
+                shards.push(entry);
+            }
+            manifest.collections.push(CollectionSnapshot {
+                curation: (*self.inner.meta.curation(&name)?).clone(),
+                pruning: self.inner.meta.pruning(&name)?.map(|p| (*p).clone()),
+                spec,
+                shards,
+            });
+        }
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
+        source
+            .store
+            .put(&child(&root, MANIFEST), Bytes::from(json).into())
+            .await
+            .map_err(|e| storage_error(&request.uri, e))?;
+        let summary = manifest.summary(Some(started.elapsed().as_secs_f64()));
+        tracing::info!(id = %summary.id, uri = %request.uri, items = summary.items, "snapshot written");
+        Ok(summary)
+    }
+
+    /// The complete snapshots under `uri`, oldest first.
+    pub async fn list_snapshots(&self, uri: &str) -> Result<SnapshotList> {
+        let source = self.snapshot_store(uri)?;
+        let listing = source
+            .store
+            .list_with_delimiter(Some(&source.prefix))
+            .await
+            .map_err(|e| storage_error(uri, e))?;
+        let mut snapshots = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(id) = dir.filename() else { continue };
+            if let Ok(manifest) = read_manifest(&source, id).await {
+                snapshots.push(manifest.summary(None));
+            }
+        }
+        snapshots.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(SnapshotList { snapshots })
+    }
+
+    /// Restores snapshot `id` into this deployment, which must have no
+    /// collections: every file is read and checked first, then the
+    /// collections are created, their items written through the normal
+    /// durable path and their curation put back.
+    pub async fn restore_snapshot(&self, request: RestoreRequest) -> Result<SnapshotSummary> {
+        let started = Instant::now();
+        let source = self.snapshot_store(&request.uri)?;
+        let existing = self.inner.backend.names();
+        if !existing.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("restore needs an empty deployment; it has collections {existing:?}"),
+            ));
+        }
+        let manifest = read_manifest(&source, &request.id).await?;
+        if manifest.format != FORMAT {
+            return Err(ApiError::invalid(format!(
+                "snapshot format {} is not {FORMAT}",
+                manifest.format
+            )));
+        }
+        let root = child(&source.prefix, &request.id);
+        // Every file is verified before anything changes.
+        let mut contents: Vec<Vec<Vec<StoredItem>>> = Vec::new();
+        for c in &manifest.collections {
+            let mut shards = Vec::new();
+            for s in &c.shards {
+                let bytes = source
+                    .store
+                    .get(&child(&root, &s.file))
+                    .await
+                    .map_err(|e| storage_error(&request.uri, e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| storage_error(&request.uri, e))?;
+                if crc32fast::hash(&bytes) != s.crc32 || bytes.len() as u64 != s.bytes {
+                    return Err(ApiError::new(
+                        ErrorCode::Corrupted,
+                        format!(
+                            "snapshot file {} fails its checksum; nothing was restored",
+                            s.file
+                        ),
+                    ));
+                }
+                let items: Vec<StoredItem> = bincode::deserialize(&bytes).map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Corrupted,
+                        format!("snapshot file {}: {e}", s.file),
+                    )
+                })?;
+                shards.push(items);
+            }
+            contents.push(shards);
+        }
+        for (c, shards) in manifest.collections.iter().zip(contents) {
+            let mut spec = c.spec.clone();
+            if self.cluster().is_none() {
+                // The embedded node has one worker: one copy of each shard.
+                spec.replication = 1;
+            }
+            self.create_collection_from_spec(spec).await?;
+            let collection = self.hosted(&c.spec.name)?;
+            for items in shards {
+                for batch in items.chunks(RESTORE_BATCH) {
+                    let ops: Vec<WalOp> = batch
+                        .iter()
+                        .map(|i| WalOp::Upsert {
+                            id: i.id,
+                            label: i.label.as_str().into(),
+                            weight: i.weight,
+                            source: i.source.as_deref().map(Into::into),
+                            vector: i.vector.clone(),
+                        })
+                        .collect();
+                    let target = collection.clone();
+                    blocking(move || Ok(target.write(ops)?)).await?;
+                }
+            }
+            self.inner
+                .meta
+                .restore(&c.spec.name, c.curation.clone(), c.pruning.clone())
+                .await?;
+        }
+        let summary = manifest.summary(Some(started.elapsed().as_secs_f64()));
+        tracing::info!(id = %summary.id, uri = %request.uri, items = summary.items, "snapshot restored");
+        Ok(summary)
+    }
+}
+
+fn child(prefix: &ObjectPath, rest: &str) -> ObjectPath {
+    let mut path = prefix.clone();
+    for part in rest.split('/').filter(|p| !p.is_empty()) {
+        path = path.clone().join(part);
+    }
+    path
+}
+
+async fn read_manifest(source: &Source, id: &str) -> Result<Manifest> {
+    let path = child(&child(&source.prefix, id), MANIFEST);
+    let bytes = source
+        .store
+        .get(&path)
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                ApiError::not_found(format!("no complete snapshot `{id}` at {}", source.uri))
+            }
+            e => storage_error(&source.uri, e),
+        })?
+        .bytes()
+        .await
+        .map_err(|e| storage_error(&source.uri, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::Corrupted, format!("manifest of `{id}`: {e}")))
+}
