@@ -557,6 +557,7 @@ fn openapi_metrics_and_health() {
         "/v1/collections/{collection}/jobs",
         "/v1/collections/{collection}/jobs/{job}",
         "/v1/collections/{collection}/jobs/{job}/cancel",
+        "/v1/collections/{collection}/jobs/{job}/resume",
         "/v1/collections/{collection}/pruning",
         "/v1/collections/{collection}/unlearning/{receipt}",
         "/v1/cluster",

@@ -442,20 +442,52 @@ fn a_killed_ingest_resumes_without_duplicates_or_losses() {
     );
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, job) = server.get(&format!("/v1/collections/big/jobs/{id}"));
-        let done = job["done"].as_u64().unwrap_or(0);
-        assert_eq!(
-            job["state"], "running",
-            "the job ended before it could be killed: {job}"
-        );
-        if done >= 2_000 {
-            break;
+    let wait_for = |server: &Server, rows: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, job) = server.get(&format!("/v1/collections/big/jobs/{id}"));
+            let done = job["done"].as_u64().unwrap_or(0);
+            assert_eq!(
+                job["state"], "running",
+                "the job ended before it could be stopped: {job}"
+            );
+            if done >= rows {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no progress: {job}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(Instant::now() < deadline, "no progress: {job}");
+    };
+    // Cancelled, then resumed through engramctl: it goes on from its
+    // checkpoint under the same id.
+    wait_for(&server, 1_000);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engramctl"))
+            .arg("--server")
+            .arg(&server.base)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&["jobs", "cancel", "big", &id.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cancelled_at = loop {
+        let (_, job) = server.get(&format!("/v1/collections/big/jobs/{id}"));
+        if job["state"] == "cancelled" {
+            break job["done"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {job}");
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    assert!(cancelled_at < total as u64);
+    ctl(&["jobs", "resume", "big", &id.to_string()]);
+    // ...then killed: the restarted server resumes it once more.
+    wait_for(&server, cancelled_at + 500);
     server.kill9();
 
     let server = Server::start_with_env(&config, &data_dir, &s3.env());

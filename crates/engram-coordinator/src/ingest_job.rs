@@ -27,8 +27,8 @@ use engram_worker::ShardedCollection;
 
 use crate::backend::Collection;
 
-use crate::error::{ApiError, Result};
-use crate::jobs::Job;
+use crate::error::{ApiError, ErrorCode, Result};
+use crate::jobs::{Job, JobStatus};
 use crate::meta::now;
 use crate::service::{Engram, blocking};
 
@@ -456,46 +456,102 @@ impl Engram {
     /// the ended ones. Called once the server runs.
     pub fn resume_jobs(&self) -> Result<()> {
         for (spec, cp) in persisted(&self.data_dir())? {
-            let params = json!({
-                "uri": spec.uri,
-                "columns": spec.columns,
-                "max_reject_share": spec.max_reject_share,
-                "batch_rows": spec.batch_rows,
-            });
-            let job = self.inner.jobs.restore(
-                spec.id,
-                &spec.collection,
-                "ingest",
-                params,
-                &spec.started_at,
-            );
-            job.set_counts(counts(&cp));
-            job.set_total(cp.files.iter().map(|f| f.rows).sum());
-            if cp.state != "running" {
-                job.advance(cp.rows_read);
-                job.finish(match cp.state.as_str() {
-                    "succeeded" => Ok(cp.report.clone().unwrap_or_default()),
-                    _ => Err(cp.error.clone().unwrap_or_else(|| cp.state.clone())),
-                });
-                continue;
-            }
-            let this = self.clone();
-            tokio::spawn(async move {
-                let Some(hosted) = this.wait_for_collection(&spec.collection).await else {
-                    job.finish(Err("its collection no longer exists".into()));
-                    return;
-                };
-                if let Some(cluster) = this.cluster() {
-                    crate::cluster::jobs::spawn_publisher(
-                        cluster.meta().clone(),
-                        this.inner.jobs.clone(),
-                        job.clone(),
-                    );
-                }
-                tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");
-                run(this, hosted, job, spec).await;
-            });
+            self.relaunch(spec, cp);
         }
         Ok(())
+    }
+
+    /// Registers a persisted job under its own id; runs it on from its
+    /// checkpoint if that says `running`.
+    fn relaunch(&self, spec: IngestSpec, cp: Checkpoint) -> Arc<Job> {
+        let params = json!({
+            "uri": spec.uri,
+            "columns": spec.columns,
+            "max_reject_share": spec.max_reject_share,
+            "batch_rows": spec.batch_rows,
+        });
+        let job = self.inner.jobs.restore(
+            spec.id,
+            &spec.collection,
+            "ingest",
+            params,
+            &spec.started_at,
+        );
+        job.set_counts(counts(&cp));
+        job.set_total(cp.files.iter().map(|f| f.rows).sum());
+        if cp.state != "running" {
+            job.advance(cp.rows_read);
+            job.finish(match cp.state.as_str() {
+                "succeeded" => Ok(cp.report.clone().unwrap_or_default()),
+                _ => Err(cp.error.clone().unwrap_or_else(|| cp.state.clone())),
+            });
+            return job;
+        }
+        let this = self.clone();
+        let running = job.clone();
+        tokio::spawn(async move {
+            let Some(hosted) = this.wait_for_collection(&spec.collection).await else {
+                running.finish(Err("its collection no longer exists".into()));
+                return;
+            };
+            if let Some(cluster) = this.cluster() {
+                crate::cluster::jobs::spawn_publisher(
+                    cluster.meta().clone(),
+                    this.inner.jobs.clone(),
+                    running.clone(),
+                );
+            }
+            tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");
+            run(this, hosted, running, spec).await;
+        });
+        job
+    }
+
+    /// Runs a failed or cancelled ingest job on from its checkpoint (the
+    /// row groups it finished stay; none is written twice). Only the node
+    /// that ran it holds its checkpoint.
+    pub async fn resume_job(&self, collection: &str, id: u64) -> Result<JobStatus> {
+        self.hosted(collection)?;
+        let found = persisted(&self.data_dir())?
+            .into_iter()
+            .find(|(spec, _)| spec.id == id && spec.collection == collection);
+        let Some((spec, mut cp)) = found else {
+            if let Some(job) = self.inner.jobs.get(collection, id) {
+                return Err(ApiError::invalid(format!(
+                    "job {id} is a {} job; only ingest jobs resume (start a new one)",
+                    job.status().kind
+                )));
+            }
+            let owner = self
+                .cluster()
+                .and_then(|c| c.state().jobs.get(&id).map(|j| j.owner));
+            return Err(match owner {
+                Some(owner) => ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "job {id} is run by coordinator {owner}, which holds its checkpoint; resume it there"
+                    ),
+                ),
+                None => ApiError::not_found(format!("no job {id} on `{collection}`")),
+            });
+        };
+        match cp.state.as_str() {
+            "failed" | "cancelled" => {}
+            state => {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("job {id} is {state}; only failed or cancelled jobs resume"),
+                ));
+            }
+        }
+        cp.state = "running".into();
+        cp.error = None;
+        let path = jobs_dir(&self.data_dir())
+            .join(id.to_string())
+            .join(CHECKPOINT_FILE);
+        save(&path, &cp)?;
+        let job = self.relaunch(spec, cp);
+        tracing::info!(job = id, collection, "ingest job resumed on request");
+        Ok(job.status())
     }
 }

@@ -18,6 +18,9 @@ pub enum JobsCommand {
     Show { collection: String, id: u64 },
     /// Ask a running job to stop (any coordinator reaches its owner).
     Cancel { collection: String, id: u64 },
+    /// Run a failed or cancelled ingest job on from its checkpoint (on the
+    /// coordinator that ran it).
+    Resume { collection: String, id: u64 },
 }
 
 pub fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<Output> {
@@ -69,6 +72,20 @@ pub fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<Output> {
             )?;
             Ok(Output {
                 human: detail(&job),
+                json: job,
+            })
+        }
+        JobsCommand::Resume { collection, id } => {
+            let job = ctx.client.send(
+                reqwest::Method::POST,
+                &format!("/v1/collections/{collection}/jobs/{id}/resume"),
+                Some(&json!({})),
+            )?;
+            Ok(Output {
+                human: format!(
+                    "job {id} of `{collection}` runs again from its checkpoint ({})\n",
+                    progress(&job)
+                ),
                 json: job,
             })
         }

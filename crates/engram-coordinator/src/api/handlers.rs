@@ -226,6 +226,14 @@ pub async fn cancel_job(
     Ok(Json(engram.cancel_job(&collection, job).await?))
 }
 
+pub async fn resume_job(
+    State(engram): State<Engram>,
+    Path((collection, job)): Path<(String, String)>,
+) -> Result<Json<crate::jobs::JobStatus>> {
+    let job = parse_number("job id", &job)?;
+    Ok(Json(engram.resume_job(&collection, job).await?))
+}
+
 /// The decision page (see docs/api.md, "The decision page").
 pub async fn page() -> impl IntoResponse {
     (

@@ -85,6 +85,10 @@ pub fn router(engram: Engram) -> Router {
             "/v1/collections/{collection}/jobs/{job}/cancel",
             post(handlers::cancel_job),
         )
+        .route(
+            "/v1/collections/{collection}/jobs/{job}/resume",
+            post(handlers::resume_job),
+        )
         .route("/v1/cluster", get(handlers::cluster_status))
         .route("/v1/cluster/coordinators", post(handlers::add_coordinator))
         .route(
