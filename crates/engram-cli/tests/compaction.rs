@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const DIM: usize = 16;
@@ -19,34 +18,6 @@ fn vector(id: u64) -> Vec<f32> {
     (0..DIM)
         .map(|j| 1000.0 + id as f32 + j as f32 / 64.0)
         .collect()
-}
-
-fn bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-fn on_disk(dir: &Path, needle: &[u8]) -> bool {
-    files(dir).iter().any(|f| {
-        std::fs::read(f)
-            .map(|b| b.windows(needle.len()).any(|w| w == needle))
-            .unwrap_or(false)
-    })
 }
 
 fn add(server: &Server, ids: std::ops::Range<u64>) {
@@ -104,7 +75,7 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
     assert!(
         deleted
             .iter()
-            .any(|id| on_disk(&data, &bytes(&vector(*id)))),
+            .any(|id| on_disk(&data, &f32_bytes(&vector(*id)))),
         "before compaction deleted rows are still in some file"
     );
     let (_, info) = server.get("/v1/collections/m");
@@ -138,11 +109,11 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
     assert!(body["segments_rewritten"].as_u64().unwrap() >= 1, "{body}");
     for id in &deleted {
         assert!(
-            !on_disk(&data, &bytes(&vector(*id))),
+            !on_disk(&data, &f32_bytes(&vector(*id))),
             "deleted vector {id} is still in a file after compaction"
         );
     }
-    assert!(on_disk(&data, &bytes(&vector(120))), "live rows stay");
+    assert!(on_disk(&data, &f32_bytes(&vector(120))), "live rows stay");
     let (ids, body) = search_ids(&server, 10, 200);
     assert_eq!(ids.len(), 150);
     assert!(ids.iter().all(|id| *id >= 50));
@@ -191,7 +162,7 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
     );
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (50..100).any(|id| on_disk(&data, &bytes(&vector(id)))) {
+    while (50..100).any(|id| on_disk(&data, &f32_bytes(&vector(id)))) {
         assert!(
             Instant::now() < deadline,
             "automatic compaction did not run"
@@ -214,7 +185,7 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
 
     // A sealed segment truncated under the running server: answers say
     // they are partial and which shards are missing.
-    let index_file = files(&data)
+    let index_file = files_under(&data)
         .into_iter()
         .find(|f| f.to_string_lossy().ends_with("_disk.index"))
         .unwrap();

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -44,34 +43,6 @@ fn vector(id: u64) -> Vec<f32> {
     (0..DIM)
         .map(|j| 2000.0 + id as f32 + j as f32 / 64.0)
         .collect()
-}
-
-fn bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-fn on_disk(dir: &Path, needle: &[u8]) -> bool {
-    files(dir).iter().any(|f| {
-        std::fs::read(f)
-            .map(|b| b.windows(needle.len()).any(|w| w == needle))
-            .unwrap_or(false)
-    })
 }
 
 #[test]
@@ -174,7 +145,7 @@ fn every_verb_against_the_embedded_node() {
     assert_eq!(status, 200, "{body}");
     let data = dir.path().join("data");
     assert!(
-        on_disk(&data, &bytes(&vector(5))),
+        on_disk(&data, &f32_bytes(&vector(5))),
         "vector 5 should still be on disk"
     );
     let report = ctl_json(
@@ -190,7 +161,7 @@ fn every_verb_against_the_embedded_node() {
     assert_eq!(report["tombstones_after"], 0, "{report}");
     for id in [0u64, 5, 60, 119] {
         assert!(
-            !on_disk(&data, &bytes(&vector(id))),
+            !on_disk(&data, &f32_bytes(&vector(id))),
             "deleted {id} still on disk"
         );
     }
@@ -205,17 +176,16 @@ fn every_verb_against_the_embedded_node() {
 
     // snapshot: create, list, wipe, restore: the same items and answers;
     // a damaged snapshot file is refused before anything is restored.
-    let before: Vec<Value> = [120u64, 250, 399]
-        .iter()
-        .map(|id| {
-            server
-                .post(
-                    "/v1/collections/m/search",
-                    &json!({ "vector": vector(*id), "k": 5 }),
-                )
-                .1
-        })
-        .collect();
+    let answers = |server: &Server| -> Vec<Value> {
+        [120u64, 250, 399]
+            .iter()
+            .map(|id| {
+                let body = json!({ "vector": vector(*id), "k": 5 });
+                server.post("/v1/collections/m/search", &body).1
+            })
+            .collect()
+    };
+    let before = answers(&server);
     let snapshots = dir.path().join("snapshots");
     let uri = snapshots.to_string_lossy().to_string();
     let made = ctl_json(&base, &["snapshot", "create", "--uri", &uri]);
@@ -248,18 +218,7 @@ fn every_verb_against_the_embedded_node() {
     assert!(out.contains("280 items"), "{out}");
     let (_, info) = server.get("/v1/collections/m");
     assert_eq!(info["items"], 280, "{info}");
-    let after: Vec<Value> = [120u64, 250, 399]
-        .iter()
-        .map(|id| {
-            server
-                .post(
-                    "/v1/collections/m/search",
-                    &json!({ "vector": vector(*id), "k": 5 }),
-                )
-                .1
-        })
-        .collect();
-    assert_eq!(after, before);
+    assert_eq!(answers(&server), before);
     let (ok, _, err) = ctl(&base, &["items", "get", "m", "7"]);
     assert!(
         !ok && err.contains("404"),

@@ -22,6 +22,9 @@ use crate::service::{Engram, blocking};
 /// How long a new copy may take to catch up before the move is abandoned.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(600);
 
+/// How long the target may stay failed over before the move is abandoned.
+const TARGET_DOWN_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanQuery {
@@ -137,17 +140,30 @@ impl Engram {
         }
         // The new copy catches up on its own (its agent asks the primary).
         let deadline = Instant::now() + CATCH_UP_DEADLINE;
+        let mut down_since: Option<Instant> = None;
         loop {
             let state = cluster.state();
             let now = placement(&state)?;
             if now.is_in_sync(to) {
                 break;
             }
-            if !now.hosts(to) || !state.workers.get(&to).is_some_and(|w| w.alive) {
+            if !now.hosts(to) {
                 return Err(ApiError::new(
                     ErrorCode::Unavailable,
                     format!(
                         "worker {to} stopped hosting shard {shard} of `{collection}` while catching up"
+                    ),
+                ));
+            }
+            // A target failed over meanwhile catches up again when it
+            // returns; give it a while before abandoning the move.
+            if state.workers.get(&to).is_some_and(|w| w.alive) {
+                down_since = None;
+            } else if down_since.get_or_insert_with(Instant::now).elapsed() > TARGET_DOWN_GRACE {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "worker {to} has been down for {TARGET_DOWN_GRACE:?} while catching up shard {shard} of `{collection}`"
                     ),
                 ));
             }

@@ -33,6 +33,11 @@ impl ShardPlacement {
         self.in_sync().any(|w| w == worker)
     }
 
+    /// Every worker holding a copy: in sync first, then catching up.
+    pub fn all_hosts(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.in_sync().chain(self.out_of_sync.iter().copied())
+    }
+
     pub fn hosts(&self, worker: WorkerId) -> bool {
         self.is_in_sync(worker) || self.out_of_sync.contains(&worker)
     }
@@ -314,7 +319,7 @@ mod tests {
                 if sync && let Some(w) = p.out_of_sync.first().copied() {
                     p = mark_in_sync(&p, w, p.epoch).unwrap();
                 }
-                let mut hosts: Vec<u64> = p.in_sync().chain(p.out_of_sync.iter().copied()).collect();
+                let mut hosts: Vec<u64> = p.all_hosts().collect();
                 let n = hosts.len();
                 hosts.sort_unstable();
                 hosts.dedup();

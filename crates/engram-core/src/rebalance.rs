@@ -59,12 +59,7 @@ pub fn plan(
         .collect();
     let mut hosts: Vec<BTreeSet<WorkerId>> = shards
         .iter()
-        .map(|s| {
-            s.placement
-                .in_sync()
-                .chain(s.placement.out_of_sync.iter().copied())
-                .collect()
-        })
+        .map(|s| s.placement.all_hosts().collect())
         .collect();
     let mut load: BTreeMap<WorkerId, u64> = targets.iter().map(|w| (*w, 0)).collect();
     for (s, on) in shards.iter().zip(&hosts) {

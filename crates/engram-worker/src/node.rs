@@ -389,16 +389,7 @@ impl WorkerNode {
                 .scan_page(request.after, limit)
                 .map_err(internal)?;
             Ok(ScanReply {
-                items: items
-                    .into_iter()
-                    .map(|i| ItemReply {
-                        id: i.id,
-                        label: i.label.to_string(),
-                        weight: i.weight,
-                        source: i.source.map(|s| s.to_string()),
-                        vector: Some(i.vector),
-                    })
-                    .collect(),
+                items: items.into_iter().map(ItemReply::from).collect(),
                 next,
             })
         })
@@ -410,16 +401,7 @@ impl WorkerNode {
         blocking(move || {
             let items = replica.shard.snapshot().map_err(internal)?;
             Ok(ScanReply {
-                items: items
-                    .into_iter()
-                    .map(|i| ItemReply {
-                        id: i.id,
-                        label: i.label.to_string(),
-                        weight: i.weight,
-                        source: i.source.map(|s| s.to_string()),
-                        vector: Some(i.vector),
-                    })
-                    .collect(),
+                items: items.into_iter().map(ItemReply::from).collect(),
                 next: None,
             })
         })

@@ -165,6 +165,31 @@ pub struct ScanReply {
     pub next: Option<u64>,
 }
 
+impl From<crate::shard::ScannedItem> for ItemReply {
+    fn from(i: crate::shard::ScannedItem) -> ItemReply {
+        ItemReply {
+            id: i.id,
+            label: i.label.to_string(),
+            weight: i.weight,
+            source: i.source.map(|s| s.to_string()),
+            vector: Some(i.vector),
+        }
+    }
+}
+
+impl ItemReply {
+    /// The item with its vector (`None` if the reply carried none).
+    pub fn into_scanned(self) -> Option<crate::shard::ScannedItem> {
+        Some(crate::shard::ScannedItem {
+            id: self.id,
+            label: self.label.into(),
+            weight: self.weight,
+            source: self.source.map(Into::into),
+            vector: self.vector?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatsRequest {
     pub collection: String,

@@ -27,14 +27,7 @@ pub fn run(ctx: &Ctx, args: CompactArgs) -> anyhow::Result<Output> {
     }
     let names: Vec<String> = match args.collection {
         Some(name) => vec![name],
-        None => ctx
-            .client
-            .send(reqwest::Method::GET, "/v1/collections", None)?["collections"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str().map(String::from))
-            .collect(),
+        None => crate::jobs::collection_names(ctx)?,
     };
     let mut reports = Vec::new();
     let mut table = Table::new([

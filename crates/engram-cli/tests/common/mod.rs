@@ -246,3 +246,34 @@ pub fn fashion_png(images: &engram_ingest::idx::IdxImages, i: usize) -> String {
     image.write_to(&mut png, image::ImageFormat::Png).unwrap();
     base64::engine::general_purpose::STANDARD.encode(png.into_inner())
 }
+
+/// Every file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Whether some file below `dir` contains `needle`.
+pub fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+    files_under(dir).iter().any(|f| {
+        std::fs::read(f)
+            .map(|b| b.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}
+
+/// Little-endian bytes of a vector, as files store it.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}

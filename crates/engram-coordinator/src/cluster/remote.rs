@@ -398,7 +398,7 @@ impl ShardedCollection for RemoteCollection {
         let mut per_worker: BTreeMap<WorkerId, Vec<ShardDeletion>> = BTreeMap::new();
         for d in deletions {
             if let Some(p) = placements.get(d.shard as usize) {
-                for w in p.in_sync().chain(p.out_of_sync.iter().copied()) {
+                for w in p.all_hosts() {
                     per_worker.entry(w).or_default().push(d.clone());
                 }
             }
@@ -452,15 +452,7 @@ impl ShardedCollection for RemoteCollection {
         Ok(reply
             .items
             .into_iter()
-            .filter_map(|i| {
-                Some(ScannedItem {
-                    id: i.id,
-                    label: i.label.into(),
-                    weight: i.weight,
-                    source: i.source.map(Into::into),
-                    vector: i.vector?,
-                })
-            })
+            .filter_map(ItemReply::into_scanned)
             .collect())
     }
 
@@ -488,15 +480,7 @@ impl ShardedCollection for RemoteCollection {
                 let items: Vec<ScannedItem> = page
                     .items
                     .into_iter()
-                    .filter_map(|i| {
-                        Some(ScannedItem {
-                            id: i.id,
-                            label: i.label.into(),
-                            weight: i.weight,
-                            source: i.source.map(Into::into),
-                            vector: i.vector?,
-                        })
-                    })
+                    .filter_map(ItemReply::into_scanned)
                     .collect();
                 if !items.is_empty() {
                     f(items)?;
