@@ -102,9 +102,11 @@ pub fn plan(
             }
         }
     }
-    // Then balancing: from the most to the least loaded target, the
-    // heaviest copy that narrows their gap. Each move lowers the sum of
-    // squared loads, so this ends.
+    // Then balancing: from the most to the least loaded target, the copy
+    // that leaves their gap smallest. A move narrows a gap g to |g - 2w|;
+    // copies heavier than 4/5 of the gap would buy little for a whole
+    // transfer (moving 483 to close 491 to 475), so they stay. Each move
+    // lowers the sum of squared loads, so this ends.
     while plan.moves.len() < max_moves {
         let (Some((&heavy, &high)), Some((&light, &low))) = (
             load.iter()
@@ -121,9 +123,9 @@ pub fn plan(
                 hosts[*i].contains(&heavy)
                     && !hosts[*i].contains(&light)
                     && s.weight > 0
-                    && s.weight < gap
+                    && s.weight * 5 <= gap * 4
             })
-            .max_by_key(|(_, s)| (s.weight, std::cmp::Reverse((s.collection.clone(), s.shard))));
+            .min_by_key(|(_, s)| (gap.abs_diff(2 * s.weight), s.collection.clone(), s.shard));
         let Some((i, s)) = best else { break };
         hosts[i].remove(&heavy);
         hosts[i].insert(light);
@@ -200,6 +202,53 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_nearly_as_heavy_as_the_gap_stays() {
+        // Loads 3017 / 2494 / 2505 (a real plan's): moving 483 or 502 would
+        // only shave a few percent off a gap of ~520.
+        let p = |primary, replicas: Vec<u64>| ShardPlacement {
+            epoch: 1,
+            primary,
+            replicas,
+            out_of_sync: vec![],
+        };
+        let shards = vec![
+            ShardLoad {
+                collection: "c".into(),
+                shard: 0,
+                placement: p(1, vec![2]),
+                weight: 502,
+            },
+            ShardLoad {
+                collection: "c".into(),
+                shard: 1,
+                placement: p(1, vec![3]),
+                weight: 483,
+            },
+            ShardLoad {
+                collection: "c".into(),
+                shard: 2,
+                placement: p(1, vec![]),
+                weight: 2032,
+            },
+            ShardLoad {
+                collection: "c".into(),
+                shard: 3,
+                placement: p(2, vec![]),
+                weight: 1992,
+            },
+            ShardLoad {
+                collection: "c".into(),
+                shard: 4,
+                placement: p(3, vec![]),
+                weight: 2022,
+            },
+        ];
+        let plan = plan(&shards, &[1, 2, 3], &[], 100);
+        assert_eq!(plan.before[&1], 3017);
+        assert!(plan.moves.is_empty(), "{:?}", plan.moves);
+    }
+
+    #[test]
     fn a_drain_with_nowhere_to_go_is_reported() {
         let shards = loads(assign(2, 2, &[1, 2]).unwrap(), |_| 1);
         let plan = plan(&shards, &[1, 2], &[2], 100);
@@ -235,10 +284,12 @@ mod tests {
             if draining.is_empty() {
                 let spread = |l: &BTreeMap<u64, u64>| l.values().max().unwrap() - l.values().min().unwrap();
                 prop_assert!(spread(&plan.after) <= spread(&plan.before));
-                // Balanced within one copy's weight, unless distinctness forbids it.
+                // Balanced within 5/4 of one copy's weight (a copy moves only
+                // if it weighs at most 4/5 of the gap), unless distinctness
+                // forbids it.
                 let heaviest = shards.iter().map(|s| s.weight).max().unwrap();
                 if replication == 1 {
-                    prop_assert!(spread(&plan.after) <= heaviest, "{:?}", plan.after);
+                    prop_assert!(4 * spread(&plan.after) <= 5 * heaviest, "{:?}", plan.after);
                 }
             }
             let total: u64 = plan.after.values().sum();
