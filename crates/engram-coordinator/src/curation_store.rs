@@ -26,7 +26,7 @@ impl CurationStore {
     pub(crate) fn curation(&self, collection: &str) -> Result<Arc<Curation>> {
         match self {
             CurationStore::Local(store) => Ok(store.get(collection)?.curation()),
-            CurationStore::Raft(node) => Ok(raft_curation(node, collection)?.curation.arc()),
+            CurationStore::Raft(node) => raft_curation(node, collection, |c| c.curation.arc()),
         }
     }
 
@@ -34,7 +34,7 @@ impl CurationStore {
         match self {
             CurationStore::Local(store) => Ok(store.get(collection)?.pruning()),
             CurationStore::Raft(node) => {
-                Ok(raft_curation(node, collection)?.pruning.map(|p| p.arc()))
+                raft_curation(node, collection, |c| c.pruning.as_ref().map(|p| p.arc()))
             }
         }
     }
@@ -148,19 +148,24 @@ impl CurationStore {
     pub(crate) fn receipt(&self, collection: &str, id: u64) -> Result<Option<Receipt>> {
         match self {
             CurationStore::Local(store) => store.get(collection)?.receipt(id),
-            CurationStore::Raft(node) => Ok(raft_curation(node, collection)?
-                .receipts
-                .get(&id)
-                .map(|r| (**r).clone())),
+            CurationStore::Raft(node) => raft_curation(node, collection, |c| {
+                c.receipts.get(&id).map(|r| (**r).clone())
+            }),
         }
     }
 }
 
-fn raft_curation(node: &MetaNode, collection: &str) -> Result<engram_meta::CollectionCuration> {
+/// Reads one piece of `collection`'s curation from this coordinator's Raft
+/// state (on every decision: it takes `Arc`s, never copies the record).
+fn raft_curation<T>(
+    node: &MetaNode,
+    collection: &str,
+    read: impl FnOnce(&engram_meta::CollectionCuration) -> T,
+) -> Result<T> {
     node.state()
         .collections
         .get(collection)
-        .map(|c| c.curation.clone())
+        .map(|c| read(&c.curation))
         .ok_or_else(|| ApiError::not_found(format!("collection `{collection}` does not exist")))
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::rebalance::{self, Plan, ShardLoad};
-use engram_meta::{Command, CommandResult, MetaError};
+use engram_meta::{Command, MetaError};
 
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::service::{Engram, blocking};
@@ -136,7 +136,7 @@ impl Engram {
                 worker: to,
                 epoch: current.epoch,
             };
-            write(cluster.meta(), add).await?;
+            cluster.meta().write(add).await?;
         }
         // The new copy catches up on its own (its agent asks the primary).
         let deadline = Instant::now() + CATCH_UP_DEADLINE;
@@ -207,13 +207,5 @@ impl Engram {
             placement,
             seconds: started.elapsed().as_secs_f64(),
         })
-    }
-}
-
-async fn write(meta: &engram_meta::MetaNode, command: Command) -> Result<CommandResult> {
-    match meta.write(command).await {
-        Ok(result) => Ok(result),
-        Err(MetaError::Refused(reason)) => Err(ApiError::invalid(reason)),
-        Err(e) => Err(e.into()),
     }
 }

@@ -162,20 +162,8 @@ impl ReplicaHost {
         placement: &ShardPlacement,
     ) -> Result<Arc<Replica>> {
         let _opening = self.opening.lock();
+        self.retire(&spec.name, shard)?;
         let key = (spec.name.clone(), shard);
-        let old = self.replicas.write().remove(&key);
-        // Waits for a compaction of the old copy, then retires it.
-        let _retired = old.as_ref().map(|r| {
-            let mut retired = r.retired.lock();
-            *retired = true;
-            retired
-        });
-        let dir = shard_dir(&self.dir, &spec.name, shard);
-        if dir.exists() {
-            let trash = dir.with_extension(format!("old-{}", std::process::id()));
-            fs_err::rename(&dir, &trash)?;
-            fs_err::remove_dir_all(&trash)?;
-        }
         let fresh = self.open(spec, shard, placement)?;
         self.replicas.write().insert(key, fresh.clone());
         Ok(fresh)
@@ -186,6 +174,14 @@ impl ReplicaHost {
     /// files, after any compaction of it finished.
     pub fn drop_shard(&self, collection: &str, shard: u32) -> Result<()> {
         let _opening = self.opening.lock();
+        self.retire(collection, shard)
+    }
+
+    /// Forgets one shard copy and deletes its files, once any compaction
+    /// of it has finished; the old object is marked retired first, since
+    /// its directory path may soon belong to a successor. The caller holds
+    /// `opening`.
+    fn retire(&self, collection: &str, shard: u32) -> Result<()> {
         let old = self
             .replicas
             .write()
@@ -197,7 +193,7 @@ impl ReplicaHost {
         });
         let dir = shard_dir(&self.dir, collection, shard);
         if dir.exists() {
-            let trash = dir.with_extension(format!("dropped-{}", std::process::id()));
+            let trash = dir.with_extension(format!("old-{}", std::process::id()));
             fs_err::rename(&dir, &trash)?;
             fs_err::remove_dir_all(&trash)?;
         }

@@ -2,9 +2,7 @@
 //! collection, and report what it reclaimed.
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 use engram_cli::table::Table;
 
@@ -27,7 +25,7 @@ pub fn run(ctx: &Ctx, args: CompactArgs) -> anyhow::Result<Output> {
     }
     let names: Vec<String> = match args.collection {
         Some(name) => vec![name],
-        None => crate::jobs::collection_names(ctx)?,
+        None => ctx.collection_names()?,
     };
     let mut reports = Vec::new();
     let mut table = Table::new([
@@ -40,7 +38,7 @@ pub fn run(ctx: &Ctx, args: CompactArgs) -> anyhow::Result<Output> {
     ]);
     for name in names {
         let path = format!("/v1/collections/{name}");
-        let spinner = spinner(ctx, &name);
+        let spinner = ctx.spinner(&format!("compacting {name}"));
         let compacted = ctx.client.send(
             reqwest::Method::POST,
             &format!("{path}/compact"),
@@ -72,20 +70,4 @@ pub fn run(ctx: &Ctx, args: CompactArgs) -> anyhow::Result<Output> {
         json: Value::Array(reports),
         human: table.render(),
     })
-}
-
-/// A spinner on stderr while one collection compacts (hidden with --json
-/// or when stderr is not a terminal).
-fn spinner(ctx: &Ctx, name: &str) -> ProgressBar {
-    if ctx.json {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} compacting {msg} ({elapsed})")
-            .expect("valid template"),
-    );
-    bar.set_message(name.to_string());
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
 }

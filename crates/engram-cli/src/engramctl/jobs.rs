@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use engram_cli::table::Table;
 
-use crate::{Ctx, Output};
+use crate::{Ctx, Output, text};
 
 #[derive(Subcommand)]
 pub enum JobsCommand {
@@ -28,7 +28,7 @@ pub fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<Output> {
         JobsCommand::List { collection } => {
             let names = match collection {
                 Some(c) => vec![c],
-                None => collection_names(ctx)?,
+                None => ctx.collection_names()?,
             };
             let mut jobs = Vec::new();
             for name in names {
@@ -103,25 +103,6 @@ pub fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<Output> {
                 json: job,
             })
         }
-    }
-}
-
-pub fn collection_names(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
-    Ok(ctx
-        .client
-        .send(reqwest::Method::GET, "/v1/collections", None)?["collections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(String::from))
-        .collect())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
     }
 }
 

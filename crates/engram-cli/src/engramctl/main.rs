@@ -13,7 +13,9 @@ mod snapshot;
 mod status;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
+use std::time::Duration;
 
 use engram_cli::client::Client;
 
@@ -109,4 +111,42 @@ fn main() {
 pub struct Ctx {
     pub client: Client,
     pub json: bool,
+}
+
+impl Ctx {
+    /// The names of every collection.
+    pub fn collection_names(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .client
+            .send(reqwest::Method::GET, "/v1/collections", None)?["collections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// A spinner on stderr while one long call runs (hidden with --json or
+    /// when stderr is not a terminal).
+    pub fn spinner(&self, message: &str) -> ProgressBar {
+        if self.json {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+        );
+        bar.set_message(message.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
 }

@@ -3,14 +3,12 @@
 //! empty deployment.
 
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 use engram_cli::table::Table;
 
 use crate::status::bytes;
-use crate::{Ctx, Output};
+use crate::{Ctx, Output, text};
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
@@ -37,7 +35,7 @@ pub enum SnapshotCommand {
 pub fn run(ctx: &Ctx, command: SnapshotCommand) -> anyhow::Result<Output> {
     match command {
         SnapshotCommand::Create { uri } => {
-            let spinner = spinner(ctx, "writing snapshot");
+            let spinner = ctx.spinner("writing snapshot");
             let made = ctx.client.send(
                 reqwest::Method::POST,
                 "/v1/snapshots",
@@ -79,7 +77,7 @@ pub fn run(ctx: &Ctx, command: SnapshotCommand) -> anyhow::Result<Output> {
             })
         }
         SnapshotCommand::Restore { uri, id } => {
-            let spinner = spinner(ctx, "restoring snapshot");
+            let spinner = ctx.spinner("restoring snapshot");
             let restored = ctx.client.send(
                 reqwest::Method::POST,
                 "/v1/snapshots/restore",
@@ -101,10 +99,6 @@ pub fn run(ctx: &Ctx, command: SnapshotCommand) -> anyhow::Result<Output> {
     }
 }
 
-fn text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), String::from)
-}
-
 fn names(v: &Value) -> String {
     v["collections"]
         .as_array()
@@ -123,19 +117,6 @@ fn encode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
-}
-
-fn spinner(ctx: &Ctx, what: &str) -> ProgressBar {
-    if ctx.json {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
-    );
-    bar.set_message(what.to_string());
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ pub(crate) fn recorded_all(meta: &MetaNode, collection: &str) -> Vec<JobStatus> 
 
 /// Asks the owner of job `id` to stop it.
 pub(crate) async fn request_cancel(meta: &MetaNode, id: u64) -> Result<()> {
-    meta.write(Command::CancelJob { id }).await.map(|_| ())?;
+    meta.write(Command::CancelJob { id }).await?;
     Ok(())
 }
 
