@@ -21,12 +21,20 @@ use std::time::{Duration, Instant};
 const DIM: usize = 8;
 const SHARDS: u32 = 8;
 
+/// A free port for an internal address, from 20000-29999: below the
+/// ephemeral range, where the public APIs (`127.0.0.1:0`) get theirs, and
+/// never handed out twice in this process, so parallel tests cannot take
+/// each other's ports between this check and the bind.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id() % 5_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + ((offset + n) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 struct Proc {
@@ -72,9 +80,9 @@ impl Proc {
         BufReader::new(stdout).read_line(&mut line).unwrap();
         assert!(
             line.contains("listening on"),
-            "{} did not start: {line:?}; see {}",
+            "{} did not start: {line:?}; its log:\n{}",
             self.name,
-            self.log.display()
+            std::fs::read_to_string(&self.log).unwrap_or_default()
         );
         if self.role == "coordinator" {
             let addr = line.trim().rsplit(' ').next().unwrap().to_string();
