@@ -123,11 +123,13 @@ impl Drop for Proc {
     }
 }
 
+/// Fields drop in order: the processes (printing their logs when a test
+/// fails) before the directory holding those logs.
 struct Cluster {
-    _dir: tempfile::TempDir,
     coordinators: Vec<Proc>,
     workers: Vec<Proc>,
     http: reqwest::blocking::Client,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {

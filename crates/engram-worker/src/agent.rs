@@ -1,4 +1,4 @@
-//! The worker's background loop: heartbeat every coordinator, follow the
+//! The worker's background work: heartbeat every coordinator, follow the
 //! newest cluster state they report, open the shards placed here, drop
 //! collections that are gone, and catch up shards this worker fell behind on.
 
@@ -15,8 +15,9 @@ use crate::wire::*;
 /// How often a worker heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 
-/// Heartbeats between two segment reports (about 3 s).
-const SEGMENT_REPORT_TICKS: u64 = 10;
+/// How often a worker compares its copies' sealed segments with the Raft
+/// state and reports differences.
+const SEGMENT_REPORT_INTERVAL: Duration = Duration::from_secs(3);
 
 /// A shard copy's sealed segments as the Raft state records them.
 fn segment_records(shard: &crate::shard::Shard) -> Vec<SegmentRecord> {
@@ -42,17 +43,37 @@ fn segment_records(shard: &crate::shard::Shard) -> Vec<SegmentRecord> {
 }
 
 impl WorkerNode {
-    /// Runs the loop forever (spawn it).
+    /// Runs the agent forever (spawn it): three independent loops, so that
+    /// nothing slow (opening or dropping copies, a Raft write for a segment
+    /// report under load) delays a heartbeat. A worker whose heartbeats
+    /// stall is failed over by the coordinators, which costs every copy it
+    /// holds a catch-up; its liveness must reflect the process, not its
+    /// busiest chore.
     pub async fn run_agent(self) {
-        let mut ticks = 0u64;
-        loop {
-            self.tick().await;
-            ticks += 1;
-            if ticks.is_multiple_of(SEGMENT_REPORT_TICKS) {
+        let changed = tokio::sync::Notify::new();
+        let follow = async {
+            loop {
+                changed.notified().await;
+                self.reconcile().await;
+            }
+        };
+        let report = async {
+            loop {
+                tokio::time::sleep(SEGMENT_REPORT_INTERVAL).await;
                 self.report_segments().await;
             }
-            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-        }
+        };
+        let beat = async {
+            loop {
+                if self.heartbeat().await {
+                    // One stored permit: whatever arrives while a reconcile
+                    // runs leads to exactly one more round.
+                    changed.notify_one();
+                }
+                tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+            }
+        };
+        tokio::join!(follow, report, beat);
     }
 
     /// Automatic compaction of this worker's copies: every `every`, each
@@ -126,7 +147,9 @@ impl WorkerNode {
         }
     }
 
-    async fn tick(&self) {
+    /// Heartbeats every coordinator and keeps the newest state any of them
+    /// reports; true when that state is newer than the one held.
+    async fn heartbeat(&self) -> bool {
         let beat = Heartbeat {
             worker: self.inner.id,
             addr: self.inner.addr.clone(),
@@ -147,22 +170,16 @@ impl WorkerNode {
             .max_by_key(|r| r.applied);
         let Some(reply) = newest else {
             tracing::debug!("no coordinator answered the heartbeat");
-            return;
+            return false;
         };
-        let advanced = {
-            let mut state = self.inner.state.write();
-            if reply.applied >= state.0 {
-                *state = (reply.applied, Arc::new(reply.state));
-                true
-            } else {
-                false
-            }
-        };
-        if advanced {
-            self.reconcile().await;
+        let mut state = self.inner.state.write();
+        if reply.applied >= state.0 {
+            *state = (reply.applied, Arc::new(reply.state));
+            true
+        } else {
+            false
         }
     }
-
     /// Brings hosted replicas in line with the newest state.
     async fn reconcile(&self) {
         let (applied, state) = self.inner.state.read().clone();
