@@ -82,6 +82,7 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
             .collect(),
         &data_dir,
         config.index.clone(),
+        config.storage.clone(),
     )
     .map_err(|e| anyhow::anyhow!("cannot start the worker: {e}"))?;
     let agent = tokio::spawn(node.clone().run_agent());

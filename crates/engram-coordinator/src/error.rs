@@ -106,6 +106,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Corrupted { .. } => ApiError::new(ErrorCode::Corrupted, e.to_string()),
             StoreError::Io(_) => ApiError::internal(e.to_string()),
+            StoreError::Remote { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
         }
     }
 }

@@ -24,6 +24,10 @@ pub enum IngestError {
     Parquet { path: String, reason: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] engram_store::StoreError),
+    #[error(transparent)]
+    Index(#[from] engram_index::IndexError),
 }
 
 pub type Result<T> = std::result::Result<T, IngestError>;

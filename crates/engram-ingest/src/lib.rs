@@ -6,6 +6,7 @@
 //! run time from `ORT_DYLIB_PATH`. [`idx`] reads the IDX files of MNIST-style
 //! datasets used by the demo and the tests.
 
+pub mod bulk;
 pub mod embedder;
 pub mod error;
 pub mod idx;

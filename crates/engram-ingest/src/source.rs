@@ -3,15 +3,12 @@
 //! Storage or Azure Blob Storage, through `object_store`.
 
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use std::sync::Arc;
 
 use engram_core::config::StorageConfig;
+use engram_store::ObjectLocation;
 
 use crate::error::{IngestError, Result};
 
@@ -53,66 +50,11 @@ impl Source {
     /// `az://container/prefix`, `file:///abs/dir` or a local path; the last
     /// segment may be a glob such as `part-*.parquet`.
     pub fn parse(uri: &str, storage: &StorageConfig) -> Result<Source> {
-        let (scheme, rest) = match uri.split_once("://") {
-            Some((scheme, rest)) => (scheme, rest),
-            None => ("file", uri),
-        };
-        let (store, path): (Arc<dyn ObjectStore>, String) = match scheme {
-            "file" => {
-                let local = std::path::absolute(rest)
-                    .map_err(|e| bad(uri, format!("not a usable local path: {e}")))?;
-                (
-                    Arc::new(LocalFileSystem::new()),
-                    local.to_string_lossy().to_string(),
-                )
-            }
-            "s3" | "gs" | "az" => {
-                let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(bad(uri, "no bucket"));
-                }
-                let store: Arc<dyn ObjectStore> = match scheme {
-                    "s3" => {
-                        let s3 = &storage.s3;
-                        let mut builder = AmazonS3Builder::from_env()
-                            .with_bucket_name(bucket)
-                            .with_allow_http(s3.allow_http);
-                        if let Some(endpoint) = &s3.endpoint {
-                            builder = builder.with_endpoint(endpoint);
-                        }
-                        if let Some(region) = &s3.region {
-                            builder = builder.with_region(region);
-                        }
-                        if let Some(key) = &s3.access_key_id {
-                            builder = builder.with_access_key_id(key);
-                        }
-                        if let Some(secret) = &s3.secret_access_key {
-                            builder = builder.with_secret_access_key(secret);
-                        }
-                        Arc::new(builder.build().map_err(|e| bad(uri, e.to_string()))?)
-                    }
-                    "gs" => Arc::new(
-                        GoogleCloudStorageBuilder::from_env()
-                            .with_bucket_name(bucket)
-                            .build()
-                            .map_err(|e| bad(uri, e.to_string()))?,
-                    ),
-                    _ => Arc::new(
-                        MicrosoftAzureBuilder::from_env()
-                            .with_container_name(bucket)
-                            .build()
-                            .map_err(|e| bad(uri, e.to_string()))?,
-                    ),
-                };
-                (store, path.to_string())
-            }
-            other => {
-                return Err(bad(
-                    uri,
-                    format!("unknown scheme `{other}`; use s3://, gs://, az://, file:// or a path"),
-                ));
-            }
-        };
+        let location = ObjectLocation::parse(uri, storage).map_err(|e| match e {
+            engram_store::StoreError::Remote { reason, .. } => bad(uri, reason),
+            other => bad(uri, other.to_string()),
+        })?;
+        let (store, path) = (location.store, location.path);
         let (prefix, pattern) = split_glob(&path);
         Ok(Source {
             store,

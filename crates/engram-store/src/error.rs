@@ -14,6 +14,9 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
+    /// Object storage could not be reached or refused a request.
+    #[error("object storage {uri}: {reason}")]
+    Remote { uri: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

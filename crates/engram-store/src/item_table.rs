@@ -183,6 +183,9 @@ pub struct StoredItem {
     pub source: Option<Arc<str>>,
 }
 
+/// The item table's file name inside a sealed segment's directory.
+pub const SEGMENT_ITEMS_FILE: &str = "items.bin";
+
 /// Writes `items` to `path` as a checksummed file (the item table of a
 /// sealed segment).
 pub fn write_items(path: &std::path::Path, items: &[StoredItem]) -> crate::Result<()> {

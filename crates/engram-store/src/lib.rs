@@ -5,10 +5,16 @@
 pub mod checksummed;
 pub mod error;
 pub mod item_table;
+pub mod object_location;
+pub mod spill;
 pub mod vocabulary;
 pub mod wal;
 
 pub use error::{Result, StoreError};
-pub use item_table::{ItemRecord, ItemTable, StoredItem, read_items, write_items};
+pub use object_location::{CheckedFile, ObjectLocation};
+pub use spill::{SpillWriter, read_spill};
+pub use item_table::{
+    ItemRecord, ItemTable, SEGMENT_ITEMS_FILE, StoredItem, read_items, write_items,
+};
 pub use vocabulary::Vocabulary;
 pub use wal::{Wal, WalOp, WalRecord};

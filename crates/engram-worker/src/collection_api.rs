@@ -8,8 +8,11 @@ use engram_index::SearchTuning;
 use engram_store::WalOp;
 
 use crate::error::Result;
+use crate::wire::SegmentObject;
 use crate::hosted_collection::{CollectionStats, HostedCollection, SearchResults};
-use crate::shard::{Compaction, ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion};
+use std::path::Path;
+
+use crate::shard::{AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion};
 
 pub trait ShardedCollection: Send + Sync {
     fn spec(&self) -> &CollectionSpec;
@@ -39,6 +42,16 @@ pub trait ShardedCollection: Send + Sync {
     fn stats(&self) -> Result<CollectionStats>;
     /// Rewrites sealed segments past `min_deleted_fraction`.
     fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction>;
+    /// Attaches a sealed segment built by bulk ingestion to `shard` (its
+    /// rows supersede older versions of their ids). `local` is the
+    /// builder's directory, moved in where the shard lives in this process;
+    /// remote copies download `object` instead.
+    fn attach_segment(
+        &self,
+        shard: u32,
+        local: &Path,
+        object: Option<&SegmentObject>,
+    ) -> Result<AttachedSegment>;
 }
 
 impl ShardedCollection for HostedCollection {
@@ -98,5 +111,14 @@ impl ShardedCollection for HostedCollection {
 
     fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         HostedCollection::compact(self, min_deleted_fraction)
+    }
+
+    fn attach_segment(
+        &self,
+        shard: u32,
+        local: &Path,
+        _object: Option<&SegmentObject>,
+    ) -> Result<AttachedSegment> {
+        HostedCollection::attach(self, shard, local)
     }
 }

@@ -265,6 +265,18 @@ impl HostedCollection {
 
     /// Compacts every shard (see [`Shard::compact`]), one at a time; returns
     /// the segments rewritten and bytes reclaimed.
+    /// Attaches the sealed segment built in `dir` to `shard` (see
+    /// [`Shard::attach`]).
+    pub fn attach(&self, shard: u32, dir: &Path) -> Result<crate::shard::AttachedSegment> {
+        let target = self.shards.get(shard as usize).ok_or_else(|| {
+            crate::WorkerError::Invalid(format!(
+                "collection `{}` has no shard {shard}",
+                self.spec.name
+            ))
+        })?;
+        target.attach(dir)
+    }
+
     pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
         self.shards
             .iter()

@@ -14,15 +14,18 @@ use engram_core::placement::WorkerId;
 use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
 use engram_meta::{ClusterState, Command, CommandResult};
-use engram_store::WalOp;
+use engram_core::config::StorageConfig;
+use engram_store::{ObjectLocation, WalOp};
 
 use crate::replicas::{Replica, ReplicaHost};
 use crate::rpc_client::{CallError, call, internal_client};
-use crate::shard::{Compaction, SearchFilter, ShardDeletion};
+use crate::shard::{AttachedSegment, Compaction, SearchFilter, ShardDeletion};
 use crate::wire::*;
 
 /// Longest a replication or transfer chunk may take.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a copy may take to download and attach a bulk segment.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Items per transfer chunk.
 const TRANSFER_CHUNK: usize = 2_000;
 
@@ -44,6 +47,8 @@ pub(crate) struct Inner {
     /// The highest Raft index a coordinator told this worker about
     /// directly; collections are only dropped on a state at least as new.
     pub(crate) floor: AtomicU64,
+    /// Credentials and endpoints for object storage (bulk segments).
+    pub(crate) storage: StorageConfig,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -63,6 +68,7 @@ impl WorkerNode {
         coordinators: Vec<String>,
         data_dir: &Path,
         params: IndexParams,
+        storage: StorageConfig,
     ) -> crate::Result<WorkerNode> {
         Ok(WorkerNode {
             inner: Arc::new(Inner {
@@ -74,6 +80,7 @@ impl WorkerNode {
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
                 floor: AtomicU64::new(0),
+                storage,
             }),
         })
     }
@@ -151,30 +158,38 @@ impl WorkerNode {
         shard: u32,
         ops: Vec<WalOp>,
     ) -> RpcResult<()> {
-        let placement = replica.placement();
         let request = ReplicateRequest {
             collection: collection.to_string(),
             shard,
-            placement: placement.clone(),
+            placement: replica.placement(),
             ops,
         };
-        let sends = placement.replicas.iter().map(|r| {
-            let request = &request;
-            async move {
-                let result = match self.worker_addr(*r) {
-                    Ok(addr) => call::<_, ()>(
-                        &self.inner.client,
-                        &addr,
-                        path::REPLICATE,
-                        request,
-                        REPLICATION_TIMEOUT,
-                    )
+        self.to_replicas(replica, collection, shard, path::REPLICATE, &request, REPLICATION_TIMEOUT)
+            .await
+    }
+
+    /// Sends `request` to every in-sync replica of the shard; a replica
+    /// that does not take it is marked out of sync through Raft before this
+    /// returns (it catches up by transfer later), so the caller may
+    /// acknowledge.
+    async fn to_replicas<R: serde::Serialize + Sync>(
+        &self,
+        replica: &Arc<Replica>,
+        collection: &str,
+        shard: u32,
+        route: &str,
+        request: &R,
+        timeout: Duration,
+    ) -> RpcResult<()> {
+        let placement = replica.placement();
+        let sends = placement.replicas.iter().map(|r| async move {
+            let result = match self.worker_addr(*r) {
+                Ok(addr) => call::<_, ()>(&self.inner.client, &addr, route, request, timeout)
                     .await
                     .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                (*r, result)
-            }
+                Err(e) => Err(e.to_string()),
+            };
+            (*r, result)
         });
         let results = futures::future::join_all(sends).await;
         for (worker, result) in results {
@@ -200,6 +215,110 @@ impl WorkerNode {
             }
         }
         Ok(())
+    }
+
+    // ----- bulk segments -----------------------------------------------
+
+    /// Primary side of attaching a bulk-built segment: every copy downloads
+    /// it first (writes continue meanwhile), then, in write order, the
+    /// primary attaches its copy and has every in-sync replica attach
+    /// theirs (a replica that cannot is marked out of sync, as for a
+    /// write). Acknowledged once every in-sync copy serves the rows.
+    pub async fn attach(self, request: AttachRequest) -> RpcResult<AttachedSegment> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        replica.check_epoch(&request.placement)?;
+        if replica.placement().primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        let prefetch = AttachRequest {
+            placement: replica.placement(),
+            stage_only: true,
+            ..request.clone()
+        };
+        let node = &self;
+        let staged = replica.placement().replicas.into_iter().map(|r| {
+            let prefetch = &prefetch;
+            async move {
+                let this = node;
+                let addr = this.worker_addr(r)?;
+                call::<_, AttachedSegment>(&this.inner.client, &addr, path::ATTACH_REPLICA, prefetch, ATTACH_TIMEOUT)
+                    .await
+                    .map_err(|e| RpcError::Replication(e.to_string()))
+            }
+        });
+        let (local, remote) = futures::future::join(
+            self.stage_segment(&replica, &request.segment),
+            futures::future::join_all(staged),
+        )
+        .await;
+        let local = local?;
+        for failed in remote.into_iter().filter_map(|r| r.err()) {
+            // Attaching downloads again; if that fails too, out of sync.
+            tracing::warn!(collection = %request.collection, shard = request.shard, error = %failed, "a replica could not stage a segment ahead");
+        }
+        let _order = replica.order.lock().await;
+        replica.check_epoch(&request.placement)?;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        let shard = replica.clone();
+        let attached = blocking(move || shard.shard.attach(&local).map_err(internal)).await?;
+        let forward = AttachRequest {
+            placement,
+            stage_only: false,
+            ..request.clone()
+        };
+        self.to_replicas(&replica, &request.collection, request.shard, path::ATTACH_REPLICA, &forward, ATTACH_TIMEOUT)
+            .await?;
+        Ok(attached)
+    }
+
+    /// A replica's side: stage (download) the segment, and unless
+    /// `stage_only`, attach it.
+    pub async fn apply_attach(self, request: AttachRequest) -> RpcResult<AttachedSegment> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        replica.check_epoch(&request.placement)?;
+        let staged = self.stage_segment(&replica, &request.segment).await?;
+        if request.stage_only {
+            return Ok(AttachedSegment::default());
+        }
+        blocking(move || replica.shard.attach(&staged).map_err(internal)).await
+    }
+
+    /// Downloads `segment` (checked file by file against its CRC32s) into
+    /// the shard's staging directory, unless a complete copy is already
+    /// there; returns the staged directory.
+    async fn stage_segment(
+        &self,
+        replica: &Arc<Replica>,
+        segment: &SegmentObject,
+    ) -> RpcResult<std::path::PathBuf> {
+        let name: String = segment
+            .key
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        let staging = replica.shard.staging_dir();
+        let target = staging.join(&name);
+        if target.exists() {
+            return Ok(target);
+        }
+        let location = ObjectLocation::parse(&segment.uri, &self.inner.storage)
+            .map_err(|e| RpcError::Invalid(e.to_string()))?;
+        let partial = staging.join(format!(
+            "{name}.partial-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let downloaded = location.download(&segment.key, &segment.files, &partial).await;
+        if let Err(e) = downloaded {
+            let _ = fs_err::remove_dir_all(&partial);
+            return Err(internal(e));
+        }
+        fs_err::rename(&partial, &target).map_err(internal)?;
+        Ok(target)
     }
 
     /// A replica's side of replication.

@@ -47,6 +47,11 @@ pub fn router(node: WorkerNode) -> Router {
         )
         .route(path::HOST, post(|s, b| handle(s, b, WorkerNode::host_now)))
         .route(path::DROP, post(|s, b| handle(s, b, WorkerNode::drop_now)))
+        .route(path::ATTACH, post(|s, b| handle(s, b, WorkerNode::attach)))
+        .route(
+            path::ATTACH_REPLICA,
+            post(|s, b| handle(s, b, WorkerNode::apply_attach)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         // Writes, replication and transfers carry vectors: axum's 2 MiB
         // default would refuse a batch of high-dimensional items.

@@ -28,11 +28,13 @@ use engram_index::{
 };
 use engram_store::{ItemTable, StoredItem, Wal, WalOp, WalRecord, checksummed};
 
+
 use crate::error::{Result, WorkerError};
 
 const SHARD_FILE: &str = "shard.bin";
 const SEGMENTS_DIR: &str = "segments";
-const ITEMS_FILE: &str = "items.bin";
+const ITEMS_FILE: &str = engram_store::SEGMENT_ITEMS_FILE;
+const STAGING_DIR: &str = "incoming";
 
 /// What `shard.bin` records: the commit point of seals and compactions.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -137,6 +139,38 @@ impl std::iter::Sum for Compaction {
     }
 }
 
+/// What attaching a segment did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedSegment {
+    /// The segment's name in this shard.
+    pub name: String,
+    pub rows: usize,
+    /// Rows that replaced a live older version of their id.
+    pub replaced: usize,
+}
+
+/// Moves a directory: a rename, or a copy and removal when `from` is on
+/// another filesystem.
+fn move_dir(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    let copying = to.with_extension("copying");
+    fs::create_dir_all(&copying)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let file = copying.join(entry.file_name());
+        fs::copy(entry.path(), &file)?;
+        fs::File::open(&file)?.sync_all()?;
+    }
+    fs::rename(&copying, to)?;
+    fs::remove_dir_all(from)?;
+    Ok(())
+}
+
 /// Bytes of a sealed segment's files.
 fn segment_bytes(segment: &SealedSegment) -> u64 {
     segment.manifest().files.iter().map(|f| f.bytes).sum()
@@ -228,17 +262,29 @@ impl Shard {
             manifest
         };
         remove_leftovers(dir, &manifest)?;
+        let staging = dir.join(STAGING_DIR);
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
 
         let mut state = ShardState {
             growing: GrowingSegment::new(dim, metric, params)?,
             sealed: Vec::new(),
             items: ItemTable::default(),
         };
+        // A later segment's rows supersede earlier versions of their ids
+        // (attached segments; see `attach`), whether or not the earlier
+        // segments' delete bitmaps were written before a crash.
         for name in &manifest.segments {
             let segment_dir = dir.join(SEGMENTS_DIR).join(name);
             let segment = SealedSegment::open(&segment_dir, params, false)?;
             for item in engram_store::read_items(&segment_dir.join(ITEMS_FILE))? {
                 if segment.contains(item.id) {
+                    if state.items.contains(item.id) {
+                        for older in &state.sealed {
+                            older.delete(item.id);
+                        }
+                    }
                     state
                         .items
                         .upsert(item.id, &item.label, item.weight, item.source);
@@ -502,6 +548,117 @@ impl Shard {
         })
     }
 
+    /// Where segments to be attached are staged: a directory on the shard's
+    /// own filesystem (attaching is then a rename), emptied when the shard
+    /// opens, outside `segments/` (which seals and compactions sweep).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.dir.join(STAGING_DIR)
+    }
+
+    /// Adds a sealed segment built elsewhere (bulk ingestion): `staged`
+    /// holds a complete segment with its item table. Its rows supersede
+    /// every older version of their ids, as an upsert would: those are
+    /// removed from older sealed segments and from the growing segment.
+    ///
+    /// The growing segment is not sealed: its surviving rows are carried
+    /// into the new WAL, written before `shard.bin` names the segment (the
+    /// commit point). A crash before it leaves the shard as it was (the
+    /// staged copy is a leftover); after it, opening the shard derives the
+    /// superseding from the manifest order again, so the older segments'
+    /// delete bitmaps may be written after the commit.
+    pub fn attach(&self, staged: &Path) -> Result<AttachedSegment> {
+        let mut wal = self.wal.lock();
+        let name = format!("{:08}", wal.manifest.next_segment);
+        let segment_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+        if segment_dir.exists() {
+            fs::remove_dir_all(&segment_dir)?;
+        }
+        move_dir(staged, &segment_dir)?;
+        let opened = self.open_attachable(&segment_dir);
+        let (segment, items) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&segment_dir);
+                return Err(e);
+            }
+        };
+        let superseded: HashSet<u64> = items.iter().map(|i| i.id).collect();
+        let carried: WalRecord = {
+            let state = self.state.read();
+            let (ids, vectors) = state.growing.live_rows();
+            ids.iter()
+                .zip(vectors.chunks_exact(self.dim.max(1)))
+                .filter(|(id, _)| !superseded.contains(id))
+                .filter_map(|(id, vector)| {
+                    let record = state.items.get(*id)?;
+                    Some(WalOp::Upsert {
+                        id: *id,
+                        label: state.items.label_of(record).clone(),
+                        weight: record.weight,
+                        source: record.source.clone(),
+                        vector: vector.to_vec(),
+                    })
+                })
+                .collect()
+        };
+        let mut manifest = wal.manifest.clone();
+        manifest.segments.push(name.clone());
+        manifest.next_segment += 1;
+        let rows = items.len();
+        let segment = Arc::new(segment);
+        let mut replaced = 0usize;
+        self.rotate_wal_carrying(&mut wal, manifest, &carried, |state| {
+            for item in &items {
+                let mut was_live = state.growing.remove(item.id);
+                for older in &state.sealed {
+                    was_live |= older.delete(item.id);
+                }
+                replaced += usize::from(was_live);
+                state
+                    .items
+                    .upsert(item.id, &item.label, item.weight, item.source.clone());
+            }
+            state.sealed.push(segment.clone());
+            Ok(())
+        })?;
+        for older in &self.state.read().sealed {
+            older.persist_deletes()?;
+        }
+        tracing::info!(shard = self.number, segment = %name, rows, replaced, "attached a sealed segment");
+        Ok(AttachedSegment {
+            name,
+            rows,
+            replaced,
+        })
+    }
+
+    /// Opens a segment about to be attached and checks that it fits this
+    /// shard: dimension, metric, and an item for every row.
+    fn open_attachable(&self, dir: &Path) -> Result<(SealedSegment, Vec<StoredItem>)> {
+        let segment = SealedSegment::open(dir, &self.params, false)?;
+        let manifest = segment.manifest();
+        if manifest.dim != self.dim || manifest.metric != self.metric {
+            return Err(WorkerError::Invalid(format!(
+                "segment {} holds {}-d {:?} vectors; shard {} holds {}-d {:?}",
+                dir.display(),
+                manifest.dim,
+                manifest.metric,
+                self.number,
+                self.dim,
+                self.metric
+            )));
+        }
+        let items = engram_store::read_items(&dir.join(ITEMS_FILE))?;
+        if items.len() != segment.rows() || items.iter().any(|i| !segment.holds_row(i.id)) {
+            return Err(WorkerError::Invalid(format!(
+                "segment {}: its item table does not match its {} rows",
+                dir.display(),
+                segment.rows()
+            )));
+        }
+        Ok((segment, items))
+    }
+
     /// Rewrites every sealed segment with deleted rows without them, and
     /// seals the growing segment, so that deleted vectors are physically
     /// gone from every file of the shard (the WAL included). Returns how
@@ -571,15 +728,31 @@ impl Shard {
     fn rotate_wal(
         &self,
         wal: &mut WalState,
+        manifest: ShardManifest,
+        swap: impl FnOnce(&mut ShardState) -> Result<()>,
+    ) -> Result<()> {
+        self.rotate_wal_carrying(wal, manifest, &Vec::new(), swap)
+    }
+
+    /// [`Self::rotate_wal`] whose new WAL starts with `carried` (rows of the
+    /// growing segment that must outlive the old WAL), durable before the
+    /// commit point.
+    fn rotate_wal_carrying(
+        &self,
+        wal: &mut WalState,
         mut manifest: ShardManifest,
+        carried: &WalRecord,
         swap: impl FnOnce(&mut ShardState) -> Result<()>,
     ) -> Result<()> {
         for segment in &self.state.read().sealed {
             segment.persist_deletes()?;
         }
         manifest.wal_generation = wal.manifest.wal_generation + 1;
-        let (new_wal, records) = Wal::open(&wal_path(&self.dir, manifest.wal_generation))?;
+        let (mut new_wal, records) = Wal::open(&wal_path(&self.dir, manifest.wal_generation))?;
         debug_assert!(records.is_empty());
+        if !carried.is_empty() {
+            new_wal.append(carried)?;
+        }
         checksummed::write_atomic(
             &self.dir.join(SHARD_FILE),
             &serde_json::to_vec(&manifest).expect("serialisable"),
@@ -971,6 +1144,89 @@ mod tests {
             3,
             "two compacted plus the sealed growing segment"
         );
+    }
+
+    /// Builds a segment of `ids` with label `label` as bulk ingestion does.
+    fn bulk_segment(dir: &Path, ids: &[u64], data: &[Vec<f32>], dim: usize, label: &str, params: &IndexParams) {
+        let vectors: Vec<f32> = ids.iter().flat_map(|id| data[*id as usize].clone()).collect();
+        SealedSegment::build(dir, ids, &vectors, dim, Metric::L2, params).unwrap();
+        let items: Vec<StoredItem> = ids
+            .iter()
+            .map(|id| StoredItem { id: *id, label: label.into(), weight: 2.0, source: None })
+            .collect();
+        engram_store::write_items(&dir.join(ITEMS_FILE), &items).unwrap();
+    }
+
+    #[test]
+    fn attached_segments_supersede_older_rows_and_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard");
+        let dim = 16;
+        let params = IndexParams {
+            seal_threshold: 200,
+            max_degree: 32,
+            build_list_size: 64,
+            pq_bytes: 8,
+            search_list_size: 64,
+            ..IndexParams::default()
+        };
+        let old = rows(300, dim);
+        let new: Vec<Vec<f32>> = rows(301, dim).into_iter().skip(1).collect();
+        let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
+        for chunk in (0..250u64).collect::<Vec<_>>().chunks(50) {
+            let ops = chunk.iter().map(|id| upsert(*id, "old", &old[*id as usize])).collect();
+            shard.write(ops).unwrap();
+        }
+        assert_eq!(shard.sealed_segments(), 1, "ids 0..200 sealed, 200..250 growing");
+
+        // Ids 150..230 and 300..320 supersede sealed and growing rows.
+        let ids: Vec<u64> = (150..230).chain(250..300).collect();
+        let built = tmp.path().join("built");
+        bulk_segment(&built, &ids, &new, dim, "new", &params);
+        let attached = shard.attach(&built).unwrap();
+        assert_eq!((attached.rows, attached.replaced), (130, 80));
+        assert!(!built.exists(), "moved into the shard");
+
+        let check = |shard: &Shard| {
+            assert_eq!(shard.len(), 300);
+            assert_eq!(&*shard.get(100).unwrap().label, "old");
+            assert_eq!(&*shard.get(160).unwrap().label, "new");
+            assert_eq!(&*shard.get(220).unwrap().label, "new");
+            assert_eq!(&*shard.get(240).unwrap().label, "old", "growing rows carried over");
+            assert_eq!(shard.get_vector(220).unwrap().unwrap(), new[220]);
+            assert_eq!(shard.get_vector(240).unwrap().unwrap(), old[240]);
+            let hits = shard.search_batch(&[new[170].as_slice()], 1, &SearchFilter::default(), SearchTuning::default());
+            assert_eq!(hits.lists[0][0].id, 170);
+            let mut seen = HashMap::new();
+            shard
+                .scan(&mut |items| {
+                    for item in items {
+                        *seen.entry(item.id).or_insert(0) += 1;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(seen.len(), 300);
+            assert!(seen.values().all(|n| *n == 1), "every id once");
+        };
+        check(&shard);
+        drop(shard);
+        let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
+        check(&shard);
+        assert_eq!(shard.sealed_segments(), 2);
+
+        // A segment of the wrong dimension is refused and changes nothing.
+        let wrong = tmp.path().join("wrong");
+        let narrow: Vec<Vec<f32>> = rows(10, 8);
+        bulk_segment(&wrong, &(0..10).collect::<Vec<_>>(), &narrow, 8, "x", &params);
+        assert!(shard.attach(&wrong).is_err());
+        check(&shard);
+        // Writes after an attach go on as usual.
+        shard.delete_ids(&[160, 240]).unwrap();
+        drop(shard);
+        let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
+        assert!(shard.get(160).is_none() && shard.get(240).is_none());
+        assert_eq!(shard.len(), 298);
     }
 
     #[test]

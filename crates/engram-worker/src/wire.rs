@@ -23,6 +23,8 @@ pub mod path {
     pub const SNAPSHOT: &str = "/internal/v1/snapshot";
     pub const HOST: &str = "/internal/v1/host";
     pub const DROP: &str = "/internal/v1/drop";
+    pub const ATTACH: &str = "/internal/v1/attach";
+    pub const ATTACH_REPLICA: &str = "/internal/v1/attach_replica";
 }
 
 /// Paths under a coordinator's internal address that workers call.
@@ -243,6 +245,27 @@ pub struct InstallRequest {
     pub placement: ShardPlacement,
     pub reset: bool,
     pub ops: Vec<WalOp>,
+}
+
+/// A sealed segment in object storage: the store's URI, the key below it
+/// and every file with its size and CRC32.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentObject {
+    pub uri: String,
+    pub key: String,
+    pub files: Vec<engram_store::CheckedFile>,
+}
+
+/// Attach a bulk-built segment to one shard: sent to the primary, which
+/// attaches it in write order and has every in-sync replica do the same;
+/// `stage_only` asks a copy to download it ahead of the attach.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    pub segment: SegmentObject,
+    pub stage_only: bool,
 }
 
 /// Open these shards now (a coordinator creating a collection), as of

@@ -17,6 +17,7 @@ use engram_store::WalOp;
 use engram_worker::rpc_client::{CallError, call};
 use engram_worker::wire::*;
 use engram_worker::{
+    AttachedSegment,
     CollectionStats, Compaction, ItemView, Presence, Result, ScannedItem, SearchFilter,
     SearchResults, ShardDeletion, ShardedCollection, WorkerError,
 };
@@ -43,6 +44,8 @@ const SCAN_PAGE: u32 = 2_048;
 
 /// Pause between write attempts while the shard map settles.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest a bulk segment attach may take (every copy downloads it).
+const BULK_ATTACH_DEADLINE: Duration = Duration::from_secs(900);
 
 impl RemoteCollection {
     pub(crate) fn new(
@@ -96,27 +99,44 @@ impl RemoteCollection {
         ops: Vec<ShardOp>,
         deadline: Instant,
     ) -> Result<Vec<ShardDeletion>> {
+        let reply: WriteReply = self
+            .to_primary(shard, path::WRITE, deadline, |placement| WriteRequest {
+                collection: self.spec.name.clone(),
+                shard,
+                placement,
+                ops: ops.clone(),
+            })
+            .await?;
+        Ok(reply.deletions)
+    }
+
+    /// Sends what `request` makes of the current placement to the shard's
+    /// primary, retrying through failovers (stale epochs, a dead primary)
+    /// until `deadline`.
+    async fn to_primary<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        shard: u32,
+        route: &str,
+        deadline: Instant,
+        request: impl Fn(engram_core::placement::ShardPlacement) -> Req,
+    ) -> Result<Resp> {
         let mut last;
         loop {
             let placement = self.placements()?[shard as usize].clone();
             if let Some(addr) = self.addr(placement.primary) {
-                let request = WriteRequest {
-                    collection: self.spec.name.clone(),
-                    shard,
-                    placement: placement.clone(),
-                    ops: ops.clone(),
-                };
+                let primary = placement.primary;
+                let request = request(placement);
                 let left = deadline.saturating_duration_since(Instant::now());
-                match call::<_, WriteReply>(
+                match call::<_, Resp>(
                     &self.cluster.inner.client,
                     &addr,
-                    path::WRITE,
+                    route,
                     &request,
                     left.max(Duration::from_millis(1)),
                 )
                 .await
                 {
-                    Ok(reply) => return Ok(reply.deletions),
+                    Ok(reply) => return Ok(reply),
                     Err(CallError::Refused(RpcError::Invalid(m))) => {
                         return Err(WorkerError::Invalid(m));
                     }
@@ -129,14 +149,14 @@ impl RemoteCollection {
                         }
                         continue;
                     }
-                    Err(e) => last = format!("shard {shard} primary {}: {e}", placement.primary),
+                    Err(e) => last = format!("shard {shard} primary {primary}: {e}"),
                 }
             } else {
                 last = format!("shard {shard}: primary {} unknown", placement.primary);
             }
             if Instant::now() + RETRY_PAUSE >= deadline {
                 return Err(WorkerError::Unavailable(format!(
-                    "write not acknowledged in time: {last}"
+                    "not acknowledged in time: {last}"
                 )));
             }
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -548,6 +568,29 @@ impl ShardedCollection for RemoteCollection {
             .flat_map(|(_, shards): (_, Vec<ShardStats>)| shards)
             .collect();
         Ok(CollectionStats::from_shards(shards))
+    }
+
+    fn attach_segment(
+        &self,
+        shard: u32,
+        _local: &std::path::Path,
+        object: Option<&SegmentObject>,
+    ) -> Result<AttachedSegment> {
+        let Some(object) = object else {
+            return Err(WorkerError::Invalid(
+                "bulk ingestion in a cluster needs object storage for its segments: set storage.segments_uri".into(),
+            ));
+        };
+        let deadline = Instant::now() + BULK_ATTACH_DEADLINE;
+        self.runtime.block_on(self.to_primary(shard, path::ATTACH, deadline, |placement| {
+            AttachRequest {
+                collection: self.spec.name.clone(),
+                shard,
+                placement,
+                segment: object.clone(),
+                stage_only: false,
+            }
+        }))
     }
 
     fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
