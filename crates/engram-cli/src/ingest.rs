@@ -27,6 +27,14 @@ pub struct IngestArgs {
     /// Rows per batch (bounds the server's memory).
     #[arg(long, default_value_t = 1024)]
     batch_rows: usize,
+    /// Build sealed segments straight from the rows and attach them (the
+    /// bulk path: no WAL, memory bounded by one segment); for large loads.
+    #[arg(long)]
+    bulk: bool,
+    /// With --bulk: rows per shard that make a segment (default: the
+    /// server's seal threshold).
+    #[arg(long, requires = "bulk")]
+    segment_rows: Option<usize>,
     /// Print the final job status as JSON.
     #[arg(long)]
     json: bool,
@@ -50,6 +58,12 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     if !columns.is_empty() {
         body["columns"] = Value::Object(columns);
     }
+    if args.bulk {
+        body["bulk"] = json!(true);
+    }
+    if let Some(rows) = args.segment_rows {
+        body["segment_rows"] = json!(rows);
+    }
     let job = client.post(&format!("/v1/collections/{}/jobs", args.collection), &body)?;
     let id = job["id"].as_u64().unwrap_or(0);
     let status = follow_job(&client, &args.collection, id, "ingesting rows")?;
@@ -59,10 +73,14 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     }
     let r = &status["report"];
     println!(
-        "ingest job {id}: {} rows from {} files; {} items written, {} rejected ({:.0} rows/s){}",
+        "ingest job {id}: {} rows from {} files; {} items written{}, {} rejected ({:.0} rows/s){}",
         r["rows_read"],
         r["files"],
         r["items_written"],
+        match r["segments"].as_u64() {
+            Some(n) if n > 0 => format!(" in {n} sealed segments"),
+            _ => String::new(),
+        },
         r["rejected"],
         r["rows_per_s"].as_f64().unwrap_or(0.0),
         r["rejects_file"]

@@ -17,6 +17,7 @@ use crate::dto::{
     UnlearningStatus,
 };
 use crate::error::{ApiError, ErrorCode, Result};
+use crate::ingest_job::IngestOptions;
 use crate::jobs::{Job, JobState, JobStatus};
 use crate::meta::now;
 use crate::service::{Engram, MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
@@ -179,9 +180,11 @@ impl Engram {
             || request.columns.is_some()
             || request.max_reject_share.is_some()
             || request.batch_rows.is_some()
+            || request.bulk.is_some()
+            || request.segment_rows.is_some()
         {
             return Err(ApiError::invalid(
-                "uri, columns, max_reject_share and batch_rows belong to ingest jobs",
+                "uri, columns, max_reject_share, batch_rows, bulk and segment_rows belong to ingest jobs",
             ));
         }
         let mode = match request.mode.as_deref().unwrap_or("dry_run") {
@@ -250,12 +253,28 @@ impl Engram {
         if !(1..=65_536).contains(&batch_rows) {
             return Err(ApiError::invalid("batch_rows must be between 1 and 65536"));
         }
+        let bulk = request.bulk.unwrap_or(false);
+        let segment_rows = request.segment_rows.unwrap_or(0);
+        if request.segment_rows.is_some() && !bulk {
+            return Err(ApiError::invalid(
+                "segment_rows applies to bulk ingest jobs only",
+            ));
+        }
+        if request.segment_rows.is_some() && !(1_000..=100_000_000).contains(&segment_rows) {
+            return Err(ApiError::invalid(
+                "segment_rows must be between 1000 and 100000000",
+            ));
+        }
         self.start_ingest(
             hosted,
-            uri,
-            request.columns.unwrap_or_default(),
-            max_reject_share,
-            batch_rows,
+            IngestOptions {
+                uri,
+                columns: request.columns.unwrap_or_default(),
+                max_reject_share,
+                batch_rows,
+                bulk,
+                segment_rows,
+            },
         )
         .await
     }

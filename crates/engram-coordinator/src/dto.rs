@@ -421,6 +421,10 @@ pub struct JobRequest {
     pub columns: Option<engram_ingest::rows::Columns>,
     pub max_reject_share: Option<f64>,
     pub batch_rows: Option<usize>,
+    /// Build sealed segments straight from the rows (the bulk path).
+    pub bulk: Option<bool>,
+    /// Bulk path: rows per shard segment (default: the seal threshold).
+    pub segment_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

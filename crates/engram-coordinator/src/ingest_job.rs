@@ -33,7 +33,7 @@ use crate::meta::now;
 use crate::service::{Engram, blocking};
 
 const JOB_FILE: &str = "job.bin";
-const CHECKPOINT_FILE: &str = "checkpoint.bin";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.bin";
 const REJECTS_DIR: &str = "rejects";
 /// Image objects fetched at once for `image_uri` rows.
 const FETCH_CONCURRENCY: usize = 8;
@@ -50,6 +50,14 @@ pub struct IngestSpec {
     /// Rows per batch (bounds memory).
     pub batch_rows: usize,
     pub started_at: String,
+    /// Build sealed segments from the rows and attach them (the bulk path)
+    /// instead of writing rows through the shards' WAL.
+    #[serde(default)]
+    pub bulk: bool,
+    /// Bulk path: rows per shard that trigger building segments (0: the
+    /// index's seal threshold).
+    #[serde(default)]
+    pub segment_rows: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,7 +67,31 @@ pub struct FileEntry {
     pub rows: u64,
 }
 
-/// Where a job stands; rewritten after every row group.
+/// What a caller asks of an ingestion job.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub uri: String,
+    pub columns: Columns,
+    pub max_reject_share: f64,
+    pub batch_rows: usize,
+    pub bulk: bool,
+    pub segment_rows: usize,
+}
+
+/// A job's parameters as its status shows them.
+fn params_of(spec: &IngestSpec) -> serde_json::Value {
+    json!({
+        "uri": spec.uri,
+        "columns": spec.columns,
+        "max_reject_share": spec.max_reject_share,
+        "batch_rows": spec.batch_rows,
+        "bulk": spec.bulk,
+        "segment_rows": spec.segment_rows,
+    })
+}
+
+/// Where a job stands; rewritten after every row group (stream path) or
+/// after every attached generation of segments (bulk path).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub files: Vec<FileEntry>,
@@ -69,6 +101,9 @@ pub struct Checkpoint {
     pub rows_read: u64,
     pub items_written: u64,
     pub rejected: u64,
+    /// Sealed segments attached (bulk path).
+    #[serde(default)]
+    pub segments: u64,
     /// `running`, `succeeded`, `failed` or `cancelled`.
     pub state: String,
     #[serde(default)]
@@ -87,7 +122,7 @@ fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         .map_err(|e| ApiError::internal(format!("{} is unreadable: {e}", path.display())))
 }
 
-fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec(value).map_err(|e| ApiError::internal(e.to_string()))?;
     checksummed::write_atomic(path, &bytes)?;
     Ok(())
@@ -131,13 +166,14 @@ pub fn create(data_dir: &Path, spec: &IngestSpec) -> Result<()> {
     save(&dir.join(JOB_FILE), spec)
 }
 
-fn counts(cp: &Checkpoint) -> serde_json::Value {
+pub(crate) fn counts(cp: &Checkpoint) -> serde_json::Value {
     json!({
         "files": cp.files.len(),
         "files_done": cp.file,
         "rows_read": cp.rows_read,
         "items_written": cp.items_written,
         "rejected": cp.rejected,
+        "segments": cp.segments,
     })
 }
 
@@ -145,7 +181,21 @@ fn counts(cp: &Checkpoint) -> serde_json::Value {
 /// checkpoint and on `job`.
 pub async fn run(engram: Engram, hosted: Collection, job: Arc<Job>, spec: IngestSpec) {
     let dir = jobs_dir(&engram.data_dir()).join(spec.id.to_string());
-    let outcome = ingest(&engram, &hosted, &job, &spec, &dir).await;
+    // In its own task so that a panic ends the job as failed instead of
+    // leaving it `running` for ever.
+    let task = {
+        let (engram, hosted, job, spec, dir) = (
+            engram.clone(),
+            hosted.clone(),
+            job.clone(),
+            spec.clone(),
+            dir.clone(),
+        );
+        tokio::spawn(async move { ingest(&engram, &hosted, &job, &spec, &dir).await })
+    };
+    let outcome = task
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("the job stopped on a bug: {e}"))));
     let mut cp: Checkpoint = load(&dir.join(CHECKPOINT_FILE)).unwrap_or_default();
     match &outcome {
         Ok(report) => {
@@ -168,7 +218,7 @@ pub async fn run(engram: Engram, hosted: Collection, job: Arc<Job>, spec: Ingest
 async fn ingest(
     engram: &Engram,
     hosted: &Collection,
-    job: &Job,
+    job: &Arc<Job>,
     spec: &IngestSpec,
     dir: &Path,
 ) -> Result<serde_json::Value> {
@@ -209,83 +259,26 @@ async fn ingest(
         Some(name) => Some(engram.embedder_named(name)?),
         None => None,
     };
-    while cp.file < cp.files.len() {
-        let entry = cp.files[cp.file].clone();
-        let file = SourceFile {
-            path: ObjectPath::from(entry.path.as_str()),
-            size: entry.size,
-        };
-        let parquet = ParquetFile::open(source.store.clone(), &file, &spec.columns).await?;
-        while cp.row_group < parquet.row_groups() {
-            if job.cancelled() {
-                return Err(ApiError::invalid("cancelled"));
-            }
-            let group = cp.row_group;
-            // (rejects, items written) of this row group; the lock is never
-            // held across an await.
-            let tally: parking_lot::Mutex<(Vec<Reject>, u64)> = Default::default();
-            parquet
-                .read_row_group(group, spec.batch_rows, |rows| {
-                    let store = source.store.clone();
-                    let hosted = hosted.clone();
-                    let embedder = embedder.clone();
-                    let path = entry.path.clone();
-                    let tally = &tally;
-                    async move {
-                        let (rows, fetch_failed) = fetch_images(&store, &path, rows).await;
-                        let (written, bad) = blocking(move || {
-                            let target = Target {
-                                dim: hosted.spec().dim,
-                                metric: hosted.spec().metric,
-                                embedder: embedder.as_deref(),
-                                max_label: crate::service::MAX_LABEL_BYTES,
-                                max_source: crate::service::MAX_SOURCE_BYTES,
-                            };
-                            let (items, bad) = prepare_rows(&path, rows, &target)?;
-                            write_items(hosted.as_ref(), &items)?;
-                            Ok((items.len() as u64, bad))
-                        })
-                        .await?;
-                        let mut tally = tally.lock();
-                        tally.0.extend(fetch_failed);
-                        tally.0.extend(bad);
-                        tally.1 += written;
-                        Ok::<(), ApiError>(())
-                    }
-                })
-                .await?;
-            let (rejects, written) = tally.into_inner();
-            if !rejects.is_empty() {
-                let part = dir
-                    .join(REJECTS_DIR)
-                    .join(format!("{:06}-{:06}.parquet", cp.file, group));
-                write_rejects(&part, &rejects)?;
-            }
-            let rows = parquet.row_group_rows(group);
-            cp.row_group += 1;
-            cp.rows_read += rows;
-            cp.items_written += written;
-            cp.rejected += rejects.len() as u64;
+    let reader = RowGroupReader {
+        hosted: hosted.clone(),
+        embedder,
+        source,
+        spec: spec.clone(),
+        dir: dir.to_path_buf(),
+        open: None,
+    };
+    if spec.bulk {
+        cp = crate::ingest_bulk::run(engram, hosted, job, spec, dir, reader, cp).await?;
+    } else {
+        let mut reader = reader;
+        let sink_target = hosted.clone();
+        let sink: Sink = Arc::new(move |items: &[Item]| write_items(sink_target.as_ref(), items));
+        while let Some(group) = reader.next_group(&mut cp, job, &sink).await? {
+            cp.items_written += group.accepted;
             save(&checkpoint_path, &cp)?;
-            engram.metrics().items_added(written as usize);
-            job.advance(rows);
+            engram.metrics().items_added(group.accepted as usize);
             job.set_counts(counts(&cp));
-            let share = cp.rejected as f64 / cp.rows_read.max(1) as f64;
-            if share > spec.max_reject_share {
-                return Err(ApiError::invalid(format!(
-                    "{} of {} rows rejected ({:.2}%), more than max_reject_share {:.2}%; see {}",
-                    cp.rejected,
-                    cp.rows_read,
-                    100.0 * share,
-                    100.0 * spec.max_reject_share,
-                    dir.join(REJECTS_DIR).display()
-                )));
-            }
         }
-        cp.file += 1;
-        cp.row_group = 0;
-        save(&checkpoint_path, &cp)?;
-        job.set_counts(counts(&cp));
     }
     let rejects_file = merge_rejects(dir)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -295,11 +288,137 @@ async fn ingest(
         "rows_read": cp.rows_read,
         "items_written": cp.items_written,
         "rejected": cp.rejected,
+        "segments": cp.segments,
         "rejects_file": rejects_file.map(|p| p.display().to_string()),
         "seconds": seconds,
         "rows_per_s": rows_this_run as f64 / seconds.max(1e-9),
         "resumed_at_row": resumed_rows,
     }))
+}
+
+/// What becomes of a batch's valid items; runs on a blocking thread.
+pub(crate) type Sink = Arc<dyn Fn(&[Item]) -> Result<()> + Send + Sync>;
+
+/// One row group read.
+pub(crate) struct GroupRead {
+    /// Valid items handed to the sink.
+    pub accepted: u64,
+}
+
+/// Reads a job's input row group by row group from a checkpoint's
+/// position: fetches `image_uri` objects, validates rows and embeds images
+/// on blocking threads (the next batch is read meanwhile), hands valid
+/// items to a sink, writes each row group's rejects, and advances the
+/// checkpoint's position and counts (its caller decides when to save it).
+pub(crate) struct RowGroupReader {
+    hosted: Collection,
+    embedder: Option<Arc<engram_ingest::OnnxEmbedder>>,
+    source: Source,
+    spec: IngestSpec,
+    dir: PathBuf,
+    /// The file being read: its index and opened footer.
+    open: Option<(usize, ParquetFile)>,
+}
+
+impl RowGroupReader {
+    /// Reads the row group `cp` points at, or returns `None` at the end.
+    pub(crate) async fn next_group(
+        &mut self,
+        cp: &mut Checkpoint,
+        job: &Job,
+        sink: &Sink,
+    ) -> Result<Option<GroupRead>> {
+        loop {
+            if cp.file >= cp.files.len() {
+                return Ok(None);
+            }
+            if job.cancelled() {
+                return Err(ApiError::invalid("cancelled"));
+            }
+            if self.open.as_ref().is_none_or(|(i, _)| *i != cp.file) {
+                let entry = &cp.files[cp.file];
+                let file = SourceFile {
+                    path: ObjectPath::from(entry.path.as_str()),
+                    size: entry.size,
+                };
+                let parquet =
+                    ParquetFile::open(self.source.store.clone(), &file, &self.spec.columns).await?;
+                self.open = Some((cp.file, parquet));
+            }
+            let (_, parquet) = self.open.as_ref().expect("opened above");
+            if cp.row_group < parquet.row_groups() {
+                break;
+            }
+            cp.file += 1;
+            cp.row_group = 0;
+        }
+        let (_, parquet) = self.open.as_ref().expect("opened above");
+        let group = cp.row_group;
+        let path = cp.files[cp.file].path.clone();
+        // (rejects, items accepted) of this row group; the lock is never
+        // held across an await.
+        let tally: parking_lot::Mutex<(Vec<Reject>, u64)> = Default::default();
+        parquet
+            .read_row_group(group, self.spec.batch_rows, |rows| {
+                let store = self.source.store.clone();
+                let hosted = self.hosted.clone();
+                let embedder = self.embedder.clone();
+                let path = path.clone();
+                let sink = sink.clone();
+                let tally = &tally;
+                async move {
+                    let (rows, fetch_failed) = fetch_images(&store, &path, rows).await;
+                    let (accepted, bad) = blocking(move || {
+                        let target = Target {
+                            dim: hosted.spec().dim,
+                            metric: hosted.spec().metric,
+                            embedder: embedder.as_deref(),
+                            max_label: crate::service::MAX_LABEL_BYTES,
+                            max_source: crate::service::MAX_SOURCE_BYTES,
+                        };
+                        let (items, bad) = prepare_rows(&path, rows, &target)?;
+                        sink(&items)?;
+                        Ok((items.len() as u64, bad))
+                    })
+                    .await?;
+                    let mut tally = tally.lock();
+                    tally.0.extend(fetch_failed);
+                    tally.0.extend(bad);
+                    tally.1 += accepted;
+                    Ok::<(), ApiError>(())
+                }
+            })
+            .await?;
+        let (rejects, accepted) = tally.into_inner();
+        if !rejects.is_empty() {
+            let part = self
+                .dir
+                .join(REJECTS_DIR)
+                .join(format!("{:06}-{:06}.parquet", cp.file, group));
+            write_rejects(&part, &rejects)?;
+        }
+        let rows = parquet.row_group_rows(group);
+        cp.row_group += 1;
+        cp.rows_read += rows;
+        cp.rejected += rejects.len() as u64;
+        if cp.row_group >= parquet.row_groups() {
+            cp.file += 1;
+            cp.row_group = 0;
+        }
+        job.advance(rows);
+        let share = cp.rejected as f64 / cp.rows_read.max(1) as f64;
+        if share > self.spec.max_reject_share {
+            return Err(ApiError::invalid(format!(
+                "{} of {} rows rejected ({:.2}%), more than max_reject_share {:.2}%; see {}",
+                cp.rejected,
+                cp.rows_read,
+                100.0 * share,
+                100.0 * self.spec.max_reject_share,
+                self.dir.join(REJECTS_DIR).display()
+            )));
+        }
+        Ok(Some(GroupRead { accepted }))
+    }
 }
 
 /// Replaces `image_uri` payloads by the fetched images (from the same
@@ -406,30 +525,42 @@ impl Engram {
     pub(crate) async fn start_ingest(
         &self,
         hosted: Collection,
-        uri: String,
-        columns: Columns,
-        max_reject_share: f64,
-        batch_rows: usize,
+        options: IngestOptions,
     ) -> Result<crate::jobs::JobStatus> {
+        let IngestOptions {
+            uri,
+            columns,
+            max_reject_share,
+            batch_rows,
+            bulk,
+            segment_rows,
+        } = options;
         // Refuse a bad URI now rather than in the job.
         Source::parse(&uri, &self.config().storage)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
+        if bulk && self.cluster().is_some() && self.config().storage.segments_uri.is_none() {
+            return Err(ApiError::invalid(
+                "bulk ingestion in a cluster needs object storage for its segments: set storage.segments_uri on the coordinators and workers",
+            ));
+        }
         let collection = hosted.spec().name.clone();
-        let params = json!({
-            "uri": uri,
-            "columns": columns,
-            "max_reject_share": max_reject_share,
-            "batch_rows": batch_rows,
-        });
-        let job = self.new_job(&collection, "ingest", params).await?;
         let spec = IngestSpec {
-            id: job.id(),
-            collection,
+            id: 0,
+            collection: collection.clone(),
             uri,
             columns,
             max_reject_share,
             batch_rows,
             started_at: now(),
+            bulk,
+            segment_rows,
+        };
+        let job = self
+            .new_job(&collection, "ingest", params_of(&spec))
+            .await?;
+        let spec = IngestSpec {
+            id: job.id(),
+            ..spec
         };
         create(&self.data_dir(), &spec)?;
         tokio::spawn(run(self.clone(), hosted, job.clone(), spec));
@@ -464,12 +595,7 @@ impl Engram {
     /// Registers a persisted job under its own id; runs it on from its
     /// checkpoint if that says `running`.
     fn relaunch(&self, spec: IngestSpec, cp: Checkpoint) -> Arc<Job> {
-        let params = json!({
-            "uri": spec.uri,
-            "columns": spec.columns,
-            "max_reject_share": spec.max_reject_share,
-            "batch_rows": spec.batch_rows,
-        });
+        let params = params_of(&spec);
         let job = self.inner.jobs.restore(
             spec.id,
             &spec.collection,

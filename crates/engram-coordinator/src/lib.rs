@@ -14,6 +14,7 @@ mod curation_service;
 mod curation_store;
 pub mod dto;
 pub mod error;
+mod ingest_bulk;
 pub mod ingest_job;
 pub mod jobs;
 pub mod meta;

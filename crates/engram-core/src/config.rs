@@ -150,6 +150,12 @@ impl ClusterConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub s3: S3Config,
+    /// Where bulk ingestion uploads the sealed segments it builds
+    /// (`s3://bucket/prefix`, `gs://`, `az://`, or a local directory);
+    /// workers download them from there. Required for bulk ingestion in a
+    /// cluster; on the embedded node, segments are attached from the
+    /// builder's disk and only uploaded when this is set.
+    pub segments_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

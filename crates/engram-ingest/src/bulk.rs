@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use engram_core::Metric;
 use engram_core::config::IndexParams;
 use engram_core::shard::shard_of;
-use engram_core::Metric;
 use engram_index::SealedSegment;
 use engram_store::{CheckedFile, SpillWriter, StoredItem, WalOp, read_spill, write_items};
 
@@ -77,7 +77,12 @@ impl ShardSpills {
 
     /// Rows in the fullest shard's spill.
     pub fn max_rows(&self) -> u64 {
-        self.writers.iter().flatten().map(|w| w.rows()).max().unwrap_or(0)
+        self.writers
+            .iter()
+            .flatten()
+            .map(|w| w.rows())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Bytes spilled over every shard.
@@ -211,17 +216,23 @@ mod tests {
         let mut total = 0;
         for spill in &finished {
             let ops = read_spill(&spill.path).unwrap();
-            assert!(ops.iter().all(|op| matches!(op, WalOp::Upsert { id, .. } if shard_of(*id, 3) == spill.shard)));
+            assert!(ops.iter().all(
+                |op| matches!(op, WalOp::Upsert { id, .. } if shard_of(*id, 3) == spill.shard)
+            ));
             let dir = root.path().join(format!("seg-{}", spill.shard));
             let built = build_segment(&spill.path, &dir, 4, Metric::L2, &params).unwrap();
             total += built.rows;
-            let items = engram_store::read_items(&dir.join(engram_store::SEGMENT_ITEMS_FILE)).unwrap();
+            let items =
+                engram_store::read_items(&dir.join(engram_store::SEGMENT_ITEMS_FILE)).unwrap();
             assert_eq!(items.len(), built.rows);
             if let Some(seven) = items.iter().find(|i| i.id == 7) {
                 assert_eq!(&*seven.label, "b");
             }
             let names: Vec<&str> = built.files.iter().map(|f| f.name.as_str()).collect();
-            assert!(names.contains(&engram_store::SEGMENT_ITEMS_FILE), "{names:?}");
+            assert!(
+                names.contains(&engram_store::SEGMENT_ITEMS_FILE),
+                "{names:?}"
+            );
             let segment = SealedSegment::open(&dir, &params, true).unwrap();
             assert_eq!(segment.rows(), built.rows);
         }

@@ -223,7 +223,7 @@ impl ParquetFile {
     }
 
     /// Reads row group `group` in batches of at most `batch_rows` rows and
-    /// hands each to `f`; memory is bounded by one batch.
+    /// hands each to `f`; memory is bounded by two batches.
     pub async fn read_row_group<F, Fut, E>(
         &self,
         group: usize,
@@ -253,11 +253,23 @@ impl ParquetFile {
         .build()
         .map_err(|e| bad(&self.path, e.to_string()))?;
         let mut next_row = self.first_row(group);
-        while let Some(batch) = stream.next().await {
+        // The next batch is read and decoded while `f` works on the current
+        // one (two batches in memory at most); `f` runs on one batch at a time.
+        let mut in_flight: Option<std::pin::Pin<Box<Fut>>> = None;
+        loop {
+            let batch = match in_flight.take() {
+                Some(work) => {
+                    let (batch, done) = futures::future::join(stream.next(), work).await;
+                    done?;
+                    batch
+                }
+                None => stream.next().await,
+            };
+            let Some(batch) = batch else { break };
             let batch = batch.map_err(|e| bad(&self.path, e.to_string()))?;
             let rows = self.rows_of(&batch, next_row)?;
             next_row += batch.num_rows() as u64;
-            f(rows).await?;
+            in_flight = Some(Box::pin(f(rows)));
         }
         Ok(())
     }

@@ -11,10 +11,10 @@ pub mod vocabulary;
 pub mod wal;
 
 pub use error::{Result, StoreError};
-pub use object_location::{CheckedFile, ObjectLocation};
-pub use spill::{SpillWriter, read_spill};
 pub use item_table::{
     ItemRecord, ItemTable, SEGMENT_ITEMS_FILE, StoredItem, read_items, write_items,
 };
+pub use object_location::{CheckedFile, ObjectLocation};
+pub use spill::{SpillWriter, read_spill};
 pub use vocabulary::Vocabulary;
 pub use wal::{Wal, WalOp, WalRecord};

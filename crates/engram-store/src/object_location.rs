@@ -132,17 +132,17 @@ impl ObjectLocation {
 
     /// The object path of `key` (slash-separated) below this location.
     pub fn object(&self, key: &str) -> ObjectPath {
-        let joined = format!(
-            "{}/{}",
-            self.path.trim_matches('/'),
-            key.trim_matches('/')
-        );
+        let joined = format!("{}/{}", self.path.trim_matches('/'), key.trim_matches('/'));
         ObjectPath::from(joined.trim_matches('/'))
     }
 
     /// This location's URI with `key` appended, for messages and records.
     pub fn uri_of(&self, key: &str) -> String {
-        format!("{}/{}", self.uri.trim_end_matches('/'), key.trim_matches('/'))
+        format!(
+            "{}/{}",
+            self.uri.trim_end_matches('/'),
+            key.trim_matches('/')
+        )
     }
 
     /// Uploads `files` from `dir` to `<key>/<name>`, checking each file
@@ -191,7 +191,10 @@ impl ObjectLocation {
                 let _ = parts.abort().await;
                 return Err(e);
             }
-            parts.finish().await.map_err(|e| bad(&self.uri_of(key), e))?;
+            parts
+                .finish()
+                .await
+                .map_err(|e| bad(&self.uri_of(key), e))?;
         }
         Ok(())
     }
@@ -268,7 +271,10 @@ mod tests {
         assert!(remote.join("seg/1/b.bin").exists());
         let back = root.path().join("back");
         location.download("seg/1", &files, &back).await.unwrap();
-        assert_eq!(std::fs::read(back.join("b.bin")).unwrap(), vec![7u8; 100_000]);
+        assert_eq!(
+            std::fs::read(back.join("b.bin")).unwrap(),
+            vec![7u8; 100_000]
+        );
 
         // A byte flipped in storage: refused, naming the object.
         let mut bytes = std::fs::read(remote.join("seg/1/a.bin")).unwrap();

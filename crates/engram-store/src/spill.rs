@@ -39,7 +39,8 @@ impl SpillWriter {
         }
         let payload = encode(record);
         self.out.write_all(&(payload.len() as u32).to_le_bytes())?;
-        self.out.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
+        self.out
+            .write_all(&crc32fast::hash(&payload).to_le_bytes())?;
         self.out.write_all(&payload)?;
         self.rows += record.len() as u64;
         self.bytes += 8 + payload.len() as u64;

@@ -8,11 +8,13 @@ use engram_index::SearchTuning;
 use engram_store::WalOp;
 
 use crate::error::Result;
-use crate::wire::SegmentObject;
 use crate::hosted_collection::{CollectionStats, HostedCollection, SearchResults};
+use crate::wire::SegmentObject;
 use std::path::Path;
 
-use crate::shard::{AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion};
+use crate::shard::{
+    AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion,
+};
 
 pub trait ShardedCollection: Send + Sync {
     fn spec(&self) -> &CollectionSpec;

@@ -25,7 +25,7 @@ pub use error::{Result, WorkerError};
 pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
 pub use node::WorkerNode;
 pub use shard::{
-    AttachedSegment,
-    Compaction, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
+    AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, Shard,
+    ShardDeletion, ShardHits,
 };
 pub use worker::Worker;

@@ -10,11 +10,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use engram_core::config::IndexParams;
+use engram_core::config::StorageConfig;
 use engram_core::placement::WorkerId;
 use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
 use engram_meta::{ClusterState, Command, CommandResult};
-use engram_core::config::StorageConfig;
 use engram_store::{ObjectLocation, WalOp};
 
 use crate::replicas::{Replica, ReplicaHost};
@@ -164,8 +164,15 @@ impl WorkerNode {
             placement: replica.placement(),
             ops,
         };
-        self.to_replicas(replica, collection, shard, path::REPLICATE, &request, REPLICATION_TIMEOUT)
-            .await
+        self.to_replicas(
+            replica,
+            collection,
+            shard,
+            path::REPLICATE,
+            &request,
+            REPLICATION_TIMEOUT,
+        )
+        .await
     }
 
     /// Sends `request` to every in-sync replica of the shard; a replica
@@ -241,9 +248,15 @@ impl WorkerNode {
             async move {
                 let this = node;
                 let addr = this.worker_addr(r)?;
-                call::<_, AttachedSegment>(&this.inner.client, &addr, path::ATTACH_REPLICA, prefetch, ATTACH_TIMEOUT)
-                    .await
-                    .map_err(|e| RpcError::Replication(e.to_string()))
+                call::<_, AttachedSegment>(
+                    &this.inner.client,
+                    &addr,
+                    path::ATTACH_REPLICA,
+                    prefetch,
+                    ATTACH_TIMEOUT,
+                )
+                .await
+                .map_err(|e| RpcError::Replication(e.to_string()))
             }
         });
         let (local, remote) = futures::future::join(
@@ -269,8 +282,15 @@ impl WorkerNode {
             stage_only: false,
             ..request.clone()
         };
-        self.to_replicas(&replica, &request.collection, request.shard, path::ATTACH_REPLICA, &forward, ATTACH_TIMEOUT)
-            .await?;
+        self.to_replicas(
+            &replica,
+            &request.collection,
+            request.shard,
+            path::ATTACH_REPLICA,
+            &forward,
+            ATTACH_TIMEOUT,
+        )
+        .await?;
         Ok(attached)
     }
 
@@ -297,7 +317,13 @@ impl WorkerNode {
         let name: String = segment
             .key
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let staging = replica.shard.staging_dir();
         let target = staging.join(&name);
@@ -312,7 +338,9 @@ impl WorkerNode {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
-        let downloaded = location.download(&segment.key, &segment.files, &partial).await;
+        let downloaded = location
+            .download(&segment.key, &segment.files, &partial)
+            .await;
         if let Err(e) = downloaded {
             let _ = fs_err::remove_dir_all(&partial);
             return Err(internal(e));

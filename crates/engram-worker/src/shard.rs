@@ -28,7 +28,6 @@ use engram_index::{
 };
 use engram_store::{ItemTable, StoredItem, Wal, WalOp, WalRecord, checksummed};
 
-
 use crate::error::{Result, WorkerError};
 
 const SHARD_FILE: &str = "shard.bin";
@@ -1147,12 +1146,27 @@ mod tests {
     }
 
     /// Builds a segment of `ids` with label `label` as bulk ingestion does.
-    fn bulk_segment(dir: &Path, ids: &[u64], data: &[Vec<f32>], dim: usize, label: &str, params: &IndexParams) {
-        let vectors: Vec<f32> = ids.iter().flat_map(|id| data[*id as usize].clone()).collect();
+    fn bulk_segment(
+        dir: &Path,
+        ids: &[u64],
+        data: &[Vec<f32>],
+        dim: usize,
+        label: &str,
+        params: &IndexParams,
+    ) {
+        let vectors: Vec<f32> = ids
+            .iter()
+            .flat_map(|id| data[*id as usize].clone())
+            .collect();
         SealedSegment::build(dir, ids, &vectors, dim, Metric::L2, params).unwrap();
         let items: Vec<StoredItem> = ids
             .iter()
-            .map(|id| StoredItem { id: *id, label: label.into(), weight: 2.0, source: None })
+            .map(|id| StoredItem {
+                id: *id,
+                label: label.into(),
+                weight: 2.0,
+                source: None,
+            })
             .collect();
         engram_store::write_items(&dir.join(ITEMS_FILE), &items).unwrap();
     }
@@ -1174,10 +1188,17 @@ mod tests {
         let new: Vec<Vec<f32>> = rows(301, dim).into_iter().skip(1).collect();
         let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
         for chunk in (0..250u64).collect::<Vec<_>>().chunks(50) {
-            let ops = chunk.iter().map(|id| upsert(*id, "old", &old[*id as usize])).collect();
+            let ops = chunk
+                .iter()
+                .map(|id| upsert(*id, "old", &old[*id as usize]))
+                .collect();
             shard.write(ops).unwrap();
         }
-        assert_eq!(shard.sealed_segments(), 1, "ids 0..200 sealed, 200..250 growing");
+        assert_eq!(
+            shard.sealed_segments(),
+            1,
+            "ids 0..200 sealed, 200..250 growing"
+        );
 
         // Ids 150..230 and 300..320 supersede sealed and growing rows.
         let ids: Vec<u64> = (150..230).chain(250..300).collect();
@@ -1192,10 +1213,19 @@ mod tests {
             assert_eq!(&*shard.get(100).unwrap().label, "old");
             assert_eq!(&*shard.get(160).unwrap().label, "new");
             assert_eq!(&*shard.get(220).unwrap().label, "new");
-            assert_eq!(&*shard.get(240).unwrap().label, "old", "growing rows carried over");
+            assert_eq!(
+                &*shard.get(240).unwrap().label,
+                "old",
+                "growing rows carried over"
+            );
             assert_eq!(shard.get_vector(220).unwrap().unwrap(), new[220]);
             assert_eq!(shard.get_vector(240).unwrap().unwrap(), old[240]);
-            let hits = shard.search_batch(&[new[170].as_slice()], 1, &SearchFilter::default(), SearchTuning::default());
+            let hits = shard.search_batch(
+                &[new[170].as_slice()],
+                1,
+                &SearchFilter::default(),
+                SearchTuning::default(),
+            );
             assert_eq!(hits.lists[0][0].id, 170);
             let mut seen = HashMap::new();
             shard
@@ -1218,7 +1248,14 @@ mod tests {
         // A segment of the wrong dimension is refused and changes nothing.
         let wrong = tmp.path().join("wrong");
         let narrow: Vec<Vec<f32>> = rows(10, 8);
-        bulk_segment(&wrong, &(0..10).collect::<Vec<_>>(), &narrow, 8, "x", &params);
+        bulk_segment(
+            &wrong,
+            &(0..10).collect::<Vec<_>>(),
+            &narrow,
+            8,
+            "x",
+            &params,
+        );
         assert!(shard.attach(&wrong).is_err());
         check(&shard);
         // Writes after an attach go on as usual.

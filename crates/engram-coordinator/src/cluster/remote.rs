@@ -17,9 +17,8 @@ use engram_store::WalOp;
 use engram_worker::rpc_client::{CallError, call};
 use engram_worker::wire::*;
 use engram_worker::{
-    AttachedSegment,
-    CollectionStats, Compaction, ItemView, Presence, Result, ScannedItem, SearchFilter,
-    SearchResults, ShardDeletion, ShardedCollection, WorkerError,
+    AttachedSegment, CollectionStats, Compaction, ItemView, Presence, Result, ScannedItem,
+    SearchFilter, SearchResults, ShardDeletion, ShardedCollection, WorkerError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -582,15 +581,16 @@ impl ShardedCollection for RemoteCollection {
             ));
         };
         let deadline = Instant::now() + BULK_ATTACH_DEADLINE;
-        self.runtime.block_on(self.to_primary(shard, path::ATTACH, deadline, |placement| {
-            AttachRequest {
-                collection: self.spec.name.clone(),
-                shard,
-                placement,
-                segment: object.clone(),
-                stage_only: false,
-            }
-        }))
+        self.runtime
+            .block_on(
+                self.to_primary(shard, path::ATTACH, deadline, |placement| AttachRequest {
+                    collection: self.spec.name.clone(),
+                    shard,
+                    placement,
+                    segment: object.clone(),
+                    stage_only: false,
+                }),
+            )
     }
 
     fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {

@@ -1,0 +1,266 @@
+//! The bulk path of an ingestion job (DESIGN.md section 5: bulk ingestion
+//! builds sealed segments directly; it never pushes rows through a WAL).
+//!
+//! Two stages overlap:
+//! - the reader (this task) reads row groups, validates and embeds rows on
+//!   blocking threads and appends them to per-shard spill files on local
+//!   disk — one *generation* of spills at a time;
+//! - the builder (a second task) takes a full generation, builds one sealed
+//!   DiskANN segment per shard, uploads it to `storage.segments_uri` when
+//!   set (required in a cluster: workers download from there) and attaches
+//!   it to its shard (every in-sync copy, in write order), then saves the
+//!   checkpoint the reader had reached when the generation was closed.
+//!
+//! A generation closes when a shard's spill reaches `segment_rows` (or the
+//! spills pass [`SPILL_BYTES`]); the channel between the stages holds one,
+//! so at most three generations exist at once (filling, queued, building),
+//! and memory is bounded by the segment being built, whatever the size of
+//! the input. A killed job resumes from the last saved checkpoint: rows
+//! read after it are read again and attached again, and an attached row
+//! supersedes an earlier copy of its id, so nothing is duplicated or lost.
+
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engram_ingest::bulk::{ShardSpills, Spill, build_segment};
+use engram_store::ObjectLocation;
+use engram_worker::wire::SegmentObject;
+
+use crate::backend::Collection;
+use crate::error::{ApiError, Result};
+use crate::ingest_job::{
+    CHECKPOINT_FILE, Checkpoint, IngestSpec, RowGroupReader, Sink, counts, save,
+};
+use crate::jobs::Job;
+use crate::service::{Engram, blocking};
+
+/// Spilled bytes (all shards) that close a generation even if no shard
+/// has `segment_rows` yet (many shards, few rows each).
+const SPILL_BYTES: u64 = 4 << 30;
+
+/// A closed generation: its spills and the reader's position after them.
+struct Generation {
+    number: u64,
+    spills: ShardSpills,
+    checkpoint: Checkpoint,
+}
+
+/// What the builder needs besides the generations.
+struct Builder {
+    engram: Engram,
+    hosted: Collection,
+    spec: IngestSpec,
+    dir: PathBuf,
+    work: PathBuf,
+    store: Option<ObjectLocation>,
+    /// Distinguishes this run's objects from a killed run's.
+    run: String,
+    /// Attached so far (rows, segments), for progress and the checkpoint.
+    attached: Mutex<(u64, u64)>,
+}
+
+/// Runs the job's bulk path from `cp`; returns the final checkpoint.
+pub(crate) async fn run(
+    engram: &Engram,
+    hosted: &Collection,
+    job: &Arc<Job>,
+    spec: &IngestSpec,
+    dir: &Path,
+    mut reader: RowGroupReader,
+    cp: Checkpoint,
+) -> Result<Checkpoint> {
+    let config = engram.config();
+    let store = match &config.storage.segments_uri {
+        Some(uri) => Some(ObjectLocation::parse(uri, &config.storage)?),
+        None if engram.cluster().is_some() => {
+            return Err(ApiError::invalid(
+                "bulk ingestion in a cluster needs object storage for its segments: set storage.segments_uri",
+            ));
+        }
+        None => None,
+    };
+    let segment_rows = match spec.segment_rows {
+        0 => config.index.seal_threshold,
+        n => n,
+    } as u64;
+    let shards = hosted.spec().shards;
+    let work = dir.join("bulk");
+    if work.exists() {
+        fs_err::remove_dir_all(&work).map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let builder = Arc::new(Builder {
+        engram: engram.clone(),
+        hosted: hosted.clone(),
+        spec: spec.clone(),
+        dir: dir.to_path_buf(),
+        work: work.clone(),
+        store,
+        run: format!(
+            "run-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        ),
+        attached: Mutex::new((cp.items_written, cp.segments)),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Generation>(1);
+    let building = {
+        let builder = builder.clone();
+        let job_view = job.clone();
+        tokio::spawn(async move {
+            while let Some(generation) = rx.recv().await {
+                builder.build_generation(generation, &job_view).await?;
+            }
+            Ok::<(), ApiError>(())
+        })
+    };
+
+    let open = |number: u64| -> Result<Arc<Mutex<ShardSpills>>> {
+        let spills = ShardSpills::create(&work.join(format!("g{number:06}")), shards)?;
+        Ok(Arc::new(Mutex::new(spills)))
+    };
+    let mut number = 0u64;
+    let mut spills = open(number)?;
+    let mut read_cp = cp;
+    let read = async {
+        loop {
+            let group = {
+                let target = spills.clone();
+                let sink: Sink = Arc::new(move |items| Ok(target.lock().append(items)?));
+                reader.next_group(&mut read_cp, job, &sink).await?
+            };
+            let done = group.is_none();
+            let (full, empty) = {
+                let s = spills.lock();
+                (
+                    s.max_rows() >= segment_rows || s.bytes() >= SPILL_BYTES,
+                    s.is_empty(),
+                )
+            };
+            if full || (done && !empty) {
+                let closed = std::mem::replace(&mut spills, open(number + 1)?);
+                // The row group's sink (the only other owner) is gone.
+                let closed = Arc::into_inner(closed)
+                    .ok_or_else(|| ApiError::internal("spills still shared"))?
+                    .into_inner();
+                let generation = Generation {
+                    number,
+                    spills: closed,
+                    checkpoint: read_cp.clone(),
+                };
+                number += 1;
+                if tx.send(generation).await.is_err() {
+                    break; // the builder failed; its error is reported below
+                }
+            }
+            let mut view = read_cp.clone();
+            (view.items_written, view.segments) = *builder.attached.lock();
+            job.set_counts(counts(&view));
+            if done {
+                break;
+            }
+        }
+        Ok::<(), ApiError>(())
+    };
+    let read_result = read.await;
+    drop(tx);
+    let build_result = building
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    read_result?;
+    build_result?;
+    // Everything read is attached: the final position and counts.
+    let mut last = read_cp;
+    (last.items_written, last.segments) = *builder.attached.lock();
+    save(&dir.join(CHECKPOINT_FILE), &last)?;
+    let _ = fs_err::remove_dir_all(&work);
+    Ok(last)
+}
+
+impl Builder {
+    /// Builds, uploads and attaches one segment per shard of `generation`,
+    /// then saves its checkpoint.
+    async fn build_generation(&self, generation: Generation, job: &Job) -> Result<()> {
+        let Generation {
+            number,
+            spills,
+            mut checkpoint,
+        } = generation;
+        let spills: Vec<Spill> = blocking(move || Ok(spills.finish()?)).await?;
+        for spill in spills {
+            if job.cancelled() {
+                return Err(ApiError::invalid("cancelled"));
+            }
+            let rows = self.build_and_attach(number, &spill).await?;
+            let mut attached = self.attached.lock();
+            attached.0 += rows;
+            attached.1 += 1;
+            let mut view = checkpoint.clone();
+            (view.items_written, view.segments) = *attached;
+            job.set_counts(counts(&view));
+        }
+        (checkpoint.items_written, checkpoint.segments) = *self.attached.lock();
+        save(&self.dir.join(CHECKPOINT_FILE), &checkpoint)?;
+        tracing::info!(
+            job = self.spec.id,
+            generation = number,
+            rows_read = checkpoint.rows_read,
+            items = checkpoint.items_written,
+            "bulk generation attached; checkpoint saved"
+        );
+        Ok(())
+    }
+
+    async fn build_and_attach(&self, generation: u64, spill: &Spill) -> Result<u64> {
+        let shard = spill.shard;
+        let segment_dir = self
+            .work
+            .join(format!("segment-g{generation:06}-s{shard:05}"));
+        let (dim, metric) = (self.hosted.spec().dim, self.hosted.spec().metric);
+        let params = self.engram.config().index.clone();
+        let started = std::time::Instant::now();
+        let built = {
+            let (path, dir) = (spill.path.clone(), segment_dir.clone());
+            blocking(move || {
+                let built = build_segment(&path, &dir, dim, metric, &params)?;
+                fs_err::remove_file(&path).map_err(|e| ApiError::internal(e.to_string()))?;
+                Ok(built)
+            })
+            .await?
+        };
+        let build_s = started.elapsed().as_secs_f64();
+        let object = match &self.store {
+            Some(store) => {
+                let key = format!(
+                    "{}/job-{}/{}/g{generation:06}-s{shard:05}",
+                    self.spec.collection, self.spec.id, self.run
+                );
+                store.upload(&key, &segment_dir, &built.files).await?;
+                Some(SegmentObject {
+                    uri: store.uri.clone(),
+                    key,
+                    files: built.files.clone(),
+                })
+            }
+            None => None,
+        };
+        let hosted = self.hosted.clone();
+        let dir = segment_dir.clone();
+        let attached =
+            blocking(move || Ok(hosted.attach_segment(shard, &dir, object.as_ref())?)).await?;
+        if segment_dir.exists() {
+            let _ = fs_err::remove_dir_all(&segment_dir);
+        }
+        self.engram.metrics().items_added(built.rows);
+        tracing::info!(
+            job = self.spec.id,
+            shard,
+            rows = built.rows,
+            replaced = attached.replaced,
+            build_s,
+            "bulk segment attached"
+        );
+        Ok(built.rows as u64)
+    }
+}
