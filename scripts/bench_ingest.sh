@@ -6,6 +6,9 @@
 #     faiss HNSW adding the same vectors;
 #   - N_IMAGES (5,000) Fashion-MNIST PNGs in a Parquet file, ingested into a
 #     collection with the default embedder, beside a Python onnxruntime loop.
+# Embeddings go through the bulk path (sealed segments built from the rows)
+# and, for comparison, the streaming path (WAL + in-memory graph); each
+# measurement has its own server process.
 # Prints `ingest kind=<embeddings|images> rows_per_s=<r> peak_rss_mb=<m>`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,28 +33,48 @@ engram="$target/release/engram"
   echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 } | tee "$out/machine.txt"
 
-server_dir="$out/server"
-rm -rf "$server_dir"
-"$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$server_dir" >"$out/server.log" 2>&1 &
-server=$!
-trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf "http://$listen/healthz" >/dev/null && break; sleep 0.2; done
+# One fresh server per measurement, so that each peak RSS is its own.
+start_server() {
+  local dir="$out/server-$1"
+  rm -rf "$dir"
+  "$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$dir" >"$out/server-$1.log" 2>&1 &
+  server=$!
+  trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do curl -sf "http://$listen/healthz" >/dev/null && break; sleep 0.2; done
+  base_rss=$(peak)
+}
+stop_server() {
+  kill -TERM $server; wait $server || true
+  trap - EXIT
+}
 peak() { awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$server/status"; }
-base_rss=$(peak)
+report() { python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['report']; print(round(r['rows_per_s'], 1), r['segments'], round(r['seconds'], 1))" "$1"; }
 
+# Embeddings, bulk path: spills -> sealed DiskANN segments -> attached.
+start_server bulk
 curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
   -d '{"name":"emb","dim":128,"metric":"l2"}' >/dev/null
-"$engram" ingest "$data/embeddings" --collection emb --server "http://$listen" --json >"$out/embeddings.json"
-rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['report']['rows_per_s']))" "$out/embeddings.json")
-echo "ingest kind=embeddings rows=$N_EMBEDDINGS rows_per_s=$rate peak_rss_mb=$(peak) idle_rss_mb=$base_rss"
+"$engram" ingest "$data/embeddings" --collection emb --server "http://$listen" --bulk --json >"$out/embeddings-bulk.json"
+read -r rate segments seconds < <(report "$out/embeddings-bulk.json")
+echo "ingest kind=embeddings rows_per_s=$rate peak_rss_mb=$(peak) path=bulk rows=$N_EMBEDDINGS segments=$segments seconds=$seconds idle_rss_mb=$base_rss"
+stop_server
 
+# Embeddings, streaming path: WAL + growing in-memory graph per shard.
+start_server stream
+curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
+  -d '{"name":"emb","dim":128,"metric":"l2"}' >/dev/null
+"$engram" ingest "$data/embeddings" --collection emb --server "http://$listen" --json >"$out/embeddings-stream.json"
+read -r rate segments seconds < <(report "$out/embeddings-stream.json")
+echo "ingest kind=embeddings rows_per_s=$rate peak_rss_mb=$(peak) path=stream rows=$N_EMBEDDINGS seconds=$seconds idle_rss_mb=$base_rss"
+stop_server
+
+start_server images
 curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
   -d '{"name":"img","embedder":"default"}' >/dev/null
 "$engram" ingest "$data/images/images.parquet" --collection img --server "http://$listen" --json >"$out/images.json"
-rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['report']['rows_per_s'], 1))" "$out/images.json")
-echo "ingest kind=images rows=$N_IMAGES rows_per_s=$rate peak_rss_mb=$(peak) (server process, after both jobs)"
-kill -TERM $server; wait $server || true
-trap - EXIT
+read -r rate segments seconds < <(report "$out/images.json")
+echo "ingest kind=images rows_per_s=$rate peak_rss_mb=$(peak) path=stream rows=$N_IMAGES seconds=$seconds idle_rss_mb=$base_rss"
+stop_server
 
 .bench-venv/bin/python benches/ingest_refs/faiss_add.py "$data/vectors.npy"
 .venv/bin/python benches/ingest_refs/python_images.py "$data/images/images.parquet"

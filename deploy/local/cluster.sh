@@ -21,6 +21,7 @@ start_one() { # name config env...
     return
   fi
   env "$@" ENGRAM_SERVER__DATA_DIR="$DIR/$name" \
+    ENGRAM_STORAGE__SEGMENTS_URI="${ENGRAM_STORAGE__SEGMENTS_URI:-$(realpath -m "$DIR")/segment-store}" \
     nohup "$BIN" serve --config "$config" >"$DIR/$name.log" 2>&1 &
   echo $! >"$DIR/$name.pid"
   echo "started $name (pid $!, log $DIR/$name.log)"

@@ -152,9 +152,12 @@ impl Cluster {
             "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = 1500\n\
              query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n"
         );
+        // Bulk segments go through a directory every node reads: object
+        // storage on the local filesystem.
         let index = format!(
             "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
-             pq_bytes = 4\n{index_extra}\n"
+             pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n",
+            dir.path().join("segment-store").display().to_string()
         );
         let mut coordinators = Vec::new();
         for (i, port) in internal.iter().enumerate() {
@@ -1271,4 +1274,129 @@ fn fourth_worker_rebalanced_then_drained_under_load() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A Parquet file of `ids` (label `label`, `vector(id)`) at `path`.
+fn write_parquet(path: &std::path::Path, ids: &[u64], label: &str) {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+    let mut list = FixedSizeListBuilder::new(Float32Builder::new(), DIM as i32);
+    for id in ids {
+        list.values().append_slice(&vector(*id));
+        list.append(true);
+    }
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(UInt64Array::from(ids.to_vec())) as ArrayRef),
+        (
+            "label",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|_| label))) as ArrayRef,
+        ),
+        ("embedding", Arc::new(list.finish()) as ArrayRef),
+    ])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(500))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn bulk_segments_reach_every_copy_and_outlive_a_worker() {
+    let mut cluster = Cluster::start();
+    create_collection(&cluster, "c");
+    let before: Vec<Value> = (0..50u64)
+        .map(|id| json!({"id": id, "label": "old", "vector": vector(id + 1)}))
+        .collect();
+    let (status, _) = cluster.post("/v1/collections/c/items", &json!({"items": before}));
+    assert_eq!(status, 200);
+    let input = tempfile::tempdir().unwrap();
+    let file = input.path().join("part-0.parquet");
+    write_parquet(&file, &(0..4000u64).collect::<Vec<_>>(), "bulk");
+    let (status, job) = cluster.post(
+        "/v1/collections/c/jobs",
+        &json!({"kind": "ingest", "uri": file.display().to_string(), "bulk": true, "segment_rows": 1000}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let (_, job) = cluster.get(&format!("/v1/collections/c/jobs/{id}"));
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "bulk job did not end: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["report"]["items_written"], 4000);
+    let (_, info) = cluster.get("/v1/collections/c");
+    assert_eq!(info["items"], 4000, "{info}");
+    assert_eq!(
+        info["labels"]["bulk"], 4000,
+        "the bulk rows superseded the old ones"
+    );
+
+    // Every copy of every shard reports the same sealed rows to Raft.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = cluster.get("/v1/cluster");
+        let shards = status["collections"][0]["shards"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let agreed = shards.iter().all(|shard| {
+            let hosts: Vec<u64> = std::iter::once(shard["primary"].as_u64().unwrap())
+                .chain(
+                    shard["replicas"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.as_u64().unwrap()),
+                )
+                .collect();
+            let rows: Vec<u64> = hosts
+                .iter()
+                .map(|w| {
+                    shard["segments"][w.to_string()]
+                        .as_array()
+                        .map_or(0, |s| s.iter().map(|r| r["rows"].as_u64().unwrap()).sum())
+                })
+                .collect();
+            hosts.len() == 2 && rows[0] > 0 && rows.iter().all(|r| *r == rows[0])
+        });
+        if agreed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "copies differ: {status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Uploaded once, to the segment store.
+    let store = cluster.workers[0]
+        .config
+        .parent()
+        .unwrap()
+        .join("segment-store");
+    let uploaded = std::fs::read_dir(store.join("c"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(uploaded > 0, "nothing in {}", store.display());
+
+    // A worker dies: every row is still answered, completely.
+    cluster.workers[0].kill9();
+    cluster.wait_ready(2, Duration::from_secs(10));
+    for probe in [3u64, 1234, 3999] {
+        let (status, answer) = cluster.post(
+            "/v1/collections/c/search",
+            &json!({"vector": vector(probe), "k": 1, "require_complete": true}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["neighbors"][0]["id"], probe, "{answer}");
+        assert_eq!(answer["neighbors"][0]["label"], "bulk", "{answer}");
+    }
+    let (_, info) = cluster.get("/v1/collections/c");
+    assert_eq!(info["items"], 4000, "{info}");
 }

@@ -96,7 +96,7 @@ mod tests {
             id,
             label: format!("l{id}").into(),
             weight: 1.0,
-            source: (id % 2 == 0).then(|| "s".into()),
+            source: id.is_multiple_of(2).then(|| "s".into()),
             vector: vec![id as f32, 0.5],
         }
     }
