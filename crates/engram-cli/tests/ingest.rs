@@ -163,6 +163,21 @@ fn ingest_cli(server: &Server, uri: &str, collection: &str, extra: &[&str]) -> (
     )
 }
 
+/// Job `id`'s status once it has ended on a restarted server (which
+/// resumed it under the same id).
+fn job_after_restart(server: &Server, collection: &str, id: u64, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, job) = server.get(&format!("/v1/collections/{collection}/jobs/{id}"));
+        assert_eq!(status, 200, "the resumed job is listed under its id: {job}");
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "the resumed job did not finish: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn status_of(out: &str) -> Value {
     let start = out.find('{').unwrap();
     serde_json::from_str(&out[start..out.rfind('}').unwrap() + 1]).unwrap()
@@ -491,19 +506,7 @@ fn a_killed_ingest_resumes_without_duplicates_or_losses() {
     server.kill9();
 
     let server = Server::start_with_env(&config, &data_dir, &s3.env());
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let job = loop {
-        let (status, job) = server.get(&format!("/v1/collections/big/jobs/{id}"));
-        assert_eq!(status, 200, "the resumed job is listed under its id: {job}");
-        if job["state"] != "running" {
-            break job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resumed job did not finish: {job}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = job_after_restart(&server, "big", id, Duration::from_secs(180));
     assert_eq!(job["state"], "succeeded", "{job}");
     let report = &job["report"];
     assert_eq!(report["rows_read"], total as u64);
@@ -721,18 +724,7 @@ fn bulk_ingest_attaches_sealed_segments_and_resumes_after_kill() {
     );
 
     let server = Server::start_with_env(&config, &data_dir, &env);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let job = loop {
-        let (_, job) = server.get(&format!("/v1/collections/bulk/jobs/{id}"));
-        if job["state"] != "running" {
-            break job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resumed job did not finish: {job}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = job_after_restart(&server, "bulk", id, Duration::from_secs(300));
     assert_eq!(job["state"], "succeeded", "{job}");
     let report = &job["report"];
     assert_eq!(report["rows_read"], total);
