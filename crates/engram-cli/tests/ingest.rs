@@ -173,7 +173,10 @@ fn job_after_restart(server: &Server, collection: &str, id: u64, within: Duratio
         if job["state"] != "running" {
             return job;
         }
-        assert!(Instant::now() < deadline, "the resumed job did not finish: {job}");
+        assert!(
+            Instant::now() < deadline,
+            "the resumed job did not finish: {job}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -730,6 +733,11 @@ fn bulk_ingest_attaches_sealed_segments_and_resumes_after_kill() {
     assert_eq!(report["rows_read"], total);
     assert!(report["resumed_at_row"].as_u64().unwrap() > 0, "{job}");
     assert!(report["segments"].as_u64().unwrap() >= 4, "{job}");
+    assert_eq!(
+        report["segments_prefix"],
+        format!("s3://{BUCKET}/segments/bulk/job-{id}/"),
+        "{job}"
+    );
 
     let (_, info) = server.get("/v1/collections/bulk");
     assert_eq!(
@@ -838,8 +846,10 @@ fn bulk_ingest_memory_does_not_grow_with_the_input() {
     eprintln!(
         "bulk: peak RSS {after_one} MiB after one file, {after_two} MiB after two ({raw_mib} MiB of raw vectors each)"
     );
+    // Less than the raw vectors it read: the streaming path would keep all
+    // of them, and their graph edges, in RAM.
     assert!(
-        after_two < after_one + raw_mib / 2,
+        after_two < after_one + raw_mib * 3 / 4,
         "peak RSS grew from {after_one} to {after_two} MiB for {raw_mib} MiB more input"
     );
     let (_, info) = server.get("/v1/collections/v");

@@ -283,12 +283,23 @@ async fn ingest(
     let rejects_file = merge_rejects(dir)?;
     let seconds = started.elapsed().as_secs_f64();
     let rows_this_run = cp.rows_read - resumed_rows;
+    // Where the bulk path uploaded this job's segments (every run of it).
+    let segments_prefix = match (&engram.config().storage.segments_uri, spec.bulk) {
+        (Some(uri), true) => Some(format!(
+            "{}/{}/job-{}/",
+            uri.trim_end_matches('/'),
+            spec.collection,
+            spec.id
+        )),
+        _ => None,
+    };
     Ok(json!({
         "files": cp.files.len(),
         "rows_read": cp.rows_read,
         "items_written": cp.items_written,
         "rejected": cp.rejected,
         "segments": cp.segments,
+        "segments_prefix": segments_prefix,
         "rejects_file": rejects_file.map(|p| p.display().to_string()),
         "seconds": seconds,
         "rows_per_s": rows_this_run as f64 / seconds.max(1e-9),
