@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo eval test bench bench-index bench-ingest bench-cluster lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo eval test bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -57,6 +57,11 @@ bench-index: setup
 ## HNSW add and a Python onnxruntime loop.
 bench-ingest: setup
 	@scripts/bench_ingest.sh
+
+## `engram embed` images/s at batch 32 and 64 beside a Python onnxruntime
+## loop (same file, model, batch, threads); PROVIDER=cuda on a GPU machine.
+bench-embed: setup
+	@scripts/bench_embed.sh
 
 ## Query latency and QPS through a coordinator with 1, 2, 4 and 8 shards on
 ## the same data, the embedded node beside them (about 10 minutes).

@@ -1,7 +1,7 @@
 """Reference for image ingestion: a Python onnxruntime loop over the same
 Parquet file and model: read row groups with pyarrow, decode PNG with PIL,
 resize to the embedder's size, normalise ((x-127)/128), run the model in
-batches of 32 with onnxruntime's default threads, L2-normalise (run with
+batches of ENGRAM_BATCH (32) with ENGRAM_THREADS intra-op threads (0: onnxruntime's default), L2-normalise (run with
 .venv/bin/python). Prints one summary line."""
 import io
 import os
@@ -17,9 +17,13 @@ from PIL import Image
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../..")
 MODEL = os.path.join(ROOT, "models/efficientnet-lite0/efficientnet-lite0.onnx")
 SIZE = int(os.environ.get("ENGRAM_IMAGE_SIZE", "128"))
-BATCH = 32
+BATCH = int(os.environ.get("ENGRAM_BATCH", "32"))
+THREADS = int(os.environ.get("ENGRAM_THREADS", "0"))
+PREFIX = os.environ.get("ENGRAM_REF_PREFIX", "ingest-ref kind=images")
 
-session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+options = ort.SessionOptions()
+options.intra_op_num_threads = THREADS
+session = ort.InferenceSession(MODEL, options, providers=["CPUExecutionProvider"])
 started = time.perf_counter()
 rows = 0
 parquet = pq.ParquetFile(sys.argv[1])
@@ -36,4 +40,4 @@ for group in range(parquet.num_row_groups):
         rows += len(chunk)
 seconds = time.perf_counter() - started
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"ingest-ref kind=images impl=python-onnxruntime-loop rows={rows} rows_per_s={rows / seconds:.1f} peak_rss_mb={rss:.0f} size={SIZE}")
+print(f"{PREFIX} impl=python-onnxruntime-loop rows={rows} rows_per_s={rows / seconds:.1f} peak_rss_mb={rss:.0f} size={SIZE} batch={BATCH} threads={THREADS or 'default'}")

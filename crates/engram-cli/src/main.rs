@@ -3,6 +3,7 @@
 
 mod cluster;
 mod demo;
+mod embed;
 mod eval;
 mod ingest;
 mod prune;
@@ -46,6 +47,9 @@ enum Command {
     /// Build a visual memory from Fashion-MNIST through the API of a running
     /// server, and show what it decides.
     Demo(demo::DemoArgs),
+    /// Embed image Parquet from object storage into embedding Parquet, one
+    /// part of N per process (for Kubernetes Jobs, Spark, Ray); no server.
+    Embed(embed::EmbedArgs),
     /// Ingest Parquet files (embeddings or images) from object storage into
     /// a collection, as a job on a running server.
     Ingest(ingest::IngestArgs),
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Ingest(args) => ingest::run(args),
+        Command::Embed(args) => embed::run(args),
         Command::Eval(args) => eval::run(args),
     }
 }

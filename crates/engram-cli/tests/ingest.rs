@@ -13,79 +13,11 @@ use arrow_array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const BUCKET: &str = "engram-test";
-
-/// moto_server on a free loopback port, stopped on drop.
-struct S3 {
-    child: Child,
-    endpoint: String,
-}
-
-impl S3 {
-    fn start() -> S3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let moto = repo_root().join(".venv/bin/moto_server");
-        let child = Command::new(&moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} did not start ({e}): run `make test`", moto.display()));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let http = reqwest::blocking::Client::new();
-        let started = Instant::now();
-        while http.get(&endpoint).send().is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not answer"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let created = http.put(format!("{endpoint}/{BUCKET}")).send().unwrap();
-        assert!(created.status().is_success(), "{created:?}");
-        S3 { child, endpoint }
-    }
-
-    fn put(&self, key: &str, bytes: Vec<u8>) {
-        let answer = reqwest::blocking::Client::new()
-            .put(format!("{}/{BUCKET}/{key}", self.endpoint))
-            .body(bytes)
-            .send()
-            .unwrap();
-        assert!(answer.status().is_success(), "{answer:?}");
-    }
-
-    /// `ENGRAM_*` overrides pointing the server at this store.
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("ENGRAM_STORAGE__S3__ENDPOINT", self.endpoint.as_str()),
-            ("ENGRAM_STORAGE__S3__ALLOW_HTTP", "true"),
-            ("ENGRAM_STORAGE__S3__REGION", "us-east-1"),
-            ("ENGRAM_STORAGE__S3__ACCESS_KEY_ID", "test"),
-            ("ENGRAM_STORAGE__S3__SECRET_ACCESS_KEY", "test"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn vector(id: u64, dim: usize) -> Vec<f32> {
     // Distinct per id: the id itself is in every coordinate.
@@ -629,23 +561,6 @@ fn reading_more_parquet_does_not_raise_peak_memory() {
     );
 }
 
-/// Keys under `prefix` in the test bucket (S3 ListObjectsV2, first page).
-fn list_keys(s3: &S3, prefix: &str) -> Vec<String> {
-    let body = reqwest::blocking::Client::new()
-        .get(format!(
-            "{}/{BUCKET}?list-type=2&prefix={prefix}&max-keys=1000",
-            s3.endpoint
-        ))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    body.split("<Key>")
-        .skip(1)
-        .map(|rest| rest.split("</Key>").next().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn bulk_ingest_attaches_sealed_segments_and_resumes_after_kill() {
     let s3 = S3::start();
@@ -721,10 +636,7 @@ fn bulk_ingest_attaches_sealed_segments_and_resumes_after_kill() {
         std::thread::sleep(Duration::from_millis(20));
     }
     server.kill9();
-    assert!(
-        !list_keys(&s3, "segments/bulk/").is_empty(),
-        "segments uploaded"
-    );
+    assert!(!s3.keys("segments/bulk/").is_empty(), "segments uploaded");
 
     let server = Server::start_with_env(&config, &data_dir, &env);
     let job = job_after_restart(&server, "bulk", id, Duration::from_secs(300));

@@ -10,8 +10,6 @@
 //! killed and resumes rewrites the same items (upserts): no duplicates, no
 //! losses. Memory stays bounded: one batch of rows at a time.
 
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -20,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use engram_ingest::items::{Item, Reject, Target, prepare_rows, read_rejects, write_rejects};
-use engram_ingest::rows::{Columns, ParquetFile, Payload, RawRow};
+use engram_ingest::rows::{Columns, ParquetFile};
 use engram_ingest::source::{Source, SourceFile};
 use engram_store::{WalOp, checksummed};
 use engram_worker::ShardedCollection;
@@ -35,8 +33,6 @@ use crate::service::{Engram, blocking};
 const JOB_FILE: &str = "job.bin";
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.bin";
 const REJECTS_DIR: &str = "rejects";
-/// Image objects fetched at once for `image_uri` rows.
-const FETCH_CONCURRENCY: usize = 8;
 
 /// What an ingestion job reads, as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,7 +374,8 @@ impl RowGroupReader {
                 let sink = sink.clone();
                 let tally = &tally;
                 async move {
-                    let (rows, fetch_failed) = fetch_images(&store, &path, rows).await;
+                    let (rows, fetch_failed) =
+                        engram_ingest::fetch::fetch_images(&store, &path, rows).await;
                     let (accepted, bad) = blocking(move || {
                         let target = Target {
                             dim: hosted.spec().dim,
@@ -430,59 +427,6 @@ impl RowGroupReader {
         }
         Ok(Some(GroupRead { accepted }))
     }
-}
-
-/// Replaces `image_uri` payloads by the fetched images (from the same
-/// store); rows whose object cannot be read become rejects.
-async fn fetch_images(
-    store: &Arc<dyn object_store::ObjectStore>,
-    file: &str,
-    rows: Vec<RawRow>,
-) -> (Vec<RawRow>, Vec<Reject>) {
-    if !rows
-        .iter()
-        .any(|r| matches!(r.payload, Some(Payload::ImageUri(_))))
-    {
-        return (rows, Vec::new());
-    }
-    let fetched: Vec<(RawRow, Option<String>)> = futures::stream::iter(rows)
-        .map(|mut row| {
-            let store = store.clone();
-            async move {
-                let Some(Payload::ImageUri(uri)) = row.payload.clone() else {
-                    return (row, None);
-                };
-                let path = ObjectPath::from(uri.trim_start_matches('/'));
-                let fetched = match store.get(&path).await {
-                    Ok(got) => got.bytes().await,
-                    Err(e) => Err(e),
-                };
-                match fetched {
-                    Ok(bytes) => {
-                        row.payload = Some(Payload::Image(bytes.to_vec()));
-                        (row, None)
-                    }
-                    Err(e) => (row, Some(format!("image_uri {uri}: {e}"))),
-                }
-            }
-        })
-        .buffered(FETCH_CONCURRENCY)
-        .collect()
-        .await;
-    let mut rows = Vec::with_capacity(fetched.len());
-    let mut rejects = Vec::new();
-    for (row, error) in fetched {
-        match error {
-            Some(reason) => rejects.push(Reject {
-                file: file.to_string(),
-                row: row.row,
-                id: row.id,
-                reason,
-            }),
-            None => rows.push(row),
-        }
-    }
-    (rows, rejects)
 }
 
 fn write_items(hosted: &dyn ShardedCollection, items: &[Item]) -> Result<()> {

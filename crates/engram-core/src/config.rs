@@ -338,7 +338,14 @@ pub struct EmbedderConfig {
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads; 0 lets it choose.
     pub threads: usize,
+    /// Execution provider: `cpu`, `cuda` or `tensorrt`. One the ONNX Runtime
+    /// library in use lacks (or that fails to start) falls back to CPU with
+    /// a warning naming it.
+    pub provider: String,
 }
+
+/// The execution providers an embedder may ask for.
+pub const EXECUTION_PROVIDERS: [&str; 3] = ["cpu", "cuda", "tensorrt"];
 
 impl Default for EmbedderConfig {
     fn default() -> Self {
@@ -356,6 +363,7 @@ impl Default for EmbedderConfig {
             std: [128.0 / 255.0; 3],
             batch_size: 32,
             threads: 0,
+            provider: "cpu".to_string(),
         }
     }
 }
@@ -399,6 +407,12 @@ impl EmbedderConfig {
         }
         if self.batch_size == 0 || self.dim == 0 {
             return Err(CoreError::invalid("batch_size/dim", "must be at least 1"));
+        }
+        if !EXECUTION_PROVIDERS.contains(&self.provider.as_str()) {
+            return Err(CoreError::invalid(
+                "provider",
+                "must be one of cpu, cuda, tensorrt",
+            ));
         }
         Ok(())
     }

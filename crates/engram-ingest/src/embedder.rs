@@ -43,6 +43,54 @@ pub struct OnnxEmbedder {
     /// ONNX Runtime sessions are run one batch at a time; the model uses
     /// all intra-op threads for that batch.
     session: Mutex<Session>,
+    /// The execution provider the session runs on (`cpu` after a fallback).
+    provider: &'static str,
+}
+
+fn plain_builder(config: &EmbedderConfig) -> Result<ort::session::builder::SessionBuilder> {
+    let mut builder = Session::builder(environment()?)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?;
+    if config.threads > 0 {
+        builder = builder.with_intra_threads(config.threads)?;
+    }
+    Ok(builder)
+}
+
+/// A session on the provider `config` asks for, or on the CPU (with a
+/// warning) when the ONNX Runtime library lacks it or it fails to start.
+fn session_with_provider(config: &EmbedderConfig, model: &[u8]) -> Result<(Session, &'static str)> {
+    use ort::ep::ExecutionProvider;
+    let (name, available, dispatch) = match config.provider.as_str() {
+        "cuda" => (
+            "cuda",
+            ort::ep::CUDA::is_available().unwrap_or(false),
+            ort::ep::CUDA::default().build().error_on_failure(),
+        ),
+        "tensorrt" => (
+            "tensorrt",
+            ort::ep::TensorRT::is_available().unwrap_or(false),
+            ort::ep::TensorRT::default().build().error_on_failure(),
+        ),
+        _ => return Ok((plain_builder(config)?.commit_from_memory(model)?, "cpu")),
+    };
+    if !available {
+        tracing::warn!(
+            provider = name,
+            "the ONNX Runtime library in use has no {name} execution provider; embedding on the CPU"
+        );
+        return Ok((plain_builder(config)?.commit_from_memory(model)?, "cpu"));
+    }
+    let attempt = plain_builder(config)?
+        .with_execution_providers([dispatch])
+        .map_err(|e| IngestError::Runtime(e.to_string()))
+        .and_then(|mut b| b.commit_from_memory(model).map_err(IngestError::from));
+    match attempt {
+        Ok(session) => Ok((session, name)),
+        Err(e) => {
+            tracing::warn!(provider = name, error = %e, "the {name} execution provider did not start; embedding on the CPU");
+            Ok((plain_builder(config)?.commit_from_memory(model)?, "cpu"))
+        }
+    }
 }
 
 impl OnnxEmbedder {
@@ -51,12 +99,7 @@ impl OnnxEmbedder {
     pub fn load(config: &EmbedderConfig, max_image_pixels: u64) -> Result<Self> {
         let expected = model_file::expected_sha256(&config.model_path, config.sha256.as_deref())?;
         let bytes = model_file::read_verified(&config.model_path, &expected)?;
-        let mut builder = Session::builder(environment()?)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)?;
-        if config.threads > 0 {
-            builder = builder.with_intra_threads(config.threads)?;
-        }
-        let session = builder.commit_from_memory(&bytes)?;
+        let (session, provider) = session_with_provider(config, &bytes)?;
         let has_input = session
             .inputs()
             .iter()
@@ -78,6 +121,7 @@ impl OnnxEmbedder {
             config: config.clone(),
             preprocessor: Preprocessor::new(config, max_image_pixels),
             session: Mutex::new(session),
+            provider,
         };
         let probe = vec![0f32; embedder.preprocessor.tensor_len()];
         let out = embedder.run(&probe, 1)?;
@@ -91,12 +135,17 @@ impl OnnxEmbedder {
                 ),
             });
         }
-        tracing::info!(model = %config.model_path.display(), dim = config.dim, image_size = config.image_size, "embedding model loaded");
+        tracing::info!(model = %config.model_path.display(), dim = config.dim, image_size = config.image_size, provider, "embedding model loaded");
         Ok(embedder)
     }
 
     pub fn dim(&self) -> usize {
         self.config.dim
+    }
+
+    /// The execution provider in use: `cpu`, `cuda` or `tensorrt`.
+    pub fn provider(&self) -> &'static str {
+        self.provider
     }
 
     /// Images per model run.

@@ -7,8 +7,10 @@
 //! datasets used by the demo and the tests.
 
 pub mod bulk;
+pub mod embed_part;
 pub mod embedder;
 pub mod error;
+pub mod fetch;
 pub mod idx;
 pub mod items;
 pub mod model_file;

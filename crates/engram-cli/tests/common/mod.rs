@@ -277,3 +277,120 @@ pub fn on_disk(dir: &Path, needle: &[u8]) -> bool {
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
+
+pub const BUCKET: &str = "engram-test";
+
+/// moto_server (from .venv) on a free loopback port with the test bucket,
+/// stopped on drop.
+pub struct S3 {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3 {
+    pub fn start() -> S3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let moto = repo_root().join(".venv/bin/moto_server");
+        let child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} did not start ({e}): run `make test`", moto.display()));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::new();
+        let started = Instant::now();
+        while http.get(&endpoint).send().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let created = http.put(format!("{endpoint}/{BUCKET}")).send().unwrap();
+        assert!(created.status().is_success(), "{created:?}");
+        S3 { child, endpoint }
+    }
+
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        let answer = reqwest::blocking::Client::new()
+            .put(format!("{}/{BUCKET}/{key}", self.endpoint))
+            .body(bytes)
+            .send()
+            .unwrap();
+        assert!(answer.status().is_success(), "{answer:?}");
+    }
+
+    /// `ENGRAM_*` overrides pointing the server at this store.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("ENGRAM_STORAGE__S3__ENDPOINT", self.endpoint.as_str()),
+            ("ENGRAM_STORAGE__S3__ALLOW_HTTP", "true"),
+            ("ENGRAM_STORAGE__S3__REGION", "us-east-1"),
+            ("ENGRAM_STORAGE__S3__ACCESS_KEY_ID", "test"),
+            ("ENGRAM_STORAGE__S3__SECRET_ACCESS_KEY", "test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3 {
+    /// The bytes of `key` in the test bucket, if it exists; read with the
+    /// test credentials (objects the server wrote are not public).
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStoreExt;
+        let storage = engram_core::config::StorageConfig {
+            s3: engram_core::config::S3Config {
+                endpoint: Some(self.endpoint.clone()),
+                region: Some("us-east-1".into()),
+                access_key_id: Some("test".into()),
+                secret_access_key: Some("test".into()),
+                allow_http: true,
+            },
+            segments_uri: None,
+        };
+        let location =
+            engram_store::ObjectLocation::parse(&format!("s3://{BUCKET}"), &storage).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            match location.store.get(&location.object(key)).await {
+                Ok(got) => Some(got.bytes().await.unwrap().to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("GET {key}: {e}"),
+            }
+        })
+    }
+
+    /// Keys under `prefix` in the test bucket (ListObjectsV2, first page).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let body = reqwest::blocking::Client::new()
+            .get(format!(
+                "{}/{BUCKET}?list-type=2&prefix={prefix}&max-keys=1000",
+                self.endpoint
+            ))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        body.split("<Key>")
+            .skip(1)
+            .map(|rest| rest.split("</Key>").next().unwrap().to_string())
+            .collect()
+    }
+}
