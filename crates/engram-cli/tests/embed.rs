@@ -283,10 +283,23 @@ fn parts_cover_the_input_once_and_a_killed_part_reruns_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["report"]["files"], 4, "{job}");
+    let read: Vec<&str> = job["report"]["files_read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        job["report"]["files"], 4,
-        "lineage: the four part files: {job}"
+        read,
+        (0..4)
+            .map(|p| format!("killed/part-{p:05}-of-00004.parquet"))
+            .collect::<Vec<_>>(),
+        "lineage: the part files the job read"
     );
+    // Each item names the input file its image came from.
+    let (_, item) = server.get(&format!("/v1/collections/emb/items/{}", one[70].0));
+    assert_eq!(item["source"], "images/part-1.parquet", "{item}");
     let (_, info) = server.get("/v1/collections/emb");
     assert_eq!(info["items"], one.len() as u64, "{info}");
     let probe = &one[10];

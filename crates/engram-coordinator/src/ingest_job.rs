@@ -296,6 +296,8 @@ async fn ingest(
         "rejected": cp.rejected,
         "segments": cp.segments,
         "segments_prefix": segments_prefix,
+        // Lineage: every file the job read, with its rows.
+        "files_read": cp.files.iter().map(|f| json!({"path": f.path, "rows": f.rows})).collect::<Vec<_>>(),
         "rejects_file": rejects_file.map(|p| p.display().to_string()),
         "seconds": seconds,
         "rows_per_s": rows_this_run as f64 / seconds.max(1e-9),

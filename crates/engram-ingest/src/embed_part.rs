@@ -211,7 +211,11 @@ pub async fn run_part(job: PartJob<'_>) -> Result<PartOutcome> {
                 let file = unit.file.clone();
                 let out = &batches;
                 async move {
-                    let (rows, failed) = crate::fetch::fetch_images(&store, &file, rows).await;
+                    let (mut rows, failed) = crate::fetch::fetch_images(&store, &file, rows).await;
+                    // Lineage: a row without a source gets the object it came from.
+                    for row in rows.iter_mut().filter(|r| r.source.is_none()) {
+                        row.source = Some(file.clone());
+                    }
                     let (items, mut bad) = tokio::task::spawn_blocking(move || {
                         let target = Target {
                             dim,
