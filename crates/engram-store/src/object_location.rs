@@ -71,6 +71,16 @@ impl ObjectLocation {
             "file" => {
                 let local = std::path::absolute(rest)
                     .map_err(|e| bad(uri, format!("not a usable local path: {e}")))?;
+                // Refused here, as the caller's mistake, rather than as a
+                // storage failure when the first file is written.
+                let too_long = local.as_os_str().len() > 4096
+                    || local.components().any(|c| c.as_os_str().len() > 255);
+                if too_long {
+                    return Err(bad(
+                        uri,
+                        "not a usable local path: a name is longer than 255 bytes or the path longer than 4096",
+                    ));
+                }
                 (
                     Arc::new(LocalFileSystem::new()),
                     local.to_string_lossy().to_string(),
@@ -292,5 +302,6 @@ mod tests {
         // Unknown schemes and missing buckets are refused.
         assert!(ObjectLocation::parse("ftp://x/y", &StorageConfig::default()).is_err());
         assert!(ObjectLocation::parse("s3:///y", &StorageConfig::default()).is_err());
+        assert!(ObjectLocation::parse(&"x".repeat(300), &StorageConfig::default()).is_err());
     }
 }

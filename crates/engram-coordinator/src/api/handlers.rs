@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::{DECISION_PAGE, OPENAPI_JSON};
 use crate::cluster_service::{AddCoordinator, ClusterStatus};
 use crate::dto::*;
@@ -30,14 +30,14 @@ pub async fn list_collections(State(engram): State<Engram>) -> Result<Json<Colle
 
 pub async fn get_collection(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
 ) -> Result<Json<CollectionInfo>> {
     Ok(Json(engram.get_collection(&collection).await?))
 }
 
 pub async fn delete_collection(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
 ) -> Result<StatusCode> {
     engram.delete_collection(&collection).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -45,7 +45,7 @@ pub async fn delete_collection(
 
 pub async fn add_items(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<AddItems>,
 ) -> Result<Json<Added>> {
     Ok(Json(engram.add_items(&collection, request).await?))
@@ -53,7 +53,7 @@ pub async fn add_items(
 
 pub async fn get_item(
     State(engram): State<Engram>,
-    Path((collection, id)): Path<(String, String)>,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
     query: std::result::Result<Query<ItemQuery>, QueryRejection>,
 ) -> Result<Json<ItemInfo>> {
     let Query(query) = query.map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
@@ -67,7 +67,7 @@ pub async fn get_item(
 
 pub async fn delete_items(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<DeleteItems>,
 ) -> Result<Json<Deleted>> {
     Ok(Json(engram.delete_items(&collection, request).await?))
@@ -76,7 +76,7 @@ pub async fn delete_items(
 /// The body is optional: an empty one compacts every segment with a deletion.
 pub async fn compact(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Compacted>> {
     let request: CompactRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -90,7 +90,7 @@ pub async fn compact(
 
 pub async fn search(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<SearchRequest>,
 ) -> Result<Json<SearchResponse>> {
     Ok(Json(engram.search(&collection, request).await?))
@@ -98,7 +98,7 @@ pub async fn search(
 
 pub async fn classify(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>> {
     Ok(Json(engram.classify(&collection, request).await?))
@@ -106,7 +106,7 @@ pub async fn classify(
 
 pub async fn classify_batch(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<ClassifyBatchRequest>,
 ) -> Result<Json<ClassifyBatchResponse>> {
     Ok(Json(engram.classify_batch(&collection, request).await?))
@@ -114,7 +114,7 @@ pub async fn classify_batch(
 
 pub async fn embed(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<EmbedRequest>,
 ) -> Result<Json<EmbedResponse>> {
     Ok(Json(engram.embed(&collection, request).await?))
@@ -156,7 +156,7 @@ fn parse_number(what: &str, raw: &str) -> Result<u64> {
 
 pub async fn intervene(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<InterventionRequest>,
 ) -> Result<Json<engram_core::AuditEntry>> {
     Ok(Json(engram.intervene(&collection, request).await?))
@@ -164,21 +164,21 @@ pub async fn intervene(
 
 pub async fn curation(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
 ) -> Result<Json<CurationView>> {
     Ok(Json(engram.curation(&collection).await?))
 }
 
 pub async fn pruning(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
 ) -> Result<Json<PruningSummary>> {
     Ok(Json(engram.pruning(&collection).await?))
 }
 
 pub async fn clear_pruning(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
 ) -> Result<StatusCode> {
     engram.clear_pruning(&collection).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -186,7 +186,7 @@ pub async fn clear_pruning(
 
 pub async fn unlearning(
     State(engram): State<Engram>,
-    Path((collection, receipt)): Path<(String, String)>,
+    ApiPath((collection, receipt)): ApiPath<(String, String)>,
 ) -> Result<Json<UnlearningStatus>> {
     let receipt = parse_number("receipt", &receipt)?;
     Ok(Json(engram.unlearning(&collection, receipt).await?))
@@ -194,7 +194,7 @@ pub async fn unlearning(
 
 pub async fn start_job(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
     ApiJson(request): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<crate::jobs::JobStatus>)> {
     Ok((
@@ -205,14 +205,14 @@ pub async fn start_job(
 
 pub async fn jobs(
     State(engram): State<Engram>,
-    Path(collection): Path<String>,
+    ApiPath(collection): ApiPath<String>,
 ) -> Result<Json<JobList>> {
     Ok(Json(engram.jobs(&collection)?))
 }
 
 pub async fn job(
     State(engram): State<Engram>,
-    Path((collection, job)): Path<(String, String)>,
+    ApiPath((collection, job)): ApiPath<(String, String)>,
 ) -> Result<Json<crate::jobs::JobStatus>> {
     let job = parse_number("job id", &job)?;
     Ok(Json(engram.job(&collection, job)?))
@@ -220,7 +220,7 @@ pub async fn job(
 
 pub async fn cancel_job(
     State(engram): State<Engram>,
-    Path((collection, job)): Path<(String, String)>,
+    ApiPath((collection, job)): ApiPath<(String, String)>,
 ) -> Result<Json<crate::jobs::JobStatus>> {
     let job = parse_number("job id", &job)?;
     Ok(Json(engram.cancel_job(&collection, job).await?))
@@ -228,7 +228,7 @@ pub async fn cancel_job(
 
 pub async fn resume_job(
     State(engram): State<Engram>,
-    Path((collection, job)): Path<(String, String)>,
+    ApiPath((collection, job)): ApiPath<(String, String)>,
 ) -> Result<Json<crate::jobs::JobStatus>> {
     let job = parse_number("job id", &job)?;
     Ok(Json(engram.resume_job(&collection, job).await?))
@@ -264,7 +264,7 @@ pub async fn add_coordinator(
 
 pub async fn remove_coordinator(
     State(engram): State<Engram>,
-    Path(id): Path<u64>,
+    ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<ClusterStatus>> {
     Ok(Json(engram.remove_coordinator(id).await?))
 }
