@@ -50,31 +50,26 @@ stop_server() {
 peak() { awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$server/status"; }
 report() { python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['report']; print(round(r['rows_per_s'], 1), r['segments'], round(r['seconds'], 1))" "$1"; }
 
+# measure NAME KIND PATH ROWS COLLECTION INPUT [ingest flags]: one job on a
+# fresh server; prints its summary line.
+measure() {
+  local name=$1 kind=$2 path=$3 rows=$4 collection=$5 input=$6 extra=""
+  shift 6
+  start_server "$name"
+  curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
+    -d "$collection" >/dev/null
+  "$engram" ingest "$input" --collection c --server "http://$listen" "$@" --json >"$out/$name.json"
+  read -r rate segments seconds < <(report "$out/$name.json")
+  [ "$path" = bulk ] && extra=" segments=$segments"
+  echo "ingest kind=$kind rows_per_s=$rate peak_rss_mb=$(peak) path=$path rows=$rows$extra seconds=$seconds idle_rss_mb=$base_rss"
+  stop_server
+}
+
 # Embeddings, bulk path: spills -> sealed DiskANN segments -> attached.
-start_server bulk
-curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
-  -d '{"name":"emb","dim":128,"metric":"l2"}' >/dev/null
-"$engram" ingest "$data/embeddings" --collection emb --server "http://$listen" --bulk --json >"$out/embeddings-bulk.json"
-read -r rate segments seconds < <(report "$out/embeddings-bulk.json")
-echo "ingest kind=embeddings rows_per_s=$rate peak_rss_mb=$(peak) path=bulk rows=$N_EMBEDDINGS segments=$segments seconds=$seconds idle_rss_mb=$base_rss"
-stop_server
-
+measure embeddings-bulk embeddings bulk "$N_EMBEDDINGS" '{"name":"c","dim":128,"metric":"l2"}' "$data/embeddings" --bulk
 # Embeddings, streaming path: WAL + growing in-memory graph per shard.
-start_server stream
-curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
-  -d '{"name":"emb","dim":128,"metric":"l2"}' >/dev/null
-"$engram" ingest "$data/embeddings" --collection emb --server "http://$listen" --json >"$out/embeddings-stream.json"
-read -r rate segments seconds < <(report "$out/embeddings-stream.json")
-echo "ingest kind=embeddings rows_per_s=$rate peak_rss_mb=$(peak) path=stream rows=$N_EMBEDDINGS seconds=$seconds idle_rss_mb=$base_rss"
-stop_server
-
-start_server images
-curl -sf -X POST "http://$listen/v1/collections" -H 'content-type: application/json' \
-  -d '{"name":"img","embedder":"default"}' >/dev/null
-"$engram" ingest "$data/images/images.parquet" --collection img --server "http://$listen" --json >"$out/images.json"
-read -r rate segments seconds < <(report "$out/images.json")
-echo "ingest kind=images rows_per_s=$rate peak_rss_mb=$(peak) path=stream rows=$N_IMAGES seconds=$seconds idle_rss_mb=$base_rss"
-stop_server
+measure embeddings-stream embeddings stream "$N_EMBEDDINGS" '{"name":"c","dim":128,"metric":"l2"}' "$data/embeddings"
+measure images images stream "$N_IMAGES" '{"name":"c","embedder":"default"}' "$data/images/images.parquet"
 
 .bench-venv/bin/python benches/ingest_refs/faiss_add.py "$data/vectors.npy"
 .venv/bin/python benches/ingest_refs/python_images.py "$data/images/images.parquet"

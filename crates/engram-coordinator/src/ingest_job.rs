@@ -20,7 +20,7 @@ use std::time::Instant;
 use engram_ingest::items::{Item, Reject, Target, prepare_rows, read_rejects, write_rejects};
 use engram_ingest::rows::{Columns, ParquetFile};
 use engram_ingest::source::{Source, SourceFile};
-use engram_store::{WalOp, checksummed};
+use engram_store::checksummed;
 use engram_worker::ShardedCollection;
 
 use crate::backend::Collection;
@@ -435,17 +435,7 @@ fn write_items(hosted: &dyn ShardedCollection, items: &[Item]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
-    let ops: Vec<WalOp> = items
-        .iter()
-        .map(|item| WalOp::Upsert {
-            id: item.id,
-            label: item.label.as_str().into(),
-            weight: item.weight,
-            source: item.source.as_deref().map(Into::into),
-            vector: item.vector.clone(),
-        })
-        .collect();
-    Ok(hosted.write(ops)?)
+    Ok(hosted.write(items.iter().map(Item::to_upsert).collect())?)
 }
 
 /// Merges the rejects parts into `rejects.parquet` (kept, with the job);

@@ -32,10 +32,7 @@ use crate::meta::MetaStore;
 use crate::metrics::Metrics;
 use engram_core::{Admission, Selector};
 
-/// Longest label, in bytes.
-pub(crate) const MAX_LABEL_BYTES: usize = 256;
-/// Longest source, in bytes.
-pub(crate) const MAX_SOURCE_BYTES: usize = 4096;
+pub(crate) use engram_core::collection::{MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
 /// Most ids one query may exclude.
 const MAX_EXCLUDE_IDS: usize = 10_000;
 

@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Longest item label, in bytes (API, ingestion and the embed step).
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Longest item source, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 4096;
+
 use crate::distance::Metric;
 use crate::error::{CoreError, Result};
 use crate::voting::VotingRule;

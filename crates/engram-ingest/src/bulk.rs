@@ -8,7 +8,6 @@
 use fs_err as fs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use engram_core::Metric;
 use engram_core::config::IndexParams;
@@ -55,13 +54,7 @@ impl ShardSpills {
             per_shard
                 .entry(shard_of(item.id, self.shards))
                 .or_default()
-                .push(WalOp::Upsert {
-                    id: item.id,
-                    label: item.label.as_str().into(),
-                    weight: item.weight,
-                    source: item.source.as_deref().map(Arc::from),
-                    vector: item.vector.clone(),
-                });
+                .push(item.to_upsert());
         }
         for (shard, ops) in per_shard {
             let slot = &mut self.writers[shard as usize];

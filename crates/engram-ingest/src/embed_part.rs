@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use engram_core::Metric;
+use engram_core::collection::{MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
 use engram_store::{CheckedFile, ObjectLocation};
 
 use crate::embedder::OnnxEmbedder;
@@ -33,9 +34,6 @@ use crate::items::{Item, Reject, Target, prepare_rows, write_rejects};
 use crate::rows::{Columns, ParquetFile};
 use crate::source::{Source, SourceFile};
 
-/// Longest label and source kept, in bytes (as the server's API).
-const MAX_LABEL_BYTES: usize = 256;
-const MAX_SOURCE_BYTES: usize = 4096;
 const MANIFEST_FORMAT: u32 = 1;
 
 /// One row group of one input file.

@@ -27,6 +27,19 @@ pub struct Item {
     pub vector: Vec<f32>,
 }
 
+impl Item {
+    /// The write that stores this item.
+    pub fn to_upsert(&self) -> engram_store::WalOp {
+        engram_store::WalOp::Upsert {
+            id: self.id,
+            label: self.label.as_str().into(),
+            weight: self.weight,
+            source: self.source.as_deref().map(Into::into),
+            vector: self.vector.clone(),
+        }
+    }
+}
+
 /// A row that could not be ingested, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reject {

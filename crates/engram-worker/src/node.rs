@@ -242,11 +242,10 @@ impl WorkerNode {
             stage_only: true,
             ..request.clone()
         };
-        let node = &self;
+        let this = &self;
         let staged = replica.placement().replicas.into_iter().map(|r| {
             let prefetch = &prefetch;
             async move {
-                let this = node;
                 let addr = this.worker_addr(r)?;
                 call::<_, AttachedSegment>(
                     &this.inner.client,

@@ -1022,6 +1022,18 @@ mod tests {
         false
     }
 
+    /// Small-graph settings that seal every 200 rows.
+    fn sealing_at_200() -> IndexParams {
+        IndexParams {
+            seal_threshold: 200,
+            max_degree: 32,
+            build_list_size: 64,
+            pq_bytes: 8,
+            search_list_size: 64,
+            ..IndexParams::default()
+        }
+    }
+
     fn bytes(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
@@ -1031,14 +1043,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shard");
         let dim = 16;
-        let params = IndexParams {
-            seal_threshold: 200,
-            max_degree: 32,
-            build_list_size: 64,
-            pq_bytes: 8,
-            search_list_size: 64,
-            ..IndexParams::default()
-        };
+        let params = sealing_at_200();
         let data = rows(500, dim);
         let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
         for chunk in (0..500u64).collect::<Vec<_>>().chunks(50) {
@@ -1176,14 +1181,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shard");
         let dim = 16;
-        let params = IndexParams {
-            seal_threshold: 200,
-            max_degree: 32,
-            build_list_size: 64,
-            pq_bytes: 8,
-            search_list_size: 64,
-            ..IndexParams::default()
-        };
+        let params = sealing_at_200();
         let old = rows(300, dim);
         let new: Vec<Vec<f32>> = rows(301, dim).into_iter().skip(1).collect();
         let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
