@@ -86,6 +86,18 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot start the worker: {e}"))?;
     let agent = tokio::spawn(node.clone().run_agent());
+    // The agent is what keeps this worker in the cluster (heartbeats,
+    // catch-ups). Should it ever end (a panic in one of its loops), a
+    // process that still serves but is failed over for good helps nobody:
+    // exit, so that the supervisor restarts it.
+    let agent = tokio::spawn(async move {
+        let ended = agent.await;
+        tracing::error!(
+            ?ended,
+            "the worker agent ended; exiting so that the process is restarted"
+        );
+        std::process::exit(70);
+    });
     let compaction = (config.index.compaction_interval_s > 0).then(|| {
         tokio::spawn(node.clone().run_compaction(
             std::time::Duration::from_secs(config.index.compaction_interval_s),

@@ -759,9 +759,11 @@ fn bulk_ingest_memory_does_not_grow_with_the_input() {
         "bulk: peak RSS {after_one} MiB after one file, {after_two} MiB after two ({raw_mib} MiB of raw vectors each)"
     );
     // Less than the raw vectors it read: the streaming path would keep all
-    // of them, and their graph edges, in RAM.
+    // of them, and their graph edges, in RAM. (Peak RSS moves by tens of
+    // MiB with allocator timing when other tests share the cores: +8 alone,
+    // +40 once beside the rest of this binary; the bound is the raw size.)
     assert!(
-        after_two < after_one + raw_mib * 3 / 4,
+        after_two < after_one + raw_mib,
         "peak RSS grew from {after_one} to {after_two} MiB for {raw_mib} MiB more input"
     );
     let (_, info) = server.get("/v1/collections/v");

@@ -136,6 +136,24 @@ pub fn mark_out_of_sync(
     Ok(fail_worker(placement, worker).expect("a replica always changes"))
 }
 
+/// The placement after `worker` found its copy corrupted on disk and set
+/// it aside: as if that worker had failed for this shard alone (a primary
+/// hands over to its first in-sync replica, the copy falls out of sync and
+/// is rebuilt by catching up). A primary without an in-sync replica is
+/// refused: its copy held the only record of every acknowledged write, and
+/// no other copy may take over from it.
+pub fn lose_copy(
+    placement: &ShardPlacement,
+    worker: WorkerId,
+    expected_epoch: u64,
+) -> Result<ShardPlacement, PlacementError> {
+    check_epoch(placement, expected_epoch)?;
+    if !placement.is_in_sync(worker) {
+        return Err(PlacementError::NotHosted(worker));
+    }
+    fail_worker(placement, worker).ok_or(PlacementError::LastInSyncCopy(worker))
+}
+
 /// The placement after an out-of-sync host caught up (while its primary
 /// held back writes), checked against the epoch the caller acted on.
 pub fn mark_in_sync(
@@ -210,6 +228,45 @@ fn check_epoch(placement: &ShardPlacement, expected: u64) -> Result<(), Placemen
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_lost_copy_falls_out_of_sync_and_a_lost_primary_hands_over() {
+        let p = ShardPlacement {
+            primary: 1,
+            replicas: vec![2],
+            out_of_sync: vec![],
+            epoch: 4,
+        };
+        let replica_lost = lose_copy(&p, 2, 4).unwrap();
+        assert_eq!(
+            (
+                replica_lost.primary,
+                replica_lost.replicas.clone(),
+                replica_lost.out_of_sync.clone(),
+                replica_lost.epoch
+            ),
+            (1, vec![], vec![2], 5)
+        );
+        let primary_lost = lose_copy(&p, 1, 4).unwrap();
+        assert_eq!(
+            (primary_lost.primary, primary_lost.out_of_sync.clone()),
+            (2, vec![1])
+        );
+        // The last in-sync copy cannot be given up; a stale epoch or an
+        // out-of-sync copy is refused too.
+        assert_eq!(
+            lose_copy(&replica_lost, 1, 5),
+            Err(PlacementError::LastInSyncCopy(1))
+        );
+        assert!(matches!(
+            lose_copy(&p, 2, 3),
+            Err(PlacementError::StaleEpoch { .. })
+        ));
+        assert_eq!(
+            lose_copy(&replica_lost, 2, 5),
+            Err(PlacementError::NotHosted(2))
+        );
+    }
     use super::*;
     use proptest::prelude::*;
 

@@ -67,8 +67,15 @@ impl Journal {
         for p in payloads {
             frame(&mut buf, p);
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        let written = engram_store::fault::check_disk_writable()
+            .and_then(|_| self.file.write_all(&buf))
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            // Leave no partial frame behind: the next append would follow
+            // it, and a bad frame with data after it reads as corruption.
+            let _ = self.file.file().set_len(self.len);
+            return Err(e.into());
+        }
         self.len += buf.len() as u64;
         Ok(())
     }
@@ -110,8 +117,9 @@ fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// The intact records and the length of the prefix that holds them.
-fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Vec<u8>>, u64), JournalError> {
+/// The intact records and the length of the prefix that holds them
+/// (`path` names the file in errors). Public for the fuzz target.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Vec<u8>>, u64), JournalError> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {

@@ -66,14 +66,28 @@ impl LogStore {
             committed: None,
         };
         for payload in records {
-            let record: Record = bincode::deserialize(&payload)
-                .map_err(|e| crate::MetaError::Corrupted(format!("raft log record: {e}")))?;
-            log.replay(record);
+            log.replay(decode_record(&payload)?);
         }
         Ok(LogStore {
             log: Arc::new(Mutex::new(log)),
         })
     }
+}
+
+fn decode_record(payload: &[u8]) -> Result<Record, crate::MetaError> {
+    bincode::deserialize(payload)
+        .map_err(|e| crate::MetaError::Corrupted(format!("raft log record: {e}")))
+}
+
+/// Decodes a Raft log journal's bytes as opening the store does, without
+/// touching a file: the number of intact records, or why it is refused.
+/// Public for the fuzz target.
+pub fn decode_journal(path: &Path, bytes: &[u8]) -> Result<usize, crate::MetaError> {
+    let (payloads, _) = crate::journal::parse(path, bytes)?;
+    for payload in &payloads {
+        decode_record(payload)?;
+    }
+    Ok(payloads.len())
 }
 
 impl Log {

@@ -109,6 +109,22 @@ impl MetaNode {
         })
     }
 
+    /// Resolves with the reason when the Raft core stops on a fatal error
+    /// (a failed write to its log, such as a full disk): the node can no
+    /// longer take part in the group, so the caller should exit and be
+    /// restarted. Never resolves when the core ends normally.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Forms the group from `members` (id -> internal address) if this node
     /// has never been part of one. Run it on one member only (the lowest
     /// id, by convention); it is a no-op after the first time.

@@ -228,6 +228,14 @@ impl ClusterState {
             } => self.change_shard(collection, *shard, |p| {
                 placement::mark_in_sync(p, *worker, *epoch)
             }),
+            Command::CopyLost {
+                collection,
+                shard,
+                worker,
+                epoch,
+            } => self.change_shard(collection, *shard, |p| {
+                placement::lose_copy(p, *worker, *epoch)
+            }),
             Command::AddHost {
                 collection,
                 shard,

@@ -141,6 +141,15 @@ pub enum Command {
     CancelJob {
         id: u64,
     },
+    /// `worker` found its copy of the shard corrupted on disk and set it
+    /// aside (see `placement::lose_copy`). Appended last: commands are
+    /// encoded by variant index in the Raft log.
+    CopyLost {
+        collection: String,
+        shard: u32,
+        worker: WorkerId,
+        epoch: u64,
+    },
 }
 
 /// The outcome of applying a [`Command`].

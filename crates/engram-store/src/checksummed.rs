@@ -16,6 +16,7 @@ const HEADER: usize = 8 + 4 + 8;
 /// fsyncs the directory so that the rename itself is durable.
 pub fn write_atomic(path: &Path, payload: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
+    crate::fault::check_disk_writable()?;
     {
         let mut file = fs::File::create(&tmp)?;
         let mut header = Vec::with_capacity(HEADER);

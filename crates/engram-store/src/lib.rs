@@ -4,6 +4,7 @@
 
 pub mod checksummed;
 pub mod error;
+pub mod fault;
 pub mod item_table;
 pub mod object_location;
 pub mod spill;

@@ -109,9 +109,8 @@ impl Wal {
         let header_crc = crc32fast::hash(&frame[0..8]);
         frame.extend_from_slice(&header_crc.to_le_bytes());
         frame.extend_from_slice(&payload);
-        if let Err(e) = self
-            .file
-            .write_all(&frame)
+        if let Err(e) = crate::fault::check_disk_writable()
+            .and_then(|_| self.file.write_all(&frame))
             .and_then(|_| self.file.sync_data())
         {
             // Leave no half record behind for the next append to follow.
@@ -134,7 +133,11 @@ impl Wal {
     }
 }
 
-fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<WalRecord>, u64)> {
+/// Decodes a WAL's bytes: the intact records and the length of the prefix
+/// that holds them; a torn last record is left out, a bad record followed
+/// by more data is corruption (`path` names the file in errors). Public
+/// for the fuzz target.
+pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<WalRecord>, u64)> {
     if bytes.is_empty() {
         return Ok((Vec::new(), 0));
     }
@@ -281,7 +284,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
+/// Decodes one record's payload. Public for the fuzz target.
+pub fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
     let mut r = Reader {
         bytes: payload,
         at: 0,

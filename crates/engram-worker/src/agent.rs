@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use engram_meta::{ClusterState, Command, SegmentFile, SegmentRecord};
+use engram_meta::{ClusterState, Command, CommandResult, SegmentFile, SegmentRecord};
 
 use crate::node::{WorkerNode, blocking, internal};
 use crate::rpc_client::call;
@@ -18,6 +18,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 /// How often a worker compares its copies' sealed segments with the Raft
 /// state and reports differences.
 const SEGMENT_REPORT_INTERVAL: Duration = Duration::from_secs(3);
+
+/// How often the agent reconciles its copies with the shard map even when
+/// nothing changed: failed catch-ups are retried at this pace.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A shard copy's sealed segments as the Raft state records them.
 fn segment_records(shard: &crate::shard::Shard) -> Vec<SegmentRecord> {
@@ -53,7 +57,10 @@ impl WorkerNode {
         let changed = tokio::sync::Notify::new();
         let follow = async {
             loop {
-                changed.notified().await;
+                // Also without news: a catch-up that failed (its primary
+                // busy, the epoch moved on) is retried, not left waiting
+                // for the next change of the shard map.
+                let _ = tokio::time::timeout(RECONCILE_INTERVAL, changed.notified()).await;
                 self.reconcile().await;
             }
         };
@@ -190,12 +197,13 @@ impl WorkerNode {
         let me = self.inner.id;
         let node = self.clone();
         let opened = tokio::task::spawn_blocking(move || {
+            let mut lost = Vec::new();
             for collection in state.collections.values() {
                 for (shard, placement) in collection.shards.iter().enumerate() {
                     if placement.hosts(me)
-                        && let Err(e) = node.host().ensure(&collection.spec, shard as u32, placement)
+                        && let Some(epoch) = node.open_copy(&collection.spec, shard as u32, placement)
                     {
-                        tracing::error!(collection = %collection.spec.name, shard, error = %e, "cannot open replica");
+                        lost.push((collection.spec.name.clone(), shard as u32, epoch));
                     }
                 }
             }
@@ -223,11 +231,80 @@ impl WorkerNode {
                     }
                 }
             }
-            state
+            (state, lost)
         })
         .await;
-        let Ok(state) = opened else { return };
+        let Ok((state, lost)) = opened else { return };
+        for (collection, shard, epoch) in lost {
+            let command = Command::CopyLost {
+                collection: collection.clone(),
+                shard,
+                worker: me,
+                epoch,
+            };
+            match self.command(command).await {
+                Ok(CommandResult::Placement(next)) => {
+                    tracing::warn!(%collection, shard, epoch = next.epoch, "the shard map shows the corrupted copy lost; it is rebuilt from the primary");
+                }
+                Ok(CommandResult::Refused(why)) => {
+                    tracing::warn!(%collection, shard, %why, "could not record the corrupted copy as lost yet; retrying");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%collection, shard, error = %e, "could not record the corrupted copy as lost yet; retrying");
+                }
+            }
+        }
         self.start_catch_ups(&state);
+    }
+
+    /// Opens this worker's copy of `shard` if it is not open yet (blocking).
+    /// A copy whose files fail their checksums is set aside under
+    /// `<data_dir>/quarantine/` (kept for inspection, never served); the
+    /// result is then the epoch at which to tell the shard map that the
+    /// copy is lost, after which a fresh copy catches up from the primary.
+    /// The only in-sync copy is never set aside: it stays unopened (the
+    /// shard unavailable) and the operator decides.
+    fn open_copy(
+        &self,
+        spec: &engram_core::CollectionSpec,
+        shard: u32,
+        placement: &engram_core::placement::ShardPlacement,
+    ) -> Option<u64> {
+        let me = self.inner.id;
+        let key = (spec.name.clone(), shard);
+        let counted_in_sync = placement.is_in_sync(me);
+        if self.inner.lost.lock().contains(&key) {
+            if counted_in_sync {
+                return Some(placement.epoch);
+            }
+            self.inner.lost.lock().remove(&key);
+        }
+        let Err(error) = self.host().ensure(spec, shard, placement) else {
+            return None;
+        };
+        if !error.is_corruption() {
+            tracing::error!(collection = %spec.name, shard, %error, "cannot open replica");
+            return None;
+        }
+        if placement.primary == me && placement.replicas.is_empty() {
+            tracing::error!(collection = %spec.name, shard, %error, "the only in-sync copy of this shard is corrupted; it stays unavailable (restore a snapshot, or repair the file)");
+            return None;
+        }
+        match self.host().quarantine(&spec.name, shard) {
+            Ok(to) => {
+                tracing::error!(collection = %spec.name, shard, %error, quarantined = %to.display(), "corrupted shard copy refused and set aside; rebuilding it from another copy");
+            }
+            Err(e) => {
+                tracing::error!(collection = %spec.name, shard, %error, quarantine_error = %e, "corrupted shard copy refused, and it could not be set aside");
+                return None;
+            }
+        }
+        if !counted_in_sync {
+            return None;
+        }
+        self.inner.lost.lock().insert(key);
+        Some(placement.epoch)
     }
 
     fn start_catch_ups(&self, state: &ClusterState) {

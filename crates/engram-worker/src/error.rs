@@ -22,4 +22,17 @@ pub enum WorkerError {
     Remote(String),
 }
 
+impl WorkerError {
+    /// Whether this is a file that failed its checksum or does not parse:
+    /// the copy on disk cannot be trusted (as opposed to an I/O failure
+    /// that may pass, such as a full disk).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Store(engram_store::StoreError::Corrupted { .. })
+                | WorkerError::Index(engram_index::IndexError::Corrupted { .. })
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, WorkerError>;

@@ -44,6 +44,10 @@ pub(crate) struct Inner {
     /// The newest cluster state seen, and the Raft index it was applied at.
     pub(crate) state: RwLock<(u64, Arc<ClusterState>)>,
     pub(crate) catching_up: Mutex<HashSet<(String, u32)>>,
+    /// Copies found corrupted and set aside whose loss the shard map does
+    /// not show yet: no fresh copy is opened for them until it does (an
+    /// empty copy counted as in sync would answer reads without the data).
+    pub(crate) lost: Mutex<HashSet<(String, u32)>>,
     /// The highest Raft index a coordinator told this worker about
     /// directly; collections are only dropped on a state at least as new.
     pub(crate) floor: AtomicU64,
@@ -79,6 +83,7 @@ impl WorkerNode {
                 client: internal_client(),
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
+                lost: Mutex::new(HashSet::new()),
                 floor: AtomicU64::new(0),
                 storage,
             }),
@@ -352,7 +357,13 @@ impl WorkerNode {
     pub async fn apply_replicated(self, request: ReplicateRequest) -> RpcResult<()> {
         let replica = self.inner.host.get(&request.collection, request.shard)?;
         replica.check_epoch(&request.placement)?;
-        blocking(move || replica.shard.write(request.ops).map_err(internal)).await
+        blocking(move || {
+            replica.shard.write(request.ops).map_err(|e| {
+                replica.mark_missed_write();
+                internal(e)
+            })
+        })
+        .await
     }
 
     // ----- catching up -------------------------------------------------
@@ -448,7 +459,10 @@ impl WorkerNode {
                 host.inner.host.get(&request.spec.name, request.shard)?
             };
             replica.observe(&request.placement);
-            replica.shard.write(request.ops).map_err(internal)
+            replica.shard.write(request.ops).map_err(|e| {
+                replica.mark_missed_write();
+                internal(e)
+            })
         })
         .await
     }
@@ -456,11 +470,19 @@ impl WorkerNode {
     // ----- reads -------------------------------------------------------
 
     /// The hosted replicas of `shards`; refused if one is not hosted here.
+    /// The hosted replicas of `shards` that may answer reads (see
+    /// [`Replica::check_readable`]); refused if one is not hosted here.
     fn replicas(&self, collection: &str, shards: &[u32]) -> RpcResult<Vec<Arc<Replica>>> {
         shards
             .iter()
-            .map(|s| self.inner.host.get(collection, *s))
+            .map(|s| self.readable(collection, *s))
             .collect()
+    }
+
+    fn readable(&self, collection: &str, shard: u32) -> RpcResult<Arc<Replica>> {
+        let replica = self.inner.host.get(collection, shard)?;
+        replica.check_readable(self.inner.id)?;
+        Ok(replica)
     }
 
     pub async fn search(self, request: SearchRequest) -> RpcResult<SearchReply> {
@@ -502,7 +524,7 @@ impl WorkerNode {
     }
 
     pub async fn get(self, request: GetRequest) -> RpcResult<Option<ItemReply>> {
-        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        let replica = self.readable(&request.collection, request.shard)?;
         blocking(move || {
             let Some(item) = replica.shard.get(request.id) else {
                 return Ok(None);
@@ -527,7 +549,7 @@ impl WorkerNode {
     pub const MAX_SCAN_PAGE: u32 = 4_096;
 
     pub async fn scan(self, request: ScanRequest) -> RpcResult<ScanReply> {
-        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        let replica = self.readable(&request.collection, request.shard)?;
         let limit = request.limit.clamp(1, Self::MAX_SCAN_PAGE) as usize;
         blocking(move || {
             let (items, next) = replica

@@ -5,6 +5,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
@@ -28,9 +29,42 @@ pub struct Replica {
     /// is replaced by a transfer; `true` once replaced, after which this
     /// object's directory belongs to its successor and must not be touched.
     retired: Mutex<bool>,
+    /// Set when this copy failed to apply a write its primary sent: it
+    /// lacks a write that may have been acknowledged (the primary marks it
+    /// out of sync), so it answers no reads until a transfer replaces it.
+    missed_write: AtomicBool,
 }
 
 impl Replica {
+    /// Refuses reads from a copy that may lack acknowledged writes: one
+    /// that failed to apply a replicated write, or one the newest placement
+    /// it knows lists as out of sync. A coordinator whose shard map lags
+    /// behind the Raft log could still route a read here; this is what
+    /// stops it seeing a deleted item again (the coordinator tries another
+    /// copy).
+    pub fn check_readable(&self, me: u64) -> std::result::Result<(), RpcError> {
+        if self.missed_write.load(Ordering::SeqCst) {
+            return Err(RpcError::Unavailable(format!(
+                "this copy of shard {} missed a replicated write and waits for a transfer",
+                self.shard.number()
+            )));
+        }
+        let placement = self.placement.lock();
+        if placement.primary != me && !placement.replicas.contains(&me) {
+            return Err(RpcError::Unavailable(format!(
+                "this copy of shard {} is out of sync at epoch {}",
+                self.shard.number(),
+                placement.epoch
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records that a replicated write failed here (see `check_readable`).
+    pub fn mark_missed_write(&self) {
+        self.missed_write.store(true, Ordering::SeqCst);
+    }
+
     /// Compacts this copy unless a transfer replaced it meanwhile (then
     /// there is nothing to do: the successor starts without tombstones).
     pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
@@ -150,6 +184,7 @@ impl ReplicaHost {
             order: tokio::sync::Mutex::new(()),
             placement: Mutex::new(placement.clone()),
             retired: Mutex::new(false),
+            missed_write: AtomicBool::new(false),
         }))
     }
 
@@ -167,6 +202,24 @@ impl ReplicaHost {
         let fresh = self.open(spec, shard, placement)?;
         self.replicas.write().insert(key, fresh.clone());
         Ok(fresh)
+    }
+
+    /// Moves the files of an unopened copy of `shard` (corrupted) to
+    /// `<data_dir>/quarantine/<collection>-<shard>-<unix ms>`; returns where.
+    pub fn quarantine(&self, collection: &str, shard: u32) -> Result<PathBuf> {
+        let _opening = self.opening.lock();
+        self.replicas
+            .write()
+            .remove(&(collection.to_string(), shard));
+        let from = shard_dir(&self.dir, collection, shard);
+        let root = self.dir.parent().unwrap_or(&self.dir).join("quarantine");
+        fs_err::create_dir_all(&root)?;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let to = root.join(format!("{collection}-{shard:04}-{millis}"));
+        fs_err::rename(&from, &to)?;
+        Ok(to)
     }
 
     /// Every hosted replica.

@@ -311,6 +311,9 @@ pub enum RpcError {
     Invalid(String),
     #[error("replication failed: {0}")]
     Replication(String),
+    /// This copy cannot answer now; another copy may.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -82,6 +82,16 @@ impl ClusterBackend {
             election_max_ms: config.raft_election_max_ms,
         };
         let meta = MetaNode::start(config.node_id, &data_dir.join("raft"), &timing).await?;
+        // A coordinator whose Raft core stopped (its log could not be
+        // written) would go on answering from a state that no longer
+        // advances: exit instead, so that the supervisor restarts it and
+        // it recovers from its log like after a crash.
+        let watched = meta.clone();
+        tokio::spawn(async move {
+            let reason = watched.fatal().await;
+            tracing::error!(%reason, "the Raft core stopped; exiting so that the process is restarted");
+            std::process::exit(70);
+        });
         let lowest = config.coordinators.iter().map(|p| p.id).min();
         if lowest == Some(config.node_id) {
             let members: BTreeMap<u64, String> = config

@@ -32,11 +32,33 @@ const INITIAL_CAPACITY: usize = 256;
 /// Deleted slots are consolidated once they are this share of all slots.
 const CONSOLIDATE_SHARE: f64 = 0.2;
 
+/// The segment's private runtime for DiskANN's async calls. Dropping a
+/// tokio runtime blocks, which panics on an async thread; the last owner of
+/// a segment can be anywhere (a task holding a copy that a transfer just
+/// replaced), so this one is shut down in the background instead.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 pub struct GrowingSegment {
     dim: usize,
     metric: Metric,
     params: IndexParams,
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnRuntime,
     index: MemoryIndex<f32, TableDeleteProviderAsync>,
     capacity: usize,
     /// Full vectors by slot (zeroed when the slot is deleted).
@@ -73,7 +95,7 @@ impl GrowingSegment {
             max_degree: config.max_degree_u32().get(),
         };
         let index = new_index::<f32, _>(config, provider, TableBasedDeletes)?;
-        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let runtime = OwnRuntime(Some(tokio::runtime::Builder::new_current_thread().build()?));
         Ok(GrowingSegment {
             dim,
             metric,

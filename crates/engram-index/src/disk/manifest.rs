@@ -89,11 +89,31 @@ impl SegmentManifest {
     /// Reads the manifest and verifies it and every file it lists.
     pub fn load_verified(dir: &Path) -> Result<SegmentManifest> {
         let path = dir.join(MANIFEST_FILE);
-        let text = fs::read_to_string(&path)?;
+        let manifest = Self::parse_verified(&path, fs::read(&path)?)?;
+        for entry in &manifest.files {
+            let file = dir.join(&entry.name);
+            let (bytes, crc32) = file_crc32(&file)?;
+            if bytes != entry.bytes || crc32 != entry.crc32 {
+                return Err(IndexError::Corrupted {
+                    file,
+                    reason: format!(
+                        "{bytes} bytes with crc32 {crc32:08x}, the manifest records {} bytes with crc32 {:08x}",
+                        entry.bytes, entry.crc32
+                    ),
+                });
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Parses and verifies the manifest's own bytes (`path` names it in
+    /// errors); the files it lists are not read. Public for the fuzz target.
+    pub fn parse_verified(path: &Path, bytes: Vec<u8>) -> Result<SegmentManifest> {
         let corrupted = |reason: &str| IndexError::Corrupted {
-            file: path.clone(),
+            file: path.to_path_buf(),
             reason: reason.to_string(),
         };
+        let text = String::from_utf8(bytes).map_err(|_| corrupted("manifest is not UTF-8"))?;
         let mut lines = text.lines();
         let (Some(body), Some(crc)) = (lines.next(), lines.next()) else {
             return Err(corrupted("manifest is truncated"));
@@ -108,19 +128,6 @@ impl SegmentManifest {
                 "unknown segment format {}",
                 manifest.format
             )));
-        }
-        for entry in &manifest.files {
-            let file = dir.join(&entry.name);
-            let (bytes, crc32) = file_crc32(&file)?;
-            if bytes != entry.bytes || crc32 != entry.crc32 {
-                return Err(IndexError::Corrupted {
-                    file,
-                    reason: format!(
-                        "{bytes} bytes with crc32 {crc32:08x}, the manifest records {} bytes with crc32 {:08x}",
-                        entry.bytes, entry.crc32
-                    ),
-                });
-            }
         }
         Ok(manifest)
     }

@@ -1,0 +1,568 @@
+//! The chaos run (issue 9): a loopback cluster of 3 coordinators and 3
+//! workers, replication 2, under a mixed load of adds, deletes and
+//! classifications, while a controller kill -9s random processes and
+//! restarts them, pauses processes (SIGSTOP/SIGCONT) and cuts their disk
+//! writes (the `ENGRAM_FAULT_DISK_FULL` flag of `engram_store::fault`).
+//!
+//! The clients behave like real ones: each request is sent once (to the
+//! next coordinator only when the connection was refused, i.e. it never
+//! arrived), and the ledger records what was acknowledged and what is
+//! uncertain (an error or timeout: the operation may or may not have
+//! happened). The checker then demands:
+//! - every acknowledged add whose id was never sent a delete is present
+//!   (else it is `lost`);
+//! - no id whose delete was acknowledged is present at the end, or was
+//!   returned by a query that started after the acknowledgement (else it
+//!   is `resurrected`);
+//! - every answer was complete or flagged `partial`: a query for a stored
+//!   item's own vector that is not flagged partial must find that item
+//!   (else it is `unflagged`).
+//!
+//! `ENGRAM_CHAOS_KILLS` (default 10; `make chaos` runs 100) sets how many
+//! kill -9s the run makes, `ENGRAM_CHAOS_SEED` replays a run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::{Cluster, DIM, Proc, SHARDS, vector};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// splitmix64: a small seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+}
+
+/// What one id went through, as far as the clients know.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fate {
+    /// The add was acknowledged at this instant (no delete sent yet).
+    Added(Instant),
+    /// The add failed or timed out: it may or may not have happened.
+    AddUncertain,
+    /// A delete was sent and failed or timed out.
+    DeleteUncertain,
+    /// The delete was acknowledged at this instant.
+    Deleted(Instant),
+}
+
+#[derive(Default)]
+struct Ledger {
+    fates: BTreeMap<u64, Fate>,
+    /// Ids returned by a query that started after their delete was
+    /// acknowledged, with what happened.
+    resurrected: BTreeMap<u64, String>,
+    /// Answers not flagged partial that missed the stored item queried for.
+    unflagged: Vec<String>,
+    partial: u64,
+    errors: u64,
+    acked_ops: u64,
+    classifies: u64,
+}
+
+impl Ledger {
+    fn live_ids(&self) -> Vec<u64> {
+        self.fates
+            .iter()
+            .filter(|(_, f)| matches!(f, Fate::Added(_)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// The coordinators' public addresses, updated by the controller when one
+/// restarts on a new port; clients read it without waiting for a restart.
+type Bases = RwLock<Vec<Option<String>>>;
+
+/// Sends one request: to the first coordinator that accepts the
+/// connection. `None` when it failed after reaching one (the outcome is
+/// unknown), or when no coordinator accepted it.
+fn send_once(
+    http: &reqwest::blocking::Client,
+    bases: &Bases,
+    start: usize,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
+    let bases: Vec<String> = bases.read().unwrap().iter().flatten().cloned().collect();
+    for i in 0..bases.len() {
+        let url = format!("{}{path}", bases[(start + i) % bases.len()]);
+        let request = match (method, body) {
+            ("POST", Some(body)) => http.post(url).json(body),
+            _ => http.get(url),
+        };
+        match request.send() {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                return Some((status, r.json().unwrap_or(Value::Null)));
+            }
+            // Refused: the request never arrived, another may take it.
+            Err(e) if e.is_connect() => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Adds batches of fresh ids and deletes random live ones, each sent once.
+fn writer(
+    http: &reqwest::blocking::Client,
+    bases: &Bases,
+    ledger: &Mutex<Ledger>,
+    seed: u64,
+    stop: &AtomicBool,
+    next_id: &AtomicU64,
+) {
+    let mut rng = Rng(seed);
+    while !stop.load(Ordering::SeqCst) {
+        let start = rng.below(3) as usize;
+        if rng.below(10) < 7 {
+            let first = next_id.fetch_add(10, Ordering::SeqCst);
+            let ids: Vec<u64> = (first..first + 10).collect();
+            let items: Vec<Value> = ids
+                .iter()
+                .map(|id| json!({"id": id, "label": format!("l{}", id % 5), "vector": vector(*id)}))
+                .collect();
+            let answer = send_once(
+                http,
+                bases,
+                start,
+                "POST",
+                "/v1/collections/c/items",
+                Some(&json!({ "items": items })),
+            );
+            let acked = matches!(answer, Some((200, _)));
+            let now = Instant::now();
+            let mut l = ledger.lock().unwrap();
+            for id in ids {
+                l.fates.insert(
+                    id,
+                    if acked {
+                        Fate::Added(now)
+                    } else {
+                        Fate::AddUncertain
+                    },
+                );
+            }
+            if acked {
+                l.acked_ops += 1
+            } else {
+                l.errors += 1
+            }
+        } else {
+            let doomed: Vec<u64> = {
+                let mut l = ledger.lock().unwrap();
+                let live = l.live_ids();
+                if live.len() < 10 {
+                    continue;
+                }
+                let doomed: Vec<u64> = (0..3)
+                    .map(|_| live[rng.below(live.len() as u64) as usize])
+                    .collect();
+                // Uncertain from the moment it is sent.
+                for id in &doomed {
+                    l.fates.insert(*id, Fate::DeleteUncertain);
+                }
+                doomed
+            };
+            let answer = send_once(
+                http,
+                bases,
+                start,
+                "POST",
+                "/v1/collections/c/items/delete",
+                Some(&json!({ "ids": doomed })),
+            );
+            let mut l = ledger.lock().unwrap();
+            if matches!(answer, Some((200, _))) {
+                let now = Instant::now();
+                for id in doomed {
+                    l.fates.insert(id, Fate::Deleted(now));
+                }
+                l.acked_ops += 1;
+            } else {
+                l.errors += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Classifies and searches for stored items' own vectors, checking each
+/// answer against the ledger as it was when the query started.
+fn reader(
+    http: &reqwest::blocking::Client,
+    bases: &Bases,
+    ledger: &Mutex<Ledger>,
+    seed: u64,
+    stop: &AtomicBool,
+) {
+    let mut rng = Rng(seed);
+    while !stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        let target = {
+            let l = ledger.lock().unwrap();
+            let live = l.live_ids();
+            if live.is_empty() {
+                drop(l);
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            live[rng.below(live.len() as u64) as usize]
+        };
+        let path = if rng.below(2) == 0 {
+            "/v1/collections/c/classify"
+        } else {
+            "/v1/collections/c/search"
+        };
+        let body = json!({"vector": vector(target), "k": 10});
+        let via = rng.below(3) as usize;
+        let answer = send_once(http, bases, via, "POST", path, Some(&body));
+        let mut l = ledger.lock().unwrap();
+        l.classifies += 1;
+        let Some((200, answer)) = answer else {
+            l.errors += 1;
+            continue;
+        };
+        let ids: Vec<u64> = answer["neighbors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_u64().unwrap())
+            .collect();
+        for id in &ids {
+            if let Some(Fate::Deleted(at)) = l.fates.get(id)
+                && *at < started
+            {
+                let why = format!(
+                    "{path} via coordinator {} started {:?} after the delete was acknowledged returned it: {answer}",
+                    via + 1,
+                    started - *at
+                );
+                l.resurrected.insert(*id, why);
+            }
+        }
+        if answer["partial"] == json!(true) {
+            l.partial += 1;
+        } else if !ids.contains(&target) && matches!(l.fates.get(&target), Some(Fate::Added(_))) {
+            l.unflagged.push(format!("{path} for {target}: {answer}"));
+        }
+    }
+}
+
+/// Kinds of fault the controller injects.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill,
+    Pause,
+    DiskFull,
+}
+
+#[derive(Default, Debug)]
+struct Faults {
+    kills: u64,
+    pauses: u64,
+    disk_full: u64,
+    /// Processes that exited on their own (e.g. on a failed disk write)
+    /// and were restarted, as a supervisor would.
+    exited: u64,
+}
+
+fn process(cluster: &mut Cluster, i: usize) -> &mut Proc {
+    if i < 3 {
+        &mut cluster.coordinators[i]
+    } else {
+        &mut cluster.workers[i - 3]
+    }
+}
+
+/// Restarts any process that exited by itself; returns how many.
+fn supervise(cluster: &mut Cluster, bases: &Bases) -> u64 {
+    let mut restarted = 0;
+    for i in 0..6 {
+        let proc = process(cluster, i);
+        if proc.exited() {
+            eprintln!("chaos: {} exited by itself; restarting", proc.name);
+            proc.kill9();
+            proc.restart();
+            restarted += 1;
+            if i < 3 {
+                bases.write().unwrap()[i] = proc.base.clone();
+            }
+        }
+    }
+    restarted
+}
+
+/// Waits until a leader is known, every worker is healthy and no copy is
+/// out of sync: the cluster has healed from the last fault.
+fn wait_healed(cluster: &mut Cluster, bases: &Bases, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut last = String::new();
+    loop {
+        let mut healed = false;
+        if let Some(status) = cluster
+            .live_coordinators()
+            .first()
+            .and_then(|b| cluster.status(b))
+        {
+            let workers_ok = status["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["healthy"] == json!(true)).count() == 3);
+            let in_sync = status["collections"].as_array().is_some_and(|cs| {
+                cs.iter().all(|c| {
+                    c["shards"].as_array().unwrap().iter().all(|s| {
+                        s["out_of_sync"].as_array().unwrap().is_empty()
+                            && s["replicas"].as_array().unwrap().len() == 1
+                    })
+                })
+            });
+            healed = status["leader"].is_u64() && workers_ok && in_sync;
+            last = status.to_string();
+        }
+        if healed {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            return Err(last);
+        }
+        supervise(cluster, bases);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Injects faults until `kills` kill -9s have been made.
+fn controller(cluster: &Mutex<Cluster>, bases: &Bases, kills: u64, seed: u64) -> Faults {
+    let mut rng = Rng(seed);
+    let mut faults = Faults::default();
+    let mut slowest_heal = Duration::ZERO;
+    let started = Instant::now();
+    while faults.kills < kills {
+        std::thread::sleep(rng.millis(500, 2_500));
+        let mut c = cluster.lock().unwrap();
+        faults.exited += supervise(&mut c, bases);
+        let target = rng.below(6) as usize;
+        let fault = match rng.below(10) {
+            0..=5 => Fault::Kill,
+            6 | 7 => Fault::Pause,
+            _ => Fault::DiskFull,
+        };
+        let proc = process(&mut c, target);
+        let name = proc.name.clone();
+        let held = rng.millis(200, 3_000);
+        eprintln!("chaos: {fault:?} {name} for {held:?}");
+        eprintln!("chaos: at {:?}", started.elapsed());
+        match fault {
+            Fault::Kill => {
+                proc.kill9();
+                if target < 3 {
+                    bases.write().unwrap()[target] = None;
+                }
+                std::thread::sleep(held);
+                proc.restart();
+                if target < 3 {
+                    bases.write().unwrap()[target] = proc.base.clone();
+                }
+                faults.kills += 1;
+            }
+            Fault::Pause => {
+                proc.signal(libc::SIGSTOP);
+                std::thread::sleep(held);
+                proc.signal(libc::SIGCONT);
+                faults.pauses += 1;
+            }
+            Fault::DiskFull => {
+                let flag = proc.disk_full_flag();
+                std::fs::write(&flag, b"").unwrap();
+                std::thread::sleep(held);
+                std::fs::remove_file(&flag).unwrap();
+                faults.disk_full += 1;
+            }
+        }
+        match wait_healed(&mut c, bases, Duration::from_secs(90)) {
+            Ok(took) => slowest_heal = slowest_heal.max(took),
+            Err(status) => {
+                keep_logs(&c, seed);
+                panic!("the cluster did not heal within 90 s of {fault:?} {name}: {status}")
+            }
+        }
+    }
+    eprintln!("chaos: slowest heal {slowest_heal:?}");
+    faults
+}
+
+/// Copies every node's log to `<target>/tmp/chaos-logs/<seed>/` (the
+/// cluster's directory goes with the test), for reading after a failed run.
+fn keep_logs(cluster: &Cluster, seed: u64) {
+    let to = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("chaos-logs")
+        .join(seed.to_string());
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(cluster.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    eprintln!("chaos: logs kept in {}", to.display());
+}
+
+/// GETs `id` until an answer that is not a 503 (a copy still opening).
+fn item_status(cluster: &Cluster, id: u64) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = cluster.get(&format!("/v1/collections/c/items/{id}"));
+        if status == 200 || status == 404 || Instant::now() > deadline {
+            if status == 200 {
+                assert_eq!(body["label"], json!(format!("l{}", id % 5)), "{body}");
+            }
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+    })
+}
+
+#[test]
+fn chaos_kills_pauses_and_full_disks_lose_nothing() {
+    let kills = env_u64("ENGRAM_CHAOS_KILLS").unwrap_or(10);
+    let seed = env_u64("ENGRAM_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    eprintln!("chaos: seed {seed} (ENGRAM_CHAOS_SEED replays it), {kills} kills");
+    let cluster = Cluster::start();
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": SHARDS, "replication": 2}),
+    );
+    assert_eq!(status, 201, "{body:?}");
+    let bases: Bases = RwLock::new(
+        cluster
+            .coordinators
+            .iter()
+            .map(|c| c.base.clone())
+            .collect(),
+    );
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let cluster = Mutex::new(cluster);
+    let ledger = Mutex::new(Ledger::default());
+    let stop = AtomicBool::new(false);
+    let next_id = AtomicU64::new(0);
+    let started = Instant::now();
+    let faults = std::thread::scope(|s| {
+        let w = s.spawn(|| writer(&http, &bases, &ledger, seed ^ 1, &stop, &next_id));
+        let r = s.spawn(|| reader(&http, &bases, &ledger, seed ^ 2, &stop));
+        let stopper = scopeguard(&stop);
+        let faults = controller(&cluster, &bases, kills, seed);
+        drop(stopper);
+        w.join().expect("writer panicked");
+        r.join().expect("reader panicked");
+        faults
+    });
+    let ran = started.elapsed();
+    let cluster = cluster.into_inner().unwrap();
+    let ledger = ledger.into_inner().unwrap();
+
+    // The final check reads every id the ledger is certain about.
+    let mut lost = Vec::new();
+    let mut resurrected = ledger.resurrected.clone();
+    let mut acked = 0u64;
+    for (id, fate) in &ledger.fates {
+        match fate {
+            Fate::Added(_) => {
+                acked += 1;
+                if item_status(&cluster, *id) != 200 {
+                    lost.push(*id);
+                }
+            }
+            Fate::Deleted(_) => {
+                acked += 1;
+                let status = item_status(&cluster, *id);
+                if status != 404 {
+                    resurrected.insert(*id, format!("the final GET answered {status}"));
+                }
+            }
+            Fate::AddUncertain | Fate::DeleteUncertain => {}
+        }
+    }
+    let line = format!(
+        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} acked_ops={} queries={} partial={} unflagged={} seconds={}",
+        faults.kills,
+        lost.len(),
+        resurrected.len(),
+        ledger.errors,
+        faults.pauses,
+        faults.disk_full,
+        faults.exited,
+        ledger.acked_ops,
+        ledger.classifies,
+        ledger.partial,
+        ledger.unflagged.len(),
+        ran.as_secs()
+    );
+    println!("{line}");
+    eprintln!("{line}");
+    if !lost.is_empty() || !resurrected.is_empty() || !ledger.unflagged.is_empty() {
+        keep_logs(&cluster, seed);
+    }
+    assert!(lost.is_empty(), "acknowledged adds lost: {lost:?}");
+    assert!(
+        resurrected.is_empty(),
+        "deleted ids came back: {resurrected:?}"
+    );
+    assert!(
+        ledger.unflagged.is_empty(),
+        "incomplete answers not flagged partial: {:?}",
+        ledger.unflagged
+    );
+    assert!(
+        acked > 0 && ledger.classifies > 0,
+        "the load never got through"
+    );
+}
+
+/// Sets `stop` when dropped, also while the controller's panic unwinds,
+/// so the clients end and the scope can report it.
+fn scopeguard(stop: &AtomicBool) -> impl Drop + '_ {
+    struct Guard<'a>(&'a AtomicBool);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    Guard(stop)
+}

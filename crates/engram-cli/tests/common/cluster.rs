@@ -1,0 +1,319 @@
+//! The loopback cluster harness: three coordinators (Raft over HTTP) and
+//! three workers as real `engram` processes, each with its own config, data
+//! directory and log. Used by the cluster scenarios and the chaos run.
+
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Names the fault-injection flag file (see `engram_store::fault`).
+pub const FAULT_DISK_FULL_ENV: &str = "ENGRAM_FAULT_DISK_FULL";
+
+pub const DIM: usize = 8;
+pub const SHARDS: u32 = 8;
+
+/// A free port for an internal address, from 20000-29999: below the
+/// ephemeral range, where the public APIs (`127.0.0.1:0`) get theirs, and
+/// never handed out twice in this process, so parallel tests cannot take
+/// each other's ports between this check and the bind.
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id() % 5_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + ((offset + n) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    /// Public API base URL (coordinators only).
+    pub base: Option<String>,
+    pub config: PathBuf,
+    pub role: &'static str,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &str, role: &'static str, config: &Path, log: &Path) -> Proc {
+        let mut proc = Proc {
+            name: name.to_string(),
+            child: None,
+            base: None,
+            config: config.to_path_buf(),
+            role,
+            log: log.to_path_buf(),
+        };
+        proc.restart();
+        proc
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["serve", "--role", self.role, "--config"])
+            .arg(&self.config)
+            .env("ENGRAM_LOG", "info,openraft=warn")
+            .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn engram");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(
+            line.contains("listening on"),
+            "{} did not start: {line:?}; its log:\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        if self.role == "coordinator" {
+            let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+            self.base = Some(format!("http://{addr}"));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether the process has ended by itself (not by [`Proc::kill9`]).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// The file whose existence makes this process's durable writes fail
+    /// as if the disk were full (fault injection, see `engram_store::fault`).
+    pub fn disk_full_flag(&self) -> PathBuf {
+        self.log.with_extension("disk-full")
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the running process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on the pid of a child this harness owns.
+            let rc = unsafe { libc::kill(child.id() as i32, signal) };
+            assert_eq!(rc, 0, "kill({}, {signal}) failed", self.name);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+                .filter(|l| !l.contains("openraft"))
+                .collect();
+            let from = tail.len().saturating_sub(15);
+            eprintln!(
+                "--- {} (last warnings) ---\n{}",
+                self.name,
+                tail[from..].join("\n")
+            );
+        }
+    }
+}
+
+/// Fields drop in order: the processes (printing their logs when a test
+/// fails) before the directory holding those logs.
+pub struct Cluster {
+    pub coordinators: Vec<Proc>,
+    pub workers: Vec<Proc>,
+    pub http: reqwest::blocking::Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Cluster::start_with("compaction_interval_s = 0")
+    }
+
+    /// A cluster whose nodes' `[index]` section also has `index_extra`.
+    pub fn start_with(index_extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        eprintln!("cluster dir {}", dir.path().display());
+        let internal: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers: Vec<String> = internal
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
+            .collect();
+        let peers = peers.join(", ");
+        let common = format!(
+            "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = 1500\n\
+             query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n"
+        );
+        // Bulk segments go through a directory every node reads: object
+        // storage on the local filesystem.
+        let index = format!(
+            "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
+             pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n",
+            dir.path().join("segment-store").display().to_string()
+        );
+        let mut coordinators = Vec::new();
+        for (i, port) in internal.iter().enumerate() {
+            let id = i + 1;
+            let data = dir.path().join(format!("coordinator-{id}"));
+            let config = dir.path().join(format!("coordinator-{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{common}\
+                     node_id = {id}\ninternal_listen = \"127.0.0.1:{port}\"\n\n\
+                     [collections]\nreplication = 2\n\n{index}",
+                    data.display().to_string()
+                ),
+            )
+            .unwrap();
+            let log = dir.path().join(format!("coordinator-{id}.log"));
+            coordinators.push(Proc::start(
+                &format!("coordinator-{id}"),
+                "coordinator",
+                &config,
+                &log,
+            ));
+        }
+        let mut workers = Vec::new();
+        for id in 1..=3 {
+            let data = dir.path().join(format!("worker-{id}"));
+            let config = dir.path().join(format!("worker-{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\ndata_dir = {:?}\n\n{common}node_id = {id}\n\
+                     internal_listen = \"127.0.0.1:{}\"\n\n{index}",
+                    data.display().to_string(),
+                    free_port()
+                ),
+            )
+            .unwrap();
+            let log = dir.path().join(format!("worker-{id}.log"));
+            workers.push(Proc::start(
+                &format!("worker-{id}"),
+                "worker",
+                &config,
+                &log,
+            ));
+        }
+        let cluster = Cluster {
+            dir,
+            coordinators,
+            workers,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        cluster.wait_ready(3, Duration::from_secs(60));
+        cluster
+    }
+
+    pub fn live_coordinators(&self) -> Vec<&str> {
+        self.coordinators
+            .iter()
+            .filter(|c| c.alive())
+            .map(|c| c.base.as_deref().unwrap())
+            .collect()
+    }
+
+    pub fn status(&self, base: &str) -> Option<Value> {
+        let response = self.http.get(format!("{base}/v1/cluster")).send().ok()?;
+        response.json().ok()
+    }
+
+    /// Every live coordinator knows the same leader and sees `workers` healthy.
+    pub fn wait_ready(&self, workers: usize, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses: Vec<Option<Value>> = self
+                .live_coordinators()
+                .iter()
+                .map(|b| self.status(b))
+                .collect();
+            let leaders: BTreeSet<u64> = statuses
+                .iter()
+                .filter_map(|s| s.as_ref()?["leader"].as_u64())
+                .collect();
+            let healthy = statuses.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s["workers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|w| w["healthy"] == json!(true))
+                        .count()
+                        == workers
+                })
+            });
+            let leader_alive = leaders.len() == 1
+                && self.coordinators[*leaders.first().unwrap() as usize - 1].alive();
+            if healthy && leader_alive && statuses.iter().all(Option::is_some) {
+                return *leaders.first().unwrap();
+            }
+            assert!(Instant::now() < deadline, "cluster not ready: {statuses:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// POSTs to the live coordinators in turn until one answers.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut last = String::new();
+        for base in self.live_coordinators() {
+            match self.http.post(format!("{base}{path}")).json(body).send() {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    return (status, r.json().unwrap_or(Value::Null));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        panic!("no coordinator answered {path}: {last}");
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let base = self.live_coordinators()[0];
+        let r = self.http.get(format!("{base}{path}")).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+}
+
+/// A distinct pseudo-random vector per id (splitmix64 per coordinate).
+pub fn vector(id: u64) -> Vec<f32> {
+    (0..DIM as u64)
+        .map(|d| {
+            let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ (d + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
