@@ -592,3 +592,81 @@ fn openapi_metrics_and_health() {
         "{text}"
     );
 }
+
+/// Back-pressure: a client that sends more queries at once than
+/// `max_concurrent_queries_per_client` gets 429 with `Retry-After` and the
+/// JSON error for the excess, the rest are answered, and once the burst is
+/// over nothing stays counted (a single query gets in).
+#[test]
+fn overload_is_answered_429_with_retry_after() {
+    let (_dir, server) = start("max_concurrent_queries_per_client = 1");
+    vector_collection(&server, "o", 16, "l2");
+    let items: Vec<Value> = (0..2_000u64)
+        .map(|i| {
+            let v: Vec<f32> = (0..16).map(|d| ((i * 31 + d * 7) % 97) as f32).collect();
+            json!({ "id": i, "label": format!("l{}", i % 3), "vector": v })
+        })
+        .collect();
+    assert_eq!(
+        server
+            .post("/v1/collections/o/items", &json!({ "items": items }))
+            .0,
+        200
+    );
+    let queries: Vec<Value> = (0..1_000u64)
+        .map(|i| json!({ "vector": (0..16).map(|d| ((i + d) % 50) as f32).collect::<Vec<f32>>() }))
+        .collect();
+    let batch = json!({ "queries": queries, "k": 50 });
+    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = server
+                        .http
+                        .post(server.url("/v1/collections/o/classify/batch"))
+                        .json(&batch)
+                        .send()
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (status, retry, r.json().unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!(ok + refused.len(), answers.len(), "{answers:?}");
+    assert!(ok >= 1, "nothing was answered");
+    assert!(!refused.is_empty(), "12 concurrent batches, none refused");
+    for (_, retry, body) in &refused {
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(body["error"]["code"], "resource_exhausted", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_concurrent_queries_per_client"),
+            "{body}"
+        );
+    }
+    let (status, body) = server.post(
+        "/v1/collections/o/classify",
+        &json!({ "vector": vec![1.0f32; 16], "k": 5 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Writes are not queries: still admitted.
+    assert_eq!(
+        server
+            .post(
+                "/v1/collections/o/items",
+                &json!({ "items": [ { "id": 9_999, "label": "x", "vector": vec![0.0f32; 16] } ] })
+            )
+            .0,
+        200
+    );
+}

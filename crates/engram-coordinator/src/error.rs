@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Internal,
     /// No replica or no Raft leader could serve in time.
     Unavailable,
+    /// Too much in flight (back-pressure); retry after a moment.
+    ResourceExhausted,
 }
 
 impl ErrorCode {
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::Corrupted => "data_corrupted",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
         }
     }
 
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Corrupted | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

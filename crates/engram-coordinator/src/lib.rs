@@ -5,6 +5,7 @@
 //! to shards, merges per-shard top-k lists and lets neighbours vote.
 //! [`api`] is the thin axum layer over it: parse, call, map the error.
 
+pub mod admission;
 pub mod api;
 mod backend;
 pub mod catalog;

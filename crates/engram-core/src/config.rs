@@ -196,6 +196,14 @@ pub struct LimitsConfig {
     pub max_queries_per_batch: usize,
     /// Decoded images larger than this many pixels are refused.
     pub max_image_pixels: u64,
+    /// Queries (search, classify, batches, embed) in flight on this node;
+    /// more are answered 429.
+    pub max_concurrent_queries: usize,
+    /// Queries in flight from one client address; more are answered 429.
+    pub max_concurrent_queries_per_client: usize,
+    /// Request body bytes in flight on this node (declared lengths; a body
+    /// without one counts as `max_body_bytes`); more are answered 429.
+    pub max_body_bytes_in_flight: u64,
 }
 
 impl Default for LimitsConfig {
@@ -206,6 +214,9 @@ impl Default for LimitsConfig {
             max_items_per_request: 10_000,
             max_queries_per_batch: 1_000,
             max_image_pixels: 40_000_000,
+            max_concurrent_queries: 256,
+            max_concurrent_queries_per_client: 64,
+            max_body_bytes_in_flight: 1 << 30,
         }
     }
 }
@@ -370,6 +381,14 @@ impl Default for EmbedderConfig {
 
 impl EngramConfig {
     pub fn validate(&self) -> Result<()> {
+        if self.limits.max_concurrent_queries == 0
+            || self.limits.max_concurrent_queries_per_client == 0
+        {
+            return Err(CoreError::invalid(
+                "limits.max_concurrent_queries",
+                "the query limits must be at least 1",
+            ));
+        }
         if self.limits.max_k == 0 {
             return Err(CoreError::invalid("limits.max_k", "must be at least 1"));
         }

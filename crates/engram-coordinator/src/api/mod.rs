@@ -11,8 +11,11 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use std::time::Instant;
 
+use crate::admission::{Admission, AdmissionLimits};
 use crate::error::{ApiError, ErrorCode};
 use crate::service::Engram;
+use axum::extract::ConnectInfo;
+use std::net::{IpAddr, SocketAddr};
 
 /// The decision page: one self-contained HTML file built into the binary.
 pub const DECISION_PAGE: &str = include_str!("../ui/index.html");
@@ -22,7 +25,13 @@ pub const OPENAPI_JSON: &str = include_str!("../../../../docs/openapi.json");
 
 /// All routes of the public API over `engram`.
 pub fn router(engram: Engram) -> Router {
-    let body_limit = engram.config().limits.max_body_bytes;
+    let limits = &engram.config().limits;
+    let body_limit = limits.max_body_bytes;
+    let admission = Admission::new(AdmissionLimits {
+        max_queries: limits.max_concurrent_queries,
+        max_queries_per_client: limits.max_concurrent_queries_per_client,
+        max_body_bytes_in_flight: limits.max_body_bytes_in_flight,
+    });
     Router::new()
         .route(
             "/v1/collections",
@@ -112,6 +121,10 @@ pub fn router(engram: Engram) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
+            (admission, body_limit),
+            admit,
+        ))
+        .layer(middleware::from_fn_with_state(
             body_limit,
             refuse_declared_oversize,
         ))
@@ -166,6 +179,63 @@ async fn refuse_declared_oversize(
     }
 }
 
+/// Routes whose requests count as queries for back-pressure.
+const QUERY_ROUTES: [&str; 4] = [
+    "/v1/collections/{collection}/search",
+    "/v1/collections/{collection}/classify",
+    "/v1/collections/{collection}/classify/batch",
+    "/v1/collections/{collection}/embed",
+];
+
+/// Back-pressure (see [`crate::admission`]): a request that would pass
+/// the in-flight limits is answered 429 with `Retry-After` before its body
+/// is read; an admitted one holds its permit until its answer is built.
+async fn admit(
+    State((admission, body_limit)): State<(Admission, usize)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let query = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| QUERY_ROUTES.contains(&p.as_str()));
+    // Without a socket address (a router driven in-process) every caller
+    // is one client.
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let has_body = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let bytes = declared.unwrap_or(if has_body { body_limit as u64 } else { 0 });
+    match admission.try_admit(client, query, bytes) {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(refusal) => {
+            tracing::warn!(%client, query, bytes, %refusal, "request refused: overloaded");
+            let mut response = axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                refusal.to_string(),
+            ));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            response
+        }
+    }
+}
+
 impl ApiError {
     fn from_status(status: axum::http::StatusCode, message: String) -> ApiError {
         let code = match status.as_u16() {
@@ -191,9 +261,12 @@ pub async fn serve(
     if let Err(error) = engram.resume_jobs() {
         tracing::error!(%error, "could not resume the ingest jobs of the data directory");
     }
-    let served = axum::serve(listener, router(engram))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        router(engram).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     if let Some(task) = compaction {
         task.abort();
     }
