@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo eval test bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo eval test chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -42,6 +42,19 @@ cluster-stop:
 
 test: setup
 	$(CARGO) test $(CARGO_TEST_FLAGS)
+
+## The chaos run of docs/reliability.md: a loopback cluster under mixed load
+## while processes are killed (-9), paused and their disks filled; 100
+## kills by default (`make test` runs 10). Prints
+## `chaos kills=.. acked=.. lost=.. resurrected=.. errors=..`.
+CHAOS_KILLS ?= 100
+chaos: setup
+	ENGRAM_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test -p engram-cli --test chaos -- --nocapture
+
+## cargo-fuzz targets (WAL reader, segment manifest, Raft log, Parquet rows)
+## for FUZZ_SECONDS each (default 60) on nightly; installs cargo-fuzz.
+fuzz:
+	@scripts/fuzz.sh
 
 ## Benchmarks: criterion benches plus the side-by-side comparison with
 ## Python onnxruntime on the same ONNX file (writes target/bench-results).

@@ -24,6 +24,7 @@ use engram_ingest::idx::{self, FASHION_MNIST_CLASSES, IdxImages};
 
 use crate::prune::follow_job;
 use engram_cli::client::{Client, class_name, png_base64, progress};
+use engram_cli::rng::SplitMix64;
 
 const MAX_K: usize = 100;
 const REPORT_KS: [usize; 6] = [1, 5, 10, 20, 50, 100];
@@ -113,23 +114,6 @@ struct Results {
     pruning_scored: Value,
     new_classes: Value,
     unlearning: Value,
-}
-
-/// splitmix64: a seeded, dependency-free generator for the label noise.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 fn params(rule: VotingRule) -> VoteParams {
@@ -412,11 +396,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     // random classes (which may hit the true one, as "random labels" do).
     let mut label_noise: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for level in NOISE_LEVELS {
-        let mut rng = Rng(args.seed ^ (level * 1000.0) as u64);
+        let mut rng = SplitMix64(args.seed ^ (level * 1000.0) as u64);
         let noisy: HashMap<u64, &str> = (0..args.memory)
             .map(|i| {
                 let label = if rng.unit() < level {
-                    FASHION_MNIST_CLASSES[(rng.next() % 10) as usize]
+                    FASHION_MNIST_CLASSES[rng.below(10) as usize]
                 } else {
                     class_name(memory.labels[i])
                 };

@@ -4,4 +4,5 @@
 
 pub mod client;
 pub mod config;
+pub mod rng;
 pub mod table;

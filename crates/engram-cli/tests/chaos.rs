@@ -26,31 +26,16 @@
 mod common;
 
 use common::cluster::{Cluster, DIM, Proc, SHARDS, vector};
+use engram_cli::rng::SplitMix64;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// splitmix64: a small seeded generator, so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from + 1))
-    }
+/// A pause between `from` and `to` milliseconds.
+fn millis(rng: &mut SplitMix64, from: u64, to: u64) -> Duration {
+    Duration::from_millis(from + rng.below(to - from + 1))
 }
 
 /// What one id went through, as far as the clients know.
@@ -134,7 +119,7 @@ fn writer(
     stop: &AtomicBool,
     next_id: &AtomicU64,
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     while !stop.load(Ordering::SeqCst) {
         let start = rng.below(3) as usize;
         if rng.below(10) < 7 {
@@ -218,7 +203,7 @@ fn reader(
     seed: u64,
     stop: &AtomicBool,
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
         let target = {
@@ -355,12 +340,12 @@ fn wait_healed(cluster: &mut Cluster, bases: &Bases, within: Duration) -> Result
 
 /// Injects faults until `kills` kill -9s have been made.
 fn controller(cluster: &Mutex<Cluster>, bases: &Bases, kills: u64, seed: u64) -> Faults {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut faults = Faults::default();
     let mut slowest_heal = Duration::ZERO;
     let started = Instant::now();
     while faults.kills < kills {
-        std::thread::sleep(rng.millis(500, 2_500));
+        std::thread::sleep(millis(&mut rng, 500, 2_500));
         let mut c = cluster.lock().unwrap();
         faults.exited += supervise(&mut c, bases);
         let target = rng.below(6) as usize;
@@ -371,7 +356,7 @@ fn controller(cluster: &Mutex<Cluster>, bases: &Bases, kills: u64, seed: u64) ->
         };
         let proc = process(&mut c, target);
         let name = proc.name.clone();
-        let held = rng.millis(200, 3_000);
+        let held = millis(&mut rng, 200, 3_000);
         eprintln!("chaos: {fault:?} {name} for {held:?}");
         eprintln!("chaos: at {:?}", started.elapsed());
         match fault {

@@ -150,6 +150,56 @@ fn bad(path: &str, reason: impl Into<String>) -> IngestError {
     }
 }
 
+/// Runs a step of the Parquet reader, turning a panic into an error that
+/// names the file: the parquet crate asserts on some malformed inputs (the
+/// `parquet_rows` fuzz target found a dictionary-encoded page without a
+/// dictionary), and a bad file must be refused, not end the job.
+async fn decoding<T>(path: &str, step: impl std::future::Future<Output = T>) -> Result<T> {
+    std::panic::AssertUnwindSafe(step)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            bad(
+                path,
+                format!("the Parquet reader failed on malformed data: {message}"),
+            )
+        })
+}
+
+/// Every column chunk the footer lists lies inside the file. The parquet
+/// crate asserts this when it reads a row group (a panic on a malformed
+/// footer, found by the `parquet_rows` fuzz target); checked here, such a
+/// file is refused with the reason instead.
+fn check_chunk_ranges(
+    metadata: &ArrowReaderMetadata,
+    file_size: u64,
+) -> std::result::Result<(), String> {
+    for (g, group) in metadata.metadata().row_groups().iter().enumerate() {
+        for (c, column) in group.columns().iter().enumerate() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or_else(|| column.data_page_offset());
+            let len = column.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l))
+                .is_some_and(|end| end <= file_size);
+            if !inside {
+                return Err(format!(
+                    "row group {g} column {c}: chunk at offset {start} of {len} bytes lies outside the file of {file_size} bytes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ParquetFile {
     /// Reads the footer and finds the columns; a file without a label
     /// column or without any of embedding, image and image_uri is refused.
@@ -164,9 +214,13 @@ impl ParquetFile {
             path: file.path.clone(),
             size: file.size,
         };
-        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
-            .await
-            .map_err(|e| bad(&path, e.to_string()))?;
+        let metadata = decoding(
+            &path,
+            ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()),
+        )
+        .await?
+        .map_err(|e| bad(&path, e.to_string()))?;
+        check_chunk_ranges(&metadata, file.size).map_err(|reason| bad(&path, reason))?;
         let schema = metadata.schema().clone();
         let find = |name: &str| schema.index_of(name).ok();
         let label = find(&columns.label)
@@ -259,11 +313,12 @@ impl ParquetFile {
         loop {
             let batch = match in_flight.take() {
                 Some(work) => {
-                    let (batch, done) = futures::future::join(stream.next(), work).await;
+                    let (batch, done) =
+                        futures::future::join(decoding(&self.path, stream.next()), work).await;
                     done?;
-                    batch
+                    batch?
                 }
-                None => stream.next().await,
+                None => decoding(&self.path, stream.next()).await?,
             };
             let Some(batch) = batch else { break };
             let batch = batch.map_err(|e| bad(&self.path, e.to_string()))?;
@@ -452,4 +507,67 @@ fn embeddings(array: &ArrayRef) -> Column<Vec<f32>> {
         "embedding column has type {}, not FixedSizeList<float32> or List<float32>",
         array.data_type()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    /// `bytes` as `bad.parquet` in an in-memory object store.
+    async fn stored(bytes: &'static [u8]) -> (Arc<dyn ObjectStore>, SourceFile) {
+        let store = Arc::new(InMemory::new());
+        let path = Path::from("bad.parquet");
+        store
+            .put(&path, PutPayload::from(bytes::Bytes::from_static(bytes)))
+            .await
+            .unwrap();
+        let size = bytes.len() as u64;
+        (store, SourceFile { path, size })
+    }
+
+    /// A footer whose column chunk has a negative offset (found by the
+    /// `parquet_rows` fuzz target): refused at open with the reason; it
+    /// used to reach an assertion inside the parquet crate.
+    #[tokio::test]
+    async fn a_column_chunk_outside_the_file_is_refused_not_a_panic() {
+        let bytes: &[u8] =
+            include_bytes!("../../../fuzz/seeds/parquet_rows/negative-chunk-offset.parquet");
+        let (store, file) = stored(bytes).await;
+        let error = ParquetFile::open(store, &file, &Columns::default())
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("outside the file"), "{error}");
+    }
+
+    /// A dictionary-encoded page without its dictionary (found by the
+    /// fuzz target): the parquet crate panics while decoding; the file is
+    /// refused with an error naming it.
+    #[tokio::test]
+    async fn a_panic_of_the_parquet_decoder_refuses_the_file() {
+        let bytes: &[u8] = include_bytes!(
+            "../../../fuzz/seeds/parquet_rows/dictionary-page-without-dictionary.parquet"
+        );
+        let (store, file) = stored(bytes).await;
+        let parquet = ParquetFile::open(store, &file, &Columns::default())
+            .await
+            .expect("the footer is fine");
+        let mut errors = Vec::new();
+        for group in 0..parquet.row_groups() {
+            if let Err(e) = parquet
+                .read_row_group(group, 64, |_| async { Ok::<(), IngestError>(()) })
+                .await
+            {
+                errors.push(e.to_string());
+            }
+        }
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("bad.parquet") && e.contains("malformed")),
+            "{errors:?}"
+        );
+    }
 }
