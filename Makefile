@@ -49,7 +49,7 @@ test: setup
 ## `chaos kills=.. acked=.. lost=.. resurrected=.. errors=..`.
 CHAOS_KILLS ?= 100
 chaos: setup
-	ENGRAM_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test -p engram-cli --test chaos -- --nocapture
+	ENGRAM_CHAOS_KILLS=$(CHAOS_KILLS) ENGRAM_CHAOS_DISK_FULL=1 $(CARGO) test -p engram-cli --test chaos -- --nocapture
 
 ## cargo-fuzz targets (WAL reader, segment manifest, Raft log, Parquet rows)
 ## for FUZZ_SECONDS each (default 60) on nightly; installs cargo-fuzz.

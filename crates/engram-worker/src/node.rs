@@ -148,9 +148,7 @@ impl WorkerNode {
             return Err(RpcError::NotPrimary(request.shard));
         }
         let local = replica.clone();
-        let (applied, deletions) =
-            blocking(move || local.unless_retired(|_| apply_as_primary(&local, request.ops)))
-                .await?;
+        let (applied, deletions) = blocking(move || apply_as_primary(&local, request.ops)).await?;
         if !applied.is_empty() {
             self.replicate(&replica, &request.collection, request.shard, applied)
                 .await?;
@@ -282,8 +280,7 @@ impl WorkerNode {
             return Err(RpcError::NotPrimary(request.shard));
         }
         let shard = replica.clone();
-        let attached =
-            blocking(move || shard.unless_retired(|s| s.attach(&local).map_err(internal))).await?;
+        let attached = blocking(move || shard.shard.attach(&local).map_err(internal)).await?;
         let forward = AttachRequest {
             placement,
             stage_only: false,
@@ -310,7 +307,7 @@ impl WorkerNode {
         if request.stage_only {
             return Ok(AttachedSegment::default());
         }
-        blocking(move || replica.unless_retired(|s| s.attach(&staged).map_err(internal))).await
+        blocking(move || replica.shard.attach(&staged).map_err(internal)).await
     }
 
     /// Downloads `segment` (checked file by file against its CRC32s) into
@@ -361,11 +358,9 @@ impl WorkerNode {
         let replica = self.inner.host.get(&request.collection, request.shard)?;
         replica.check_epoch(&request.placement)?;
         blocking(move || {
-            replica.unless_retired(|shard| {
-                shard.write(request.ops).map_err(|e| {
-                    replica.mark_missed_write();
-                    internal(e)
-                })
+            replica.shard.write(request.ops).map_err(|e| {
+                replica.mark_missed_write();
+                internal(e)
             })
         })
         .await
@@ -416,12 +411,8 @@ impl WorkerNode {
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
-        let transfer = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         for (i, ops) in chunks.into_iter().enumerate() {
             let install = InstallRequest {
-                transfer,
                 spec: replica.spec.clone(),
                 shard: request.shard,
                 placement: placement.clone(),
@@ -459,14 +450,6 @@ impl WorkerNode {
     pub async fn install(self, request: InstallRequest) -> RpcResult<()> {
         let host = self.clone();
         blocking(move || {
-            // Held through the write: a late chunk of an older transfer is
-            // checked and applied (or refused) as one step.
-            let _transfer = host.inner.host.admit_transfer(
-                &request.spec.name,
-                request.shard,
-                request.transfer,
-                request.reset,
-            )?;
             let replica = if request.reset {
                 host.inner
                     .host
@@ -476,11 +459,9 @@ impl WorkerNode {
                 host.inner.host.get(&request.spec.name, request.shard)?
             };
             replica.observe(&request.placement);
-            replica.unless_retired(|shard| {
-                shard.write(request.ops).map_err(|e| {
-                    replica.mark_missed_write();
-                    internal(e)
-                })
+            replica.shard.write(request.ops).map_err(|e| {
+                replica.mark_missed_write();
+                internal(e)
             })
         })
         .await

@@ -75,26 +75,6 @@ impl Replica {
         self.shard.compact(min_deleted_fraction)
     }
 
-    /// Runs `f` on this copy's shard unless a transfer or a move replaced
-    /// the copy meanwhile: a request that found this object before it was
-    /// retired must not write (a seal would create files in the directory
-    /// that now belongs to its successor).
-    pub fn unless_retired<T>(
-        &self,
-        f: impl FnOnce(&Shard) -> std::result::Result<T, RpcError>,
-    ) -> std::result::Result<T, RpcError> {
-        let retired = self.retired.lock();
-        if *retired {
-            return Err(RpcError::Unavailable(format!(
-                "this copy of shard {} was replaced meanwhile",
-                self.shard.number()
-            )));
-        }
-        let result = f(&self.shard);
-        drop(retired);
-        result
-    }
-
     pub fn placement(&self) -> ShardPlacement {
         self.placement.lock().clone()
     }
@@ -122,9 +102,6 @@ impl Replica {
     }
 }
 
-/// Holds the transfer bookkeeping while an admitted chunk is applied.
-pub type TransferGuard<'a> = parking_lot::MutexGuard<'a, BTreeMap<(String, u32), u64>>;
-
 pub struct ReplicaHost {
     dir: PathBuf,
     params: IndexParams,
@@ -132,9 +109,6 @@ pub struct ReplicaHost {
     /// Held while a shard directory is opened or replaced, so that two
     /// callers (the agent and a transfer) never open the same one at once.
     opening: Mutex<()>,
-    /// The newest transfer (see `InstallRequest::transfer`) each shard
-    /// copy here was reset by.
-    transfers: Mutex<BTreeMap<(String, u32), u64>>,
 }
 
 fn shard_dir(dir: &Path, collection: &str, shard: u32) -> PathBuf {
@@ -154,7 +128,6 @@ impl ReplicaHost {
             params,
             replicas: RwLock::new(BTreeMap::new()),
             opening: Mutex::new(()),
-            transfers: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -229,34 +202,6 @@ impl ReplicaHost {
         let fresh = self.open(spec, shard, placement)?;
         self.replicas.write().insert(key, fresh.clone());
         Ok(fresh)
-    }
-
-    /// Admits one chunk of transfer `transfer` into the copy of `shard`: a
-    /// reset starts it (refused unless newer than every transfer seen), a
-    /// later chunk must belong to the transfer that reset the copy last.
-    /// The guard holds the bookkeeping until the chunk is applied.
-    pub fn admit_transfer(
-        &self,
-        collection: &str,
-        shard: u32,
-        transfer: u64,
-        reset: bool,
-    ) -> std::result::Result<TransferGuard<'_>, RpcError> {
-        let mut transfers = self.transfers.lock();
-        let key = (collection.to_string(), shard);
-        let current = transfers.get(&key).copied().unwrap_or(0);
-        let fresh = if reset {
-            transfer > current
-        } else {
-            transfer == current
-        };
-        if !fresh {
-            return Err(RpcError::Unavailable(format!(
-                "a chunk of transfer {transfer} of shard {shard} arrived after transfer {current} started; refused"
-            )));
-        }
-        transfers.insert(key, transfer);
-        Ok(transfers)
     }
 
     /// Moves the files of an unopened copy of `shard` (corrupted) to
@@ -343,29 +288,5 @@ impl ReplicaHost {
             }
         }
         Ok(names)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_chunks_of_the_newest_transfer_are_admitted() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
-        let admitted = |transfer, reset| host.admit_transfer("c", 0, transfer, reset).is_ok();
-        assert!(admitted(5, true));
-        assert!(admitted(5, false));
-        // A late chunk or reset of an earlier transfer, or a chunk of one
-        // that never reset this copy, is refused.
-        assert!(!admitted(4, true));
-        assert!(!admitted(4, false));
-        assert!(!admitted(7, false));
-        assert!(admitted(6, true));
-        assert!(!admitted(5, false));
-        assert!(admitted(6, false));
-        // Shards are independent.
-        assert!(host.admit_transfer("c", 1, 1, true).is_ok());
     }
 }

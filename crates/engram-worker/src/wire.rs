@@ -244,12 +244,6 @@ pub struct InstallRequest {
     pub shard: u32,
     pub placement: ShardPlacement,
     pub reset: bool,
-    /// Which transfer this chunk belongs to (the primary's clock at its
-    /// start, in ns). A copy takes chunks of its newest transfer only: a
-    /// chunk of an earlier transfer that was abandoned (its receiver paused
-    /// past the timeout) and delivered late must not reset, or add stale
-    /// rows to, a copy that a later transfer rebuilt.
-    pub transfer: u64,
     pub ops: Vec<WalOp>,
 }
 

@@ -9,7 +9,6 @@
 
 pub mod growing;
 pub mod manifest;
-mod off_runtime_drop;
 pub mod reader;
 pub mod sealed;
 

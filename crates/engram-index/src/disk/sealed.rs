@@ -66,8 +66,7 @@ pub struct SealedSegment {
     slot_of: HashMap<u64, u32>,
     deleted: RwLock<Vec<u64>>,
     live: AtomicUsize,
-    /// Dropped off async threads: it owns a tokio runtime.
-    searcher: super::off_runtime_drop::DropOffRuntime<Searcher>,
+    searcher: Searcher,
     reader_kind: ReaderKind,
     settings: SearchSettings,
 }
@@ -246,7 +245,7 @@ impl SealedSegment {
             slot_of,
             deleted: RwLock::new(deleted),
             live: AtomicUsize::new(live),
-            searcher: super::off_runtime_drop::DropOffRuntime::new(searcher),
+            searcher,
             reader_kind,
             settings: SearchSettings {
                 list_size: params.search_list_size,
