@@ -316,18 +316,7 @@ fn wait_healed(cluster: &mut Cluster, bases: &Bases, within: Duration) -> Result
             .first()
             .and_then(|b| cluster.status(b))
         {
-            let workers_ok = status["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().filter(|w| w["healthy"] == json!(true)).count() == 3);
-            let in_sync = status["collections"].as_array().is_some_and(|cs| {
-                cs.iter().all(|c| {
-                    c["shards"].as_array().unwrap().iter().all(|s| {
-                        s["out_of_sync"].as_array().unwrap().is_empty()
-                            && s["replicas"].as_array().unwrap().len() == 1
-                    })
-                })
-            });
-            healed = status["leader"].is_u64() && workers_ok && in_sync;
+            healed = common::cluster::healed(&status);
             last = status.to_string();
         }
         if healed {

@@ -100,20 +100,7 @@ fn wait_healed(cluster: &Cluster, within: Duration) {
     loop {
         let base = cluster.live_coordinators()[0].to_string();
         if let Some(status) = cluster.status(&base) {
-            let healthy = status["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|w| w["healthy"] == json!(true))
-                .count()
-                == 3;
-            let in_sync = status["collections"].as_array().unwrap().iter().all(|c| {
-                c["shards"].as_array().unwrap().iter().all(|s| {
-                    s["out_of_sync"].as_array().unwrap().is_empty()
-                        && s["replicas"].as_array().unwrap().len() == 1
-                })
-            });
-            if healthy && in_sync && status["leader"].is_u64() {
+            if common::cluster::healed(&status) {
                 return;
             }
             assert!(Instant::now() < deadline, "not healed: {status}");

@@ -129,11 +129,12 @@ pub fn mark_out_of_sync(
     worker: WorkerId,
     expected_epoch: u64,
 ) -> Result<ShardPlacement, PlacementError> {
-    check_epoch(placement, expected_epoch)?;
-    if !placement.replicas.contains(&worker) {
+    if placement.primary == worker {
+        check_epoch(placement, expected_epoch)?;
         return Err(PlacementError::NotHosted(worker));
     }
-    Ok(fail_worker(placement, worker).expect("a replica always changes"))
+    // For a replica this is exactly losing its copy.
+    lose_copy(placement, worker, expected_epoch)
 }
 
 /// The placement after `worker` found its copy corrupted on disk and set

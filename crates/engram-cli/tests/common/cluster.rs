@@ -305,6 +305,24 @@ impl Cluster {
     }
 }
 
+/// Whether a `GET /v1/cluster` answer shows a healed cluster: a leader,
+/// all three workers healthy, and every shard with its primary and one
+/// in-sync replica (replication 2) and nothing out of sync.
+pub fn healed(status: &Value) -> bool {
+    let workers_ok = status["workers"]
+        .as_array()
+        .is_some_and(|w| w.iter().filter(|w| w["healthy"] == json!(true)).count() == 3);
+    let in_sync = status["collections"].as_array().is_some_and(|cs| {
+        cs.iter().all(|c| {
+            c["shards"].as_array().unwrap().iter().all(|s| {
+                s["out_of_sync"].as_array().unwrap().is_empty()
+                    && s["replicas"].as_array().unwrap().len() == 1
+            })
+        })
+    });
+    status["leader"].is_u64() && workers_ok && in_sync
+}
+
 /// A distinct pseudo-random vector per id (splitmix64 per coordinate).
 pub fn vector(id: u64) -> Vec<f32> {
     (0..DIM as u64)

@@ -151,6 +151,15 @@ async fn record_metrics(State(engram): State<Engram>, request: Request, next: Ne
     response
 }
 
+/// The body length the request declares in `Content-Length`, if any.
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Answers 413 from the `Content-Length` header alone, before any of the
 /// body is read. `DefaultBodyLimit` only notices once it has read past the
 /// limit, so a client still sending a large body could see the connection
@@ -161,11 +170,7 @@ async fn refuse_declared_oversize(
     request: Request,
     next: Next,
 ) -> Response {
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&request);
     match declared {
         Some(len) if len > limit as u64 => {
             axum::response::IntoResponse::into_response(ApiError::new(
@@ -205,11 +210,7 @@ async fn admit(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&request);
     let has_body = !matches!(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
