@@ -9,6 +9,7 @@
 
 pub mod growing;
 pub mod manifest;
+mod off_runtime_drop;
 pub mod reader;
 pub mod sealed;
 

@@ -66,7 +66,8 @@ pub struct SealedSegment {
     slot_of: HashMap<u64, u32>,
     deleted: RwLock<Vec<u64>>,
     live: AtomicUsize,
-    searcher: Searcher,
+    /// Dropped off async threads: it owns a tokio runtime.
+    searcher: super::off_runtime_drop::DropOffRuntime<Searcher>,
     reader_kind: ReaderKind,
     settings: SearchSettings,
 }
@@ -245,7 +246,7 @@ impl SealedSegment {
             slot_of,
             deleted: RwLock::new(deleted),
             live: AtomicUsize::new(live),
-            searcher,
+            searcher: super::off_runtime_drop::DropOffRuntime::new(searcher),
             reader_kind,
             settings: SearchSettings {
                 list_size: params.search_list_size,
