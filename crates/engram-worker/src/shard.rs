@@ -232,6 +232,11 @@ fn wal_path(dir: &Path, generation: u64) -> PathBuf {
 }
 
 impl Shard {
+    /// Whether `dir` holds a shard's files (it was opened before).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(SHARD_FILE).exists()
+    }
+
     /// Opens the shard stored in `dir`: verifies and opens its sealed
     /// segments, loads their item tables, replays the WAL.
     pub fn open(
@@ -319,9 +324,16 @@ impl Shard {
 
     /// Makes `ops` durable, then visible. All or nothing. Seals the growing
     /// segment afterwards if it reached the threshold.
+    ///
+    /// A failed seal does not fail the write: the rows are durable in the
+    /// WAL and served from the growing segment, and the next write tries
+    /// the seal again. (Failing it would tell a primary not to replicate,
+    /// or a replica to give up its copy, over a write that happened.)
     pub fn write(&self, ops: WalRecord) -> Result<()> {
-        if self.write_unsealed(ops)? {
-            self.seal()?;
+        if self.write_unsealed(ops)?
+            && let Err(error) = self.seal()
+        {
+            tracing::error!(shard = self.number, %error, "sealing the growing segment failed; its rows stay in the WAL, and the next write tries again");
         }
         Ok(())
     }
@@ -525,7 +537,7 @@ impl Shard {
             return Ok(());
         }
         let name = format!("{:08}", wal.manifest.next_segment);
-        let segment_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+        let segment_dir = self.unused_segment_dir(&name)?;
         tracing::info!(shard = self.number, segment = %name, rows = ids.len(), "sealing growing segment");
         SealedSegment::build(
             &segment_dir,
@@ -545,6 +557,18 @@ impl Shard {
             state.sealed.push(segment);
             Ok(())
         })
+    }
+
+    /// The directory for a new segment `name` (one the manifest does not
+    /// name yet), emptied of what an earlier attempt that failed before
+    /// the commit point (a full disk, a crash) left there.
+    fn unused_segment_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(SEGMENTS_DIR).join(name);
+        if dir.exists() {
+            tracing::warn!(shard = self.number, segment = %name, "removing what a failed seal or compaction left behind");
+            fs::remove_dir_all(&dir)?;
+        }
+        Ok(dir)
     }
 
     /// Where segments to be attached are staged: a directory on the shard's
@@ -677,7 +701,7 @@ impl Shard {
             }
             let name = format!("{:08}", manifest.next_segment);
             manifest.next_segment += 1;
-            let new_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+            let new_dir = self.unused_segment_dir(&name)?;
             reclaimed += segment_bytes(segment);
             let replacement = match segment.compact_into(&new_dir, &self.params)? {
                 Some(()) => {
@@ -756,10 +780,13 @@ impl Shard {
             &self.dir.join(SHARD_FILE),
             &serde_json::to_vec(&manifest).expect("serialisable"),
         )?;
-        swap(&mut self.state.write())?;
+        // Committed: from here on writes must go to the WAL the manifest
+        // names, even if what follows fails (a write logged in the old one
+        // would be forgotten at the next open).
         let old_wal = wal_path(&self.dir, wal.manifest.wal_generation);
         wal.wal = new_wal;
         wal.manifest = manifest;
+        swap(&mut self.state.write())?;
         fs::remove_file(&old_wal)?;
         remove_leftovers(&self.dir, &wal.manifest)?;
         Ok(())
@@ -1306,6 +1333,46 @@ mod tests {
             !stray.exists() && !wal_path(&dir, 1).exists(),
             "leftovers removed"
         );
+    }
+
+    /// What the chaos run's full disks left: a seal that failed after
+    /// creating its segment directory. Every later seal of the shard then
+    /// failed on "already exists", and so did every write that reached the
+    /// threshold, after it was logged.
+    #[test]
+    fn a_seal_that_failed_midway_neither_blocks_later_seals_nor_fails_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard");
+        let dim = 8;
+        let params = IndexParams {
+            seal_threshold: 50,
+            max_degree: 16,
+            build_list_size: 32,
+            pq_bytes: 4,
+            ..IndexParams::default()
+        };
+        let data = rows(120, dim);
+        let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+        let leftover = dir.join(SEGMENTS_DIR).join("00000000");
+        std::fs::create_dir_all(&leftover).unwrap();
+        std::fs::write(leftover.join("half-written"), b"x").unwrap();
+        let upserts = |ids: std::ops::Range<u64>| -> WalRecord {
+            ids.map(|id| upsert(id, "x", &data[id as usize])).collect()
+        };
+        shard.write(upserts(0..60)).unwrap();
+        assert_eq!(shard.sealed_segments(), 1);
+        assert!(!leftover.join("half-written").exists());
+        // A seal that cannot happen (its directory cannot be created) does
+        // not fail the logged write; the rows stay served and durable.
+        std::fs::remove_dir_all(dir.join(SEGMENTS_DIR)).unwrap();
+        std::fs::write(dir.join(SEGMENTS_DIR), b"not a directory").unwrap();
+        shard.write(upserts(60..120)).unwrap();
+        assert_eq!(shard.sealed_segments(), 1);
+        assert!(shard.get(119).is_some());
+        drop(shard);
+        let (_, records) = Wal::open(&wal_path(&dir, 1)).unwrap();
+        let logged: usize = records.iter().map(Vec::len).sum();
+        assert_eq!(logged, 60, "the rows of the failed seal stay in the WAL");
     }
 
     #[test]
