@@ -244,9 +244,10 @@ fn reader(
                 && *at < started
             {
                 let why = format!(
-                    "{path} via coordinator {} started {:?} after the delete was acknowledged returned it: {answer}",
+                    "{path} via coordinator {} started {:?} after the delete was acknowledged (at {} UTC) returned it: {answer}",
                     via + 1,
-                    started - *at
+                    started - *at,
+                    utc(*at)
                 );
                 l.resurrected.insert(*id, why);
             }
@@ -428,6 +429,22 @@ fn item_status(cluster: &Cluster, id: u64) -> u16 {
     }
 }
 
+/// The wall-clock time of `at` (UTC, time of day), to find it in the logs.
+fn utc(at: Instant) -> String {
+    let wall = std::time::SystemTime::now() - at.elapsed();
+    let since_epoch = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
         v.parse()
@@ -493,10 +510,12 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     let mut acked = 0u64;
     for (id, fate) in &ledger.fates {
         match fate {
-            Fate::Added(_) => {
+            Fate::Added(at) => {
                 acked += 1;
-                if item_status(&cluster, *id) != 200 {
-                    lost.push(*id);
+                let status = item_status(&cluster, *id);
+                if status != 200 {
+                    // 404: gone; 503 for 30 s: no copy of its shard answers.
+                    lost.push(format!("{id}: GET {status}, added at {} UTC", utc(*at)));
                 }
             }
             Fate::Deleted(_) => {

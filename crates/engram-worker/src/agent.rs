@@ -161,6 +161,8 @@ impl WorkerNode {
             worker: self.inner.id,
             addr: self.inner.addr.clone(),
         };
+        // The lease counts from before the heartbeats left.
+        let sent = std::time::Instant::now();
         let replies = futures::future::join_all(self.inner.coordinators.iter().map(|addr| {
             call::<_, HeartbeatReply>(
                 &self.inner.client,
@@ -171,21 +173,22 @@ impl WorkerNode {
             )
         }))
         .await;
-        let newest = replies
-            .into_iter()
-            .filter_map(Result::ok)
-            .max_by_key(|r| r.applied);
-        let Some(reply) = newest else {
+        let replies: Vec<HeartbeatReply> = replies.into_iter().filter_map(Result::ok).collect();
+        let from_leader = replies.iter().any(|r| r.leader);
+        let Some(reply) = replies.into_iter().max_by_key(|r| r.applied) else {
             tracing::debug!("no coordinator answered the heartbeat");
             return false;
         };
         let mut state = self.inner.state.write();
-        if reply.applied >= state.0 {
+        let newer = reply.applied >= state.0;
+        if newer {
             *state = (reply.applied, Arc::new(reply.state));
-            true
-        } else {
-            false
         }
+        // The state held now is at least as new as the leader's answer.
+        if from_leader {
+            self.inner.lease.renew(sent);
+        }
+        newer
     }
     /// Brings hosted replicas in line with the newest state.
     async fn reconcile(&self) {

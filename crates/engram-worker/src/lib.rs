@@ -12,6 +12,7 @@ pub mod agent;
 pub mod collection_api;
 pub mod error;
 pub mod hosted_collection;
+pub mod lease;
 pub mod node;
 pub mod replicas;
 pub mod rpc_client;

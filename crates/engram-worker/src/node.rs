@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use engram_core::config::IndexParams;
 use engram_core::config::StorageConfig;
-use engram_core::placement::WorkerId;
+use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
 use engram_meta::{ClusterState, Command, CommandResult};
 use engram_store::{ObjectLocation, WalOp};
 
+use crate::lease::ReadLease;
 use crate::replicas::{Replica, ReplicaHost};
 use crate::rpc_client::{CallError, call, internal_client};
 use crate::shard::{AttachedSegment, Compaction, SearchFilter, ShardDeletion};
@@ -51,6 +52,9 @@ pub(crate) struct Inner {
     /// The highest Raft index a coordinator told this worker about
     /// directly; collections are only dropped on a state at least as new.
     pub(crate) floor: AtomicU64,
+    /// Whether this worker's view of the shard map is recent enough to
+    /// answer reads (see [`crate::lease`]).
+    pub(crate) lease: ReadLease,
     /// Credentials and endpoints for object storage (bulk segments).
     pub(crate) storage: StorageConfig,
 }
@@ -85,6 +89,7 @@ impl WorkerNode {
                 catching_up: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
                 floor: AtomicU64::new(0),
+                lease: ReadLease::default(),
                 storage,
             }),
         })
@@ -143,22 +148,47 @@ impl WorkerNode {
         let replica = self.inner.host.get(&request.collection, request.shard)?;
         let _order = replica.order.lock().await;
         replica.check_epoch(&request.placement)?;
+        replica.check_writable()?;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        self.settle_suspects(&replica, &request.collection, request.shard)
+            .await?;
+        // The placement this write is ordered under: replicated with its
+        // epoch whatever this copy learns meanwhile (a transfer or a newer
+        // map may replace it while the write runs; replicas then refuse).
         let placement = replica.placement();
         if placement.primary != self.inner.id {
             return Err(RpcError::NotPrimary(request.shard));
         }
         let local = replica.clone();
-        let (applied, deletions) = blocking(move || apply_as_primary(&local, request.ops)).await?;
-        if !applied.is_empty() {
-            self.replicate(&replica, &request.collection, request.shard, applied)
+        let applied =
+            blocking(move || local.unless_retired(|_| Ok(apply_as_primary(&local, request.ops))))
                 .await?;
+        if !applied.ops.is_empty() {
+            self.replicate(
+                &replica,
+                &placement,
+                &request.collection,
+                request.shard,
+                applied.ops,
+            )
+            .await?;
         }
-        Ok(WriteReply { deletions })
+        if let Some(error) = applied.error {
+            return Err(error);
+        }
+        hold_acknowledgement(&replica).await;
+        Ok(WriteReply {
+            deletions: applied.deletions,
+        })
     }
 
     async fn replicate(
         &self,
         replica: &Arc<Replica>,
+        placement: &ShardPlacement,
         collection: &str,
         shard: u32,
         ops: Vec<WalOp>,
@@ -166,11 +196,12 @@ impl WorkerNode {
         let request = ReplicateRequest {
             collection: collection.to_string(),
             shard,
-            placement: replica.placement(),
+            placement: placement.clone(),
             ops,
         };
         self.to_replicas(
             replica,
+            placement,
             collection,
             shard,
             path::REPLICATE,
@@ -180,20 +211,23 @@ impl WorkerNode {
         .await
     }
 
-    /// Sends `request` to every in-sync replica of the shard; a replica
-    /// that does not take it is marked out of sync through Raft before this
-    /// returns (it catches up by transfer later), so the caller may
-    /// acknowledge.
+    /// Sends `request` to every in-sync replica of `placement` (the one
+    /// the write was ordered under); a replica that does not take it is
+    /// marked out of sync through Raft, compare-and-set on that placement's
+    /// epoch, before this returns, so the caller may acknowledge. If the
+    /// shard map moved on meanwhile the marking is refused and so is the
+    /// write; the replica stays suspected until the next write marks it.
+    #[allow(clippy::too_many_arguments)]
     async fn to_replicas<R: serde::Serialize + Sync>(
         &self,
         replica: &Arc<Replica>,
+        placement: &ShardPlacement,
         collection: &str,
         shard: u32,
         route: &str,
         request: &R,
         timeout: Duration,
     ) -> RpcResult<()> {
-        let placement = replica.placement();
         let sends = placement.replicas.iter().map(|r| async move {
             let result = match self.worker_addr(*r) {
                 Ok(addr) => call::<_, ()>(&self.inner.client, &addr, route, request, timeout)
@@ -204,23 +238,66 @@ impl WorkerNode {
             (*r, result)
         });
         let results = futures::future::join_all(sends).await;
+        let mut epoch = placement.epoch;
         for (worker, result) in results {
             let Err(reason) = result else { continue };
             tracing::warn!(collection, shard, replica = worker, %reason, "replication failed; marking the replica out of sync");
-            let epoch = replica.placement().epoch;
-            match self
+            // Until it is marked, it may lack what was applied here.
+            replica.suspect(worker);
+            let marked = self
                 .command(Command::ReplicaOutOfSync {
                     collection: collection.to_string(),
                     shard,
                     worker,
                     epoch,
                 })
-                .await?
-            {
-                CommandResult::Placement(next) => replica.observe(&next),
+                .await?;
+            match marked {
+                CommandResult::Placement(next) => {
+                    epoch = next.epoch;
+                    replica.observe(&next);
+                    replica.clear_suspect(worker);
+                }
                 CommandResult::Refused(why) => {
                     return Err(RpcError::Replication(format!(
                         "replica {worker} missed the write and could not be marked out of sync: {why}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks out of sync, through Raft, every replica that may lack a write
+    /// this copy applied as primary (see [`Replica::suspects`]); refused
+    /// (and no write ordered) until that has happened.
+    async fn settle_suspects(
+        &self,
+        replica: &Arc<Replica>,
+        collection: &str,
+        shard: u32,
+    ) -> RpcResult<()> {
+        for worker in replica.suspects(self.inner.id) {
+            let epoch = replica.placement().epoch;
+            let marked = self
+                .command(Command::ReplicaOutOfSync {
+                    collection: collection.to_string(),
+                    shard,
+                    worker,
+                    epoch,
+                })
+                .await?;
+            match marked {
+                CommandResult::Placement(next) => {
+                    replica.observe(&next);
+                    replica.clear_suspect(worker);
+                }
+                CommandResult::Refused(why) => {
+                    // Perhaps marked already by an attempt whose answer was
+                    // lost: the next state shows it.
+                    return Err(RpcError::Replication(format!(
+                        "replica {worker} may lack writes and could not be marked out of sync yet: {why}"
                     )));
                 }
                 _ => {}
@@ -275,19 +352,28 @@ impl WorkerNode {
         }
         let _order = replica.order.lock().await;
         replica.check_epoch(&request.placement)?;
+        replica.check_writable()?;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        self.settle_suspects(&replica, &request.collection, request.shard)
+            .await?;
         let placement = replica.placement();
         if placement.primary != self.inner.id {
             return Err(RpcError::NotPrimary(request.shard));
         }
         let shard = replica.clone();
-        let attached = blocking(move || shard.shard.attach(&local).map_err(internal)).await?;
+        let attached =
+            blocking(move || shard.unless_retired(|s| s.attach(&local).map_err(internal))).await?;
         let forward = AttachRequest {
-            placement,
+            placement: placement.clone(),
             stage_only: false,
             ..request.clone()
         };
         self.to_replicas(
             &replica,
+            &placement,
             &request.collection,
             request.shard,
             path::ATTACH_REPLICA,
@@ -295,6 +381,7 @@ impl WorkerNode {
             ATTACH_TIMEOUT,
         )
         .await?;
+        hold_acknowledgement(&replica).await;
         Ok(attached)
     }
 
@@ -307,7 +394,7 @@ impl WorkerNode {
         if request.stage_only {
             return Ok(AttachedSegment::default());
         }
-        blocking(move || replica.shard.attach(&staged).map_err(internal)).await
+        blocking(move || replica.unless_retired(|s| s.attach(&staged).map_err(internal))).await
     }
 
     /// Downloads `segment` (checked file by file against its CRC32s) into
@@ -357,10 +444,13 @@ impl WorkerNode {
     pub async fn apply_replicated(self, request: ReplicateRequest) -> RpcResult<()> {
         let replica = self.inner.host.get(&request.collection, request.shard)?;
         replica.check_epoch(&request.placement)?;
+        tracing::debug!(shard = request.shard, ids = ?op_ids(&request.ops), epoch = request.placement.epoch, "replica writes");
         blocking(move || {
-            replica.shard.write(request.ops).map_err(|e| {
-                replica.mark_missed_write();
-                internal(e)
+            replica.unless_retired(|shard| {
+                shard.write(request.ops).map_err(|e| {
+                    replica.mark_missed_write();
+                    internal(e)
+                })
             })
         })
         .await
@@ -372,11 +462,18 @@ impl WorkerNode {
     /// to `worker`, then marks it in sync through Raft.
     pub async fn catch_up(self, request: CatchUpRequest) -> RpcResult<()> {
         let replica = self.inner.host.get(&request.collection, request.shard)?;
+        // Not fenced (see `Replica::fence_writes_until`): a catch-up that
+        // succeeds is what lifts a fence whose command was never applied.
         let _order = replica.order.lock().await;
         let placement = replica.placement();
         if placement.primary != self.inner.id {
             return Err(RpcError::NotPrimary(request.shard));
         }
+        // Settled first, so that a transfer is never followed by one to
+        // the replicas this primary suspected anyway.
+        self.settle_suspects(&replica, &request.collection, request.shard)
+            .await?;
+        let placement = replica.placement();
         if !placement.out_of_sync.contains(&request.worker) {
             return Err(RpcError::Invalid(format!(
                 "worker {} is not catching up on shard {} (epoch {})",
@@ -411,8 +508,12 @@ impl WorkerNode {
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
+        let transfer = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         for (i, ops) in chunks.into_iter().enumerate() {
             let install = InstallRequest {
+                transfer,
                 spec: replica.spec.clone(),
                 shard: request.shard,
                 placement: placement.clone(),
@@ -429,18 +530,27 @@ impl WorkerNode {
             .await
             .map_err(|e| RpcError::Replication(e.to_string()))?;
         }
-        match self
+        let marked = self
             .command(Command::ReplicaInSync {
                 collection: request.collection.clone(),
                 shard: request.shard,
                 worker: request.worker,
                 epoch: placement.epoch,
             })
-            .await?
-        {
-            CommandResult::Placement(next) => replica.observe(&next),
-            CommandResult::Refused(why) => return Err(RpcError::Replication(why)),
-            _ => {}
+            .await;
+        match marked {
+            Ok(CommandResult::Placement(next)) => replica.observe(&next),
+            Ok(CommandResult::Refused(why)) => {
+                // Refused now, perhaps after an earlier attempt through a
+                // coordinator that died had already been applied.
+                replica.fence_writes_until(placement.epoch + 1);
+                return Err(RpcError::Replication(why));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                replica.fence_writes_until(placement.epoch + 1);
+                return Err(e);
+            }
         }
         tracing::info!(collection = %request.collection, shard = request.shard, worker = request.worker, items = total, "replica caught up");
         Ok(())
@@ -449,7 +559,33 @@ impl WorkerNode {
     /// Receiving side of a transfer.
     pub async fn install(self, request: InstallRequest) -> RpcResult<()> {
         let host = self.clone();
+        tracing::debug!(
+            shard = request.shard,
+            transfer = request.transfer,
+            reset = request.reset,
+            items = request.ops.len(),
+            epoch = request.placement.epoch,
+            "transfer chunk"
+        );
         blocking(move || {
+            // Held through the write: a late chunk of an older transfer is
+            // checked and applied (or refused) as one step.
+            let slot = host
+                .inner
+                .host
+                .transfer_slot(&request.spec.name, request.shard);
+            let mut current = slot.lock();
+            // A transfer from an older shard map may not touch a copy that
+            // has seen a newer one (it may be in sync by now).
+            if let Ok(existing) = host.inner.host.get(&request.spec.name, request.shard) {
+                existing.check_epoch(&request.placement)?;
+            }
+            crate::replicas::admit_transfer(
+                &mut current,
+                request.shard,
+                request.transfer,
+                request.reset,
+            )?;
             let replica = if request.reset {
                 host.inner
                     .host
@@ -459,9 +595,11 @@ impl WorkerNode {
                 host.inner.host.get(&request.spec.name, request.shard)?
             };
             replica.observe(&request.placement);
-            replica.shard.write(request.ops).map_err(|e| {
-                replica.mark_missed_write();
-                internal(e)
+            replica.unless_retired(|shard| {
+                shard.write(request.ops).map_err(|e| {
+                    replica.mark_missed_write();
+                    internal(e)
+                })
             })
         })
         .await
@@ -480,7 +618,13 @@ impl WorkerNode {
     }
 
     fn readable(&self, collection: &str, shard: u32) -> RpcResult<Arc<Replica>> {
+        self.inner.lease.check()?;
         let replica = self.inner.host.get(collection, shard)?;
+        // The lease vouches for the state the heartbeat brought, which the
+        // agent may not have handed to the copy yet.
+        if let Some(placement) = self.state().placement(collection, shard) {
+            replica.observe(placement);
+        }
         replica.check_readable(self.inner.id)?;
         Ok(replica)
     }
@@ -607,20 +751,69 @@ impl WorkerNode {
     }
 }
 
+/// Waits until `replica` may acknowledge (see [`crate::lease`]): after its
+/// in-sync set shrank, until every lease a dropped copy could still hold
+/// has run out. Called with the shard's write order held, so later writes
+/// wait too.
+async fn hold_acknowledgement(replica: &Replica) {
+    if let Some(wait) = replica.ack_hold.remaining() {
+        tracing::debug!(
+            shard = replica.shard.number(),
+            wait_ms = wait.as_millis() as u64,
+            "holding an acknowledgement until dropped copies' read leases end"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The ids `ops` touch, deletes negated, for debug logs that follow one
+/// item through its copies.
+fn op_ids(ops: &[WalOp]) -> Vec<i128> {
+    ops.iter()
+        .map(|op| match op {
+            WalOp::Upsert { id, .. } => i128::from(*id),
+            WalOp::Delete { id } => -i128::from(*id),
+        })
+        .collect()
+}
+
+/// What a primary applied of a write: the concrete operations to
+/// replicate, the deletions made, and the error that stopped it partway,
+/// if one did. What was applied before the error is replicated all the
+/// same, so that the copies stay alike (a retried delete finds nothing
+/// left to delete on the primary and would otherwise never reach them).
+struct AppliedWrite {
+    ops: Vec<WalOp>,
+    deletions: Vec<ShardDeletion>,
+    error: Option<RpcError>,
+}
+
 /// Applies a primary's ops in order: upserts and id deletes as given,
 /// label/source deletes resolved to ids under the WAL lock. Returns the
 /// concrete operations to replicate and the deletions made.
-fn apply_as_primary(
-    replica: &Replica,
-    ops: Vec<ShardOp>,
-) -> RpcResult<(Vec<WalOp>, Vec<ShardDeletion>)> {
-    let shard = &replica.shard;
+fn apply_as_primary(replica: &Replica, ops: Vec<ShardOp>) -> AppliedWrite {
     let mut applied = Vec::new();
     let mut deletions = Vec::new();
+    let error = apply_ops(replica, ops, &mut applied, &mut deletions).err();
+    AppliedWrite {
+        ops: applied,
+        deletions,
+        error,
+    }
+}
+
+fn apply_ops(
+    replica: &Replica,
+    ops: Vec<ShardOp>,
+    applied: &mut Vec<WalOp>,
+    deletions: &mut Vec<ShardDeletion>,
+) -> RpcResult<()> {
+    let shard = &replica.shard;
     let mut pending: Vec<WalOp> = Vec::new();
     let flush = |pending: &mut Vec<WalOp>, applied: &mut Vec<WalOp>| -> RpcResult<()> {
         if !pending.is_empty() {
             let ops = std::mem::take(pending);
+            tracing::debug!(shard = shard.number(), ids = ?op_ids(&ops), epoch = replica.placement().epoch, "primary writes");
             shard.write(ops.clone()).map_err(|e| match e {
                 crate::WorkerError::Index(engram_index::IndexError::DimensionMismatch {
                     ..
@@ -638,33 +831,37 @@ fn apply_as_primary(
                 continue;
             }
             ShardOp::DeleteIds(ids) => {
-                flush(&mut pending, &mut applied)?;
+                flush(&mut pending, applied)?;
                 shard.delete_traced(|items| {
-                    let mut live: Vec<u64> = ids
-                        .iter()
-                        .copied()
-                        .filter(|id| items.contains(*id))
-                        .collect();
+                    let (mut live, absent): (Vec<u64>, Vec<u64>) =
+                        ids.iter().partition(|id| items.contains(**id));
+                    if !absent.is_empty() {
+                        tracing::debug!(
+                            shard = shard.number(),
+                            ?absent,
+                            "delete of ids not stored here (deleted before, or never written)"
+                        );
+                    }
                     live.sort_unstable();
                     live.dedup();
                     live
                 })
             }
             ShardOp::DeleteLabel(label) => {
-                flush(&mut pending, &mut applied)?;
+                flush(&mut pending, applied)?;
                 shard.delete_traced(|items| items.ids_with_label(&label))
             }
             ShardOp::DeleteSource(source) => {
-                flush(&mut pending, &mut applied)?;
+                flush(&mut pending, applied)?;
                 shard.delete_traced(|items| items.ids_with_source(&source))
             }
         }
         .map_err(internal)?;
         if let Some(d) = deletion {
+            tracing::debug!(shard = shard.number(), deleted = ?d.ids, epoch = replica.placement().epoch, "primary deletes");
             applied.extend(d.ids.iter().map(|id| WalOp::Delete { id: *id }));
             deletions.push(d);
         }
     }
-    flush(&mut pending, &mut applied)?;
-    Ok((applied, deletions))
+    flush(&mut pending, applied)
 }

@@ -5,13 +5,14 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
 use engram_core::placement::ShardPlacement;
 
 use crate::error::Result;
+use crate::lease::{AckHold, in_sync_shrank};
 use crate::shard::{Compaction, Shard};
 use crate::wire::RpcError;
 
@@ -33,6 +34,25 @@ pub struct Replica {
     /// lacks a write that may have been acknowledged (the primary marks it
     /// out of sync), so it answers no reads until a transfer replaces it.
     missed_write: AtomicBool,
+    /// A primary takes no writes while its known placement is older than
+    /// this epoch: set when a placement change it asked Raft for has an
+    /// unknown outcome (see [`Replica::fence_writes_until`]).
+    write_fence: AtomicU64,
+    /// When this copy, as primary, may acknowledge writes again (see
+    /// [`crate::lease`]).
+    pub ack_hold: AckHold,
+    /// Replicas that may lack writes this copy applied as primary: a write
+    /// applied here whose replication failed and whose replica could not be
+    /// marked out of sync (no Raft leader, a stale epoch). They are marked
+    /// out of sync before this copy orders another write.
+    suspects: Mutex<BTreeSet<u64>>,
+    /// Whether this copy has ordered a write as primary since it was
+    /// opened from existing files (true for a new copy). A primary that crashed between applying a write and
+    /// replicating it (or a replica promoted while its old primary
+    /// replicated a write to some copies only) cannot tell which replicas
+    /// got what: before its first write it marks them all out of sync, and
+    /// they catch up from it.
+    led: AtomicBool,
 }
 
 impl Replica {
@@ -60,6 +80,30 @@ impl Replica {
         Ok(())
     }
 
+    /// Replicas that must be marked out of sync before this copy, as
+    /// primary, orders its next write (see the field docs); the first call
+    /// after opening suspects every replica in sync.
+    pub fn suspects(&self, me: u64) -> Vec<u64> {
+        let placement = self.placement.lock().clone();
+        let mut suspects = self.suspects.lock();
+        if placement.primary == me && !self.led.swap(true, Ordering::SeqCst) {
+            suspects.extend(placement.replicas.iter().copied());
+        }
+        // Only replicas the placement still counts in sync matter.
+        suspects.retain(|w| placement.replicas.contains(w));
+        suspects.iter().copied().collect()
+    }
+
+    /// Records that `worker` may lack a write applied here.
+    pub fn suspect(&self, worker: u64) {
+        self.suspects.lock().insert(worker);
+    }
+
+    /// Records that `worker` was marked out of sync.
+    pub fn clear_suspect(&self, worker: u64) {
+        self.suspects.lock().remove(&worker);
+    }
+
     /// Records that a replicated write failed here (see `check_readable`).
     pub fn mark_missed_write(&self) {
         self.missed_write.store(true, Ordering::SeqCst);
@@ -75,8 +119,53 @@ impl Replica {
         self.shard.compact(min_deleted_fraction)
     }
 
+    /// Runs `f` on this copy's shard unless a transfer or a move replaced
+    /// the copy meanwhile: a request that found this object before it was
+    /// retired must not write (a seal would create files in the directory
+    /// that now belongs to its successor).
+    pub fn unless_retired<T>(
+        &self,
+        f: impl FnOnce(&Shard) -> std::result::Result<T, RpcError>,
+    ) -> std::result::Result<T, RpcError> {
+        let retired = self.retired.lock();
+        if *retired {
+            return Err(RpcError::Unavailable(format!(
+                "this copy of shard {} was replaced meanwhile",
+                self.shard.number()
+            )));
+        }
+        let result = f(&self.shard);
+        drop(retired);
+        result
+    }
+
     pub fn placement(&self) -> ShardPlacement {
         self.placement.lock().clone()
+    }
+
+    /// Refuses this copy's writes as primary until it has seen a placement
+    /// of at least `epoch`. A primary that asked Raft to mark a caught-up
+    /// copy in sync and got no clear answer (a coordinator died, the retry
+    /// found the epoch moved on) may be the only one not to know that the
+    /// copy now counts as in sync: acknowledging a write without sending
+    /// it there would leave an in-sync copy without it, and that copy could
+    /// become primary. The agent's next state (or a request carrying a
+    /// newer placement) lifts the fence.
+    pub fn fence_writes_until(&self, epoch: u64) {
+        self.write_fence.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// See [`Replica::fence_writes_until`].
+    pub fn check_writable(&self) -> std::result::Result<(), RpcError> {
+        let fence = self.write_fence.load(Ordering::SeqCst);
+        let epoch = self.placement.lock().epoch;
+        if epoch < fence {
+            return Err(RpcError::Unavailable(format!(
+                "shard {} waits for its placement at epoch {fence} (knows {epoch}); retry shortly",
+                self.shard.number()
+            )));
+        }
+        Ok(())
     }
 
     /// Adopts `placement` unless it is older than the one known: callers
@@ -89,7 +178,7 @@ impl Replica {
                 current: known.epoch,
             });
         }
-        *known = placement.clone();
+        self.adopt(&mut known, placement);
         Ok(())
     }
 
@@ -97,9 +186,45 @@ impl Replica {
     pub fn observe(&self, placement: &ShardPlacement) {
         let mut known = self.placement.lock();
         if placement.epoch > known.epoch {
-            *known = placement.clone();
+            self.adopt(&mut known, placement);
         }
     }
+
+    fn adopt(&self, known: &mut ShardPlacement, placement: &ShardPlacement) {
+        if in_sync_shrank(known, placement) {
+            self.ack_hold.hold();
+        }
+        *known = placement.clone();
+    }
+}
+
+/// The newest transfer (see `InstallRequest::transfer`) that reset one
+/// shard copy; locked while one of its chunks is applied.
+pub type TransferSlot = Arc<Mutex<u64>>;
+
+/// Whether a chunk of `transfer` may be applied to a copy last reset by
+/// transfer `current` (updated when admitted): a reset starts a transfer
+/// and must be newer than every one seen, a later chunk must belong to the
+/// transfer that reset the copy last. A late chunk of an abandoned
+/// catch-up would otherwise add stale rows to, or wipe, a rebuilt copy.
+pub fn admit_transfer(
+    current: &mut u64,
+    shard: u32,
+    transfer: u64,
+    reset: bool,
+) -> std::result::Result<(), RpcError> {
+    let fresh = if reset {
+        transfer > *current
+    } else {
+        transfer == *current
+    };
+    if !fresh {
+        return Err(RpcError::Unavailable(format!(
+            "a chunk of transfer {transfer} of shard {shard} arrived after transfer {current} started; refused"
+        )));
+    }
+    *current = transfer;
+    Ok(())
 }
 
 pub struct ReplicaHost {
@@ -109,6 +234,9 @@ pub struct ReplicaHost {
     /// Held while a shard directory is opened or replaced, so that two
     /// callers (the agent and a transfer) never open the same one at once.
     opening: Mutex<()>,
+    /// The newest transfer (see `InstallRequest::transfer`) each shard
+    /// copy here was reset by.
+    transfers: Mutex<BTreeMap<(String, u32), TransferSlot>>,
 }
 
 fn shard_dir(dir: &Path, collection: &str, shard: u32) -> PathBuf {
@@ -128,6 +256,7 @@ impl ReplicaHost {
             params,
             replicas: RwLock::new(BTreeMap::new()),
             opening: Mutex::new(()),
+            transfers: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -171,13 +300,13 @@ impl ReplicaHost {
         shard: u32,
         placement: &ShardPlacement,
     ) -> Result<Arc<Replica>> {
-        let shard_store = Shard::open(
-            &shard_dir(&self.dir, &spec.name, shard),
-            shard,
-            spec.dim,
-            spec.metric,
-            &self.params,
-        )?;
+        let dir = shard_dir(&self.dir, &spec.name, shard);
+        // A copy with files was running before (a restart): as primary it
+        // cannot tell which of its writes its replicas got, nor which read
+        // leases dropped copies still hold. A new copy (a new collection, a
+        // transfer's reset) has neither doubt.
+        let restarted = Shard::exists(&dir);
+        let shard_store = Shard::open(&dir, shard, spec.dim, spec.metric, &self.params)?;
         Ok(Arc::new(Replica {
             spec: spec.clone(),
             shard: shard_store,
@@ -185,6 +314,14 @@ impl ReplicaHost {
             placement: Mutex::new(placement.clone()),
             retired: Mutex::new(false),
             missed_write: AtomicBool::new(false),
+            write_fence: AtomicU64::new(0),
+            ack_hold: if restarted {
+                AckHold::new()
+            } else {
+                AckHold::released()
+            },
+            suspects: Mutex::new(BTreeSet::new()),
+            led: AtomicBool::new(!restarted),
         }))
     }
 
@@ -202,6 +339,15 @@ impl ReplicaHost {
         let fresh = self.open(spec, shard, placement)?;
         self.replicas.write().insert(key, fresh.clone());
         Ok(fresh)
+    }
+
+    /// The transfer bookkeeping of one shard copy (see [`admit_transfer`]).
+    pub fn transfer_slot(&self, collection: &str, shard: u32) -> TransferSlot {
+        self.transfers
+            .lock()
+            .entry((collection.to_string(), shard))
+            .or_default()
+            .clone()
     }
 
     /// Moves the files of an unopened copy of `shard` (corrupted) to
@@ -288,5 +434,89 @@ impl ReplicaHost {
             }
         }
         Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_chunks_of_the_newest_transfer_are_admitted() {
+        let mut current = 0;
+        let mut admitted =
+            |transfer, reset| admit_transfer(&mut current, 0, transfer, reset).is_ok();
+        assert!(admitted(5, true));
+        assert!(admitted(5, false));
+        // A late chunk or reset of an earlier transfer, or a chunk of one
+        // that never reset this copy, is refused.
+        assert!(!admitted(4, true));
+        assert!(!admitted(4, false));
+        assert!(!admitted(7, false));
+        assert!(admitted(6, true));
+        assert!(!admitted(5, false));
+        assert!(admitted(6, false));
+    }
+
+    fn placement(epoch: u64, primary: u64, replicas: &[u64], out: &[u64]) -> ShardPlacement {
+        ShardPlacement {
+            epoch,
+            primary,
+            replicas: replicas.to_vec(),
+            out_of_sync: out.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_primary_settles_its_replicas_before_its_first_write_and_after_a_failed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
+        let spec = CollectionSpec {
+            name: "c".into(),
+            dim: 3,
+            metric: engram_core::Metric::L2,
+            embedder: None,
+            shards: 3,
+            replication: 2,
+            default_k: 10,
+            default_rule: engram_core::VotingRule::Rank,
+        };
+        // A new copy leading: nothing to doubt.
+        let fresh = host.ensure(&spec, 2, &placement(1, 1, &[2], &[])).unwrap();
+        assert!(fresh.suspects(1).is_empty());
+        assert_eq!(fresh.ack_hold.remaining(), None);
+        host.ensure(&spec, 0, &placement(1, 1, &[2], &[])).unwrap();
+        host.ensure(&spec, 1, &placement(1, 2, &[1], &[])).unwrap();
+        drop(host);
+        // Restarted as primary: its replica may lack a write it applied
+        // just before it stopped.
+        let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
+        let led = host.ensure(&spec, 0, &placement(4, 1, &[2], &[])).unwrap();
+        assert!(led.ack_hold.remaining().is_some());
+        assert_eq!(led.suspects(1), vec![2]);
+        led.observe(&placement(5, 1, &[], &[2]));
+        assert!(led.suspects(1).is_empty(), "marked out of sync");
+        led.observe(&placement(6, 1, &[2], &[]));
+        assert!(led.suspects(1).is_empty(), "caught up from this copy");
+        // A replication that failed without the replica being marked.
+        led.suspect(2);
+        assert_eq!(led.suspects(1), vec![2]);
+        // A copy restarted as a replica suspects nobody while it is one,
+        // and its replicas once it leads.
+        let follower = host.ensure(&spec, 1, &placement(4, 2, &[1], &[])).unwrap();
+        assert!(follower.suspects(1).is_empty());
+        follower.observe(&placement(5, 1, &[3], &[2]));
+        assert_eq!(follower.suspects(1), vec![3]);
+    }
+
+    #[test]
+    fn each_shard_copy_has_its_own_transfer_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
+        let zero = host.transfer_slot("c", 0);
+        *zero.lock() = 9;
+        assert_eq!(*host.transfer_slot("c", 0).lock(), 9);
+        assert_eq!(*host.transfer_slot("c", 1).lock(), 0);
+        assert_eq!(*host.transfer_slot("d", 0).lock(), 0);
     }
 }

@@ -244,6 +244,12 @@ pub struct InstallRequest {
     pub shard: u32,
     pub placement: ShardPlacement,
     pub reset: bool,
+    /// Which transfer this chunk belongs to (the primary's clock at its
+    /// start, in ns). A copy takes chunks of its newest transfer only: a
+    /// chunk of an earlier transfer that was abandoned (its receiver paused
+    /// past the timeout) and delivered late must not reset, or add stale
+    /// rows to, a copy that a later transfer rebuilt.
+    pub transfer: u64,
     pub ops: Vec<WalOp>,
 }
 
@@ -289,6 +295,9 @@ pub struct DropRequest {
 pub struct HeartbeatReply {
     pub applied: u64,
     pub state: engram_meta::ClusterState,
+    /// Whether the answering coordinator is the Raft leader: only its
+    /// answers renew the worker's read lease (see [`crate::lease`]).
+    pub leader: bool,
 }
 
 /// A worker's heartbeat to a coordinator.

@@ -65,7 +65,9 @@ impl Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
             .args(["serve", "--role", self.role, "--config"])
             .arg(&self.config)
-            .env("ENGRAM_LOG", "info,openraft=warn")
+            // Every write a worker applies is in its log (debug), so that a
+            // failed chaos run can follow one item through its copies.
+            .env("ENGRAM_LOG", "info,openraft=warn,engram_worker::node=debug")
             .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
             .stdout(Stdio::piped())
             .stderr(log)

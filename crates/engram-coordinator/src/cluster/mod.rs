@@ -348,6 +348,7 @@ async fn heartbeat(State(cluster): State<ClusterBackend>, body: Bytes) -> Respon
     let reply: RpcResult<HeartbeatReply> = Ok(HeartbeatReply {
         applied: cluster.inner.meta.applied_index(),
         state: cluster.state().as_ref().clone(),
+        leader: cluster.inner.meta.is_leader(),
     });
     encode(&reply)
 }
