@@ -306,7 +306,13 @@ fn supervise(cluster: &mut Cluster, bases: &Bases) -> u64 {
 
 /// Waits until a leader is known, every worker is healthy and no copy is
 /// out of sync: the cluster has healed from the last fault.
-fn wait_healed(cluster: &mut Cluster, bases: &Bases, within: Duration) -> Result<Duration, String> {
+/// Processes restarted meanwhile are added to `exited`.
+fn wait_healed(
+    cluster: &mut Cluster,
+    bases: &Bases,
+    within: Duration,
+    exited: &mut u64,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let deadline = started + within;
     let mut last = String::new();
@@ -326,7 +332,7 @@ fn wait_healed(cluster: &mut Cluster, bases: &Bases, within: Duration) -> Result
         if Instant::now() > deadline {
             return Err(last);
         }
-        supervise(cluster, bases);
+        *exited += supervise(cluster, bases);
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -386,7 +392,7 @@ fn controller(
                 faults.disk_full += 1;
             }
         }
-        match wait_healed(&mut c, bases, Duration::from_secs(90)) {
+        match wait_healed(&mut c, bases, Duration::from_secs(90), &mut faults.exited) {
             Ok(took) => slowest_heal = slowest_heal.max(took),
             Err(status) => {
                 keep_logs(&c, seed);
