@@ -111,10 +111,15 @@ impl Default for AckHold {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn placement(epoch: u64, primary: u64, replicas: &[u64], out: &[u64]) -> ShardPlacement {
+    pub(crate) fn placement(
+        epoch: u64,
+        primary: u64,
+        replicas: &[u64],
+        out: &[u64],
+    ) -> ShardPlacement {
         ShardPlacement {
             epoch,
             primary,

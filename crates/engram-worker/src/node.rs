@@ -147,21 +147,9 @@ impl WorkerNode {
     pub async fn write(self, request: WriteRequest) -> RpcResult<WriteReply> {
         let replica = self.inner.host.get(&request.collection, request.shard)?;
         let _order = replica.order.lock().await;
-        replica.check_epoch(&request.placement)?;
-        replica.check_writable()?;
-        let placement = replica.placement();
-        if placement.primary != self.inner.id {
-            return Err(RpcError::NotPrimary(request.shard));
-        }
-        self.settle_suspects(&replica, &request.collection, request.shard)
+        let placement = self
+            .order_as_primary(&replica, &request.placement, &request.collection)
             .await?;
-        // The placement this write is ordered under: replicated with its
-        // epoch whatever this copy learns meanwhile (a transfer or a newer
-        // map may replace it while the write runs; replicas then refuse).
-        let placement = replica.placement();
-        if placement.primary != self.inner.id {
-            return Err(RpcError::NotPrimary(request.shard));
-        }
         let local = replica.clone();
         let applied =
             blocking(move || local.unless_retired(|_| Ok(apply_as_primary(&local, request.ops))))
@@ -183,6 +171,32 @@ impl WorkerNode {
         Ok(WriteReply {
             deletions: applied.deletions,
         })
+    }
+
+    /// Checks, with the shard's order lock held, that this copy may order
+    /// a write as primary under `sent` (the coordinator's placement) and
+    /// settles its suspected replicas; returns the placement the write is
+    /// ordered under. The write is replicated with that placement's epoch
+    /// whatever this copy learns meanwhile (a transfer or a newer map may
+    /// replace it while the write runs; replicas then refuse).
+    async fn order_as_primary(
+        &self,
+        replica: &Arc<Replica>,
+        sent: &ShardPlacement,
+        collection: &str,
+    ) -> RpcResult<ShardPlacement> {
+        let shard = replica.shard.number();
+        replica.check_epoch(sent)?;
+        replica.check_writable()?;
+        if replica.placement().primary != self.inner.id {
+            return Err(RpcError::NotPrimary(shard));
+        }
+        self.settle_suspects(replica, collection, shard).await?;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(shard));
+        }
+        Ok(placement)
     }
 
     async fn replicate(
@@ -244,29 +258,43 @@ impl WorkerNode {
             tracing::warn!(collection, shard, replica = worker, %reason, "replication failed; marking the replica out of sync");
             // Until it is marked, it may lack what was applied here.
             replica.suspect(worker);
-            let marked = self
-                .command(Command::ReplicaOutOfSync {
-                    collection: collection.to_string(),
-                    shard,
-                    worker,
-                    epoch,
-                })
+            epoch = self
+                .mark_out_of_sync(replica, collection, shard, worker, epoch)
                 .await?;
-            match marked {
-                CommandResult::Placement(next) => {
-                    epoch = next.epoch;
-                    replica.observe(&next);
-                    replica.clear_suspect(worker);
-                }
-                CommandResult::Refused(why) => {
-                    return Err(RpcError::Replication(format!(
-                        "replica {worker} missed the write and could not be marked out of sync: {why}"
-                    )));
-                }
-                _ => {}
-            }
         }
         Ok(())
+    }
+
+    /// Marks `worker` out of sync through Raft, compare-and-set on `epoch`,
+    /// and returns the new placement's epoch; refused if the shard map has
+    /// moved on from `epoch` (the worker stays suspected).
+    async fn mark_out_of_sync(
+        &self,
+        replica: &Replica,
+        collection: &str,
+        shard: u32,
+        worker: WorkerId,
+        epoch: u64,
+    ) -> RpcResult<u64> {
+        let marked = self
+            .command(Command::ReplicaOutOfSync {
+                collection: collection.to_string(),
+                shard,
+                worker,
+                epoch,
+            })
+            .await?;
+        match marked {
+            CommandResult::Placement(next) => {
+                replica.observe(&next);
+                replica.clear_suspect(worker);
+                Ok(next.epoch)
+            }
+            CommandResult::Refused(why) => Err(RpcError::Replication(format!(
+                "replica {worker} may lack writes and could not be marked out of sync: {why}"
+            ))),
+            _ => Ok(epoch),
+        }
     }
 
     /// Marks out of sync, through Raft, every replica that may lack a write
@@ -280,28 +308,8 @@ impl WorkerNode {
     ) -> RpcResult<()> {
         for worker in replica.suspects(self.inner.id) {
             let epoch = replica.placement().epoch;
-            let marked = self
-                .command(Command::ReplicaOutOfSync {
-                    collection: collection.to_string(),
-                    shard,
-                    worker,
-                    epoch,
-                })
+            self.mark_out_of_sync(replica, collection, shard, worker, epoch)
                 .await?;
-            match marked {
-                CommandResult::Placement(next) => {
-                    replica.observe(&next);
-                    replica.clear_suspect(worker);
-                }
-                CommandResult::Refused(why) => {
-                    // Perhaps marked already by an attempt whose answer was
-                    // lost: the next state shows it.
-                    return Err(RpcError::Replication(format!(
-                        "replica {worker} may lack writes and could not be marked out of sync yet: {why}"
-                    )));
-                }
-                _ => {}
-            }
         }
         Ok(())
     }
@@ -351,18 +359,9 @@ impl WorkerNode {
             tracing::warn!(collection = %request.collection, shard = request.shard, error = %failed, "a replica could not stage a segment ahead");
         }
         let _order = replica.order.lock().await;
-        replica.check_epoch(&request.placement)?;
-        replica.check_writable()?;
-        let placement = replica.placement();
-        if placement.primary != self.inner.id {
-            return Err(RpcError::NotPrimary(request.shard));
-        }
-        self.settle_suspects(&replica, &request.collection, request.shard)
+        let placement = self
+            .order_as_primary(&replica, &request.placement, &request.collection)
             .await?;
-        let placement = replica.placement();
-        if placement.primary != self.inner.id {
-            return Err(RpcError::NotPrimary(request.shard));
-        }
         let shard = replica.clone();
         let attached =
             blocking(move || shard.unless_retired(|s| s.attach(&local).map_err(internal))).await?;

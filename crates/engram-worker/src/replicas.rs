@@ -458,14 +458,7 @@ mod tests {
         assert!(admitted(6, false));
     }
 
-    fn placement(epoch: u64, primary: u64, replicas: &[u64], out: &[u64]) -> ShardPlacement {
-        ShardPlacement {
-            epoch,
-            primary,
-            replicas: replicas.to_vec(),
-            out_of_sync: out.to_vec(),
-        }
-    }
+    use crate::lease::tests::placement;
 
     #[test]
     fn a_primary_settles_its_replicas_before_its_first_write_and_after_a_failed_one() {
