@@ -24,6 +24,22 @@ pub struct ShardPlacement {
 }
 
 impl ShardPlacement {
+    /// A placement from its parts (tests and tools; the state machine
+    /// derives placements with the planners below).
+    pub fn new(
+        epoch: u64,
+        primary: WorkerId,
+        replicas: &[WorkerId],
+        out_of_sync: &[WorkerId],
+    ) -> ShardPlacement {
+        ShardPlacement {
+            epoch,
+            primary,
+            replicas: replicas.to_vec(),
+            out_of_sync: out_of_sync.to_vec(),
+        }
+    }
+
     /// Primary first, then the in-sync replicas.
     pub fn in_sync(&self) -> impl Iterator<Item = WorkerId> + '_ {
         std::iter::once(self.primary).chain(self.replicas.iter().copied())
@@ -216,6 +232,13 @@ pub fn remove_host(
     Ok(next)
 }
 
+/// Whether `next` drops a worker that `previous` counted as in sync: such
+/// a worker may still answer reads on the view it had (see the worker's
+/// read leases), so its primary holds acknowledgements back for a while.
+pub fn in_sync_shrank(previous: &ShardPlacement, next: &ShardPlacement) -> bool {
+    previous.in_sync().any(|w| !next.is_in_sync(w))
+}
+
 fn check_epoch(placement: &ShardPlacement, expected: u64) -> Result<(), PlacementError> {
     if placement.epoch == expected {
         Ok(())
@@ -270,6 +293,39 @@ mod tests {
     }
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn dropping_an_in_sync_copy_is_a_shrink_adding_one_is_not() {
+        let before = ShardPlacement::new(3, 1, &[2], &[]);
+        // Replica out of sync, primary failed over, copy removed.
+        assert!(in_sync_shrank(
+            &before,
+            &ShardPlacement::new(4, 1, &[], &[2])
+        ));
+        assert!(in_sync_shrank(
+            &before,
+            &ShardPlacement::new(4, 2, &[], &[1])
+        ));
+        assert!(in_sync_shrank(
+            &before,
+            &ShardPlacement::new(4, 1, &[], &[])
+        ));
+        // A caught-up copy joining, a host added to catch up, a new epoch
+        // with the same in-sync set (primary handed to a replica and back).
+        let lagging = ShardPlacement::new(3, 1, &[], &[2]);
+        assert!(!in_sync_shrank(
+            &lagging,
+            &ShardPlacement::new(4, 1, &[2], &[])
+        ));
+        assert!(!in_sync_shrank(
+            &before,
+            &ShardPlacement::new(4, 1, &[2], &[3])
+        ));
+        assert!(!in_sync_shrank(
+            &before,
+            &ShardPlacement::new(4, 2, &[1], &[])
+        ));
+    }
 
     fn copies_per_worker(placements: &[ShardPlacement]) -> BTreeMap<WorkerId, usize> {
         let mut load = BTreeMap::new();

@@ -182,6 +182,17 @@ impl WorkerNode {
         let mut state = self.inner.state.write();
         let newer = reply.applied >= state.0;
         if newer {
+            // The copies learn their placements now, not at the next
+            // reconcile: the lease renewed below vouches for this state,
+            // and reads are fenced by the placement each copy knows.
+            for replica in self.host().all() {
+                if let Some(placement) = reply
+                    .state
+                    .placement(&replica.spec.name, replica.shard.number())
+                {
+                    replica.observe(placement);
+                }
+            }
             *state = (reply.applied, Arc::new(reply.state));
         }
         // The state held now is at least as new as the leader's answer.

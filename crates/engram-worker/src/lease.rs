@@ -19,8 +19,6 @@
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use engram_core::placement::ShardPlacement;
-
 use crate::wire::RpcError;
 
 /// How long a heartbeat answered by the Raft leader lets a worker answer
@@ -56,12 +54,6 @@ impl ReadLease {
             )),
         }
     }
-}
-
-/// Whether `next` drops a worker that `previous` counted as in sync (every
-/// such worker may still answer reads on its old lease).
-pub fn in_sync_shrank(previous: &ShardPlacement, next: &ShardPlacement) -> bool {
-    previous.in_sync().any(|w| !next.is_in_sync(w))
 }
 
 /// When a primary may acknowledge writes again (see the module docs).
@@ -111,22 +103,8 @@ impl Default for AckHold {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub(crate) fn placement(
-        epoch: u64,
-        primary: u64,
-        replicas: &[u64],
-        out: &[u64],
-    ) -> ShardPlacement {
-        ShardPlacement {
-            epoch,
-            primary,
-            replicas: replicas.to_vec(),
-            out_of_sync: out.to_vec(),
-        }
-    }
 
     #[test]
     fn a_lease_is_held_only_after_a_leader_answered_and_for_its_length() {
@@ -142,21 +120,6 @@ pub(crate) mod tests {
         lease.renew(Instant::now());
         lease.renew(Instant::now() - READ_LEASE);
         assert!(lease.check().is_ok());
-    }
-
-    #[test]
-    fn dropping_an_in_sync_copy_is_a_shrink_adding_one_is_not() {
-        let before = placement(3, 1, &[2], &[]);
-        // Replica out of sync, primary failed over, copy removed.
-        assert!(in_sync_shrank(&before, &placement(4, 1, &[], &[2])));
-        assert!(in_sync_shrank(&before, &placement(4, 2, &[], &[1])));
-        assert!(in_sync_shrank(&before, &placement(4, 1, &[], &[])));
-        // A caught-up copy joining, a host added to catch up, a new epoch
-        // with the same in-sync set (primary handed to a replica and back).
-        let lagging = placement(3, 1, &[], &[2]);
-        assert!(!in_sync_shrank(&lagging, &placement(4, 1, &[2], &[])));
-        assert!(!in_sync_shrank(&before, &placement(4, 1, &[2], &[3])));
-        assert!(!in_sync_shrank(&before, &placement(4, 2, &[1], &[])));
     }
 
     #[test]

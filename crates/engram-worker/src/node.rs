@@ -464,8 +464,7 @@ impl WorkerNode {
         // Not fenced (see `Replica::fence_writes_until`): a catch-up that
         // succeeds is what lifts a fence whose command was never applied.
         let _order = replica.order.lock().await;
-        let placement = replica.placement();
-        if placement.primary != self.inner.id {
+        if replica.placement().primary != self.inner.id {
             return Err(RpcError::NotPrimary(request.shard));
         }
         // Settled first, so that a transfer is never followed by one to
@@ -619,11 +618,6 @@ impl WorkerNode {
     fn readable(&self, collection: &str, shard: u32) -> RpcResult<Arc<Replica>> {
         self.inner.lease.check()?;
         let replica = self.inner.host.get(collection, shard)?;
-        // The lease vouches for the state the heartbeat brought, which the
-        // agent may not have handed to the copy yet.
-        if let Some(placement) = self.state().placement(collection, shard) {
-            replica.observe(placement);
-        }
         replica.check_readable(self.inner.id)?;
         Ok(replica)
     }

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
-use engram_core::placement::ShardPlacement;
+use engram_core::placement::{ShardPlacement, in_sync_shrank};
 
 use crate::error::Result;
-use crate::lease::{AckHold, in_sync_shrank};
+use crate::lease::AckHold;
 use crate::shard::{Compaction, Shard};
 use crate::wire::RpcError;
 
@@ -458,8 +458,6 @@ mod tests {
         assert!(admitted(6, false));
     }
 
-    use crate::lease::tests::placement;
-
     #[test]
     fn a_primary_settles_its_replicas_before_its_first_write_and_after_a_failed_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -475,30 +473,38 @@ mod tests {
             default_rule: engram_core::VotingRule::Rank,
         };
         // A new copy leading: nothing to doubt.
-        let fresh = host.ensure(&spec, 2, &placement(1, 1, &[2], &[])).unwrap();
+        let fresh = host
+            .ensure(&spec, 2, &ShardPlacement::new(1, 1, &[2], &[]))
+            .unwrap();
         assert!(fresh.suspects(1).is_empty());
         assert_eq!(fresh.ack_hold.remaining(), None);
-        host.ensure(&spec, 0, &placement(1, 1, &[2], &[])).unwrap();
-        host.ensure(&spec, 1, &placement(1, 2, &[1], &[])).unwrap();
+        host.ensure(&spec, 0, &ShardPlacement::new(1, 1, &[2], &[]))
+            .unwrap();
+        host.ensure(&spec, 1, &ShardPlacement::new(1, 2, &[1], &[]))
+            .unwrap();
         drop(host);
         // Restarted as primary: its replica may lack a write it applied
         // just before it stopped.
         let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
-        let led = host.ensure(&spec, 0, &placement(4, 1, &[2], &[])).unwrap();
+        let led = host
+            .ensure(&spec, 0, &ShardPlacement::new(4, 1, &[2], &[]))
+            .unwrap();
         assert!(led.ack_hold.remaining().is_some());
         assert_eq!(led.suspects(1), vec![2]);
-        led.observe(&placement(5, 1, &[], &[2]));
+        led.observe(&ShardPlacement::new(5, 1, &[], &[2]));
         assert!(led.suspects(1).is_empty(), "marked out of sync");
-        led.observe(&placement(6, 1, &[2], &[]));
+        led.observe(&ShardPlacement::new(6, 1, &[2], &[]));
         assert!(led.suspects(1).is_empty(), "caught up from this copy");
         // A replication that failed without the replica being marked.
         led.suspect(2);
         assert_eq!(led.suspects(1), vec![2]);
         // A copy restarted as a replica suspects nobody while it is one,
         // and its replicas once it leads.
-        let follower = host.ensure(&spec, 1, &placement(4, 2, &[1], &[])).unwrap();
+        let follower = host
+            .ensure(&spec, 1, &ShardPlacement::new(4, 2, &[1], &[]))
+            .unwrap();
         assert!(follower.suspects(1).is_empty());
-        follower.observe(&placement(5, 1, &[3], &[2]));
+        follower.observe(&ShardPlacement::new(5, 1, &[3], &[2]));
         assert_eq!(follower.suspects(1), vec![3]);
     }
 

@@ -1050,6 +1050,17 @@ mod tests {
     }
 
     /// Small-graph settings that seal every 200 rows.
+    /// Small graphs for small test shards, sealing at `seal_threshold` rows.
+    fn small_params(seal_threshold: usize) -> IndexParams {
+        IndexParams {
+            seal_threshold,
+            max_degree: 16,
+            build_list_size: 32,
+            pq_bytes: 4,
+            ..IndexParams::default()
+        }
+    }
+
     fn sealing_at_200() -> IndexParams {
         IndexParams {
             seal_threshold: 200,
@@ -1296,13 +1307,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shard");
         let dim = 8;
-        let params = IndexParams {
-            seal_threshold: 1_000,
-            max_degree: 16,
-            build_list_size: 32,
-            pq_bytes: 4,
-            ..IndexParams::default()
-        };
+        let params = small_params(1_000);
         let data = rows(60, dim);
         let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
         shard
@@ -1344,13 +1349,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shard");
         let dim = 8;
-        let params = IndexParams {
-            seal_threshold: 50,
-            max_degree: 16,
-            build_list_size: 32,
-            pq_bytes: 4,
-            ..IndexParams::default()
-        };
+        let params = small_params(50);
         let data = rows(120, dim);
         let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
         let leftover = dir.join(SEGMENTS_DIR).join("00000000");
@@ -1380,13 +1379,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shard");
         let dim = 8;
-        let params = IndexParams {
-            seal_threshold: 100,
-            max_degree: 16,
-            build_list_size: 32,
-            pq_bytes: 4,
-            ..IndexParams::default()
-        };
+        let params = small_params(100);
         let data = rows(150, dim);
         let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
         for chunk in (0..150u64).collect::<Vec<_>>().chunks(50) {
