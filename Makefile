@@ -44,8 +44,9 @@ test: setup
 	$(CARGO) test $(CARGO_TEST_FLAGS)
 
 ## The chaos run of docs/reliability.md: a loopback cluster under mixed load
-## while processes are killed (-9), paused and their disks filled; 100
-## kills by default (`make test` runs 10). Prints
+## while processes are killed (-9), paused and their disks filled, and the
+## collection is resharded online back and forth; 100 kills by default
+## (`make test` runs 10). Prints
 ## `chaos kills=.. acked=.. lost=.. resurrected=.. errors=..`.
 CHAOS_KILLS ?= 100
 chaos: setup
@@ -62,7 +63,8 @@ bench: setup
 	@scripts/bench.sh
 
 ## Engram's DiskANN segments beside faiss, hnswlib, scann and diskannpy
-## (installed into .bench-venv*); long: see scripts/bench_index.sh for sizes.
+## (installed into .bench-venv*); sealed segments with cache budgets of 0,
+## 10% and 100% (CACHE_BUDGETS); long: see scripts/bench_index.sh for sizes.
 bench-index: setup
 	@scripts/bench_index.sh
 
@@ -76,8 +78,11 @@ bench-ingest: setup
 bench-embed: setup
 	@scripts/bench_embed.sh
 
-## Query latency and QPS through a coordinator with 1, 2, 4 and 8 shards on
-## the same data, the embedded node beside them (about 10 minutes).
+## Query latency and QPS through the API: 100k real embeddings on the embedded
+## node at the default shard count beside 1 shard; the same synthetic data
+## through a coordinator at the default count and 1, 2, 4, 8 shards, and
+## with 4 and 16 sealed segments per shard before and after merging (about
+## 40 minutes; PARTS="real embedded cluster" picks parts).
 bench-cluster: setup
 	@scripts/bench_cluster.sh
 

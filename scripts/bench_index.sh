@@ -57,7 +57,9 @@ for data in "${dirs[@]}"; do
   work="$data-work"
   mkdir -p "$work"
   "$bench" run --data "$data" --work "$work" --index sealed --phase build
-  "$bench" run --data "$data" --work "$work" --index sealed --phase serve | tee -a "$results"
+  # Sealed segments served with node cache budgets of 0, 10% and 100% of the
+  # segment (disk, DiskANN node cache, whole file in memory).
+  "$bench" run --data "$data" --work "$work" --index sealed --phase serve --cache "${CACHE_BUDGETS:-0,0.1,1}" | tee -a "$results"
   rows=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['n'])" "$data/meta.json")
   if [ "$rows" -le "$GROWING_MAX_ROWS" ]; then
     "$bench" run --data "$data" --work "$work" --index growing | tee -a "$results"

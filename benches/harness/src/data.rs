@@ -101,7 +101,9 @@ pub fn fashion_mnist(
     };
     let embedder = OnnxEmbedder::load(&config, 40_000_000)?;
     let dataset = Path::new("/usr/share/datasets/fashion-mnist");
-    let embed = |file: &str, n: usize| -> anyhow::Result<Vec<f32>> {
+    // `mirrored`: the images flipped left-right, real images too (beyond
+    // the 60,000 training images a memory takes their mirror images).
+    let embed = |file: &str, n: usize, mirrored: bool| -> anyhow::Result<Vec<f32>> {
         let images = idx::read_images(&dataset.join(file))?;
         let n = n.min(images.count);
         let mut rows = Vec::with_capacity(n * 1280);
@@ -109,12 +111,15 @@ pub fn fashion_mnist(
             let pngs: Vec<Vec<u8>> = (start..(start + 512).min(n))
                 .into_par_iter()
                 .map(|i| {
-                    let img = image::GrayImage::from_raw(
+                    let mut img = image::GrayImage::from_raw(
                         images.cols as u32,
                         images.rows as u32,
                         images.image(i).to_vec(),
                     )
                     .expect("28x28");
+                    if mirrored {
+                        image::imageops::flip_horizontal_in_place(&mut img);
+                    }
                     let mut png = std::io::Cursor::new(Vec::new());
                     img.write_to(&mut png, image::ImageFormat::Png)
                         .expect("png");
@@ -130,9 +135,17 @@ pub fn fashion_mnist(
         eprintln!();
         Ok(rows)
     };
-    let base = embed("train-images-idx3-ubyte.gz", memory)?;
-    let query = embed("t10k-images-idx3-ubyte.gz", queries)?;
-    finish(out, "fashion-mnist-effnet", &base, &query, 1280)
+    let mut base = embed("train-images-idx3-ubyte.gz", memory.min(60_000), false)?;
+    if memory > 60_000 {
+        base.extend(embed("train-images-idx3-ubyte.gz", memory - 60_000, true)?);
+    }
+    let query = embed("t10k-images-idx3-ubyte.gz", queries, false)?;
+    let name = if memory > 60_000 {
+        format!("fashion-mnist-effnet-{}", human(memory))
+    } else {
+        "fashion-mnist-effnet".to_string()
+    };
+    finish(out, &name, &base, &query, 1280)
 }
 
 pub fn synthetic(out: &Path, n: usize, queries: usize, dim: usize) -> anyhow::Result<()> {

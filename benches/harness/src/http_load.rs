@@ -25,47 +25,77 @@ fn post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> anyhow::
     Ok(value)
 }
 
-/// Creates `collection` (L2, `shards`, `replication`), adds every base row
-/// with its row number as id, then compacts, which seals every shard's
-/// growing segment: each shard ends with one sealed DiskANN segment.
-pub fn load(
-    url: &str,
-    collection: &str,
-    data: &Path,
-    shards: u32,
-    replication: u32,
-) -> anyhow::Result<()> {
+/// How `load` leaves the rows.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadShape {
+    /// Shards of the new collection; `None` leaves the count to the server.
+    pub shards: Option<u32>,
+    pub replication: u32,
+    /// The rows are added in this many parts, each sealed into one segment
+    /// per shard (`POST .../compact` with `"seal": true`); 0 adds them all
+    /// and compacts without sealing (what a user's compaction does).
+    pub sealed_parts: usize,
+}
+
+/// Creates `collection` (L2), adds every base row with its row number as
+/// id, in the parts `shape` asks for.
+pub fn load(url: &str, collection: &str, data: &Path, shape: LoadShape) -> anyhow::Result<()> {
     let (rows, dim) = read_fbin(&data.join("base.fbin"))?;
     let http = client();
-    post(
-        &http,
-        &format!("{url}/v1/collections"),
-        &json!({"name": collection, "dim": dim, "metric": "l2", "shards": shards, "replication": replication}),
-    )?;
+    let mut create =
+        json!({"name": collection, "dim": dim, "metric": "l2", "replication": shape.replication});
+    if let Some(shards) = shape.shards {
+        create["shards"] = json!(shards);
+    }
+    let created = post(&http, &format!("{url}/v1/collections"), &create)?;
     let started = Instant::now();
-    for (b, chunk) in rows.chunks(dim * 2_000).enumerate() {
-        let items: Vec<Value> = chunk
-            .chunks_exact(dim)
-            .enumerate()
-            .map(|(i, v)| json!({"id": b * 2_000 + i, "label": format!("c{}", (b * 2_000 + i) % 10), "vector": v}))
-            .collect();
+    let n = rows.len() / dim;
+    let parts = shape.sealed_parts.max(1);
+    let per_part = n.div_ceil(parts);
+    let mut sealing = Duration::ZERO;
+    for part in 0..parts {
+        let range = (part * per_part).min(n)..((part + 1) * per_part).min(n);
+        for first in range.clone().step_by(2_000) {
+            let last = (first + 2_000).min(range.end);
+            let items: Vec<Value> = (first..last)
+                .map(|i| json!({"id": i, "label": format!("c{}", i % 10), "vector": &rows[i * dim..(i + 1) * dim]}))
+                .collect();
+            post(
+                &http,
+                &format!("{url}/v1/collections/{collection}/items"),
+                &json!({ "items": items }),
+            )?;
+        }
+        let sealed = Instant::now();
         post(
             &http,
-            &format!("{url}/v1/collections/{collection}/items"),
-            &json!({ "items": items }),
+            &format!("{url}/v1/collections/{collection}/compact"),
+            &json!({ "seal": shape.sealed_parts > 0 }),
         )?;
+        sealing += sealed.elapsed();
     }
-    let loaded = started.elapsed();
-    post(
+    eprintln!(
+        "loaded {n} rows into {collection} ({} shards) in {:.1} s, of which sealing/compaction {:.1} s",
+        created["shards"],
+        started.elapsed().as_secs_f64(),
+        sealing.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `POST .../compact` (merges by the merge policy, drops deleted rows);
+/// prints the segments before and after.
+pub fn compact(url: &str, collection: &str) -> anyhow::Result<()> {
+    let http = client();
+    let started = Instant::now();
+    let done = post(
         &http,
         &format!("{url}/v1/collections/{collection}/compact"),
         &json!({}),
     )?;
     eprintln!(
-        "loaded {} rows into {collection} ({shards} shards) in {:.1} s, sealed in {:.1} s",
-        rows.len() / dim,
-        loaded.as_secs_f64(),
-        (started.elapsed() - loaded).as_secs_f64()
+        "compacted {collection} in {:.1} s: {done}",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

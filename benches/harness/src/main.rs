@@ -59,6 +59,10 @@ enum Command {
         /// `build`, `serve`, or `all` (growing segments only live in memory).
         #[arg(long, default_value = "all")]
         phase: String,
+        /// Sealed segments: cache budgets to serve with, as fractions of
+        /// the segment's sector file (0 = disk, 1 = all in memory).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        cache: Vec<f64>,
     },
     /// Loads a data directory into a new collection of a running server
     /// (embedded or a cluster coordinator) and seals it.
@@ -69,10 +73,22 @@ enum Command {
         collection: String,
         #[arg(long)]
         data: PathBuf,
+        /// Shards of the new collection (default: the server's choice).
         #[arg(long)]
-        shards: u32,
+        shards: Option<u32>,
         #[arg(long, default_value_t = 1)]
         replication: u32,
+        /// Add the rows in this many parts, each sealed into one segment
+        /// per shard; 0 adds them all and compacts without sealing.
+        #[arg(long, default_value_t = 1)]
+        sealed_parts: usize,
+    },
+    /// Compacts (and merges) a collection of a running server.
+    Compact {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        collection: String,
     },
     /// Query latency (one client) and throughput (`concurrency` clients)
     /// through a server's public API; prints `<label> p50_ms= p99_ms= qps=`.
@@ -111,14 +127,26 @@ fn main() -> anyhow::Result<()> {
             work,
             index,
             phase,
-        } => measure::run(&data, &work, &index, &phase),
+            cache,
+        } => measure::run(&data, &work, &index, &phase, &cache),
         Command::Load {
             url,
             collection,
             data,
             shards,
             replication,
-        } => http_load::load(&url, &collection, &data, shards, replication),
+            sealed_parts,
+        } => http_load::load(
+            &url,
+            &collection,
+            &data,
+            http_load::LoadShape {
+                shards,
+                replication,
+                sealed_parts,
+            },
+        ),
+        Command::Compact { url, collection } => http_load::compact(&url, &collection),
         Command::Query {
             url,
             collection,

@@ -6,7 +6,11 @@ use std::time::Instant;
 
 use engram_core::Metric;
 use engram_core::config::IndexParams;
-use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SearchSettings};
+use engram_core::residency::Residency;
+use engram_index::{
+    GrowingSegment, MutableSegmentIndex, SealedSegment, SearchSettings, SegmentCache,
+};
+use std::sync::Arc;
 
 use crate::data::{read_fbin, read_gt};
 
@@ -77,19 +81,25 @@ fn params() -> IndexParams {
     IndexParams::default()
 }
 
-pub fn run(data: &Path, work: &Path, index: &str, phase: &str) -> anyhow::Result<()> {
+pub fn run(
+    data: &Path,
+    work: &Path,
+    index: &str,
+    phase: &str,
+    cache: &[f64],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(work)?;
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("meta.json"))?)?;
     let name = meta["name"].as_str().unwrap_or("data").to_string();
     match index {
-        "sealed" => sealed(data, work, &name, phase),
+        "sealed" => sealed(data, work, &name, phase, cache),
         "growing" => growing(data, &name),
         other => anyhow::bail!("unknown index {other}; expected sealed or growing"),
     }
 }
 
-fn sealed(data: &Path, work: &Path, name: &str, phase: &str) -> anyhow::Result<()> {
+fn sealed(data: &Path, work: &Path, name: &str, phase: &str, cache: &[f64]) -> anyhow::Result<()> {
     let segment_dir = work.join("engram-sealed");
     let build_file = work.join("engram-sealed.build_s");
     if phase == "build" || phase == "all" {
@@ -108,35 +118,63 @@ fn sealed(data: &Path, work: &Path, name: &str, phase: &str) -> anyhow::Result<(
         let build_s: f64 = std::fs::read_to_string(&build_file)?.trim().parse()?;
         let (queries, dim) = read_fbin(&data.join("query.fbin"))?;
         let (gt, gt_k) = read_gt(&data.join("gt.ibin"))?;
-        let segment = SealedSegment::open(&segment_dir, &params(), false)?;
+        let segment = Arc::new(SealedSegment::open(&segment_dir, &params(), false)?);
         let disk_mb = dir_mb(&segment_dir);
-        for list_size in SWEEP {
-            let settings = SearchSettings {
-                list_size,
-                beam_width: params().beam_width,
+        let file_bytes = segment.footprint(0).file_bytes;
+        for share in cache {
+            // A node whose cache budget is this share of the segment.
+            let budget = (file_bytes as f64 * share) as u64;
+            let node = SegmentCache::new(budget);
+            node.register(&segment);
+            let residency = segment.residency();
+            eprintln!(
+                "engram-sealed served with a cache budget of {:.0}% ({} MiB): {}",
+                share * 100.0,
+                budget >> 20,
+                residency.describe()
+            );
+            // One series per budget in the plots and summary lines.
+            let series = if *share <= 0.0 {
+                "engram-sealed".to_string()
+            } else if *share >= 1.0 {
+                "engram-sealed-memory".to_string()
+            } else {
+                format!("engram-sealed-cache{:.0}pct", share * 100.0)
             };
-            let started = Instant::now();
-            let results: Vec<Vec<u64>> = queries
-                .chunks_exact(dim)
-                .map(|q| {
-                    Ok(segment
-                        .search_with(q, 10, &|_| true, settings)?
-                        .iter()
-                        .map(|h| h.id)
-                        .collect())
-                })
-                .collect::<anyhow::Result<_>>()?;
-            let qps = results.len() as f64 / started.elapsed().as_secs_f64();
-            print(Line {
-                index: "engram-sealed",
-                data: name,
-                param: format!("L={list_size},beam=4,reader={:?}", segment.reader_kind()),
-                recall10: recall_at_10(&results, &gt, gt_k),
-                qps,
-                build_s,
-                rss_mb: rss_mb().1,
-                disk_mb,
-            });
+            for list_size in SWEEP {
+                let settings = SearchSettings {
+                    list_size,
+                    beam_width: params().beam_width,
+                };
+                let started = Instant::now();
+                let results: Vec<Vec<u64>> = queries
+                    .chunks_exact(dim)
+                    .map(|q| {
+                        Ok(segment
+                            .search_with(q, 10, &|_| true, settings)?
+                            .iter()
+                            .map(|h| h.id)
+                            .collect())
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let qps = results.len() as f64 / started.elapsed().as_secs_f64();
+                print(Line {
+                    index: &series,
+                    data: name,
+                    param: format!(
+                        "L={list_size},beam=4,reader={:?},cache={:.0}%",
+                        segment.reader_kind(),
+                        share * 100.0
+                    ),
+                    recall10: recall_at_10(&results, &gt, gt_k),
+                    qps,
+                    build_s,
+                    rss_mb: rss_mb().1,
+                    disk_mb,
+                });
+            }
+            drop(node);
+            segment.set_residency(Residency::Disk)?;
         }
     }
     Ok(())

@@ -83,6 +83,9 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
         &data_dir,
         config.index.clone(),
         config.storage.clone(),
+        engram_worker::SegmentCache::new(engram_worker::SegmentCache::budget_for(
+            config.cache.budget_mb,
+        )),
     )
     .map_err(|e| anyhow::anyhow!("cannot start the worker: {e}"))?;
     let agent = tokio::spawn(node.clone().run_agent());

@@ -553,6 +553,7 @@ fn openapi_metrics_and_health() {
         "/v1/collections/{collection}/classify/batch",
         "/v1/collections/{collection}/embed",
         "/v1/collections/{collection}/compact",
+        "/v1/collections/{collection}/reshard",
         "/v1/collections/{collection}/interventions",
         "/v1/collections/{collection}/jobs",
         "/v1/collections/{collection}/jobs/{job}",

@@ -156,6 +156,14 @@ fn mutated(rng: &mut Rng, kind: &str) -> Value {
                 json!({"kind": "ingest", "uri": "ftp://nowhere/x", "batch_rows": any_value(rng, 1)})
             }
         },
+        // Never a valid count other than the current one (2): a
+        // resharding would really happen.
+        "reshard" => match rng.below(4) {
+            0 => json!({"shards": any_value(rng, 1)}),
+            1 => json!({"shards": 0}),
+            2 => json!({"shards": 2, "also": any_value(rng, 1)}),
+            _ => json!({"shards": 5000}),
+        },
         "intervention" => match rng.below(3) {
             0 => json!({"kind": "reweight", "weight": "heavy"}),
             1 => json!({"kind": any_value(rng, 1)}),
@@ -193,6 +201,7 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("POST", "/v1/collections/{c}/classify/batch", "query"),
     ("POST", "/v1/collections/{c}/embed", "query"),
     ("POST", "/v1/collections/{c}/compact", "other"),
+    ("POST", "/v1/collections/{c}/reshard", "reshard"),
     ("POST", "/v1/collections/{c}/interventions", "intervention"),
     ("GET", "/v1/collections/{c}/interventions", ""),
     ("POST", "/v1/collections/{c}/jobs", "job"),

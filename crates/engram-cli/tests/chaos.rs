@@ -18,9 +18,15 @@
 //!   item's own vector that is not flagged partial must find that item
 //!   (else it is `unflagged`).
 //!
+//! A resharder runs beside the faults: it reshards the collection online,
+//! 8 shards to 12 and back, again and again; a resharding whose job dies
+//! with its coordinator is resumed by it when it restarts, one that failed
+//! is asked for again.
+//!
 //! `ENGRAM_CHAOS_KILLS` (default 10; `make chaos` runs 100) sets how many
-//! kill -9s the run makes, `ENGRAM_CHAOS_SEED` replays a run, and
-//! `ENGRAM_CHAOS_DISK_FULL=0` leaves the "disk full" faults out.
+//! kill -9s the run makes, `ENGRAM_CHAOS_SEED` replays a run,
+//! `ENGRAM_CHAOS_DISK_FULL=0` leaves the "disk full" faults out and
+//! `ENGRAM_CHAOS_RESHARD=0` the resharding.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -258,6 +264,65 @@ fn reader(
     }
 }
 
+/// Reshards `c` online between `SHARDS` and 12 shards until `stop`: asks
+/// for the next count, follows the job (on any coordinator: its status is
+/// in Raft) and, when it failed, asks for the same count again (which
+/// resumes the resharding under way). Returns the reshardings finished.
+fn resharder(http: &reqwest::blocking::Client, bases: &Bases, stop: &AtomicBool) -> u64 {
+    let counts = [12u32, SHARDS];
+    let mut finished = 0u64;
+    let mut next = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(2));
+        let body = json!({ "shards": counts[next % 2] });
+        let Some((status, job)) = send_once(
+            http,
+            bases,
+            next,
+            "POST",
+            "/v1/collections/c/reshard",
+            Some(&body),
+        ) else {
+            continue;
+        };
+        if status != 202 {
+            eprintln!(
+                "chaos: reshard to {} answered {status}: {job}",
+                counts[next % 2]
+            );
+            continue;
+        }
+        let id = job["id"].as_u64().unwrap_or(0);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return finished;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let path = format!("/v1/collections/c/jobs/{id}");
+            let Some((200, job)) = send_once(http, bases, 0, "GET", &path, None) else {
+                continue;
+            };
+            match job["state"].as_str() {
+                Some("running") => continue,
+                Some("succeeded") => {
+                    finished += 1;
+                    next += 1;
+                    eprintln!(
+                        "chaos: resharded to {} shards ({job})",
+                        counts[(next + 1) % 2]
+                    );
+                }
+                _ => eprintln!(
+                    "chaos: reshard job ended {}: {}",
+                    job["state"], job["error"]
+                ),
+            }
+            break;
+        }
+    }
+    finished
+}
+
 /// Kinds of fault the controller injects.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -462,6 +527,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     // `make chaos` turns "disk full" on; `make test` leaves it off while
     // that fault still loses writes in rare runs (docs/reliability.md).
     let disk_full = env_u64("ENGRAM_CHAOS_DISK_FULL").unwrap_or(1) == 1;
+    let reshard = env_u64("ENGRAM_CHAOS_RESHARD").unwrap_or(1) == 1;
     let seed = env_u64("ENGRAM_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -494,15 +560,22 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     let stop = AtomicBool::new(false);
     let next_id = AtomicU64::new(0);
     let started = Instant::now();
-    let faults = std::thread::scope(|s| {
+    let (faults, reshards) = std::thread::scope(|s| {
         let w = s.spawn(|| writer(&http, &bases, &ledger, seed ^ 1, &stop, &next_id));
         let r = s.spawn(|| reader(&http, &bases, &ledger, seed ^ 2, &stop));
+        let m = s.spawn(|| {
+            if reshard {
+                resharder(&http, &bases, &stop)
+            } else {
+                0
+            }
+        });
         let stopper = scopeguard(&stop);
         let faults = controller(&cluster, &bases, kills, seed, disk_full);
         drop(stopper);
         w.join().expect("writer panicked");
         r.join().expect("reader panicked");
-        faults
+        (faults, m.join().expect("resharder panicked"))
     });
     let ran = started.elapsed();
     let cluster = cluster.into_inner().unwrap();
@@ -533,7 +606,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         }
     }
     let line = format!(
-        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} acked_ops={} queries={} partial={} unflagged={} seconds={}",
+        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} seconds={}",
         faults.kills,
         lost.len(),
         resurrected.len(),

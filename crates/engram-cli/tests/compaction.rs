@@ -155,7 +155,10 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
         dir.path(),
         "seal_threshold = 40\ncompaction_interval_s = 1\ncompact_deleted_fraction = 0.1\nmax_degree = 16\nbuild_list_size = 32\npq_bytes = 8",
     );
-    let mut server = Server::start(&config, &data);
+    // Every sealed segment is served from disk (no cache budget), so that
+    // the truncated file below is read.
+    let disk_only = [("ENGRAM_CACHE__BUDGET_MB".to_string(), "0".to_string())];
+    let mut server = Server::start_with_env(&config, &data, &disk_only);
     let (status, _) = server.post(
         "/v1/collections/m/items/delete",
         &json!({ "ids": (50..100).collect::<Vec<u64>>() }),

@@ -734,7 +734,10 @@ fn bulk_ingest_memory_does_not_grow_with_the_input() {
         dir.path(),
         "max_degree = 32\nbuild_list_size = 50\npq_bytes = 16",
     );
-    let server = Server::start(&config, &dir.path().join("data"));
+    // Serving segments from memory is a cache budget spent on purpose,
+    // not ingestion's memory: this measures the latter.
+    let disk_only = [("ENGRAM_CACHE__BUDGET_MB".to_string(), "0".to_string())];
+    let server = Server::start_with_env(&config, &dir.path().join("data"), &disk_only);
     let (status, _) = server.post(
         "/v1/collections",
         &json!({ "name": "v", "dim": dim, "metric": "l2", "shards": 2 }),

@@ -16,7 +16,8 @@ pub(crate) type Collection = Arc<dyn ShardedCollection>;
 pub(crate) enum Backend {
     Embedded {
         catalog: Mutex<Catalog>,
-        worker: Worker,
+        /// Boxed: the embedded variant is much larger than the cluster's.
+        worker: Box<Worker>,
     },
     Cluster(ClusterBackend),
 }

@@ -41,6 +41,13 @@ pub struct WorkerStatus {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ShardMap {
     pub name: String,
+    /// The key of its current layout in the shard map (the name until the
+    /// collection is first resharded).
+    #[serde(default)]
+    pub layout: String,
+    /// The shard count of a resharding under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resharding_to: Option<u32>,
     pub shards: Vec<ShardView>,
 }
 
@@ -97,10 +104,13 @@ impl Engram {
                 })
                 .collect(),
             collections: state
-                .collections
-                .values()
-                .map(|c| ShardMap {
-                    name: c.spec.name.clone(),
+                .public_names()
+                .iter()
+                .filter_map(|name| Some((name, state.collection(name)?)))
+                .map(|(name, c)| ShardMap {
+                    name: name.clone(),
+                    layout: c.spec.name.clone(),
+                    resharding_to: state.reshard_target(name).map(|(_, t)| t.spec.shards),
                     shards: c
                         .shards
                         .iter()

@@ -163,8 +163,7 @@ fn raft_curation<T>(
     read: impl FnOnce(&engram_meta::CollectionCuration) -> T,
 ) -> Result<T> {
     node.state()
-        .collections
-        .get(collection)
+        .collection(collection)
         .map(|c| read(&c.curation))
         .ok_or_else(|| ApiError::not_found(format!("collection `{collection}` does not exist")))
 }

@@ -65,17 +65,48 @@ pub struct ShardInfo {
     pub sealed_rows: u64,
     pub tombstones: u64,
     pub sealed_bytes: u64,
+    /// Rows in the growing (in-memory, WAL-backed) segment.
+    #[serde(default)]
+    pub growing_rows: u64,
+    /// The sealed segments, oldest first.
+    #[serde(default)]
+    pub segments: Vec<SegmentInfo>,
+}
+
+/// One sealed segment of a shard (one copy of it in a cluster).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub name: String,
+    pub rows: u64,
+    pub deleted: u64,
+    pub bytes: u64,
+    /// Where the node's cache budget serves it from: `memory` (the whole
+    /// sector file in RAM), `node_cache` (the nodes nearest the entry
+    /// point in RAM, `cached_nodes` of them) or `disk`.
+    pub served_from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_nodes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompactRequest {
     pub min_deleted_fraction: Option<f64>,
+    /// Seal every shard's growing segment first, whatever its size.
+    pub seal: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compacted {
+    /// Sealed segments rewritten: merged with others, or alone without
+    /// their deleted rows.
     pub segments_rewritten: usize,
+    /// Segments those rewrites wrote (fewer than rewritten when merging).
+    #[serde(default)]
+    pub segments_written: usize,
+    /// WALs rewritten without the vectors of rows deleted since they began.
+    #[serde(default)]
+    pub wals_rewritten: usize,
     pub sealed_segments: usize,
     /// Bytes of the rewritten segments' files minus their replacements'
     /// (over every copy in a cluster).
@@ -425,6 +456,14 @@ pub struct JobRequest {
     pub bulk: Option<bool>,
     /// Bulk path: rows per shard segment (default: the seal threshold).
     pub segment_rows: Option<usize>,
+}
+
+/// `POST /v1/collections/{c}/reshard`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshardRequest {
+    /// The shard count to reach (1 to 4096, not the current one).
+    pub shards: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

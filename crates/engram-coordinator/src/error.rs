@@ -25,6 +25,9 @@ pub enum ErrorCode {
     Unavailable,
     /// Too much in flight (back-pressure); retry after a moment.
     ResourceExhausted,
+    /// The collection is in a state that does not allow this now (a
+    /// resharding under way); retry once it has finished.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::Conflict => "conflict",
         }
     }
 
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Corrupted | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
         }
     }
 }

@@ -58,6 +58,9 @@ struct Builder {
     run: String,
     /// Attached so far (rows, segments), for progress and the checkpoint.
     attached: Mutex<(u64, u64)>,
+    /// The shard count rows are routed by (attaching refuses a collection
+    /// resharded since).
+    routed_by: u32,
 }
 
 /// Runs the job's bulk path from `cp`; returns the final checkpoint.
@@ -103,6 +106,7 @@ pub(crate) async fn run(
                 .map_or(0, |d| d.as_millis())
         ),
         attached: Mutex::new((cp.items_written, cp.segments)),
+        routed_by: shards,
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Generation>(1);
     let building = {
@@ -247,8 +251,10 @@ impl Builder {
         };
         let hosted = self.hosted.clone();
         let dir = segment_dir.clone();
+        let routed_by = self.routed_by;
         let attached =
-            blocking(move || Ok(hosted.attach_segment(shard, &dir, object.as_ref())?)).await?;
+            blocking(move || Ok(hosted.attach_segment(shard, routed_by, &dir, object.as_ref())?))
+                .await?;
         if segment_dir.exists() {
             let _ = fs_err::remove_dir_all(&segment_dir);
         }

@@ -81,8 +81,13 @@ impl Engram {
             .map(|w| w.id)
             .collect();
         let mut shards = Vec::new();
-        for (name, meta) in &state.collections {
-            let collection = self.inner.backend.collection(name)?;
+        // Current layouts only: a resharding's target is filled in place.
+        for (key, meta) in &state.collections {
+            let Some((public, false)) = state.public_name(key) else {
+                continue;
+            };
+            let name = key.clone();
+            let collection = self.inner.backend.collection(public)?;
             let stats = blocking(move || Ok(collection.stats()?)).await?;
             for (i, placement) in meta.shards.iter().enumerate() {
                 let items = stats
@@ -117,6 +122,8 @@ impl Engram {
             from,
             to,
         } = request;
+        // A public name stands for its current layout's key.
+        let collection = cluster.state().key_of(&collection).to_string();
         let placement = |state: &engram_meta::ClusterState| {
             state
                 .placement(&collection, shard)

@@ -74,7 +74,10 @@ impl Engram {
         let lock = lock_data_dir(&data_dir)?;
         let data_dir = data_dir.clone();
         let catalog = Catalog::open(&data_dir)?;
-        let worker = Worker::new(&data_dir, config.index.clone())?;
+        let cache = engram_index::SegmentCache::new(engram_index::SegmentCache::budget_for(
+            config.cache.budget_mb,
+        ));
+        let worker = Worker::with_cache(&data_dir, config.index.clone(), cache)?;
         let known: HashSet<String> = catalog.specs().map(|s| s.name.clone()).collect();
         worker.remove_unknown(&known)?;
         for spec in catalog.specs() {
@@ -87,7 +90,7 @@ impl Engram {
                 config,
                 backend: Backend::Embedded {
                     catalog: Mutex::new(catalog),
-                    worker,
+                    worker: Box::new(worker),
                 },
                 embedders,
                 metrics: Metrics::new(),
@@ -182,12 +185,26 @@ impl Engram {
             dim,
             metric,
             embedder: request.embedder,
-            shards: request.shards.unwrap_or(defaults.shards),
+            shards: match request.shards {
+                Some(shards) => shards,
+                None => defaults.shards_for(self.live_workers()),
+            },
             replication: request.replication.unwrap_or(defaults.replication),
             default_k: request.default_k.unwrap_or(defaults.k),
             default_rule,
         };
         self.create_collection_from_spec(spec).await
+    }
+
+    /// Live workers of a cluster (`None` on the embedded node): what a new
+    /// collection's default shard count follows.
+    fn live_workers(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Cluster(cluster) => {
+                Some(cluster.state().workers.values().filter(|w| w.alive).count())
+            }
+            Backend::Embedded { .. } => None,
+        }
     }
 
     /// Creates a collection from a complete spec (validated here).
@@ -447,11 +464,12 @@ impl Engram {
 
     // ----- maintenance -------------------------------------------------
 
-    /// Rewrites the collection's sealed segments whose deleted fraction
-    /// exceeds `min_deleted_fraction` (default 0: every segment with a
-    /// deletion) without their deleted rows, after sealing the growing
-    /// segments, so that deleted vectors are physically gone from every file.
-    /// Searches continue meanwhile; writes to a shard wait for its rebuild.
+    /// Merges the collection's sealed segments by the merge policy and
+    /// rewrites those whose deleted fraction exceeds `min_deleted_fraction`
+    /// (default 0: every segment with a deletion) without their deleted
+    /// rows, and WALs likewise, so that deleted vectors are physically gone
+    /// from every file. A small growing segment is not sealed for it, unless
+    /// the request asks (`"seal": true`). Searches and writes go on.
     pub async fn compact(&self, collection: &str, request: CompactRequest) -> Result<Compacted> {
         let hosted = self.hosted(collection)?;
         let threshold = request.min_deleted_fraction.unwrap_or(0.0);
@@ -460,9 +478,10 @@ impl Engram {
                 "`min_deleted_fraction` must be at least 0 and below 1",
             ));
         }
+        let seal = request.seal.unwrap_or(false);
         let started = std::time::Instant::now();
         let (done, sealed) = blocking(move || {
-            let done = hosted.compact(threshold)?;
+            let done = hosted.compact(threshold, seal)?;
             Ok((done, hosted.stats()?.sealed_segments))
         })
         .await?;
@@ -479,6 +498,8 @@ impl Engram {
         );
         Ok(Compacted {
             segments_rewritten: done.segments_rewritten,
+            segments_written: done.segments_written,
+            wals_rewritten: done.wals_rewritten,
             sealed_segments: sealed,
             bytes_reclaimed: done.bytes_reclaimed,
         })
@@ -609,7 +630,9 @@ impl Engram {
             return Err(ApiError::invalid("too many images in one request"));
         }
         let inputs = request.images.into_iter().map(QueryInput::Image).collect();
-        let vectors = self.resolve_vectors(hosted.spec(), inputs, "image").await?;
+        let vectors = self
+            .resolve_vectors(&hosted.spec(), inputs, "image")
+            .await?;
         Ok(EmbedResponse { vectors })
     }
 
@@ -638,7 +661,7 @@ impl Engram {
         let explain = options.explain.unwrap_or(false);
         let curation = self.inner.meta.curation(collection)?;
         let pruning = self.inner.meta.pruning(collection)?;
-        let (vectors, excludes) = self.prepare_queries(hosted.spec(), queries, what).await?;
+        let (vectors, excludes) = self.prepare_queries(&hosted.spec(), queries, what).await?;
         // A counterfactual needs the neighbours that would move up when
         // voters are removed: fetch at least 100 more (a confident decision
         // may need most of its voters removed, and each removal lets one in).
@@ -725,7 +748,7 @@ impl Engram {
         tuning: SearchTuning,
         what: &'static str,
     ) -> Result<SearchResults> {
-        let (vectors, excludes) = self.prepare_queries(hosted.spec(), queries, what).await?;
+        let (vectors, excludes) = self.prepare_queries(&hosted.spec(), queries, what).await?;
         self.search_vectors(hosted, vectors, excludes, k, tuning, None)
             .await
     }
@@ -993,9 +1016,28 @@ fn info(hosted: &dyn ShardedCollection) -> Result<CollectionInfo> {
                 sealed_rows: s.sealed_rows,
                 tombstones: s.tombstones,
                 sealed_bytes: s.sealed_bytes,
+                growing_rows: s.growing_rows,
+                segments: s.segments.iter().map(segment_info).collect(),
             })
             .collect(),
     })
+}
+
+fn segment_info(s: &engram_worker::shard::SegmentStats) -> crate::dto::SegmentInfo {
+    use engram_core::residency::Residency;
+    let (served_from, cached_nodes) = match s.served_from {
+        Residency::Memory => ("memory", None),
+        Residency::NodeCache { nodes } => ("node_cache", Some(nodes)),
+        Residency::Disk => ("disk", None),
+    };
+    crate::dto::SegmentInfo {
+        name: s.name.clone(),
+        rows: s.rows,
+        deleted: s.deleted,
+        bytes: s.bytes,
+        served_from: served_from.to_string(),
+        cached_nodes,
+    }
 }
 
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {

@@ -141,7 +141,15 @@ impl Engram {
         };
         for name in self.inner.backend.names() {
             let collection = self.hosted(&name)?;
-            let spec = collection.spec().clone();
+            let spec = collection.spec();
+            if let Some(to) = collection.reshard_target() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "`{name}` is being resharded to {to} shards; take the snapshot once it has finished"
+                    ),
+                ));
+            }
             let mut shards = Vec::new();
             for shard in 0..spec.shards {
                 let copy = collection.clone();
@@ -172,6 +180,12 @@ impl Engram {
                     .await
                     .map_err(|e| storage_error(&request.uri, e))?;
                 shards.push(entry);
+            }
+            if collection.spec().shards != spec.shards {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("`{name}` was resharded while the snapshot read it; take it again"),
+                ));
             }
             manifest.collections.push(CollectionSnapshot {
                 curation: (*self.inner.meta.curation(&name)?).clone(),

@@ -21,6 +21,19 @@ pub struct EngramConfig {
     pub storage: StorageConfig,
     /// Role in a cluster; the default is the embedded single node.
     pub cluster: ClusterConfig,
+    /// RAM this node spends on serving sealed segments faster.
+    pub cache: CacheConfig,
+}
+
+/// The node's cache budget for sealed segments: whole segments held in RAM
+/// (smallest first), then DiskANN's node caches around the entry points of
+/// the others (`engram_core::residency`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// MiB of RAM; 0 serves every sealed segment from disk. Unset: a
+    /// quarter of the machine's memory (or of its cgroup limit).
+    pub budget_mb: Option<u64>,
 }
 
 /// What this process is.
@@ -225,7 +238,9 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectionDefaults {
-    pub shards: u32,
+    /// Shards of a new collection created without a count; unset follows
+    /// the deployment ([`CollectionDefaults::shards_for`]).
+    pub shards: Option<u32>,
     pub replication: u32,
     pub k: usize,
     pub rule: VotingRule,
@@ -234,10 +249,34 @@ pub struct CollectionDefaults {
 impl Default for CollectionDefaults {
     fn default() -> Self {
         CollectionDefaults {
-            shards: 64,
+            shards: None,
             replication: 1,
             k: 50,
             rule: VotingRule::Rank,
+        }
+    }
+}
+
+/// Shards of a collection on the embedded node when the config names none:
+/// a few, so that a query searches a handful of segments; resharding
+/// (`POST /v1/collections/{c}/reshard`) splits them when the memory grows.
+pub const EMBEDDED_SHARDS: u32 = 2;
+/// Shards per live worker of a cluster collection when the config names
+/// no count: enough to spread and rebalance, few enough that a query's
+/// fan-out stays a handful of searches per worker.
+pub const SHARDS_PER_WORKER: u32 = 2;
+
+impl CollectionDefaults {
+    /// The shard count of a new collection created without one: the
+    /// configured default, else one that follows the deployment (`workers`:
+    /// live workers in a cluster, `None` on the embedded node).
+    pub fn shards_for(&self, workers: Option<usize>) -> u32 {
+        if let Some(shards) = self.shards {
+            return shards;
+        }
+        match workers {
+            None => EMBEDDED_SHARDS,
+            Some(n) => (SHARDS_PER_WORKER * n.max(1) as u32).min(crate::collection::MAX_SHARDS),
         }
     }
 }
@@ -265,9 +304,17 @@ pub struct IndexParams {
     /// Sealed segments whose deleted fraction exceeds this are rewritten
     /// without their deleted rows by automatic compaction.
     pub compact_deleted_fraction: f64,
-    /// Seconds between automatic compaction checks; 0 turns them off
-    /// (`POST /v1/collections/{c}/compact` still works).
+    /// Seconds between automatic maintenance (merges and compaction) runs;
+    /// 0 turns them off (`POST /v1/collections/{c}/compact` still works).
     pub compaction_interval_s: u64,
+    /// Sealed segments of one size tier merged into one (the tiered merge
+    /// policy, `engram_core::merge_policy`).
+    pub merge_segments_per_tier: usize,
+    /// Segments up to this many live rows are all in the lowest tier.
+    pub merge_floor_rows: u64,
+    /// Largest merged segment, in MiB of full vectors (a build holds them
+    /// in RAM); larger segments are only rewritten to drop deleted rows.
+    pub merge_max_segment_mb: u64,
 }
 
 impl Default for IndexParams {
@@ -283,11 +330,29 @@ impl Default for IndexParams {
             build_threads: 0,
             compact_deleted_fraction: 0.2,
             compaction_interval_s: 60,
+            merge_segments_per_tier: 4,
+            merge_floor_rows: 10_000,
+            merge_max_segment_mb: 2_048,
         }
     }
 }
 
 impl IndexParams {
+    /// The merge policy for segments of `dim`-dimensional rows; segments
+    /// with more than `deleted_fraction` of their rows deleted are rewritten.
+    pub fn merge_policy(
+        &self,
+        dim: usize,
+        deleted_fraction: f64,
+    ) -> crate::merge_policy::MergePolicy {
+        crate::merge_policy::MergePolicy {
+            segments_per_tier: self.merge_segments_per_tier,
+            floor_rows: self.merge_floor_rows,
+            max_segment_rows: (self.merge_max_segment_mb << 20) / (dim.max(1) as u64 * 4),
+            deleted_fraction,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(4..=512).contains(&self.max_degree) {
             return Err(CoreError::invalid(
@@ -311,6 +376,18 @@ impl IndexParams {
             return Err(CoreError::invalid(
                 "index.compact_deleted_fraction",
                 "must be at least 0 and below 1",
+            ));
+        }
+        if self.merge_segments_per_tier < 2 {
+            return Err(CoreError::invalid(
+                "index.merge_segments_per_tier",
+                "must be at least 2",
+            ));
+        }
+        if self.merge_max_segment_mb == 0 {
+            return Err(CoreError::invalid(
+                "index.merge_max_segment_mb",
+                "must be at least 1",
             ));
         }
         if self.pq_bytes == 0

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a shard's deleted items were physically, and the log position of
 /// the delete: what an unlearning receipt records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardDeletion {
     pub shard: u32,
     pub ids: Vec<u64>,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod flat;
 pub mod segment_index;
 
+pub use disk::cache::{CacheUsage, SegmentCache};
 pub use disk::growing::GrowingSegment;
 pub use disk::sealed::{SealedSegment, SearchSettings};
 pub use error::{IndexError, Result};

@@ -28,6 +28,15 @@ pub struct CollectionMeta {
     /// the worker last reported them (each copy seals and compacts its
     /// own files).
     pub segments: BTreeMap<u32, BTreeMap<WorkerId, Vec<SegmentRecord>>>,
+    /// Set on the target layout of a resharding under way: the public name
+    /// of the collection it will become. Its shards are filled (receiving)
+    /// and take every write the collection takes, and are never read.
+    pub reshard_of: Option<String>,
+    /// The newest layout generation of this collection (each resharding,
+    /// finished or abandoned, makes the next, keyed `<name>@<generation>`):
+    /// keys are never reused, so no worker can mistake an old layout's
+    /// files for a new one's.
+    pub generation: u64,
 }
 
 /// One sealed segment of one shard copy: its manifest's files with their
@@ -76,8 +85,13 @@ pub struct JobRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub workers: BTreeMap<WorkerId, WorkerInfo>,
+    /// Shard layouts by key: a collection's public name until it is first
+    /// resharded, `<name>@<generation>` after (see `aliases`). Workers,
+    /// their copies and the internal RPC all speak these keys.
     pub collections: BTreeMap<String, CollectionMeta>,
     pub jobs: BTreeMap<u64, JobRecord>,
+    /// Public name -> key of its layout, for resharded collections.
+    pub aliases: BTreeMap<String, String>,
 }
 
 impl ClusterState {
@@ -108,19 +122,15 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::CreateCollection { spec } => {
-                if self.collections.contains_key(&spec.name) {
+                if self.collections.contains_key(&spec.name)
+                    || self.aliases.contains_key(&spec.name)
+                {
                     return CommandResult::Refused(format!(
                         "collection `{}` already exists",
                         spec.name
                     ));
                 }
-                let live: Vec<WorkerId> = self
-                    .workers
-                    .values()
-                    .filter(|w| w.alive)
-                    .map(|w| w.id)
-                    .collect();
-                match placement::assign(spec.shards, spec.replication, &live) {
+                match placement::assign(spec.shards, spec.replication, &self.live_workers()) {
                     Ok(shards) => {
                         self.collections.insert(
                             spec.name.clone(),
@@ -129,6 +139,8 @@ impl ClusterState {
                                 shards,
                                 curation: CollectionCuration::default(),
                                 segments: BTreeMap::new(),
+                                reshard_of: None,
+                                generation: 0,
                             },
                         );
                         CommandResult::Done
@@ -136,13 +148,31 @@ impl ClusterState {
                     Err(e) => CommandResult::Refused(e.to_string()),
                 }
             }
-            Command::DropCollection { name } => match self.collections.remove(name) {
-                Some(_) => {
-                    self.jobs.retain(|_, j| j.collection != *name);
+            Command::DropCollection { name } => {
+                let key = self.key_of(name).to_string();
+                match self.collections.remove(&key) {
+                    Some(_) => {
+                        self.aliases.remove(name);
+                        self.collections
+                            .retain(|_, c| c.reshard_of.as_deref() != Some(name.as_str()));
+                        self.jobs.retain(|_, j| j.collection != *name);
+                        CommandResult::Done
+                    }
+                    None => CommandResult::Refused(format!("collection `{name}` does not exist")),
+                }
+            }
+            Command::BeginReshard { collection, shards } => self.begin_reshard(collection, *shards),
+            Command::FinishReshard { collection } => self.finish_reshard(collection),
+            Command::AbortReshard { collection } => {
+                let before = self.collections.len();
+                self.collections
+                    .retain(|_, c| c.reshard_of.as_deref() != Some(collection.as_str()));
+                if self.collections.len() == before {
+                    CommandResult::Refused(format!("`{collection}` is not being resharded"))
+                } else {
                     CommandResult::Done
                 }
-                None => CommandResult::Refused(format!("collection `{name}` does not exist")),
-            },
+            }
             Command::ReportSegments {
                 collection,
                 shard,
@@ -171,7 +201,7 @@ impl ClusterState {
                 owner,
                 status,
             } => {
-                if !self.collections.contains_key(collection) {
+                if self.collection(collection).is_none() {
                     return CommandResult::Refused(format!(
                         "collection `{collection}` does not exist"
                     ));
@@ -325,12 +355,155 @@ impl ClusterState {
         }
     }
 
+    fn live_workers(&self) -> Vec<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.alive)
+            .map(|w| w.id)
+            .collect()
+    }
+
+    /// The key of `name`'s current layout (its public name until it is
+    /// first resharded).
+    pub fn key_of<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.get(name).map_or(name, String::as_str)
+    }
+
+    /// A collection's current layout by public name.
+    pub fn collection(&self, name: &str) -> Option<&CollectionMeta> {
+        self.collections
+            .get(self.key_of(name))
+            .filter(|c| c.reshard_of.is_none())
+    }
+
+    /// The public name of the layout keyed `key`, and whether it is a
+    /// resharding's target.
+    pub fn public_name<'a>(&'a self, key: &'a str) -> Option<(&'a str, bool)> {
+        let meta = self.collections.get(key)?;
+        if let Some(of) = &meta.reshard_of {
+            return Some((of.as_str(), true));
+        }
+        let aliased = self
+            .aliases
+            .iter()
+            .find(|(_, k)| k.as_str() == key)
+            .map(|(name, _)| name.as_str());
+        Some((aliased.unwrap_or(key), false))
+    }
+
+    /// Public names of the collections (targets of reshardings left out).
+    pub fn public_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .collections
+            .keys()
+            .filter_map(|key| match self.public_name(key) {
+                Some((name, false)) => Some(name.to_string()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The key and layout of `name`'s resharding target, if one is under way.
+    pub fn reshard_target(&self, name: &str) -> Option<(&str, &CollectionMeta)> {
+        self.collections
+            .iter()
+            .find(|(_, c)| c.reshard_of.as_deref() == Some(name))
+            .map(|(key, c)| (key.as_str(), c))
+    }
+
+    /// A target layout of `shards` shards for `name`, placed over the live
+    /// workers; every shard of the current layout moves to a new epoch, so
+    /// that a primary that has seen it refuses writes from coordinators
+    /// that do not know the resharding yet (they would not write the
+    /// target).
+    fn begin_reshard(&mut self, name: &str, shards: u32) -> CommandResult {
+        let Some(current) = self.collection(name).cloned() else {
+            return CommandResult::Refused(format!("collection `{name}` does not exist"));
+        };
+        if let Some((key, target)) = self.reshard_target(name) {
+            return CommandResult::Refused(format!(
+                "`{name}` is already being resharded to {} shards (layout `{key}`)",
+                target.spec.shards
+            ));
+        }
+        if shards == 0 || shards > engram_core::collection::MAX_SHARDS {
+            return CommandResult::Refused(format!("{shards} is not a valid shard count"));
+        }
+        if shards == current.spec.shards {
+            return CommandResult::Refused(format!("`{name}` already has {shards} shards"));
+        }
+        let generation = current.generation + 1;
+        let key = format!("{name}@{generation}");
+        let placements =
+            match placement::assign(shards, current.spec.replication, &self.live_workers()) {
+                Ok(p) => p,
+                Err(e) => return CommandResult::Refused(e.to_string()),
+            };
+        let current_key = self.key_of(name).to_string();
+        if let Some(meta) = self.collections.get_mut(&current_key) {
+            for placement in meta.shards.iter_mut() {
+                placement.epoch += 1;
+            }
+            // Keys are never reused, an abandoned target's included.
+            meta.generation = generation;
+        }
+        self.collections.insert(
+            key.clone(),
+            CollectionMeta {
+                spec: CollectionSpec {
+                    name: key,
+                    shards,
+                    ..current.spec.clone()
+                },
+                shards: placements,
+                curation: CollectionCuration::default(),
+                segments: BTreeMap::new(),
+                reshard_of: Some(name.to_string()),
+                generation,
+            },
+        );
+        CommandResult::Done
+    }
+
+    /// The target becomes `name`'s layout (every shard at a new epoch): it
+    /// takes the curation, the
+    /// public name now points at it, and the old layout leaves the state
+    /// (workers drop its copies when they see this).
+    fn finish_reshard(&mut self, name: &str) -> CommandResult {
+        let Some((target_key, _)) = self.reshard_target(name) else {
+            return CommandResult::Refused(format!("`{name}` is not being resharded"));
+        };
+        let target_key = target_key.to_string();
+        let current_key = self.key_of(name).to_string();
+        let Some(old) = self.collections.remove(&current_key) else {
+            return CommandResult::Refused(format!("collection `{name}` does not exist"));
+        };
+        let Some(target) = self.collections.get_mut(&target_key) else {
+            return CommandResult::Refused(format!("`{name}` is not being resharded"));
+        };
+        target.reshard_of = None;
+        target.curation = old.curation;
+        // Every copy of the new layout learns of the flip through a new
+        // epoch: its primary then holds acknowledgements for one read lease
+        // (see `Replica::adopt` in the worker), so that copies of the old
+        // layout still answering reads on a stale view cannot miss a write
+        // acknowledged after the flip.
+        for placement in target.shards.iter_mut() {
+            placement.epoch += 1;
+        }
+        self.aliases.insert(name.to_string(), target_key);
+        CommandResult::Done
+    }
+
     fn curate(
         &mut self,
         collection: &str,
         change: impl FnOnce(&mut CollectionCuration) -> Result<CommandResult, String>,
     ) -> CommandResult {
-        let Some(meta) = self.collections.get_mut(collection) else {
+        let key = self.key_of(collection).to_string();
+        let Some(meta) = self.collections.get_mut(&key) else {
             return CommandResult::Refused(format!("collection `{collection}` does not exist"));
         };
         change(&mut meta.curation).unwrap_or_else(CommandResult::Refused)
@@ -439,6 +612,101 @@ mod tests {
             state.apply(&Command::DropCollection { name: "d".into() }),
             CommandResult::Done
         );
+    }
+
+    #[test]
+    fn a_resharding_places_a_target_fences_the_old_epochs_and_flips_under_the_public_name() {
+        use engram_core::Intervention;
+        let mut state = ClusterState::default();
+        for id in 1..=3 {
+            state.apply(&Command::RegisterWorker {
+                id,
+                addr: format!("127.0.0.1:{}", 9000 + id),
+            });
+        }
+        state.apply(&Command::CreateCollection { spec: spec("c", 2) });
+        state.apply(&Command::Intervene {
+            collection: "c".into(),
+            intervention: Shared::new(Intervention::BlockClass { label: "x".into() }),
+            reason: "r".into(),
+            at: "t".into(),
+        });
+        let epochs: Vec<u64> = state.collections["c"]
+            .shards
+            .iter()
+            .map(|p| p.epoch)
+            .collect();
+        let begin = |shards| Command::BeginReshard {
+            collection: "c".into(),
+            shards,
+        };
+        assert!(
+            matches!(state.apply(&begin(4)), CommandResult::Refused(_)),
+            "same count"
+        );
+        assert_eq!(state.apply(&begin(9)), CommandResult::Done);
+        assert!(
+            matches!(state.apply(&begin(7)), CommandResult::Refused(_)),
+            "one at a time"
+        );
+        let (key, target) = state.reshard_target("c").unwrap();
+        assert_eq!((key, target.spec.shards), ("c@1", 9));
+        assert_eq!(target.spec.name, "c@1");
+        assert!(target.shards.iter().all(|p| p.replicas.len() == 1));
+        for (placement, before) in state.collections["c"].shards.iter().zip(epochs) {
+            assert_eq!(placement.epoch, before + 1);
+        }
+        // The target is no collection of its own to the public.
+        assert_eq!(state.public_names(), vec!["c".to_string()]);
+        assert!(state.collection("c@1").is_none());
+        assert_eq!(state.public_name("c@1"), Some(("c", true)));
+
+        assert_eq!(
+            state.apply(&Command::FinishReshard {
+                collection: "c".into()
+            }),
+            CommandResult::Done
+        );
+        assert!(state.reshard_target("c").is_none());
+        assert_eq!(state.key_of("c"), "c@1");
+        let c = state.collection("c").unwrap();
+        assert_eq!(c.spec.shards, 9);
+        assert_eq!(
+            c.curation.curation.audit.len(),
+            1,
+            "the curation moved along"
+        );
+        assert!(!state.collections.contains_key("c"));
+        assert_eq!(state.public_names(), vec!["c".to_string()]);
+        assert_eq!(state.public_name("c@1"), Some(("c", false)));
+        // The name is taken; the next resharding gets a new key; aborting
+        // drops only the target; dropping the collection drops both.
+        assert!(matches!(
+            state.apply(&Command::CreateCollection { spec: spec("c", 1) }),
+            CommandResult::Refused(_)
+        ));
+        state.apply(&begin(3));
+        assert_eq!(state.reshard_target("c").unwrap().0, "c@2");
+        assert_eq!(
+            state.apply(&Command::AbortReshard {
+                collection: "c".into()
+            }),
+            CommandResult::Done
+        );
+        assert_eq!(state.collections.len(), 1);
+        state.apply(&begin(3));
+        assert_eq!(
+            state.reshard_target("c").unwrap().0,
+            "c@3",
+            "not the abandoned key"
+        );
+        assert_eq!(
+            state.apply(&Command::DropCollection { name: "c".into() }),
+            CommandResult::Done
+        );
+        assert!(state.collections.is_empty() && state.aliases.is_empty());
+        let bytes = bincode::serialize(&state).unwrap();
+        assert_eq!(bincode::deserialize::<ClusterState>(&bytes).unwrap(), state);
     }
 
     #[test]

@@ -150,6 +150,21 @@ pub enum Command {
         worker: WorkerId,
         epoch: u64,
     },
+    /// Starts resharding `collection` (public name) to `shards` shards: a
+    /// target layout is placed and every current shard moves to a new
+    /// epoch (see `ClusterState::begin_reshard`).
+    BeginReshard {
+        collection: String,
+        shards: u32,
+    },
+    /// The target layout of `collection` becomes its layout (the flip).
+    FinishReshard {
+        collection: String,
+    },
+    /// Drops the target layout of a resharding of `collection`.
+    AbortReshard {
+        collection: String,
+    },
 }
 
 /// The outcome of applying a [`Command`].

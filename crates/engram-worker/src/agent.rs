@@ -10,6 +10,7 @@ use engram_meta::{ClusterState, Command, CommandResult, SegmentFile, SegmentReco
 
 use crate::node::{WorkerNode, blocking, internal};
 use crate::rpc_client::call;
+use crate::shard::Compaction;
 use crate::wire::*;
 
 /// How often a worker heartbeats.
@@ -95,26 +96,34 @@ impl WorkerNode {
         loop {
             ticks.tick().await;
             for replica in self.host().all() {
-                if replica.shard.max_deleted_fraction() <= threshold {
-                    continue;
-                }
                 let collection = replica.spec.name.clone();
                 let shard = replica.shard.number();
                 let compacted =
-                    blocking(move || replica.compact(threshold).map_err(internal)).await;
+                    blocking(move || replica.compact(threshold, false).map_err(internal)).await;
                 match compacted {
+                    Ok(done) if done == Compaction::default() => {}
                     Ok(done) => tracing::info!(
                         %collection,
                         shard,
                         rewritten = done.segments_rewritten,
+                        written = done.segments_written,
+                        wals = done.wals_rewritten,
                         bytes_reclaimed = done.bytes_reclaimed,
-                        "automatic compaction"
+                        "automatic merge and compaction"
                     ),
                     Err(e) => {
                         tracing::error!(%collection, shard, error = %e, "automatic compaction failed; retrying next round")
                     }
                 }
             }
+            // Copies dropped or rewritten since the last round free their
+            // share of the cache budget.
+            let host = self.clone();
+            let _ = blocking(move || {
+                host.host().cache().rebalance();
+                Ok(())
+            })
+            .await;
         }
     }
 
@@ -215,10 +224,29 @@ impl WorkerNode {
             for collection in state.collections.values() {
                 for (shard, placement) in collection.shards.iter().enumerate() {
                     if placement.hosts(me)
-                        && let Some(epoch) = node.open_copy(&collection.spec, shard as u32, placement)
+                        && let Some(epoch) = node.open_copy(
+                            &collection.spec,
+                            shard as u32,
+                            placement,
+                            collection.reshard_of.is_some(),
+                        )
                     {
                         lost.push((collection.spec.name.clone(), shard as u32, epoch));
                     }
+                }
+            }
+            // A resharding's target that became its collection's layout (the
+            // flip) stops receiving: its tombstones are no longer needed.
+            for replica in node.host().all() {
+                let flipped = state
+                    .collections
+                    .get(&replica.spec.name)
+                    .is_some_and(|c| c.reshard_of.is_none());
+                if flipped
+                    && replica.shard.is_receiving()
+                    && let Err(e) = replica.shard.finish_receiving()
+                {
+                    tracing::error!(collection = %replica.spec.name, error = %e, "cannot end a resharded copy's receiving mode; retrying");
                 }
             }
             // Copies moved elsewhere (rebalancing) leave this worker.
@@ -284,6 +312,7 @@ impl WorkerNode {
         spec: &engram_core::CollectionSpec,
         shard: u32,
         placement: &engram_core::placement::ShardPlacement,
+        receiving: bool,
     ) -> Option<u64> {
         let me = self.inner.id;
         let key = (spec.name.clone(), shard);
@@ -294,7 +323,7 @@ impl WorkerNode {
             }
             self.inner.lost.lock().remove(&key);
         }
-        let Err(error) = self.host().ensure(spec, shard, placement) else {
+        let Err(error) = self.host().ensure(spec, shard, placement, receiving) else {
             return None;
         };
         if !error.is_corruption() {
@@ -373,7 +402,7 @@ impl WorkerNode {
         blocking(move || {
             for (shard, placement) in &request.shards {
                 self.host()
-                    .ensure(&request.spec, *shard, placement)
+                    .ensure(&request.spec, *shard, placement, request.receiving)
                     .map_err(internal)?;
             }
             Ok(())

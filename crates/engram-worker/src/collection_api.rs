@@ -8,7 +8,9 @@ use engram_index::SearchTuning;
 use engram_store::WalOp;
 
 use crate::error::Result;
-use crate::hosted_collection::{CollectionStats, HostedCollection, SearchResults};
+use crate::hosted_collection::{
+    CollectionStats, HostedCollection, ReshardHooks, ReshardReport, SearchResults,
+};
 use crate::wire::SegmentObject;
 use std::path::Path;
 
@@ -17,7 +19,9 @@ use crate::shard::{
 };
 
 pub trait ShardedCollection: Send + Sync {
-    fn spec(&self) -> &CollectionSpec;
+    /// The collection as it is served now (its shard count changes when a
+    /// resharding finishes).
+    fn spec(&self) -> CollectionSpec;
     /// Upserts and deletes; acknowledged once durable on every in-sync copy.
     fn write(&self, ops: Vec<WalOp>) -> Result<()>;
     fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>>;
@@ -42,22 +46,34 @@ pub trait ShardedCollection: Send + Sync {
     fn get(&self, id: u64) -> Result<Option<ItemView>>;
     fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>>;
     fn stats(&self) -> Result<CollectionStats>;
-    /// Rewrites sealed segments past `min_deleted_fraction`.
-    fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction>;
+    /// Merges sealed segments by the merge policy and rewrites those (and
+    /// WALs) past `min_deleted_fraction`; with `seal`, every growing
+    /// segment is sealed first (one more sealed segment per shard).
+    fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction>;
     /// Attaches a sealed segment built by bulk ingestion to `shard` (its
-    /// rows supersede older versions of their ids). `local` is the
-    /// builder's directory, moved in where the shard lives in this process;
-    /// remote copies download `object` instead.
+    /// rows supersede older versions of their ids). `routed_by` is the shard
+    /// count its rows were routed by: refused if the collection has been
+    /// resharded since. `local` is the builder's directory, moved in where
+    /// the shard lives in this process; remote copies download `object`
+    /// instead.
     fn attach_segment(
         &self,
         shard: u32,
+        routed_by: u32,
         local: &Path,
         object: Option<&SegmentObject>,
     ) -> Result<AttachedSegment>;
+    /// Changes the number of shards online (see `hosted_collection/reshard.rs`
+    /// and the cluster's resharding); finishes one under way to `shards`.
+    fn reshard(&self, shards: u32, hooks: &dyn ReshardHooks) -> Result<ReshardReport>;
+    /// The shard count of a resharding under way.
+    fn reshard_target(&self) -> Option<u32>;
+    /// Drops a resharding under way (its target's files are deleted).
+    fn abandon_reshard(&self) -> Result<()>;
 }
 
 impl ShardedCollection for HostedCollection {
-    fn spec(&self) -> &CollectionSpec {
+    fn spec(&self) -> CollectionSpec {
         HostedCollection::spec(self)
     }
 
@@ -111,16 +127,32 @@ impl ShardedCollection for HostedCollection {
         Ok(HostedCollection::stats(self))
     }
 
-    fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
+    fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
+        if seal {
+            HostedCollection::seal(self)?;
+        }
         HostedCollection::compact(self, min_deleted_fraction)
     }
 
     fn attach_segment(
         &self,
         shard: u32,
+        routed_by: u32,
         local: &Path,
         _object: Option<&SegmentObject>,
     ) -> Result<AttachedSegment> {
-        HostedCollection::attach(self, shard, local)
+        HostedCollection::attach(self, shard, routed_by, local)
+    }
+
+    fn reshard(&self, shards: u32, hooks: &dyn ReshardHooks) -> Result<ReshardReport> {
+        HostedCollection::reshard(self, shards, hooks)
+    }
+
+    fn reshard_target(&self) -> Option<u32> {
+        HostedCollection::reshard_target(self)
+    }
+
+    fn abandon_reshard(&self) -> Result<()> {
+        HostedCollection::abandon(self)
     }
 }

@@ -22,11 +22,14 @@ pub mod wire;
 pub mod worker;
 
 pub use collection_api::ShardedCollection;
+pub use engram_index::SegmentCache;
 pub use error::{Result, WorkerError};
-pub use hosted_collection::{CollectionStats, HostedCollection, SearchResults};
+pub use hosted_collection::{
+    CollectionStats, HostedCollection, ReshardHooks, ReshardReport, SearchResults,
+};
 pub use node::WorkerNode;
 pub use shard::{
-    AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, Shard,
-    ShardDeletion, ShardHits,
+    AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
+    Shard, ShardDeletion, ShardHits,
 };
 pub use worker::Worker;

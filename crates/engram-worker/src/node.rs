@@ -77,13 +77,14 @@ impl WorkerNode {
         data_dir: &Path,
         params: IndexParams,
         storage: StorageConfig,
+        cache: Arc<engram_index::SegmentCache>,
     ) -> crate::Result<WorkerNode> {
         Ok(WorkerNode {
             inner: Arc::new(Inner {
                 id,
                 addr,
                 coordinators,
-                host: ReplicaHost::new(data_dir, params)?,
+                host: ReplicaHost::with_cache(data_dir, params, cache)?,
                 client: internal_client(),
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
@@ -499,6 +500,7 @@ impl WorkerNode {
         })
         .await?;
         let total = items.len();
+        let tombstones = replica.shard.tombstones_if_receiving();
         let mut chunks: Vec<Vec<WalOp>> = items
             .chunks(TRANSFER_CHUNK)
             .map(<[WalOp]>::to_vec)
@@ -517,6 +519,7 @@ impl WorkerNode {
                 placement: placement.clone(),
                 reset: i == 0,
                 ops,
+                tombstones: if i == 0 { tombstones.clone() } else { None },
             };
             call::<_, ()>(
                 &self.inner.client,
@@ -585,10 +588,23 @@ impl WorkerNode {
                 request.reset,
             )?;
             let replica = if request.reset {
-                host.inner
+                let replica = host
+                    .inner
                     .host
-                    .reset(&request.spec, request.shard, &request.placement)
-                    .map_err(internal)?
+                    .reset(
+                        &request.spec,
+                        request.shard,
+                        &request.placement,
+                        request.tombstones.is_some(),
+                    )
+                    .map_err(internal)?;
+                if let Some(tombstones) = &request.tombstones {
+                    replica
+                        .shard
+                        .delete_receiving(tombstones)
+                        .map_err(internal)?;
+                }
+                replica
             } else {
                 host.inner.host.get(&request.spec.name, request.shard)?
             };
@@ -736,7 +752,7 @@ impl WorkerNode {
         blocking(move || {
             replicas
                 .iter()
-                .map(|r| r.compact(request.min_deleted_fraction))
+                .map(|r| r.compact(request.min_deleted_fraction, request.seal))
                 .sum::<crate::Result<Compaction>>()
                 .map_err(internal)
         })
@@ -843,6 +859,25 @@ fn apply_ops(
             ShardOp::DeleteLabel(label) => {
                 flush(&mut pending, applied)?;
                 shard.delete_traced(|items| items.ids_with_label(&label))
+            }
+            ShardOp::CopyIn(rows) => {
+                flush(&mut pending, applied)?;
+                let rows = rows
+                    .into_iter()
+                    .map(|row| {
+                        row.into_scanned().ok_or_else(|| {
+                            RpcError::Invalid("a copied row came without its vector".into())
+                        })
+                    })
+                    .collect::<RpcResult<Vec<_>>>()?;
+                let ops = shard.copy_in(rows).map_err(|e| match e {
+                    crate::WorkerError::Index(engram_index::IndexError::DimensionMismatch {
+                        ..
+                    }) => RpcError::Invalid(e.to_string()),
+                    e => internal(e),
+                })?;
+                applied.extend(ops);
+                continue;
             }
             ShardOp::DeleteSource(source) => {
                 flush(&mut pending, applied)?;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
 use engram_core::placement::{ShardPlacement, in_sync_shrank};
+use engram_index::SegmentCache;
 
 use crate::error::Result;
 use crate::lease::AckHold;
@@ -111,10 +112,13 @@ impl Replica {
 
     /// Compacts this copy unless a transfer replaced it meanwhile (then
     /// there is nothing to do: the successor starts without tombstones).
-    pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
+    pub fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
         let retired = self.retired.lock();
         if *retired {
             return Ok(Compaction::default());
+        }
+        if seal {
+            self.shard.seal()?;
         }
         self.shard.compact(min_deleted_fraction)
     }
@@ -191,7 +195,13 @@ impl Replica {
     }
 
     fn adopt(&self, known: &mut ShardPlacement, placement: &ShardPlacement) {
-        if in_sync_shrank(known, placement) {
+        // A resharding target's copy learning a new epoch may be learning
+        // that its layout just became the collection's (the flip bumps every
+        // epoch): copies of the old layout on workers that have not seen it
+        // yet may answer reads for one more lease, so acknowledgements wait
+        // one lease out, as when the in-sync set shrinks.
+        let newer = placement.epoch > known.epoch;
+        if in_sync_shrank(known, placement) || (newer && self.shard.is_receiving()) {
             self.ack_hold.hold();
         }
         *known = placement.clone();
@@ -230,6 +240,8 @@ pub fn admit_transfer(
 pub struct ReplicaHost {
     dir: PathBuf,
     params: IndexParams,
+    /// The node's cache budget for sealed segments.
+    cache: Arc<SegmentCache>,
     replicas: RwLock<BTreeMap<(String, u32), Arc<Replica>>>,
     /// Held while a shard directory is opened or replaced, so that two
     /// callers (the agent and a transfer) never open the same one at once.
@@ -249,11 +261,21 @@ impl ReplicaHost {
     /// Replicas live under `<data_dir>/collections/<c>/shards/<nnnn>`, the
     /// embedded node's layout.
     pub fn new(data_dir: &Path, params: IndexParams) -> Result<ReplicaHost> {
+        Self::with_cache(data_dir, params, SegmentCache::disk_only())
+    }
+
+    /// [`Self::new`] serving sealed segments within `cache`'s budget.
+    pub fn with_cache(
+        data_dir: &Path,
+        params: IndexParams,
+        cache: Arc<SegmentCache>,
+    ) -> Result<ReplicaHost> {
         let dir = data_dir.join("collections");
         fs_err::create_dir_all(&dir)?;
         Ok(ReplicaHost {
             dir,
             params,
+            cache,
             replicas: RwLock::new(BTreeMap::new()),
             opening: Mutex::new(()),
             transfers: Mutex::new(BTreeMap::new()),
@@ -271,12 +293,15 @@ impl ReplicaHost {
             })
     }
 
-    /// Opens (creating if new) the replica of `shard`; blocking I/O.
+    /// Opens (creating if new) the replica of `shard`; blocking I/O. A copy
+    /// of a resharding's target layout is `receiving` (see
+    /// `shard/receiving.rs`) before any request can reach it.
     pub fn ensure(
         &self,
         spec: &CollectionSpec,
         shard: u32,
         placement: &ShardPlacement,
+        receiving: bool,
     ) -> Result<Arc<Replica>> {
         if let Ok(replica) = self.get(&spec.name, shard) {
             replica.observe(placement);
@@ -287,7 +312,7 @@ impl ReplicaHost {
             replica.observe(placement);
             return Ok(replica);
         }
-        let opened = self.open(spec, shard, placement)?;
+        let opened = self.open(spec, shard, placement, receiving)?;
         self.replicas
             .write()
             .insert((spec.name.clone(), shard), opened.clone());
@@ -299,6 +324,7 @@ impl ReplicaHost {
         spec: &CollectionSpec,
         shard: u32,
         placement: &ShardPlacement,
+        receiving: bool,
     ) -> Result<Arc<Replica>> {
         let dir = shard_dir(&self.dir, &spec.name, shard);
         // A copy with files was running before (a restart): as primary it
@@ -306,7 +332,18 @@ impl ReplicaHost {
         // leases dropped copies still hold. A new copy (a new collection, a
         // transfer's reset) has neither doubt.
         let restarted = Shard::exists(&dir);
-        let shard_store = Shard::open(&dir, shard, spec.dim, spec.metric, &self.params)?;
+        let shard_store = Shard::open_cached(
+            &dir,
+            shard,
+            spec.dim,
+            spec.metric,
+            &self.params,
+            self.cache.clone(),
+        )?;
+        if receiving {
+            shard_store.start_receiving()?;
+        }
+        self.cache.rebalance();
         Ok(Arc::new(Replica {
             spec: spec.clone(),
             shard: shard_store,
@@ -332,11 +369,12 @@ impl ReplicaHost {
         spec: &CollectionSpec,
         shard: u32,
         placement: &ShardPlacement,
+        receiving: bool,
     ) -> Result<Arc<Replica>> {
         let _opening = self.opening.lock();
         self.retire(&spec.name, shard)?;
         let key = (spec.name.clone(), shard);
-        let fresh = self.open(spec, shard, placement)?;
+        let fresh = self.open(spec, shard, placement, receiving)?;
         self.replicas.write().insert(key, fresh.clone());
         Ok(fresh)
     }
@@ -397,6 +435,11 @@ impl ReplicaHost {
             fs_err::remove_dir_all(&trash)?;
         }
         Ok(())
+    }
+
+    /// The node's cache budget for sealed segments.
+    pub fn cache(&self) -> &Arc<SegmentCache> {
+        &self.cache
     }
 
     pub fn all(&self) -> Vec<Arc<Replica>> {
@@ -474,20 +517,20 @@ mod tests {
         };
         // A new copy leading: nothing to doubt.
         let fresh = host
-            .ensure(&spec, 2, &ShardPlacement::new(1, 1, &[2], &[]))
+            .ensure(&spec, 2, &ShardPlacement::new(1, 1, &[2], &[]), false)
             .unwrap();
         assert!(fresh.suspects(1).is_empty());
         assert_eq!(fresh.ack_hold.remaining(), None);
-        host.ensure(&spec, 0, &ShardPlacement::new(1, 1, &[2], &[]))
+        host.ensure(&spec, 0, &ShardPlacement::new(1, 1, &[2], &[]), false)
             .unwrap();
-        host.ensure(&spec, 1, &ShardPlacement::new(1, 2, &[1], &[]))
+        host.ensure(&spec, 1, &ShardPlacement::new(1, 2, &[1], &[]), false)
             .unwrap();
         drop(host);
         // Restarted as primary: its replica may lack a write it applied
         // just before it stopped.
         let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
         let led = host
-            .ensure(&spec, 0, &ShardPlacement::new(4, 1, &[2], &[]))
+            .ensure(&spec, 0, &ShardPlacement::new(4, 1, &[2], &[]), false)
             .unwrap();
         assert!(led.ack_hold.remaining().is_some());
         assert_eq!(led.suspects(1), vec![2]);
@@ -501,7 +544,7 @@ mod tests {
         // A copy restarted as a replica suspects nobody while it is one,
         // and its replicas once it leads.
         let follower = host
-            .ensure(&spec, 1, &ShardPlacement::new(4, 2, &[1], &[]))
+            .ensure(&spec, 1, &ShardPlacement::new(4, 2, &[1], &[]), false)
             .unwrap();
         assert!(follower.suspects(1).is_empty());
         follower.observe(&ShardPlacement::new(5, 1, &[3], &[2]));

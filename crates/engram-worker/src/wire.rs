@@ -40,6 +40,9 @@ pub enum ShardOp {
     DeleteIds(Vec<u64>),
     DeleteLabel(String),
     DeleteSource(String),
+    /// Rows copied from the old layout into a resharding's target: applied
+    /// only where the target has not seen their ids written or deleted.
+    CopyIn(Vec<ItemReply>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +211,10 @@ pub struct ShardStats {
     pub sealed_segments: usize,
     /// Bytes of the sealed segments' files.
     pub sealed_bytes: u64,
+    /// Rows in the growing segment (not sealed yet).
+    pub growing_rows: u64,
+    /// Every sealed segment, oldest first, and where it is served from.
+    pub segments: Vec<crate::shard::SegmentStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,6 +233,8 @@ pub struct CompactRequest {
     pub collection: String,
     pub shards: Vec<u32>,
     pub min_deleted_fraction: f64,
+    /// Seal each copy's growing segment first.
+    pub seal: bool,
 }
 
 /// An out-of-sync host asks the shard's primary to bring it up to date.
@@ -251,6 +260,10 @@ pub struct InstallRequest {
     /// rows to, a copy that a later transfer rebuilt.
     pub transfer: u64,
     pub ops: Vec<WalOp>,
+    /// A resharding target's tombstones (ids deleted while it is filled),
+    /// sent with the first chunk: the rebuilt copy is receiving too, and
+    /// must refuse copies of the same ids.
+    pub tombstones: Option<Vec<u64>>,
 }
 
 /// A sealed segment in object storage: the store's URI, the key below it
@@ -281,6 +294,8 @@ pub struct HostRequest {
     pub spec: CollectionSpec,
     pub shards: Vec<(u32, ShardPlacement)>,
     pub index: u64,
+    /// The layout is a resharding's target (its copies are receiving).
+    pub receiving: bool,
 }
 
 /// Stop hosting a dropped collection and delete its files.
@@ -329,3 +344,44 @@ pub enum RpcError {
 
 /// Every internal reply: the answer or why not.
 pub type RpcResult<T> = Result<T, RpcError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_core::residency::Residency;
+
+    /// Everything the stats call carries crosses bincode (which cannot read
+    /// serde's tagged or flattened forms).
+    #[test]
+    fn shard_stats_with_segments_cross_bincode() {
+        let stats = ShardStats {
+            shard: 3,
+            items: 10,
+            labels: vec![("a".into(), 10)],
+            tombstones: 1,
+            sealed_rows: 11,
+            sealed_segments: 3,
+            sealed_bytes: 4096,
+            growing_rows: 2,
+            segments: [
+                Residency::Disk,
+                Residency::NodeCache { nodes: 7 },
+                Residency::Memory,
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, served_from)| crate::shard::SegmentStats {
+                name: format!("{i:08}"),
+                rows: 4,
+                deleted: 1,
+                bytes: 4096,
+                served_from,
+            })
+            .collect(),
+        };
+        let bytes = bincode::serialize(&vec![stats.clone()]).unwrap();
+        let back: Vec<ShardStats> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back[0].segments, stats.segments);
+        assert_eq!(back[0].growing_rows, 2);
+    }
+}

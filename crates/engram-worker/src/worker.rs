@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
+use engram_index::SegmentCache;
 
 use crate::error::{Result, WorkerError};
 use crate::hosted_collection::HostedCollection;
@@ -14,17 +15,28 @@ use crate::hosted_collection::HostedCollection;
 pub struct Worker {
     collections_dir: PathBuf,
     index_params: IndexParams,
+    cache: Arc<SegmentCache>,
     collections: RwLock<HashMap<String, Arc<HostedCollection>>>,
 }
 
 impl Worker {
     /// A worker keeping its shards under `<data_dir>/collections`.
     pub fn new(data_dir: &Path, index_params: IndexParams) -> Result<Worker> {
+        Self::with_cache(data_dir, index_params, SegmentCache::disk_only())
+    }
+
+    /// [`Self::new`] serving sealed segments within `cache`'s budget.
+    pub fn with_cache(
+        data_dir: &Path,
+        index_params: IndexParams,
+        cache: Arc<SegmentCache>,
+    ) -> Result<Worker> {
         let collections_dir = data_dir.join("collections");
         fs_err::create_dir_all(&collections_dir)?;
         Ok(Worker {
             collections_dir,
             index_params,
+            cache,
             collections: RwLock::new(HashMap::new()),
         })
     }
@@ -36,7 +48,12 @@ impl Worker {
         }
         let name = spec.name.clone();
         let dir = self.collections_dir.join(&name);
-        let hosted = Arc::new(HostedCollection::open(&dir, spec, &self.index_params)?);
+        let hosted = Arc::new(HostedCollection::open_cached(
+            &dir,
+            spec,
+            &self.index_params,
+            self.cache.clone(),
+        )?);
         engram_store::checksummed::sync_dir(&self.collections_dir)?;
         let mut collections = self.collections.write();
         if collections.contains_key(&name) {
@@ -52,6 +69,11 @@ impl Worker {
             .get(name)
             .cloned()
             .ok_or_else(|| WorkerError::UnknownCollection(name.to_string()))
+    }
+
+    /// The node's cache budget for sealed segments.
+    pub fn cache(&self) -> &Arc<SegmentCache> {
+        &self.cache
     }
 
     /// Stops hosting `name` and deletes its files.

@@ -186,21 +186,57 @@ fn show(c: &Value) -> String {
     let mut shards = Table::new([
         "SHARD",
         "ITEMS",
+        "GROWING",
         "SEGMENTS",
         "SEALED ROWS",
         "TOMBSTONES",
         "BYTES",
     ]);
+    let mut segments = Table::new([
+        "SHARD",
+        "SEGMENT",
+        "ROWS",
+        "DELETED",
+        "BYTES",
+        "SERVED FROM",
+    ]);
     for s in c["shard_stats"].as_array().into_iter().flatten() {
         shards.row([
             s["shard"].to_string(),
             s["items"].to_string(),
+            s["growing_rows"].as_u64().unwrap_or(0).to_string(),
             s["sealed_segments"].to_string(),
             s["sealed_rows"].to_string(),
             s["tombstones"].to_string(),
             bytes(s["sealed_bytes"].as_u64().unwrap_or(0)),
         ]);
+        for segment in s["segments"].as_array().into_iter().flatten() {
+            segments.row([
+                s["shard"].to_string(),
+                segment["name"].as_str().unwrap_or("").to_string(),
+                segment["rows"].to_string(),
+                segment["deleted"].to_string(),
+                bytes(segment["bytes"].as_u64().unwrap_or(0)),
+                served_from(segment),
+            ]);
+        }
     }
     out.push_str(&shards.render());
+    if !segments.is_empty() {
+        out.push('\n');
+        out.push_str(&segments.render());
+    }
     out
+}
+
+/// `memory`, `disk`, or `node cache (N nodes)`.
+fn served_from(segment: &Value) -> String {
+    match (
+        segment["served_from"].as_str(),
+        segment["cached_nodes"].as_u64(),
+    ) {
+        (Some("node_cache"), Some(nodes)) => format!("node cache ({nodes} nodes)"),
+        (Some(tier), _) => tier.to_string(),
+        (None, _) => "-".to_string(),
+    }
 }

@@ -9,6 +9,7 @@ mod compact;
 mod jobs;
 mod nodes;
 mod rebalance;
+mod reshard;
 mod snapshot;
 mod status;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Rewrite sealed segments whose deleted share passes the threshold, so
     /// deleted vectors leave every file; reports the bytes reclaimed.
     Compact(compact::CompactArgs),
+    /// Change a collection's shard count online (writes and queries go on);
+    /// waits for the job with a progress bar unless --no-wait.
+    Reshard(reshard::ReshardArgs),
     /// Snapshots of every collection to object storage, and restoring one.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -87,6 +91,7 @@ fn main() {
             Command::Node(command) => nodes::run(&ctx, command),
             Command::Rebalance(args) => rebalance::run(&ctx, args),
             Command::Compact(args) => compact::run(&ctx, args),
+            Command::Reshard(args) => reshard::run(&ctx, args),
             Command::Snapshot(command) => snapshot::run(&ctx, command),
             Command::Jobs(command) => jobs::run(&ctx, command),
             Command::Collections(command) => collections::run(&ctx, command),

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod traffic;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

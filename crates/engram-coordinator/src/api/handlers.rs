@@ -88,6 +88,16 @@ pub async fn compact(
     Ok(Json(engram.compact(&collection, request).await?))
 }
 
+/// Starts an online resharding; answers 202 with its job.
+pub async fn reshard(
+    State(engram): State<Engram>,
+    ApiPath(collection): ApiPath<String>,
+    ApiJson(request): ApiJson<ReshardRequest>,
+) -> Result<(axum::http::StatusCode, Json<crate::jobs::JobStatus>)> {
+    let job = engram.reshard(&collection, request).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(job)))
+}
+
 pub async fn search(
     State(engram): State<Engram>,
     ApiPath(collection): ApiPath<String>,

@@ -71,6 +71,10 @@ pub fn router(engram: Engram) -> Router {
             post(handlers::compact),
         )
         .route(
+            "/v1/collections/{collection}/reshard",
+            post(handlers::reshard),
+        )
+        .route(
             "/v1/collections/{collection}/interventions",
             post(handlers::intervene).get(handlers::curation),
         )
@@ -262,6 +266,7 @@ pub async fn serve(
     if let Err(error) = engram.resume_jobs() {
         tracing::error!(%error, "could not resume the ingest jobs of the data directory");
     }
+    engram.resume_reshards();
     let served = axum::serve(
         listener,
         router(engram).into_make_service_with_connect_info::<SocketAddr>(),

@@ -2,8 +2,10 @@
 //! knows of worker health (heartbeats), the leader's failure detector, and
 //! collections served by remote workers ([`remote::RemoteCollection`]).
 
+pub mod collection;
 pub(crate) mod jobs;
 pub mod remote;
+mod reshard;
 pub mod routing;
 
 use axum::Router;
@@ -29,7 +31,7 @@ use engram_worker::wire::{
 };
 
 use crate::error::{ApiError, ErrorCode, Result};
-use remote::RemoteCollection;
+use collection::RemoteCollection;
 
 /// Timeouts of the fan-out and of writes.
 #[derive(Debug, Clone)]
@@ -192,20 +194,21 @@ impl ClusterBackend {
     }
 
     pub(crate) fn collection(&self, name: &str) -> Result<Arc<RemoteCollection>> {
-        let state = self.state();
-        let meta = state
-            .collections
-            .get(name)
-            .ok_or_else(|| ApiError::not_found(format!("collection `{name}` does not exist")))?;
+        if self.state().collection(name).is_none() {
+            return Err(ApiError::not_found(format!(
+                "collection `{name}` does not exist"
+            )));
+        }
         Ok(Arc::new(RemoteCollection::new(
             self.clone(),
-            meta.spec.clone(),
+            name.to_string(),
             tokio::runtime::Handle::current(),
         )))
     }
 
+    /// Public names of the collections.
     pub(crate) fn names(&self) -> Vec<String> {
-        self.state().collections.keys().cloned().collect()
+        self.state().public_names()
     }
 
     /// Places the collection through Raft, then has its workers open their
@@ -223,13 +226,21 @@ impl ClusterBackend {
             }
             Err(e) => return Err(e.into()),
         }
+        self.host(&spec.name, false).await
+    }
+
+    /// Has the workers open their copies of the layout keyed `key` now
+    /// (`receiving`: a resharding's target), so that the first write finds
+    /// them; a worker that misses it opens them from the shard map later.
+    pub(crate) async fn host(&self, key: &str, receiving: bool) -> Result<()> {
         let index = self.inner.meta.applied_index();
         let state = self.state();
-        let Some(meta) = state.collections.get(&spec.name) else {
-            return Err(ApiError::internal(
-                "created collection missing from the state",
-            ));
+        let Some(meta) = state.collections.get(key) else {
+            return Err(ApiError::internal(format!(
+                "layout `{key}` is missing from the shard map"
+            )));
         };
+        let spec = meta.spec.clone();
         let mut per_worker: BTreeMap<WorkerId, Vec<(u32, _)>> = BTreeMap::new();
         for (shard, placement) in meta.shards.iter().enumerate() {
             for worker in placement.in_sync() {
@@ -245,6 +256,7 @@ impl ClusterBackend {
                 spec: spec.clone(),
                 shards,
                 index,
+                receiving,
             };
             let client = self.inner.client.clone();
             Some(async move {
@@ -269,6 +281,13 @@ impl ClusterBackend {
     }
 
     pub(crate) async fn drop(&self, name: &str) -> Result<()> {
+        // Its layouts' keys, which the workers know its copies by.
+        let keys: Vec<String> = {
+            let state = self.state();
+            std::iter::once(state.key_of(name).to_string())
+                .chain(state.reshard_target(name).map(|(key, _)| key.to_string()))
+                .collect()
+        };
         match self
             .inner
             .meta
@@ -283,23 +302,25 @@ impl ClusterBackend {
         }
         let index = self.inner.meta.applied_index();
         let state = self.state();
-        let calls = state.workers.values().map(|w| {
-            let request = DropRequest {
-                collection: name.to_string(),
-                index,
-            };
-            let client = self.inner.client.clone();
-            let addr = w.addr.clone();
-            async move {
-                call::<_, ()>(
-                    &client,
-                    &addr,
-                    path::DROP,
-                    &request,
-                    Duration::from_secs(30),
-                )
-                .await
-            }
+        let calls = state.workers.values().flat_map(|w| {
+            keys.iter().map(|key| {
+                let request = DropRequest {
+                    collection: key.clone(),
+                    index,
+                };
+                let client = self.inner.client.clone();
+                let addr = w.addr.clone();
+                async move {
+                    call::<_, ()>(
+                        &client,
+                        &addr,
+                        path::DROP,
+                        &request,
+                        Duration::from_secs(30),
+                    )
+                    .await
+                }
+            })
         });
         // Workers that miss this drop the files when they next see the map.
         let _ = futures::future::join_all(calls).await;

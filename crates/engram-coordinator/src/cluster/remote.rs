@@ -1,5 +1,7 @@
-//! A collection whose shards live on cluster workers: writes go to each
-//! shard's primary (retried across failovers and stale maps until the
+//! One shard layout of a collection on cluster workers (the Raft state
+//! keys layouts: a collection's public name until it is first resharded,
+//! `<name>@<generation>` after; see [`super::collection`]): writes go to
+//! each shard's primary (retried across failovers and stale maps until the
 //! write deadline), reads fan out to one healthy in-sync replica per shard
 //! (retried on another replica when one fails or is too slow).
 
@@ -18,7 +20,7 @@ use engram_worker::rpc_client::{CallError, call};
 use engram_worker::wire::*;
 use engram_worker::{
     AttachedSegment, CollectionStats, Compaction, ItemView, Presence, Result, ScannedItem,
-    SearchFilter, SearchResults, ShardDeletion, ShardedCollection, WorkerError,
+    SearchFilter, SearchResults, ShardDeletion, WorkerError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,8 +28,9 @@ use serde::de::DeserializeOwned;
 use super::ClusterBackend;
 use super::routing;
 
-pub struct RemoteCollection {
+pub struct RemoteLayout {
     cluster: ClusterBackend,
+    /// `spec.name` is the layout's key.
     spec: CollectionSpec,
     runtime: tokio::runtime::Handle,
 }
@@ -46,13 +49,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest a bulk segment attach may take (every copy downloads it).
 const BULK_ATTACH_DEADLINE: Duration = Duration::from_secs(900);
 
-impl RemoteCollection {
+impl RemoteLayout {
     pub(crate) fn new(
         cluster: ClusterBackend,
         spec: CollectionSpec,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        RemoteCollection {
+        RemoteLayout {
             cluster,
             spec,
             runtime,
@@ -335,7 +338,7 @@ impl RemoteCollection {
         Some(call(&self.cluster.inner.client, &addr, path, request, timeout).await)
     }
 
-    fn all_shards(&self) -> Vec<u32> {
+    pub(crate) fn all_shards(&self) -> Vec<u32> {
         (0..self.spec.shards).collect()
     }
 
@@ -358,12 +361,14 @@ impl RemoteCollection {
     }
 }
 
-impl ShardedCollection for RemoteCollection {
-    fn spec(&self) -> &CollectionSpec {
+/// The operations of [`ShardedCollection`] on one layout; the collection
+/// wraps them with resharding's dual writes.
+impl RemoteLayout {
+    pub(crate) fn spec(&self) -> &CollectionSpec {
         &self.spec
     }
 
-    fn write(&self, ops: Vec<WalOp>) -> Result<()> {
+    pub(crate) fn write(&self, ops: Vec<WalOp>) -> Result<()> {
         let mut per_shard: BTreeMap<u32, Vec<ShardOp>> = BTreeMap::new();
         for op in ops {
             let id = match &op {
@@ -377,7 +382,7 @@ impl ShardedCollection for RemoteCollection {
         self.write_shards(per_shard).map(|_| ())
     }
 
-    fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>> {
+    pub(crate) fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>> {
         let mut per_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for id in ids {
             per_shard
@@ -393,7 +398,7 @@ impl ShardedCollection for RemoteCollection {
         )
     }
 
-    fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>> {
+    pub(crate) fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>> {
         self.write_shards(
             self.all_shards()
                 .into_iter()
@@ -402,7 +407,7 @@ impl ShardedCollection for RemoteCollection {
         )
     }
 
-    fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>> {
+    pub(crate) fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>> {
         self.write_shards(
             self.all_shards()
                 .into_iter()
@@ -411,15 +416,30 @@ impl ShardedCollection for RemoteCollection {
         )
     }
 
-    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
+    pub(crate) fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
         // Each replica keeps its own files: ask every host of each shard.
+        // The ids are grouped by this layout's shards (deletions recorded
+        // before a resharding name the old layout's).
         let placements = self.placements()?;
+        let mut per_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for id in deletions.iter().flat_map(|d| d.ids.iter()) {
+            per_shard
+                .entry(shard_of(*id, self.spec.shards))
+                .or_default()
+                .push(*id);
+        }
         let mut per_worker: BTreeMap<WorkerId, Vec<ShardDeletion>> = BTreeMap::new();
-        for d in deletions {
-            if let Some(p) = placements.get(d.shard as usize) {
-                for w in p.all_hosts() {
-                    per_worker.entry(w).or_default().push(d.clone());
-                }
+        for (shard, ids) in per_shard {
+            let Some(p) = placements.get(shard as usize) else {
+                continue;
+            };
+            let grouped = ShardDeletion {
+                shard,
+                ids,
+                ..ShardDeletion::default()
+            };
+            for w in p.all_hosts() {
+                per_worker.entry(w).or_default().push(grouped.clone());
             }
         }
         self.runtime.block_on(async {
@@ -451,8 +471,58 @@ impl ShardedCollection for RemoteCollection {
         })
     }
 
+    /// Deletes `ids` in a resharding's target layout whether or not its
+    /// copies hold them yet (each becomes a tombstone there).
+    pub(crate) fn delete_receiving(&self, ids: &[u64]) -> Result<()> {
+        let mut per_shard: BTreeMap<u32, Vec<ShardOp>> = BTreeMap::new();
+        for id in ids {
+            per_shard
+                .entry(shard_of(*id, self.spec.shards))
+                .or_default()
+                .push(ShardOp::Op(WalOp::Delete { id: *id }));
+        }
+        self.write_shards(per_shard).map(|_| ())
+    }
+
+    /// Copies `rows` into this (target) layout: each primary applies those
+    /// its shard has seen no write or delete of (see `Shard::copy_in`).
+    pub(crate) fn copy_in(&self, rows: Vec<ScannedItem>) -> Result<()> {
+        let mut per_shard: BTreeMap<u32, Vec<ItemReply>> = BTreeMap::new();
+        for row in rows {
+            per_shard
+                .entry(shard_of(row.id, self.spec.shards))
+                .or_default()
+                .push(ItemReply::from(row));
+        }
+        self.write_shards(
+            per_shard
+                .into_iter()
+                .map(|(shard, rows)| (shard, vec![ShardOp::CopyIn(rows)]))
+                .collect(),
+        )
+        .map(|_| ())
+    }
+
+    /// Makes `shard`'s primary adopt the placement this coordinator knows
+    /// (an empty write ordered like any other): from then on it refuses
+    /// writes of coordinators acting on an older shard map.
+    pub(crate) fn fence(&self, shard: u32) -> Result<()> {
+        let deadline = Instant::now() + self.cluster.inner.timeouts.write;
+        let _: WriteReply =
+            self.runtime
+                .block_on(self.to_primary(shard, path::WRITE, deadline, |placement| {
+                    WriteRequest {
+                        collection: self.spec.name.clone(),
+                        shard,
+                        placement,
+                        ops: Vec::new(),
+                    }
+                }))?;
+        Ok(())
+    }
+
     /// From one in-sync replica (another if it fails).
-    fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>> {
+    pub(crate) fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>> {
         let (answers, unserved) = self.runtime.block_on(self.fan_out_within(
             SNAPSHOT_TIMEOUT,
             vec![shard],
@@ -478,42 +548,51 @@ impl ShardedCollection for RemoteCollection {
     /// Pages through each shard in id order on one in-sync replica per
     /// page (another one when a replica fails), holding no lock between
     /// pages. A shard no replica can serve fails the scan.
-    fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
+    pub(crate) fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
         for shard in self.all_shards() {
-            let mut after = None;
-            loop {
-                let (answers, unserved) =
-                    self.runtime
-                        .block_on(self.fan_out(vec![shard], path::SCAN, |_| ScanRequest {
-                            collection: self.spec.name.clone(),
-                            shard,
-                            after,
-                            limit: SCAN_PAGE,
-                        }))?;
-                let Some((_, page)) = answers.into_iter().next() else {
-                    return Err(WorkerError::Unavailable(format!(
-                        "no replica of shard {shard} answered a scan ({unserved:?})"
-                    )));
-                };
-                let page: ScanReply = page;
-                let items: Vec<ScannedItem> = page
-                    .items
-                    .into_iter()
-                    .filter_map(ItemReply::into_scanned)
-                    .collect();
-                if !items.is_empty() {
-                    f(items)?;
-                }
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
+            self.scan_shard(shard, f)?;
         }
         Ok(())
     }
 
-    fn search_batch(
+    /// [`Self::scan`] of one shard.
+    pub(crate) fn scan_shard(
+        &self,
+        shard: u32,
+        f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>,
+    ) -> Result<()> {
+        let mut after = None;
+        loop {
+            let (answers, unserved) =
+                self.runtime
+                    .block_on(self.fan_out(vec![shard], path::SCAN, |_| ScanRequest {
+                        collection: self.spec.name.clone(),
+                        shard,
+                        after,
+                        limit: SCAN_PAGE,
+                    }))?;
+            let Some((_, page)) = answers.into_iter().next() else {
+                return Err(WorkerError::Unavailable(format!(
+                    "no replica of shard {shard} answered a scan ({unserved:?})"
+                )));
+            };
+            let page: ScanReply = page;
+            let items: Vec<ScannedItem> = page
+                .items
+                .into_iter()
+                .filter_map(ItemReply::into_scanned)
+                .collect();
+            if !items.is_empty() {
+                f(items)?;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    pub(crate) fn search_batch(
         &self,
         queries: &[&[f32]],
         k: usize,
@@ -535,7 +614,7 @@ impl ShardedCollection for RemoteCollection {
         results
     }
 
-    fn get(&self, id: u64) -> Result<Option<ItemView>> {
+    pub(crate) fn get(&self, id: u64) -> Result<Option<ItemView>> {
         Ok(self.get_item(id, false)?.map(|item| ItemView {
             id: item.id,
             label: Arc::from(item.label),
@@ -544,11 +623,11 @@ impl ShardedCollection for RemoteCollection {
         }))
     }
 
-    fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
+    pub(crate) fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
         Ok(self.get_item(id, true)?.and_then(|item| item.vector))
     }
 
-    fn stats(&self) -> Result<CollectionStats> {
+    pub(crate) fn stats(&self) -> Result<CollectionStats> {
         let (answers, unserved) =
             self.runtime
                 .block_on(
@@ -569,7 +648,7 @@ impl ShardedCollection for RemoteCollection {
         Ok(CollectionStats::from_shards(shards))
     }
 
-    fn attach_segment(
+    pub(crate) fn attach_segment(
         &self,
         shard: u32,
         _local: &std::path::Path,
@@ -593,7 +672,7 @@ impl ShardedCollection for RemoteCollection {
             )
     }
 
-    fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
+    pub(crate) fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
         // Every in-sync copy compacts its own files; the count is over all
         // copies.
         let placements = self.placements()?;
@@ -610,6 +689,7 @@ impl ShardedCollection for RemoteCollection {
                     collection: self.spec.name.clone(),
                     shards,
                     min_deleted_fraction,
+                    seal,
                 };
                 let timeout = Duration::from_secs(3600);
                 let Some(n) = self

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use diskann::graph::search::Knn;
+use diskann::graph::ext::labeled::{Filtered, QueryLabelProvider};
+use diskann::graph::search::{InlineFilterSearch, Knn};
 use diskann::graph::search_output_buffer::IdDistance;
 use diskann::provider::{DefaultContext, Delete};
 use diskann::utils::ONE;
@@ -22,6 +23,7 @@ use diskann_providers::model::graph::provider::async_::inmem::{
 use diskann_vector::distance::Metric as DiskMetric;
 
 use engram_core::config::IndexParams;
+use engram_core::distance::l2_squared;
 use engram_core::{Metric, ScoredId};
 
 use crate::error::{IndexError, Result};
@@ -51,6 +53,47 @@ impl Drop for OwnRuntime {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// The caller's filter over DiskANN's slots, for its inline filtered
+/// search: free, deleted and start-point slots are never admitted.
+struct AdmittedSlots<'a> {
+    ids: &'a [Option<u64>],
+    filter: IdFilter<'a>,
+}
+
+impl std::fmt::Debug for AdmittedSlots<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmittedSlots").finish_non_exhaustive()
+    }
+}
+
+impl QueryLabelProvider<u32> for AdmittedSlots<'_> {
+    fn is_match(&self, slot: u32) -> bool {
+        self.ids
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|id| (self.filter)(id))
+    }
+}
+
+/// A distance ordered totally, for the exact scan's heap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrderedDistance(f32);
+
+impl Eq for OrderedDistance {}
+
+impl PartialOrd for OrderedDistance {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedDistance {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 
@@ -220,6 +263,16 @@ impl GrowingSegment {
     }
 
     /// Searches with an explicit candidate list size.
+    ///
+    /// Deletes are excluded by DiskANN itself; the caller's filter (a
+    /// query's `exclude_ids`, curators' blocks) in three steps whose cost
+    /// is bounded whatever it admits:
+    /// 1. one graph search, filtered afterwards: enough when the filter
+    ///    removes little (the common case, and the cheapest);
+    /// 2. DiskANN's inline filtered search, which walks the graph counting
+    ///    only admitted nodes;
+    /// 3. when even that meets fewer than `k` admitted rows, the admitted
+    ///    rows are few: they are scanned exactly.
     pub fn search_with(
         &self,
         query: &[f32],
@@ -231,20 +284,79 @@ impl GrowingSegment {
         if k == 0 || live == 0 {
             return Ok(Vec::new());
         }
-        // Deletes are excluded by DiskANN itself; the caller's filter (e.g. a
-        // query's exclude_ids) is applied to a list that widens until k pass.
-        let mut want = k.min(live);
-        loop {
-            let hits = self.graph_search(query, want, list_size.max(want))?;
-            let exhausted = want >= live;
-            let kept: Vec<ScoredId> = hits.into_iter().filter(|h| filter(h.id)).collect();
-            if kept.len() >= k || exhausted {
-                let mut kept = kept;
-                kept.truncate(k);
-                return Ok(kept);
-            }
-            want = (want * 2).min(live);
+        let want = k.min(live);
+        let mut kept: Vec<ScoredId> = self
+            .graph_search(query, want, list_size.max(want))?
+            .into_iter()
+            .filter(|h| filter(h.id))
+            .collect();
+        if kept.len() >= want {
+            kept.truncate(want);
+            return Ok(kept);
         }
+        let inline = self.inline_filtered_search(query, want, list_size.max(want), filter)?;
+        if inline.len() >= want {
+            return Ok(inline);
+        }
+        Ok(self.scan_admitted(query, want, filter))
+    }
+
+    /// DiskANN's inline filtered graph search over this segment's slots.
+    fn inline_filtered_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        list_size: usize,
+        filter: IdFilter<'_>,
+    ) -> Result<Vec<ScoredId>> {
+        let admitted = AdmittedSlots {
+            ids: &self.ids,
+            filter,
+        };
+        let strategy = Filtered::new(FullPrecision, &admitted);
+        let knn = Knn::new(list_size, Some(self.params.beam_width))
+            .map_err(|e| IndexError::DiskAnn(e.to_string()))?;
+        let mut slots = vec![0u32; k];
+        let mut distances = vec![0f32; k];
+        let stats = {
+            let mut output = IdDistance::new(&mut slots, &mut distances);
+            self.runtime.block_on(self.index.search(
+                InlineFilterSearch::new(knn, None),
+                &strategy,
+                &DefaultContext,
+                query,
+                &mut output,
+            ))?
+        };
+        Ok(self.hits(&slots, &distances, stats.result_count as usize, filter))
+    }
+
+    /// The exact `k` nearest admitted rows: every live slot's id is checked
+    /// against the filter and only admitted rows are compared.
+    fn scan_admitted(&self, query: &[f32], k: usize, filter: IdFilter<'_>) -> Vec<ScoredId> {
+        let cosine = self.metric == Metric::Cosine;
+        let mut best: std::collections::BinaryHeap<(OrderedDistance, u64)> =
+            std::collections::BinaryHeap::with_capacity(k + 1);
+        for (slot, id) in self.ids.iter().enumerate() {
+            let Some(id) = id else { continue };
+            if !filter(*id) {
+                continue;
+            }
+            let mut distance = l2_squared(query, self.vector_at(slot as u32));
+            if cosine {
+                distance /= 2.0;
+            }
+            best.push((OrderedDistance(distance), *id));
+            if best.len() > k {
+                best.pop();
+            }
+        }
+        let mut hits: Vec<ScoredId> = best
+            .into_iter()
+            .map(|(d, id)| ScoredId { id, distance: d.0 })
+            .collect();
+        hits.sort_by(ScoredId::rank_cmp);
+        hits
     }
 
     fn graph_search(&self, query: &[f32], k: usize, list_size: usize) -> Result<Vec<ScoredId>> {
@@ -262,11 +374,23 @@ impl GrowingSegment {
                 &mut output,
             ))?
         };
+        Ok(self.hits(&slots, &distances, stats.result_count as usize, &|_| true))
+    }
+
+    /// The live, admitted rows of a DiskANN result, best first, with
+    /// distances in the collection's metric.
+    fn hits(
+        &self,
+        slots: &[u32],
+        distances: &[f32],
+        count: usize,
+        filter: IdFilter<'_>,
+    ) -> Vec<ScoredId> {
         let cosine = self.metric == Metric::Cosine;
         let mut hits: Vec<ScoredId> = slots
             .iter()
-            .zip(&distances)
-            .take(stats.result_count as usize)
+            .zip(distances)
+            .take(count)
             .filter_map(|(slot, distance)| {
                 let id = (*self.ids.get(*slot as usize)?)?;
                 Some(ScoredId {
@@ -274,9 +398,10 @@ impl GrowingSegment {
                     distance: if cosine { distance / 2.0 } else { *distance },
                 })
             })
+            .filter(|hit| filter(hit.id))
             .collect();
         hits.sort_by(ScoredId::rank_cmp);
-        Ok(hits)
+        hits
     }
 }
 
@@ -467,6 +592,44 @@ mod tests {
         let (ids, vectors) = growing.live_rows();
         assert_eq!(ids.len(), growing.len());
         assert_eq!(vectors.len(), ids.len() * dim);
+    }
+
+    /// A filter that admits almost nothing must neither return rows it
+    /// refuses nor miss the few it admits (the old widening loop searched
+    /// the whole graph again and again to find them).
+    #[test]
+    fn a_restrictive_filter_returns_exactly_the_nearest_admitted_rows() {
+        let dim = 16;
+        let n = 3000;
+        let rows = clustered(n, dim, 21, false);
+        let mut growing = GrowingSegment::new(dim, Metric::L2, &params()).unwrap();
+        let mut exact = FlatIndex::new(dim, Metric::L2);
+        for (i, row) in rows.chunks_exact(dim).enumerate() {
+            growing.upsert(i as u64, row).unwrap();
+            exact.upsert(i as u64, row).unwrap();
+        }
+        for (admitted, k) in [(3usize, 10usize), (40, 10), (300, 50), (2900, 10)] {
+            // Every id admitted is far from the query's cluster but one.
+            let allowed: std::collections::HashSet<u64> = (0..admitted as u64)
+                .map(|i| (i * 7919) % n as u64)
+                .collect();
+            let filter = |id: u64| allowed.contains(&id);
+            for q in rows.chunks_exact(dim).step_by(301) {
+                let got = growing.search(q, k, &filter);
+                let want = exact.search(q, k, &filter);
+                assert_eq!(got.len(), want.len(), "admitted {admitted}, k {k}");
+                assert!(got.iter().all(|h| allowed.contains(&h.id)));
+                let want_ids: Vec<u64> = want.iter().map(|h| h.id).collect();
+                let found = got.iter().filter(|h| want_ids.contains(&h.id)).count();
+                assert!(
+                    found as f64 >= 0.9 * want.len() as f64,
+                    "admitted {admitted}: {found} of {} exact neighbours",
+                    want.len()
+                );
+            }
+        }
+        // Nothing admitted: nothing returned, and no endless search.
+        assert!(growing.search(&rows[..dim], 10, &|_| false).is_empty());
     }
 
     proptest! {

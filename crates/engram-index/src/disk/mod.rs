@@ -7,6 +7,7 @@
 //! - [`reader`]: io_uring + O_DIRECT where the platform allows, a `pread`
 //!   reader where it does not (tmpfs, seccomp), chosen automatically.
 
+pub mod cache;
 pub mod growing;
 pub mod manifest;
 mod off_runtime_drop;

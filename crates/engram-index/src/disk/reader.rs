@@ -10,10 +10,14 @@
 //! kernels, container seccomp profiles often block `io_uring_setup`.
 //! [`AutoReaderFactory`] probes once and falls back to positional reads
 //! (`pread`), which need no alignment and work on any file system.
+//!
+//! A segment the node's cache budget serves from memory reads its sectors
+//! from a [`SectorImage`] instead: the whole file, loaded once.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
 
 use diskann::{ANNError, ANNResult};
 use diskann_disk::search::provider::aligned_file_reader::traits::{
@@ -33,6 +37,54 @@ pub enum ReaderKind {
     IoUring,
     /// `pread` through the page cache.
     Pread,
+    /// Copies from the whole file held in RAM.
+    Memory,
+}
+
+/// A sector file held in RAM: the bytes searches read instead of the disk.
+#[derive(Clone)]
+pub struct SectorImage(Arc<Vec<u8>>);
+
+impl SectorImage {
+    /// Reads the whole file at `path`.
+    pub fn load(path: &str) -> std::io::Result<SectorImage> {
+        Ok(SectorImage(Arc::new(std::fs::read(path)?)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn crc32(&self) -> u32 {
+        crc32fast::hash(&self.0)
+    }
+
+    /// Fills `buffer` from `offset`; a read past the end fails as a short
+    /// read would on disk.
+    fn read_into(&self, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start
+            .checked_add(buffer.len())
+            .and_then(|end| self.0.get(start..end))
+        {
+            Some(bytes) => {
+                buffer.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "short read at offset {offset}: {} bytes wanted from a {}-byte image",
+                    buffer.len(),
+                    self.0.len()
+                ),
+            )),
+        }
+    }
 }
 
 /// Builds one reader per search thread; decides once, at construction,
@@ -40,6 +92,7 @@ pub enum ReaderKind {
 pub struct AutoReaderFactory {
     path: String,
     kind: ReaderKind,
+    image: Option<SectorImage>,
 }
 
 impl AutoReaderFactory {
@@ -58,7 +111,20 @@ impl AutoReaderFactory {
                 }
             }
         };
-        AutoReaderFactory { path, kind }
+        AutoReaderFactory {
+            path,
+            kind,
+            image: None,
+        }
+    }
+
+    /// Readers that copy from `image`, the file at `path` held in RAM.
+    pub fn in_memory(path: String, image: SectorImage) -> Self {
+        AutoReaderFactory {
+            path,
+            kind: ReaderKind::Memory,
+            image: Some(image),
+        }
     }
 
     pub fn kind(&self) -> ReaderKind {
@@ -178,6 +244,7 @@ impl AlignedFileReader for UringReader {
 pub enum AutoReader {
     Direct(Box<UringReader>),
     Pread(File),
+    Memory(SectorImage),
 }
 
 impl AlignedReaderFactory for AutoReaderFactory {
@@ -191,6 +258,12 @@ impl AlignedReaderFactory for AutoReaderFactory {
             ReaderKind::Pread => File::open(&self.path)
                 .map(AutoReader::Pread)
                 .map_err(ANNError::new),
+            ReaderKind::Memory => match &self.image {
+                Some(image) => Ok(AutoReader::Memory(image.clone())),
+                None => Err(ANNError::new(std::io::Error::other(
+                    "a memory reader needs the sector image",
+                ))),
+            },
         }
     }
 }
@@ -207,6 +280,15 @@ impl AlignedFileReader for AutoReader {
                 for request in read_requests.iter_mut() {
                     let offset = request.offset();
                     file.read_exact_at(request.aligned_buf_mut(), offset)
+                        .map_err(ANNError::new)?;
+                }
+                Ok(())
+            }
+            AutoReader::Memory(image) => {
+                for request in read_requests.iter_mut() {
+                    let offset = request.offset();
+                    image
+                        .read_into(offset, request.aligned_buf_mut())
                         .map_err(ANNError::new)?;
                 }
                 Ok(())
@@ -261,5 +343,26 @@ mod tests {
         let error = read_at(&mut direct, 4096).unwrap_err().to_string();
         assert!(error.contains("short read"), "{error}");
         assert!(read_at(&mut pread, 4096).is_err());
+    }
+
+    #[test]
+    fn the_memory_reader_serves_the_file_and_refuses_reads_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index_disk.index");
+        let mut bytes = vec![1u8; 4096];
+        bytes.extend(vec![2u8; 4096]);
+        std::fs::write(&path, &bytes).unwrap();
+        let path = path.display().to_string();
+        let image = SectorImage::load(&path).unwrap();
+        assert_eq!(image.len(), 8192);
+        let factory = AutoReaderFactory::in_memory(path.clone(), image);
+        assert_eq!(factory.kind(), ReaderKind::Memory);
+        let mut reader = factory.build().unwrap();
+        assert_eq!(read_at(&mut reader, 4096).unwrap(), 2);
+        // The file on disk no longer matters once loaded.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read_at(&mut reader, 0).unwrap(), 1);
+        let error = read_at(&mut reader, 8192).unwrap_err().to_string();
+        assert!(error.contains("short read"), "{error}");
     }
 }
