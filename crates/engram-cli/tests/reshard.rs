@@ -19,9 +19,20 @@ use std::time::{Duration, Instant};
 
 const DIM: usize = 16;
 
+/// A pseudo-random vector per (id, version): hashed, so two different
+/// pairs never share a vector (a linear mix such as `id * 31 + version * 7`
+/// does once the writer has run 155 rounds, and the search then rightly
+/// answers the other id at distance 0).
 fn vector(id: u64, version: u64) -> Vec<f32> {
-    (0..DIM)
-        .map(|j| ((id * 31 + version * 7 + j as u64) as f32 * 0.37).sin())
+    (0..DIM as u64)
+        .map(|j| {
+            let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ version.wrapping_mul(0xd6e8_feb8_6659_fd93)
+                ^ (j + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        })
         .collect()
 }
 

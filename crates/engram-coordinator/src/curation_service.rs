@@ -302,7 +302,7 @@ impl Engram {
 
     /// Whether a job of `kind` runs on `collection` here or (as last
     /// published) on another coordinator.
-    fn running_anywhere(&self, collection: &str, kind: &str) -> bool {
+    pub(crate) fn running_anywhere(&self, collection: &str, kind: &str) -> bool {
         self.inner.jobs.running(collection, kind)
             || self.cluster().is_some_and(|c| {
                 cluster_jobs::recorded_all(c.meta(), collection)

@@ -76,7 +76,7 @@ impl Engram {
             }
             _ => {}
         }
-        if self.inner.jobs.running(collection, "reshard") {
+        if self.running_anywhere(collection, "reshard") {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
                 format!("a reshard job is already running on `{collection}`"),
