@@ -33,7 +33,7 @@ pub struct LoadShape {
     pub replication: u32,
     /// The rows are added in this many parts, each sealed into one segment
     /// per shard (`POST .../compact` with `"seal": true`); 0 adds them all
-    /// and compacts without sealing (what a user's compaction does).
+    /// and compacts with an empty body, as a user would.
     pub sealed_parts: usize,
 }
 
@@ -67,10 +67,17 @@ pub fn load(url: &str, collection: &str, data: &Path, shape: LoadShape) -> anyho
             )?;
         }
         let sealed = Instant::now();
+        // A user's compaction sends an empty body: the server seals growing
+        // segments of at least a merge tier's floor, not small ones.
+        let body = if shape.sealed_parts > 0 {
+            json!({ "seal": true })
+        } else {
+            json!({})
+        };
         post(
             &http,
             &format!("{url}/v1/collections/{collection}/compact"),
-            &json!({ "seal": shape.sealed_parts > 0 }),
+            &body,
         )?;
         sealing += sealed.elapsed();
     }

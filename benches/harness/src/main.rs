@@ -79,7 +79,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: u32,
         /// Add the rows in this many parts, each sealed into one segment
-        /// per shard; 0 adds them all and compacts without sealing.
+        /// per shard; 0 adds them all and compacts as a user would (empty
+        /// body: the server seals growing segments past the merge floor).
         #[arg(long, default_value_t = 1)]
         sealed_parts: usize,
     },

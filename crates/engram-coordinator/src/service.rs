@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engram_core::config::EngramConfig;
+use engram_core::merge_policy::SealGrowing;
 use engram_core::vector::prepare;
 use engram_core::{
     Adjustment, BlockedNeighbor, CollectionSpec, Curation, Metric, Neighbor, VoteParams,
@@ -468,8 +469,10 @@ impl Engram {
     /// rewrites those whose deleted fraction exceeds `min_deleted_fraction`
     /// (default 0: every segment with a deletion) without their deleted
     /// rows, and WALs likewise, so that deleted vectors are physically gone
-    /// from every file. A small growing segment is not sealed for it, unless
-    /// the request asks (`"seal": true`). Searches and writes go on.
+    /// from every file. Growing segments of at least a merge tier's floor of
+    /// rows are sealed first, a small one only when the request asks
+    /// (`"seal": true`; `false` seals none, see [`SealGrowing`]). Searches
+    /// and writes go on.
     pub async fn compact(&self, collection: &str, request: CompactRequest) -> Result<Compacted> {
         let hosted = self.hosted(collection)?;
         let threshold = request.min_deleted_fraction.unwrap_or(0.0);
@@ -478,7 +481,7 @@ impl Engram {
                 "`min_deleted_fraction` must be at least 0 and below 1",
             ));
         }
-        let seal = request.seal.unwrap_or(false);
+        let seal = SealGrowing::from_request(request.seal);
         let started = std::time::Instant::now();
         let (done, sealed) = blocking(move || {
             let done = hosted.compact(threshold, seal)?;

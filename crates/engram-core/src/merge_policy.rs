@@ -62,6 +62,46 @@ impl MergePolicy {
     }
 }
 
+/// Which growing segments a compaction seals before it plans merges.
+///
+/// Automatic maintenance never seals (the seal threshold does). A user's
+/// compaction (`POST .../compact` without `"seal"`) is a request to make
+/// the collection fast now: it seals a growing segment that holds at least
+/// a merge tier's floor of rows, since a sealed segment of that size is
+/// served from the cache budget's memory or merged into larger ones, while
+/// a small one stays growing instead of adding a tiny segment to every
+/// query. `"seal": true` seals every non-empty one, `false` none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SealGrowing {
+    /// Only the seal threshold seals.
+    #[default]
+    Never,
+    /// Growing segments holding at least `floor_rows` rows.
+    Large,
+    /// Every non-empty growing segment.
+    All,
+}
+
+impl SealGrowing {
+    /// What a public compaction request's `seal` field asks for.
+    pub fn from_request(seal: Option<bool>) -> Self {
+        match seal {
+            None => Self::Large,
+            Some(true) => Self::All,
+            Some(false) => Self::Never,
+        }
+    }
+
+    /// Whether a growing segment of `rows` rows is sealed under `policy`.
+    pub fn seals(self, rows: u64, policy: &MergePolicy) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Large => rows > 0 && rows >= policy.floor_rows,
+            Self::All => rows > 0,
+        }
+    }
+}
+
 /// Groups of segments (indexes into `segments`) to rewrite, each into one
 /// new segment (or none, when nothing in it is live). Groups are disjoint;
 /// a group of several never holds more than `max_segment_rows` live rows.
@@ -208,6 +248,25 @@ mod tests {
         // Pairs fit under the cap, fours do not; the last two wait for a
         // full tier again.
         assert_eq!(after.len(), 5, "{after:?}");
+    }
+
+    #[test]
+    fn a_user_compaction_seals_only_growing_segments_of_a_tier_floor() {
+        let policy = MergePolicy {
+            segments_per_tier: 4,
+            floor_rows: 1000,
+            max_segment_rows: 1_000_000,
+            deleted_fraction: 0.2,
+        };
+        let user = SealGrowing::from_request(None);
+        assert!(!user.seals(0, &policy));
+        assert!(!user.seals(999, &policy));
+        assert!(user.seals(1000, &policy));
+        assert!(user.seals(50_000, &policy));
+        assert!(SealGrowing::from_request(Some(true)).seals(1, &policy));
+        assert!(!SealGrowing::from_request(Some(true)).seals(0, &policy));
+        assert!(!SealGrowing::from_request(Some(false)).seals(50_000, &policy));
+        assert!(!SealGrowing::default().seals(u64::MAX, &policy));
     }
 
     proptest! {

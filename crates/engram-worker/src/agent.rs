@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use engram_core::merge_policy::SealGrowing;
 use engram_meta::{ClusterState, Command, CommandResult, SegmentFile, SegmentRecord};
 
 use crate::node::{WorkerNode, blocking, internal};
@@ -98,8 +99,12 @@ impl WorkerNode {
             for replica in self.host().all() {
                 let collection = replica.spec.name.clone();
                 let shard = replica.shard.number();
-                let compacted =
-                    blocking(move || replica.compact(threshold, false).map_err(internal)).await;
+                let compacted = blocking(move || {
+                    replica
+                        .compact(threshold, SealGrowing::Never)
+                        .map_err(internal)
+                })
+                .await;
                 match compacted {
                     Ok(done) if done == Compaction::default() => {}
                     Ok(done) => tracing::info!(

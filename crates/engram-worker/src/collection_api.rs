@@ -4,6 +4,7 @@
 //! The calls block; coordinators make them from blocking threads.
 
 use engram_core::CollectionSpec;
+use engram_core::merge_policy::SealGrowing;
 use engram_index::SearchTuning;
 use engram_store::WalOp;
 
@@ -47,9 +48,9 @@ pub trait ShardedCollection: Send + Sync {
     fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>>;
     fn stats(&self) -> Result<CollectionStats>;
     /// Merges sealed segments by the merge policy and rewrites those (and
-    /// WALs) past `min_deleted_fraction`; with `seal`, every growing
-    /// segment is sealed first (one more sealed segment per shard).
-    fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction>;
+    /// WALs) past `min_deleted_fraction`; growing segments are sealed
+    /// first as `seal` says for their sizes.
+    fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction>;
     /// Attaches a sealed segment built by bulk ingestion to `shard` (its
     /// rows supersede older versions of their ids). `routed_by` is the shard
     /// count its rows were routed by: refused if the collection has been
@@ -127,11 +128,8 @@ impl ShardedCollection for HostedCollection {
         Ok(HostedCollection::stats(self))
     }
 
-    fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
-        if seal {
-            HostedCollection::seal(self)?;
-        }
-        HostedCollection::compact(self, min_deleted_fraction)
+    fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
+        HostedCollection::compact(self, min_deleted_fraction, seal)
     }
 
     fn attach_segment(

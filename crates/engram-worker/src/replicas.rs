@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
+use engram_core::merge_policy::SealGrowing;
 use engram_core::placement::{ShardPlacement, in_sync_shrank};
 use engram_index::SegmentCache;
 
@@ -112,15 +113,12 @@ impl Replica {
 
     /// Compacts this copy unless a transfer replaced it meanwhile (then
     /// there is nothing to do: the successor starts without tombstones).
-    pub fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
+    pub fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
         let retired = self.retired.lock();
         if *retired {
             return Ok(Compaction::default());
         }
-        if seal {
-            self.shard.seal()?;
-        }
-        self.shard.compact(min_deleted_fraction)
+        self.shard.compact(min_deleted_fraction, seal)
     }
 
     /// Runs `f` on this copy's shard unless a transfer or a move replaced

@@ -1,6 +1,7 @@
 //! Messages of the worker's internal RPC (bincode bodies over HTTP), shared
 //! by the worker's server and the coordinator's client.
 
+use engram_core::merge_policy::SealGrowing;
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::{Admission, CollectionSpec, Neighbor};
 use engram_store::WalOp;
@@ -233,8 +234,8 @@ pub struct CompactRequest {
     pub collection: String,
     pub shards: Vec<u32>,
     pub min_deleted_fraction: f64,
-    /// Seal each copy's growing segment first.
-    pub seal: bool,
+    /// Which of each copy's growing segments are sealed first.
+    pub seal: SealGrowing,
 }
 
 /// An out-of-sync host asks the shard's primary to bring it up to date.

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use engram_core::CollectionSpec;
+use engram_core::merge_policy::SealGrowing;
 use engram_index::SearchTuning;
 use engram_meta::ClusterState;
 use engram_store::WalOp;
@@ -222,7 +223,7 @@ impl ShardedCollection for RemoteCollection {
         self.on_layouts(|layouts| layouts.current.stats())
     }
 
-    fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
+    fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
         self.on_layouts(|layouts| layouts.current.compact(min_deleted_fraction, seal))
     }
 

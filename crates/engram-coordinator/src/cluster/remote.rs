@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use engram_core::merge_policy::SealGrowing;
 use engram_core::placement::WorkerId;
 use engram_core::shard::shard_of;
 use engram_core::topk::merge_per_query;
@@ -672,7 +673,11 @@ impl RemoteLayout {
             )
     }
 
-    pub(crate) fn compact(&self, min_deleted_fraction: f64, seal: bool) -> Result<Compaction> {
+    pub(crate) fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+    ) -> Result<Compaction> {
         // Every in-sync copy compacts its own files; the count is over all
         // copies.
         let placements = self.placements()?;

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engram_core::merge_policy::{self, SegmentSize};
+use engram_core::merge_policy::{self, SealGrowing, SegmentSize};
 use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
 use engram_store::{StoredItem, Wal, WalRecord, checksummed};
 
@@ -180,12 +180,17 @@ impl Shard {
     /// and rewrites the WAL without the vectors of rows it no longer
     /// serves when their share passes the same bound. With 0 nothing
     /// deleted is left in any file of the shard. The growing segment is
-    /// not sealed for it (only its threshold seals it).
+    /// sealed first when `seal` says so for its size (see [`SealGrowing`]);
+    /// a small one is left growing.
     ///
     /// Merges build outside the write lock (writes go on); what was deleted
     /// or replaced meanwhile is marked deleted in the result at commit.
-    pub fn compact(&self, min_deleted_fraction: f64) -> Result<Compaction> {
+    pub fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
         let policy = self.params.merge_policy(self.dim, min_deleted_fraction);
+        let growing = self.state.read().growing.len() as u64;
+        if seal.seals(growing, &policy) {
+            self.seal()?;
+        }
         let _one = self.rewriting.lock();
         let mut done = Compaction::default();
         for _ in 0..MAX_PLANS_PER_RUN {

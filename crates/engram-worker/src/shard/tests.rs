@@ -1,4 +1,5 @@
 use super::*;
+use engram_core::merge_policy::SealGrowing;
 use engram_index::FlatIndex;
 use engram_store::StoredItem;
 use std::collections::HashMap;
@@ -179,7 +180,7 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
             .iter()
             .any(|id| files_contain(&dir, &bytes(&data[*id as usize])))
     );
-    let done = shard.compact(0.0).unwrap();
+    let done = shard.compact(0.0, SealGrowing::Never).unwrap();
     assert_eq!(
         done.segments_rewritten, 2,
         "both sealed segments had deletions"
@@ -213,7 +214,10 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
         "two rewritten, the growing one from the WAL"
     );
     // Nothing left to do: a second compaction rewrites nothing.
-    assert_eq!(shard.compact(0.0).unwrap(), Compaction::default());
+    assert_eq!(
+        shard.compact(0.0, SealGrowing::Never).unwrap(),
+        Compaction::default()
+    );
 }
 
 /// Builds a segment of `ids` with label `label` as bulk ingestion does.
@@ -508,7 +512,7 @@ fn merging_sixteen_segments_leaves_one_with_the_same_answers() {
     assert!(!shard.presence(&deletion).segments.is_empty());
 
     // A policy that merges only full tiers: 16 -> 4 -> 1, deletes dropped.
-    let done = shard.compact(0.9).unwrap();
+    let done = shard.compact(0.9, SealGrowing::Never).unwrap();
     assert_eq!(shard.sealed_segments(), 1, "{done:?}");
     assert_eq!(
         done.segments_rewritten, 20,
@@ -558,9 +562,14 @@ fn compaction_rewrites_the_wal_instead_of_sealing_a_small_growing_segment() {
         .unwrap()
         .unwrap();
     assert!(shard.presence(&deletion).wal);
-    // Under the threshold nothing happens; at 0 the WAL is rewritten.
-    assert_eq!(shard.compact(0.5).unwrap(), Compaction::default());
-    let done = shard.compact(0.0).unwrap();
+    // Under the threshold nothing happens; at 0 the WAL is rewritten. A
+    // user's compaction (`Large`) leaves 90 rows, under the merge floor of
+    // 10,000, growing.
+    assert_eq!(
+        shard.compact(0.5, SealGrowing::Large).unwrap(),
+        Compaction::default()
+    );
+    let done = shard.compact(0.0, SealGrowing::Large).unwrap();
     assert_eq!((done.wals_rewritten, done.segments_written), (1, 0));
     assert_eq!(shard.sealed_segments(), 0);
     assert!(!shard.presence(&deletion).wal);
@@ -574,6 +583,44 @@ fn compaction_rewrites_the_wal_instead_of_sealing_a_small_growing_segment() {
     let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
     assert_eq!(shard.len(), 90);
     assert_eq!(shard.get_vector(50).unwrap().unwrap(), data[50]);
+}
+
+/// A user's compaction seals a growing segment of at least a merge tier's
+/// floor of rows (it is then served as a sealed segment and merged with
+/// others), and automatic maintenance never seals.
+#[test]
+fn a_user_compaction_seals_a_growing_segment_of_a_tier_floor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard");
+    let dim = 8;
+    let params = IndexParams {
+        merge_floor_rows: 150,
+        ..small_params(1_000)
+    };
+    let data = rows(200, dim);
+    let shard = Shard::open(&dir, 0, dim, Metric::L2, &params).unwrap();
+    let write = |ids: std::ops::Range<u64>| {
+        shard
+            .write(ids.map(|id| upsert(id, "x", &data[id as usize])).collect())
+            .unwrap()
+    };
+    write(0..100);
+    shard.compact(0.0, SealGrowing::Large).unwrap();
+    assert_eq!(shard.sealed_segments(), 0, "100 rows are under the floor");
+    write(100..200);
+    shard.compact(0.0, SealGrowing::Never).unwrap();
+    assert_eq!(shard.sealed_segments(), 0, "maintenance never seals");
+    shard.compact(0.0, SealGrowing::Large).unwrap();
+    assert_eq!(shard.sealed_segments(), 1);
+    assert_eq!(shard.stats().growing_rows, 0);
+    assert_eq!(shard.len(), 200);
+    let hits = shard.search_batch(
+        &[&data[123]],
+        1,
+        &SearchFilter::default(),
+        SearchTuning::default(),
+    );
+    assert_eq!(hits.lists[0][0].id, 123);
 }
 
 fn scanned(id: u64, label: &str, vector: &[f32]) -> ScannedItem {
