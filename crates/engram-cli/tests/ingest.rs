@@ -621,7 +621,11 @@ fn bulk_ingest_attaches_sealed_segments_and_resumes_after_kill() {
     );
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_u64().unwrap();
-    // Killed once some segments are attached and before the end.
+    // Killed once a generation's checkpoint is saved and before the end:
+    // a generation attaches one segment per shard (4), then saves the
+    // checkpoint, so a fifth segment means the first checkpoint is on disk
+    // (at the fourth the kill could fall before the save, and the job
+    // would rightly start over from row 0).
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (_, job) = server.get(&format!("/v1/collections/bulk/jobs/{id}"));
@@ -629,7 +633,7 @@ fn bulk_ingest_attaches_sealed_segments_and_resumes_after_kill() {
             job["state"], "running",
             "ended before it could be killed: {job}"
         );
-        if job["counts"]["segments"].as_u64().unwrap_or(0) >= 4 {
+        if job["counts"]["segments"].as_u64().unwrap_or(0) > 4 {
             break;
         }
         assert!(Instant::now() < deadline, "no segment attached: {job}");
