@@ -17,10 +17,20 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str) -> anyhow::Result<Client> {
+    /// A client of `server`; `api_key` is sent with every request as
+    /// `Authorization: Bearer <key>` when the server has keys on.
+    pub fn new(server: &str, api_key: Option<&str>) -> anyhow::Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("the API key must be printable ASCII")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(Client {
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(600))
+                .default_headers(headers)
                 .build()?,
             base: server.trim_end_matches('/').to_string(),
         })

@@ -45,6 +45,9 @@ pub struct EvalArgs {
     /// Base URL of a running `engram serve` (with the default embedder).
     #[arg(long, default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// API key of the server (`[security] api_key` or the read-only one).
+    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Folder with the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist).
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     dataset_dir: PathBuf,
@@ -302,7 +305,7 @@ fn pct(x: f64) -> String {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let client = Client::new(&args.server)?;
+    let client = Client::new(&args.server, args.api_key.as_deref())?;
     client.wait_healthy(std::time::Duration::from_secs(120))?;
     let dir = &args.dataset_dir;
     let train_images = idx::read_images(&dir.join("train-images-idx3-ubyte.gz"))

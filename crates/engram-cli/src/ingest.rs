@@ -17,6 +17,9 @@ pub struct IngestArgs {
     /// Base URL of a running `engram serve`.
     #[arg(long, default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// API key of the server (`[security] api_key` or the read-only one).
+    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Column names when they differ from id, label, embedding, image,
     /// image_uri, source, weight: e.g. `--column label=class`.
     #[arg(long = "column", value_name = "NAME=COLUMN")]
@@ -41,7 +44,7 @@ pub struct IngestArgs {
 }
 
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.server)?;
+    let client = Client::new(&args.server, args.api_key.as_deref())?;
     let mut columns = Map::new();
     for pair in &args.columns {
         let (name, column) = pair

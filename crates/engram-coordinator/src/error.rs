@@ -28,6 +28,10 @@ pub enum ErrorCode {
     /// The collection is in a state that does not allow this now (a
     /// resharding under way); retry once it has finished.
     Conflict,
+    /// No API key, or not one of the configured keys (401).
+    Unauthenticated,
+    /// The read-only key on a write or admin route (403).
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -44,6 +48,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 
@@ -59,6 +65,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         }
     }
 }

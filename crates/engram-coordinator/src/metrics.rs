@@ -16,6 +16,7 @@ pub struct Metrics {
     partial_answers: IntCounter,
     segments_compacted: IntCounter,
     collection_items: IntGaugeVec,
+    auth_refused: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -70,8 +71,17 @@ impl Metrics {
             &["collection"],
         )
         .expect("valid metric");
+        let auth_refused = IntCounterVec::new(
+            Opts::new(
+                "auth_refused_total",
+                "Requests refused for their credentials: missing, wrong, or read_only on a write",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_refused.clone()),
             Box::new(latency.clone()),
             Box::new(images_embedded.clone()),
             Box::new(items_added.clone()),
@@ -94,7 +104,14 @@ impl Metrics {
             partial_answers,
             segments_compacted,
             collection_items,
+            auth_refused,
         }
+    }
+
+    /// A request refused by the API-key layer, by `reason`
+    /// (`missing`, `wrong`, `read_only`).
+    pub fn auth_refused(&self, reason: &str) {
+        self.auth_refused.with_label_values(&[reason]).inc();
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {

@@ -23,6 +23,76 @@ pub struct EngramConfig {
     pub cluster: ClusterConfig,
     /// RAM this node spends on serving sealed segments faster.
     pub cache: CacheConfig,
+    /// Who may call the public API.
+    pub security: SecurityConfig,
+}
+
+/// Keys of the public API. With neither set every caller has full access
+/// (the embedded default on loopback); with either set every route but
+/// `/healthz`, `/readyz` and the decision page's static HTML needs one.
+/// Never printed: `Debug` shows only whether a key is set.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Full access to every route (`ENGRAM_SECURITY__API_KEY`).
+    pub api_key: Option<String>,
+    /// Search, classify, embed and reads only
+    /// (`ENGRAM_SECURITY__READ_ONLY_API_KEY`).
+    pub read_only_api_key: Option<String>,
+}
+
+/// Shortest key accepted: 16 bytes is 128 bits when random.
+pub const MIN_API_KEY_BYTES: usize = 16;
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |key: &Option<String>| key.as_ref().map(|_| "<set>");
+        f.debug_struct("SecurityConfig")
+            .field("api_key", &shown(&self.api_key))
+            .field("read_only_api_key", &shown(&self.read_only_api_key))
+            .finish()
+    }
+}
+
+impl SecurityConfig {
+    /// Whether the public API asks callers for a key.
+    pub fn keys_required(&self) -> bool {
+        self.api_key.is_some() || self.read_only_api_key.is_some()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, key) in [
+            ("security.api_key", &self.api_key),
+            ("security.read_only_api_key", &self.read_only_api_key),
+        ] {
+            let Some(key) = key else { continue };
+            if key.len() < MIN_API_KEY_BYTES {
+                return Err(CoreError::invalid(
+                    name,
+                    format!("must be at least {MIN_API_KEY_BYTES} bytes long"),
+                ));
+            }
+            if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(CoreError::invalid(
+                    name,
+                    "must be printable ASCII without spaces (it travels in an HTTP header)",
+                ));
+            }
+        }
+        if self.read_only_api_key.is_some() && self.api_key.is_none() {
+            return Err(CoreError::invalid(
+                "security.read_only_api_key",
+                "needs security.api_key as well: otherwise nobody could write",
+            ));
+        }
+        if self.api_key.is_some() && self.api_key == self.read_only_api_key {
+            return Err(CoreError::invalid(
+                "security.read_only_api_key",
+                "must differ from security.api_key",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The node's cache budget for sealed segments: whole segments held in RAM
@@ -477,6 +547,7 @@ impl EngramConfig {
         }
         self.index.validate()?;
         self.cluster.validate()?;
+        self.security.validate()?;
         for (name, e) in &self.embedders {
             e.validate().map_err(|err| CoreError::InvalidParameter {
                 name: "embedders",
@@ -517,6 +588,49 @@ impl EmbedderConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_keys_are_checked_and_never_printed() {
+        let key = "k".repeat(MIN_API_KEY_BYTES);
+        let ok = SecurityConfig {
+            api_key: Some(key.clone()),
+            read_only_api_key: Some("r".repeat(20)),
+        };
+        ok.validate().unwrap();
+        assert!(ok.keys_required());
+        assert!(!SecurityConfig::default().keys_required());
+        let printed = format!(
+            "{:?}",
+            EngramConfig {
+                security: ok.clone(),
+                ..EngramConfig::default()
+            }
+        );
+        assert!(
+            !printed.contains(&key) && printed.contains("<set>"),
+            "{printed}"
+        );
+        for bad in [
+            SecurityConfig {
+                api_key: Some("short".into()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(format!("{key} x")),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: None,
+                read_only_api_key: Some(key.clone()),
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                read_only_api_key: Some(key.clone()),
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_round_trip() {

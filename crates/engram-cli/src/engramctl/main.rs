@@ -35,6 +35,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7700"
     )]
     server: String,
+    /// API key of the server (`[security] api_key`, or the read-only one
+    /// for reads).
+    #[arg(long, global = true, env = "ENGRAM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -81,7 +85,7 @@ pub struct Output {
 
 fn main() {
     let cli = Cli::parse();
-    let result = Client::new(&cli.server).and_then(|client| {
+    let result = Client::new(&cli.server, cli.api_key.as_deref()).and_then(|client| {
         let ctx = Ctx {
             client,
             json: cli.json,

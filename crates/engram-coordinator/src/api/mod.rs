@@ -1,14 +1,17 @@
 //! The HTTP layer: routes, JSON extraction with JSON errors, metrics.
 //! Handlers parse, call the service, and map errors; nothing else.
 
+mod auth;
 mod handlers;
 mod json;
+mod routes;
+
+pub use routes::{Access, PublicRoute, public_routes};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use std::time::Instant;
 
 use crate::admission::{Admission, AdmissionLimits};
@@ -32,95 +35,13 @@ pub fn router(engram: Engram) -> Router {
         max_queries_per_client: limits.max_concurrent_queries_per_client,
         max_body_bytes_in_flight: limits.max_body_bytes_in_flight,
     });
-    Router::new()
-        .route(
-            "/v1/collections",
-            post(handlers::create_collection).get(handlers::list_collections),
-        )
-        .route(
-            "/v1/collections/{collection}",
-            get(handlers::get_collection).delete(handlers::delete_collection),
-        )
-        .route(
-            "/v1/collections/{collection}/items",
-            post(handlers::add_items),
-        )
-        .route(
-            "/v1/collections/{collection}/items/delete",
-            post(handlers::delete_items),
-        )
-        .route(
-            "/v1/collections/{collection}/items/{id}",
-            get(handlers::get_item),
-        )
-        .route(
-            "/v1/collections/{collection}/search",
-            post(handlers::search),
-        )
-        .route(
-            "/v1/collections/{collection}/classify",
-            post(handlers::classify),
-        )
-        .route(
-            "/v1/collections/{collection}/classify/batch",
-            post(handlers::classify_batch),
-        )
-        .route("/v1/collections/{collection}/embed", post(handlers::embed))
-        .route(
-            "/v1/collections/{collection}/compact",
-            post(handlers::compact),
-        )
-        .route(
-            "/v1/collections/{collection}/reshard",
-            post(handlers::reshard),
-        )
-        .route(
-            "/v1/collections/{collection}/interventions",
-            post(handlers::intervene).get(handlers::curation),
-        )
-        .route(
-            "/v1/collections/{collection}/pruning",
-            get(handlers::pruning).delete(handlers::clear_pruning),
-        )
-        .route(
-            "/v1/collections/{collection}/unlearning/{receipt}",
-            get(handlers::unlearning),
-        )
-        .route(
-            "/v1/collections/{collection}/jobs",
-            post(handlers::start_job).get(handlers::jobs),
-        )
-        .route(
-            "/v1/collections/{collection}/jobs/{job}",
-            get(handlers::job),
-        )
-        .route(
-            "/v1/collections/{collection}/jobs/{job}/cancel",
-            post(handlers::cancel_job),
-        )
-        .route(
-            "/v1/collections/{collection}/jobs/{job}/resume",
-            post(handlers::resume_job),
-        )
-        .route("/v1/cluster", get(handlers::cluster_status))
-        .route("/v1/cluster/coordinators", post(handlers::add_coordinator))
-        .route(
-            "/v1/cluster/coordinators/{id}",
-            axum::routing::delete(handlers::remove_coordinator),
-        )
-        .route(
-            "/v1/snapshots",
-            post(handlers::create_snapshot).get(handlers::list_snapshots),
-        )
-        .route("/v1/snapshots/restore", post(handlers::restore_snapshot))
-        .route("/v1/cluster/rebalance", get(handlers::rebalance_plan))
-        .route("/v1/cluster/moves", post(handlers::move_copy))
-        .route("/v1/openapi.json", get(handlers::openapi))
-        .route("/", get(handlers::to_page))
-        .route("/ui", get(handlers::page))
-        .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
+    let keys = auth::Keys::from_config(&engram.config().security);
+    let router = routes::table()
+        .into_iter()
+        .fold(Router::new(), |router, (route, handler)| {
+            router.route(route.path, handler)
+        });
+    let router = router
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -131,7 +52,18 @@ pub fn router(engram: Engram) -> Router {
         .layer(middleware::from_fn_with_state(
             body_limit,
             refuse_declared_oversize,
-        ))
+        ));
+    // Keys are checked after routing (the layer needs the matched route)
+    // and before admission and body limits: nothing of an unauthenticated
+    // request is read. Refusals still pass through the metrics layer.
+    let router = match keys {
+        Some(keys) => router.layer(middleware::from_fn_with_state(
+            (keys, engram.clone()),
+            auth::authenticate,
+        )),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn_with_state(
             engram.clone(),
             record_metrics,

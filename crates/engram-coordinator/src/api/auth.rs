@@ -1,0 +1,219 @@
+//! API keys as a layer in front of every handler: a request without the
+//! right key is refused (401, or 403 for the read-only key on a write)
+//! before admission or any of its body is read. Keys are compared as
+//! SHA-256 digests in constant time, so neither their bytes nor their
+//! length leak through timing, and they are never logged.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+use super::routes::{Access, PublicRoute, public_routes};
+use crate::error::{ApiError, ErrorCode};
+use crate::service::Engram;
+use engram_core::config::SecurityConfig;
+
+/// What the layer holds: the keys' digests and the route table.
+pub(super) struct Keys {
+    full: Option<[u8; 32]>,
+    read_only: Option<[u8; 32]>,
+    routes: Vec<PublicRoute>,
+}
+
+/// Who a presented key says the caller is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Full,
+    ReadOnly,
+}
+
+fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl Keys {
+    /// `None` when no key is configured: every caller has full access.
+    pub(super) fn from_config(security: &SecurityConfig) -> Option<Arc<Keys>> {
+        security.keys_required().then(|| {
+            Arc::new(Keys {
+                full: security.api_key.as_deref().map(|k| digest(k.as_bytes())),
+                read_only: security
+                    .read_only_api_key
+                    .as_deref()
+                    .map(|k| digest(k.as_bytes())),
+                routes: public_routes(),
+            })
+        })
+    }
+
+    fn caller(&self, presented: &[u8]) -> Option<Caller> {
+        let presented = digest(presented);
+        let is = |key: &Option<[u8; 32]>| {
+            key.as_ref()
+                .is_some_and(|k| bool::from(k.as_slice().ct_eq(presented.as_slice())))
+        };
+        // Both are compared whatever the first answer, so the time taken
+        // does not say which key was close.
+        let (full, read_only) = (is(&self.full), is(&self.read_only));
+        if full {
+            Some(Caller::Full)
+        } else if read_only {
+            Some(Caller::ReadOnly)
+        } else {
+            None
+        }
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` or
+/// `api-key: <key>` (Qdrant's header).
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.as_bytes();
+        let scheme = b"bearer ";
+        if value.len() > scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(value[scheme.len()..].trim_ascii());
+        }
+        return Some(b"");
+    }
+    headers.get("api-key").map(|v| v.as_bytes().trim_ascii())
+}
+
+pub(super) async fn authenticate(
+    State((keys, engram)): State<(Arc<Keys>, Engram)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let access = super::routes::access_of(&keys.routes, request.method(), route.as_deref());
+    if access == Access::Open {
+        return next.run(request).await;
+    }
+    let refusal = match presented_key(request.headers()) {
+        None => Some((
+            "missing",
+            ErrorCode::Unauthenticated,
+            "this server needs an API key: send `Authorization: Bearer <key>` or `api-key: <key>`",
+        )),
+        Some(key) => match keys.caller(key) {
+            None => Some((
+                "wrong",
+                ErrorCode::Unauthenticated,
+                "the API key is not valid",
+            )),
+            Some(Caller::ReadOnly) if access == Access::Write => Some((
+                "read_only",
+                ErrorCode::PermissionDenied,
+                "the read-only API key may search, classify, embed and read; this route needs the full key",
+            )),
+            Some(_) => None,
+        },
+    };
+    match refusal {
+        None => next.run(request).await,
+        Some((reason, code, message)) => {
+            engram.metrics().auth_refused(reason);
+            tracing::warn!(
+                method = %request.method(),
+                route = route.as_deref().unwrap_or("unmatched"),
+                reason,
+                "request refused by the API-key layer"
+            );
+            let mut response = ApiError::new(code, message).into_response();
+            if code == ErrorCode::Unauthenticated {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys {
+            full: Some(digest(b"full-key-0123456789")),
+            read_only: Some(digest(b"read-key-0123456789")),
+            routes: public_routes(),
+        }
+    }
+
+    #[test]
+    fn a_key_is_who_it_says_and_nothing_else() {
+        let keys = keys();
+        assert_eq!(keys.caller(b"full-key-0123456789"), Some(Caller::Full));
+        assert_eq!(keys.caller(b"read-key-0123456789"), Some(Caller::ReadOnly));
+        for wrong in [
+            &b""[..],
+            b"full-key-012345678",
+            b"full-key-01234567890",
+            b"FULL-KEY-0123456789",
+        ] {
+            assert_eq!(keys.caller(wrong), None);
+        }
+    }
+
+    #[test]
+    fn both_headers_are_read() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_key(&headers), None);
+        headers.insert("api-key", HeaderValue::from_static(" abc "));
+        assert_eq!(presented_key(&headers), Some(&b"abc"[..]));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bEaReR xyz"),
+        );
+        assert_eq!(presented_key(&headers), Some(&b"xyz"[..]));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eHl6"),
+        );
+        assert_eq!(
+            presented_key(&headers),
+            Some(&b""[..]),
+            "another scheme is no key"
+        );
+    }
+
+    #[test]
+    fn every_route_says_who_may_call_it() {
+        use axum::http::Method;
+        let routes = public_routes();
+        let access = |m: Method, p: &str| super::super::routes::access_of(&routes, &m, Some(p));
+        assert_eq!(access(Method::GET, "/healthz"), Access::Open);
+        assert_eq!(access(Method::HEAD, "/readyz"), Access::Open);
+        assert_eq!(
+            access(Method::POST, "/v1/collections/{collection}/search"),
+            Access::Read
+        );
+        assert_eq!(access(Method::GET, "/metrics"), Access::Read);
+        assert_eq!(
+            access(Method::DELETE, "/v1/collections/{collection}"),
+            Access::Write
+        );
+        assert_eq!(access(Method::POST, "/v1/snapshots/restore"), Access::Write);
+        assert_eq!(
+            super::super::routes::access_of(&routes, &Method::GET, None),
+            Access::Read
+        );
+        // No GET writes and no unlisted method is open.
+        for route in &routes {
+            if route.method == "GET" {
+                assert_ne!(route.access, Access::Write, "{route:?}");
+            } else {
+                assert_ne!(route.access, Access::Open, "{route:?}");
+            }
+        }
+    }
+}
