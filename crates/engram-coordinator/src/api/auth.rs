@@ -4,7 +4,7 @@
 //! SHA-256 digests in constant time, so neither their bytes nor their
 //! length leak through timing, and they are never logged.
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-use super::routes::{Access, PublicRoute, public_routes};
+use super::routes::{Access, PublicRoute};
 use crate::error::{ApiError, ErrorCode};
 use crate::service::Engram;
 use engram_core::config::SecurityConfig;
@@ -37,7 +37,11 @@ fn digest(key: &[u8]) -> [u8; 32] {
 
 impl Keys {
     /// `None` when no key is configured: every caller has full access.
-    pub(super) fn from_config(security: &SecurityConfig) -> Option<Arc<Keys>> {
+    /// `routes` is the table the router was built from.
+    pub(super) fn from_config(
+        security: &SecurityConfig,
+        routes: Vec<PublicRoute>,
+    ) -> Option<Arc<Keys>> {
         security.keys_required().then(|| {
             Arc::new(Keys {
                 full: security.api_key.as_deref().map(|k| digest(k.as_bytes())),
@@ -45,7 +49,7 @@ impl Keys {
                     .read_only_api_key
                     .as_deref()
                     .map(|k| digest(k.as_bytes())),
-                routes: public_routes(),
+                routes,
             })
         })
     }
@@ -88,10 +92,7 @@ pub(super) async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
+    let route = super::matched_route(&request).map(str::to_string);
     let access = super::routes::access_of(&keys.routes, request.method(), route.as_deref());
     if access == Access::Open {
         return next.run(request).await;
@@ -139,6 +140,7 @@ pub(super) async fn authenticate(
 
 #[cfg(test)]
 mod tests {
+    use super::super::routes::public_routes;
     use super::*;
 
     fn keys() -> Keys {

@@ -35,12 +35,14 @@ pub fn router(engram: Engram) -> Router {
         max_queries_per_client: limits.max_concurrent_queries_per_client,
         max_body_bytes_in_flight: limits.max_body_bytes_in_flight,
     });
-    let keys = auth::Keys::from_config(&engram.config().security);
-    let router = routes::table()
-        .into_iter()
+    let (public_routes, handlers): (Vec<PublicRoute>, Vec<_>) = routes::table().into_iter().unzip();
+    let router = public_routes
+        .iter()
+        .zip(handlers)
         .fold(Router::new(), |router, (route, handler)| {
             router.route(route.path, handler)
         });
+    let keys = auth::Keys::from_config(&engram.config().security, public_routes);
     let router = router
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -71,13 +73,19 @@ pub fn router(engram: Engram) -> Router {
         .with_state(engram)
 }
 
+/// The route pattern a request matched (`/v1/collections/{collection}`),
+/// or `None` for one that matched no route.
+fn matched_route(request: &Request) -> Option<&str> {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+}
+
 async fn record_metrics(State(engram): State<Engram>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = matched_route(&request).unwrap_or("unmatched").to_string();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     engram
@@ -136,10 +144,7 @@ async fn admit(
     request: Request,
     next: Next,
 ) -> Response {
-    let query = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| QUERY_ROUTES.contains(&p.as_str()));
+    let query = matched_route(&request).is_some_and(|route| QUERY_ROUTES.contains(&route));
     // Without a socket address (a router driven in-process) every caller
     // is one client.
     let client = request

@@ -4,7 +4,7 @@
 //! `tests/security.rs` walks the same table).
 
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::handlers;
 use crate::service::Engram;
@@ -31,206 +31,75 @@ pub struct PublicRoute {
 
 type Handler = MethodRouter<Engram>;
 
-/// The routes with their handlers.
+/// The routes with their handlers, one per line.
+#[rustfmt::skip]
 pub(super) fn table() -> Vec<(PublicRoute, Handler)> {
     use Access::*;
-    let routes: Vec<(&'static str, &'static str, Access, Handler)> = vec![
-        (
-            "POST",
-            "/v1/collections",
-            Write,
-            post(handlers::create_collection),
-        ),
-        (
-            "GET",
-            "/v1/collections",
-            Read,
-            get(handlers::list_collections),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}",
-            Read,
-            get(handlers::get_collection),
-        ),
-        (
-            "DELETE",
-            "/v1/collections/{collection}",
-            Write,
-            delete(handlers::delete_collection),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/items",
-            Write,
-            post(handlers::add_items),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/items/delete",
-            Write,
-            post(handlers::delete_items),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}/items/{id}",
-            Read,
-            get(handlers::get_item),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/search",
-            Read,
-            post(handlers::search),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/classify",
-            Read,
-            post(handlers::classify),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/classify/batch",
-            Read,
-            post(handlers::classify_batch),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/embed",
-            Read,
-            post(handlers::embed),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/compact",
-            Write,
-            post(handlers::compact),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/reshard",
-            Write,
-            post(handlers::reshard),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/interventions",
-            Write,
-            post(handlers::intervene),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}/interventions",
-            Read,
-            get(handlers::curation),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}/pruning",
-            Read,
-            get(handlers::pruning),
-        ),
-        (
-            "DELETE",
-            "/v1/collections/{collection}/pruning",
-            Write,
-            delete(handlers::clear_pruning),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}/unlearning/{receipt}",
-            Read,
-            get(handlers::unlearning),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/jobs",
-            Write,
-            post(handlers::start_job),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}/jobs",
-            Read,
-            get(handlers::jobs),
-        ),
-        (
-            "GET",
-            "/v1/collections/{collection}/jobs/{job}",
-            Read,
-            get(handlers::job),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/jobs/{job}/cancel",
-            Write,
-            post(handlers::cancel_job),
-        ),
-        (
-            "POST",
-            "/v1/collections/{collection}/jobs/{job}/resume",
-            Write,
-            post(handlers::resume_job),
-        ),
-        ("GET", "/v1/cluster", Read, get(handlers::cluster_status)),
-        (
-            "POST",
-            "/v1/cluster/coordinators",
-            Write,
-            post(handlers::add_coordinator),
-        ),
-        (
-            "DELETE",
-            "/v1/cluster/coordinators/{id}",
-            Write,
-            delete(handlers::remove_coordinator),
-        ),
-        (
-            "POST",
-            "/v1/snapshots",
-            Write,
-            post(handlers::create_snapshot),
-        ),
-        ("GET", "/v1/snapshots", Read, get(handlers::list_snapshots)),
-        (
-            "POST",
-            "/v1/snapshots/restore",
-            Write,
-            post(handlers::restore_snapshot),
-        ),
-        (
-            "GET",
-            "/v1/cluster/rebalance",
-            Read,
-            get(handlers::rebalance_plan),
-        ),
-        (
-            "POST",
-            "/v1/cluster/moves",
-            Write,
-            post(handlers::move_copy),
-        ),
-        ("GET", "/v1/openapi.json", Read, get(handlers::openapi)),
-        ("GET", "/", Open, get(handlers::to_page)),
-        ("GET", "/ui", Open, get(handlers::page)),
-        ("GET", "/metrics", Read, get(handlers::metrics)),
-        ("GET", "/healthz", Open, get(handlers::healthz)),
-        ("GET", "/readyz", Open, get(handlers::readyz)),
-    ];
-    routes
-        .into_iter()
-        .map(|(method, path, access, handler)| {
-            (
-                PublicRoute {
-                    method,
-                    path,
-                    access,
-                },
-                handler,
-            )
-        })
-        .collect()
+    vec![
+        route("POST", "/v1/collections", Write, handlers::create_collection),
+        route("GET", "/v1/collections", Read, handlers::list_collections),
+        route("GET", "/v1/collections/{collection}", Read, handlers::get_collection),
+        route("DELETE", "/v1/collections/{collection}", Write, handlers::delete_collection),
+        route("POST", "/v1/collections/{collection}/items", Write, handlers::add_items),
+        route("POST", "/v1/collections/{collection}/items/delete", Write, handlers::delete_items),
+        route("GET", "/v1/collections/{collection}/items/{id}", Read, handlers::get_item),
+        route("POST", "/v1/collections/{collection}/search", Read, handlers::search),
+        route("POST", "/v1/collections/{collection}/classify", Read, handlers::classify),
+        route("POST", "/v1/collections/{collection}/classify/batch", Read, handlers::classify_batch),
+        route("POST", "/v1/collections/{collection}/embed", Read, handlers::embed),
+        route("POST", "/v1/collections/{collection}/compact", Write, handlers::compact),
+        route("POST", "/v1/collections/{collection}/reshard", Write, handlers::reshard),
+        route("POST", "/v1/collections/{collection}/interventions", Write, handlers::intervene),
+        route("GET", "/v1/collections/{collection}/interventions", Read, handlers::curation),
+        route("GET", "/v1/collections/{collection}/pruning", Read, handlers::pruning),
+        route("DELETE", "/v1/collections/{collection}/pruning", Write, handlers::clear_pruning),
+        route("GET", "/v1/collections/{collection}/unlearning/{receipt}", Read, handlers::unlearning),
+        route("POST", "/v1/collections/{collection}/jobs", Write, handlers::start_job),
+        route("GET", "/v1/collections/{collection}/jobs", Read, handlers::jobs),
+        route("GET", "/v1/collections/{collection}/jobs/{job}", Read, handlers::job),
+        route("POST", "/v1/collections/{collection}/jobs/{job}/cancel", Write, handlers::cancel_job),
+        route("POST", "/v1/collections/{collection}/jobs/{job}/resume", Write, handlers::resume_job),
+        route("GET", "/v1/cluster", Read, handlers::cluster_status),
+        route("POST", "/v1/cluster/coordinators", Write, handlers::add_coordinator),
+        route("DELETE", "/v1/cluster/coordinators/{id}", Write, handlers::remove_coordinator),
+        route("POST", "/v1/snapshots", Write, handlers::create_snapshot),
+        route("GET", "/v1/snapshots", Read, handlers::list_snapshots),
+        route("POST", "/v1/snapshots/restore", Write, handlers::restore_snapshot),
+        route("GET", "/v1/cluster/rebalance", Read, handlers::rebalance_plan),
+        route("POST", "/v1/cluster/moves", Write, handlers::move_copy),
+        route("GET", "/v1/openapi.json", Read, handlers::openapi),
+        route("GET", "/", Open, handlers::to_page),
+        route("GET", "/ui", Open, handlers::page),
+        route("GET", "/metrics", Read, handlers::metrics),
+        route("GET", "/healthz", Open, handlers::healthz),
+        route("GET", "/readyz", Open, handlers::readyz),
+    ]
+}
+
+/// One row of the table: the method is named once, for both the router
+/// and the key layer.
+fn route<H, T>(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    handler: H,
+) -> (PublicRoute, Handler)
+where
+    H: axum::handler::Handler<T, Engram>,
+    T: 'static,
+{
+    let filter = Method::from_bytes(method.as_bytes())
+        .ok()
+        .and_then(|m| MethodFilter::try_from(m).ok())
+        .unwrap_or_else(|| panic!("the route table names an unknown method {method}"));
+    (
+        PublicRoute {
+            method,
+            path,
+            access,
+        },
+        on(filter, handler),
+    )
 }
 
 /// Every route of the public API (method, path pattern, access).
