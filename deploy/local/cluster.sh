@@ -3,6 +3,11 @@
 # Raft on 7800-7802) and 3 workers (internal RPC on 7810-7812), each with its
 # own data directory under ${CLUSTER_DIR:-data/cluster}.
 #   deploy/local/cluster.sh start | stop | status
+# The internal routes always need a cluster secret: one is generated on the
+# first start into $CLUSTER_DIR/cluster-secret (mode 600) and reused after,
+# unless ENGRAM_SECURITY__CLUSTER_SECRET is set. Public API keys are on when
+# ENGRAM_SECURITY__API_KEY (and ENGRAM_SECURITY__READ_ONLY_API_KEY) are set
+# in the environment; this script's own checks then send the full key.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR="${CLUSTER_DIR:-data/cluster}"
@@ -27,9 +32,32 @@ start_one() { # name config env...
   echo "started $name (pid $!, log $DIR/$name.log)"
 }
 
+# Sets ENGRAM_SECURITY__CLUSTER_SECRET for every process started here.
+cluster_secret() {
+  if [[ -z "${ENGRAM_SECURITY__CLUSTER_SECRET:-}" ]]; then
+    local file="$DIR/cluster-secret"
+    if [[ ! -s "$file" ]]; then
+      (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$file")
+      echo "generated a cluster secret in $file"
+    fi
+    ENGRAM_SECURITY__CLUSTER_SECRET=$(cat "$file")
+  fi
+  export ENGRAM_SECURITY__CLUSTER_SECRET
+}
+
+# curl with the public API key when one is set.
+api() {
+  if [[ -n "${ENGRAM_SECURITY__API_KEY:-}" ]]; then
+    curl -sf -H "Authorization: Bearer $ENGRAM_SECURITY__API_KEY" "$@"
+  else
+    curl -sf "$@"
+  fi
+}
+
 start() {
   [[ -x "$BIN" ]] || { echo "$BIN is missing: run make build first" >&2; exit 1; }
   mkdir -p "$DIR"
+  cluster_secret
   for i in "${COORDINATORS[@]}"; do
     start_one "coordinator-$i" config/coordinator.toml \
       ENGRAM_CLUSTER__NODE_ID="$i" \
@@ -46,7 +74,7 @@ start() {
     local ok=0
     for i in "${COORDINATORS[@]}"; do
       local status
-      status=$(curl -sf "http://127.0.0.1:$((7699 + i))/v1/cluster" || true)
+      status=$(api "http://127.0.0.1:$((7699 + i))/v1/cluster" || true)
       if [[ -n "$status" ]] && python3 -c '
 import json, sys
 s = json.loads(sys.argv[1])
@@ -55,6 +83,11 @@ sys.exit(0 if s["leader"] and sum(w["healthy"] for w in s["workers"]) == int(sys
     done
     if [[ $ok == "${#COORDINATORS[@]}" ]]; then
       echo "cluster ready: coordinators on http://127.0.0.1:7700, :7701, :7702"
+      if [[ -n "${ENGRAM_SECURITY__API_KEY:-}" ]]; then
+        echo "public API keys on: clients send ENGRAM_API_KEY (engramctl --api-key)"
+      else
+        echo "public API open (no ENGRAM_SECURITY__API_KEY): fine on loopback only"
+      fi
       return
     fi
     sleep 0.2
@@ -79,7 +112,7 @@ stop() {
 }
 
 status() {
-  curl -sf http://127.0.0.1:7700/v1/cluster | python3 -m json.tool
+  api http://127.0.0.1:7700/v1/cluster | python3 -m json.tool
 }
 
 case "${1:-}" in

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use engram_coordinator::cluster::ClusterBackend;
 use engram_core::config::EngramConfig;
-use engram_worker::WorkerNode;
+use engram_meta::ClusterSecret;
+use engram_worker::{Membership, WorkerNode};
 
 use crate::shutdown_signal;
 
@@ -21,7 +22,8 @@ pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyh
     let internal = bind(&config.cluster.internal_listen).await?;
     let data_dir = config.server.data_dir.clone();
     fs_err::create_dir_all(&data_dir)?;
-    let cluster = ClusterBackend::start(&config.cluster, &data_dir)
+    let secret = ClusterSecret::from_config(&config.security);
+    let cluster = ClusterBackend::start(&config.cluster, secret, &data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the raft node: {e}"))?;
     let internal_app = cluster.internal_router();
@@ -71,15 +73,19 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
         Some(a) => a.clone(),
         None => bound.to_string(),
     };
-    let node = WorkerNode::new(
-        config.cluster.node_id,
-        advertised.clone(),
-        config
+    let membership = Membership {
+        id: config.cluster.node_id,
+        addr: advertised.clone(),
+        coordinators: config
             .cluster
             .coordinators
             .iter()
             .map(|p| p.addr.clone())
             .collect(),
+        secret: ClusterSecret::from_config(&config.security),
+    };
+    let node = WorkerNode::new(
+        membership,
         &data_dir,
         config.index.clone(),
         config.storage.clone(),

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use engram_core::config::Role;
+use engram_core::config::{EngramConfig, Role};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,11 @@ enum Command {
         /// Data directory (overrides the config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Start a coordinator or worker without a cluster secret: anyone
+        /// who reaches its internal port can then change the cluster. Only
+        /// for a network nobody else can reach.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Build a visual memory from Fashion-MNIST through the API of a running
     /// server, and show what it decides.
@@ -75,7 +80,8 @@ fn main() -> anyhow::Result<()> {
             role,
             listen,
             data_dir,
-        } => serve(config, role, listen, data_dir),
+            insecure,
+        } => serve(config, role, listen, data_dir, insecure),
         Command::Demo(args) => demo::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Ingest(args) => ingest::run(args),
@@ -89,6 +95,7 @@ fn serve(
     role: Option<String>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    insecure: bool,
 ) -> anyhow::Result<()> {
     let mut config = engram_cli::config::load(&config_path)?;
     if let Some(role) = role {
@@ -110,6 +117,7 @@ fn serve(
         config.server.listen.parse().with_context(|| {
             format!("listen address {:?} is not host:port", config.server.listen)
         })?;
+    check_cluster_secret(&config, insecure)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -133,6 +141,32 @@ fn serve(
         tracing::info!("engram stopped");
         Ok(())
     })
+}
+
+/// A coordinator or worker without a cluster secret would take Raft
+/// commands, writes and segment files from anyone who reaches its internal
+/// port: it starts only when told `--insecure`, and says so.
+fn check_cluster_secret(config: &EngramConfig, insecure: bool) -> anyhow::Result<()> {
+    if config.cluster.role == Role::Embedded || config.security.cluster_secret.is_some() {
+        return Ok(());
+    }
+    let role = match config.cluster.role {
+        Role::Coordinator => "coordinator",
+        _ => "worker",
+    };
+    if insecure {
+        tracing::warn!(
+            role,
+            "serving without a cluster secret (--insecure): anyone who reaches the internal port can change the cluster"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to start a {role} without a cluster secret: anyone who reaches its internal port \
+         could rewrite the cluster; set [security] cluster_secret or ENGRAM_SECURITY__CLUSTER_SECRET \
+         (the same on every node, at least 16 bytes, e.g. `openssl rand -hex 32`), or pass --insecure \
+         on a network nobody else can reach"
+    )
 }
 
 pub(crate) async fn shutdown_signal() {

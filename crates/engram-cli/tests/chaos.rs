@@ -33,7 +33,7 @@
 
 mod common;
 
-use common::cluster::{Cluster, DIM, Proc, SHARDS, vector};
+use common::cluster::{Cluster, DIM, Proc, SHARDS, client_with_key, vector};
 use engram_cli::rng::SplitMix64;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -561,10 +561,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
             .map(|c| c.base.clone())
             .collect(),
     );
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = client_with_key(&cluster.api_key, Duration::from_secs(10));
     let cluster = Mutex::new(cluster);
     let ledger = Mutex::new(Ledger::default());
     let stop = AtomicBool::new(false);

@@ -11,33 +11,14 @@
 
 mod common;
 
-use common::cluster::{Cluster, DIM, Proc, SHARDS, free_port, vector};
+use common::cluster::{Cluster, DIM, Proc, SHARDS, engramctl, free_port, vector};
 use common::traffic::{StopOnDrop, check_ledger, with_traffic};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Runs `engramctl --server <base> args...`: (exit ok, stdout + stderr).
-fn engramctl(base: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engramctl"))
-        .arg("--server")
-        .arg(base)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn create_collection(cluster: &Cluster, name: &str) {
     let (status, body) = cluster.post(
@@ -118,7 +99,7 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
     };
     let base = cluster.coordinators[0].base.clone().unwrap();
     // Through engramctl, as an operator would.
-    let (ok, out) = engramctl(&base, &["node", "remove", "3"]);
+    let (ok, out) = cluster.engramctl(&base, &["node", "remove", "3"]);
     assert!(ok, "{out}");
     assert_eq!(members(&cluster), BTreeSet::from([1, 2]));
     let internal3 = std::fs::read_to_string(&cluster.coordinators[2].config)
@@ -130,12 +111,12 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
         .nth(1)
         .unwrap()
         .to_string();
-    let (ok, out) = engramctl(&base, &["node", "add", "--id", "3", "--addr", &internal3]);
+    let (ok, out) = cluster.engramctl(&base, &["node", "add", "--id", "3", "--addr", &internal3]);
     assert!(ok, "{out}");
     assert_eq!(members(&cluster), BTreeSet::from([1, 2, 3]));
     // engramctl status: the members, the leader, every worker alive, and
     // the shard maps of both collections.
-    let (ok, out) = engramctl(&base, &["status"]);
+    let (ok, out) = cluster.engramctl(&base, &["status"]);
     assert!(ok, "{out}");
     assert!(out.contains("Raft leader"), "{out}");
     assert_eq!(out.matches("  leader").count(), 1, "{out}");
@@ -143,7 +124,7 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
         out.contains("collection c:") && out.contains("collection after-failover:"),
         "{out}"
     );
-    let (ok, out) = engramctl(&base, &["status", "--json"]);
+    let (ok, out) = cluster.engramctl(&base, &["status", "--json"]);
     assert!(ok, "{out}");
     let status: Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -547,7 +528,7 @@ fn curation_lives_in_raft_on_every_coordinator() {
     let snapshots = tempfile::tempdir().unwrap();
     let uri = snapshots.path().to_string_lossy().to_string();
     let base = cluster.coordinators[1].base.clone().unwrap();
-    let (ok, out) = engramctl(&base, &["snapshot", "create", "--uri", &uri, "--json"]);
+    let (ok, out) = cluster.engramctl(&base, &["snapshot", "create", "--uri", &uri, "--json"]);
     assert!(ok, "{out}");
     let made: Value = serde_json::from_str(&out).unwrap();
     let id = made["id"].as_str().unwrap().to_string();
@@ -579,7 +560,7 @@ fn curation_lives_in_raft_on_every_coordinator() {
     drop(cluster);
     let fresh = Cluster::start();
     let base = fresh.coordinators[2].base.clone().unwrap();
-    let (ok, out) = engramctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
+    let (ok, out) = fresh.engramctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
     assert!(ok, "{out}");
     assert_eq!(probe(&fresh), before);
 }
@@ -662,9 +643,9 @@ fn static_answers(cluster: &Cluster, probes: &[u64]) -> Result<Vec<Vec<u64>>, St
 /// (here: its target was failed over by a heartbeat delayed on a loaded
 /// machine) leaves a consistent map, and running it again goes on, as an
 /// operator would. The outcome is checked on the shard map afterwards.
-fn until_applied(base: &str, args: &[&str]) {
+fn until_applied(api_key: &str, base: &str, args: &[&str]) {
     for _ in 0..3 {
-        let (ok, out) = engramctl(base, args);
+        let (ok, out) = engramctl(api_key, base, args);
         if ok {
             let applied: Value = serde_json::from_str(&out).unwrap();
             let planned = applied["plan"]["moves"].as_array().unwrap().len();
@@ -706,12 +687,13 @@ fn fourth_worker_rebalanced_then_drained_under_load() {
     cluster.wait_ready(4, Duration::from_secs(30));
     assert!(!cluster.hosting_workers().contains(&4));
     let base = cluster.coordinators[0].base.clone().unwrap();
-    let (ok, plan) = engramctl(&base, &["rebalance", "--plan"]);
+    let (ok, plan) = cluster.engramctl(&base, &["rebalance", "--plan"]);
     assert!(ok, "{plan}");
     assert!(plan.contains("FROM  TO"), "{plan}");
 
     // Rebalance, then drain worker 4 again, while a client writes and
     // deletes on `c` and another reads `static` and checks every answer.
+    let api_key = cluster.api_key.clone();
     let cluster = Arc::new(Mutex::new(cluster));
     let stop_reader = AtomicBool::new(false);
     let reader_errors = Mutex::new(Vec::new());
@@ -733,7 +715,7 @@ fn fourth_worker_rebalanced_then_drained_under_load() {
         let result = with_traffic(
             cluster.clone(),
             Duration::from_secs(2),
-            |_| until_applied(&base, &["rebalance", "--apply", "--json"]),
+            |_| until_applied(&api_key, &base, &["rebalance", "--apply", "--json"]),
             Duration::from_secs(1),
         );
         stop_reader.store(true, Ordering::SeqCst);
@@ -789,7 +771,7 @@ fn fourth_worker_rebalanced_then_drained_under_load() {
     };
     assert_eq!(shard_dirs(), copies_on_4);
     // Drain it: every copy leaves, nothing is lost, answers are the same.
-    until_applied(&base, &["node", "drain", "4", "--json"]);
+    until_applied(&cluster.api_key, &base, &["node", "drain", "4", "--json"]);
     assert!(!cluster.hosting_workers().contains(&4));
     check_ledger(&cluster, &ledger);
     assert_eq!(static_answers(&cluster, &probes).unwrap(), baseline);

@@ -76,6 +76,12 @@ fn load_with(path: &Path, variables: &[(String, String)]) -> EngramConfig {
         } else {
             value.as_str()
         };
+        // A secret the deployment supplies (compose: `${VAR:?message}`).
+        let value = if value.starts_with("${") && name.contains("SECRET") {
+            "deployment-supplied-secret-0123456789"
+        } else {
+            value
+        };
         let value = if value.contains("${HOSTNAME}") {
             "engram-worker-1.engram-worker:7810"
         } else {
@@ -126,7 +132,7 @@ fn compose_variables_and_config_files_match_the_schema() {
         vars.extend(
             variables(&compose)
                 .into_iter()
-                .filter(|(n, _)| n.contains("S3")),
+                .filter(|(n, _)| n.contains("S3") || n.contains("SECURITY")),
         );
         let config = load_with(&path, &vars);
         let role = format!("{:?}", config.cluster.role).to_lowercase();
@@ -156,8 +162,75 @@ fn kubernetes_variables_and_config_files_match_the_schema() {
         let config = load_with(&k8s.join("config").join(file), &variables(&text));
         assert_eq!(config.cluster.coordinators.len(), 3);
     }
-    for resource in ["coordinators.yaml", "workers.yaml", "pdb.yaml"] {
+    for resource in [
+        "coordinators.yaml",
+        "workers.yaml",
+        "pdb.yaml",
+        "networkpolicy.yaml",
+    ] {
         assert!(kustomization.contains(resource), "{resource}");
+    }
+}
+
+/// Every pod gets the cluster secret from the Secret kustomize generates
+/// out of the env file `make-secrets.sh` writes (never committed); with
+/// those values each node's config is valid.
+#[test]
+fn kubernetes_nodes_get_a_generated_cluster_secret() {
+    let k8s = deploy().join("k8s");
+    let kustomization = std::fs::read_to_string(k8s.join("kustomization.yaml")).unwrap();
+    assert!(
+        kustomization.contains("secretGenerator:")
+            && kustomization.contains("name: engram-secrets")
+            && kustomization.contains("secrets/engram.env"),
+        "{kustomization}"
+    );
+    let ignored = std::fs::read_to_string(repo_root().join(".gitignore")).unwrap();
+    assert!(
+        ignored.lines().any(|l| l == "/deploy/k8s/secrets"),
+        "secrets must never be committed"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(k8s.join("make-secrets.sh"))
+        .arg("--api-keys")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let env_file = out.path().join("engram.env");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o077,
+        0,
+        "readable by others"
+    );
+    let secrets = variables(&std::fs::read_to_string(&env_file).unwrap());
+    let names: Vec<&str> = secrets.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ENGRAM_SECURITY__CLUSTER_SECRET",
+            "ENGRAM_SECURITY__API_KEY",
+            "ENGRAM_SECURITY__READ_ONLY_API_KEY"
+        ]
+    );
+    for (manifest, file) in [
+        ("coordinators.yaml", "coordinator.toml"),
+        ("workers.yaml", "worker.toml"),
+    ] {
+        let text = std::fs::read_to_string(k8s.join(manifest)).unwrap();
+        assert!(
+            text.contains("- secretRef: {name: engram-secrets}"),
+            "{manifest} does not mount the cluster secret"
+        );
+        let mut vars = variables(&text);
+        vars.extend(secrets.iter().cloned());
+        let config = load_with(&k8s.join("config").join(file), &vars);
+        assert!(config.security.cluster_secret.is_some(), "{manifest}");
     }
 }
 

@@ -3,14 +3,20 @@
 //! list the router is built from), so a new route cannot be forgotten:
 //! without a key 401, with a wrong one 401, the read-only key on a write
 //! or admin route 403, the right key never 401/403; a refused request
-//! stores nothing; engramctl sends `ENGRAM_API_KEY`.
+//! stores nothing; engramctl sends `ENGRAM_API_KEY`. Then the internal
+//! routers of a real cluster, walked from their own route lists: without
+//! the cluster secret (or with a wrong one, or a public API key instead)
+//! 401 on every route but `/healthz`, counted; a node in a cluster role
+//! without a secret refuses to start unless `--insecure`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use common::cluster::Cluster;
 use common::*;
 use engram_coordinator::api::{Access, PublicRoute, public_routes};
+use engram_coordinator::cluster::ClusterBackend;
 use serde_json::{Value, json};
 
 const FULL: &str = "full-key-0123456789abcdef";
@@ -313,4 +319,149 @@ fn a_server_refuses_to_start_with_a_weak_key() {
         .expect("a 5-byte key is refused");
     assert!(error.contains("security.api_key"), "{error}");
     assert!(!error.contains("short\""), "the key is not echoed: {error}");
+}
+
+/// The internal address in a harness config file.
+fn internal_listen(config: &std::path::Path) -> String {
+    std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("internal_listen"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn every_internal_route_asks_for_the_cluster_secret() {
+    let cluster = Cluster::start();
+    let http = reqwest::blocking::Client::new();
+    let coordinator = internal_listen(&cluster.coordinators[0].config);
+    let worker = internal_listen(&cluster.workers[0].config);
+    let wrong = "wrong-secret-0123456789abcdef";
+    let mut refused_routes = 0;
+    for (addr, paths) in [
+        (&coordinator, ClusterBackend::internal_paths()),
+        (&worker, engram_worker::server::paths()),
+    ] {
+        assert!(paths.len() >= 5, "{addr}: {paths:?}");
+        for path in paths {
+            let post = |secret: Option<&str>| {
+                let mut request = http
+                    .post(format!("http://{addr}{path}"))
+                    .header("content-type", "application/x-bincode")
+                    .body(vec![0xff_u8; 64]);
+                if let Some(secret) = secret {
+                    request = request.header("engram-cluster-secret", secret);
+                }
+                let response = request.send().unwrap();
+                let status = response.status().as_u16();
+                (status, response.text().unwrap_or_default())
+            };
+            if path == engram_worker::server::HEALTHZ {
+                let status = http
+                    .get(format!("http://{addr}{path}"))
+                    .send()
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 200, "{addr}{path} is the open probe");
+                continue;
+            }
+            // A public API key is not the cluster secret.
+            for presented in [None, Some(wrong), Some(cluster.api_key.as_str())] {
+                let (status, body) = post(presented);
+                assert_eq!(status, 401, "{addr}{path} with {presented:?}: {body}");
+                let body: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["error"]["code"], "unauthenticated", "{addr}{path}");
+            }
+            // With the secret the request reaches the handler, which
+            // refuses the undecodable body.
+            let (status, body) = post(Some(&cluster.cluster_secret));
+            assert_eq!(status, 400, "{addr}{path} with the secret: {body}");
+            if addr == &coordinator {
+                refused_routes += 1;
+            }
+        }
+    }
+    // Counted on the coordinator's /metrics: one missing and two wrong per
+    // route, nothing else (its peers send the secret).
+    let base = cluster.coordinators[0].base.clone().unwrap();
+    let text = cluster
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for (reason, count) in [("missing", refused_routes), ("wrong", 2 * refused_routes)] {
+        let line = format!("engram_cluster_secret_refused_total{{reason=\"{reason}\"}} {count}");
+        assert!(text.contains(&line), "no `{line}` in:\n{text}");
+    }
+    // Nothing refused changed the cluster.
+    cluster.wait_ready(3, std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn a_cluster_node_without_a_secret_starts_only_when_told_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::cluster::free_port();
+    for role in ["coordinator", "worker"] {
+        let config = dir.path().join(format!("{role}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[cluster]\n\
+                 role = \"{role}\"\nnode_id = 1\ninternal_listen = \"127.0.0.1:{port}\"\n\
+                 coordinators = [{{ id = 1, addr = \"127.0.0.1:{port}\" }}]\n",
+                dir.path().join(role).display().to_string()
+            ),
+        )
+        .unwrap();
+        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "a {role} started without a secret"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "refusing to start a {role} without a cluster secret"
+            )) && stderr.contains("ENGRAM_SECURITY__CLUSTER_SECRET")
+                && stderr.contains("--insecure"),
+            "{stderr}"
+        );
+        assert!(
+            !dir.path().join(role).exists(),
+            "the refused {role} wrote its data directory"
+        );
+        // --insecure: it starts (and says what that means).
+        let log = dir.path().join(format!("{role}.log"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["serve", "--insecure", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(line.contains("listening on"), "{role} --insecure: {line:?}");
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            log.contains("without a cluster secret (--insecure)"),
+            "{log}"
+        );
+    }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     segments_compacted: IntCounter,
     collection_items: IntGaugeVec,
     auth_refused: IntCounterVec,
+    cluster_secret_refused: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -79,9 +80,18 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let cluster_secret_refused = IntCounterVec::new(
+            Opts::new(
+                "cluster_secret_refused_total",
+                "Internal requests refused for want of the cluster secret: missing or wrong",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(auth_refused.clone()),
+            Box::new(cluster_secret_refused.clone()),
             Box::new(latency.clone()),
             Box::new(images_embedded.clone()),
             Box::new(items_added.clone()),
@@ -105,7 +115,16 @@ impl Metrics {
             segments_compacted,
             collection_items,
             auth_refused,
+            cluster_secret_refused,
         }
+    }
+
+    /// Brings the counter of internal refusals up to what the internal
+    /// router's guard counted (it counts on its own: it sits in front of
+    /// the Raft routes, which know nothing of these metrics).
+    pub fn sync_cluster_secret_refused(&self, reason: &str, total: u64) {
+        let counter = self.cluster_secret_refused.with_label_values(&[reason]);
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// A request refused by the API-key layer, by `reason`

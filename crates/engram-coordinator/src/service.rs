@@ -146,6 +146,12 @@ impl Engram {
                 self.inner.metrics.set_items(&name, hosted.stats().items);
             }
         }
+        if let Some(cluster) = self.inner.backend.cluster() {
+            let refusals = cluster.secret_refusals();
+            let metrics = &self.inner.metrics;
+            metrics.sync_cluster_secret_refused("missing", refusals.missing);
+            metrics.sync_cluster_secret_refused("wrong", refusals.wrong);
+        }
         self.inner.metrics.render()
     }
 

@@ -39,6 +39,17 @@ pub struct SecurityConfig {
     /// Search, classify, embed and reads only
     /// (`ENGRAM_SECURITY__READ_ONLY_API_KEY`).
     pub read_only_api_key: Option<String>,
+    /// Shared by every process of a cluster: sent with, and required on,
+    /// every internal request (Raft, worker RPC, transfers, ATTACH)
+    /// (`ENGRAM_SECURITY__CLUSTER_SECRET`). A coordinator or worker
+    /// refuses to start without one unless `--insecure` is given.
+    pub cluster_secret: Option<String>,
+    /// Accepted on internal requests as well as `cluster_secret`, never
+    /// sent: the other half of a rotation without downtime (first every
+    /// node accepts the new secret, then every node sends it, then the old
+    /// one is dropped; docs/security.md)
+    /// (`ENGRAM_SECURITY__ACCEPTED_CLUSTER_SECRET`).
+    pub accepted_cluster_secret: Option<String>,
 }
 
 /// Shortest key accepted: 16 bytes is 128 bits when random.
@@ -50,6 +61,11 @@ impl std::fmt::Debug for SecurityConfig {
         f.debug_struct("SecurityConfig")
             .field("api_key", &shown(&self.api_key))
             .field("read_only_api_key", &shown(&self.read_only_api_key))
+            .field("cluster_secret", &shown(&self.cluster_secret))
+            .field(
+                "accepted_cluster_secret",
+                &shown(&self.accepted_cluster_secret),
+            )
             .finish()
     }
 }
@@ -64,6 +80,11 @@ impl SecurityConfig {
         for (name, key) in [
             ("security.api_key", &self.api_key),
             ("security.read_only_api_key", &self.read_only_api_key),
+            ("security.cluster_secret", &self.cluster_secret),
+            (
+                "security.accepted_cluster_secret",
+                &self.accepted_cluster_secret,
+            ),
         ] {
             let Some(key) = key else { continue };
             if key.len() < MIN_API_KEY_BYTES {
@@ -89,6 +110,22 @@ impl SecurityConfig {
             return Err(CoreError::invalid(
                 "security.read_only_api_key",
                 "must differ from security.api_key",
+            ));
+        }
+        if self.accepted_cluster_secret.is_some() && self.cluster_secret.is_none() {
+            return Err(CoreError::invalid(
+                "security.accepted_cluster_secret",
+                "needs security.cluster_secret as well: it is only accepted during a rotation, never sent",
+            ));
+        }
+        if let Some(secret) = &self.cluster_secret
+            && [&self.api_key, &self.read_only_api_key]
+                .into_iter()
+                .any(|key| key.as_ref() == Some(secret))
+        {
+            return Err(CoreError::invalid(
+                "security.cluster_secret",
+                "must differ from the public API keys: a client holding one must not reach the internal routes",
             ));
         }
         Ok(())
@@ -595,6 +632,8 @@ mod tests {
         let ok = SecurityConfig {
             api_key: Some(key.clone()),
             read_only_api_key: Some("r".repeat(20)),
+            cluster_secret: Some("s".repeat(20)),
+            accepted_cluster_secret: Some("p".repeat(20)),
         };
         ok.validate().unwrap();
         assert!(ok.keys_required());
@@ -606,10 +645,12 @@ mod tests {
                 ..EngramConfig::default()
             }
         );
-        assert!(
-            !printed.contains(&key) && printed.contains("<set>"),
-            "{printed}"
-        );
+        for secret in [&key, &"r".repeat(20), &"s".repeat(20), &"p".repeat(20)] {
+            assert!(
+                !printed.contains(secret.as_str()) && printed.contains("<set>"),
+                "{printed}"
+            );
+        }
         for bad in [
             SecurityConfig {
                 api_key: Some("short".into()),
@@ -620,12 +661,26 @@ mod tests {
                 ..Default::default()
             },
             SecurityConfig {
-                api_key: None,
                 read_only_api_key: Some(key.clone()),
+                ..Default::default()
             },
             SecurityConfig {
                 api_key: Some(key.clone()),
                 read_only_api_key: Some(key.clone()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                cluster_secret: Some("short".into()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                accepted_cluster_secret: Some(key.clone()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                cluster_secret: Some(key.clone()),
+                ..Default::default()
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");

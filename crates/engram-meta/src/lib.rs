@@ -12,6 +12,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod rpc;
+pub mod secret;
 pub mod shared;
 pub mod state;
 pub mod state_machine;
@@ -20,6 +21,7 @@ pub mod types;
 pub use error::{MetaError, Result};
 pub use log_store::LogStore;
 pub use node::{MembershipChange, MetaNode, RaftTiming, WriteOutcome};
+pub use secret::ClusterSecret;
 pub use shared::Shared;
 pub use state::{
     ClusterState, CollectionCuration, CollectionMeta, JobRecord, SegmentFile, SegmentRecord,

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
+use crate::secret::ClusterSecret;
 use crate::types::{NodeId, TypeConfig};
 
 /// Content type of every internal RPC body.
@@ -26,19 +27,15 @@ pub struct HttpNetwork {
 }
 
 impl HttpNetwork {
-    pub fn new() -> HttpNetwork {
+    /// Every call carries `secret` (when set).
+    pub fn new(secret: &ClusterSecret) -> HttpNetwork {
         HttpNetwork {
-            client: reqwest::Client::builder()
+            client: secret
+                .client_builder()
                 .connect_timeout(Duration::from_millis(500))
                 .build()
                 .expect("reqwest client without TLS"),
         }
-    }
-}
-
-impl Default for HttpNetwork {
-    fn default() -> Self {
-        HttpNetwork::new()
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::error::{MetaError, Result};
 use crate::log_store::LogStore;
 use crate::network::{BINCODE, HttpNetwork};
+use crate::secret::ClusterSecret;
 use crate::state::ClusterState;
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, CommandResult, NodeId, Raft};
@@ -71,8 +72,14 @@ struct Inner {
 
 impl MetaNode {
     /// Opens the log and state machine under `dir` and starts the node. It
-    /// serves nothing until [`crate::rpc::router`] is mounted.
-    pub async fn start(id: NodeId, dir: &Path, timing: &RaftTiming) -> Result<MetaNode> {
+    /// serves nothing until [`crate::rpc::router`] is mounted. Its calls to
+    /// peers carry `secret` (when set).
+    pub async fn start(
+        id: NodeId,
+        dir: &Path,
+        timing: &RaftTiming,
+        secret: &ClusterSecret,
+    ) -> Result<MetaNode> {
         let log = LogStore::open(&dir.join("log"))?;
         let state_machine = StateMachineStore::open(&dir.join("state"))?;
         let config = openraft::Config {
@@ -89,7 +96,7 @@ impl MetaNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            HttpNetwork::new(),
+            HttpNetwork::new(secret),
             log,
             state_machine.clone(),
         )
@@ -100,7 +107,8 @@ impl MetaNode {
                 id,
                 raft,
                 state_machine,
-                client: reqwest::Client::builder()
+                client: secret
+                    .client_builder()
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(10))
                     .build()

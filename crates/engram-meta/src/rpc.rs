@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,13 +18,30 @@ use crate::types::Command;
 /// Largest Raft message accepted.
 pub const MAX_RAFT_BODY: usize = 1 << 30;
 
+/// Every Raft route, the one list both [`router`] and [`paths`] read.
+fn routes() -> Vec<(&'static str, MethodRouter<MetaNode>)> {
+    vec![
+        ("/raft/append", post(append)),
+        ("/raft/vote", post(vote)),
+        ("/raft/snapshot", post(snapshot)),
+        ("/raft/write", post(write)),
+        ("/raft/membership", post(membership)),
+    ]
+}
+
+/// The path of every route [`router`] serves.
+pub fn paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// The Raft routes, unguarded: the coordinator mounts them with its other
+/// internal routes behind [`crate::ClusterSecret::guard`].
 pub fn router(node: MetaNode) -> Router {
-    Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .route("/raft/write", post(write))
-        .route("/raft/membership", post(membership))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         // Log batches and snapshot chunks exceed axum's 2 MiB default once
         // curation (pruning weights, receipts) is in the state.
         .layer(DefaultBodyLimit::max(MAX_RAFT_BODY))

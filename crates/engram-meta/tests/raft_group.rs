@@ -1,12 +1,24 @@
 //! Three metadata nodes over real HTTP on loopback, in one process: the
 //! group elects a leader, followers forward writes, a stopped leader is
 //! replaced and a restarted node comes back with everything from its files.
+//! The group runs behind the cluster secret, so every call above carries it;
+//! a caller without it is refused before any Raft message is decoded.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use engram_meta::{Command, MetaNode, RaftTiming, rpc};
+use engram_core::config::SecurityConfig;
+use engram_meta::{ClusterSecret, Command, MetaNode, RaftTiming, rpc};
+
+const SECRET: &str = "raft-group-secret-0123456789";
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_config(&SecurityConfig {
+        cluster_secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+}
 
 struct Running {
     node: MetaNode,
@@ -14,10 +26,16 @@ struct Running {
 }
 
 async fn start(id: u64, dir: &Path, listener: tokio::net::TcpListener) -> Running {
-    let node = MetaNode::start(id, &dir.join(format!("n{id}")), &RaftTiming::default())
-        .await
-        .expect("node starts");
-    let app = rpc::router(node.clone());
+    let secret = secret();
+    let node = MetaNode::start(
+        id,
+        &dir.join(format!("n{id}")),
+        &RaftTiming::default(),
+        &secret,
+    )
+    .await
+    .expect("node starts");
+    let app = secret.guard(rpc::router(node.clone()));
     let server = tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serve");
     });
@@ -91,6 +109,29 @@ async fn elects_forwards_fails_over_and_recovers() {
         })
         .await;
     assert!(matches!(refused, Err(engram_meta::MetaError::Refused(_))));
+
+    // Without the secret, or with another, nothing reaches Raft: a
+    // registration that would pull shards to a foreign address is refused.
+    let addr = &members[&nodes[0].node.id()];
+    let before = nodes[0].node.state();
+    let body = bincode::serialize(&register(99)).unwrap();
+    let http = reqwest::Client::new();
+    for presented in [None, Some("another-secret-0123456789")] {
+        for path in ["write", "append", "vote", "snapshot", "membership"] {
+            let mut request = http
+                .post(format!("http://{addr}/raft/{path}"))
+                .body(body.clone());
+            if let Some(p) = presented {
+                request = request.header(engram_meta::secret::HEADER, p);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{path} with {presented:?}");
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "unauthenticated");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(nodes[0].node.state(), before);
 
     // The old leader restarts from its files and catches up.
     drop(old);

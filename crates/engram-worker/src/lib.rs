@@ -27,7 +27,7 @@ pub use error::{Result, WorkerError};
 pub use hosted_collection::{
     CollectionStats, HostedCollection, ReshardHooks, ReshardReport, SearchResults,
 };
-pub use node::WorkerNode;
+pub use node::{Membership, WorkerNode};
 pub use shard::{
     AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
     Shard, ShardDeletion, ShardHits,

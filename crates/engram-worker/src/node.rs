@@ -14,7 +14,7 @@ use engram_core::config::StorageConfig;
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
-use engram_meta::{ClusterState, Command, CommandResult};
+use engram_meta::{ClusterSecret, ClusterState, Command, CommandResult};
 use engram_store::{ObjectLocation, WalOp};
 
 use crate::lease::ReadLease;
@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) lease: ReadLease,
     /// Credentials and endpoints for object storage (bulk segments).
     pub(crate) storage: StorageConfig,
+    /// Sent on every call to peers; required by this node's routes.
+    secret: ClusterSecret,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -69,23 +71,39 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
+/// Who a worker is in the cluster and how it reaches the others.
+pub struct Membership {
+    pub id: WorkerId,
+    /// The address the others reach this worker at.
+    pub addr: String,
+    /// Coordinators' internal addresses.
+    pub coordinators: Vec<String>,
+    /// Sent on every call to peers; required by this node's routes.
+    pub secret: ClusterSecret,
+}
+
 impl WorkerNode {
     pub fn new(
-        id: WorkerId,
-        addr: String,
-        coordinators: Vec<String>,
+        membership: Membership,
         data_dir: &Path,
         params: IndexParams,
         storage: StorageConfig,
         cache: Arc<engram_index::SegmentCache>,
     ) -> crate::Result<WorkerNode> {
+        let Membership {
+            id,
+            addr,
+            coordinators,
+            secret,
+        } = membership;
         Ok(WorkerNode {
             inner: Arc::new(Inner {
                 id,
                 addr,
                 coordinators,
                 host: ReplicaHost::with_cache(data_dir, params, cache)?,
-                client: internal_client(),
+                client: internal_client(&secret),
+                secret,
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
@@ -98,6 +116,10 @@ impl WorkerNode {
 
     pub fn id(&self) -> WorkerId {
         self.inner.id
+    }
+
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.inner.secret
     }
 
     pub fn host(&self) -> &ReplicaHost {

@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
+use engram_meta::ClusterSecret;
+
 use crate::wire::{RpcError, RpcResult};
 
 /// Content type of internal bodies.
@@ -24,9 +26,11 @@ pub enum CallError {
     Protocol { addr: String, reason: String },
 }
 
-/// One HTTP client for internal calls (connection pool, short connect).
-pub fn internal_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// One HTTP client for internal calls (connection pool, short connect);
+/// every call carries the cluster secret (when set).
+pub fn internal_client(secret: &ClusterSecret) -> reqwest::Client {
+    secret
+        .client_builder()
         .connect_timeout(Duration::from_millis(500))
         .pool_idle_timeout(Duration::from_secs(30))
         .build()

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -14,49 +14,74 @@ use crate::node::WorkerNode;
 use crate::rpc_client::BINCODE;
 use crate::wire::{MAX_INTERNAL_BODY, RpcResult, path};
 
-pub fn router(node: WorkerNode) -> Router {
-    Router::new()
-        .route(path::WRITE, post(|s, b| handle(s, b, WorkerNode::write)))
-        .route(
+/// One internal route: its path and handler.
+type Route = (&'static str, MethodRouter<WorkerNode>);
+
+/// Every internal route, the one list both [`router`] and [`paths`] read
+/// (tests walk [`paths`], so a route added here cannot escape them).
+fn routes() -> Vec<Route> {
+    vec![
+        (path::WRITE, post(|s, b| handle(s, b, WorkerNode::write))),
+        (
             path::REPLICATE,
             post(|s, b| handle(s, b, WorkerNode::apply_replicated)),
-        )
-        .route(path::SEARCH, post(|s, b| handle(s, b, WorkerNode::search)))
-        .route(path::GET, post(|s, b| handle(s, b, WorkerNode::get)))
-        .route(path::STATS, post(|s, b| handle(s, b, WorkerNode::stats)))
-        .route(
+        ),
+        (path::SEARCH, post(|s, b| handle(s, b, WorkerNode::search))),
+        (path::GET, post(|s, b| handle(s, b, WorkerNode::get))),
+        (path::STATS, post(|s, b| handle(s, b, WorkerNode::stats))),
+        (
             path::PRESENCE,
             post(|s, b| handle(s, b, WorkerNode::presence)),
-        )
-        .route(
+        ),
+        (
             path::CATCH_UP,
             post(|s, b| handle(s, b, WorkerNode::catch_up)),
-        )
-        .route(
+        ),
+        (
             path::INSTALL,
             post(|s, b| handle(s, b, WorkerNode::install)),
-        )
-        .route(
+        ),
+        (
             path::COMPACT,
             post(|s, b| handle(s, b, WorkerNode::compact)),
-        )
-        .route(path::SCAN, post(|s, b| handle(s, b, WorkerNode::scan)))
-        .route(
+        ),
+        (path::SCAN, post(|s, b| handle(s, b, WorkerNode::scan))),
+        (
             path::SNAPSHOT,
             post(|s, b| handle(s, b, WorkerNode::snapshot)),
-        )
-        .route(path::HOST, post(|s, b| handle(s, b, WorkerNode::host_now)))
-        .route(path::DROP, post(|s, b| handle(s, b, WorkerNode::drop_now)))
-        .route(path::ATTACH, post(|s, b| handle(s, b, WorkerNode::attach)))
-        .route(
+        ),
+        (path::HOST, post(|s, b| handle(s, b, WorkerNode::host_now))),
+        (path::DROP, post(|s, b| handle(s, b, WorkerNode::drop_now))),
+        (path::ATTACH, post(|s, b| handle(s, b, WorkerNode::attach))),
+        (
             path::ATTACH_REPLICA,
             post(|s, b| handle(s, b, WorkerNode::apply_attach)),
-        )
-        .route("/healthz", get(|| async { "ok" }))
+        ),
+        (HEALTHZ, get(|| async { "ok" })),
+    ]
+}
+
+/// The liveness probe: the one route open without the cluster secret.
+pub const HEALTHZ: &str = "/healthz";
+
+/// The path of every route [`router`] serves.
+pub fn paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// Every route but `/healthz` behind the node's cluster secret.
+pub fn router(node: WorkerNode) -> Router {
+    let secret = node.secret().clone();
+    let routes = routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         // Writes, replication and transfers carry vectors: axum's 2 MiB
         // default would refuse a batch of high-dimensional items.
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
-        .with_state(node)
+        .with_state(node);
+    secret.guard(routes)
 }
 
 async fn handle<Req, Resp, F, Fut>(State(node): State<WorkerNode>, body: Bytes, f: F) -> Response

@@ -1,6 +1,9 @@
 //! The loopback cluster harness: three coordinators (Raft over HTTP) and
 //! three workers as real `engram` processes, each with its own config, data
 //! directory and log. Used by the cluster scenarios and the chaos run.
+//! Every cluster runs as a deployment should: a cluster secret of its own on
+//! the internal routes and a public API key, which the harness's client and
+//! [`Cluster::engramctl`] send.
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -30,6 +33,47 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// 32 hex digits from the process's random hasher keys: a key or secret
+/// no other test run shares.
+pub fn random_secret() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let half = || RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{:016x}{:016x}", half(), half())
+}
+
+/// A client that sends `api_key` as a bearer token on every request.
+pub fn client_with_key(api_key: &str, timeout: Duration) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}")).unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::blocking::Client::builder()
+        .default_headers(headers)
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
+/// Runs `engramctl --server <base> args...` with `api_key` in its
+/// environment: (exit ok, stdout + stderr).
+pub fn engramctl(api_key: &str, base: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engramctl"))
+        .arg("--server")
+        .arg(base)
+        .args(args)
+        .env("ENGRAM_API_KEY", api_key)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 pub struct Proc {
@@ -146,6 +190,10 @@ impl Drop for Proc {
 /// Fields drop in order: the processes (printing their logs when a test
 /// fails) before the directory holding those logs.
 pub struct Cluster {
+    /// The full-access public API key every coordinator requires.
+    pub api_key: String,
+    /// The secret of the internal routes.
+    pub cluster_secret: String,
     pub coordinators: Vec<Proc>,
     pub workers: Vec<Proc>,
     pub http: reqwest::blocking::Client,
@@ -160,6 +208,7 @@ impl Cluster {
     /// A cluster whose nodes' `[index]` section also has `index_extra`.
     pub fn start_with(index_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let (api_key, cluster_secret) = (random_secret(), random_secret());
         eprintln!("cluster dir {}", dir.path().display());
         let internal: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peers: Vec<String> = internal
@@ -176,7 +225,8 @@ impl Cluster {
         // storage on the local filesystem.
         let index = format!(
             "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
-             pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n",
+             pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n\n\
+             [security]\napi_key = {api_key:?}\ncluster_secret = {cluster_secret:?}\n",
             dir.path().join("segment-store").display().to_string()
         );
         let mut coordinators = Vec::new();
@@ -225,16 +275,22 @@ impl Cluster {
             ));
         }
         let cluster = Cluster {
+            http: client_with_key(&api_key, Duration::from_secs(60)),
+            api_key,
+            cluster_secret,
             dir,
             coordinators,
             workers,
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
         };
         cluster.wait_ready(3, Duration::from_secs(60));
         cluster
+    }
+
+    /// Runs `engramctl --server <base> args...` with the cluster's API key
+    /// (from the environment, as an operator would): (exit ok, stdout +
+    /// stderr).
+    pub fn engramctl(&self, base: &str, args: &[&str]) -> (bool, String) {
+        engramctl(&self.api_key, base, args)
     }
 
     pub fn live_coordinators(&self) -> Vec<&str> {

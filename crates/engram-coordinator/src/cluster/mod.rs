@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use engram_core::CollectionSpec;
 use engram_core::config::ClusterConfig;
 use engram_core::placement::WorkerId;
-use engram_meta::{ClusterState, Command, CommandResult, MetaError, MetaNode, RaftTiming};
+use engram_meta::{
+    ClusterSecret, ClusterState, Command, CommandResult, MetaError, MetaNode, RaftTiming,
+};
 use engram_worker::rpc_client::{BINCODE, call, internal_client};
 use engram_worker::wire::{
     DropRequest, Heartbeat, HeartbeatReply, HostRequest, RpcError, RpcResult, coordinator_path,
@@ -53,6 +55,8 @@ pub(crate) struct Inner {
     /// Registrations being written, so a burst of heartbeats writes once.
     registering: Mutex<HashSet<WorkerId>>,
     pub(crate) client: reqwest::Client,
+    /// Sent on every internal call; required by [`ClusterBackend::internal_router`].
+    secret: ClusterSecret,
     pub(crate) timeouts: Timeouts,
     pub(crate) started: Instant,
     /// Rotates replica choice between queries.
@@ -74,16 +78,32 @@ impl From<MetaError> for ApiError {
     }
 }
 
+/// The routes workers call on a coordinator's internal port, the one list
+/// the router and [`ClusterBackend::internal_paths`] read.
+fn worker_facing_routes() -> Vec<(&'static str, MethodRouter<ClusterBackend>)> {
+    vec![
+        (coordinator_path::HEARTBEAT, post(heartbeat)),
+        (coordinator_path::COMMAND, post(command)),
+    ]
+}
+
 impl ClusterBackend {
     /// Starts this coordinator's Raft node (data under `<data_dir>/raft`)
     /// and, on the lowest-id coordinator, forms the group on first start.
-    pub async fn start(config: &ClusterConfig, data_dir: &std::path::Path) -> Result<Self> {
+    /// Its calls to workers and Raft peers carry `secret`, and its internal
+    /// routes require it (when set).
+    pub async fn start(
+        config: &ClusterConfig,
+        secret: ClusterSecret,
+        data_dir: &std::path::Path,
+    ) -> Result<Self> {
         let timing = RaftTiming {
             heartbeat_ms: config.raft_heartbeat_ms,
             election_min_ms: config.raft_election_min_ms,
             election_max_ms: config.raft_election_max_ms,
         };
-        let meta = MetaNode::start(config.node_id, &data_dir.join("raft"), &timing).await?;
+        let meta =
+            MetaNode::start(config.node_id, &data_dir.join("raft"), &timing, &secret).await?;
         // A coordinator whose Raft core stopped (its log could not be
         // written) would go on answering from a state that no longer
         // advances: exit instead, so that the supervisor restarts it and
@@ -108,7 +128,8 @@ impl ClusterBackend {
                 meta,
                 seen: Mutex::new(HashMap::new()),
                 registering: Mutex::new(HashSet::new()),
-                client: internal_client(),
+                client: internal_client(&secret),
+                secret,
                 timeouts: Timeouts {
                     worker: Duration::from_millis(config.worker_timeout_ms),
                     query: Duration::from_millis(config.query_timeout_ms),
@@ -142,14 +163,29 @@ impl ClusterBackend {
         }
     }
 
-    /// Routes for the internal port: Raft RPC plus the worker-facing calls.
+    /// Routes for the internal port: Raft RPC plus the worker-facing calls,
+    /// all behind the cluster secret.
     pub fn internal_router(&self) -> Router {
-        engram_meta::rpc::router(self.inner.meta.clone()).merge(
-            Router::new()
-                .route(coordinator_path::HEARTBEAT, post(heartbeat))
-                .route(coordinator_path::COMMAND, post(command))
-                .with_state(self.clone()),
-        )
+        let workers_facing = worker_facing_routes()
+            .into_iter()
+            .fold(Router::new(), |router, (path, handler)| {
+                router.route(path, handler)
+            })
+            .with_state(self.clone());
+        let routes = engram_meta::rpc::router(self.inner.meta.clone()).merge(workers_facing);
+        self.inner.secret.guard(routes)
+    }
+
+    /// The path of every route [`ClusterBackend::internal_router`] serves.
+    pub fn internal_paths() -> Vec<&'static str> {
+        let mut paths = engram_meta::rpc::paths();
+        paths.extend(worker_facing_routes().into_iter().map(|(path, _)| path));
+        paths
+    }
+
+    /// Internal requests refused for want of the secret, by reason.
+    pub fn secret_refusals(&self) -> engram_meta::secret::Refusals {
+        self.inner.secret.refusals()
     }
 
     /// On the leader, declares dead every live worker not heard from within

@@ -1,0 +1,215 @@
+//! The cluster secret: what every internal request (Raft RPC, worker RPC,
+//! transfers, ATTACH, heartbeats) carries and every internal router
+//! requires, so that reaching an internal port is not enough to rewrite the
+//! cluster's metadata or a shard. It travels in the `engram-cluster-secret`
+//! header, set once on each internal HTTP client; the guard compares
+//! SHA-256 digests in constant time and refuses (401) before any body is
+//! read. During a rotation a second secret is accepted, never sent
+//! (`security.accepted_cluster_secret`, docs/security.md).
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use engram_core::config::SecurityConfig;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use subtle::ConstantTimeEq;
+
+/// The header that carries the secret on internal requests.
+pub const HEADER: HeaderName = HeaderName::from_static("engram-cluster-secret");
+
+/// Internal routes that stay open: liveness probes carry no secret, and
+/// answering "ok" tells a caller nothing it could not learn by connecting.
+const OPEN_PATHS: &[&str] = &["/healthz"];
+
+/// This process's cluster secret, or none (`--insecure`, or the embedded
+/// node, which has no internal port). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ClusterSecret {
+    inner: Option<Arc<Secrets>>,
+}
+
+struct Secrets {
+    /// What this process sends, marked sensitive so it is never printed.
+    sent: HeaderValue,
+    /// Digests of what it accepts: the secret, then the rotation's other.
+    accepted: Vec<[u8; 32]>,
+    refused_missing: AtomicU64,
+    refused_wrong: AtomicU64,
+}
+
+/// Requests an internal router refused, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    pub missing: u64,
+    pub wrong: u64,
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = if self.is_set() { "<set>" } else { "<none>" };
+        f.debug_tuple("ClusterSecret").field(&shown).finish()
+    }
+}
+
+impl ClusterSecret {
+    /// No secret: internal routes take any caller.
+    pub fn none() -> ClusterSecret {
+        ClusterSecret::default()
+    }
+
+    /// The secret of `security` (validated: printable ASCII, so it is a
+    /// valid header value), if any.
+    pub fn from_config(security: &SecurityConfig) -> ClusterSecret {
+        let Some(secret) = security.cluster_secret.as_deref() else {
+            return ClusterSecret::none();
+        };
+        let mut sent = HeaderValue::from_str(secret)
+            .expect("security.cluster_secret is validated as printable ASCII");
+        sent.set_sensitive(true);
+        let accepted = std::iter::once(secret)
+            .chain(security.accepted_cluster_secret.as_deref())
+            .map(|s| digest(s.as_bytes()))
+            .collect();
+        ClusterSecret {
+            inner: Some(Arc::new(Secrets {
+                sent,
+                accepted,
+                refused_missing: AtomicU64::new(0),
+                refused_wrong: AtomicU64::new(0),
+            })),
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The headers every internal client sends by default.
+    pub fn client_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(inner) = &self.inner {
+            headers.insert(HEADER, inner.sent.clone());
+        }
+        headers
+    }
+
+    /// A client builder for internal calls that sends the secret.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder().default_headers(self.client_headers())
+    }
+
+    /// `router` behind the guard: every route but [`OPEN_PATHS`] needs the
+    /// secret. Without a secret the router is returned as it is.
+    pub fn guard<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        match &self.inner {
+            None => router,
+            Some(inner) => router.layer(axum::middleware::from_fn_with_state(
+                inner.clone(),
+                require_secret,
+            )),
+        }
+    }
+
+    /// How many requests the guard refused so far.
+    pub fn refusals(&self) -> Refusals {
+        self.inner
+            .as_ref()
+            .map(|inner| Refusals {
+                missing: inner.refused_missing.load(Ordering::Relaxed),
+                wrong: inner.refused_wrong.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Secrets {
+    /// Whether `presented` is one of the accepted secrets. Every accepted
+    /// digest is compared whatever the first answer, so the time taken
+    /// says nothing about which came close.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let presented = digest(presented);
+        self.accepted.iter().fold(false, |ok, accepted| {
+            ok | bool::from(accepted.as_slice().ct_eq(presented.as_slice()))
+        })
+    }
+}
+
+async fn require_secret(
+    State(secrets): State<Arc<Secrets>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let (reason, counter) = match request.headers().get(&HEADER) {
+        None => ("missing", &secrets.refused_missing),
+        Some(value) if secrets.accepts(value.as_bytes()) => return next.run(request).await,
+        Some(_) => ("wrong", &secrets.refused_wrong),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        path = request.uri().path(),
+        reason,
+        "internal request refused: no valid cluster secret"
+    );
+    let message = match reason {
+        "missing" => "internal routes need the cluster secret (header engram-cluster-secret)",
+        _ => "the cluster secret is not valid",
+    };
+    let body = serde_json::json!({ "error": { "code": "unauthenticated", "message": message } });
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn security(secret: &str, accepted: Option<&str>) -> SecurityConfig {
+        SecurityConfig {
+            cluster_secret: Some(secret.into()),
+            accepted_cluster_secret: accepted.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_secret_and_the_rotations_other_are_accepted_and_nothing_else() {
+        let secret = ClusterSecret::from_config(&security(
+            "new-secret-0123456789",
+            Some("old-secret-0123456789"),
+        ));
+        let inner = secret.inner.as_ref().unwrap();
+        assert!(inner.accepts(b"new-secret-0123456789"));
+        assert!(inner.accepts(b"old-secret-0123456789"));
+        for wrong in [
+            &b""[..],
+            b"new-secret-012345678",
+            b"new-secret-01234567890",
+            b"NEW-SECRET-0123456789",
+        ] {
+            assert!(!inner.accepts(wrong));
+        }
+        let sent = secret.client_headers();
+        assert_eq!(sent.get(&HEADER).unwrap(), "new-secret-0123456789");
+        assert!(sent.get(&HEADER).unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn none_sends_nothing_and_is_never_printed() {
+        assert!(ClusterSecret::none().client_headers().is_empty());
+        let printed = format!(
+            "{:?}",
+            ClusterSecret::from_config(&security("printed-never-0123456789", None))
+        );
+        assert!(!printed.contains("printed-never"), "{printed}");
+    }
+}
