@@ -37,7 +37,9 @@ engram="$target/release/engram"
 start_server() {
   local dir="$out/server-$1"
   rm -rf "$dir"
-  "$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$dir" >"$out/server-$1.log" 2>&1 &
+  # The server reads local files only under its roots: the input's.
+  ENGRAM_STORAGE__LOCAL_ROOTS="$(realpath "$data")" \
+    "$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$dir" >"$out/server-$1.log" 2>&1 &
   server=$!
   trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
   for _ in $(seq 100); do curl -sf "http://$listen/healthz" >/dev/null && break; sleep 0.2; done

@@ -52,9 +52,10 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--column takes NAME=COLUMN, got {pair:?}"))?;
         columns.insert(name.to_string(), Value::String(column.to_string()));
     }
+    let uri = server_side_uri(&args.uri)?;
     let mut body = json!({
         "kind": "ingest",
-        "uri": args.uri,
+        "uri": uri,
         "max_reject_share": args.max_reject_share,
         "batch_rows": args.batch_rows,
     });
@@ -67,7 +68,13 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     if let Some(rows) = args.segment_rows {
         body["segment_rows"] = json!(rows);
     }
-    let job = client.post(&format!("/v1/collections/{}/jobs", args.collection), &body)?;
+    let job = client
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/collections/{}/jobs", args.collection),
+            Some(&body),
+        )
+        .map_err(|e| outside_roots_hint(e, &uri))?;
     let id = job["id"].as_u64().unwrap_or(0);
     let status = follow_job(&client, &args.collection, id, "ingesting rows")?;
     if args.json {
@@ -92,4 +99,29 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// A local path as the server must see it: absolute (the server's working
+/// directory is not the caller's). Other URIs pass as they are.
+fn server_side_uri(uri: &str) -> anyhow::Result<String> {
+    if uri.contains("://") {
+        return Ok(uri.to_string());
+    }
+    Ok(std::path::absolute(uri)?.display().to_string())
+}
+
+/// Adds what a newcomer does next when the server refused a local path
+/// outside its roots (403): the server's own message names the roots.
+fn outside_roots_hint(error: anyhow::Error, uri: &str) -> anyhow::Error {
+    let refused = error.to_string().contains(" 403 permission_denied");
+    if refused && !uri.contains("://") {
+        error.context(format!(
+            "the server reads local files only under its local roots: move {uri} under one of them \
+             (by default <data_dir>/import), or restart the server with its directory among them: \
+             ENGRAM_STORAGE__LOCAL_ROOTS=<that dir>,<data_dir>/import,<data_dir>/snapshots \
+             (the list replaces the defaults)"
+        ))
+    } else {
+        error
+    }
 }

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::cluster::{Cluster, DIM, Proc, SHARDS, engramctl, free_port, vector};
+use common::cluster::{Cluster, DIM, Proc, SHARDS, engramctl, free_port, vector, write_parquet};
 use common::traffic::{StopOnDrop, check_ledger, with_traffic};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -283,8 +283,13 @@ impl Cluster {
 #[test]
 fn curation_lives_in_raft_on_every_coordinator() {
     // Automatic compaction runs on the workers every second here.
-    let mut cluster =
-        Cluster::start_with("compaction_interval_s = 1\ncompact_deleted_fraction = 0.2");
+    // The snapshot at the end is written by this cluster and read by a
+    // fresh one: both may use its directory.
+    let snapshots = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with_roots(
+        "compaction_interval_s = 1\ncompact_deleted_fraction = 0.2",
+        &[snapshots.path()],
+    );
     let (status, body) = cluster.at(
         0,
         "POST",
@@ -525,7 +530,6 @@ fn curation_lives_in_raft_on_every_coordinator() {
 
     // Snapshot, wipe (a brand-new cluster), restore: the same collections,
     // items, curation and answers.
-    let snapshots = tempfile::tempdir().unwrap();
     let uri = snapshots.path().to_string_lossy().to_string();
     let base = cluster.coordinators[1].base.clone().unwrap();
     let (ok, out) = cluster.engramctl(&base, &["snapshot", "create", "--uri", &uri, "--json"]);
@@ -558,7 +562,7 @@ fn curation_lives_in_raft_on_every_coordinator() {
     };
     let before = probe(&cluster);
     drop(cluster);
-    let fresh = Cluster::start();
+    let fresh = Cluster::start_with_roots("compaction_interval_s = 0", &[snapshots.path()]);
     let base = fresh.coordinators[2].base.clone().unwrap();
     let (ok, out) = fresh.engramctl(&base, &["snapshot", "restore", "--uri", &uri, "--id", &id]);
     assert!(ok, "{out}");
@@ -790,34 +794,6 @@ fn fourth_worker_rebalanced_then_drained_under_load() {
     }
 }
 
-/// A Parquet file of `ids` (label `label`, `vector(id)`) at `path`.
-fn write_parquet(path: &std::path::Path, ids: &[u64], label: &str) {
-    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
-    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
-    let mut list = FixedSizeListBuilder::new(Float32Builder::new(), DIM as i32);
-    for id in ids {
-        list.values().append_slice(&vector(*id));
-        list.append(true);
-    }
-    let batch = RecordBatch::try_from_iter([
-        ("id", Arc::new(UInt64Array::from(ids.to_vec())) as ArrayRef),
-        (
-            "label",
-            Arc::new(StringArray::from_iter_values(ids.iter().map(|_| label))) as ArrayRef,
-        ),
-        ("embedding", Arc::new(list.finish()) as ArrayRef),
-    ])
-    .unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(500))
-        .build();
-    let file = std::fs::File::create(path).unwrap();
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-}
-
 #[test]
 fn bulk_segments_reach_every_copy_and_outlive_a_worker() {
     let mut cluster = Cluster::start();
@@ -827,8 +803,7 @@ fn bulk_segments_reach_every_copy_and_outlive_a_worker() {
         .collect();
     let (status, _) = cluster.post("/v1/collections/c/items", &json!({"items": before}));
     assert_eq!(status, 200);
-    let input = tempfile::tempdir().unwrap();
-    let file = input.path().join("part-0.parquet");
+    let file = cluster.exchange().join("part-0.parquet");
     write_parquet(&file, &(0..4000u64).collect::<Vec<_>>(), "bulk");
     let (status, job) = cluster.post(
         "/v1/collections/c/jobs",

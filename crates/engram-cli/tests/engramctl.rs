@@ -186,7 +186,8 @@ fn every_verb_against_the_embedded_node() {
             .collect()
     };
     let before = answers(&server);
-    let snapshots = dir.path().join("snapshots");
+    // The data directory's `snapshots/`: one of the default local roots.
+    let snapshots = dir.path().join("data").join("snapshots");
     let uri = snapshots.to_string_lossy().to_string();
     let made = ctl_json(&base, &["snapshot", "create", "--uri", &uri]);
     assert_eq!(made["items"], 280, "{made}");

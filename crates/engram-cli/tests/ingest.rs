@@ -476,7 +476,8 @@ fn reading_more_parquet_does_not_raise_peak_memory() {
     // all) in row groups of 50, from the local disk: the server holds one
     // row group and one batch at a time, never the file.
     let dir = tempfile::tempdir().unwrap();
-    let images_dir = dir.path().join("big");
+    // Under the data directory's `import/`, a default local root.
+    let images_dir = dir.path().join("data").join("import").join("big");
     std::fs::create_dir_all(&images_dir).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut noise = || {
@@ -740,8 +741,14 @@ fn bulk_ingest_memory_does_not_grow_with_the_input() {
     );
     // Serving segments from memory is a cache budget spent on purpose,
     // not ingestion's memory: this measures the latter.
-    let disk_only = [("ENGRAM_CACHE__BUDGET_MB".to_string(), "0".to_string())];
-    let server = Server::start_with_env(&config, &dir.path().join("data"), &disk_only);
+    let server_env = [
+        ("ENGRAM_CACHE__BUDGET_MB".to_string(), "0".to_string()),
+        (
+            "ENGRAM_STORAGE__LOCAL_ROOTS".to_string(),
+            input.display().to_string(),
+        ),
+    ];
+    let server = Server::start_with_env(&config, &dir.path().join("data"), &server_env);
     let (status, _) = server.post(
         "/v1/collections",
         &json!({ "name": "v", "dim": dim, "metric": "l2", "shards": 2 }),

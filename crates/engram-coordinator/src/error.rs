@@ -124,6 +124,7 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupted { .. } => ApiError::new(ErrorCode::Corrupted, e.to_string()),
             StoreError::Io(_) => ApiError::internal(e.to_string()),
             StoreError::Remote { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+            StoreError::Refused(_) => ApiError::new(ErrorCode::PermissionDenied, e.to_string()),
         }
     }
 }
@@ -158,7 +159,10 @@ impl From<WorkerError> for ApiError {
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
-            IngestError::BadImage { .. } => ApiError::invalid(e.to_string()),
+            IngestError::BadImage { .. } | IngestError::Source { .. } => {
+                ApiError::invalid(e.to_string())
+            }
+            IngestError::Store(store) => store.into(),
             _ => ApiError::internal(e.to_string()),
         }
     }

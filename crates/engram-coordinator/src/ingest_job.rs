@@ -219,7 +219,7 @@ async fn ingest(
     dir: &Path,
 ) -> Result<serde_json::Value> {
     let started = Instant::now();
-    let source = Source::parse(&spec.uri, &engram.config().storage)?;
+    let source = engram.open_request_source(&spec.uri)?;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let mut cp: Checkpoint = if checkpoint_path.exists() {
         load(&checkpoint_path)?
@@ -483,8 +483,7 @@ impl Engram {
             segment_rows,
         } = options;
         // Refuse a bad URI now rather than in the job.
-        Source::parse(&uri, &self.config().storage)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        self.open_request_source(&uri)?;
         if bulk && self.cluster().is_some() && self.config().storage.segments_uri.is_none() {
             return Err(ApiError::invalid(
                 "bulk ingestion in a cluster needs object storage for its segments: set storage.segments_uri on the coordinators and workers",

@@ -18,8 +18,9 @@ use engram_core::{
     VotingRule, counterfactual, decide,
 };
 use engram_index::SearchTuning;
+use engram_ingest::source::Source;
 use engram_ingest::{IngestError, OnnxEmbedder};
-use engram_store::WalOp;
+use engram_store::{StorageAccess, WalOp};
 use engram_worker::{SearchFilter, SearchResults, ShardedCollection, Worker};
 
 use crate::backend::{Backend, Collection};
@@ -51,8 +52,18 @@ pub(crate) struct Inner {
     /// Interventions, pruning weights and receipts per collection.
     pub(crate) meta: CurationStore,
     pub(crate) jobs: Arc<Jobs>,
+    /// Where requests may make this node read and write.
+    storage_access: StorageAccess,
     /// Held for the life of the process: one node per data directory.
     _data_dir_lock: std::fs::File,
+}
+
+/// The local roots (created) and buckets requests are confined to.
+fn storage_access(config: &EngramConfig) -> Result<StorageAccess> {
+    let storage = &config.storage;
+    let roots = storage.local_roots_for(&config.server.data_dir);
+    StorageAccess::new(&roots, storage.buckets.clone())
+        .map_err(|e| ApiError::internal(format!("storage.local_roots: {e}")))
 }
 
 fn load_embedders(config: &EngramConfig) -> Result<BTreeMap<String, Arc<OnnxEmbedder>>> {
@@ -86,9 +97,11 @@ impl Engram {
             tracing::info!(collection = %spec.name, items = hosted.stats().items, "collection opened");
         }
         let embedders = load_embedders(&config)?;
+        let storage_access = storage_access(&config)?;
         Ok(Engram {
             inner: Arc::new(Inner {
                 config,
+                storage_access,
                 backend: Backend::Embedded {
                     catalog: Mutex::new(catalog),
                     worker: Box::new(worker),
@@ -111,9 +124,11 @@ impl Engram {
         let lock = lock_data_dir(&data_dir)?;
         let embedders = load_embedders(&config)?;
         let meta = CurationStore::Raft(cluster.meta().clone());
+        let storage_access = storage_access(&config)?;
         Ok(Engram {
             inner: Arc::new(Inner {
                 config,
+                storage_access,
                 backend: Backend::Cluster(cluster),
                 embedders,
                 metrics: Metrics::new(),
@@ -131,6 +146,17 @@ impl Engram {
 
     pub fn config(&self) -> &EngramConfig {
         &self.inner.config
+    }
+
+    /// Where requests may make this node read and write.
+    pub fn storage_access(&self) -> &StorageAccess {
+        &self.inner.storage_access
+    }
+
+    /// The source or snapshot place a request names, if it may use it:
+    /// 403 naming the roots (or buckets) otherwise, with nothing read.
+    pub(crate) fn open_request_source(&self, uri: &str) -> Result<Source> {
+        Source::open(uri, &self.config().storage, self.storage_access()).map_err(ApiError::from)
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -120,7 +120,7 @@ fn storage_error(uri: &str, e: impl std::fmt::Display) -> ApiError {
 
 impl Engram {
     fn snapshot_store(&self, uri: &str) -> Result<Source> {
-        Source::parse(uri, &self.config().storage).map_err(|e| ApiError::invalid(e.to_string()))
+        self.open_request_source(uri)
     }
 
     /// Copies every collection to `uri` under a new snapshot id.
@@ -232,6 +232,12 @@ impl Engram {
     pub async fn restore_snapshot(&self, request: RestoreRequest) -> Result<SnapshotSummary> {
         let started = Instant::now();
         let source = self.snapshot_store(&request.uri)?;
+        if !engram_core::plain_file_name(&request.id) {
+            return Err(ApiError::invalid(format!(
+                "snapshot id {:?} is not a plain name (no `/`, no `..`)",
+                request.id
+            )));
+        }
         let existing = self.inner.backend.names();
         if !existing.is_empty() {
             return Err(ApiError::new(
@@ -252,6 +258,16 @@ impl Engram {
         for c in &manifest.collections {
             let mut shards = Vec::new();
             for s in &c.shards {
+                // `<collection>/<shard>.bin`: each part one plain name.
+                if !s.file.split('/').all(engram_core::plain_file_name) {
+                    return Err(ApiError::new(
+                        ErrorCode::Corrupted,
+                        format!(
+                            "snapshot manifest lists {:?}, which is not a path of plain names; nothing was restored",
+                            s.file
+                        ),
+                    ));
+                }
                 let bytes = source
                     .store
                     .get(&child(&root, &s.file))

@@ -276,6 +276,53 @@ pub struct StorageConfig {
     /// cluster; on the embedded node, segments are attached from the
     /// builder's disk and only uploaded when this is set.
     pub segments_uri: Option<String>,
+    /// The only local directories a request (an ingest job's source, a
+    /// snapshot's place) may name; anything else is refused (403) before
+    /// it is read. Unset: `<data_dir>/import` and `<data_dir>/snapshots`.
+    /// `ENGRAM_STORAGE__LOCAL_ROOTS=/a,/b` sets it from the environment.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub local_roots: Option<Vec<PathBuf>>,
+    /// When set, the only buckets (or Azure containers) of `s3://`, `gs://`
+    /// and `az://` URIs a request may name. Unset: any the credentials
+    /// reach; an empty list: none.
+    /// `ENGRAM_STORAGE__BUCKETS=a,b` sets it from the environment.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub buckets: Option<Vec<String>>,
+}
+
+impl StorageConfig {
+    /// The local roots in force on a node whose data lives in `data_dir`.
+    pub fn local_roots_for(&self, data_dir: &std::path::Path) -> Vec<PathBuf> {
+        match &self.local_roots {
+            Some(roots) => roots.clone(),
+            None => vec![data_dir.join("import"), data_dir.join("snapshots")],
+        }
+    }
+}
+
+/// A list given as a TOML array or as one comma-separated string (as an
+/// environment variable gives it).
+fn list_or_commas<'de, D, T>(deserializer: D) -> std::result::Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Commas(String),
+    }
+    let items = match Option::<Either>::deserialize(deserializer)? {
+        None => return Ok(None),
+        Some(Either::List(items)) => items,
+        Some(Either::Commas(text)) => text
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    Ok(Some(items.into_iter().map(T::from).collect()))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -685,6 +732,26 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn storage_lists_come_as_arrays_or_commas() {
+        for text in [
+            r#"{"local_roots": ["/a", "/b"], "buckets": "x, y"}"#,
+            r#"{"local_roots": "/a,/b", "buckets": ["x", "y"]}"#,
+        ] {
+            let storage: StorageConfig = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                storage.local_roots,
+                Some(vec![PathBuf::from("/a"), PathBuf::from("/b")])
+            );
+            assert_eq!(storage.buckets, Some(vec!["x".into(), "y".into()]));
+        }
+        let default = StorageConfig::default();
+        assert_eq!(
+            default.local_roots_for(std::path::Path::new("/d")),
+            [PathBuf::from("/d/import"), PathBuf::from("/d/snapshots")]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod counterfactual;
 pub mod curation;
 pub mod distance;
 pub mod error;
+pub mod file_name;
 pub mod merge_policy;
 pub mod neighbor;
 pub mod placement;
@@ -29,6 +30,7 @@ pub use curation::{
 };
 pub use distance::Metric;
 pub use error::{CoreError, Result};
+pub use file_name::plain_file_name;
 pub use neighbor::{Neighbor, ScoredId};
 pub use unlearning::{Receipt, Selector, ShardDeletion};
 pub use voting::{Decision, VoteParams, VotedNeighbor, VotingRule, decide};

@@ -8,7 +8,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use std::sync::Arc;
 
 use engram_core::config::StorageConfig;
-use engram_store::ObjectLocation;
+use engram_store::{ObjectLocation, StorageAccess};
 
 use crate::error::{IngestError, Result};
 
@@ -49,9 +49,23 @@ impl Source {
     /// Parses `uri`: `s3://bucket/prefix`, `gs://bucket/prefix`,
     /// `az://container/prefix`, `file:///abs/dir` or a local path; the last
     /// segment may be a glob such as `part-*.parquet`.
+    /// Not confined: for an operator's own command line (`engram embed`);
+    /// a request's URI goes through [`Source::open`].
     pub fn parse(uri: &str, storage: &StorageConfig) -> Result<Source> {
-        let location = ObjectLocation::parse(uri, storage).map_err(|e| match e {
+        Source::from_location(uri, ObjectLocation::parse(uri, storage))
+    }
+
+    /// [`Source::parse`] for a URI a request named: refused
+    /// ([`engram_store::StoreError::Refused`]) unless `access` admits it; a
+    /// local source is read through a store rooted at its root.
+    pub fn open(uri: &str, storage: &StorageConfig, access: &StorageAccess) -> Result<Source> {
+        Source::from_location(uri, ObjectLocation::open(uri, storage, access))
+    }
+
+    fn from_location(uri: &str, location: engram_store::Result<ObjectLocation>) -> Result<Source> {
+        let location = location.map_err(|e| match e {
             engram_store::StoreError::Remote { reason, .. } => bad(uri, reason),
+            refused @ engram_store::StoreError::Refused(_) => IngestError::Store(refused),
             other => bad(uri, other.to_string()),
         })?;
         let (store, path) = (location.store, location.path);

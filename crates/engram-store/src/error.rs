@@ -17,6 +17,9 @@ pub enum StoreError {
     /// Object storage could not be reached or refused a request.
     #[error("object storage {uri}: {reason}")]
     Remote { uri: String, reason: String },
+    /// A request named a place outside the configured roots or buckets.
+    #[error("refused: {0}")]
+    Refused(#[from] crate::confine::Refused),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

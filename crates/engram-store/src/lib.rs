@@ -3,6 +3,8 @@
 //! that carry a checksum so corruption is detected rather than served.
 
 pub mod checksummed;
+pub mod confine;
+pub mod confined_store;
 pub mod error;
 pub mod fault;
 pub mod item_table;
@@ -11,6 +13,8 @@ pub mod spill;
 pub mod vocabulary;
 pub mod wal;
 
+pub use confine::{Admitted, Refused, StorageAccess};
+pub use confined_store::ConfinedLocalStore;
 pub use error::{Result, StoreError};
 pub use item_table::{
     ItemRecord, ItemTable, SEGMENT_ITEMS_FILE, StoredItem, read_items, write_items,

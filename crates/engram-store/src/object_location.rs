@@ -21,6 +21,7 @@ use std::sync::Arc;
 use engram_core::config::StorageConfig;
 use fs_err as fs;
 
+use crate::confine::{Admitted, StorageAccess};
 use crate::error::{Result, StoreError};
 
 /// Files up to this size are uploaded in one request; larger ones in parts.
@@ -52,6 +53,20 @@ pub struct CheckedFile {
     pub crc32: u32,
 }
 
+/// Refuses unless every file's name is one plain file name.
+fn plain_names(uri: &str, files: &[CheckedFile]) -> Result<()> {
+    match files
+        .iter()
+        .find(|f| !engram_core::plain_file_name(&f.name))
+    {
+        None => Ok(()),
+        Some(f) => Err(StoreError::Refused(crate::confine::Refused {
+            uri: uri.to_string(),
+            reason: format!("{:?} is not a plain file name", f.name),
+        })),
+    }
+}
+
 fn bad(uri: &str, reason: impl std::fmt::Display) -> StoreError {
     StoreError::Remote {
         uri: uri.to_string(),
@@ -60,8 +75,33 @@ fn bad(uri: &str, reason: impl std::fmt::Display) -> StoreError {
 }
 
 impl ObjectLocation {
+    /// Opens the store a request's `uri` names if `access` admits it: a
+    /// local path through a store rooted at its root (nothing read through
+    /// it can leave the root), anything else as [`ObjectLocation::parse`].
+    pub fn open(
+        uri: &str,
+        storage: &StorageConfig,
+        access: &StorageAccess,
+    ) -> Result<ObjectLocation> {
+        match access.admit(uri)? {
+            Admitted::Remote => ObjectLocation::parse(uri, storage),
+            Admitted::Local { root, relative } => {
+                let store = crate::ConfinedLocalStore::new(&root)
+                    .map_err(|e| bad(uri, format!("not a usable local path: {e}")))?;
+                Ok(ObjectLocation {
+                    store: Arc::new(store),
+                    path: relative,
+                    uri: uri.to_string(),
+                })
+            }
+        }
+    }
+
     /// Opens the store `uri` names; credentials and endpoints come from
-    /// `storage` and the usual environment variables (`AWS_*`, ...).
+    /// `storage` and the usual environment variables (`AWS_*`, ...). Not
+    /// confined: for URIs of the node's own config (`segments_uri`) and of
+    /// an operator's command line; a request's go through
+    /// [`ObjectLocation::open`].
     pub fn parse(uri: &str, storage: &StorageConfig) -> Result<ObjectLocation> {
         let (scheme, rest) = match uri.split_once("://") {
             Some((scheme, rest)) => (scheme, rest),
@@ -159,6 +199,7 @@ impl ObjectLocation {
     /// against its size and CRC32 as it is read (a file changed on disk
     /// since it was checksummed is not uploaded).
     pub async fn upload(&self, key: &str, dir: &Path, files: &[CheckedFile]) -> Result<()> {
+        plain_names(&self.uri_of(key), files)?;
         for file in files {
             let object = self.object(&format!("{key}/{}", file.name));
             let local = dir.join(&file.name);
@@ -213,6 +254,9 @@ impl ObjectLocation {
     /// checked against its size and CRC32 and fsynced; a mismatch is
     /// refused as corruption naming the object.
     pub async fn download(&self, key: &str, files: &[CheckedFile], dest: &Path) -> Result<()> {
+        // The names come from a peer or a record: each must be one plain
+        // file name, checked before anything is created.
+        plain_names(&self.uri_of(key), files)?;
         fs::create_dir_all(dest)?;
         for file in files {
             let object = self.object(&format!("{key}/{}", file.name));
@@ -255,6 +299,7 @@ fn check(what: &str, file: &CheckedFile, bytes: u64, crc32: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn checked(dir: &Path, name: &str, content: &[u8]) -> CheckedFile {
         std::fs::write(dir.join(name), content).unwrap();
@@ -263,6 +308,59 @@ mod tests {
             bytes: content.len() as u64,
             crc32: crc32fast::hash(content),
         }
+    }
+
+    /// A name holding a separator or `..` writes nothing anywhere: the
+    /// whole tree is the same before and after.
+    #[tokio::test]
+    async fn names_that_are_not_plain_write_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let remote = root.path().join("remote");
+        std::fs::create_dir_all(remote.join("seg/1")).unwrap();
+        std::fs::write(remote.join("seg/1/ok.bin"), b"x").unwrap();
+        let location =
+            ObjectLocation::parse(remote.to_str().unwrap(), &StorageConfig::default()).unwrap();
+        let tree = |dir: &Path| -> Vec<PathBuf> {
+            let mut all: Vec<PathBuf> = walk(dir);
+            all.sort();
+            all
+        };
+        let before = tree(root.path());
+        for name in ["../escape.bin", "a/b.bin", "..", "/abs.bin", ""] {
+            let files = vec![
+                CheckedFile {
+                    name: "ok.bin".into(),
+                    bytes: 1,
+                    crc32: crc32fast::hash(b"x"),
+                },
+                CheckedFile {
+                    name: name.into(),
+                    bytes: 1,
+                    crc32: crc32fast::hash(b"x"),
+                },
+            ];
+            let dest = root.path().join("dest/inner");
+            let err = location.download("seg/1", &files, &dest).await.unwrap_err();
+            assert!(matches!(err, StoreError::Refused(_)), "{name}: {err}");
+            let err = location
+                .upload("seg/2", &remote.join("seg/1"), &files)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Refused(_)), "{name}: {err}");
+        }
+        assert_eq!(tree(root.path()), before);
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+            out.push(path);
+        }
+        out
     }
 
     #[tokio::test]

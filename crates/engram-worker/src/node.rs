@@ -456,7 +456,14 @@ impl WorkerNode {
             .await;
         if let Err(e) = downloaded {
             let _ = fs_err::remove_dir_all(&partial);
-            return Err(internal(e));
+            // A file name that is not one plain name is the caller's fault
+            // and wrote nothing; anything else is this node's.
+            return Err(match e {
+                engram_store::StoreError::Refused(refused) => {
+                    RpcError::Invalid(refused.to_string())
+                }
+                other => internal(other),
+            });
         }
         fs_err::rename(&partial, &target).map_err(internal)?;
         Ok(target)

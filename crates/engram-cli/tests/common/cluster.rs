@@ -201,13 +201,31 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A directory under one of the nodes' local roots: where a test puts
+    /// files for ingest jobs and snapshots.
+    pub fn exchange(&self) -> PathBuf {
+        self.dir.path().join("exchange")
+    }
+
     pub fn start() -> Cluster {
         Cluster::start_with("compaction_interval_s = 0")
     }
 
     /// A cluster whose nodes' `[index]` section also has `index_extra`.
     pub fn start_with(index_extra: &str) -> Cluster {
+        Cluster::start_with_roots(index_extra, &[])
+    }
+
+    /// [`Cluster::start_with`] whose nodes may also read and write local
+    /// files under `extra_roots` (beside [`Cluster::exchange`]).
+    pub fn start_with_roots(index_extra: &str, extra_roots: &[&Path]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let exchange = dir.path().join("exchange");
+        std::fs::create_dir_all(&exchange).unwrap();
+        let roots: Vec<String> = std::iter::once(exchange.as_path())
+            .chain(extra_roots.iter().copied())
+            .map(|root| format!("{:?}", root.display().to_string()))
+            .collect();
         let (api_key, cluster_secret) = (random_secret(), random_secret());
         eprintln!("cluster dir {}", dir.path().display());
         let internal: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -225,9 +243,11 @@ impl Cluster {
         // storage on the local filesystem.
         let index = format!(
             "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
-             pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n\n\
+             pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n\
+             local_roots = [{}]\n\n\
              [security]\napi_key = {api_key:?}\ncluster_secret = {cluster_secret:?}\n",
-            dir.path().join("segment-store").display().to_string()
+            dir.path().join("segment-store").display().to_string(),
+            roots.join(", ")
         );
         let mut coordinators = Vec::new();
         for (i, port) in internal.iter().enumerate() {
@@ -392,4 +412,36 @@ pub fn vector(id: u64) -> Vec<f32> {
             (x >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()
+}
+
+/// A Parquet file of `ids` (label `label`, `vector(id)`) at `path`.
+pub fn write_parquet(path: &std::path::Path, ids: &[u64], label: &str) {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+    let mut list = FixedSizeListBuilder::new(Float32Builder::new(), DIM as i32);
+    for id in ids {
+        list.values().append_slice(&vector(*id));
+        list.append(true);
+    }
+    let batch = RecordBatch::try_from_iter([
+        (
+            "id",
+            std::sync::Arc::new(UInt64Array::from(ids.to_vec())) as ArrayRef,
+        ),
+        (
+            "label",
+            std::sync::Arc::new(StringArray::from_iter_values(ids.iter().map(|_| label)))
+                as ArrayRef,
+        ),
+        ("embedding", std::sync::Arc::new(list.finish()) as ArrayRef),
+    ])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(500))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
 }

@@ -363,7 +363,7 @@ impl S3 {
                 secret_access_key: Some("test".into()),
                 allow_http: true,
             },
-            segments_uri: None,
+            ..Default::default()
         };
         let location =
             engram_store::ObjectLocation::parse(&format!("s3://{BUCKET}"), &storage).unwrap();

@@ -129,6 +129,53 @@ impl SegmentManifest {
                 manifest.format
             )));
         }
+        // Each name is joined to the segment directory when it is read or
+        // downloaded: one plain name or the manifest is refused.
+        if let Some(entry) = manifest
+            .files
+            .iter()
+            .find(|f| !engram_core::plain_file_name(&f.name))
+        {
+            return Err(corrupted(&format!(
+                "manifest lists {:?}, which is not a plain file name",
+                entry.name
+            )));
+        }
         Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest naming a file outside its directory is refused even
+    /// with a valid checksum: its names are joined to the directory.
+    #[test]
+    fn names_that_are_not_plain_are_refused() {
+        for name in ["../escape", "a/b", "..", ""] {
+            let manifest = SegmentManifest {
+                format: FORMAT,
+                rows: 1,
+                dim: 1,
+                metric: Metric::L2,
+                max_degree: 1,
+                build_list_size: 1,
+                alpha: 1.2,
+                pq_bytes: 0,
+                files: vec![FileEntry {
+                    name: name.into(),
+                    bytes: 0,
+                    crc32: 0,
+                }],
+            };
+            let body = serde_json::to_string(&manifest).unwrap();
+            let text = format!("{body}\n{:08x}\n", crc32fast::hash(body.as_bytes()));
+            let err = SegmentManifest::parse_verified(Path::new("m"), text.into_bytes());
+            assert!(
+                matches!(err, Err(IndexError::Corrupted { .. })),
+                "{name:?}: {err:?}"
+            );
+        }
     }
 }
