@@ -29,6 +29,7 @@ impl Client {
         }
         Ok(Client {
             http: reqwest::blocking::Client::builder()
+                .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
                 .timeout(Duration::from_secs(600))
                 .default_headers(headers)
                 .build()?,

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use engram_coordinator::cluster::ClusterBackend;
 use engram_core::config::EngramConfig;
 use engram_meta::ClusterSecret;
+use engram_meta::serve::{InternalLimits, ServeStats};
 use engram_worker::{Membership, WorkerNode};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::shutdown_signal;
 
@@ -26,10 +29,20 @@ pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyh
     let cluster = ClusterBackend::start(&config.cluster, secret, &data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the raft node: {e}"))?;
-    let internal_app = cluster.internal_router();
+    let limits = InternalLimits::from_config(&config, engram_meta::rpc::MAX_RAFT_BODY);
+    let internal_app = cluster.internal_router(limits);
     let internal_addr = internal.local_addr()?;
+    let head_timeout = Duration::from_millis(config.limits.head_timeout_ms);
+    let internal_stats = cluster.internal_listener();
     let internal_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(internal, internal_app).await {
+        let served = engram_meta::serve::serve(
+            internal,
+            internal_app,
+            head_timeout,
+            internal_stats,
+            std::future::pending(),
+        );
+        if let Err(e) = served.await {
             tracing::error!(error = %e, "internal server stopped");
         }
     });
@@ -115,9 +128,18 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
     });
     tracing::info!(worker = node.id(), addr = %advertised, "engram worker serving");
     println!("engram worker listening on {bound}");
-    axum::serve(listener, engram_worker::server::router(node))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // The worker has no metrics endpoint yet: its listener's cut-offs
+    // are logged (debug) and counted here for when it does.
+    let stats = Arc::new(ServeStats::default());
+    let limits = InternalLimits::from_config(&config, engram_worker::wire::MAX_INTERNAL_BODY);
+    engram_meta::serve::serve(
+        listener,
+        engram_worker::server::router(node, limits, stats.clone()),
+        Duration::from_millis(config.limits.head_timeout_ms),
+        stats,
+        shutdown_signal(),
+    )
+    .await?;
     agent.abort();
     if let Some(task) = compaction {
         task.abort();

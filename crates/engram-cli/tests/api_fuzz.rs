@@ -4,7 +4,10 @@
 //! fields, odd path parameters, wrong content types, oversize bodies).
 //! Every answer must be a 4xx with the JSON error body (or a 2xx for a
 //! harmless read), the server must stay up, and the stored data must not
-//! change. Prints `fuzz requests=<n> status5xx=<x> crashes=<c>`.
+//! change. API keys are on: each request goes without a key, with a wrong
+//! one, the read-only one or the full one (without a right key it must be
+//! 401 on every route but the open probes). Prints
+//! `fuzz requests=<n> status5xx=<x> crashes=<c> unkeyed=<u>`.
 //!
 //! Requests are malformed by construction: a generated body that the API
 //! could accept is never sent to an endpoint that writes, so "nothing
@@ -20,6 +23,10 @@ use serde_json::{Value, json};
 use common::*;
 
 const REQUESTS: usize = 10_000;
+const FULL_KEY: &str = "fuzz-full-key-0123456789";
+const READ_KEY: &str = "fuzz-read-key-0123456789";
+/// Routes open without a key.
+const OPEN: [&str; 2] = ["/healthz", "/readyz"];
 const DIM: usize = 4;
 
 /// xorshift64*: reproducible, and enough for picking cases.
@@ -261,7 +268,16 @@ fn state(server: &Server) -> Value {
 fn malformed_requests_get_4xx_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "max_body_bytes = 1048576");
-    let mut server = Server::start(&config, &dir.path().join("data"));
+    let keys = [
+        ("ENGRAM_SECURITY__API_KEY".to_string(), FULL_KEY.to_string()),
+        (
+            "ENGRAM_SECURITY__READ_ONLY_API_KEY".to_string(),
+            READ_KEY.to_string(),
+        ),
+    ];
+    let mut server = Server::start_with_env(&config, &dir.path().join("data"), &keys);
+    // The harness's own calls (setup, the state checks) use the full key.
+    server.http = keyed_client(Some(FULL_KEY));
     let (status, _) = server.post(
         "/v1/collections",
         &json!({"name": "fz", "dim": DIM, "metric": "l2", "shards": 2}),
@@ -278,14 +294,20 @@ fn malformed_requests_get_4xx_and_change_nothing() {
     );
     let before = state(&server);
 
-    let http = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = keyed_client(None);
     let mut rng = Rng(0x5eed_f00d_dead_beef);
-    let (mut server_errors, mut crashes) = (Vec::new(), 0usize);
+    let (mut server_errors, mut crashes, mut unkeyed) = (Vec::new(), 0usize, 0usize);
     for n in 0..REQUESTS {
         let (method, template, kind) = *rng.pick(ENDPOINTS);
+        // Mostly the full key, so that most requests reach the handlers.
+        let key = *rng.pick(&[
+            None,
+            Some("wrong-key-0123456789abc"),
+            Some(READ_KEY),
+            Some(FULL_KEY),
+            Some(FULL_KEY),
+            Some(FULL_KEY),
+        ]);
         let collection = if rng.below(4) == 0 {
             odd_segment(&mut rng)
         } else {
@@ -319,15 +341,24 @@ fn malformed_requests_get_4xx_and_change_nothing() {
             ),
         };
         let url = format!("{}{path}", server.base);
-        let sent = http
+        let mut request = http
             .request(Method::from_bytes(method.as_bytes()).unwrap(), &url)
             .header("content-type", content_type)
-            .body(body.clone())
-            .send();
-        match sent {
+            .body(body.clone());
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        match request.send() {
             Ok(answer) => {
                 let status = answer.status().as_u16();
                 let text = answer.text().unwrap_or_default();
+                if !matches!(key, Some(READ_KEY | FULL_KEY)) && !OPEN.contains(&template) {
+                    assert_eq!(
+                        status, 401,
+                        "{method} {path:.200} without a right key: {text:.300}"
+                    );
+                    unkeyed += 1;
+                }
                 if status >= 500 {
                     server_errors.push(format!(
                         "{method} {} -> {status} {text:.300} (body {:.200})",
@@ -352,9 +383,10 @@ fn malformed_requests_get_4xx_and_change_nothing() {
         }
     }
     println!(
-        "fuzz requests={REQUESTS} status5xx={} crashes={crashes}",
+        "fuzz requests={REQUESTS} status5xx={} crashes={crashes} unkeyed={unkeyed}",
         server_errors.len()
     );
+    assert!(unkeyed > REQUESTS / 5, "{unkeyed}");
     assert_eq!(crashes, 0, "{server_errors:?}");
     assert!(
         server_errors.is_empty(),
@@ -365,4 +397,21 @@ fn malformed_requests_get_4xx_and_change_nothing() {
     assert!(server.healthy());
     assert_eq!(state(&server), before, "stored data changed");
     server.stop();
+}
+
+/// A client sending `key` as a bearer token on every request, if given.
+fn keyed_client(key: Option<&str>) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+    }
+    reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }

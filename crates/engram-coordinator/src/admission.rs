@@ -1,13 +1,15 @@
 //! Back-pressure: how much work the API takes on at once.
 //!
-//! Every request's body is counted against a budget of bytes in flight
-//! (its `Content-Length`, or the body limit when it does not say), and
-//! queries (search, classify, batches, embedding) against a global and a
-//! per-client number of queries in flight. A request that would pass a
-//! limit is refused at once with 429 and `Retry-After`, before its body is
-//! read: under overload the server answers quickly and its memory stays
-//! bounded, instead of queueing work until it runs out. This module is
-//! the pure bookkeeping; the HTTP layer maps a [`Refusal`] to the answer.
+//! Every request's body is counted against a budget of bytes in flight as
+//! it is read ([`Permit::grow`]: what arrived, not what a header declares,
+//! so a client that announces a large body and sends it a byte a second
+//! holds a few bytes of the budget, not all of it), and queries (search,
+//! classify, batches, embedding) against a global and a per-client number
+//! of queries in flight. A request that would pass a limit is refused at
+//! once with 429 and `Retry-After`, before it runs: under overload the
+//! server answers quickly and its memory stays bounded, instead of
+//! queueing work until it runs out. This module is the pure bookkeeping;
+//! the HTTP layer maps a [`Refusal`] to the answer.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub struct Permit {
     /// The client whose query this is, for queries.
     query_of: Option<IpAddr>,
     body_bytes: u64,
+    /// `max_body_bytes_in_flight`, for [`Permit::grow`].
+    limit: u64,
 }
 
 impl Admission {
@@ -114,6 +118,7 @@ impl Admission {
             in_flight: self.in_flight.clone(),
             query_of: query.then_some(client),
             body_bytes,
+            limit,
         })
     }
 
@@ -121,6 +126,27 @@ impl Admission {
     pub fn in_flight(&self) -> (usize, u64) {
         let in_flight = self.in_flight.lock();
         (in_flight.queries, in_flight.body_bytes)
+    }
+}
+
+impl Permit {
+    /// Counts `bytes` more of this request's body, just read; refused when
+    /// they would pass the budget while other bodies are in flight (a body
+    /// larger than the whole budget still passes alone).
+    pub fn grow(&mut self, bytes: u64) -> Result<(), Refusal> {
+        let mut in_flight = self.in_flight.lock();
+        let others = in_flight.body_bytes - self.body_bytes;
+        let after = in_flight.body_bytes.saturating_add(bytes);
+        if others > 0 && after > self.limit {
+            return Err(Refusal::BodyBytes {
+                in_flight: in_flight.body_bytes,
+                bytes,
+                limit: self.limit,
+            });
+        }
+        in_flight.body_bytes = after;
+        self.body_bytes += bytes;
+        Ok(())
     }
 }
 
@@ -199,6 +225,23 @@ mod tests {
         assert_eq!(a.in_flight(), (0, 100));
     }
 
+    #[test]
+    fn bodies_are_counted_as_they_are_read() {
+        let a = admission(10, 10, 100);
+        let mut slow = a.try_admit(ip(1), false, 0).unwrap();
+        let mut other = a.try_admit(ip(2), false, 0).unwrap();
+        slow.grow(1).unwrap();
+        other.grow(90).unwrap();
+        assert_eq!(a.in_flight(), (0, 91));
+        assert!(matches!(slow.grow(10), Err(Refusal::BodyBytes { .. })));
+        slow.grow(9).unwrap();
+        drop(other);
+        // Alone, a body may pass the budget.
+        slow.grow(500).unwrap();
+        drop(slow);
+        assert_eq!(a.in_flight(), (0, 0));
+    }
+
     proptest! {
         /// Whatever the order of admissions and releases, the limits are
         /// never passed and everything is given back in the end.
@@ -213,12 +256,17 @@ mod tests {
                     held.swap_remove(bytes as usize % held.len());
                     continue;
                 }
+                if bytes % 3 == 0 && !held.is_empty() {
+                    let i = bytes as usize % held.len();
+                    let _ = held[i].grow(bytes);
+                }
                 if let Ok(p) = a.try_admit(ip(client), query, bytes) {
                     held.push(p);
                 }
                 let (queries, body) = a.in_flight();
                 prop_assert!(queries <= 5);
-                prop_assert!(body <= 120 || held.len() == 1);
+                let with_bytes = held.iter().filter(|p| p.body_bytes > 0).count();
+                prop_assert!(body <= 120 || with_bytes == 1);
                 for c in 0..4 {
                     let mine = held.iter().filter(|p| p.query_of == Some(ip(c))).count();
                     prop_assert!(mine <= 2);

@@ -1,5 +1,8 @@
 //! Prometheus metrics of the node, served at `/metrics`.
 
+use engram_meta::serve::ServeStats;
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -18,6 +21,10 @@ pub struct Metrics {
     collection_items: IntGaugeVec,
     auth_refused: IntCounterVec,
     cluster_secret_refused: IntCounterVec,
+    cut_off: IntCounterVec,
+    /// What the public listener counts on its own (head and body
+    /// timeouts), brought into `cut_off` at each render.
+    public_listener: Arc<ServeStats>,
 }
 
 impl Default for Metrics {
@@ -88,8 +95,17 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let cut_off = IntCounterVec::new(
+            Opts::new(
+                "requests_cut_off_total",
+                "Requests cut off by a listener: head_timeout (connection closed), body_timeout (408), busy (internal, 503)",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cut_off.clone()),
             Box::new(auth_refused.clone()),
             Box::new(cluster_secret_refused.clone()),
             Box::new(latency.clone()),
@@ -116,6 +132,26 @@ impl Metrics {
             collection_items,
             auth_refused,
             cluster_secret_refused,
+            cut_off,
+            public_listener: Arc::new(ServeStats::default()),
+        }
+    }
+
+    /// The public listener's own counters (shared with its serve loop and
+    /// admission layer).
+    pub fn public_listener(&self) -> Arc<ServeStats> {
+        self.public_listener.clone()
+    }
+
+    /// Brings `requests_cut_off_total{listener}` up to what `stats` counted.
+    pub fn sync_cut_off(&self, listener: &str, stats: &ServeStats) {
+        for (reason, total) in [
+            ("head_timeout", stats.head_timeouts()),
+            ("body_timeout", stats.body_timeouts()),
+            ("busy", stats.busy()),
+        ] {
+            let counter = self.cut_off.with_label_values(&[listener, reason]);
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 

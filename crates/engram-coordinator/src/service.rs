@@ -177,7 +177,10 @@ impl Engram {
             let metrics = &self.inner.metrics;
             metrics.sync_cluster_secret_refused("missing", refusals.missing);
             metrics.sync_cluster_secret_refused("wrong", refusals.wrong);
+            metrics.sync_cut_off("internal", &cluster.internal_listener());
         }
+        let metrics = &self.inner.metrics;
+        metrics.sync_cut_off("public", &metrics.public_listener());
         self.inner.metrics.render()
     }
 

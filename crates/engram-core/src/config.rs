@@ -189,6 +189,9 @@ pub struct ClusterConfig {
     pub raft_heartbeat_ms: u64,
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
+    /// Requests the internal port handles at once (Raft, worker RPC,
+    /// transfers); more are answered 503 and retried by the caller.
+    pub internal_max_concurrent_requests: usize,
 }
 
 impl Default for ClusterConfig {
@@ -205,6 +208,7 @@ impl Default for ClusterConfig {
             raft_heartbeat_ms: 150,
             raft_election_min_ms: 700,
             raft_election_max_ms: 1_400,
+            internal_max_concurrent_requests: 1_024,
         }
     }
 }
@@ -368,9 +372,16 @@ pub struct LimitsConfig {
     pub max_concurrent_queries: usize,
     /// Queries in flight from one client address; more are answered 429.
     pub max_concurrent_queries_per_client: usize,
-    /// Request body bytes in flight on this node (declared lengths; a body
-    /// without one counts as `max_body_bytes`); more are answered 429.
+    /// Request body bytes in flight on this node, counted as they are
+    /// read; a request whose next bytes would pass it is answered 429.
     pub max_body_bytes_in_flight: u64,
+    /// A request head (request line and headers) must arrive within this,
+    /// or the connection is closed; an idle keep-alive connection is closed
+    /// after it too. At least 5000. Every listener, internal ones included.
+    pub head_timeout_ms: u64,
+    /// A request body must arrive in full within this of its head, or the
+    /// request is answered 408 (`request_timeout`). Every listener.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -384,6 +395,8 @@ impl Default for LimitsConfig {
             max_concurrent_queries: 256,
             max_concurrent_queries_per_client: 64,
             max_body_bytes_in_flight: 1 << 30,
+            head_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
         }
     }
 }
@@ -618,6 +631,26 @@ impl EngramConfig {
             return Err(CoreError::invalid(
                 "limits.max_concurrent_queries",
                 "the query limits must be at least 1",
+            ));
+        }
+        if self.limits.head_timeout_ms < 5_000 {
+            // Engram's clients keep idle connections for 4 s: a shorter
+            // head timeout would close connections they are about to use.
+            return Err(CoreError::invalid(
+                "limits.head_timeout_ms",
+                "must be at least 5000",
+            ));
+        }
+        if self.limits.body_timeout_ms == 0 {
+            return Err(CoreError::invalid(
+                "limits.body_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.cluster.internal_max_concurrent_requests == 0 {
+            return Err(CoreError::invalid(
+                "cluster.internal_max_concurrent_requests",
+                "must be at least 1",
             ));
         }
         if self.limits.max_k == 0 {

@@ -13,6 +13,7 @@ pub mod network;
 pub mod node;
 pub mod rpc;
 pub mod secret;
+pub mod serve;
 pub mod shared;
 pub mod state;
 pub mod state_machine;

@@ -103,7 +103,9 @@ impl ClusterSecret {
 
     /// A client builder for internal calls that sends the secret.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
-        reqwest::Client::builder().default_headers(self.client_headers())
+        reqwest::Client::builder()
+            .default_headers(self.client_headers())
+            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE)
     }
 
     /// `router` behind the guard: every route but [`OPEN_PATHS`] needs the

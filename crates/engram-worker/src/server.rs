@@ -6,9 +6,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use engram_meta::serve::{InternalLimits, ServeStats, internal_limits};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::node::WorkerNode;
 use crate::rpc_client::BINCODE;
@@ -69,8 +71,9 @@ pub fn paths() -> Vec<&'static str> {
     routes().into_iter().map(|(path, _)| path).collect()
 }
 
-/// Every route but `/healthz` behind the node's cluster secret.
-pub fn router(node: WorkerNode) -> Router {
+/// Every route but `/healthz` behind the node's cluster secret, then the
+/// port's own limits (concurrency, body deadline; counted in `stats`).
+pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) -> Router {
     let secret = node.secret().clone();
     let routes = routes()
         .into_iter()
@@ -81,7 +84,7 @@ pub fn router(node: WorkerNode) -> Router {
         // default would refuse a batch of high-dimensional items.
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .with_state(node);
-    secret.guard(routes)
+    secret.guard(internal_limits(routes, limits, stats))
 }
 
 async fn handle<Req, Resp, F, Fut>(State(node): State<WorkerNode>, body: Bytes, f: F) -> Response

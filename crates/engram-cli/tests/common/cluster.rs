@@ -50,6 +50,7 @@ pub fn client_with_key(api_key: &str, timeout: Duration) -> reqwest::blocking::C
     value.set_sensitive(true);
     headers.insert(reqwest::header::AUTHORIZATION, value);
     reqwest::blocking::Client::builder()
+        .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
         .default_headers(headers)
         .timeout(timeout)
         .build()

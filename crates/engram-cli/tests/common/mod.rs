@@ -80,6 +80,15 @@ impl Server {
             std::env::var("ORT_DYLIB_PATH").is_ok(),
             "ORT_DYLIB_PATH must name libonnxruntime.so: run the tests with `make test`"
         );
+        // The server's log goes to a file beside its data directory: a pipe
+        // nobody reads would fill up and block the server once it has
+        // logged 64 KiB (refused requests are logged).
+        let log_path = PathBuf::from(format!("{}.server.log", data_dir.display()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
             .args(["serve", "--config"])
             .arg(config)
@@ -88,7 +97,7 @@ impl Server {
             .env("ENGRAM_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn engram");
         let stdout = child.stdout.take().unwrap();
@@ -96,11 +105,7 @@ impl Server {
         let read = BufReader::new(stdout).read_line(&mut line).unwrap_or(0);
         if read == 0 || !line.starts_with("engram listening on ") {
             let status = child.wait().ok();
-            let mut err = String::new();
-            use std::io::Read;
-            if let Some(mut stderr) = child.stderr.take() {
-                let _ = stderr.read_to_string(&mut err);
-            }
+            let err = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(format!("exit {status:?}: {err}"));
         }
         let addr = line
@@ -113,6 +118,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             config: config.to_path_buf(),
             http: reqwest::blocking::Client::builder()
+                .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),

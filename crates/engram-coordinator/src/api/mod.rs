@@ -14,11 +14,14 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use std::time::Instant;
 
-use crate::admission::{Admission, AdmissionLimits};
+use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::error::{ApiError, ErrorCode};
 use crate::service::Engram;
 use axum::extract::ConnectInfo;
+use engram_meta::serve::{BodyError, ServeStats, collect_body};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The decision page: one self-contained HTML file built into the binary.
 pub const DECISION_PAGE: &str = include_str!("../ui/index.html");
@@ -48,7 +51,12 @@ pub fn router(engram: Engram) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
-            (admission, body_limit),
+            AdmitState {
+                admission,
+                body_limit,
+                body_timeout: Duration::from_millis(limits.body_timeout_ms),
+                stats: engram.metrics().public_listener(),
+            },
             admit,
         ))
         .layer(middleware::from_fn_with_state(
@@ -136,14 +144,24 @@ const QUERY_ROUTES: [&str; 4] = [
     "/v1/collections/{collection}/embed",
 ];
 
-/// Back-pressure (see [`crate::admission`]): a request that would pass
-/// the in-flight limits is answered 429 with `Retry-After` before its body
-/// is read; an admitted one holds its permit until its answer is built.
-async fn admit(
-    State((admission, body_limit)): State<(Admission, usize)>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// What [`admit`] needs: the shared counters, the body limit and deadline,
+/// and where to count bodies cut off.
+#[derive(Clone)]
+struct AdmitState {
+    admission: Admission,
+    body_limit: usize,
+    body_timeout: Duration,
+    stats: Arc<ServeStats>,
+}
+
+/// Back-pressure (see [`crate::admission`]) and the body deadline: the
+/// body is read here, within `limits.body_timeout_ms` (408
+/// `request_timeout` otherwise, counted), each chunk counted against the
+/// bytes in flight as it arrives (429 `Retry-After` when it would pass
+/// them); then a query past the query limits is answered 429 before it
+/// runs. The handler gets the whole body; the permits are held until its
+/// answer is built.
+async fn admit(State(state): State<AdmitState>, request: Request, next: Next) -> Response {
     let query = matched_route(&request).is_some_and(|route| QUERY_ROUTES.contains(&route));
     // Without a socket address (a router driven in-process) every caller
     // is one client.
@@ -151,31 +169,70 @@ async fn admit(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let declared = declared_length(&request);
-    let has_body = !matches!(
-        *request.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD
-    );
-    let bytes = declared.unwrap_or(if has_body { body_limit as u64 } else { 0 });
-    match admission.try_admit(client, query, bytes) {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
+    // The body's bytes are counted as they arrive; the query counts only
+    // once the body is in (the work starts then), so that slow senders
+    // cannot hold the query slots of their address.
+    let mut body_permit = match state.admission.try_admit(client, false, 0) {
+        Ok(permit) => permit,
+        Err(refusal) => return overloaded(client, query, refusal),
+    };
+    let (parts, body) = request.into_parts();
+    let deadline = tokio::time::Instant::now() + state.body_timeout;
+    let collected = collect_body(body, state.body_limit, deadline, |bytes| {
+        body_permit.grow(bytes)
+    })
+    .await;
+    match collected {
+        Ok(bytes) => {
+            let query_permit = match query.then(|| state.admission.try_admit(client, true, 0)) {
+                Some(Err(refusal)) => return overloaded(client, query, refusal),
+                Some(Ok(permit)) => Some(permit),
+                None => None,
+            };
+            let response = next
+                .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await;
+            drop((body_permit, query_permit));
             response
         }
-        Err(refusal) => {
-            tracing::warn!(%client, query, bytes, %refusal, "request refused: overloaded");
-            let mut response = axum::response::IntoResponse::into_response(ApiError::new(
-                ErrorCode::ResourceExhausted,
-                refusal.to_string(),
-            ));
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-            response
+        Err(BodyError::Refused(refusal)) => overloaded(client, query, refusal),
+        Err(BodyError::TimedOut { read }) => {
+            state.stats.body_timed_out();
+            tracing::warn!(%client, read, "request body not received in time");
+            axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} ms (limits.body_timeout_ms); {read} bytes were read",
+                    state.body_timeout.as_millis()
+                ),
+            ))
         }
+        Err(BodyError::TooLarge { limit }) => {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body is larger than the configured limit of {limit} bytes (limits.max_body_bytes)"
+                ),
+            ))
+        }
+        Err(BodyError::Broken(reason)) => axum::response::IntoResponse::into_response(
+            ApiError::invalid(format!("the request body could not be read: {reason}")),
+        ),
     }
+}
+
+/// 429 with `Retry-After`: nothing was done.
+fn overloaded(client: IpAddr, query: bool, refusal: Refusal) -> Response {
+    tracing::warn!(%client, query, %refusal, "request refused: overloaded");
+    let mut response = axum::response::IntoResponse::into_response(ApiError::new(
+        ErrorCode::ResourceExhausted,
+        refusal.to_string(),
+    ));
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 impl ApiError {
@@ -204,12 +261,10 @@ pub async fn serve(
         tracing::error!(%error, "could not resume the ingest jobs of the data directory");
     }
     engram.resume_reshards();
-    let served = axum::serve(
-        listener,
-        router(engram).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let head_timeout = Duration::from_millis(engram.config().limits.head_timeout_ms);
+    let stats = engram.metrics().public_listener();
+    let served =
+        engram_meta::serve::serve(listener, router(engram), head_timeout, stats, shutdown).await;
     if let Some(task) = compaction {
         task.abort();
     }

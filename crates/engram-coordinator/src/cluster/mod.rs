@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use engram_core::CollectionSpec;
 use engram_core::config::ClusterConfig;
 use engram_core::placement::WorkerId;
+use engram_meta::serve::{InternalLimits, ServeStats, internal_limits};
 use engram_meta::{
     ClusterSecret, ClusterState, Command, CommandResult, MetaError, MetaNode, RaftTiming,
 };
@@ -57,6 +58,7 @@ pub(crate) struct Inner {
     pub(crate) client: reqwest::Client,
     /// Sent on every internal call; required by [`ClusterBackend::internal_router`].
     secret: ClusterSecret,
+    internal_listener: Arc<ServeStats>,
     pub(crate) timeouts: Timeouts,
     pub(crate) started: Instant,
     /// Rotates replica choice between queries.
@@ -130,6 +132,7 @@ impl ClusterBackend {
                 registering: Mutex::new(HashSet::new()),
                 client: internal_client(&secret),
                 secret,
+                internal_listener: Arc::new(ServeStats::default()),
                 timeouts: Timeouts {
                     worker: Duration::from_millis(config.worker_timeout_ms),
                     query: Duration::from_millis(config.query_timeout_ms),
@@ -165,7 +168,9 @@ impl ClusterBackend {
 
     /// Routes for the internal port: Raft RPC plus the worker-facing calls,
     /// all behind the cluster secret.
-    pub fn internal_router(&self) -> Router {
+    /// Behind the cluster secret first (nothing of a request without it is
+    /// read), then the port's own limits ([`engram_meta::serve::internal_limits`]).
+    pub fn internal_router(&self, limits: InternalLimits) -> Router {
         let workers_facing = worker_facing_routes()
             .into_iter()
             .fold(Router::new(), |router, (path, handler)| {
@@ -173,7 +178,13 @@ impl ClusterBackend {
             })
             .with_state(self.clone());
         let routes = engram_meta::rpc::router(self.inner.meta.clone()).merge(workers_facing);
-        self.inner.secret.guard(routes)
+        let limited = internal_limits(routes, limits, self.inner.internal_listener.clone());
+        self.inner.secret.guard(limited)
+    }
+
+    /// What the internal listener counts on its own (timeouts, busy).
+    pub fn internal_listener(&self) -> Arc<ServeStats> {
+        self.inner.internal_listener.clone()
     }
 
     /// The path of every route [`ClusterBackend::internal_router`] serves.
