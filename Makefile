@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo eval test chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo demo-secure eval test chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -22,6 +22,12 @@ build: setup
 ## the API, classifies, explains, unlearns and re-adds a class, stops.
 demo: build
 	@scripts/demo.sh
+
+## The demo with every guard on: the loopback cluster of `make cluster` with a
+## generated cluster secret and public API keys; checks the 401s and 403s,
+## runs the demo client with the full key, stops the cluster.
+demo-secure: build
+	@scripts/demo_secure.sh
 
 ## The paper's experiments in kind on Fashion-MNIST (accuracy per rule and k,
 ## new classes, label noise, pruning, unlearning): writes docs/evaluation.md
