@@ -580,13 +580,7 @@ fn openapi_metrics_and_health() {
         "/v1/collections/m/items",
         &json!({ "items": [ { "id": 1, "label": "x", "vector": [1.0, 2.0] } ] }),
     );
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = server.metrics_text();
     assert!(text.contains("engram_http_requests_total{method=\"POST\",route=\"/v1/collections/{collection}/items\",status=\"200\"} 1"), "{text}");
     assert!(
         text.contains("engram_collection_items{collection=\"m\"} 1"),

@@ -172,13 +172,7 @@ fn compaction_erases_deleted_vectors_and_runs_on_its_own() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics_text();
     assert!(
         metrics
             .lines()

@@ -34,14 +34,7 @@ fn ingest_cli(base: &str, uri: &str, cwd: &Path) -> (bool, String) {
         .env("ENGRAM_LOG", "warn")
         .output()
         .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    (output.status.success(), output_text(&output))
 }
 
 /// Every path below `dir`, directories included, sorted.

@@ -85,14 +85,7 @@ fn ingest_cli(server: &Server, uri: &str, collection: &str, extra: &[&str]) -> (
         .env("ENGRAM_LOG", "warn")
         .output()
         .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    (output.status.success(), output_text(&output))
 }
 
 /// Job `id`'s status once it has ended on a restarted server (which

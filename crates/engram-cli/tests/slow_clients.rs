@@ -165,13 +165,7 @@ fn a_hundred_slow_clients_are_cut_off_while_queries_keep_answering() {
     }
     assert_eq!(cut, (50, 50));
     // Counted: every slow head and every slow body.
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = server.metrics_text();
     for (reason, count) in [("head_timeout", 50), ("body_timeout", 50)] {
         let line = format!(
             "engram_requests_cut_off_total{{listener=\"public\",reason=\"{reason}\"}} {count}"

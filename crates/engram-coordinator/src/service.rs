@@ -148,15 +148,11 @@ impl Engram {
         &self.inner.config
     }
 
-    /// Where requests may make this node read and write.
-    pub fn storage_access(&self) -> &StorageAccess {
-        &self.inner.storage_access
-    }
-
     /// The source or snapshot place a request names, if it may use it:
     /// 403 naming the roots (or buckets) otherwise, with nothing read.
     pub(crate) fn open_request_source(&self, uri: &str) -> Result<Source> {
-        Source::open(uri, &self.config().storage, self.storage_access()).map_err(ApiError::from)
+        Source::open(uri, &self.config().storage, &self.inner.storage_access)
+            .map_err(ApiError::from)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -172,16 +168,15 @@ impl Engram {
                 self.inner.metrics.set_items(&name, hosted.stats().items);
             }
         }
+        let metrics = &self.inner.metrics;
         if let Some(cluster) = self.inner.backend.cluster() {
             let refusals = cluster.secret_refusals();
-            let metrics = &self.inner.metrics;
             metrics.sync_cluster_secret_refused("missing", refusals.missing);
             metrics.sync_cluster_secret_refused("wrong", refusals.wrong);
             metrics.sync_cut_off("internal", &cluster.internal_listener());
         }
-        let metrics = &self.inner.metrics;
         metrics.sync_cut_off("public", &metrics.public_listener());
-        self.inner.metrics.render()
+        metrics.render()
     }
 
     // ----- collections -------------------------------------------------

@@ -137,12 +137,11 @@ pub enum BodyError<E> {
 /// `admit_more` with the size of each chunk before it is kept (the public
 /// API counts bytes in flight as they arrive, not as declared).
 pub async fn collect_body<E>(
-    body: Body,
+    mut body: Body,
     limit: usize,
     deadline: Instant,
     mut admit_more: impl FnMut(u64) -> Result<(), E>,
 ) -> Result<Bytes, BodyError<E>> {
-    let mut body = body;
     let mut collected = Vec::new();
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {

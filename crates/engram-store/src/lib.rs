@@ -13,7 +13,7 @@ pub mod spill;
 pub mod vocabulary;
 pub mod wal;
 
-pub use confine::{Admitted, Refused, StorageAccess};
+pub use confine::StorageAccess;
 pub use confined_store::ConfinedLocalStore;
 pub use error::{Result, StoreError};
 pub use item_table::{

@@ -67,14 +67,7 @@ pub fn engramctl(api_key: &str, base: &str, args: &[&str]) -> (bool, String) {
         .env("ENGRAM_API_KEY", api_key)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), super::output_text(&out))
 }
 
 pub struct Proc {

@@ -184,6 +184,16 @@ impl Server {
         decode(self.http.delete(self.url(path)).send().unwrap())
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn healthy(&self) -> bool {
         matches!(self.get("/healthz"), (200, _))
     }
@@ -254,6 +264,15 @@ pub fn fashion_png(images: &engram_ingest::idx::IdxImages, i: usize) -> String {
     let mut png = std::io::Cursor::new(Vec::new());
     image.write_to(&mut png, image::ImageFormat::Png).unwrap();
     base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+}
+
+/// A finished command's stdout and stderr, one after the other.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Every file below `dir`.
