@@ -8,6 +8,10 @@
 # unless ENGRAM_SECURITY__CLUSTER_SECRET is set. Public API keys are on when
 # ENGRAM_SECURITY__API_KEY (and ENGRAM_SECURITY__READ_ONLY_API_KEY) are set
 # in the environment; this script's own checks then send the full key.
+# With CLUSTER_TLS=1 every port serves TLS: a private CA and a node
+# certificate are made once in $CLUSTER_DIR/tls (deploy/local/make-certs.sh),
+# the public APIs answer on https:// (clients pass --ca-cert or
+# ENGRAM_CA_CERT=$CLUSTER_DIR/tls/ca.pem) and peers use mutual TLS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR="${CLUSTER_DIR:-data/cluster}"
@@ -45,12 +49,27 @@ cluster_secret() {
   export ENGRAM_SECURITY__CLUSTER_SECRET
 }
 
-# curl with the public API key when one is set.
+SCHEME=http
+CURL_TLS=()
+# With CLUSTER_TLS=1, sets ENGRAM_SECURITY__TLS__* for every process.
+tls() {
+  [[ "${CLUSTER_TLS:-0}" == 1 ]] || return 0
+  deploy/local/make-certs.sh "$DIR/tls"
+  export ENGRAM_SECURITY__TLS__CERT="$(realpath "$DIR/tls/node.pem")"
+  export ENGRAM_SECURITY__TLS__KEY="$(realpath "$DIR/tls/node.key")"
+  export ENGRAM_SECURITY__TLS__CA="$(realpath "$DIR/tls/ca.pem")"
+}
+if [[ "${CLUSTER_TLS:-0}" == 1 ]]; then
+  SCHEME=https
+  CURL_TLS=(--cacert "$DIR/tls/ca.pem")
+fi
+
+# curl with the public API key when one is set (and the CA under TLS).
 api() {
   if [[ -n "${ENGRAM_SECURITY__API_KEY:-}" ]]; then
-    curl -sf -H "Authorization: Bearer $ENGRAM_SECURITY__API_KEY" "$@"
+    curl -sf "${CURL_TLS[@]}" -H "Authorization: Bearer $ENGRAM_SECURITY__API_KEY" "$@"
   else
-    curl -sf "$@"
+    curl -sf "${CURL_TLS[@]}" "$@"
   fi
 }
 
@@ -58,6 +77,7 @@ start() {
   [[ -x "$BIN" ]] || { echo "$BIN is missing: run make build first" >&2; exit 1; }
   mkdir -p "$DIR"
   cluster_secret
+  tls
   for i in "${COORDINATORS[@]}"; do
     start_one "coordinator-$i" config/coordinator.toml \
       ENGRAM_CLUSTER__NODE_ID="$i" \
@@ -74,7 +94,7 @@ start() {
     local ok=0
     for i in "${COORDINATORS[@]}"; do
       local status
-      status=$(api "http://127.0.0.1:$((7699 + i))/v1/cluster" || true)
+      status=$(api "$SCHEME://127.0.0.1:$((7699 + i))/v1/cluster" || true)
       if [[ -n "$status" ]] && python3 -c '
 import json, sys
 s = json.loads(sys.argv[1])
@@ -82,7 +102,10 @@ sys.exit(0 if s["leader"] and sum(w["healthy"] for w in s["workers"]) == int(sys
 ' "$status" "${#WORKERS[@]}"; then ok=$((ok + 1)); fi
     done
     if [[ $ok == "${#COORDINATORS[@]}" ]]; then
-      echo "cluster ready: coordinators on http://127.0.0.1:7700, :7701, :7702"
+      echo "cluster ready: coordinators on $SCHEME://127.0.0.1:7700, :7701, :7702"
+      if [[ $SCHEME == https ]]; then
+        echo "TLS on every port: clients trust $DIR/tls/ca.pem (--ca-cert or ENGRAM_CA_CERT)"
+      fi
       if [[ -n "${ENGRAM_SECURITY__API_KEY:-}" ]]; then
         echo "public API keys on: clients send ENGRAM_API_KEY (engramctl --api-key)"
       else
@@ -112,7 +135,7 @@ stop() {
 }
 
 status() {
-  api http://127.0.0.1:7700/v1/cluster | python3 -m json.tool
+  api "$SCHEME://127.0.0.1:7700/v1/cluster" | python3 -m json.tool
 }
 
 case "${1:-}" in

@@ -7,6 +7,7 @@ use image::{GrayImage, ImageFormat};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engram_ingest::idx::{FASHION_MNIST_CLASSES, IdxImages};
@@ -16,10 +17,40 @@ pub struct Client {
     base: String,
 }
 
+/// How a command reaches the server: its URL, its API key and, for a
+/// server whose certificate a private CA signed, that CA.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Base URL of a running `engram serve` (`https://` when it has
+    /// `[security.tls]`).
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+    /// API key of the server (`[security] api_key` or the read-only one).
+    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// PEM file of the CA that signed the server's certificate, trusted
+    /// beside the system's roots.
+    #[arg(long, env = "ENGRAM_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
 impl Client {
+    pub fn connect(args: &ServerArgs) -> anyhow::Result<Client> {
+        Client::new(
+            &args.server,
+            args.api_key.as_deref(),
+            args.ca_cert.as_deref(),
+        )
+    }
+
     /// A client of `server`; `api_key` is sent with every request as
-    /// `Authorization: Bearer <key>` when the server has keys on.
-    pub fn new(server: &str, api_key: Option<&str>) -> anyhow::Result<Client> {
+    /// `Authorization: Bearer <key>` when the server has keys on; the
+    /// certificates in `ca_cert` are trusted for `https://` servers.
+    pub fn new(
+        server: &str,
+        api_key: Option<&str>,
+        ca_cert: Option<&Path>,
+    ) -> anyhow::Result<Client> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(key) = api_key {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
@@ -27,12 +58,21 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        let mut builder = reqwest::blocking::Client::builder()
+            .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
+            .timeout(Duration::from_secs(600))
+            .default_headers(headers);
+        if let Some(path) = ca_cert {
+            let pem = fs_err::read(path).context("--ca-cert / ENGRAM_CA_CERT")?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("no PEM certificate in {}", path.display()))?;
+            if certs.is_empty() {
+                bail!("no PEM certificate in {}", path.display());
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
         Ok(Client {
-            http: reqwest::blocking::Client::builder()
-                .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
-                .timeout(Duration::from_secs(600))
-                .default_headers(headers)
-                .build()?,
+            http: builder.build()?,
             base: server.trim_end_matches('/').to_string(),
         })
     }

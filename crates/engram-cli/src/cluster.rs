@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use engram_coordinator::cluster::ClusterBackend;
 use engram_core::config::EngramConfig;
-use engram_meta::ClusterSecret;
+use engram_meta::ClusterAccess;
 use engram_meta::serve::{InternalLimits, ServeStats};
 use engram_worker::{Membership, WorkerNode};
 use std::sync::Arc;
@@ -21,12 +21,17 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 /// Public API on `server.listen`, Raft and worker-facing RPC on
 /// `cluster.internal_listen`.
-pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve_coordinator(
+    config: EngramConfig,
+    public: SocketAddr,
+    public_tls: Option<engram_meta::tls::ServerTls>,
+    access: ClusterAccess,
+) -> anyhow::Result<()> {
     let internal = bind(&config.cluster.internal_listen).await?;
     let data_dir = config.server.data_dir.clone();
     fs_err::create_dir_all(&data_dir)?;
-    let secret = ClusterSecret::from_config(&config.security);
-    let cluster = ClusterBackend::start(&config.cluster, secret, &data_dir)
+    let internal_tls = access.server_tls();
+    let cluster = ClusterBackend::start(&config.cluster, access, &data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the raft node: {e}"))?;
     let limits = InternalLimits::from_config(&config, engram_meta::rpc::MAX_RAFT_BODY);
@@ -40,6 +45,7 @@ pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyh
             internal_app,
             head_timeout,
             internal_stats,
+            internal_tls,
             std::future::pending(),
         );
         if let Err(e) = served.await {
@@ -56,7 +62,7 @@ pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyh
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, internal = %internal_addr, "engram coordinator serving");
     println!("engram listening on {bound}");
-    engram_coordinator::serve(engram, listener, shutdown_signal()).await?;
+    engram_coordinator::serve(engram, listener, public_tls, shutdown_signal()).await?;
     detector.abort();
     internal_task.abort();
     tracing::info!("engram coordinator stopped");
@@ -64,7 +70,7 @@ pub async fn serve_coordinator(config: EngramConfig, public: SocketAddr) -> anyh
 }
 
 /// Internal RPC on `cluster.internal_listen`; heartbeats to every coordinator.
-pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
+pub async fn serve_worker(config: EngramConfig, access: ClusterAccess) -> anyhow::Result<()> {
     let listener = bind(&config.cluster.internal_listen).await?;
     let data_dir = config.server.data_dir.clone();
     fs_err::create_dir_all(&data_dir)?;
@@ -95,8 +101,9 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
             .iter()
             .map(|p| p.addr.clone())
             .collect(),
-        secret: ClusterSecret::from_config(&config.security),
+        secret: access,
     };
+    let tls = membership.secret.server_tls();
     let node = WorkerNode::new(
         membership,
         &data_dir,
@@ -137,6 +144,7 @@ pub async fn serve_worker(config: EngramConfig) -> anyhow::Result<()> {
         engram_worker::server::router(node, limits, stats.clone()),
         Duration::from_millis(config.limits.head_timeout_ms),
         stats,
+        tls,
         shutdown_signal(),
     )
     .await?;

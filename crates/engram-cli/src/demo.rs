@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use engram_ingest::idx::{self, IdxImages};
 
-use engram_cli::client::{Client, class_name, png_base64, progress};
+use engram_cli::client::{Client, ServerArgs, class_name, png_base64, progress};
 
 const COLLECTION: &str = "fashion-mnist";
 const PIXEL_COLLECTION: &str = "fashion-mnist-pixels";
@@ -23,12 +23,8 @@ const UNLEARNED_CLASS: u8 = 1;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Base URL of a running `engram serve`.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
-    server: String,
-    /// API key of the server (`[security] api_key` or the read-only one).
-    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Folder with the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist).
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     dataset_dir: PathBuf,
@@ -108,7 +104,7 @@ fn accuracy(results: &[Value], truth: &[u8]) -> f64 {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let client = Client::new(&args.server, args.api_key.as_deref())?;
+    let client = Client::connect(&args.server)?;
     client.wait_healthy(Duration::from_secs(120))?;
     let dir = &args.dataset_dir;
     let train_images =

@@ -23,7 +23,7 @@ use engram_core::{Neighbor, VoteParams, VotingRule, decide};
 use engram_ingest::idx::{self, FASHION_MNIST_CLASSES, IdxImages};
 
 use crate::prune::follow_job;
-use engram_cli::client::{Client, class_name, png_base64, progress};
+use engram_cli::client::{Client, ServerArgs, class_name, png_base64, progress};
 use engram_cli::rng::SplitMix64;
 
 const MAX_K: usize = 100;
@@ -42,12 +42,8 @@ const NEW_MEMORY: &str = "eval-new-classes";
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Base URL of a running `engram serve` (with the default embedder).
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
-    server: String,
-    /// API key of the server (`[security] api_key` or the read-only one).
-    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Folder with the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist).
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     dataset_dir: PathBuf,
@@ -305,7 +301,7 @@ fn pct(x: f64) -> String {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let client = Client::new(&args.server, args.api_key.as_deref())?;
+    let client = Client::connect(&args.server)?;
     client.wait_healthy(std::time::Duration::from_secs(120))?;
     let dir = &args.dataset_dir;
     let train_images = idx::read_images(&dir.join("train-images-idx3-ubyte.gz"))

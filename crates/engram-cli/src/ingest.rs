@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::prune::follow_job;
-use engram_cli::client::Client;
+use engram_cli::client::{Client, ServerArgs};
 
 #[derive(clap::Args)]
 pub struct IngestArgs {
@@ -14,12 +14,8 @@ pub struct IngestArgs {
     uri: String,
     #[arg(long)]
     collection: String,
-    /// Base URL of a running `engram serve`.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
-    server: String,
-    /// API key of the server (`[security] api_key` or the read-only one).
-    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Column names when they differ from id, label, embedding, image,
     /// image_uri, source, weight: e.g. `--column label=class`.
     #[arg(long = "column", value_name = "NAME=COLUMN")]
@@ -44,7 +40,7 @@ pub struct IngestArgs {
 }
 
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.server, args.api_key.as_deref())?;
+    let client = Client::connect(&args.server)?;
     let mut columns = Map::new();
     for pair in &args.columns {
         let (name, column) = pair

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use engram_core::config::{EngramConfig, Role};
+use engram_meta::ClusterAccess;
 
 #[derive(Parser)]
 #[command(
@@ -118,13 +119,22 @@ fn serve(
             format!("listen address {:?} is not host:port", config.server.listen)
         })?;
     check_cluster_secret(&config, insecure)?;
+    check_internal_tls(&config, insecure)?;
+    // Certificates are read now: a bad one fails the start, naming the file.
+    let public_tls = engram_meta::tls::public_server_config(&config.security.tls)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match config.cluster.role {
         Role::Embedded => {}
-        Role::Coordinator => return runtime.block_on(cluster::serve_coordinator(config, addr)),
-        Role::Worker => return runtime.block_on(cluster::serve_worker(config)),
+        Role::Coordinator => {
+            let access = ClusterAccess::from_config(&config.security)?;
+            return runtime.block_on(cluster::serve_coordinator(config, addr, public_tls, access));
+        }
+        Role::Worker => {
+            let access = ClusterAccess::from_config(&config.security)?;
+            return runtime.block_on(cluster::serve_worker(config, access));
+        }
     }
     runtime.block_on(async move {
         let engram = tokio::task::spawn_blocking(move || engram_coordinator::Engram::open(config))
@@ -137,7 +147,7 @@ fn serve(
         tracing::info!(addr = %bound, data_dir = %engram.data_dir().display(), "engram serving");
         // One machine-readable line, so scripts and tests using port 0 learn the port.
         println!("engram listening on {bound}");
-        engram_coordinator::serve(engram, listener, shutdown_signal()).await?;
+        engram_coordinator::serve(engram, listener, public_tls, shutdown_signal()).await?;
         tracing::info!("engram stopped");
         Ok(())
     })
@@ -166,6 +176,28 @@ fn check_cluster_secret(config: &EngramConfig, insecure: bool) -> anyhow::Result
          could rewrite the cluster; set [security] cluster_secret or ENGRAM_SECURITY__CLUSTER_SECRET \
          (the same on every node, at least 16 bytes, e.g. `openssl rand -hex 32`), or pass --insecure \
          on a network nobody else can reach"
+    )
+}
+
+/// A coordinator with HTTPS on its public port but none between peers
+/// would send the cluster secret, writes and segment files in the clear:
+/// `tls.cert` in a cluster role needs `tls.ca`, unless `--insecure`.
+fn check_internal_tls(config: &EngramConfig, insecure: bool) -> anyhow::Result<()> {
+    let tls = &config.security.tls;
+    if config.cluster.role == Role::Embedded || !tls.enabled() || tls.ca.is_some() {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(
+            "serving internal traffic without TLS (--insecure): security.tls.cert is set but security.tls.ca is not"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to start with TLS on the public port only: internal traffic (the cluster secret, \
+         writes, segment files) would cross the network in the clear; set [security.tls] ca \
+         (ENGRAM_SECURITY__TLS__CA, the CA that signed every node's certificate) for mutual TLS \
+         between peers, or pass --insecure on a network nobody else can reach"
     )
 }
 

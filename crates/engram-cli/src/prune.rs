@@ -5,16 +5,12 @@ use anyhow::bail;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use engram_cli::client::{Client, progress};
+use engram_cli::client::{Client, ServerArgs, progress};
 
 #[derive(clap::Args)]
 pub struct PruneArgs {
-    /// Base URL of a running `engram serve`.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
-    server: String,
-    /// API key of the server (`[security] api_key` or the read-only one).
-    #[arg(long, env = "ENGRAM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     #[arg(long)]
     collection: String,
     /// `dry_run` lists what scores at or above the threshold; `hard` deletes
@@ -34,7 +30,7 @@ pub struct PruneArgs {
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.server, args.api_key.as_deref())?;
+    let client = Client::connect(&args.server)?;
     let job = client.post(
         &format!("/v1/collections/{}/jobs", args.collection),
         &json!({ "kind": "prune", "mode": args.mode, "k": args.k, "threshold": args.threshold }),

@@ -7,7 +7,11 @@
 //! routers of a real cluster, walked from their own route lists: without
 //! the cluster secret (or with a wrong one, or a public API key instead)
 //! 401 on every route but `/healthz`, counted; a node in a cluster role
-//! without a secret refuses to start unless `--insecure`.
+//! without a secret refuses to start unless `--insecure`. Both walks again
+//! over TLS: HTTPS on the public API, mutual TLS on internal ports (no
+//! session without a client certificate the cluster's CA signed); keys
+//! rotated without downtime; certificates that cannot be used refused at
+//! start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -83,20 +87,85 @@ fn refused(answer: &(u16, Value, bool), status: u16, code: &str, what: &str) {
 fn start() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let env = [
+    let server = Server::start_with_env(&config, &dir.path().join("data"), &key_env());
+    (dir, server)
+}
+
+fn key_env() -> Vec<(String, String)> {
+    vec![
         ("ENGRAM_SECURITY__API_KEY".to_string(), FULL.to_string()),
         (
             "ENGRAM_SECURITY__READ_ONLY_API_KEY".to_string(),
             READ.to_string(),
         ),
-    ];
-    let server = Server::start_with_env(&config, &dir.path().join("data"), &env);
-    (dir, server)
+    ]
 }
 
 #[test]
 fn every_public_route_asks_for_the_right_key() {
     let (_dir, server) = start();
+    walk_public_routes(&server);
+}
+
+#[test]
+fn every_public_route_asks_for_the_right_key_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls::TestCerts::generate(&dir.path().join("tls"), "embedded");
+    let config = write_config(dir.path(), "");
+    let server = Server::start_tls(&config, &dir.path().join("data"), &key_env(), &certs);
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    walk_public_routes(&server);
+
+    // Plain HTTP to the TLS port gets no answer, nor does a client that
+    // trusts only the system's roots; both are counted as failed handshakes.
+    let plain = server.base.replacen("https://", "http://", 1);
+    let answer = reqwest::blocking::Client::new()
+        .get(format!("{plain}/v1/collections"))
+        .bearer_auth(FULL)
+        .timeout(std::time::Duration::from_secs(10))
+        .send();
+    assert!(
+        answer.as_ref().map_or(true, |r| r.status().as_u16() == 400),
+        "plain HTTP on a TLS port: {answer:?}"
+    );
+    let untrusting = reqwest::blocking::Client::new()
+        .get(server.url("/healthz"))
+        .send();
+    assert!(
+        untrusting.is_err(),
+        "a client not trusting the CA connected"
+    );
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .bearer_auth(READ)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("engram_tls_handshake_failures_total{listener=\"public\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(failures.is_some_and(|n| n >= 1), "{metrics}");
+
+    // engramctl and the other commands trust a private CA through
+    // ENGRAM_CA_CERT (or --ca-cert), and not without it.
+    let (ok, text) = common::cluster::engramctl_trusting(
+        READ,
+        Some(&certs.ca),
+        &server.base,
+        &["collections", "list"],
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = common::cluster::engramctl(READ, &server.base, &["collections", "list"]);
+    assert!(!ok, "engramctl trusted an unknown CA: {text}");
+}
+
+/// Every route of the public router with no key, a wrong one, the
+/// read-only one and the full one.
+fn walk_public_routes(server: &Server) {
     let routes = public_routes();
     assert!(
         routes.len() >= 30,
@@ -104,7 +173,7 @@ fn every_public_route_asks_for_the_right_key() {
     );
     let create = json!({ "name": "m", "dim": 4, "metric": "l2" });
     let (status, body, _) = send(
-        &server,
+        server,
         "POST",
         "/v1/collections",
         Key::Bearer(FULL),
@@ -115,9 +184,9 @@ fn every_public_route_asks_for_the_right_key() {
     for route in &routes {
         let path = concrete(route.path);
         let what = format!("{} {}", route.method, route.path);
-        let none = send(&server, route.method, &path, Key::None, None);
+        let none = send(server, route.method, &path, Key::None, None);
         let wrong = send(
-            &server,
+            server,
             route.method,
             &path,
             Key::Bearer("not-the-key-0123456789"),
@@ -139,7 +208,7 @@ fn every_public_route_asks_for_the_right_key() {
             "unauthenticated",
             &format!("{what} with a wrong key"),
         );
-        let read = send(&server, route.method, &path, Key::Header(READ), None);
+        let read = send(server, route.method, &path, Key::Header(READ), None);
         match route.access {
             Access::Write => refused(
                 &read,
@@ -161,7 +230,7 @@ fn every_public_route_asks_for_the_right_key() {
     for route in last {
         let path = concrete(route.path);
         for key in [Key::Bearer(FULL), Key::Header(FULL)] {
-            let answer = send(&server, route.method, &path, key, None);
+            let answer = send(server, route.method, &path, key, None);
             assert!(
                 !matches!(answer.0, 401 | 403),
                 "{} {} with the full key ({key:?}): {} {:?}",
@@ -321,6 +390,148 @@ fn a_server_refuses_to_start_with_a_weak_key() {
     assert!(!error.contains("short\""), "the key is not echoed: {error}");
 }
 
+#[test]
+fn keys_rotate_without_downtime() {
+    // Step 1 of a rotation: the new keys are the keys, the old ones are
+    // still accepted with the same access.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (new_full, new_read) = ("new-full-key-0123456789", "new-read-key-0123456789");
+    let env = |accepted: bool| {
+        let mut env = vec![
+            ("ENGRAM_SECURITY__API_KEY".to_string(), new_full.to_string()),
+            (
+                "ENGRAM_SECURITY__READ_ONLY_API_KEY".to_string(),
+                new_read.to_string(),
+            ),
+        ];
+        if accepted {
+            env.push(("ENGRAM_SECURITY__ACCEPTED_API_KEY".into(), FULL.into()));
+            env.push((
+                "ENGRAM_SECURITY__ACCEPTED_READ_ONLY_API_KEY".into(),
+                READ.into(),
+            ));
+        }
+        env
+    };
+    let data = dir.path().join("data");
+    let mut server = Server::start_with_env(&config, &data, &env(true));
+    let create = |name: &str| json!({ "name": name, "dim": 4, "metric": "l2" });
+    for (key, name) in [(FULL, "old"), (new_full, "new")] {
+        let answer = send(
+            &server,
+            "POST",
+            "/v1/collections",
+            Key::Bearer(key),
+            Some(&create(name)),
+        );
+        assert_eq!(
+            answer.0, 201,
+            "{name} full key during the rotation: {:?}",
+            answer.1
+        );
+    }
+    for key in [READ, new_read] {
+        assert_eq!(
+            send(&server, "GET", "/v1/collections", Key::Header(key), None).0,
+            200
+        );
+        refused(
+            &send(
+                &server,
+                "POST",
+                "/v1/collections",
+                Key::Header(key),
+                Some(&create("x")),
+            ),
+            403,
+            "permission_denied",
+            "a read-only key, old or new, stays read-only",
+        );
+    }
+    // Step 2: the old keys are dropped; they are refused like any other.
+    server.stop();
+    let server = Server::start_with_env(&config, &data, &env(false));
+    for key in [FULL, READ] {
+        refused(
+            &send(&server, "GET", "/v1/collections", Key::Bearer(key), None),
+            401,
+            "unauthenticated",
+            "an old key after the rotation",
+        );
+    }
+    let (status, list, _) = send(
+        &server,
+        "GET",
+        "/v1/collections",
+        Key::Bearer(new_read),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        list["collections"].as_array().map(Vec::len),
+        Some(2),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_node_refuses_to_start_with_tls_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls::TestCerts::generate(&dir.path().join("tls"), "refused");
+    let config = write_config(dir.path(), "");
+    // A certificate file that is not one is named, and nothing is served.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let mut env = certs.env();
+    env[0].1 = garbage.display().to_string();
+    let error = Server::try_start_with_env(&config, &dir.path().join("data"), &env)
+        .err()
+        .expect("a server started with a garbage certificate");
+    assert!(error.contains("garbage.pem"), "{error}");
+    // A key that is not the certificate's.
+    let other = tls::TestCerts::generate(&dir.path().join("tls"), "other");
+    let mut env = certs.env();
+    env[1].1 = other.key.display().to_string();
+    let error = Server::try_start_with_env(&config, &dir.path().join("data"), &env)
+        .err()
+        .expect("a server started with a key that is not its certificate's");
+    assert!(error.contains("do not go together"), "{error}");
+
+    // A coordinator with HTTPS outside but no CA for its peers.
+    let port = common::cluster::free_port();
+    let role_config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &role_config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[cluster]\n\
+             role = \"coordinator\"\nnode_id = 1\ninternal_listen = \"127.0.0.1:{port}\"\n\
+             coordinators = [{{ id = 1, addr = \"127.0.0.1:{port}\" }}]\n\n[security]\n\
+             cluster_secret = \"{}\"\n\n[security.tls]\ncert = {:?}\nkey = {:?}\n",
+            dir.path().join("coordinator").display().to_string(),
+            common::cluster::random_secret(),
+            certs.cert.display().to_string(),
+            certs.key.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--config"])
+        .arg(&role_config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a coordinator started with TLS outside only"
+    );
+    assert!(
+        stderr.contains("refusing to start with TLS on the public port only")
+            && stderr.contains("ENGRAM_SECURITY__TLS__CA"),
+        "{stderr}"
+    );
+}
+
 /// The internal address in a harness config file.
 fn internal_listen(config: &std::path::Path) -> String {
     std::fs::read_to_string(config)
@@ -337,7 +548,76 @@ fn internal_listen(config: &std::path::Path) -> String {
 #[test]
 fn every_internal_route_asks_for_the_cluster_secret() {
     let cluster = Cluster::start();
-    let http = reqwest::blocking::Client::new();
+    walk_internal_routes(&cluster, &reqwest::blocking::Client::new(), "http");
+}
+
+#[test]
+fn every_internal_route_asks_for_the_cluster_secret_over_mutual_tls() {
+    let cluster = Cluster::start_tls();
+    let certs = cluster.tls.as_ref().unwrap();
+    // A peer: trusts the cluster's CA and presents a certificate it signed.
+    let peer = certs.client().identity(certs.identity()).build().unwrap();
+    walk_internal_routes(&cluster, &peer, "https");
+
+    // Without a client certificate, with one another CA signed, or in
+    // plain HTTP, nothing reaches a route, not even the open probe.
+    let stranger = tls::TestCerts::generate(&cluster.dir.path().join("stranger"), "stranger");
+    let no_identity = certs.client().build().unwrap();
+    let foreign_identity = certs
+        .client()
+        .identity(stranger.identity())
+        .build()
+        .unwrap();
+    for addr in [
+        internal_listen(&cluster.coordinators[0].config),
+        internal_listen(&cluster.workers[0].config),
+    ] {
+        for (who, client, scheme) in [
+            ("no client certificate", &no_identity, "https"),
+            ("a foreign certificate", &foreign_identity, "https"),
+            ("plain HTTP", &reqwest::blocking::Client::new(), "http"),
+        ] {
+            let answer = client
+                .post(format!(
+                    "{scheme}://{addr}{}",
+                    engram_worker::server::HEALTHZ
+                ))
+                .header("engram-cluster-secret", &cluster.cluster_secret)
+                .timeout(std::time::Duration::from_secs(10))
+                .send();
+            assert!(
+                answer.is_err(),
+                "{addr} answered a caller with {who}: {answer:?}"
+            );
+        }
+    }
+    // The cluster works over TLS end to end: a write replicated by the
+    // workers, read back, and engramctl trusting the CA.
+    let base = cluster.coordinators[0].base.clone().unwrap();
+    assert!(base.starts_with("https://"), "{base}");
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({ "name": "t", "dim": 8, "metric": "l2" }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let items =
+        json!({ "items": [{ "id": 1, "label": "a", "vector": common::cluster::vector(1) }] });
+    let (status, body) = cluster.post("/v1/collections/t/items", &items);
+    assert!(status < 300, "{body}");
+    let (status, body) = cluster.post(
+        "/v1/collections/t/search",
+        &json!({ "vector": common::cluster::vector(1), "k": 1 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["neighbors"][0]["id"], 1, "{body}");
+    let (ok, text) = cluster.engramctl(&base, &["status"]);
+    assert!(ok, "{text}");
+}
+
+/// Every internal route of a coordinator and a worker, called by `http`
+/// over `scheme`: without the secret (or a wrong one, or a public key) 401,
+/// with it the handler.
+fn walk_internal_routes(cluster: &Cluster, http: &reqwest::blocking::Client, scheme: &str) {
     let coordinator = internal_listen(&cluster.coordinators[0].config);
     let worker = internal_listen(&cluster.workers[0].config);
     let wrong = "wrong-secret-0123456789abcdef";
@@ -350,7 +630,7 @@ fn every_internal_route_asks_for_the_cluster_secret() {
         for path in paths {
             let post = |secret: Option<&str>| {
                 let mut request = http
-                    .post(format!("http://{addr}{path}"))
+                    .post(format!("{scheme}://{addr}{path}"))
                     .header("content-type", "application/x-bincode")
                     .body(vec![0xff_u8; 64]);
                 if let Some(secret) = secret {
@@ -362,7 +642,7 @@ fn every_internal_route_asks_for_the_cluster_secret() {
             };
             if path == engram_worker::server::HEALTHZ {
                 let status = http
-                    .get(format!("http://{addr}{path}"))
+                    .get(format!("{scheme}://{addr}{path}"))
                     .send()
                     .unwrap()
                     .status();

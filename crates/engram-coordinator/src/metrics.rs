@@ -22,6 +22,7 @@ pub struct Metrics {
     auth_refused: IntCounterVec,
     cluster_secret_refused: IntCounterVec,
     cut_off: IntCounterVec,
+    tls_failures: IntCounterVec,
     /// What the public listener counts on its own (head and body
     /// timeouts), brought into `cut_off` at each render.
     public_listener: Arc<ServeStats>,
@@ -103,9 +104,18 @@ impl Metrics {
             &["listener", "reason"],
         )
         .expect("valid metric");
+        let tls_failures = IntCounterVec::new(
+            Opts::new(
+                "tls_handshake_failures_total",
+                "TLS handshakes a listener refused or that did not complete within the head timeout (a plain-HTTP caller, an untrusted client certificate)",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cut_off.clone()),
+            Box::new(tls_failures.clone()),
             Box::new(auth_refused.clone()),
             Box::new(cluster_secret_refused.clone()),
             Box::new(latency.clone()),
@@ -133,6 +143,7 @@ impl Metrics {
             auth_refused,
             cluster_secret_refused,
             cut_off,
+            tls_failures,
             public_listener: Arc::new(ServeStats::default()),
         }
     }
@@ -143,7 +154,8 @@ impl Metrics {
         self.public_listener.clone()
     }
 
-    /// Brings `requests_cut_off_total{listener}` up to what `stats` counted.
+    /// Brings `requests_cut_off_total{listener}` and
+    /// `tls_handshake_failures_total{listener}` up to what `stats` counted.
     pub fn sync_cut_off(&self, listener: &str, stats: &ServeStats) {
         for (reason, total) in [
             ("head_timeout", stats.head_timeouts()),
@@ -153,6 +165,8 @@ impl Metrics {
             let counter = self.cut_off.with_label_values(&[listener, reason]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+        let counter = self.tls_failures.with_label_values(&[listener]);
+        counter.inc_by(stats.tls_failures().saturating_sub(counter.get()));
     }
 
     /// Brings the counter of internal refusals up to what the internal

@@ -50,6 +50,58 @@ pub struct SecurityConfig {
     /// one is dropped; docs/security.md)
     /// (`ENGRAM_SECURITY__ACCEPTED_CLUSTER_SECRET`).
     pub accepted_cluster_secret: Option<String>,
+    /// Accepted as well as `api_key` (full access), never required: the
+    /// old key while clients move to a new one (docs/security.md)
+    /// (`ENGRAM_SECURITY__ACCEPTED_API_KEY`).
+    pub accepted_api_key: Option<String>,
+    /// Accepted as well as `read_only_api_key`, for its rotation
+    /// (`ENGRAM_SECURITY__ACCEPTED_READ_ONLY_API_KEY`).
+    pub accepted_read_only_api_key: Option<String>,
+    /// TLS on this node's listeners and, with a CA, mutual TLS between
+    /// peers.
+    pub tls: TlsConfig,
+}
+
+/// Certificates, as PEM files (`ENGRAM_SECURITY__TLS__CERT`, `..__KEY`,
+/// `..__CA`). `cert` and `key` make every listener of the node serve HTTPS
+/// (the public API; in a cluster role also the internal port). `ca` is the
+/// cluster's own authority: internal listeners require a client
+/// certificate it signed (mutual TLS) and internal clients trust only
+/// certificates it signed, presenting the node's own `cert` as theirs. A
+/// coordinator or worker with `cert` needs `ca` (internal traffic is never
+/// left in the clear beside an encrypted public port).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node's certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// The CA every peer's certificate chains to.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether listeners serve HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(CoreError::invalid(
+                "security.tls",
+                "cert and key go together: set both or neither",
+            ));
+        }
+        if self.ca.is_some() && self.cert.is_none() {
+            return Err(CoreError::invalid(
+                "security.tls.ca",
+                "needs security.tls.cert and key: mutual TLS presents the node's own certificate",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Shortest key accepted: 16 bytes is 128 bits when random.
@@ -66,6 +118,12 @@ impl std::fmt::Debug for SecurityConfig {
                 "accepted_cluster_secret",
                 &shown(&self.accepted_cluster_secret),
             )
+            .field("accepted_api_key", &shown(&self.accepted_api_key))
+            .field(
+                "accepted_read_only_api_key",
+                &shown(&self.accepted_read_only_api_key),
+            )
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -84,6 +142,11 @@ impl SecurityConfig {
             (
                 "security.accepted_cluster_secret",
                 &self.accepted_cluster_secret,
+            ),
+            ("security.accepted_api_key", &self.accepted_api_key),
+            (
+                "security.accepted_read_only_api_key",
+                &self.accepted_read_only_api_key,
             ),
         ] {
             let Some(key) = key else { continue };
@@ -106,26 +169,63 @@ impl SecurityConfig {
                 "needs security.api_key as well: otherwise nobody could write",
             ));
         }
-        if self.api_key.is_some() && self.api_key == self.read_only_api_key {
-            return Err(CoreError::invalid(
+        for (name, accepted, current, current_name) in [
+            (
+                "security.accepted_api_key",
+                &self.accepted_api_key,
+                &self.api_key,
+                "security.api_key",
+            ),
+            (
+                "security.accepted_read_only_api_key",
+                &self.accepted_read_only_api_key,
+                &self.read_only_api_key,
                 "security.read_only_api_key",
-                "must differ from security.api_key",
-            ));
+            ),
+        ] {
+            if accepted.is_some() && current.is_none() {
+                return Err(CoreError::invalid(
+                    name,
+                    format!("needs {current_name} as well: it is only accepted during a rotation"),
+                ));
+            }
         }
+        // One key, one access: a key listed twice would be both full and
+        // read-only, and the cluster secret must never open the public API.
+        let keys: Vec<(&str, &String)> = [
+            ("security.api_key", &self.api_key),
+            ("security.accepted_api_key", &self.accepted_api_key),
+            ("security.read_only_api_key", &self.read_only_api_key),
+            (
+                "security.accepted_read_only_api_key",
+                &self.accepted_read_only_api_key,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, key)| key.as_ref().map(|key| (name, key)))
+        .collect();
+        for (i, (name, key)) in keys.iter().enumerate() {
+            if let Some((other, _)) = keys[..i].iter().find(|(_, earlier)| earlier == key) {
+                return Err(CoreError::invalid(
+                    name,
+                    format!("must differ from {other}"),
+                ));
+            }
+            if [&self.cluster_secret, &self.accepted_cluster_secret]
+                .into_iter()
+                .any(|secret| secret.as_ref() == Some(*key))
+            {
+                return Err(CoreError::invalid(
+                    name,
+                    "must differ from the cluster secret: a public key must never open internal routes",
+                ));
+            }
+        }
+        self.tls.validate()?;
         if self.accepted_cluster_secret.is_some() && self.cluster_secret.is_none() {
             return Err(CoreError::invalid(
                 "security.accepted_cluster_secret",
                 "needs security.cluster_secret as well: it is only accepted during a rotation, never sent",
-            ));
-        }
-        if let Some(secret) = &self.cluster_secret
-            && [&self.api_key, &self.read_only_api_key]
-                .into_iter()
-                .any(|key| key.as_ref() == Some(secret))
-        {
-            return Err(CoreError::invalid(
-                "security.cluster_secret",
-                "must differ from the public API keys: a client holding one must not reach the internal routes",
             ));
         }
         Ok(())
@@ -714,6 +814,9 @@ mod tests {
             read_only_api_key: Some("r".repeat(20)),
             cluster_secret: Some("s".repeat(20)),
             accepted_cluster_secret: Some("p".repeat(20)),
+            accepted_api_key: Some("a".repeat(20)),
+            accepted_read_only_api_key: Some("b".repeat(20)),
+            tls: TlsConfig::default(),
         };
         ok.validate().unwrap();
         assert!(ok.keys_required());
@@ -725,7 +828,14 @@ mod tests {
                 ..EngramConfig::default()
             }
         );
-        for secret in [&key, &"r".repeat(20), &"s".repeat(20), &"p".repeat(20)] {
+        for secret in [
+            &key,
+            &"r".repeat(20),
+            &"s".repeat(20),
+            &"p".repeat(20),
+            &"a".repeat(20),
+            &"b".repeat(20),
+        ] {
             assert!(
                 !printed.contains(secret.as_str()) && printed.contains("<set>"),
                 "{printed}"
@@ -760,6 +870,49 @@ mod tests {
             SecurityConfig {
                 api_key: Some(key.clone()),
                 cluster_secret: Some(key.clone()),
+                ..Default::default()
+            },
+            // A rotation's other key needs the current one, and differs
+            // from every other key and from the secret.
+            SecurityConfig {
+                accepted_api_key: Some(key.clone()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                accepted_read_only_api_key: Some("b".repeat(20)),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                accepted_api_key: Some(key.clone()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                read_only_api_key: Some("r".repeat(20)),
+                accepted_read_only_api_key: Some(key.clone()),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                accepted_api_key: Some("s".repeat(20)),
+                cluster_secret: Some("t".repeat(20)),
+                accepted_cluster_secret: Some("s".repeat(20)),
+                ..Default::default()
+            },
+            SecurityConfig {
+                tls: TlsConfig {
+                    cert: Some("/c.pem".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            SecurityConfig {
+                tls: TlsConfig {
+                    ca: Some("/ca.pem".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         ] {

@@ -15,6 +15,9 @@ pub enum MetaError {
     /// The state machine refused the command (e.g. a stale epoch).
     #[error("{0}")]
     Refused(String),
+    /// A certificate, key or CA of `[security.tls]` that cannot be used.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;

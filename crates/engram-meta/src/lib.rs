@@ -6,23 +6,24 @@
 // helpers feeding them return it too rather than boxing and unboxing.
 #![allow(clippy::result_large_err)]
 
+pub mod access;
 pub mod error;
 pub mod journal;
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod rpc;
-pub mod secret;
 pub mod serve;
 pub mod shared;
 pub mod state;
 pub mod state_machine;
+pub mod tls;
 pub mod types;
 
+pub use access::ClusterAccess;
 pub use error::{MetaError, Result};
 pub use log_store::LogStore;
 pub use node::{MembershipChange, MetaNode, RaftTiming, WriteOutcome};
-pub use secret::ClusterSecret;
 pub use shared::Shared;
 pub use state::{
     ClusterState, CollectionCuration, CollectionMeta, JobRecord, SegmentFile, SegmentRecord,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-use crate::secret::ClusterSecret;
+use crate::access::ClusterAccess;
 use crate::types::{NodeId, TypeConfig};
 
 /// Content type of every internal RPC body.
@@ -24,17 +24,20 @@ pub const BINCODE: &str = "application/x-bincode";
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: reqwest::Client,
+    access: ClusterAccess,
 }
 
 impl HttpNetwork {
-    /// Every call carries `secret` (when set).
-    pub fn new(secret: &ClusterSecret) -> HttpNetwork {
+    /// Every call carries the secret of `access` (when set), over its TLS
+    /// (when set).
+    pub fn new(access: &ClusterAccess) -> HttpNetwork {
         HttpNetwork {
-            client: secret
+            client: access
                 .client_builder()
                 .connect_timeout(Duration::from_millis(500))
                 .build()
-                .expect("reqwest client without TLS"),
+                .expect("the internal client's TLS configuration was loaded at start"),
+            access: access.clone(),
         }
     }
 }
@@ -46,7 +49,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         Connection {
             client: self.client.clone(),
             target,
-            base: format!("http://{}/raft", node.addr),
+            base: self.access.url(&node.addr, "/raft"),
         }
     }
 }

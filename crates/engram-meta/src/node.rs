@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::access::ClusterAccess;
 use crate::error::{MetaError, Result};
 use crate::log_store::LogStore;
 use crate::network::{BINCODE, HttpNetwork};
-use crate::secret::ClusterSecret;
 use crate::state::ClusterState;
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, CommandResult, NodeId, Raft};
@@ -68,6 +68,7 @@ struct Inner {
     raft: Raft,
     state_machine: StateMachineStore,
     client: reqwest::Client,
+    access: ClusterAccess,
 }
 
 impl MetaNode {
@@ -78,7 +79,7 @@ impl MetaNode {
         id: NodeId,
         dir: &Path,
         timing: &RaftTiming,
-        secret: &ClusterSecret,
+        secret: &ClusterAccess,
     ) -> Result<MetaNode> {
         let log = LogStore::open(&dir.join("log"))?;
         let state_machine = StateMachineStore::open(&dir.join("state"))?;
@@ -112,7 +113,8 @@ impl MetaNode {
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(10))
                     .build()
-                    .expect("reqwest client without TLS"),
+                    .expect("the internal client's TLS configuration was loaded at start"),
+                access: secret.clone(),
             }),
         })
     }
@@ -252,7 +254,7 @@ impl MetaNode {
         let response = self
             .inner
             .client
-            .post(format!("http://{addr}/raft/write"))
+            .post(self.inner.access.url(addr, "/raft/write"))
             .header(reqwest::header::CONTENT_TYPE, BINCODE)
             .body(body)
             .send()
@@ -312,7 +314,7 @@ impl MetaNode {
         let response = self
             .inner
             .client
-            .post(format!("http://{addr}/raft/membership"))
+            .post(self.inner.access.url(addr, "/raft/membership"))
             .header(reqwest::header::CONTENT_TYPE, BINCODE)
             .timeout(Duration::from_secs(60))
             .body(body)

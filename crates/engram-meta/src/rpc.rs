@@ -35,7 +35,7 @@ pub fn paths() -> Vec<&'static str> {
 }
 
 /// The Raft routes, unguarded: the coordinator mounts them with its other
-/// internal routes behind [`crate::ClusterSecret::guard`].
+/// internal routes behind [`crate::ClusterAccess::guard`].
 pub fn router(node: MetaNode) -> Router {
     routes()
         .into_iter()

@@ -43,6 +43,7 @@ pub struct ServeStats {
     head_timeouts: AtomicU64,
     body_timeouts: AtomicU64,
     busy: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 impl ServeStats {
@@ -61,6 +62,11 @@ impl ServeStats {
         self.busy.load(Ordering::Relaxed)
     }
 
+    /// TLS handshakes that failed or did not complete in time.
+    pub fn tls_failures(&self) -> u64 {
+        self.tls_failures.load(Ordering::Relaxed)
+    }
+
     /// Counts a body cut off by its deadline.
     pub fn body_timed_out(&self) {
         self.body_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -70,12 +76,15 @@ impl ServeStats {
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish. Each request carries the peer's
 /// [`ConnectInfo<SocketAddr>`]; a request head must arrive within
-/// `head_timeout`.
+/// `head_timeout`. With `tls` every connection is TLS, its handshake
+/// bounded by `head_timeout` too; one that fails (a plain-HTTP caller, a
+/// client certificate the CA did not sign) is closed and counted.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     head_timeout: Duration,
     stats: Arc<ServeStats>,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -83,6 +92,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -100,24 +110,65 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                if error.is_timeout() {
-                    stats.head_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "request head not received in time; connection closed");
-                } else {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
-                }
+        let served = Served {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            stats: stats.clone(),
+            peer,
+        };
+        match &acceptor {
+            None => {
+                tokio::spawn(served.connection(stream, service));
             }
-        });
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(head_timeout, handshake).await {
+                        Ok(Ok(stream)) => served.connection(stream, service).await,
+                        Ok(Err(error)) => {
+                            served.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, %error, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            served.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "TLS handshake not completed in time");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What serving one accepted connection needs.
+struct Served {
+    builder: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    stats: Arc<ServeStats>,
+    peer: std::net::SocketAddr,
+}
+
+impl Served {
+    async fn connection<S>(self, stream: S, service: Router)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let peer = self.peer;
+        if let Err(error) = self.watcher.watch(connection).await {
+            if error.is_timeout() {
+                self.stats.head_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "request head not received in time; connection closed");
+            } else {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        }
+    }
 }
 
 /// Why a body was not collected.
@@ -267,6 +318,7 @@ mod tests {
             router,
             head,
             stats.clone(),
+            None,
             std::future::pending(),
         ));
         (addr, stats)

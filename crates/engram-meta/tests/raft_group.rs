@@ -9,15 +9,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engram_core::config::SecurityConfig;
-use engram_meta::{ClusterSecret, Command, MetaNode, RaftTiming, rpc};
+use engram_meta::{ClusterAccess, Command, MetaNode, RaftTiming, rpc};
 
 const SECRET: &str = "raft-group-secret-0123456789";
 
-fn secret() -> ClusterSecret {
-    ClusterSecret::from_config(&SecurityConfig {
+fn secret() -> ClusterAccess {
+    ClusterAccess::from_config(&SecurityConfig {
         cluster_secret: Some(SECRET.into()),
         ..Default::default()
     })
+    .expect("no TLS files to read")
 }
 
 struct Running {
@@ -122,7 +123,7 @@ async fn elects_forwards_fails_over_and_recovers() {
                 .post(format!("http://{addr}/raft/{path}"))
                 .body(body.clone());
             if let Some(p) = presented {
-                request = request.header(engram_meta::secret::HEADER, p);
+                request = request.header(engram_meta::access::HEADER, p);
             }
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 401, "{path} with {presented:?}");

@@ -14,12 +14,12 @@ use engram_core::config::StorageConfig;
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
-use engram_meta::{ClusterSecret, ClusterState, Command, CommandResult};
+use engram_meta::{ClusterAccess, ClusterState, Command, CommandResult};
 use engram_store::{ObjectLocation, WalOp};
 
 use crate::lease::ReadLease;
 use crate::replicas::{Replica, ReplicaHost};
-use crate::rpc_client::{CallError, call, internal_client};
+use crate::rpc_client::{CallError, InternalClient, call};
 use crate::shard::{AttachedSegment, Compaction, SearchFilter, ShardDeletion};
 use crate::wire::*;
 
@@ -41,7 +41,7 @@ pub(crate) struct Inner {
     pub(crate) addr: String,
     pub(crate) coordinators: Vec<String>,
     pub(crate) host: ReplicaHost,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: InternalClient,
     /// The newest cluster state seen, and the Raft index it was applied at.
     pub(crate) state: RwLock<(u64, Arc<ClusterState>)>,
     pub(crate) catching_up: Mutex<HashSet<(String, u32)>>,
@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     /// Credentials and endpoints for object storage (bulk segments).
     pub(crate) storage: StorageConfig,
     /// Sent on every call to peers; required by this node's routes.
-    secret: ClusterSecret,
+    secret: ClusterAccess,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -79,7 +79,7 @@ pub struct Membership {
     /// Coordinators' internal addresses.
     pub coordinators: Vec<String>,
     /// Sent on every call to peers; required by this node's routes.
-    pub secret: ClusterSecret,
+    pub secret: ClusterAccess,
 }
 
 impl WorkerNode {
@@ -102,7 +102,7 @@ impl WorkerNode {
                 addr,
                 coordinators,
                 host: ReplicaHost::with_cache(data_dir, params, cache)?,
-                client: internal_client(&secret),
+                client: InternalClient::new(&secret),
                 secret,
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
@@ -118,7 +118,7 @@ impl WorkerNode {
         self.inner.id
     }
 
-    pub fn secret(&self) -> &ClusterSecret {
+    pub fn secret(&self) -> &ClusterAccess {
         &self.inner.secret
     }
 

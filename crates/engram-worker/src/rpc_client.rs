@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-use engram_meta::ClusterSecret;
+use engram_meta::ClusterAccess;
 
 use crate::wire::{RpcError, RpcResult};
 
@@ -26,19 +26,30 @@ pub enum CallError {
     Protocol { addr: String, reason: String },
 }
 
-/// One HTTP client for internal calls (connection pool, short connect);
-/// every call carries the cluster secret (when set).
-pub fn internal_client(secret: &ClusterSecret) -> reqwest::Client {
-    secret
-        .client_builder()
-        .connect_timeout(Duration::from_millis(500))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest client without TLS")
+/// The HTTP client for internal calls (one connection pool, short
+/// connect): every call carries the cluster secret (when set) and goes to
+/// `https://` under internal TLS. Cheap to clone.
+#[derive(Clone)]
+pub struct InternalClient {
+    http: reqwest::Client,
+    access: ClusterAccess,
+}
+
+impl InternalClient {
+    pub fn new(access: &ClusterAccess) -> InternalClient {
+        InternalClient {
+            http: access
+                .client_builder()
+                .connect_timeout(Duration::from_millis(500))
+                .build()
+                .expect("the internal client's TLS configuration was loaded at start"),
+            access: access.clone(),
+        }
+    }
 }
 
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
-    client: &reqwest::Client,
+    client: &InternalClient,
     addr: &str,
     path: &str,
     request: &Req,
@@ -50,7 +61,8 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     };
     let body = bincode::serialize(request).map_err(|e| protocol(e.to_string()))?;
     let response = client
-        .post(format!("http://{addr}{path}"))
+        .http
+        .post(client.access.url(addr, path))
         .header(reqwest::header::CONTENT_TYPE, BINCODE)
         .timeout(timeout)
         .body(body)

@@ -39,6 +39,11 @@ struct Cli {
     /// for reads).
     #[arg(long, global = true, env = "ENGRAM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (an
+    /// `https://` server with a private CA), trusted beside the system's
+    /// roots.
+    #[arg(long, global = true, env = "ENGRAM_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -85,23 +90,25 @@ pub struct Output {
 
 fn main() {
     let cli = Cli::parse();
-    let result = Client::new(&cli.server, cli.api_key.as_deref()).and_then(|client| {
-        let ctx = Ctx {
-            client,
-            json: cli.json,
-        };
-        match cli.command {
-            Command::Status => status::run(&ctx),
-            Command::Node(command) => nodes::run(&ctx, command),
-            Command::Rebalance(args) => rebalance::run(&ctx, args),
-            Command::Compact(args) => compact::run(&ctx, args),
-            Command::Reshard(args) => reshard::run(&ctx, args),
-            Command::Snapshot(command) => snapshot::run(&ctx, command),
-            Command::Jobs(command) => jobs::run(&ctx, command),
-            Command::Collections(command) => collections::run(&ctx, command),
-            Command::Items(command) => collections::run_items(&ctx, command),
-        }
-    });
+    let result = Client::new(&cli.server, cli.api_key.as_deref(), cli.ca_cert.as_deref()).and_then(
+        |client| {
+            let ctx = Ctx {
+                client,
+                json: cli.json,
+            };
+            match cli.command {
+                Command::Status => status::run(&ctx),
+                Command::Node(command) => nodes::run(&ctx, command),
+                Command::Rebalance(args) => rebalance::run(&ctx, args),
+                Command::Compact(args) => compact::run(&ctx, args),
+                Command::Reshard(args) => reshard::run(&ctx, args),
+                Command::Snapshot(command) => snapshot::run(&ctx, command),
+                Command::Jobs(command) => jobs::run(&ctx, command),
+                Command::Collections(command) => collections::run(&ctx, command),
+                Command::Items(command) => collections::run_items(&ctx, command),
+            }
+        },
+    );
     match result {
         Ok(output) if cli.json => println!(
             "{}",

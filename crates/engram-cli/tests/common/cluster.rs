@@ -45,11 +45,20 @@ pub fn random_secret() -> String {
 
 /// A client that sends `api_key` as a bearer token on every request.
 pub fn client_with_key(api_key: &str, timeout: Duration) -> reqwest::blocking::Client {
+    keyed_client(reqwest::blocking::Client::builder(), api_key, timeout)
+}
+
+/// `builder` (one trusting a test CA, say) sending `api_key`.
+pub fn keyed_client(
+    builder: reqwest::blocking::ClientBuilder,
+    api_key: &str,
+    timeout: Duration,
+) -> reqwest::blocking::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}")).unwrap();
     value.set_sensitive(true);
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::blocking::Client::builder()
+    builder
         .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
         .default_headers(headers)
         .timeout(timeout)
@@ -60,13 +69,27 @@ pub fn client_with_key(api_key: &str, timeout: Duration) -> reqwest::blocking::C
 /// Runs `engramctl --server <base> args...` with `api_key` in its
 /// environment: (exit ok, stdout + stderr).
 pub fn engramctl(api_key: &str, base: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engramctl"))
+    engramctl_trusting(api_key, None, base, args)
+}
+
+/// [`engramctl`] trusting the CA in `ca_cert` (`ENGRAM_CA_CERT`).
+pub fn engramctl_trusting(
+    api_key: &str,
+    ca_cert: Option<&Path>,
+    base: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_engramctl"));
+    command
         .arg("--server")
         .arg(base)
         .args(args)
         .env("ENGRAM_API_KEY", api_key)
-        .output()
-        .unwrap();
+        .env_remove("ENGRAM_CA_CERT");
+    if let Some(ca) = ca_cert {
+        command.env("ENGRAM_CA_CERT", ca);
+    }
+    let out = command.output().unwrap();
     (out.status.success(), super::output_text(&out))
 }
 
@@ -122,7 +145,13 @@ impl Proc {
         );
         if self.role == "coordinator" {
             let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-            self.base = Some(format!("http://{addr}"));
+            let config = std::fs::read_to_string(&self.config).unwrap();
+            let scheme = if config.contains("[security.tls]") {
+                "https"
+            } else {
+                "http"
+            };
+            self.base = Some(format!("{scheme}://{addr}"));
         }
         self.child = Some(child);
     }
@@ -191,6 +220,8 @@ pub struct Cluster {
     pub coordinators: Vec<Proc>,
     pub workers: Vec<Proc>,
     pub http: reqwest::blocking::Client,
+    /// Certificates when every port serves TLS ([`Cluster::start_tls`]).
+    pub tls: Option<super::tls::TestCerts>,
     pub dir: tempfile::TempDir,
 }
 
@@ -213,7 +244,20 @@ impl Cluster {
     /// [`Cluster::start_with`] whose nodes may also read and write local
     /// files under `extra_roots` (beside [`Cluster::exchange`]).
     pub fn start_with_roots(index_extra: &str, extra_roots: &[&Path]) -> Cluster {
+        Cluster::launch(index_extra, extra_roots, false)
+    }
+
+    /// A cluster whose every port serves TLS: HTTPS on the public APIs,
+    /// mutual TLS between peers, under a CA the test made.
+    pub fn start_tls() -> Cluster {
+        Cluster::launch("compaction_interval_s = 0", &[], true)
+    }
+
+    fn launch(index_extra: &str, extra_roots: &[&Path], tls: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let certs =
+            tls.then(|| super::tls::TestCerts::generate(&dir.path().join("tls"), "cluster"));
+        let tls_section = certs.as_ref().map(|c| c.toml()).unwrap_or_default();
         let exchange = dir.path().join("exchange");
         std::fs::create_dir_all(&exchange).unwrap();
         let roots: Vec<String> = std::iter::once(exchange.as_path())
@@ -239,7 +283,8 @@ impl Cluster {
             "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
              pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n\
              local_roots = [{}]\n\n\
-             [security]\napi_key = {api_key:?}\ncluster_secret = {cluster_secret:?}\n",
+             [security]\napi_key = {api_key:?}\ncluster_secret = {cluster_secret:?}\n\
+             {tls_section}",
             dir.path().join("segment-store").display().to_string(),
             roots.join(", ")
         );
@@ -288,8 +333,13 @@ impl Cluster {
                 &log,
             ));
         }
+        let builder = match &certs {
+            Some(certs) => certs.client(),
+            None => reqwest::blocking::Client::builder(),
+        };
         let cluster = Cluster {
-            http: client_with_key(&api_key, Duration::from_secs(60)),
+            http: keyed_client(builder, &api_key, Duration::from_secs(60)),
+            tls: certs,
             api_key,
             cluster_secret,
             dir,
@@ -304,7 +354,8 @@ impl Cluster {
     /// (from the environment, as an operator would): (exit ok, stdout +
     /// stderr).
     pub fn engramctl(&self, base: &str, args: &[&str]) -> (bool, String) {
-        engramctl(&self.api_key, base, args)
+        let ca = self.tls.as_ref().map(|certs| certs.ca.as_path());
+        engramctl_trusting(&self.api_key, ca, base, args)
     }
 
     pub fn live_coordinators(&self) -> Vec<&str> {

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod tls;
 pub mod traffic;
 
 use serde_json::Value;
@@ -76,6 +77,29 @@ impl Server {
         data_dir: &Path,
         env: &[(String, String)],
     ) -> Result<Server, String> {
+        Self::try_start_with_tls(config, data_dir, env, None)
+    }
+
+    /// A server serving HTTPS with `certs` (given by environment); its
+    /// client trusts only their CA.
+    pub fn start_tls(
+        config: &Path,
+        data_dir: &Path,
+        env: &[(String, String)],
+        certs: &tls::TestCerts,
+    ) -> Server {
+        let mut env = env.to_vec();
+        env.extend(certs.env());
+        Self::try_start_with_tls(config, data_dir, &env, Some(certs))
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    fn try_start_with_tls(
+        config: &Path,
+        data_dir: &Path,
+        env: &[(String, String)],
+        certs: Option<&tls::TestCerts>,
+    ) -> Result<Server, String> {
         assert!(
             std::env::var("ORT_DYLIB_PATH").is_ok(),
             "ORT_DYLIB_PATH must name libonnxruntime.so: run the tests with `make test`"
@@ -112,12 +136,16 @@ impl Server {
             .trim()
             .trim_start_matches("engram listening on ")
             .to_string();
+        let (scheme, http) = match certs {
+            None => ("http", reqwest::blocking::Client::builder()),
+            Some(certs) => ("https", certs.client()),
+        };
         Ok(Server {
             child,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             data_dir: data_dir.to_path_buf(),
             config: config.to_path_buf(),
-            http: reqwest::blocking::Client::builder()
+            http: http
                 .pool_idle_timeout(engram_meta::serve::CLIENT_POOL_IDLE)
                 .timeout(Duration::from_secs(120))
                 .build()

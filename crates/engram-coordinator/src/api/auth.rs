@@ -19,8 +19,10 @@ use engram_core::config::SecurityConfig;
 
 /// What the layer holds: the keys' digests and the route table.
 pub(super) struct Keys {
-    full: Option<[u8; 32]>,
-    read_only: Option<[u8; 32]>,
+    /// `api_key`, then `accepted_api_key` during a rotation.
+    full: Vec<[u8; 32]>,
+    /// `read_only_api_key`, then `accepted_read_only_api_key`.
+    read_only: Vec<[u8; 32]>,
     routes: Vec<PublicRoute>,
 }
 
@@ -35,6 +37,13 @@ fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
+fn digests(keys: [&Option<String>; 2]) -> Vec<[u8; 32]> {
+    keys.into_iter()
+        .flatten()
+        .map(|key| digest(key.as_bytes()))
+        .collect()
+}
+
 impl Keys {
     /// `None` when no key is configured: every caller has full access.
     /// `routes` is the table the router was built from.
@@ -44,11 +53,11 @@ impl Keys {
     ) -> Option<Arc<Keys>> {
         security.keys_required().then(|| {
             Arc::new(Keys {
-                full: security.api_key.as_deref().map(|k| digest(k.as_bytes())),
-                read_only: security
-                    .read_only_api_key
-                    .as_deref()
-                    .map(|k| digest(k.as_bytes())),
+                full: digests([&security.api_key, &security.accepted_api_key]),
+                read_only: digests([
+                    &security.read_only_api_key,
+                    &security.accepted_read_only_api_key,
+                ]),
                 routes,
             })
         })
@@ -56,13 +65,14 @@ impl Keys {
 
     fn caller(&self, presented: &[u8]) -> Option<Caller> {
         let presented = digest(presented);
-        let is = |key: &Option<[u8; 32]>| {
-            key.as_ref()
-                .is_some_and(|k| bool::from(k.as_slice().ct_eq(presented.as_slice())))
+        // Every key is compared whatever the earlier answers, so the time
+        // taken says neither which key was close nor which one matched.
+        let any = |keys: &[[u8; 32]]| {
+            keys.iter().fold(false, |found, key| {
+                found | bool::from(key.as_slice().ct_eq(presented.as_slice()))
+            })
         };
-        // Both are compared whatever the first answer, so the time taken
-        // does not say which key was close.
-        let (full, read_only) = (is(&self.full), is(&self.read_only));
+        let (full, read_only) = (any(&self.full), any(&self.read_only));
         if full {
             Some(Caller::Full)
         } else if read_only {
@@ -144,11 +154,15 @@ mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        Keys {
-            full: Some(digest(b"full-key-0123456789")),
-            read_only: Some(digest(b"read-key-0123456789")),
-            routes: public_routes(),
-        }
+        let security = SecurityConfig {
+            api_key: Some("full-key-0123456789".into()),
+            accepted_api_key: Some("old-full-key-0123456789".into()),
+            read_only_api_key: Some("read-key-0123456789".into()),
+            accepted_read_only_api_key: Some("old-read-key-0123456789".into()),
+            ..Default::default()
+        };
+        security.validate().unwrap();
+        Arc::into_inner(Keys::from_config(&security, public_routes()).unwrap()).unwrap()
     }
 
     #[test]
@@ -156,11 +170,18 @@ mod tests {
         let keys = keys();
         assert_eq!(keys.caller(b"full-key-0123456789"), Some(Caller::Full));
         assert_eq!(keys.caller(b"read-key-0123456789"), Some(Caller::ReadOnly));
+        // During a rotation the old keys keep their own access.
+        assert_eq!(keys.caller(b"old-full-key-0123456789"), Some(Caller::Full));
+        assert_eq!(
+            keys.caller(b"old-read-key-0123456789"),
+            Some(Caller::ReadOnly)
+        );
         for wrong in [
             &b""[..],
             b"full-key-012345678",
             b"full-key-01234567890",
             b"FULL-KEY-0123456789",
+            b"old-full-key-012345678",
         ] {
             assert_eq!(keys.caller(wrong), None);
         }

@@ -249,11 +249,13 @@ impl ApiError {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
+/// Serves the API on `listener` (HTTPS with `tls`, see
+/// `engram_meta::tls::public_server_config`) until `shutdown` completes,
+/// then lets requests in flight finish.
 pub async fn serve(
     engram: Engram,
     listener: tokio::net::TcpListener,
+    tls: Option<engram_meta::tls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let compaction = engram.spawn_compaction();
@@ -264,7 +266,8 @@ pub async fn serve(
     let head_timeout = Duration::from_millis(engram.config().limits.head_timeout_ms);
     let stats = engram.metrics().public_listener();
     let served =
-        engram_meta::serve::serve(listener, router(engram), head_timeout, stats, shutdown).await;
+        engram_meta::serve::serve(listener, router(engram), head_timeout, stats, tls, shutdown)
+            .await;
     if let Some(task) = compaction {
         task.abort();
     }

@@ -25,9 +25,9 @@ use engram_core::config::ClusterConfig;
 use engram_core::placement::WorkerId;
 use engram_meta::serve::{InternalLimits, ServeStats, internal_limits};
 use engram_meta::{
-    ClusterSecret, ClusterState, Command, CommandResult, MetaError, MetaNode, RaftTiming,
+    ClusterAccess, ClusterState, Command, CommandResult, MetaError, MetaNode, RaftTiming,
 };
-use engram_worker::rpc_client::{BINCODE, call, internal_client};
+use engram_worker::rpc_client::{BINCODE, InternalClient, call};
 use engram_worker::wire::{
     DropRequest, Heartbeat, HeartbeatReply, HostRequest, RpcError, RpcResult, coordinator_path,
     path,
@@ -55,9 +55,9 @@ pub(crate) struct Inner {
     seen: Mutex<HashMap<WorkerId, Instant>>,
     /// Registrations being written, so a burst of heartbeats writes once.
     registering: Mutex<HashSet<WorkerId>>,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: InternalClient,
     /// Sent on every internal call; required by [`ClusterBackend::internal_router`].
-    secret: ClusterSecret,
+    secret: ClusterAccess,
     internal_listener: Arc<ServeStats>,
     pub(crate) timeouts: Timeouts,
     pub(crate) started: Instant,
@@ -75,7 +75,7 @@ impl From<MetaError> for ApiError {
             MetaError::Corrupted(_) | MetaError::Journal(_) => {
                 ApiError::new(ErrorCode::Corrupted, e.to_string())
             }
-            MetaError::Io(_) => ApiError::internal(e.to_string()),
+            MetaError::Io(_) | MetaError::Tls(_) => ApiError::internal(e.to_string()),
         }
     }
 }
@@ -96,7 +96,7 @@ impl ClusterBackend {
     /// routes require it (when set).
     pub async fn start(
         config: &ClusterConfig,
-        secret: ClusterSecret,
+        secret: ClusterAccess,
         data_dir: &std::path::Path,
     ) -> Result<Self> {
         let timing = RaftTiming {
@@ -130,7 +130,7 @@ impl ClusterBackend {
                 meta,
                 seen: Mutex::new(HashMap::new()),
                 registering: Mutex::new(HashSet::new()),
-                client: internal_client(&secret),
+                client: InternalClient::new(&secret),
                 secret,
                 internal_listener: Arc::new(ServeStats::default()),
                 timeouts: Timeouts {
@@ -195,7 +195,7 @@ impl ClusterBackend {
     }
 
     /// Internal requests refused for want of the secret, by reason.
-    pub fn secret_refusals(&self) -> engram_meta::secret::Refusals {
+    pub fn secret_refusals(&self) -> engram_meta::access::Refusals {
         self.inner.secret.refusals()
     }
 

@@ -1,4 +1,7 @@
-//! The cluster secret: what every internal request (Raft RPC, worker RPC,
+//! What a cluster process needs to talk to its peers and to be talked to
+//! by them: the cluster secret and, with `[security.tls] ca`, mutual TLS.
+//!
+//! The secret is what every internal request (Raft RPC, worker RPC,
 //! transfers, ATTACH, heartbeats) carries and every internal router
 //! requires, so that reaching an internal port is not enough to rewrite the
 //! cluster's metadata or a shard. It travels in the `engram-cluster-secret`
@@ -6,6 +9,11 @@
 //! SHA-256 digests in constant time and refuses (401) before any body is
 //! read. During a rotation a second secret is accepted, never sent
 //! (`security.accepted_cluster_secret`, docs/security.md).
+//!
+//! With a CA, internal ports serve HTTPS and take only clients whose
+//! certificate the CA signed; internal clients call `https://` and trust
+//! only the CA (so the secret never crosses the network in the clear and a
+//! stolen secret alone does not get a caller in).
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -18,6 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
 
+use crate::error::Result;
+use crate::tls::InternalTls;
+
 /// The header that carries the secret on internal requests.
 pub const HEADER: HeaderName = HeaderName::from_static("engram-cluster-secret");
 
@@ -26,10 +37,12 @@ pub const HEADER: HeaderName = HeaderName::from_static("engram-cluster-secret");
 const OPEN_PATHS: &[&str] = &["/healthz"];
 
 /// This process's cluster secret, or none (`--insecure`, or the embedded
-/// node, which has no internal port). Cheap to clone.
+/// node, which has no internal port), and its internal TLS, if any. Cheap
+/// to clone.
 #[derive(Clone, Default)]
-pub struct ClusterSecret {
+pub struct ClusterAccess {
     inner: Option<Arc<Secrets>>,
+    tls: Option<Arc<InternalTls>>,
 }
 
 struct Secrets {
@@ -52,24 +65,29 @@ fn digest(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
-impl std::fmt::Debug for ClusterSecret {
+impl std::fmt::Debug for ClusterAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let shown = if self.is_set() { "<set>" } else { "<none>" };
-        f.debug_tuple("ClusterSecret").field(&shown).finish()
+        f.debug_struct("ClusterAccess")
+            .field("secret", &shown)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
-impl ClusterSecret {
+impl ClusterAccess {
     /// No secret: internal routes take any caller.
-    pub fn none() -> ClusterSecret {
-        ClusterSecret::default()
+    pub fn none() -> ClusterAccess {
+        ClusterAccess::default()
     }
 
     /// The secret of `security` (validated: printable ASCII, so it is a
-    /// valid header value), if any.
-    pub fn from_config(security: &SecurityConfig) -> ClusterSecret {
+    /// valid header value), if any, and its internal TLS: fails when a
+    /// certificate, key or CA of `security.tls` cannot be used.
+    pub fn from_config(security: &SecurityConfig) -> Result<ClusterAccess> {
+        let tls = InternalTls::from_config(&security.tls)?.map(Arc::new);
         let Some(secret) = security.cluster_secret.as_deref() else {
-            return ClusterSecret::none();
+            return Ok(ClusterAccess { inner: None, tls });
         };
         let mut sent = HeaderValue::from_str(secret)
             .expect("security.cluster_secret is validated as printable ASCII");
@@ -78,14 +96,27 @@ impl ClusterSecret {
             .chain(security.accepted_cluster_secret.as_deref())
             .map(|s| digest(s.as_bytes()))
             .collect();
-        ClusterSecret {
+        Ok(ClusterAccess {
             inner: Some(Arc::new(Secrets {
                 sent,
                 accepted,
                 refused_missing: AtomicU64::new(0),
                 refused_wrong: AtomicU64::new(0),
             })),
-        }
+            tls,
+        })
+    }
+
+    /// The URL of `path` on a peer's internal address `addr` (host:port):
+    /// `https` when internal traffic is under TLS.
+    pub fn url(&self, addr: &str, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}{path}")
+    }
+
+    /// What an internal listener serves with: mutual TLS, or none.
+    pub fn server_tls(&self) -> Option<crate::tls::ServerTls> {
+        self.tls.as_ref().map(|tls| tls.server.clone())
     }
 
     pub fn is_set(&self) -> bool {
@@ -101,11 +132,19 @@ impl ClusterSecret {
         headers
     }
 
-    /// A client builder for internal calls that sends the secret.
+    /// A client builder for internal calls that sends the secret and,
+    /// under TLS, presents this node's certificate, trusts only the
+    /// cluster's CA and never falls back to plain HTTP.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(self.client_headers())
-            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE)
+            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE);
+        match &self.tls {
+            None => builder,
+            Some(tls) => builder
+                .tls_backend_preconfigured(tls.client.clone())
+                .https_only(true),
+        }
     }
 
     /// `router` behind the guard: every route but [`OPEN_PATHS`] needs the
@@ -185,10 +224,11 @@ mod tests {
 
     #[test]
     fn the_secret_and_the_rotations_other_are_accepted_and_nothing_else() {
-        let secret = ClusterSecret::from_config(&security(
+        let secret = ClusterAccess::from_config(&security(
             "new-secret-0123456789",
             Some("old-secret-0123456789"),
-        ));
+        ))
+        .unwrap();
         let inner = secret.inner.as_ref().unwrap();
         assert!(inner.accepts(b"new-secret-0123456789"));
         assert!(inner.accepts(b"old-secret-0123456789"));
@@ -207,10 +247,10 @@ mod tests {
 
     #[test]
     fn none_sends_nothing_and_is_never_printed() {
-        assert!(ClusterSecret::none().client_headers().is_empty());
+        assert!(ClusterAccess::none().client_headers().is_empty());
         let printed = format!(
             "{:?}",
-            ClusterSecret::from_config(&security("printed-never-0123456789", None))
+            ClusterAccess::from_config(&security("printed-never-0123456789", None)).unwrap()
         );
         assert!(!printed.contains("printed-never"), "{printed}");
     }
