@@ -23,7 +23,7 @@ build: setup
 demo: build
 	@scripts/demo.sh
 
-## The demo with every guard on: the loopback cluster of `make cluster` with a
+## The demo with every guard on: the loopback cluster of `make cluster` with TLS and a
 ## generated cluster secret and public API keys; checks the 401s and 403s,
 ## runs the demo client with the full key, stops the cluster.
 demo-secure: build

@@ -7,6 +7,7 @@ mod embed;
 mod eval;
 mod ingest;
 mod prune;
+mod token;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -65,6 +66,9 @@ enum Command {
     /// Reproduce the paper's experiments in kind on Fashion-MNIST through a
     /// running server; writes docs/evaluation.md.
     Eval(eval::EvalArgs),
+    /// Mint a token limited to some collections and a lifetime, signed with
+    /// the servers' token signing key; prints it. No server is called.
+    Token(token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Token(args) => token::run(args),
     }
 }
 

@@ -210,7 +210,7 @@ fn walk_public_routes(server: &Server) {
         );
         let read = send(server, route.method, &path, Key::Header(READ), None);
         match route.access {
-            Access::Write => refused(
+            Access::Write | Access::Admin => refused(
                 &read,
                 403,
                 "permission_denied",
@@ -473,6 +473,165 @@ fn keys_rotate_without_downtime() {
         Some(2),
         "{list}"
     );
+}
+
+/// `engram token` with `args`: the token it prints.
+fn mint(signing_key: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .arg("token")
+        .args(args)
+        .env("ENGRAM_SECURITY__TOKEN_SIGNING_KEY", signing_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_scoped_token_reaches_its_collections_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let signing = "token-signing-key-0123456789abcdef";
+    let mut env = key_env();
+    env.push((
+        "ENGRAM_SECURITY__TOKEN_SIGNING_KEY".to_string(),
+        signing.to_string(),
+    ));
+    let server = Server::start_with_env(&config, &dir.path().join("data"), &env);
+    for name in ["mine", "theirs"] {
+        let create = json!({ "name": name, "dim": 4, "metric": "l2" });
+        let answer = send(
+            &server,
+            "POST",
+            "/v1/collections",
+            Key::Bearer(FULL),
+            Some(&create),
+        );
+        assert_eq!(answer.0, 201, "{:?}", answer.1);
+    }
+    let reader = mint(signing, &["--collection", "mine", "--ttl", "1h"]);
+    let writer = mint(signing, &["--collection", "mine", "--write", "--ttl", "1h"]);
+    let item =
+        |id: u64| json!({ "items": [{ "id": id, "label": "a", "vector": [1.0, 2.0, 3.0, 4.0] }] });
+    let query = json!({ "vector": [1.0, 2.0, 3.0, 4.0], "k": 1 });
+
+    // Writes in its collection with --write; reads with either.
+    let answer = send(
+        &server,
+        "POST",
+        "/v1/collections/mine/items",
+        Key::Bearer(&writer),
+        Some(&item(1)),
+    );
+    assert!(answer.0 < 300, "{:?}", answer.1);
+    for token in [&reader, &writer] {
+        let answer = send(
+            &server,
+            "POST",
+            "/v1/collections/mine/search",
+            Key::Header(token),
+            Some(&query),
+        );
+        assert_eq!(answer.0, 200, "{:?}", answer.1);
+        assert_eq!(answer.1["neighbors"][0]["id"], 1, "{:?}", answer.1);
+    }
+    refused(
+        &send(
+            &server,
+            "POST",
+            "/v1/collections/mine/items",
+            Key::Bearer(&reader),
+            Some(&item(2)),
+        ),
+        403,
+        "permission_denied",
+        "a read token writing",
+    );
+    // Nothing outside its collections, and no administration inside them.
+    for (method, path, body) in [
+        ("POST", "/v1/collections/theirs/search", Some(&query)),
+        ("POST", "/v1/collections/theirs/items", Some(&item(3))),
+        ("GET", "/v1/collections", None),
+        ("GET", "/v1/cluster", None),
+        ("GET", "/metrics", None),
+        ("POST", "/v1/collections/mine/compact", None),
+        ("DELETE", "/v1/collections/mine", None),
+        ("POST", "/v1/snapshots", None),
+    ] {
+        refused(
+            &send(&server, method, path, Key::Bearer(&writer), body),
+            403,
+            "permission_denied",
+            &format!("a token for mine: {method} {path}"),
+        );
+    }
+    let (status, theirs, _) = send(
+        &server,
+        "GET",
+        "/v1/collections/theirs",
+        Key::Bearer(READ),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        theirs["items"], 0,
+        "a refused write stored something: {theirs}"
+    );
+    let (status, _, _) = send(
+        &server,
+        "GET",
+        "/v1/collections/mine",
+        Key::Bearer(READ),
+        None,
+    );
+    assert_eq!(
+        status, 200,
+        "the collection a token could not delete is there"
+    );
+
+    // Signed with another key, or expired: 401.
+    let forged = mint(
+        "another-signing-key-0123456789",
+        &["--collection", "mine", "--write"],
+    );
+    refused(
+        &send(
+            &server,
+            "POST",
+            "/v1/collections/mine/search",
+            Key::Bearer(&forged),
+            Some(&query),
+        ),
+        401,
+        "unauthenticated",
+        "a token signed with another key",
+    );
+    let short = mint(signing, &["--collection", "mine", "--ttl", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let expired = send(
+        &server,
+        "POST",
+        "/v1/collections/mine/search",
+        Key::Bearer(&short),
+        Some(&query),
+    );
+    refused(&expired, 401, "unauthenticated", "an expired token");
+    assert!(
+        expired.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{:?}",
+        expired.1
+    );
+    let metrics = server.metrics_text_with(READ);
+    for reason in ["out_of_scope", "expired", "wrong", "read_only"] {
+        assert!(
+            metrics.contains(&format!("engram_auth_refused_total{{reason=\"{reason}\"}}")),
+            "{reason}: {metrics}"
+        );
+    }
+    assert!(!metrics.contains(&writer[..40]), "a token in the metrics");
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub mod rebalance_service;
 mod reshard_service;
 pub mod service;
 pub mod snapshot_service;
+pub mod token;
 
 pub use api::{router, serve};
 pub use error::{ApiError, ErrorCode};

@@ -57,6 +57,10 @@ pub struct SecurityConfig {
     /// Accepted as well as `read_only_api_key`, for its rotation
     /// (`ENGRAM_SECURITY__ACCEPTED_READ_ONLY_API_KEY`).
     pub accepted_read_only_api_key: Option<String>,
+    /// Signs and verifies scoped tokens: credentials limited to some
+    /// collections and a lifetime, minted with `engram token`
+    /// (`ENGRAM_SECURITY__TOKEN_SIGNING_KEY`; docs/security.md).
+    pub token_signing_key: Option<String>,
     /// TLS on this node's listeners and, with a CA, mutual TLS between
     /// peers.
     pub tls: TlsConfig,
@@ -123,6 +127,7 @@ impl std::fmt::Debug for SecurityConfig {
                 "accepted_read_only_api_key",
                 &shown(&self.accepted_read_only_api_key),
             )
+            .field("token_signing_key", &shown(&self.token_signing_key))
             .field("tls", &self.tls)
             .finish()
     }
@@ -148,6 +153,7 @@ impl SecurityConfig {
                 "security.accepted_read_only_api_key",
                 &self.accepted_read_only_api_key,
             ),
+            ("security.token_signing_key", &self.token_signing_key),
         ] {
             let Some(key) = key else { continue };
             if key.len() < MIN_API_KEY_BYTES {
@@ -171,6 +177,12 @@ impl SecurityConfig {
         }
         for (name, accepted, current, current_name) in [
             (
+                "security.token_signing_key",
+                &self.token_signing_key,
+                &self.api_key,
+                "security.api_key",
+            ),
+            (
                 "security.accepted_api_key",
                 &self.accepted_api_key,
                 &self.api_key,
@@ -186,7 +198,7 @@ impl SecurityConfig {
             if accepted.is_some() && current.is_none() {
                 return Err(CoreError::invalid(
                     name,
-                    format!("needs {current_name} as well: it is only accepted during a rotation"),
+                    format!("needs {current_name} as well"),
                 ));
             }
         }
@@ -200,6 +212,7 @@ impl SecurityConfig {
                 "security.accepted_read_only_api_key",
                 &self.accepted_read_only_api_key,
             ),
+            ("security.token_signing_key", &self.token_signing_key),
         ]
         .into_iter()
         .filter_map(|(name, key)| key.as_ref().map(|key| (name, key)))
@@ -816,6 +829,7 @@ mod tests {
             accepted_cluster_secret: Some("p".repeat(20)),
             accepted_api_key: Some("a".repeat(20)),
             accepted_read_only_api_key: Some("b".repeat(20)),
+            token_signing_key: Some("t".repeat(32)),
             tls: TlsConfig::default(),
         };
         ok.validate().unwrap();
@@ -835,6 +849,7 @@ mod tests {
             &"p".repeat(20),
             &"a".repeat(20),
             &"b".repeat(20),
+            &"t".repeat(32),
         ] {
             assert!(
                 !printed.contains(secret.as_str()) && printed.contains("<set>"),
@@ -899,6 +914,15 @@ mod tests {
                 accepted_api_key: Some("s".repeat(20)),
                 cluster_secret: Some("t".repeat(20)),
                 accepted_cluster_secret: Some("s".repeat(20)),
+                ..Default::default()
+            },
+            SecurityConfig {
+                token_signing_key: Some("t".repeat(32)),
+                ..Default::default()
+            },
+            SecurityConfig {
+                api_key: Some(key.clone()),
+                token_signing_key: Some(key.clone()),
                 ..Default::default()
             },
             SecurityConfig {

@@ -222,6 +222,17 @@ impl Server {
             .unwrap()
     }
 
+    /// `/metrics` of a server with keys on, read with `api_key`.
+    pub fn metrics_text_with(&self, api_key: &str) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .bearer_auth(api_key)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn healthy(&self) -> bool {
         matches!(self.get("/healthz"), (200, _))
     }

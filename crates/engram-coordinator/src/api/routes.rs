@@ -17,8 +17,19 @@ pub enum Access {
     Open,
     /// The read-only key or the full key: reads, search, classify, embed.
     Read,
-    /// Only the full key: writes and administration.
+    /// The full key, or a scoped token with write access to the route's
+    /// collection: writing items, curation, jobs.
     Write,
+    /// Only the full key: administration (collections created and
+    /// deleted, compaction, resharding, the cluster, snapshots).
+    Admin,
+}
+
+impl Access {
+    /// Whether the route changes anything (the read-only key is refused).
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::Admin)
+    }
 }
 
 /// One route of the public API.
@@ -36,10 +47,10 @@ type Handler = MethodRouter<Engram>;
 pub(super) fn table() -> Vec<(PublicRoute, Handler)> {
     use Access::*;
     vec![
-        route("POST", "/v1/collections", Write, handlers::create_collection),
+        route("POST", "/v1/collections", Admin, handlers::create_collection),
         route("GET", "/v1/collections", Read, handlers::list_collections),
         route("GET", "/v1/collections/{collection}", Read, handlers::get_collection),
-        route("DELETE", "/v1/collections/{collection}", Write, handlers::delete_collection),
+        route("DELETE", "/v1/collections/{collection}", Admin, handlers::delete_collection),
         route("POST", "/v1/collections/{collection}/items", Write, handlers::add_items),
         route("POST", "/v1/collections/{collection}/items/delete", Write, handlers::delete_items),
         route("GET", "/v1/collections/{collection}/items/{id}", Read, handlers::get_item),
@@ -47,8 +58,8 @@ pub(super) fn table() -> Vec<(PublicRoute, Handler)> {
         route("POST", "/v1/collections/{collection}/classify", Read, handlers::classify),
         route("POST", "/v1/collections/{collection}/classify/batch", Read, handlers::classify_batch),
         route("POST", "/v1/collections/{collection}/embed", Read, handlers::embed),
-        route("POST", "/v1/collections/{collection}/compact", Write, handlers::compact),
-        route("POST", "/v1/collections/{collection}/reshard", Write, handlers::reshard),
+        route("POST", "/v1/collections/{collection}/compact", Admin, handlers::compact),
+        route("POST", "/v1/collections/{collection}/reshard", Admin, handlers::reshard),
         route("POST", "/v1/collections/{collection}/interventions", Write, handlers::intervene),
         route("GET", "/v1/collections/{collection}/interventions", Read, handlers::curation),
         route("GET", "/v1/collections/{collection}/pruning", Read, handlers::pruning),
@@ -60,13 +71,13 @@ pub(super) fn table() -> Vec<(PublicRoute, Handler)> {
         route("POST", "/v1/collections/{collection}/jobs/{job}/cancel", Write, handlers::cancel_job),
         route("POST", "/v1/collections/{collection}/jobs/{job}/resume", Write, handlers::resume_job),
         route("GET", "/v1/cluster", Read, handlers::cluster_status),
-        route("POST", "/v1/cluster/coordinators", Write, handlers::add_coordinator),
-        route("DELETE", "/v1/cluster/coordinators/{id}", Write, handlers::remove_coordinator),
-        route("POST", "/v1/snapshots", Write, handlers::create_snapshot),
+        route("POST", "/v1/cluster/coordinators", Admin, handlers::add_coordinator),
+        route("DELETE", "/v1/cluster/coordinators/{id}", Admin, handlers::remove_coordinator),
+        route("POST", "/v1/snapshots", Admin, handlers::create_snapshot),
         route("GET", "/v1/snapshots", Read, handlers::list_snapshots),
-        route("POST", "/v1/snapshots/restore", Write, handlers::restore_snapshot),
+        route("POST", "/v1/snapshots/restore", Admin, handlers::restore_snapshot),
         route("GET", "/v1/cluster/rebalance", Read, handlers::rebalance_plan),
-        route("POST", "/v1/cluster/moves", Write, handlers::move_copy),
+        route("POST", "/v1/cluster/moves", Admin, handlers::move_copy),
         route("GET", "/v1/openapi.json", Read, handlers::openapi),
         route("GET", "/", Open, handlers::to_page),
         route("GET", "/ui", Open, handlers::page),
