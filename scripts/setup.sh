@@ -8,7 +8,9 @@
 #     chromium) and Playwright (into .venv; it drives that Chromium, it
 #     downloads no browser of its own),
 #   - for the ingestion tests: moto_server (moto[server], into .venv), the
-#     S3-compatible server the tests start on 127.0.0.1.
+#     S3-compatible server the tests start on 127.0.0.1,
+#   - for the Python client's tests: setuptools and wheel (into .venv), to
+#     install clients/python from the working tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +47,13 @@ fi
 if [ ! -x .venv/bin/moto_server ]; then
   echo "setup: installing moto[server]==$MOTO_VERSION into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+
+# The Python client's tests install clients/python from the working tree
+# (pip install --no-build-isolation): its build backend must be in .venv.
+if ! .venv/bin/python -c "import setuptools, wheel" 2>/dev/null; then
+  echo "setup: installing setuptools and wheel into .venv (builds clients/python)"
+  .venv/bin/pip install -q --disable-pip-version-check "setuptools==80.9.0" "wheel==0.45.1"
 fi
 
 echo "setup: ok (ORT_DYLIB_PATH=$(scripts/ort_dylib_path.sh))"
