@@ -710,6 +710,11 @@ pub struct EmbedderConfig {
     /// library in use lacks (or that fails to start) falls back to CPU with
     /// a warning naming it.
     pub provider: String,
+    /// ONNX Runtime's shared library (`libonnxruntime.so.1.*`), when
+    /// `ORT_DYLIB_PATH` does not name one; without either, the one `make
+    /// setup` installed into the project's `.venv` is used. The runtime is
+    /// loaded once per process: the first embedder loaded decides.
+    pub runtime_path: Option<PathBuf>,
 }
 
 /// The execution providers an embedder may ask for.
@@ -732,6 +737,7 @@ impl Default for EmbedderConfig {
             batch_size: 32,
             threads: 0,
             provider: "cpu".to_string(),
+            runtime_path: None,
         }
     }
 }

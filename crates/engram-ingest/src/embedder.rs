@@ -10,6 +10,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use parking_lot::Mutex;
 use rayon::prelude::*;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use engram_core::config::EmbedderConfig;
@@ -21,16 +22,76 @@ use crate::preprocess::Preprocessor;
 /// The environment variable naming the ONNX Runtime shared library.
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
-fn environment() -> Result<&'static ort::environment::Environment> {
+/// Where ONNX Runtime's library is: `ORT_DYLIB_PATH` (`env`), else the
+/// embedder's `runtime_path`, else the library `make setup` installed into
+/// the project's `.venv`, looked for from each of `bases` upwards (the
+/// working directory, then the executable's, so `cargo run` and
+/// `target/debug/engram` both find it). Pure but for the directory reads.
+pub fn runtime_library(
+    env: Option<std::ffi::OsString>,
+    configured: Option<&Path>,
+    bases: &[PathBuf],
+) -> std::result::Result<PathBuf, String> {
+    if let Some(path) = env.filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(path) = configured {
+        return Ok(path.to_path_buf());
+    }
+    for base in bases {
+        for dir in base.ancestors() {
+            if let Some(found) = venv_library(&dir.join(".venv")) {
+                return Ok(found);
+            }
+        }
+    }
+    Err(format!(
+        "no ONNX Runtime library: set {ORT_DYLIB_ENV} or [embedders.<name>] runtime_path to \
+         libonnxruntime.so, or run `make setup`, which installs it into .venv"
+    ))
+}
+
+/// `<venv>/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*`.
+fn venv_library(venv: &Path) -> Option<PathBuf> {
+    let mut found = Vec::new();
+    for python in std::fs::read_dir(venv.join("lib")).ok()?.flatten() {
+        if !python.file_name().to_string_lossy().starts_with("python3") {
+            continue;
+        }
+        let capi = python.path().join("site-packages/onnxruntime/capi");
+        for file in std::fs::read_dir(capi).into_iter().flatten().flatten() {
+            if file
+                .file_name()
+                .to_string_lossy()
+                .starts_with("libonnxruntime.so.1.")
+            {
+                found.push(file.path());
+            }
+        }
+    }
+    found.sort();
+    found.pop()
+}
+
+fn environment(configured: Option<&Path>) -> Result<&'static ort::environment::Environment> {
     static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
         OnceLock::new();
     ENVIRONMENT
         .get_or_init(|| {
-            let path = std::env::var(ORT_DYLIB_ENV).map_err(|_| {
-                format!("{ORT_DYLIB_ENV} is not set; it must name libonnxruntime.so (run `make setup`, which installs it into .venv)")
-            })?;
-            let builder = ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {path}: {e}"))?;
-            builder.with_name("engram").build().map_err(|e| e.to_string())
+            let mut bases: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+            bases.extend(
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(Path::to_path_buf)),
+            );
+            let path = runtime_library(std::env::var_os(ORT_DYLIB_ENV), configured, &bases)?;
+            tracing::debug!(path = %path.display(), "loading ONNX Runtime");
+            let builder = ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+            builder
+                .with_name("engram")
+                .build()
+                .map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| IngestError::Runtime(e.clone()))
@@ -48,7 +109,7 @@ pub struct OnnxEmbedder {
 }
 
 fn plain_builder(config: &EmbedderConfig) -> Result<ort::session::builder::SessionBuilder> {
-    let mut builder = Session::builder(environment()?)?
+    let mut builder = Session::builder(environment(config.runtime_path.as_deref())?)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?;
     if config.threads > 0 {
         builder = builder.with_intra_threads(config.threads)?;
@@ -207,5 +268,37 @@ impl OnnxEmbedder {
                 Ok(v)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_is_found_from_the_environment_then_the_config_then_a_venv_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = dir
+            .path()
+            .join(".venv/lib/python3.11/site-packages/onnxruntime/capi");
+        std::fs::create_dir_all(&capi).unwrap();
+        std::fs::write(capi.join("libonnxruntime.so.1.32.0"), b"").unwrap();
+        let below = dir.path().join("target/debug");
+        std::fs::create_dir_all(&below).unwrap();
+
+        let found = runtime_library(None, None, std::slice::from_ref(&below)).unwrap();
+        assert_eq!(found, capi.join("libonnxruntime.so.1.32.0"));
+        let configured = Path::new("/opt/ort/libonnxruntime.so");
+        assert_eq!(
+            runtime_library(None, Some(configured), std::slice::from_ref(&below)).unwrap(),
+            configured
+        );
+        assert_eq!(
+            runtime_library(Some("/env/lib.so".into()), Some(configured), &[below]).unwrap(),
+            PathBuf::from("/env/lib.so")
+        );
+        let nowhere = tempfile::tempdir().unwrap();
+        let error = runtime_library(None, None, &[nowhere.path().to_path_buf()]).unwrap_err();
+        assert!(error.contains("make setup"), "{error}");
     }
 }
