@@ -78,6 +78,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or a collector gets plain
+        // lines (`request_id=...` greps as written).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Serve {

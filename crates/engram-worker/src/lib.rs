@@ -15,6 +15,7 @@ pub mod hosted_collection;
 pub mod lease;
 pub mod node;
 pub mod replicas;
+pub mod request_id;
 pub mod rpc_client;
 pub mod server;
 pub mod shard;

@@ -84,6 +84,7 @@ pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) 
         // default would refuse a batch of high-dimensional items.
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .with_state(node);
+    let routes = routes.layer(axum::middleware::from_fn(crate::request_id::internal));
     secret.guard(internal_limits(routes, limits, stats))
 }
 

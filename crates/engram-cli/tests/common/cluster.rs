@@ -128,7 +128,11 @@ impl Proc {
             .arg(&self.config)
             // Every write a worker applies is in its log (debug), so that a
             // failed chaos run can follow one item through its copies.
-            .env("ENGRAM_LOG", "info,openraft=warn,engram_worker::node=debug")
+            .env(
+                "ENGRAM_LOG",
+                "info,openraft=warn,engram_worker::node=debug,\
+                 engram_coordinator::api=debug,engram_worker::request_id=debug",
+            )
             .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
             .stdout(Stdio::piped())
             .stderr(log)

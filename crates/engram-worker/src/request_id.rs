@@ -1,0 +1,141 @@
+//! The request id: one per public request, taken from its `x-request-id`
+//! header or made, answered in the same header, carried on every internal
+//! call made for it and present on every log line written for it (a
+//! `request` span with a `request_id` field), on the coordinator and on
+//! each worker that served it. So one slow query can be followed from the
+//! coordinator's log into the workers'.
+//!
+//! The id travels with the work: a task-local while async code runs, a
+//! thread-local around blocking work ([`in_blocking`]), where the
+//! coordinator's services wait on the cluster with `block_on`.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::Instrument;
+
+/// The header that carries the id, in and out.
+pub const HEADER: &str = "x-request-id";
+
+/// The longest id taken from a client; a longer or odd one is replaced.
+const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    static TASK: String;
+}
+
+thread_local! {
+    static THREAD: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The id of the request this code runs for, if any.
+pub fn current() -> Option<String> {
+    TASK.try_with(Clone::clone)
+        .ok()
+        .or_else(|| THREAD.with(|id| id.borrow().clone()))
+}
+
+/// `presented` if it is a usable id (1-128 of `A-Za-z0-9._:-`), else a new one.
+pub fn accept_or_make(presented: Option<&HeaderValue>) -> String {
+    presented
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map_or_else(make, str::to_string)
+}
+
+/// A new id: 16 hex digits, unique within the process and unlikely to
+/// repeat across processes.
+pub fn make() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", SEED.get_or_init(RandomState::new).hash_one(n))
+}
+
+/// Runs `future` as the work of request `id`: [`current`] answers `id`
+/// inside it and its log lines carry it.
+pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
+    let span = tracing::info_span!("request", request_id = %id);
+    TASK.scope(id, future.instrument(span)).await
+}
+
+/// `f`, to run on a blocking thread, carrying the caller's request id and
+/// span with it.
+pub fn in_blocking<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let id = current();
+    let span = tracing::Span::current();
+    move || {
+        let _entered = span.enter();
+        let previous = THREAD.with(|slot| slot.replace(id));
+        let result = f();
+        THREAD.with(|slot| *slot.borrow_mut() = previous);
+        result
+    }
+}
+
+/// Middleware for internal routers: serves the request under the id its
+/// caller sent (none for calls not made for a request), and logs each
+/// served call at debug with its path and status.
+pub async fn internal(request: Request, next: Next) -> Response {
+    let Some(id) = request
+        .headers()
+        .get(HEADER)
+        .map(|value| accept_or_make(Some(value)))
+    else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path().to_string();
+    scope(id, async move {
+        let response = next.run(request).await;
+        tracing::debug!(
+            path,
+            status = response.status().as_u16(),
+            "internal call served"
+        );
+        response
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_ids_are_replaced_and_good_ones_kept() {
+        let kept = HeaderValue::from_static("trace-1.2:3_A");
+        assert_eq!(accept_or_make(Some(&kept)), "trace-1.2:3_A");
+        for odd in ["", "a b", "a/b", &"x".repeat(129)] {
+            let made = accept_or_make(Some(&HeaderValue::from_str(odd).unwrap()));
+            assert_eq!(made.len(), 16, "{odd:?} -> {made}");
+        }
+        assert_ne!(make(), make());
+    }
+
+    #[tokio::test]
+    async fn the_id_follows_the_work_into_blocking_threads_and_out_again() {
+        assert_eq!(current(), None);
+        let seen = scope("r-1".into(), async {
+            let inner = tokio::task::spawn_blocking(in_blocking(current))
+                .await
+                .unwrap();
+            (current(), inner)
+        })
+        .await;
+        assert_eq!(seen, (Some("r-1".into()), Some("r-1".into())));
+        assert_eq!(current(), None);
+        // A blocking thread reused later carries no stale id.
+        let after = tokio::task::spawn_blocking(current).await.unwrap();
+        assert_eq!(after, None);
+    }
+}
