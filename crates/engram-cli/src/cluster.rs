@@ -135,8 +135,8 @@ pub async fn serve_worker(config: EngramConfig, access: ClusterAccess) -> anyhow
     });
     tracing::info!(worker = node.id(), addr = %advertised, "engram worker serving");
     println!("engram worker listening on {bound}");
-    // The worker has no metrics endpoint yet: its listener's cut-offs
-    // are logged (debug) and counted here for when it does.
+    // The listener's own counters (cut-offs, failed handshakes), exported
+    // at the worker's /metrics.
     let stats = Arc::new(ServeStats::default());
     let limits = InternalLimits::from_config(&config, engram_worker::wire::MAX_INTERNAL_BODY);
     engram_meta::serve::serve(

@@ -816,9 +816,25 @@ fn walk_internal_routes(cluster: &Cluster, http: &reqwest::blocking::Client, sch
                 assert_eq!(body["error"]["code"], "unauthenticated", "{addr}{path}");
             }
             // With the secret the request reaches the handler, which
-            // refuses the undecodable body.
+            // refuses the undecodable body; /metrics is read with a GET,
+            // the secret sent as Prometheus sends it (a bearer token).
             let (status, body) = post(Some(&cluster.cluster_secret));
-            assert_eq!(status, 400, "{addr}{path} with the secret: {body}");
+            if path == engram_worker::server::METRICS {
+                assert_eq!(status, 405, "{addr}{path} with the secret: {body}");
+                let scraped = http
+                    .get(format!("{scheme}://{addr}{path}"))
+                    .bearer_auth(&cluster.cluster_secret)
+                    .send()
+                    .unwrap();
+                assert_eq!(scraped.status(), 200, "{addr}{path}");
+                let scraped = scraped.text().unwrap();
+                assert!(
+                    scraped.contains("engram_cluster_secret_refused_total"),
+                    "{scraped}"
+                );
+            } else {
+                assert_eq!(status, 400, "{addr}{path} with the secret: {body}");
+            }
             if addr == &coordinator {
                 refused_routes += 1;
             }

@@ -183,6 +183,18 @@ impl Secrets {
     }
 }
 
+/// The secret a request presents: the `engram-cluster-secret` header, or
+/// `Authorization: Bearer <secret>` (how Prometheus sends a scrape's
+/// credentials).
+fn presented_secret(headers: &HeaderMap) -> Option<&[u8]> {
+    match headers.get(&HEADER) {
+        Some(value) => Some(value.as_bytes()),
+        None => headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer ")),
+    }
+}
+
 async fn require_secret(
     State(secrets): State<Arc<Secrets>>,
     request: Request,
@@ -191,9 +203,10 @@ async fn require_secret(
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let (reason, counter) = match request.headers().get(&HEADER) {
+    let presented = presented_secret(request.headers());
+    let (reason, counter) = match presented {
         None => ("missing", &secrets.refused_missing),
-        Some(value) if secrets.accepts(value.as_bytes()) => return next.run(request).await,
+        Some(value) if secrets.accepts(value) => return next.run(request).await,
         Some(_) => ("wrong", &secrets.refused_wrong),
     };
     counter.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +256,25 @@ mod tests {
         let sent = secret.client_headers();
         assert_eq!(sent.get(&HEADER).unwrap(), "new-secret-0123456789");
         assert!(sent.get(&HEADER).unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn the_secret_is_read_from_its_header_or_a_bearer_token() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_secret(&headers), None);
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer scrape-secret"),
+        );
+        assert_eq!(presented_secret(&headers), Some(&b"scrape-secret"[..]));
+        headers.insert(HEADER, HeaderValue::from_static("header-secret"));
+        assert_eq!(presented_secret(&headers), Some(&b"header-secret"[..]));
+        let mut basic = HeaderMap::new();
+        basic.insert(
+            axum::http::header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eHl6"),
+        );
+        assert_eq!(presented_secret(&basic), None);
     }
 
     #[test]

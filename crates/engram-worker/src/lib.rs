@@ -13,6 +13,7 @@ pub mod collection_api;
 pub mod error;
 pub mod hosted_collection;
 pub mod lease;
+pub mod metrics;
 pub mod node;
 pub mod replicas;
 pub mod request_id;

@@ -60,8 +60,13 @@ fn routes() -> Vec<Route> {
             post(|s, b| handle(s, b, WorkerNode::apply_attach)),
         ),
         (HEALTHZ, get(|| async { "ok" })),
+        (METRICS, get(crate::metrics::serve)),
     ]
 }
+
+/// Prometheus metrics (behind the cluster secret, like every route but
+/// [`HEALTHZ`]).
+pub const METRICS: &str = "/metrics";
 
 /// The liveness probe: the one route open without the cluster secret.
 pub const HEALTHZ: &str = "/healthz";
@@ -84,7 +89,14 @@ pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) 
         // default would refuse a batch of high-dimensional items.
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .with_state(node);
-    let routes = routes.layer(axum::middleware::from_fn(crate::request_id::internal));
+    let metrics = Arc::new(crate::metrics::WorkerMetrics::new(stats.clone()));
+    let routes = routes
+        .layer(axum::middleware::from_fn(crate::request_id::internal))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            crate::metrics::observe,
+        ))
+        .layer(axum::Extension(metrics));
     secret.guard(internal_limits(routes, limits, stats))
 }
 

@@ -1,0 +1,161 @@
+//! Every process of a real cluster is scraped: the coordinators' `/metrics`
+//! with the API key, the workers' `/metrics` on their internal ports with
+//! the cluster secret as a bearer token (as Prometheus sends it). The
+//! documented series exist, and they move when the cluster is written to
+//! and searched.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::{Cluster, vector};
+use serde_json::json;
+
+/// The internal address in a harness config file.
+fn internal_listen(config: &std::path::Path) -> String {
+    std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("internal_listen"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+/// The sum of every sample of `series` (any labels) whose labels contain
+/// `with`.
+fn total(text: &str, series: &str, with: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{series}{{")) || l.starts_with(&format!("{series} ")))
+        .filter(|l| l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn every_process_exports_the_documented_series_and_they_move() {
+    let cluster = Cluster::start();
+    let scrape_workers = || -> Vec<String> {
+        cluster
+            .workers
+            .iter()
+            .map(|w| {
+                let response = reqwest::blocking::Client::new()
+                    .get(format!("http://{}/metrics", internal_listen(&w.config)))
+                    .bearer_auth(&cluster.cluster_secret)
+                    .send()
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{}", w.name);
+                response.text().unwrap()
+            })
+            .collect()
+    };
+    let before = scrape_workers();
+    for text in &before {
+        for series in [
+            "engram_requests_cut_off_total",
+            "engram_tls_handshake_failures_total",
+            "engram_cluster_secret_refused_total",
+        ] {
+            assert!(text.contains(series), "no {series} in:\n{text}");
+        }
+    }
+
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({ "name": "watched", "dim": 8, "metric": "l2", "shards": 4 }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let items: Vec<_> = (0..300u64)
+        .map(|id| json!({ "id": id, "label": format!("l{}", id % 3), "vector": vector(id) }))
+        .collect();
+    let (status, body) = cluster.post("/v1/collections/watched/items", &json!({ "items": items }));
+    assert!(status < 300, "{body}");
+    for id in 0..10u64 {
+        let (status, body) = cluster.post(
+            "/v1/collections/watched/search",
+            &json!({ "vector": vector(id), "k": 3 }),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let after = scrape_workers();
+    // Every item is on two copies (replication 2): the shard gauges of the
+    // three workers add up to twice the items.
+    let items: f64 = after
+        .iter()
+        .map(|t| total(t, "engram_shard_items", "collection=\"watched\""))
+        .sum();
+    assert_eq!(items, 600.0, "{after:?}");
+    for series in [
+        "engram_worker_requests_total",
+        "engram_worker_request_duration_seconds_bucket",
+        "engram_shard_sealed_segments",
+        "engram_shard_growing_rows",
+        "engram_shard_tombstones",
+        "engram_shard_sealed_bytes",
+    ] {
+        assert!(
+            after.iter().all(|t| t.contains(series)),
+            "no {series}: {after:?}"
+        );
+    }
+    let searches = |texts: &[String]| -> f64 {
+        texts
+            .iter()
+            .map(|t| {
+                total(
+                    t,
+                    "engram_worker_requests_total",
+                    "route=\"/internal/v1/search\"",
+                )
+            })
+            .sum()
+    };
+    assert!(
+        searches(&after) >= searches(&before) + 10.0,
+        "searches did not count"
+    );
+    let writes: f64 = after
+        .iter()
+        .map(|t| {
+            total(
+                t,
+                "engram_worker_requests_total",
+                "route=\"/internal/v1/write\"",
+            )
+        })
+        .sum();
+    assert!(writes >= 1.0, "writes did not count");
+
+    // The coordinators: their own series, read with the API key.
+    for coordinator in &cluster.coordinators {
+        let text = cluster
+            .http
+            .get(format!("{}/metrics", coordinator.base.as_ref().unwrap()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        for series in [
+            "engram_http_requests_total",
+            "engram_http_request_duration_seconds_bucket",
+            "engram_requests_cut_off_total",
+            "engram_cluster_secret_refused_total",
+        ] {
+            assert!(text.contains(series), "{}: no {series}", coordinator.name);
+        }
+    }
+    // A scrape without the secret is refused like any internal request.
+    let refused = reqwest::blocking::Client::new()
+        .get(format!(
+            "http://{}/metrics",
+            internal_listen(&cluster.workers[0].config)
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+}
