@@ -149,6 +149,51 @@ fn every_process_exports_the_documented_series_and_they_move() {
             assert!(text.contains(series), "{}: no {series}", coordinator.name);
         }
     }
+    // Exactly one coordinator leads, every one knows a leader and sees the
+    // three workers alive.
+    let cluster_gauge =
+        |text: &str, what: &str| total(text, "engram_cluster", &format!("what=\"{what}\""));
+    let scraped: Vec<String> = cluster
+        .coordinators
+        .iter()
+        .map(|c| {
+            cluster
+                .http
+                .get(format!("{}/metrics", c.base.as_ref().unwrap()))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap()
+        })
+        .collect();
+    let leaders: f64 = scraped
+        .iter()
+        .map(|t| cluster_gauge(t, "raft_is_leader"))
+        .sum();
+    assert_eq!(leaders, 1.0, "{scraped:?}");
+    for text in &scraped {
+        assert_eq!(cluster_gauge(text, "raft_has_leader"), 1.0);
+        assert_eq!(cluster_gauge(text, "workers_alive"), 3.0);
+        assert_eq!(cluster_gauge(text, "raft_voters"), 3.0);
+        assert!(cluster_gauge(text, "raft_term") >= 1.0);
+    }
+    // Every engram_* series the shipped alert rules name is exported.
+    let rules =
+        std::fs::read_to_string(common::repo_root().join("deploy/prometheus/alerts.yml")).unwrap();
+    let everything = format!("{}\n{}", scraped.join("\n"), after.join("\n"));
+    let mut named = 0;
+    for expr in rules.lines().filter_map(|l| l.trim().strip_prefix("expr:")) {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("engram_") {
+                named += 1;
+                assert!(
+                    everything.contains(word),
+                    "the alert rules name {word}, which nothing exports"
+                );
+            }
+        }
+    }
+    assert!(named >= 6, "{named}");
     // A scrape without the secret is refused like any internal request.
     let refused = reqwest::blocking::Client::new()
         .get(format!(

@@ -8,8 +8,23 @@ use prometheus::{
     TextEncoder,
 };
 
+/// What a coordinator sees of the cluster at a scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub has_leader: bool,
+    pub is_leader: bool,
+    pub term: u64,
+    pub applied_index: u64,
+    pub voters: usize,
+    pub workers_alive: usize,
+    pub workers_dead: usize,
+    /// Shard copies that missed writes and wait for a catch-up.
+    pub copies_out_of_sync: usize,
+}
+
 pub struct Metrics {
     registry: Registry,
+    cluster: IntGaugeVec,
     requests: IntCounterVec,
     latency: HistogramVec,
     images_embedded: IntCounter,
@@ -112,8 +127,17 @@ impl Metrics {
             &["listener"],
         )
         .expect("valid metric");
+        let cluster = IntGaugeVec::new(
+            Opts::new(
+                "cluster",
+                "What this coordinator sees of the cluster: raft_has_leader, raft_is_leader (0/1), raft_term, raft_applied_index, raft_voters, workers_alive, workers_dead, shard_copies_out_of_sync",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(cut_off.clone()),
             Box::new(tls_failures.clone()),
             Box::new(auth_refused.clone()),
@@ -131,6 +155,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            cluster,
             requests,
             latency,
             images_embedded,
@@ -218,6 +243,23 @@ impl Metrics {
         self.collection_items
             .with_label_values(&[collection])
             .set(items as i64);
+    }
+
+    /// Sets `engram_cluster{what}` from `view`.
+    pub fn set_cluster(&self, view: &ClusterView) {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (what, value) in [
+            ("raft_has_leader", u64::from(view.has_leader)),
+            ("raft_is_leader", u64::from(view.is_leader)),
+            ("raft_term", view.term),
+            ("raft_applied_index", view.applied_index),
+            ("raft_voters", view.voters as u64),
+            ("workers_alive", view.workers_alive as u64),
+            ("workers_dead", view.workers_dead as u64),
+            ("shard_copies_out_of_sync", view.copies_out_of_sync as u64),
+        ] {
+            self.cluster.with_label_values(&[what]).set(clamp(value));
+        }
     }
 
     pub fn render(&self) -> String {

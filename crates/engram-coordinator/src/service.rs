@@ -174,6 +174,7 @@ impl Engram {
             metrics.sync_cluster_secret_refused("missing", refusals.missing);
             metrics.sync_cluster_secret_refused("wrong", refusals.wrong);
             metrics.sync_cut_off("internal", &cluster.internal_listener());
+            metrics.set_cluster(&cluster.view());
         }
         metrics.sync_cut_off("public", &metrics.public_listener());
         metrics.render()

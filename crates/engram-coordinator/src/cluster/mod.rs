@@ -144,6 +144,29 @@ impl ClusterBackend {
         })
     }
 
+    /// What this coordinator sees of the cluster now (for `/metrics`).
+    pub fn view(&self) -> crate::metrics::ClusterView {
+        let meta = &self.inner.meta;
+        let raft = meta.raft().metrics().borrow().clone();
+        let state = meta.state();
+        let alive = state.workers.values().filter(|w| w.alive).count();
+        crate::metrics::ClusterView {
+            has_leader: raft.current_leader.is_some(),
+            is_leader: raft.current_leader == Some(meta.id()),
+            term: raft.current_term,
+            applied_index: meta.applied_index(),
+            voters: raft.membership_config.membership().voter_ids().count(),
+            workers_alive: alive,
+            workers_dead: state.workers.len() - alive,
+            copies_out_of_sync: state
+                .collections
+                .values()
+                .flat_map(|c| &c.shards)
+                .map(|p| p.out_of_sync.len())
+                .sum(),
+        }
+    }
+
     pub fn meta(&self) -> &MetaNode {
         &self.inner.meta
     }
