@@ -1,7 +1,8 @@
 //! The decision page, driven in headless Chromium against the real server
-//! (tests/e2e/decision_page.py). `make test` installs Chromium (Debian
-//! package `chromium`) and Playwright (into .venv) first. The screenshot is
-//! kept as a test artifact in `target/tmp/decision_page.png`.
+//! (tests/e2e/decision_page.py), with API keys on: the page asks for the key
+//! at its first 401 and keeps it in the tab. `make test` installs Chromium
+//! (Debian package `chromium`) and Playwright (into .venv) first. The
+//! screenshot is kept as a test artifact in `target/tmp/decision_page.png`.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -16,7 +17,14 @@ use std::process::Command;
 fn classify_relabel_and_unlearn_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let server = Server::start(&config, &dir.path().join("data"));
+    let key = "decision-page-key-0123456789";
+    let env = [("ENGRAM_SECURITY__API_KEY".to_string(), key.to_string())];
+    let mut server = Server::start_with_env(&config, &dir.path().join("data"), &env);
+    server.http = common::cluster::keyed_client(
+        reqwest::blocking::Client::builder(),
+        key,
+        std::time::Duration::from_secs(120),
+    );
     let (status, body) = server.post(
         "/v1/collections",
         &json!({ "name": "fashion", "embedder": "default", "shards": 4, "default_k": 5 }),
@@ -60,6 +68,7 @@ fn classify_relabel_and_unlearn_in_the_browser() {
         .arg("fashion")
         .arg(&query)
         .arg(&screenshot)
+        .env("ENGRAM_TEST_API_KEY", key)
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -74,6 +83,7 @@ fn classify_relabel_and_unlearn_in_the_browser() {
         "browser test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(stdout.contains("decision page: ok"), "{stdout}");
+    assert!(stdout.contains("asked for the API key once"), "{stdout}");
     assert!(
         screenshot.metadata().unwrap().len() > 10_000,
         "a screenshot was saved"

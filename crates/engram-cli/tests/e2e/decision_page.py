@@ -7,7 +7,12 @@ Classifies an image, checks the decision, votes, neighbours and the
 highlighted counterfactual; relabels neighbours until the decision changes
 and checks the audit trail; queries by a stored id; unlearns a neighbour;
 saves a screenshot. Exits non-zero (with the reason) on any failure.
+
+With ENGRAM_TEST_API_KEY set (the server has API keys on), the page must ask
+for the key once, at its first 401, keep it in the tab's sessionStorage (not
+in a cookie) and send it on every call after.
 """
+import os
 import sys
 
 from playwright.sync_api import expect, sync_playwright
@@ -25,9 +30,26 @@ def main(base, collection, query_png, screenshot):
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        key = os.environ.get("ENGRAM_TEST_API_KEY")
+        prompts = []
+
+        def answer(dialog):
+            prompts.append(dialog.message)
+            dialog.accept(key or "")
+
+        page.on("dialog", answer)
         page.goto(base + "/")
         expect(page).to_have_url(base + "/ui")
         page.wait_for_selector(f"#collection option[value='{collection}']", state="attached")
+        if key:
+            assert len(prompts) == 1, f"asked for the key {len(prompts)} times: {prompts}"
+            assert "API key" in prompts[0], prompts[0]
+            stored = page.evaluate("sessionStorage.getItem('engram-api-key')")
+            assert stored == key, "the key is not kept in the tab"
+            assert key not in page.evaluate("document.cookie"), "the key went into a cookie"
+            print("asked for the API key once; kept in sessionStorage")
+        else:
+            assert not prompts, f"asked for a key without keys on: {prompts}"
         page.select_option("#collection", collection)
         expect(page.locator("#classes li").first).to_be_visible()
         page.fill("#k", "5")
@@ -78,6 +100,7 @@ def main(base, collection, query_png, screenshot):
         expect(page.locator("#status")).to_contain_text("receipt")
         expect(page.locator(f".neighbor[data-id='{victim}']")).to_have_count(0)
         assert not errors, f"page errors: {errors}"
+        assert len(prompts) == (1 if key else 0), f"asked again: {prompts}"
         browser.close()
     print("decision page: ok")
 
