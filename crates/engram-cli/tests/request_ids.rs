@@ -1,6 +1,8 @@
 //! One request followed through a real cluster by its id: the coordinator
 //! answers it in `x-request-id` and logs it, and every worker that served a
-//! shard of it logs the same id on the internal call it served.
+//! shard of it logs the same id on the internal call it served; a metadata
+//! write sent to a follower coordinator reaches the Raft leader's log with
+//! its id.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -84,6 +86,39 @@ fn one_search_is_followed_from_the_coordinator_into_every_worker_that_served_it(
         .collect();
     assert!(served.len() >= 2, "workers that logged {id}: {served:?}");
     eprintln!("{}", lines_with(&cluster.workers[0].log, &id).join("\n"));
+    // A metadata write sent to a follower is forwarded to the Raft leader
+    // with its id: create a collection through each coordinator; at least
+    // two of them follow, and the leader logs their forwarded writes.
+    let mut forwarded = 0;
+    for (i, coordinator) in cluster.coordinators.iter().enumerate() {
+        let id = format!("create-{i}-{}", random_secret());
+        let response = cluster
+            .http
+            .post(format!(
+                "{}/v1/collections",
+                coordinator.base.as_ref().unwrap()
+            ))
+            .header("x-request-id", &id)
+            .json(&json!({ "name": format!("made-{i}"), "dim": 4, "metric": "l2" }))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        std::thread::sleep(Duration::from_millis(300));
+        let elsewhere = cluster
+            .coordinators
+            .iter()
+            .filter(|other| other.name != coordinator.name)
+            .any(|other| {
+                lines_with(&other.log, &id)
+                    .iter()
+                    .any(|l| l.contains("internal call served") && l.contains("/raft/write"))
+            });
+        forwarded += usize::from(elsewhere);
+    }
+    assert!(
+        forwarded >= 2,
+        "forwarded Raft writes with their id: {forwarded}"
+    );
     // No other request's lines carry it.
     for worker in &cluster.workers {
         for line in lines_with(&worker.log, &id) {

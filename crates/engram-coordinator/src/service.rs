@@ -1095,7 +1095,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(engram_worker::request_id::in_blocking(f))
+    tokio::task::spawn_blocking(engram_meta::request_id::in_blocking(f))
         .await
         .map_err(|e| ApiError::internal(format!("worker task failed: {e}")))?
 }

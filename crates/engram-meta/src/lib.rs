@@ -12,6 +12,7 @@ pub mod journal;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod request_id;
 pub mod rpc;
 pub mod serve;
 pub mod shared;

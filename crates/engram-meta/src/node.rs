@@ -255,6 +255,7 @@ impl MetaNode {
             .inner
             .client
             .post(self.inner.access.url(addr, "/raft/write"))
+            .headers(crate::request_id::headers())
             .header(reqwest::header::CONTENT_TYPE, BINCODE)
             .body(body)
             .send()
@@ -315,6 +316,7 @@ impl MetaNode {
             .inner
             .client
             .post(self.inner.access.url(addr, "/raft/membership"))
+            .headers(crate::request_id::headers())
             .header(reqwest::header::CONTENT_TYPE, BINCODE)
             .timeout(Duration::from_secs(60))
             .body(body)

@@ -16,7 +16,6 @@ pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod replicas;
-pub mod request_id;
 pub mod rpc_client;
 pub mod server;
 pub mod shard;

@@ -60,11 +60,10 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         reason,
     };
     let body = bincode::serialize(request).map_err(|e| protocol(e.to_string()))?;
-    let mut post = client.http.post(client.access.url(addr, path));
-    if let Some(id) = crate::request_id::current() {
-        post = post.header(crate::request_id::HEADER, id);
-    }
-    let response = post
+    let response = client
+        .http
+        .post(client.access.url(addr, path))
+        .headers(engram_meta::request_id::headers())
         .header(reqwest::header::CONTENT_TYPE, BINCODE)
         .timeout(timeout)
         .body(body)

@@ -91,7 +91,7 @@ pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) 
         .with_state(node);
     let metrics = Arc::new(crate::metrics::WorkerMetrics::new(stats.clone()));
     let routes = routes
-        .layer(axum::middleware::from_fn(crate::request_id::internal))
+        .layer(axum::middleware::from_fn(engram_meta::request_id::internal))
         .layer(axum::middleware::from_fn_with_state(
             metrics.clone(),
             crate::metrics::observe,

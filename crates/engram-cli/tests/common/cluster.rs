@@ -131,7 +131,7 @@ impl Proc {
             .env(
                 "ENGRAM_LOG",
                 "info,openraft=warn,engram_worker::node=debug,\
-                 engram_coordinator::api=debug,engram_worker::request_id=debug",
+                 engram_coordinator::api=debug,engram_meta::request_id=debug",
             )
             .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
             .stdout(Stdio::piped())

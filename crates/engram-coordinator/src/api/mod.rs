@@ -84,9 +84,9 @@ pub fn router(engram: Engram) -> Router {
 
 /// Every public request runs under a request id (its `x-request-id`, or a
 /// new one), answered in the same header, carried to the workers and on
-/// every log line written for it (`engram_worker::request_id`).
+/// every log line written for it (`engram_meta::request_id`).
 async fn with_request_id(request: Request, next: Next) -> Response {
-    use engram_worker::request_id;
+    use engram_meta::request_id;
     let id = request_id::accept_or_make(request.headers().get(request_id::HEADER));
     let method = request.method().clone();
     let path = request.uri().path().to_string();

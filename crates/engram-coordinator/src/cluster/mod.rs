@@ -200,7 +200,9 @@ impl ClusterBackend {
                 router.route(path, handler)
             })
             .with_state(self.clone());
-        let routes = engram_meta::rpc::router(self.inner.meta.clone()).merge(workers_facing);
+        let routes = engram_meta::rpc::router(self.inner.meta.clone())
+            .merge(workers_facing)
+            .layer(axum::middleware::from_fn(engram_meta::request_id::internal));
         let limited = internal_limits(routes, limits, self.inner.internal_listener.clone());
         self.inner.secret.guard(limited)
     }

@@ -7,7 +7,9 @@
 //!
 //! The id travels with the work: a task-local while async code runs, a
 //! thread-local around blocking work ([`in_blocking`]), where the
-//! coordinator's services wait on the cluster with `block_on`.
+//! coordinator's services wait on the cluster with `block_on`. Worker RPCs
+//! and Raft writes forwarded to the leader carry it; Raft's own replication
+//! does not (one append carries many requests' entries).
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -36,6 +38,16 @@ pub fn current() -> Option<String> {
     TASK.try_with(Clone::clone)
         .ok()
         .or_else(|| THREAD.with(|id| id.borrow().clone()))
+}
+
+/// The header to send on an internal call made for the current request
+/// (empty outside one).
+pub fn headers() -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(value) = current().and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert(HEADER, value);
+    }
+    headers
 }
 
 /// `presented` if it is a usable id (1-128 of `A-Za-z0-9._:-`), else a new one.
