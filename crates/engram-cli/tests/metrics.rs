@@ -194,6 +194,29 @@ fn every_process_exports_the_documented_series_and_they_move() {
         }
     }
     assert!(named >= 6, "{named}");
+    // And every one the Grafana dashboard plots.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_root().join("deploy/grafana/engram-dashboard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut plotted = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let series = word.strip_suffix("_bucket").map_or(word, |s| s).to_string();
+                if series.starts_with("engram_") {
+                    plotted += 1;
+                    assert!(
+                        everything.contains(&series),
+                        "the dashboard plots {word}, which nothing exports"
+                    );
+                }
+            }
+        }
+    }
+    assert!(plotted >= 15, "{plotted}");
     // A scrape without the secret is refused like any internal request.
     let refused = reqwest::blocking::Client::new()
         .get(format!(

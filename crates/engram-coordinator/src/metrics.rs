@@ -98,11 +98,16 @@ impl Metrics {
         let auth_refused = IntCounterVec::new(
             Opts::new(
                 "auth_refused_total",
-                "Requests refused for their credentials: missing, wrong, or read_only on a write",
+                "Requests refused for their credentials: missing, wrong, expired (a token), read_only on a write, out_of_scope (a token outside its collections)",
             ),
             &["reason"],
         )
         .expect("valid metric");
+        // Every reason exported from the start at 0, so that a rate over
+        // it (an alert, a dashboard) exists before the first refusal.
+        for reason in ["missing", "wrong", "expired", "read_only", "out_of_scope"] {
+            auth_refused.with_label_values(&[reason]);
+        }
         let cluster_secret_refused = IntCounterVec::new(
             Opts::new(
                 "cluster_secret_refused_total",
