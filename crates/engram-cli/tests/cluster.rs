@@ -102,15 +102,7 @@ fn raft_leader_killed_during_writes_then_everything_restarted() {
     let (ok, out) = cluster.engramctl(&base, &["node", "remove", "3"]);
     assert!(ok, "{out}");
     assert_eq!(members(&cluster), BTreeSet::from([1, 2]));
-    let internal3 = std::fs::read_to_string(&cluster.coordinators[2].config)
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("internal_listen"))
-        .unwrap()
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let internal3 = cluster.coordinators[2].internal_addr();
     let (ok, out) = cluster.engramctl(&base, &["node", "add", "--id", "3", "--addr", &internal3]);
     assert!(ok, "{out}");
     assert_eq!(members(&cluster), BTreeSet::from([1, 2, 3]));

@@ -11,19 +11,6 @@ mod common;
 use common::cluster::{Cluster, vector};
 use serde_json::json;
 
-/// The internal address in a harness config file.
-fn internal_listen(config: &std::path::Path) -> String {
-    std::fs::read_to_string(config)
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("internal_listen"))
-        .unwrap()
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_string()
-}
-
 /// The sum of every sample of `series` (any labels) whose labels contain
 /// `with`.
 fn total(text: &str, series: &str, with: &str) -> f64 {
@@ -44,7 +31,7 @@ fn every_process_exports_the_documented_series_and_they_move() {
             .iter()
             .map(|w| {
                 let response = reqwest::blocking::Client::new()
-                    .get(format!("http://{}/metrics", internal_listen(&w.config)))
+                    .get(format!("http://{}/metrics", w.internal_addr()))
                     .bearer_auth(&cluster.cluster_secret)
                     .send()
                     .unwrap();
@@ -221,7 +208,7 @@ fn every_process_exports_the_documented_series_and_they_move() {
     let refused = reqwest::blocking::Client::new()
         .get(format!(
             "http://{}/metrics",
-            internal_listen(&cluster.workers[0].config)
+            cluster.workers[0].internal_addr()
         ))
         .send()
         .unwrap();

@@ -698,19 +698,6 @@ fn a_node_refuses_to_start_with_tls_it_cannot_use() {
     );
 }
 
-/// The internal address in a harness config file.
-fn internal_listen(config: &std::path::Path) -> String {
-    std::fs::read_to_string(config)
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("internal_listen"))
-        .unwrap()
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn every_internal_route_asks_for_the_cluster_secret() {
     let cluster = Cluster::start();
@@ -735,8 +722,8 @@ fn every_internal_route_asks_for_the_cluster_secret_over_mutual_tls() {
         .build()
         .unwrap();
     for addr in [
-        internal_listen(&cluster.coordinators[0].config),
-        internal_listen(&cluster.workers[0].config),
+        cluster.coordinators[0].internal_addr(),
+        cluster.workers[0].internal_addr(),
     ] {
         for (who, client, scheme) in [
             ("no client certificate", &no_identity, "https"),
@@ -784,8 +771,8 @@ fn every_internal_route_asks_for_the_cluster_secret_over_mutual_tls() {
 /// over `scheme`: without the secret (or a wrong one, or a public key) 401,
 /// with it the handler.
 fn walk_internal_routes(cluster: &Cluster, http: &reqwest::blocking::Client, scheme: &str) {
-    let coordinator = internal_listen(&cluster.coordinators[0].config);
-    let worker = internal_listen(&cluster.workers[0].config);
+    let coordinator = cluster.coordinators[0].internal_addr();
+    let worker = cluster.workers[0].internal_addr();
     let wrong = "wrong-secret-0123456789abcdef";
     let mut refused_routes = 0;
     for (addr, paths) in [

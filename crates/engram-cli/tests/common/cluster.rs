@@ -160,6 +160,17 @@ impl Proc {
         self.child = Some(child);
     }
 
+    /// The internal address (`cluster.internal_listen`) in its config.
+    pub fn internal_addr(&self) -> String {
+        std::fs::read_to_string(&self.config)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("internal_listen"))
+            .and_then(|l| l.split('"').nth(1))
+            .expect("an internal_listen line")
+            .to_string()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
