@@ -90,6 +90,13 @@ fn every_process_exports_the_documented_series_and_they_move() {
             "no {series}: {after:?}"
         );
     }
+    for text in &after {
+        assert!(
+            total(text, "engram_cache", "what=\"budget_bytes\"") > 0.0,
+            "{text}"
+        );
+        assert!(text.contains("engram_cache{what=\"used_bytes\"}"), "{text}");
+    }
     let searches = |texts: &[String]| -> f64 {
         texts
             .iter()

@@ -4,8 +4,8 @@
 //!
 //! Counted as they happen: internal calls by route and status, and their
 //! latency. Read at each scrape: every hosted shard copy's items, sealed
-//! segments, growing rows, tombstones and sealed bytes, and the listener's
-//! own counters (cut-offs, failed TLS handshakes, requests refused for
+//! segments, growing rows, tombstones and sealed bytes, the segment
+//! cache's budget and use, and the listener's own counters (cut-offs, failed TLS handshakes, requests refused for
 //! lacking the secret).
 
 use axum::extract::{MatchedPath, Request, State};
@@ -29,6 +29,7 @@ pub struct WorkerMetrics {
     shard_growing_rows: IntGaugeVec,
     shard_tombstones: IntGaugeVec,
     shard_sealed_bytes: IntGaugeVec,
+    cache: prometheus::IntGaugeVec,
     cut_off: IntCounterVec,
     tls_failures: IntCounterVec,
     secret_refused: IntCounterVec,
@@ -81,6 +82,14 @@ impl WorkerMetrics {
             "shard_sealed_bytes",
             "Bytes of a shard copy's sealed segment files",
         );
+        let cache = IntGaugeVec::new(
+            Opts::new(
+                "cache",
+                "The node's segment cache (cache.budget_mb): budget_bytes, used_bytes, segments, in_memory (served from RAM), node_cached (graph nodes cached, vectors on disk)",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         let cut_off = counter(
             "requests_cut_off_total",
             "Requests cut off by a listener: head_timeout, body_timeout, busy",
@@ -104,6 +113,7 @@ impl WorkerMetrics {
             Box::new(shard_growing_rows.clone()),
             Box::new(shard_tombstones.clone()),
             Box::new(shard_sealed_bytes.clone()),
+            Box::new(cache.clone()),
             Box::new(cut_off.clone()),
             Box::new(tls_failures.clone()),
             Box::new(secret_refused.clone()),
@@ -119,6 +129,7 @@ impl WorkerMetrics {
             shard_growing_rows,
             shard_tombstones,
             shard_sealed_bytes,
+            cache,
             cut_off,
             tls_failures,
             secret_refused,
@@ -158,6 +169,18 @@ impl WorkerMetrics {
             set(&self.shard_growing_rows, stats.growing_rows);
             set(&self.shard_tombstones, stats.tombstones);
             set(&self.shard_sealed_bytes, stats.sealed_bytes);
+        }
+        let usage = node.host().cache().usage();
+        for (what, value) in [
+            ("budget_bytes", usage.budget_bytes),
+            ("used_bytes", usage.used_bytes),
+            ("segments", usage.segments as u64),
+            ("in_memory", usage.in_memory as u64),
+            ("node_cached", usage.node_cached as u64),
+        ] {
+            self.cache
+                .with_label_values(&[what])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
         let bring_up = |counter: prometheus::IntCounter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
