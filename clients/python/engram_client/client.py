@@ -6,7 +6,7 @@ import base64
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import requests
@@ -389,8 +389,7 @@ class Engram:
             body["columns"] = columns
         if bulk:
             body["bulk"] = True
-        job = Job.from_json(self._call("POST", self._path(collection, "jobs"), body))
-        return self.wait_job(collection, job.id, timeout=timeout, progress=progress) if wait else job
+        return self._start_job(collection, body, wait, progress, timeout)
 
     def prune(
         self,
@@ -405,6 +404,11 @@ class Engram:
         """The paper's memory pruning: ``dry_run`` reports, ``hard`` deletes
         items with v >= threshold, ``soft`` down-weights them."""
         body = {"kind": "prune", "mode": mode, "k": k, "threshold": threshold}
+        return self._start_job(collection, body, wait, progress, timeout)
+
+    def _start_job(
+        self, collection: str, body: Dict[str, Any], wait: bool, progress: bool, timeout: Optional[float]
+    ) -> Job:
         job = Job.from_json(self._call("POST", self._path(collection, "jobs"), body))
         return self.wait_job(collection, job.id, timeout=timeout, progress=progress) if wait else job
 
@@ -460,10 +464,4 @@ class Engram:
             return False
 
 
-def batched(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``values`` in slices of ``size``."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-__all__ = ["Engram", "encode_image", "batched", "MAX_ITEMS_PER_REQUEST"]
+__all__ = ["Engram", "encode_image", "MAX_ITEMS_PER_REQUEST"]

@@ -101,9 +101,9 @@ pub async fn serve_worker(config: EngramConfig, access: ClusterAccess) -> anyhow
             .iter()
             .map(|p| p.addr.clone())
             .collect(),
-        secret: access,
+        access,
     };
-    let tls = membership.secret.server_tls();
+    let tls = membership.access.server_tls();
     let node = WorkerNode::new(
         membership,
         &data_dir,

@@ -187,11 +187,7 @@ impl Metrics {
     /// Brings `requests_cut_off_total{listener}` and
     /// `tls_handshake_failures_total{listener}` up to what `stats` counted.
     pub fn sync_cut_off(&self, listener: &str, stats: &ServeStats) {
-        for (reason, total) in [
-            ("head_timeout", stats.head_timeouts()),
-            ("body_timeout", stats.body_timeouts()),
-            ("busy", stats.busy()),
-        ] {
+        for (reason, total) in stats.cut_offs() {
             let counter = self.cut_off.with_label_values(&[listener, reason]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }

@@ -74,12 +74,12 @@ struct Inner {
 impl MetaNode {
     /// Opens the log and state machine under `dir` and starts the node. It
     /// serves nothing until [`crate::rpc::router`] is mounted. Its calls to
-    /// peers carry `secret` (when set).
+    /// peers carry the secret of `access` (when set).
     pub async fn start(
         id: NodeId,
         dir: &Path,
         timing: &RaftTiming,
-        secret: &ClusterAccess,
+        access: &ClusterAccess,
     ) -> Result<MetaNode> {
         let log = LogStore::open(&dir.join("log"))?;
         let state_machine = StateMachineStore::open(&dir.join("state"))?;
@@ -97,7 +97,7 @@ impl MetaNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            HttpNetwork::new(secret),
+            HttpNetwork::new(access),
             log,
             state_machine.clone(),
         )
@@ -108,13 +108,13 @@ impl MetaNode {
                 id,
                 raft,
                 state_machine,
-                client: secret
+                client: access
                     .client_builder()
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(10))
                     .build()
                     .expect("the internal client's TLS configuration was loaded at start"),
-                access: secret.clone(),
+                access: access.clone(),
             }),
         })
     }

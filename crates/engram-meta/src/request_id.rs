@@ -95,24 +95,44 @@ pub fn in_blocking<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
     }
 }
 
+/// Middleware for the public router: every request runs under its
+/// `x-request-id` (when usable) or a new one, answered in the same header.
+pub async fn public(request: Request, next: Next) -> Response {
+    let id = accept_or_make(request.headers().get(HEADER));
+    let answered = HeaderValue::from_str(&id).ok();
+    let mut response = serve_logged(id, request, next, "request served").await;
+    if let Some(value) = answered {
+        response.headers_mut().insert(HEADER, value);
+    }
+    response
+}
+
 /// Middleware for internal routers: serves the request under the id its
-/// caller sent (none for calls not made for a request), and logs each
-/// served call at debug with its path and status.
+/// caller sent (none for calls not made for a request).
 pub async fn internal(request: Request, next: Next) -> Response {
-    let Some(id) = request
-        .headers()
-        .get(HEADER)
-        .map(|value| accept_or_make(Some(value)))
-    else {
-        return next.run(request).await;
-    };
+    match request.headers().get(HEADER) {
+        None => next.run(request).await,
+        Some(value) => {
+            let id = accept_or_make(Some(value));
+            serve_logged(id, request, next, "internal call served").await
+        }
+    }
+}
+
+/// Runs the rest of the stack under `id` and logs the request at debug
+/// (method, path, status, milliseconds) as `what`.
+async fn serve_logged(id: String, request: Request, next: Next, what: &'static str) -> Response {
+    let method = request.method().clone();
     let path = request.uri().path().to_string();
     scope(id, async move {
+        let started = std::time::Instant::now();
         let response = next.run(request).await;
         tracing::debug!(
+            %method,
             path,
             status = response.status().as_u16(),
-            "internal call served"
+            ms = started.elapsed().as_millis() as u64,
+            "{what}"
         );
         response
     })

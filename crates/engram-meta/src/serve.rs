@@ -62,6 +62,15 @@ impl ServeStats {
         self.busy.load(Ordering::Relaxed)
     }
 
+    /// Requests cut off, by the `reason` label both nodes' metrics use.
+    pub fn cut_offs(&self) -> [(&'static str, u64); 3] {
+        [
+            ("head_timeout", self.head_timeouts()),
+            ("body_timeout", self.body_timeouts()),
+            ("busy", self.busy()),
+        ]
+    }
+
     /// TLS handshakes that failed or did not complete in time.
     pub fn tls_failures(&self) -> u64 {
         self.tls_failures.load(Ordering::Relaxed)
@@ -123,17 +132,13 @@ pub async fn serve(
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
                 tokio::spawn(async move {
-                    match tokio::time::timeout(head_timeout, handshake).await {
-                        Ok(Ok(stream)) => served.connection(stream, service).await,
-                        Ok(Err(error)) => {
-                            served.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, %error, "TLS handshake refused");
-                        }
-                        Err(_) => {
-                            served.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "TLS handshake not completed in time");
-                        }
-                    }
+                    let error = match tokio::time::timeout(head_timeout, handshake).await {
+                        Ok(Ok(stream)) => return served.connection(stream, service).await,
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => "not completed within the head timeout".to_string(),
+                    };
+                    served.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
                 });
             }
         }

@@ -185,18 +185,14 @@ impl WorkerMetrics {
         let bring_up = |counter: prometheus::IntCounter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
         };
-        for (reason, total) in [
-            ("head_timeout", self.listener.head_timeouts()),
-            ("body_timeout", self.listener.body_timeouts()),
-            ("busy", self.listener.busy()),
-        ] {
+        for (reason, total) in self.listener.cut_offs() {
             bring_up(self.cut_off.with_label_values(&["internal", reason]), total);
         }
         bring_up(
             self.tls_failures.with_label_values(&["internal"]),
             self.listener.tls_failures(),
         );
-        let refusals = node.secret().refusals();
+        let refusals = node.access().refusals();
         for (reason, total) in [("missing", refusals.missing), ("wrong", refusals.wrong)] {
             bring_up(self.secret_refused.with_label_values(&[reason]), total);
         }

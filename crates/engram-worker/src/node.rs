@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     /// Credentials and endpoints for object storage (bulk segments).
     pub(crate) storage: StorageConfig,
     /// Sent on every call to peers; required by this node's routes.
-    secret: ClusterAccess,
+    access: ClusterAccess,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -79,7 +79,7 @@ pub struct Membership {
     /// Coordinators' internal addresses.
     pub coordinators: Vec<String>,
     /// Sent on every call to peers; required by this node's routes.
-    pub secret: ClusterAccess,
+    pub access: ClusterAccess,
 }
 
 impl WorkerNode {
@@ -94,7 +94,7 @@ impl WorkerNode {
             id,
             addr,
             coordinators,
-            secret,
+            access,
         } = membership;
         Ok(WorkerNode {
             inner: Arc::new(Inner {
@@ -102,8 +102,8 @@ impl WorkerNode {
                 addr,
                 coordinators,
                 host: ReplicaHost::with_cache(data_dir, params, cache)?,
-                client: InternalClient::new(&secret),
-                secret,
+                client: InternalClient::new(&access),
+                access,
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
@@ -118,8 +118,8 @@ impl WorkerNode {
         self.inner.id
     }
 
-    pub fn secret(&self) -> &ClusterAccess {
-        &self.inner.secret
+    pub fn access(&self) -> &ClusterAccess {
+        &self.inner.access
     }
 
     pub fn host(&self) -> &ReplicaHost {

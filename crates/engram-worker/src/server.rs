@@ -79,7 +79,7 @@ pub fn paths() -> Vec<&'static str> {
 /// Every route but `/healthz` behind the node's cluster secret, then the
 /// port's own limits (concurrency, body deadline; counted in `stats`).
 pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) -> Router {
-    let secret = node.secret().clone();
+    let access = node.access().clone();
     let routes = routes()
         .into_iter()
         .fold(Router::new(), |router, (path, handler)| {
@@ -97,7 +97,7 @@ pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) 
             crate::metrics::observe,
         ))
         .layer(axum::Extension(metrics));
-    secret.guard(internal_limits(routes, limits, stats))
+    access.guard(internal_limits(routes, limits, stats))
 }
 
 async fn handle<Req, Resp, F, Fut>(State(node): State<WorkerNode>, body: Bytes, f: F) -> Response

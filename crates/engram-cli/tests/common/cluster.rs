@@ -130,8 +130,7 @@ impl Proc {
             // failed chaos run can follow one item through its copies.
             .env(
                 "ENGRAM_LOG",
-                "info,openraft=warn,engram_worker::node=debug,\
-                 engram_coordinator::api=debug,engram_meta::request_id=debug",
+                "info,openraft=warn,engram_worker::node=debug,engram_meta::request_id=debug",
             )
             .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
             .stdout(Stdio::piped())

@@ -78,34 +78,10 @@ pub fn router(engram: Engram) -> Router {
             engram.clone(),
             record_metrics,
         ))
-        .layer(middleware::from_fn(with_request_id))
+        // Outermost: every line logged for a request carries its id
+        // (engram_meta::request_id).
+        .layer(middleware::from_fn(engram_meta::request_id::public))
         .with_state(engram)
-}
-
-/// Every public request runs under a request id (its `x-request-id`, or a
-/// new one), answered in the same header, carried to the workers and on
-/// every log line written for it (`engram_meta::request_id`).
-async fn with_request_id(request: Request, next: Next) -> Response {
-    use engram_meta::request_id;
-    let id = request_id::accept_or_make(request.headers().get(request_id::HEADER));
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    request_id::scope(id.clone(), async move {
-        let started = Instant::now();
-        let mut response = next.run(request).await;
-        tracing::debug!(
-            %method,
-            path,
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request served"
-        );
-        if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
-            response.headers_mut().insert(request_id::HEADER, value);
-        }
-        response
-    })
-    .await
 }
 
 /// The route pattern a request matched (`/v1/collections/{collection}`),

@@ -57,7 +57,7 @@ pub(crate) struct Inner {
     registering: Mutex<HashSet<WorkerId>>,
     pub(crate) client: InternalClient,
     /// Sent on every internal call; required by [`ClusterBackend::internal_router`].
-    secret: ClusterAccess,
+    access: ClusterAccess,
     internal_listener: Arc<ServeStats>,
     pub(crate) timeouts: Timeouts,
     pub(crate) started: Instant,
@@ -92,11 +92,11 @@ fn worker_facing_routes() -> Vec<(&'static str, MethodRouter<ClusterBackend>)> {
 impl ClusterBackend {
     /// Starts this coordinator's Raft node (data under `<data_dir>/raft`)
     /// and, on the lowest-id coordinator, forms the group on first start.
-    /// Its calls to workers and Raft peers carry `secret`, and its internal
+    /// Its calls to workers and Raft peers carry the secret of `access`, and its internal
     /// routes require it (when set).
     pub async fn start(
         config: &ClusterConfig,
-        secret: ClusterAccess,
+        access: ClusterAccess,
         data_dir: &std::path::Path,
     ) -> Result<Self> {
         let timing = RaftTiming {
@@ -105,7 +105,7 @@ impl ClusterBackend {
             election_max_ms: config.raft_election_max_ms,
         };
         let meta =
-            MetaNode::start(config.node_id, &data_dir.join("raft"), &timing, &secret).await?;
+            MetaNode::start(config.node_id, &data_dir.join("raft"), &timing, &access).await?;
         // A coordinator whose Raft core stopped (its log could not be
         // written) would go on answering from a state that no longer
         // advances: exit instead, so that the supervisor restarts it and
@@ -130,8 +130,8 @@ impl ClusterBackend {
                 meta,
                 seen: Mutex::new(HashMap::new()),
                 registering: Mutex::new(HashSet::new()),
-                client: InternalClient::new(&secret),
-                secret,
+                client: InternalClient::new(&access),
+                access,
                 internal_listener: Arc::new(ServeStats::default()),
                 timeouts: Timeouts {
                     worker: Duration::from_millis(config.worker_timeout_ms),
@@ -204,7 +204,7 @@ impl ClusterBackend {
             .merge(workers_facing)
             .layer(axum::middleware::from_fn(engram_meta::request_id::internal));
         let limited = internal_limits(routes, limits, self.inner.internal_listener.clone());
-        self.inner.secret.guard(limited)
+        self.inner.access.guard(limited)
     }
 
     /// What the internal listener counts on its own (timeouts, busy).
@@ -221,7 +221,7 @@ impl ClusterBackend {
 
     /// Internal requests refused for want of the secret, by reason.
     pub fn secret_refusals(&self) -> engram_meta::access::Refusals {
-        self.inner.secret.refusals()
+        self.inner.access.refusals()
     }
 
     /// On the leader, declares dead every live worker not heard from within
