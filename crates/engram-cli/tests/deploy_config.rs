@@ -246,3 +246,85 @@ fn a_misspelt_variable_is_caught() {
     });
     assert!(result.is_err());
 }
+
+/// Runs scripts/check_k8s_manifests.py (kustomize renders, then every
+/// reference is resolved in the rendered set) over `deploy_dir`.
+fn check_manifests(deploy_dir: &Path) -> std::process::Output {
+    let root = repo_root();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup` (PyYAML comes with moto)",
+        python.display()
+    );
+    std::process::Command::new(python)
+        .arg(root.join("scripts/check_k8s_manifests.py"))
+        .arg("--deploy")
+        .arg(deploy_dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kubernetes_manifests_render_and_every_reference_resolves() {
+    let out = check_manifests(&deploy());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both kustomizations rendered, the embed Job's included.
+    assert!(
+        stdout.contains("k8s kustomization=k8s objects="),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("k8s kustomization=k8s-embed objects="),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Job/engram-embed"), "{stdout}");
+}
+
+#[test]
+fn a_dangling_manifest_reference_is_caught() {
+    // The bug this check was written for: a Job naming the config map by a
+    // name kustomize does not generate. And a --config path the map lacks.
+    let work = tempfile::tempdir().unwrap();
+    for dir in ["k8s", "k8s-embed"] {
+        let to = work.path().join(dir);
+        std::fs::create_dir_all(to.join("config")).unwrap();
+        for entry in std::fs::read_dir(deploy().join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+        if dir == "k8s" {
+            for file in tomls(&deploy().join("k8s/config")) {
+                std::fs::copy(&file, to.join("config").join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let job = work.path().join("k8s-embed/embed-job.yaml");
+    let text = std::fs::read_to_string(&job).unwrap();
+    let broken = text
+        .replace(
+            "configMap: {name: engram-config}",
+            "configMap: {name: engram-conf}",
+        )
+        .replace(
+            "/etc/engram-k8s/coordinator.toml",
+            "/etc/engram-k8s/coordinatr.toml",
+        );
+    assert_ne!(broken, text, "the mutation must change the Job");
+    std::fs::write(&job, broken).unwrap();
+    let out = check_manifests(work.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ConfigMap engram-conf does not exist"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("coordinatr.toml"), "{stdout}");
+}
