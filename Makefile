@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo demo-secure eval test chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo demo-secure eval test test-engines chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -48,6 +48,15 @@ cluster-stop:
 
 test: setup
 	$(CARGO) test $(CARGO_TEST_FLAGS)
+
+## The Spark and Ray examples (examples/*/embed_parts.py) run for real: a
+## local Spark (local[2]) and a local Ray, 4 parts each, against moto_server
+## on 127.0.0.1; the parts they write must hold exactly the rows of one
+## `engram embed --part 0/1` run. Installs pyspark and ray into .venv-engines
+## (about 1 GB); needs Java 17+. Not part of `make test`; about 30 s on 2
+## cores once installed. ENGRAM_BIN=path runs it with another binary.
+test-engines: build
+	@scripts/test_engines.sh
 
 ## The chaos run of docs/reliability.md: a loopback cluster under mixed load
 ## while processes are killed (-9), paused and their disks filled, and the
