@@ -7,6 +7,7 @@ mod embed;
 mod eval;
 mod ingest;
 mod prune;
+mod telemetry;
 mod token;
 
 use anyhow::Context;
@@ -72,24 +73,28 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENGRAM_LOG")
-                .unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or a collector gets plain
-        // lines (`request_id=...` greps as written).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
-        Command::Serve {
-            config,
-            role,
-            listen,
-            data_dir,
-            insecure,
-        } => serve(config, role, listen, data_dir, insecure),
+    let command = Cli::parse().command;
+    if let Command::Serve {
+        config,
+        role,
+        listen,
+        data_dir,
+        insecure,
+    } = command
+    {
+        let config = node_config(&config, role, listen, data_dir)?;
+        let role = match config.cluster.role {
+            Role::Embedded => "engram",
+            Role::Coordinator => "engram-coordinator",
+            Role::Worker => "engram-worker",
+        };
+        // Held to the end of `serve`: its drop flushes queued spans.
+        let _telemetry = telemetry::init(Some((&config.telemetry, role)))?;
+        return serve(config, insecure);
+    }
+    let _telemetry = telemetry::init(None)?;
+    match command {
+        Command::Serve { .. } => unreachable!("served above"),
         Command::Demo(args) => demo::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Ingest(args) => ingest::run(args),
@@ -99,14 +104,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(
-    config_path: PathBuf,
+/// The config file with the command line's overrides, validated.
+fn node_config(
+    config_path: &std::path::Path,
     role: Option<String>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
-    insecure: bool,
-) -> anyhow::Result<()> {
-    let mut config = engram_cli::config::load(&config_path)?;
+) -> anyhow::Result<EngramConfig> {
+    let mut config = engram_cli::config::load(config_path)?;
     if let Some(role) = role {
         config.cluster.role = serde_json::from_value(serde_json::Value::String(role.clone()))
             .map_err(|_| {
@@ -122,6 +127,10 @@ fn serve(
     if let Some(data_dir) = data_dir {
         config.server.data_dir = data_dir;
     }
+    Ok(config)
+}
+
+fn serve(config: EngramConfig, insecure: bool) -> anyhow::Result<()> {
     let addr: SocketAddr =
         config.server.listen.parse().with_context(|| {
             format!("listen address {:?} is not host:port", config.server.listen)

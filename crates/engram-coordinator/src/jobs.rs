@@ -172,6 +172,11 @@ impl Jobs {
             .collect()
     }
 
+    /// Every job's status, all collections.
+    pub fn all(&self) -> Vec<JobStatus> {
+        self.jobs.lock().values().map(|j| j.status()).collect()
+    }
+
     /// Asks a running job to stop; returns false if it had already ended.
     pub fn cancel(&self, job: &Job) -> bool {
         let running = job.status.lock().state == JobState::Running;

@@ -1,7 +1,11 @@
 //! Prometheus metrics of the node, served at `/metrics`.
 
 use engram_meta::serve::ServeStats;
-use std::sync::Arc;
+use engram_worker::index_metrics::IndexActivityMetrics;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use crate::jobs::{JobState, JobStatus};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -22,8 +26,34 @@ pub struct ClusterView {
     pub copies_out_of_sync: usize,
 }
 
+/// Each call of a fan-out to one worker (its shards of a search, a get,
+/// a stats read): the per-shard latency the merged answer waited on.
+static FAN_OUT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "fanout_call_duration_seconds",
+            "Latency of each fan-out call to one worker (the shards it serves of one read), by route, worker and result",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["route", "worker", "result"],
+    )
+    .expect("valid metric")
+});
+
+/// One fan-out call to `worker` answered (or failed) after `took`.
+pub(crate) fn fan_out_call(route: &str, worker: u64, ok: bool, took: Duration) {
+    FAN_OUT
+        .with_label_values(&[route, &worker.to_string(), if ok { "ok" } else { "failed" }])
+        .observe(took.as_secs_f64());
+}
+
 pub struct Metrics {
     registry: Registry,
+    index: IndexActivityMetrics,
+    jobs: IntGaugeVec,
+    job_progress: IntGaugeVec,
     cluster: IntGaugeVec,
     requests: IntCounterVec,
     latency: HistogramVec,
@@ -140,8 +170,27 @@ impl Metrics {
             &["what"],
         )
         .expect("valid metric");
+        let jobs = IntGaugeVec::new(
+            Opts::new(
+                "jobs",
+                "Jobs this node knows, by kind (ingest, prune) and state (running, succeeded, failed, cancelled)",
+            ),
+            &["kind", "state"],
+        )
+        .expect("valid metric");
+        let job_progress = IntGaugeVec::new(
+            Opts::new(
+                "job_progress",
+                "Units of work of each job this node knows (rows for ingestion, items for pruning): what=done or total",
+            ),
+            &["collection", "kind", "job", "what"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(cluster.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(FAN_OUT.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jobs.clone()),
+            Box::new(job_progress.clone()),
+            Box::new(cluster.clone()),
             Box::new(requests.clone()),
             Box::new(cut_off.clone()),
             Box::new(tls_failures.clone()),
@@ -159,7 +208,10 @@ impl Metrics {
             registry.register(c).expect("metric registered once");
         }
         Metrics {
+            index: IndexActivityMetrics::register(&registry),
             registry,
+            jobs,
+            job_progress,
             cluster,
             requests,
             latency,
@@ -263,7 +315,36 @@ impl Metrics {
         }
     }
 
+    /// Sets `engram_jobs{kind,state}` and, for every job this node knows
+    /// (running or ended: a stalled one is seen not to move),
+    /// `engram_job_progress{collection,kind,job,what}` from `jobs`.
+    pub fn set_jobs(&self, jobs: &[JobStatus]) {
+        self.jobs.reset();
+        self.job_progress.reset();
+        for kind in ["ingest", "prune"] {
+            for state in ["running", "succeeded", "failed", "cancelled"] {
+                self.jobs.with_label_values(&[kind, state]);
+            }
+        }
+        for job in jobs {
+            let state = match job.state {
+                JobState::Running => "running",
+                JobState::Succeeded => "succeeded",
+                JobState::Failed => "failed",
+                JobState::Cancelled => "cancelled",
+            };
+            self.jobs.with_label_values(&[&job.kind, state]).inc();
+            let id = job.id.to_string();
+            for (what, value) in [("done", job.done), ("total", job.total)] {
+                self.job_progress
+                    .with_label_values(&[&job.collection, &job.kind, &id, what])
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
+        self.index.sync();
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

@@ -177,6 +177,7 @@ impl Engram {
             metrics.set_cluster(&cluster.view());
         }
         metrics.sync_cut_off("public", &metrics.public_listener());
+        metrics.set_jobs(&self.inner.jobs.all());
         metrics.render()
     }
 
@@ -727,6 +728,8 @@ impl Engram {
         };
         check_complete(&found, options.require_complete.unwrap_or(false))?;
         let partial = !found.incomplete_shards.is_empty();
+        let vote = tracing::debug_span!("vote", queries = found.lists.len(), k);
+        let voting = vote.enter();
         let results: Vec<ClassifyResponse> = found
             .lists
             .into_iter()
@@ -768,6 +771,7 @@ impl Engram {
                 }
             })
             .collect();
+        drop(voting);
         self.inner.metrics.queries_classified(results.len());
         Ok(ClassifyBatchResponse { results })
     }
@@ -828,6 +832,7 @@ impl Engram {
         let queries_len = vectors.len();
         let hosted = hosted.clone();
         let results = blocking(move || {
+            let _span = tracing::debug_span!("search", queries = vectors.len(), k).entered();
             let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
             if excludes.len() == 1 || excludes.iter().all(HashSet::is_empty) {
                 let filter = SearchFilter {
@@ -908,6 +913,7 @@ impl Engram {
             let (positions, embedded) = blocking(move || {
                 let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
                 let positions: Vec<usize> = images.iter().map(|(i, _)| *i).collect();
+                let _span = tracing::debug_span!("embed", images = refs.len()).entered();
                 match embedder.embed_images(&refs) {
                     Ok(embedded) => Ok((positions, embedded)),
                     Err(IngestError::BadImage { index, reason }) => Err(ApiError::invalid(

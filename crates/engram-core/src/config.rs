@@ -25,6 +25,49 @@ pub struct EngramConfig {
     pub cache: CacheConfig,
     /// Who may call the public API.
     pub security: SecurityConfig,
+    /// Where this node's trace spans go, besides its log.
+    pub telemetry: TelemetryConfig,
+}
+
+/// An OpenTelemetry exporter for the node's spans (request, embed, search,
+/// fan-out, per-shard calls and searches, merge, vote), off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP over HTTP (protobuf): the collector's traces URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces` (`ENGRAM_TELEMETRY__OTLP_ENDPOINT`).
+    /// Unset: no exporter.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans; unset: `engram-<role>`.
+    pub service_name: Option<String>,
+    /// Spans exported: an `EnvFilter` directive (`debug` exports every
+    /// span Engram makes; the log's own level stays `ENGRAM_LOG`'s).
+    pub otlp_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: None,
+            otlp_filter: "info,engram_coordinator=debug,engram_worker=debug,engram_meta=debug"
+                .to_string(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(CoreError::invalid(
+                "telemetry.otlp_endpoint",
+                format!("must be an http:// or https:// URL, not {endpoint:?}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Keys of the public API. With neither set every caller has full access
@@ -784,6 +827,7 @@ impl EngramConfig {
         self.index.validate()?;
         self.cluster.validate()?;
         self.security.validate()?;
+        self.telemetry.validate()?;
         for (name, e) in &self.embedders {
             e.validate().map_err(|err| CoreError::InvalidParameter {
                 name: "embedders",

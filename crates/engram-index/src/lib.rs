@@ -3,6 +3,7 @@
 //! exact index and the sealed DiskANN segments are interchangeable to the
 //! shard that holds them.
 
+pub mod activity;
 pub mod disk;
 pub mod error;
 pub mod flat;

@@ -157,7 +157,15 @@ pub fn build_segment(
             source,
         });
     }
-    SealedSegment::build(dir, &ids, &vectors, dim, metric, params)?;
+    SealedSegment::build_as(
+        engram_index::activity::BuildKind::Bulk,
+        dir,
+        &ids,
+        &vectors,
+        dim,
+        metric,
+        params,
+    )?;
     drop(vectors);
     write_items(&dir.join(engram_store::SEGMENT_ITEMS_FILE), &items)?;
     let mut files = Vec::new();

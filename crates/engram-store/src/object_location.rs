@@ -134,8 +134,7 @@ impl ObjectLocation {
                 let store: Arc<dyn ObjectStore> = match scheme {
                     "s3" => {
                         let s3 = &storage.s3;
-                        let mut builder =
-                            AmazonS3Builder::from_env().with_bucket_name(bucket);
+                        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
                         // `allow_http = true` in the config allows it; left
                         // false, `AWS_ALLOW_HTTP` (read by from_env) decides.
                         if s3.allow_http {

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod collection_api;
 pub mod error;
 pub mod hosted_collection;
+pub mod index_metrics;
 pub mod lease;
 pub mod metrics;
 pub mod node;

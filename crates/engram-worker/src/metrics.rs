@@ -6,7 +6,12 @@
 //! latency. Read at each scrape: every hosted shard copy's items, sealed
 //! segments, growing rows, tombstones and sealed bytes, the segment
 //! cache's budget and use, and the listener's own counters (cut-offs, failed TLS handshakes, requests refused for
-//! lacking the secret).
+//! lacking the secret). Counted process-wide where the work happens: the
+//! segment indexes' searches and builds ([`crate::index_metrics`]) and
+//! each write a primary sends to a replica (`engram_replication_*`: under
+//! synchronous replication a replica's lag is this latency until a send
+//! fails, and then the copy is out of sync, `engram_cluster{what=
+//! "shard_copies_out_of_sync"}` on the coordinators).
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -15,13 +20,38 @@ use engram_meta::serve::ServeStats;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use crate::index_metrics::IndexActivityMetrics;
 
 use crate::node::WorkerNode;
 
+/// Sends from a primary to its replicas: latency by route and result.
+static REPLICATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "replication_duration_seconds",
+            "Latency of each write (or delete, or catch-up call) a primary sent to a replica, by route and result (ok, failed: the replica is then marked out of sync)",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["route", "result"],
+    )
+    .expect("valid metric")
+});
+
+/// One send from a primary to a replica.
+pub(crate) fn replication_sent(route: &str, ok: bool, took: Duration) {
+    REPLICATION
+        .with_label_values(&[route, if ok { "ok" } else { "failed" }])
+        .observe(took.as_secs_f64());
+}
+
 pub struct WorkerMetrics {
     registry: Registry,
+    index: IndexActivityMetrics,
     requests: IntCounterVec,
     latency: HistogramVec,
     shard_items: IntGaugeVec,
@@ -117,10 +147,12 @@ impl WorkerMetrics {
             Box::new(cut_off.clone()),
             Box::new(tls_failures.clone()),
             Box::new(secret_refused.clone()),
+            Box::new(REPLICATION.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
         WorkerMetrics {
+            index: IndexActivityMetrics::register(&registry),
             registry,
             requests,
             latency,
@@ -170,6 +202,7 @@ impl WorkerMetrics {
             set(&self.shard_tombstones, stats.tombstones);
             set(&self.shard_sealed_bytes, stats.sealed_bytes);
         }
+        self.index.sync();
         let usage = node.host().cache().usage();
         for (what, value) in [
             ("budget_bytes", usage.budget_bytes),

@@ -266,12 +266,14 @@ impl WorkerNode {
         timeout: Duration,
     ) -> RpcResult<()> {
         let sends = placement.replicas.iter().map(|r| async move {
+            let started = std::time::Instant::now();
             let result = match self.worker_addr(*r) {
                 Ok(addr) => call::<_, ()>(&self.inner.client, &addr, route, request, timeout)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            crate::metrics::replication_sent(route, result.is_ok(), started.elapsed());
             (*r, result)
         });
         let results = futures::future::join_all(sends).await;
@@ -679,9 +681,19 @@ impl WorkerNode {
                 admit: request.admission.map(Arc::new),
             };
             let queries: Vec<&[f32]> = request.queries.iter().map(Vec::as_slice).collect();
+            let parent = tracing::Span::current();
             let per_shard: Vec<_> = replicas
                 .par_iter()
-                .map(|r| r.shard.search_batch(&queries, request.k, &filter, tuning))
+                .map(|r| {
+                    let _span = tracing::debug_span!(
+                        parent: &parent,
+                        "shard_search",
+                        collection = %request.collection,
+                        shard = r.shard.number()
+                    )
+                    .entered();
+                    r.shard.search_batch(&queries, request.k, &filter, tuning)
+                })
                 .collect();
             let incomplete_shards = replicas
                 .iter()
@@ -689,6 +701,7 @@ impl WorkerNode {
                 .filter(|(_, hits)| hits.failed_segments > 0)
                 .map(|(replica, _)| replica.shard.number())
                 .collect();
+            let _merge = tracing::debug_span!("merge", shards = per_shard.len()).entered();
             let lists = merge_per_query(
                 per_shard.into_iter().map(|h| h.lists),
                 queries.len(),

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use engram_core::merge_policy::SealGrowing;
 use engram_core::placement::WorkerId;
@@ -197,7 +198,10 @@ impl RemoteLayout {
         Resp: DeserializeOwned,
     {
         let timeout = self.cluster.inner.timeouts.query;
-        self.fan_out_within(timeout, shards, path, request).await
+        let span = tracing::debug_span!("fan_out", route = path, shards = shards.len());
+        self.fan_out_within(timeout, shards, path, request)
+            .instrument(span)
+            .await
     }
 
     /// [`Self::fan_out`] with another per-request deadline (long reads).
@@ -240,7 +244,9 @@ impl RemoteLayout {
             }
             let calls = plan.requests.into_iter().map(|(worker, shards)| {
                 let body = request(shards.clone());
+                let span = tracing::debug_span!("shard_call", worker, shards = shards.len());
                 async move {
+                    let started = std::time::Instant::now();
                     let result = self
                         .call_worker(worker, path, &body, timeout)
                         .await
@@ -249,8 +255,10 @@ impl RemoteLayout {
                                 "unknown worker".into(),
                             )))
                         });
+                    crate::metrics::fan_out_call(path, worker, result.is_ok(), started.elapsed());
                     (worker, shards, result)
                 }
+                .instrument(span)
             });
             let results = futures::future::join_all(calls).await;
             if !retry.is_empty() {
@@ -320,6 +328,7 @@ impl RemoteLayout {
                     .collect(),
             );
         }
+        let _merge = tracing::debug_span!("merge", workers = per_worker.len()).entered();
         SearchResults {
             lists: merge_per_query(per_worker, n, k),
             incomplete_shards,

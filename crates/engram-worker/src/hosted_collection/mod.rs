@@ -280,10 +280,16 @@ impl HostedCollection {
         tuning: SearchTuning,
     ) -> SearchResults {
         let layout = self.layout();
+        let parent = tracing::Span::current();
         let per_shard: Vec<ShardHits> = layout
             .shards
             .par_iter()
-            .map(|s| s.search_batch(queries, k, filter, tuning))
+            .map(|s| {
+                let _span =
+                    tracing::debug_span!(parent: &parent, "shard_search", shard = s.number())
+                        .entered();
+                s.search_batch(queries, k, filter, tuning)
+            })
             .collect();
         let incomplete_shards = layout
             .shards
@@ -292,6 +298,7 @@ impl HostedCollection {
             .filter(|(_, hits)| hits.failed_segments > 0)
             .map(|(shard, _)| shard.number())
             .collect();
+        let _merge = tracing::debug_span!("merge", shards = per_shard.len()).entered();
         SearchResults {
             lists: merge_per_query(per_shard.into_iter().map(|h| h.lists), queries.len(), k),
             incomplete_shards,

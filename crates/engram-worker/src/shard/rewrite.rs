@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::merge_policy::{self, SealGrowing, SegmentSize};
+use engram_index::activity::BuildKind;
 use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
 use engram_store::{StoredItem, Wal, WalRecord, checksummed};
 
@@ -44,7 +45,8 @@ impl Shard {
         let name = format!("{:08}", wal.manifest.next_segment);
         let segment_dir = self.unused_segment_dir(&name)?;
         tracing::info!(shard = self.number, segment = %name, rows = ids.len(), "sealing growing segment");
-        SealedSegment::build(
+        SealedSegment::build_as(
+            BuildKind::Seal,
             &segment_dir,
             &ids,
             &vectors,
@@ -244,7 +246,15 @@ impl Shard {
             };
             let dir = self.unused_segment_dir(&name)?;
             tracing::info!(shard = self.number, segment = %name, merged = group.len(), rows = ids.len(), "merging sealed segments");
-            SealedSegment::build(&dir, &ids, &vectors, self.dim, self.metric, &self.params)?;
+            SealedSegment::build_as(
+                BuildKind::Merge,
+                &dir,
+                &ids,
+                &vectors,
+                self.dim,
+                self.metric,
+                &self.params,
+            )?;
             drop(vectors);
             engram_store::write_items(&dir.join(ITEMS_FILE), &items)?;
             Some((

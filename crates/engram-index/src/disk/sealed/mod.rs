@@ -113,6 +113,23 @@ impl SealedSegment {
         build::build(dir, ids, vectors, dim, metric, params)
     }
 
+    /// [`Self::build`], counted as a build of `kind` with its rows and
+    /// seconds (`engram_segment_builds_total` and friends, [`crate::activity`]).
+    pub fn build_as(
+        kind: crate::activity::BuildKind,
+        dir: &Path,
+        ids: &[u64],
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        params: &IndexParams,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        build::build(dir, ids, vectors, dim, metric, params)?;
+        crate::activity::record_build(kind, ids.len(), started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Opens a built segment after verifying every file against its
     /// manifest; it is served from disk until [`Self::set_residency`] says
     /// otherwise. `force_pread` skips io_uring/O_DIRECT.
@@ -328,6 +345,7 @@ impl SealedSegment {
             Some(settings.beam_width),
             SearchMode::inline_filter(accept, None),
         )?;
+        let mut reads = u64::from(result.stats.query_statistics.total_io_operations);
         let mut hits = self.scored(&result, &deleted, filter);
         if hits.len() < k {
             let scanned = serving.searcher.search(
@@ -337,11 +355,13 @@ impl SealedSegment {
                 Some(settings.beam_width),
                 SearchMode::flat_filtered(accept),
             )?;
+            reads += u64::from(scanned.stats.query_statistics.total_io_operations);
             let more = self.scored(&scanned, &deleted, filter);
             if more.len() > hits.len() {
                 hits = more;
             }
         }
+        crate::activity::record_search(serving.residency, reads);
         Ok(hits)
     }
 
