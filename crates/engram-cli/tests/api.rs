@@ -568,6 +568,7 @@ fn openapi_metrics_and_health() {
         "/v1/cluster/moves",
         "/v1/snapshots",
         "/v1/snapshots/restore",
+        "/v1/collections/{collection}/items/{id}/thumbnail",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }

@@ -391,17 +391,24 @@ impl Engram {
             inputs.push(QueryInput::from_parts(item.vector, item.image).map_err(at)?);
             meta.push((item.id, item.label, weight, item.source));
         }
-        let vectors = self.resolve_vectors(&spec, inputs, "item").await?;
+        let thumbnail_px = self.inner.config.collections.thumbnail_px;
+        let (vectors, thumbnails) = self
+            .resolve_vectors_with_thumbnails(&spec, inputs, "item", thumbnail_px)
+            .await?;
         let ops: Vec<WalOp> = meta
             .into_iter()
             .zip(vectors)
-            .map(|((id, label, weight, source), vector)| WalOp::Upsert {
-                id,
-                label: label.into(),
-                weight,
-                source: source.map(Into::into),
-                vector,
-            })
+            .zip(thumbnails)
+            .map(
+                |(((id, label, weight, source), vector), thumbnail)| WalOp::Upsert {
+                    id,
+                    label: label.into(),
+                    weight,
+                    source: source.map(Into::into),
+                    vector,
+                    thumbnail: thumbnail.map(Into::into),
+                },
+            )
             .collect();
         let added = ops.len();
         blocking(move || Ok(hosted.write(ops)?)).await?;
@@ -432,6 +439,29 @@ impl Engram {
             source: item.source.map(|s| s.to_string()),
             vector,
         })
+    }
+
+    /// The thumbnail of an item added as an image (404 for an item added as
+    /// a vector, or one that does not exist).
+    pub async fn thumbnail(&self, collection: &str, id: u64) -> Result<Arc<[u8]>> {
+        let hosted = self.hosted(collection)?;
+        let found = blocking(move || {
+            let item = hosted.get(id)?;
+            Ok(match item {
+                Some(_) => Some(hosted.thumbnail(id)?),
+                None => None,
+            })
+        })
+        .await?;
+        match found {
+            None => Err(ApiError::not_found(format!(
+                "item {id} does not exist in `{collection}`"
+            ))),
+            Some(None) => Err(ApiError::not_found(format!(
+                "item {id} of `{collection}` has no thumbnail: it was added as a vector (or before thumbnails, or with collections.thumbnail_px = 0)"
+            ))),
+            Some(Some(jpeg)) => Ok(jpeg),
+        }
     }
 
     /// Deletes by ids, label and/or source (the union). Acknowledged only
@@ -877,6 +907,22 @@ impl Engram {
         inputs: Vec<QueryInput>,
         what: &'static str,
     ) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .resolve_vectors_with_thumbnails(spec, inputs, what, 0)
+            .await?
+            .0)
+    }
+
+    /// [`Self::resolve_vectors`], and for each image input (with
+    /// `thumbnail_px > 0`) its thumbnail, aligned with `inputs`.
+    async fn resolve_vectors_with_thumbnails(
+        &self,
+        spec: &CollectionSpec,
+        inputs: Vec<QueryInput>,
+        what: &'static str,
+        thumbnail_px: u32,
+    ) -> Result<(Vec<Vec<f32>>, engram_ingest::embedder::Thumbnails)> {
+        let mut thumbnails = vec![None; inputs.len()];
         let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(inputs.len());
         let mut images: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
@@ -914,7 +960,7 @@ impl Engram {
                 let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
                 let positions: Vec<usize> = images.iter().map(|(i, _)| *i).collect();
                 let _span = tracing::debug_span!("embed", images = refs.len()).entered();
-                match embedder.embed_images(&refs) {
+                match embedder.embed_images_with_thumbnails(&refs, thumbnail_px) {
                     Ok(embedded) => Ok((positions, embedded)),
                     Err(IngestError::BadImage { index, reason }) => Err(ApiError::invalid(
                         format!("{what} {}: {reason}", positions[index]),
@@ -924,14 +970,17 @@ impl Engram {
             })
             .await?;
             self.inner.metrics.images_embedded(count);
-            for (position, vector) in positions.into_iter().zip(embedded) {
+            let (embedded, made) = embedded;
+            for ((position, vector), thumbnail) in positions.into_iter().zip(embedded).zip(made) {
                 vectors[position] = Some(prepare(spec.metric, vector, spec.dim)?);
+                thumbnails[position] = thumbnail;
             }
         }
-        vectors
+        let vectors = vectors
             .into_iter()
             .map(|v| v.ok_or_else(|| ApiError::internal("a query was not resolved to a vector")))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((vectors, thumbnails))
     }
 
     fn check_k(&self, k: usize) -> Result<usize> {

@@ -26,7 +26,9 @@ use crate::meta::now;
 use crate::service::{Engram, blocking};
 
 const MANIFEST: &str = "manifest.json";
-const FORMAT: u32 = 1;
+/// 2: items carry their thumbnails. Snapshots of format 1 (without) are
+/// still restored.
+const FORMAT: u32 = 2;
 /// Items per write while restoring.
 const RESTORE_BATCH: usize = 1_000;
 
@@ -77,6 +79,36 @@ struct StoredItem {
     weight: f32,
     source: Option<String>,
     vector: Vec<f32>,
+    thumbnail: Option<Vec<u8>>,
+}
+
+/// One item as a format-1 snapshot stored it (before thumbnails).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredItemV1 {
+    id: u64,
+    label: String,
+    weight: f32,
+    source: Option<String>,
+    vector: Vec<f32>,
+}
+
+/// A shard file's items, as its snapshot's `format` wrote them.
+fn decode_items(format: u32, bytes: &[u8]) -> std::result::Result<Vec<StoredItem>, String> {
+    if format == 1 {
+        let old: Vec<StoredItemV1> = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+        return Ok(old
+            .into_iter()
+            .map(|i| StoredItem {
+                id: i.id,
+                label: i.label,
+                weight: i.weight,
+                source: i.source,
+                vector: i.vector,
+                thumbnail: None,
+            })
+            .collect());
+    }
+    bincode::deserialize(bytes).map_err(|e| e.to_string())
 }
 
 /// What a created, listed or restored snapshot holds.
@@ -162,6 +194,7 @@ impl Engram {
                         weight: i.weight,
                         source: i.source.map(|s| s.to_string()),
                         vector: i.vector,
+                        thumbnail: i.thumbnail.map(|t| t.to_vec()),
                     })
                     .collect();
                 let bytes =
@@ -246,9 +279,9 @@ impl Engram {
             ));
         }
         let manifest = read_manifest(&source, &request.id).await?;
-        if manifest.format != FORMAT {
+        if !(1..=FORMAT).contains(&manifest.format) {
             return Err(ApiError::invalid(format!(
-                "snapshot format {} is not {FORMAT}",
+                "snapshot format {} is not one this node reads (1 to {FORMAT})",
                 manifest.format
             )));
         }
@@ -285,7 +318,7 @@ impl Engram {
                         ),
                     ));
                 }
-                let items: Vec<StoredItem> = bincode::deserialize(&bytes).map_err(|e| {
+                let items = decode_items(manifest.format, &bytes).map_err(|e| {
                     ApiError::new(
                         ErrorCode::Corrupted,
                         format!("snapshot file {}: {e}", s.file),
@@ -313,6 +346,7 @@ impl Engram {
                             weight: i.weight,
                             source: i.source.as_deref().map(Into::into),
                             vector: i.vector.clone(),
+                            thumbnail: i.thumbnail.as_deref().map(Into::into),
                         })
                         .collect();
                     let target = collection.clone();
@@ -355,4 +389,31 @@ async fn read_manifest(source: &Source, id: &str) -> Result<Manifest> {
         .map_err(|e| storage_error(&source.uri, e))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::Corrupted, format!("manifest of `{id}`: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_1_shard_files_still_restore_and_format_2_keeps_thumbnails() {
+        let old = vec![StoredItemV1 {
+            id: 7,
+            label: "boot".into(),
+            weight: 1.0,
+            source: None,
+            vector: vec![0.5, 0.25],
+        }];
+        let items = decode_items(1, &bincode::serialize(&old).unwrap()).unwrap();
+        assert_eq!((items[0].id, items[0].vector.len()), (7, 2));
+        assert!(items[0].thumbnail.is_none());
+        let new = vec![StoredItem {
+            thumbnail: Some(vec![0xff, 0xd8, 0xff]),
+            ..items[0].clone()
+        }];
+        let items = decode_items(FORMAT, &bincode::serialize(&new).unwrap()).unwrap();
+        assert_eq!(items[0].thumbnail.as_deref(), Some(&[0xff, 0xd8, 0xff][..]));
+        // A format-1 file read as format 2 is refused, not misread.
+        assert!(decode_items(FORMAT, &bincode::serialize(&old).unwrap()).is_err());
+    }
 }

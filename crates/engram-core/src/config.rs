@@ -567,7 +567,14 @@ pub struct CollectionDefaults {
     pub replication: u32,
     pub k: usize,
     pub rule: VotingRule,
+    /// Longest side, in pixels, of the JPEG thumbnail kept for each item
+    /// added as an image (the decision page shows them); 0 keeps none.
+    pub thumbnail_px: u32,
 }
+
+/// Largest `collections.thumbnail_px`: a thumbnail is for recognising the
+/// picture at a glance, not a copy of it.
+pub const MAX_THUMBNAIL_PX: u32 = 512;
 
 impl Default for CollectionDefaults {
     fn default() -> Self {
@@ -576,6 +583,7 @@ impl Default for CollectionDefaults {
             replication: 1,
             k: 50,
             rule: VotingRule::Rank,
+            thumbnail_px: 96,
         }
     }
 }
@@ -822,6 +830,12 @@ impl EngramConfig {
             return Err(CoreError::invalid(
                 "collections.k",
                 format!("must be between 1 and limits.max_k ({})", self.limits.max_k),
+            ));
+        }
+        if self.collections.thumbnail_px > MAX_THUMBNAIL_PX {
+            return Err(CoreError::invalid(
+                "collections.thumbnail_px",
+                format!("must be 0 (none) to {MAX_THUMBNAIL_PX}"),
             ));
         }
         self.index.validate()?;

@@ -141,6 +141,7 @@ pub fn build_segment(
             weight,
             source,
             vector,
+            ..
         } = op
         else {
             continue;

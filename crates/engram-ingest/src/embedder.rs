@@ -154,6 +154,9 @@ fn session_with_provider(config: &EmbedderConfig, model: &[u8]) -> Result<(Sessi
     }
 }
 
+/// One JPEG thumbnail per embedded image (`None` when none was asked for).
+pub type Thumbnails = Vec<Option<Vec<u8>>>;
+
 impl OnnxEmbedder {
     /// Verifies the model's checksum, loads it and checks that it produces
     /// `config.dim`-dimensional embeddings.
@@ -221,25 +224,45 @@ impl OnnxEmbedder {
     /// Embeds encoded images; each embedding is L2-normalised. Fails on the
     /// first image that cannot be decoded, naming its index.
     pub fn embed_images(&self, images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_images_with_thumbnails(images, 0)?.0)
+    }
+
+    /// [`Self::embed_images`], and with `thumbnail_px > 0` a JPEG thumbnail
+    /// of each image whose longer side is at most that (made from the same
+    /// decoded image, [`crate::thumbnail`]).
+    pub fn embed_images_with_thumbnails(
+        &self,
+        images: &[&[u8]],
+        thumbnail_px: u32,
+    ) -> Result<(Vec<Vec<f32>>, Thumbnails)> {
         let per_image = self.preprocessor.tensor_len();
+        let mut thumbnails = vec![None; images.len()];
         let mut embeddings = Vec::with_capacity(images.len());
         for (chunk_index, chunk) in images.chunks(self.config.batch_size).enumerate() {
             let mut batch = vec![0f32; per_image * chunk.len()];
+            let start = chunk_index * self.config.batch_size;
             batch
                 .par_chunks_mut(per_image)
                 .zip(chunk.par_iter())
+                .zip(thumbnails[start..start + chunk.len()].par_iter_mut())
                 .enumerate()
-                .try_for_each(|(i, (out, bytes))| {
+                .try_for_each(|(i, ((out, bytes), thumbnail))| {
+                    let bad = |reason: String| IngestError::BadImage {
+                        index: start + i,
+                        reason,
+                    };
+                    let image = self.preprocessor.decode(bytes).map_err(bad)?;
                     self.preprocessor
-                        .tensor_from_bytes(bytes, out)
-                        .map_err(|reason| IngestError::BadImage {
-                            index: chunk_index * self.config.batch_size + i,
-                            reason,
-                        })
+                        .write_tensor(&self.preprocessor.fit(&image), out);
+                    if thumbnail_px > 0 {
+                        *thumbnail =
+                            Some(crate::thumbnail::make(&image, thumbnail_px).map_err(bad)?);
+                    }
+                    Ok::<(), IngestError>(())
                 })?;
             embeddings.extend(self.run(&batch, chunk.len())?);
         }
-        Ok(embeddings)
+        Ok((embeddings, thumbnails))
     }
 
     /// Runs the model on `n` preprocessed images laid out back to back and

@@ -36,6 +36,7 @@ impl Item {
             weight: self.weight,
             source: self.source.as_deref().map(Into::into),
             vector: self.vector.clone(),
+            thumbnail: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod model_file;
 pub mod preprocess;
 pub mod rows;
 pub mod source;
+pub mod thumbnail;
 
 pub use embedder::OnnxEmbedder;
 pub use error::{IngestError, Result};

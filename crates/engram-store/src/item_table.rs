@@ -197,6 +197,7 @@ pub fn write_items(path: &std::path::Path, items: &[StoredItem]) -> crate::Resul
             weight: i.weight,
             source: i.source.clone(),
             vector: Vec::new(),
+            thumbnail: None,
         })
         .collect();
     crate::checksummed::write_atomic(path, &crate::wal::encode(&ops))

@@ -10,6 +10,7 @@ pub mod fault;
 pub mod item_table;
 pub mod object_location;
 pub mod spill;
+pub mod thumbnail_file;
 pub mod vocabulary;
 pub mod wal;
 
@@ -21,5 +22,6 @@ pub use item_table::{
 };
 pub use object_location::{CheckedFile, ObjectLocation};
 pub use spill::{SpillWriter, read_spill};
+pub use thumbnail_file::{THUMBNAILS_FILE, ThumbnailFile, write_thumbnails};
 pub use vocabulary::Vocabulary;
 pub use wal::{Wal, WalOp, WalRecord};

@@ -98,6 +98,7 @@ mod tests {
             weight: 1.0,
             source: id.is_multiple_of(2).then(|| "s".into()),
             vector: vec![id as f32, 0.5],
+            thumbnail: None,
         }
     }
 

@@ -11,6 +11,10 @@
 //! never acknowledged (the process died mid-append) and is cut off. A header
 //! or payload whose checksum fails is corruption and the log is refused: the
 //! header's own checksum keeps a flipped length from passing for a short tail.
+//!
+//! Payload: `count u32`, then per operation a tag: 1 upsert (`id u64 |
+//! weight f32 | label | source flag (+ source) | dim u32 | floats`), 3 the
+//! same followed by a thumbnail (`len u32 | bytes`), 2 delete (`id u64`).
 
 use fs_err as fs;
 use std::io::Write;
@@ -26,6 +30,11 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 
 const TAG_UPSERT: u8 = 1;
 const TAG_DELETE: u8 = 2;
+/// An upsert followed by its thumbnail (`len u32 | bytes`). A tag of its
+/// own keeps every log written before thumbnails readable as it was.
+const TAG_UPSERT_THUMBNAIL: u8 = 3;
+/// Upper bound on one thumbnail; larger lengths can only come from corruption.
+pub const MAX_THUMBNAIL_BYTES: usize = 1 << 20;
 
 /// One operation on a shard.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +45,11 @@ pub enum WalOp {
         weight: f32,
         source: Option<Arc<str>>,
         vector: Vec<f32>,
+        /// A small JPEG of the image the item was added as (the decision
+        /// page shows it), `None` for items added as vectors. It lives and
+        /// dies with the row: in this log, then in the sealed segment that
+        /// holds the row (`thumbnails.bin`).
+        thumbnail: Option<Arc<[u8]>>,
     },
     Delete {
         id: u64,
@@ -214,9 +228,14 @@ pub(crate) fn encode(record: &WalRecord) -> Vec<u8> {
                 weight,
                 source,
                 vector,
+                thumbnail,
             } => {
                 out.reserve(32 + label.len() + vector.len() * 4);
-                out.push(TAG_UPSERT);
+                out.push(if thumbnail.is_some() {
+                    TAG_UPSERT_THUMBNAIL
+                } else {
+                    TAG_UPSERT
+                });
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&weight.to_le_bytes());
                 put_str(&mut out, label);
@@ -230,6 +249,10 @@ pub(crate) fn encode(record: &WalRecord) -> Vec<u8> {
                 out.extend_from_slice(&(vector.len() as u32).to_le_bytes());
                 for x in vector {
                     out.extend_from_slice(&x.to_le_bytes());
+                }
+                if let Some(thumbnail) = thumbnail {
+                    out.extend_from_slice(&(thumbnail.len() as u32).to_le_bytes());
+                    out.extend_from_slice(thumbnail);
                 }
             }
             WalOp::Delete { id } => {
@@ -294,7 +317,7 @@ pub fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
     let mut ops = Vec::with_capacity(count.min(payload.len()));
     for _ in 0..count {
         match r.u8()? {
-            TAG_UPSERT => {
+            tag @ (TAG_UPSERT | TAG_UPSERT_THUMBNAIL) => {
                 let id = r.u64()?;
                 let weight = r.f32()?;
                 let label = r.str()?;
@@ -309,12 +332,22 @@ pub fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                     .collect();
+                let thumbnail = if tag == TAG_UPSERT_THUMBNAIL {
+                    let len = r.u32()? as usize;
+                    if len > MAX_THUMBNAIL_BYTES {
+                        return Err(format!("thumbnail of {len} bytes"));
+                    }
+                    Some(Arc::from(r.take(len)?))
+                } else {
+                    None
+                };
                 ops.push(WalOp::Upsert {
                     id,
                     label,
                     weight,
                     source,
                     vector,
+                    thumbnail,
                 });
             }
             TAG_DELETE => ops.push(WalOp::Delete { id: r.u64()? }),
@@ -339,6 +372,7 @@ mod tests {
             weight: 1.5,
             source: Some("s3://bucket/file.parquet#3".into()),
             vector,
+            thumbnail: None,
         }
     }
 
@@ -350,15 +384,17 @@ mod tests {
                     "[a-z]{0,8}",
                     prop::option::of("[ -~]{0,12}"),
                     prop::collection::vec(-1e3f32..1e3, 0..6),
-                    0f32..5.0
+                    0f32..5.0,
+                    prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
                 )
-                    .prop_map(|(id, label, source, vector, weight)| {
+                    .prop_map(|(id, label, source, vector, weight, thumbnail)| {
                         WalOp::Upsert {
                             id,
                             label: label.into(),
                             weight,
                             source: source.map(Into::into),
                             vector,
+                            thumbnail: thumbnail.map(Into::into),
                         }
                     }),
                 any::<u64>().prop_map(|id| WalOp::Delete { id }),
@@ -441,5 +477,43 @@ mod tests {
             Wal::open(&path),
             Err(StoreError::Corrupted { .. })
         ));
+    }
+
+    #[test]
+    fn thumbnails_have_their_own_tag_and_old_records_still_read() {
+        let plain = upsert(5, "a", vec![1.0]);
+        let bytes = encode(&vec![plain.clone()]);
+        assert_eq!(
+            bytes[4], TAG_UPSERT,
+            "a record without a thumbnail is written as before"
+        );
+        assert_eq!(decode(&bytes).unwrap(), vec![plain.clone()]);
+        let WalOp::Upsert {
+            id,
+            label,
+            weight,
+            source,
+            vector,
+            ..
+        } = plain
+        else {
+            unreachable!()
+        };
+        let with = WalOp::Upsert {
+            id,
+            label,
+            weight,
+            source,
+            vector,
+            thumbnail: Some(Arc::from(&b"jpeg"[..])),
+        };
+        let bytes = encode(&vec![with.clone()]);
+        assert_eq!(bytes[4], TAG_UPSERT_THUMBNAIL);
+        assert_eq!(decode(&bytes).unwrap(), vec![with]);
+        // A length no thumbnail has is corruption, not an allocation.
+        let mut huge = bytes.clone();
+        let at = huge.len() - 4 - 4;
+        huge[at..at + 4].copy_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(decode(&huge).unwrap_err().contains("thumbnail"));
     }
 }

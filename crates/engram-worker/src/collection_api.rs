@@ -46,6 +46,8 @@ pub trait ShardedCollection: Send + Sync {
     ) -> SearchResults;
     fn get(&self, id: u64) -> Result<Option<ItemView>>;
     fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>>;
+    /// The thumbnail of a live item added as an image.
+    fn thumbnail(&self, id: u64) -> Result<Option<std::sync::Arc<[u8]>>>;
     fn stats(&self) -> Result<CollectionStats>;
     /// Merges sealed segments by the merge policy and rewrites those (and
     /// WALs) past `min_deleted_fraction`; growing segments are sealed
@@ -122,6 +124,10 @@ impl ShardedCollection for HostedCollection {
 
     fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
         HostedCollection::get_vector(self, id)
+    }
+
+    fn thumbnail(&self, id: u64) -> Result<Option<std::sync::Arc<[u8]>>> {
+        HostedCollection::thumbnail(self, id)
     }
 
     fn stats(&self) -> Result<CollectionStats> {

@@ -523,6 +523,7 @@ impl WorkerNode {
                         weight: i.weight,
                         source: i.source,
                         vector: i.vector,
+                        thumbnail: i.thumbnail,
                     }));
                     Ok(())
                 })
@@ -729,12 +730,22 @@ impl WorkerNode {
             } else {
                 None
             };
+            let thumbnail = if request.thumbnail {
+                replica
+                    .shard
+                    .thumbnail(request.id)
+                    .map_err(internal)?
+                    .map(|t| t.to_vec())
+            } else {
+                None
+            };
             Ok(Some(ItemReply {
                 id: item.id,
                 label: item.label.to_string(),
                 weight: item.weight,
                 source: item.source.map(|s| s.to_string()),
                 vector,
+                thumbnail,
             }))
         })
         .await

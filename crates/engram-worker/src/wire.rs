@@ -132,6 +132,9 @@ pub struct GetRequest {
     pub shard: u32,
     pub id: u64,
     pub vector: bool,
+    /// Also the item's thumbnail, if it has one.
+    #[serde(default)]
+    pub thumbnail: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +144,8 @@ pub struct ItemReply {
     pub weight: f32,
     pub source: Option<String>,
     pub vector: Option<Vec<f32>>,
+    #[serde(default)]
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// Largest internal request body (replication and transfer chunks carry
@@ -179,6 +184,7 @@ impl From<crate::shard::ScannedItem> for ItemReply {
             weight: i.weight,
             source: i.source.map(|s| s.to_string()),
             vector: Some(i.vector),
+            thumbnail: i.thumbnail.map(|t| t.to_vec()),
         }
     }
 }
@@ -192,6 +198,7 @@ impl ItemReply {
             weight: self.weight,
             source: self.source.map(Into::into),
             vector: self.vector?,
+            thumbnail: self.thumbnail.map(Into::into),
         })
     }
 }

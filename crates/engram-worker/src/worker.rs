@@ -149,6 +149,7 @@ mod tests {
                     weight: 1.0,
                     source: Some(format!("file#{}", id % 3).into()),
                     vector,
+                    thumbnail: None,
                 }
             })
             .collect();

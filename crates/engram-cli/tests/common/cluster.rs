@@ -258,16 +258,22 @@ impl Cluster {
     /// [`Cluster::start_with`] whose nodes may also read and write local
     /// files under `extra_roots` (beside [`Cluster::exchange`]).
     pub fn start_with_roots(index_extra: &str, extra_roots: &[&Path]) -> Cluster {
-        Cluster::launch(index_extra, extra_roots, false)
+        Cluster::launch(index_extra, extra_roots, false, false)
+    }
+
+    /// A cluster whose coordinators load the default image embedder (the
+    /// real ONNX model, as `config/embedded.toml` configures it).
+    pub fn start_with_embedder() -> Cluster {
+        Cluster::launch("compaction_interval_s = 0", &[], false, true)
     }
 
     /// A cluster whose every port serves TLS: HTTPS on the public APIs,
     /// mutual TLS between peers, under a CA the test made.
     pub fn start_tls() -> Cluster {
-        Cluster::launch("compaction_interval_s = 0", &[], true)
+        Cluster::launch("compaction_interval_s = 0", &[], true, false)
     }
 
-    fn launch(index_extra: &str, extra_roots: &[&Path], tls: bool) -> Cluster {
+    fn launch(index_extra: &str, extra_roots: &[&Path], tls: bool, embedder: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let certs =
             tls.then(|| super::tls::TestCerts::generate(&dir.path().join("tls"), "cluster"));
@@ -302,6 +308,19 @@ impl Cluster {
             dir.path().join("segment-store").display().to_string(),
             roots.join(", ")
         );
+        let embedders = if embedder {
+            let shipped =
+                std::fs::read_to_string(super::repo_root().join("config/embedded.toml")).unwrap();
+            let section = &shipped[shipped.find("[embedders.default]").unwrap()..];
+            let model =
+                super::repo_root().join("models/efficientnet-lite0/efficientnet-lite0.onnx");
+            section.replace(
+                "model_path = \"models/efficientnet-lite0/efficientnet-lite0.onnx\"",
+                &format!("model_path = {:?}", model.display().to_string()),
+            )
+        } else {
+            String::new()
+        };
         let mut coordinators = Vec::new();
         for (i, port) in internal.iter().enumerate() {
             let id = i + 1;
@@ -312,7 +331,7 @@ impl Cluster {
                 format!(
                     "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{common}\
                      node_id = {id}\ninternal_listen = \"127.0.0.1:{port}\"\n\n\
-                     [collections]\nreplication = 2\n\n{index}",
+                     [collections]\nreplication = 2\n\n{index}\n{embedders}",
                     data.display().to_string()
                 ),
             )

@@ -3,8 +3,8 @@ through Playwright's CDP driver) against a running server.
 
 usage: decision_page.py BASE_URL COLLECTION QUERY_PNG SCREENSHOT_PNG
 
-Classifies an image, checks the decision, votes, neighbours and the
-highlighted counterfactual; relabels neighbours until the decision changes
+Classifies an image, checks the decision, votes, neighbours (each shown as
+its thumbnail, loaded) and the highlighted counterfactual; relabels neighbours until the decision changes
 and checks the audit trail; queries by a stored id; unlearns a neighbour;
 saves a screenshot. Exits non-zero (with the reason) on any failure.
 
@@ -19,6 +19,14 @@ from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 NEW_LABEL = "curated-label"
+
+
+def loaded_widths(page, selector):
+    """The natural widths of the images `selector` matches, once decoded
+    (a broken or missing image fails the decode)."""
+    return page.eval_on_selector_all(
+        selector, "imgs => Promise.all(imgs.map((i) => i.decode().then(() => i.naturalWidth)))"
+    )
 
 
 def main(base, collection, query_png, screenshot):
@@ -66,6 +74,10 @@ def main(base, collection, query_png, screenshot):
         expect(page.locator("#counterfactual")).to_contain_text("Counterfactual")
         assert page.locator(".neighbor.cf").count() >= 1, "counterfactual not highlighted"
         print(f"decision: {first}; counterfactual: {page.locator('#counterfactual').inner_text()}")
+        expect(page.locator(".neighbor .pic img")).to_have_count(5)
+        widths = loaded_widths(page, ".neighbor .pic img")
+        assert len(widths) == 5 and all(0 < w <= 96 for w in widths), widths
+        print(f"neighbour thumbnails loaded: widths {widths}")
 
         # 2. Relabel neighbours, best first, until the decision changes.
         audit_before = page.locator("#audit li").count()
@@ -85,6 +97,8 @@ def main(base, collection, query_png, screenshot):
         expect(page.locator("#audit li").first).to_contain_text("relabel")
         expect(page.locator("#audit li").first).to_contain_text("e2e test")
         print(f"decision changed to {NEW_LABEL} after relabelling {changed_after} neighbour(s)")
+        expect(page.locator(".neighbor .pic img")).to_have_count(5)
+        loaded_widths(page, ".neighbor .pic img")
         page.screenshot(path=screenshot, full_page=True)
 
         # 3. Query by a stored item: it never votes for itself.
@@ -93,6 +107,10 @@ def main(base, collection, query_png, screenshot):
         page.click("#classify")
         expect(page.locator(f".neighbor[data-id='{stored}']")).to_have_count(0)
         expect(page.locator(".neighbor")).to_have_count(5)
+        # The stored item's own picture stands for the query.
+        expect(page.locator("#preview")).to_be_visible()
+        assert loaded_widths(page, "#preview")[0] > 0
+        expect(page.locator(".neighbor .pic img")).to_have_count(5)
 
         # 4. Unlearn a neighbour: it is gone from the next decision.
         victim = page.locator(".neighbor").first.get_attribute("data-id")

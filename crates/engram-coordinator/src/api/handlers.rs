@@ -65,6 +65,28 @@ pub async fn get_item(
     Ok(Json(engram.get_item(&collection, id, query.vector).await?))
 }
 
+/// The item's thumbnail (JPEG), kept when it was added as an image.
+pub async fn thumbnail(
+    State(engram): State<Engram>,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
+) -> Result<impl IntoResponse> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "item id must be an unsigned 64-bit integer, got {id:?}"
+        ))
+    })?;
+    let jpeg = engram.thumbnail(&collection, id).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            // Re-adding the item replaces its picture; deleting it removes
+            // it: a browser revalidates rather than keep an old one.
+            (header::CACHE_CONTROL, "private, no-cache"),
+        ],
+        jpeg.to_vec(),
+    ))
+}
+
 pub async fn delete_items(
     State(engram): State<Engram>,
     ApiPath(collection): ApiPath<String>,

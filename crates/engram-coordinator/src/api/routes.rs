@@ -54,6 +54,7 @@ pub(super) fn table() -> Vec<(PublicRoute, Handler)> {
         route("POST", "/v1/collections/{collection}/items", Write, handlers::add_items),
         route("POST", "/v1/collections/{collection}/items/delete", Write, handlers::delete_items),
         route("GET", "/v1/collections/{collection}/items/{id}", Read, handlers::get_item),
+        route("GET", "/v1/collections/{collection}/items/{id}/thumbnail", Read, handlers::thumbnail),
         route("POST", "/v1/collections/{collection}/search", Read, handlers::search),
         route("POST", "/v1/collections/{collection}/classify", Read, handlers::classify),
         route("POST", "/v1/collections/{collection}/classify/batch", Read, handlers::classify_batch),

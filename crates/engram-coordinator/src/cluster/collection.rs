@@ -8,6 +8,7 @@
 //! run again on the new layout (upserts and deletes are idempotent).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use engram_core::CollectionSpec;
 use engram_core::merge_policy::SealGrowing;
@@ -217,6 +218,10 @@ impl ShardedCollection for RemoteCollection {
 
     fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
         self.on_layouts(|layouts| layouts.current.get_vector(id))
+    }
+
+    fn thumbnail(&self, id: u64) -> Result<Option<Arc<[u8]>>> {
+        self.on_layouts(|layouts| layouts.current.thumbnail(id))
     }
 
     fn stats(&self) -> Result<CollectionStats> {

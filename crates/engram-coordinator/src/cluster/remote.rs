@@ -352,7 +352,7 @@ impl RemoteLayout {
         (0..self.spec.shards).collect()
     }
 
-    fn get_item(&self, id: u64, vector: bool) -> Result<Option<ItemReply>> {
+    fn get_item(&self, id: u64, vector: bool, thumbnail: bool) -> Result<Option<ItemReply>> {
         let shard = shard_of(id, self.spec.shards);
         let (answers, unserved) =
             self.runtime
@@ -361,6 +361,7 @@ impl RemoteLayout {
                     shard,
                     id,
                     vector,
+                    thumbnail,
                 }))?;
         if !unserved.is_empty() {
             return Err(WorkerError::Unavailable(format!(
@@ -625,7 +626,7 @@ impl RemoteLayout {
     }
 
     pub(crate) fn get(&self, id: u64) -> Result<Option<ItemView>> {
-        Ok(self.get_item(id, false)?.map(|item| ItemView {
+        Ok(self.get_item(id, false, false)?.map(|item| ItemView {
             id: item.id,
             label: Arc::from(item.label),
             weight: item.weight,
@@ -634,7 +635,14 @@ impl RemoteLayout {
     }
 
     pub(crate) fn get_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
-        Ok(self.get_item(id, true)?.and_then(|item| item.vector))
+        Ok(self.get_item(id, true, false)?.and_then(|item| item.vector))
+    }
+
+    pub(crate) fn thumbnail(&self, id: u64) -> Result<Option<Arc<[u8]>>> {
+        Ok(self
+            .get_item(id, false, true)?
+            .and_then(|item| item.thumbnail)
+            .map(Into::into))
     }
 
     pub(crate) fn stats(&self) -> Result<CollectionStats> {

@@ -313,6 +313,10 @@ impl HostedCollection {
         self.layout().shard_for(id).get_vector(id)
     }
 
+    pub fn thumbnail(&self, id: u64) -> Result<Option<Arc<[u8]>>> {
+        self.layout().shard_for(id).thumbnail(id)
+    }
+
     /// `(deleted, total)` rows over every sealed segment.
     pub fn tombstones(&self) -> (u64, u64) {
         self.layout()

@@ -34,7 +34,7 @@ proptest! {
         for (step, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Upsert(id, l, v) => {
-                    hosted.write(vec![WalOp::Upsert { id, label: format!("l{l}").into(), weight: 1.0, source: None, vector: v.to_vec() }]).unwrap();
+                    hosted.write(vec![WalOp::Upsert { id, label: format!("l{l}").into(), weight: 1.0, source: None, vector: v.to_vec(), thumbnail: None }]).unwrap();
                     live.insert(id, (format!("l{l}"), v));
                     deleted.remove(&id);
                 }
@@ -141,6 +141,7 @@ fn put(id: u64, generation: u64) -> WalOp {
         weight: 1.0,
         source: Some(format!("src{}", id % 4).into()),
         vector: vector(id, generation),
+        thumbnail: None,
     }
 }
 

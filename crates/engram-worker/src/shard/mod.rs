@@ -130,6 +130,7 @@ impl Shard {
             growing: GrowingSegment::new(dim, metric, params)?,
             sealed: Vec::new(),
             items: ItemTable::default(),
+            thumbnails: std::collections::HashMap::new(),
             wal_dead: HashSet::new(),
             receiving: manifest
                 .receiving
@@ -379,6 +380,27 @@ impl Shard {
             weight: record.weight,
             source: record.source.clone(),
         })
+    }
+
+    /// The thumbnail of a live `id`, if it was added as an image: from the
+    /// growing segment's rows, or read from the `thumbnails.bin` of the
+    /// sealed segment that holds its live row.
+    pub fn thumbnail(&self, id: u64) -> Result<Option<Arc<[u8]>>> {
+        let segment = {
+            let state = self.state.read();
+            if state.growing.contains(id) {
+                return Ok(state.thumbnails.get(&id).cloned());
+            }
+            match state.sealed.iter().rev().find(|s| s.contains(id)) {
+                Some(segment) => segment.clone(),
+                None => return Ok(None),
+            }
+        };
+        let path = segment.dir().join(engram_store::THUMBNAILS_FILE);
+        match engram_store::ThumbnailFile::open(&path)? {
+            Some(file) => Ok(file.get(id)?),
+            None => Ok(None),
+        }
     }
 
     /// The stored vector of a live `id` (growing segment, or read back

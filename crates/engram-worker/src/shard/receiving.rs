@@ -85,6 +85,7 @@ impl Shard {
                     weight: row.weight,
                     source: row.source,
                     vector: row.vector,
+                    thumbnail: row.thumbnail,
                 })
                 .collect()
         };

@@ -33,11 +33,15 @@ impl Shard {
     }
 
     pub(super) fn seal_locked(&self, wal: &mut WalState) -> Result<()> {
-        let (ids, vectors, items) = {
+        let (ids, vectors, items, mut thumbnails) = {
             let state = self.state.read();
             let (ids, vectors) = state.growing.live_rows();
             let items = state.stored_items(&ids);
-            (ids, vectors, items)
+            let thumbnails: Vec<(u64, Arc<[u8]>)> = ids
+                .iter()
+                .filter_map(|id| Some((*id, state.thumbnails.get(id)?.clone())))
+                .collect();
+            (ids, vectors, items, thumbnails)
         };
         if ids.is_empty() {
             return Ok(());
@@ -55,12 +59,18 @@ impl Shard {
             &self.params,
         )?;
         engram_store::write_items(&segment_dir.join(ITEMS_FILE), &items)?;
+        engram_store::write_thumbnails(
+            &segment_dir.join(engram_store::THUMBNAILS_FILE),
+            &mut thumbnails,
+        )?;
         let segment = Arc::new(SealedSegment::open(&segment_dir, &self.params, false)?);
         let mut manifest = wal.manifest.clone();
         manifest.segments.push(name);
         manifest.next_segment += 1;
         self.rotate_wal(wal, manifest, |state| {
             state.growing = GrowingSegment::new(self.dim, self.metric, &self.params)?;
+            // Every growing row is now in the segment, its picture too.
+            state.thumbnails.clear();
             state.sealed.push(segment.clone());
             Ok(())
         })?;
@@ -124,6 +134,7 @@ impl Shard {
         let mut replaced = 0usize;
         self.rotate_wal_carrying(&mut wal, manifest, &carried, |state| {
             for item in &items {
+                state.thumbnails.remove(&item.id);
                 let mut was_live = state.growing.remove(item.id);
                 for older in &state.sealed {
                     was_live |= older.delete(item.id);
@@ -228,10 +239,17 @@ impl Shard {
         // deleted or replaced from here on is caught at the commit.
         let mut ids = Vec::new();
         let mut vectors = Vec::new();
+        let mut thumbnails = Vec::new();
         for segment in group {
             let (more_ids, more_vectors) = segment.live_rows()?;
             ids.extend(more_ids);
             vectors.extend(more_vectors);
+            // The live rows' pictures go with them; the deleted rows' stay
+            // behind, to be removed with this segment.
+            let path = segment.dir().join(engram_store::THUMBNAILS_FILE);
+            if let Some(file) = engram_store::ThumbnailFile::open(&path)? {
+                thumbnails.extend(file.read_where(|id| segment.contains(id))?);
+            }
         }
         let items = self.state.read().stored_items(&ids);
         let reclaimed: u64 = group.iter().map(|s| segment_bytes(s)).sum();
@@ -257,6 +275,10 @@ impl Shard {
             )?;
             drop(vectors);
             engram_store::write_items(&dir.join(ITEMS_FILE), &items)?;
+            engram_store::write_thumbnails(
+                &dir.join(engram_store::THUMBNAILS_FILE),
+                &mut thumbnails,
+            )?;
             Some((
                 name,
                 Arc::new(SealedSegment::open(&dir, &self.params, false)?),

@@ -1,20 +1,39 @@
 //! Reading a shard's live items with their vectors: full scans (pruning,
 //! resharding), consistent snapshots, and pages by id.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use engram_index::SealedSegment;
+
 use super::{ScannedItem, Shard};
 use crate::error::Result;
+
+/// The thumbnails a sealed segment holds (none when it has no file).
+fn segment_thumbnails(segment: &SealedSegment) -> Result<HashMap<u64, Arc<[u8]>>> {
+    let path = segment.dir().join(engram_store::THUMBNAILS_FILE);
+    Ok(match engram_store::ThumbnailFile::open(&path)? {
+        Some(file) => file.read_where(|_| true)?.into_iter().collect(),
+        None => HashMap::new(),
+    })
+}
 
 impl Shard {
     /// Every live item with its vector, one segment at a time (sealed rows
     /// are read back from their sectors). `f` is called once per segment.
     pub fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {
-        let (growing, sealed) = {
+        let (growing, thumbnails, sealed) = {
             let state = self.state.read();
-            (state.growing.live_rows(), state.sealed.clone())
+            (
+                state.growing.live_rows(),
+                state.thumbnails.clone(),
+                state.sealed.clone(),
+            )
         };
-        self.scan_rows(growing, f)?;
+        self.scan_rows(growing, &thumbnails, f)?;
         for segment in sealed {
-            self.scan_rows(segment.live_rows()?, f)?;
+            let thumbnails = segment_thumbnails(&segment)?;
+            self.scan_rows(segment.live_rows()?, &thumbnails, f)?;
         }
         Ok(())
     }
@@ -57,6 +76,7 @@ impl Shard {
                 weight: item.weight,
                 source: item.source,
                 vector,
+                thumbnail: self.thumbnail(id)?,
             });
         }
         Ok((items, next))
@@ -65,6 +85,7 @@ impl Shard {
     fn scan_rows(
         &self,
         (ids, vectors): (Vec<u64>, Vec<f32>),
+        thumbnails: &HashMap<u64, Arc<[u8]>>,
         f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>,
     ) -> Result<()> {
         let items: Vec<ScannedItem> = {
@@ -79,6 +100,7 @@ impl Shard {
                         weight: record.weight,
                         source: record.source.clone(),
                         vector: v.to_vec(),
+                        thumbnail: thumbnails.get(id).cloned(),
                     })
                 })
                 .collect()

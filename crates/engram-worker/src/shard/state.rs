@@ -1,7 +1,7 @@
 //! A shard's in-memory state and how a WAL record changes it (the same
 //! code applies a write and replays it at open).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use engram_core::{Neighbor, ScoredId};
@@ -14,6 +14,10 @@ pub(super) struct ShardState {
     pub(super) growing: GrowingSegment,
     pub(super) sealed: Vec<Arc<SealedSegment>>,
     pub(super) items: ItemTable,
+    /// Thumbnails of the growing segment's rows (those added as images):
+    /// they are in the WAL with their rows, and move into the sealed
+    /// segment's `thumbnails.bin` when it is sealed.
+    pub(super) thumbnails: HashMap<u64, Arc<[u8]>>,
     /// Ids whose rows the growing segment dropped (deleted or replaced)
     /// since the current WAL began: their old vectors are still in it
     /// until it is rewritten or retired.
@@ -33,6 +37,7 @@ impl ShardState {
                     weight,
                     source,
                     vector,
+                    thumbnail,
                 } => {
                     for segment in &self.sealed {
                         segment.delete(*id);
@@ -42,11 +47,18 @@ impl ShardState {
                     }
                     self.growing.upsert(*id, vector)?;
                     self.items.upsert(*id, label, *weight, source.clone());
+                    // The newest version's picture, or none: an older
+                    // version's must not show for it.
+                    match thumbnail {
+                        Some(t) => self.thumbnails.insert(*id, t.clone()),
+                        None => self.thumbnails.remove(id),
+                    };
                     if let Some(tombstones) = &mut self.receiving {
                         tombstones.remove(id);
                     }
                 }
                 WalOp::Delete { id } => {
+                    self.thumbnails.remove(id);
                     if self.growing.remove(*id) {
                         self.wal_dead.insert(*id);
                     } else {
@@ -93,6 +105,7 @@ impl ShardState {
                     weight: record.weight,
                     source: record.source.clone(),
                     vector: vector.to_vec(),
+                    thumbnail: self.thumbnails.get(id).cloned(),
                 })
             })
             .collect()

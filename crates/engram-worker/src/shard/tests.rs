@@ -42,6 +42,7 @@ fn upsert(id: u64, label: &str, vector: &[f32]) -> WalOp {
         weight: 1.0,
         source: Some(format!("src{}", id % 3).into()),
         vector: vector.to_vec(),
+        thumbnail: None,
     }
 }
 
@@ -630,6 +631,7 @@ fn scanned(id: u64, label: &str, vector: &[f32]) -> ScannedItem {
         weight: 1.0,
         source: None,
         vector: vector.to_vec(),
+        thumbnail: None,
     }
 }
 
@@ -765,6 +767,7 @@ mod receiving_properties {
                 weight: 1.0,
                 source: None,
                 vector: vector(id, version),
+                thumbnail: None,
             };
             for step in steps {
                 match step {

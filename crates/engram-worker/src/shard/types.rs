@@ -88,6 +88,9 @@ pub struct ScannedItem {
     pub weight: f32,
     pub source: Option<Arc<str>>,
     pub vector: Vec<f32>,
+    /// The row's thumbnail, when it was added as an image: copies of a
+    /// row (moves, resharding, snapshots) keep its picture.
+    pub thumbnail: Option<Arc<[u8]>>,
 }
 
 /// One shard's answer to a batch of queries.
