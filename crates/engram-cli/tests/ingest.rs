@@ -344,6 +344,18 @@ fn embeddings_and_images_from_s3_with_rejects() {
         &json!({ "image": fashion_png(&train, 25), "k": 1 }),
     );
     assert_eq!(found["neighbors"][0]["id"], 25, "{found}");
+    // Ingested images keep their thumbnails, from the image column and
+    // from fetched image_uri objects alike.
+    for id in [3u64, 25] {
+        let response = server
+            .http
+            .get(server.url(&format!("/v1/collections/img/items/{id}/thumbnail")))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "item {id}");
+        let thumbnail = image::load_from_memory(&response.bytes().unwrap()).unwrap();
+        assert_eq!((thumbnail.width(), thumbnail.height()), (28, 28));
+    }
 }
 
 #[test]

@@ -258,6 +258,7 @@ async fn ingest(
     let reader = RowGroupReader {
         hosted: hosted.clone(),
         embedder,
+        thumbnail_px: engram.config().collections.thumbnail_px,
         source,
         spec: spec.clone(),
         dir: dir.to_path_buf(),
@@ -322,6 +323,8 @@ pub(crate) struct GroupRead {
 pub(crate) struct RowGroupReader {
     hosted: Collection,
     embedder: Option<Arc<engram_ingest::OnnxEmbedder>>,
+    /// Thumbnails kept for image rows (`collections.thumbnail_px`).
+    thumbnail_px: u32,
     source: Source,
     spec: IngestSpec,
     dir: PathBuf,
@@ -372,6 +375,7 @@ impl RowGroupReader {
                 let store = self.source.store.clone();
                 let hosted = self.hosted.clone();
                 let embedder = self.embedder.clone();
+                let thumbnail_px = self.thumbnail_px;
                 let path = path.clone();
                 let sink = sink.clone();
                 let tally = &tally;
@@ -385,6 +389,7 @@ impl RowGroupReader {
                             embedder: embedder.as_deref(),
                             max_label: crate::service::MAX_LABEL_BYTES,
                             max_source: crate::service::MAX_SOURCE_BYTES,
+                            thumbnail_px,
                         };
                         let (items, bad) = prepare_rows(&path, rows, &target)?;
                         sink(&items)?;

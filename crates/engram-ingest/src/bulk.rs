@@ -134,6 +134,7 @@ pub fn build_segment(
     let mut ids = Vec::with_capacity(last.len());
     let mut vectors = Vec::with_capacity(last.len() * dim);
     let mut items = Vec::with_capacity(last.len());
+    let mut thumbnails = Vec::new();
     for (at, op) in ops.into_iter().enumerate() {
         let WalOp::Upsert {
             id,
@@ -141,7 +142,7 @@ pub fn build_segment(
             weight,
             source,
             vector,
-            ..
+            thumbnail,
         } = op
         else {
             continue;
@@ -151,6 +152,9 @@ pub fn build_segment(
         }
         ids.push(id);
         vectors.extend_from_slice(&vector);
+        if let Some(thumbnail) = thumbnail {
+            thumbnails.push((id, thumbnail));
+        }
         items.push(StoredItem {
             id,
             label,
@@ -169,6 +173,7 @@ pub fn build_segment(
     )?;
     drop(vectors);
     write_items(&dir.join(engram_store::SEGMENT_ITEMS_FILE), &items)?;
+    engram_store::write_thumbnails(&dir.join(engram_store::THUMBNAILS_FILE), &mut thumbnails)?;
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -211,6 +216,9 @@ mod tests {
             weight: 1.0,
             source: Some(format!("file#{id}")),
             vector: vec![x, x * 0.5, 1.0 - x, 0.25],
+            thumbnail: id
+                .is_multiple_of(2)
+                .then(|| format!("jpeg of {id}").into_bytes().into()),
         }
     }
 
@@ -246,9 +254,22 @@ mod tests {
             if let Some(seven) = items.iter().find(|i| i.id == 7) {
                 assert_eq!(&*seven.label, "b");
             }
+            // The even rows came with thumbnails: the segment keeps them.
+            let file = engram_store::ThumbnailFile::open(&dir.join(engram_store::THUMBNAILS_FILE))
+                .unwrap()
+                .unwrap();
+            for item in &items {
+                let got = file.get(item.id).unwrap();
+                let want = item
+                    .id
+                    .is_multiple_of(2)
+                    .then(|| format!("jpeg of {}", item.id).into_bytes());
+                assert_eq!(got.map(|t| t.to_vec()), want, "item {}", item.id);
+            }
             let names: Vec<&str> = built.files.iter().map(|f| f.name.as_str()).collect();
             assert!(
-                names.contains(&engram_store::SEGMENT_ITEMS_FILE),
+                names.contains(&engram_store::SEGMENT_ITEMS_FILE)
+                    && names.contains(&engram_store::THUMBNAILS_FILE),
                 "{names:?}"
             );
             let segment = SealedSegment::open(&dir, &params, true).unwrap();

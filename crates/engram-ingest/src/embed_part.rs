@@ -221,6 +221,8 @@ pub async fn run_part(job: PartJob<'_>) -> Result<PartOutcome> {
                             embedder: Some(&embedder),
                             max_label: MAX_LABEL_BYTES,
                             max_source: MAX_SOURCE_BYTES,
+                            // Embedding Parquet has no column for them.
+                            thumbnail_px: 0,
                         };
                         prepare_rows(&file, rows, &target)
                     })

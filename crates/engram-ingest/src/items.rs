@@ -25,6 +25,9 @@ pub struct Item {
     pub weight: f32,
     pub source: Option<String>,
     pub vector: Vec<f32>,
+    /// The JPEG thumbnail of a row that came as an image
+    /// ([`Target::thumbnail_px`] > 0).
+    pub thumbnail: Option<Arc<[u8]>>,
 }
 
 impl Item {
@@ -36,10 +39,13 @@ impl Item {
             weight: self.weight,
             source: self.source.as_deref().map(Into::into),
             vector: self.vector.clone(),
-            thumbnail: None,
+            thumbnail: self.thumbnail.clone(),
         }
     }
 }
+
+/// A row's JPEG thumbnail, when it came as an image.
+type Thumbnail = Option<Arc<[u8]>>;
 
 /// A row that could not be ingested, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +71,8 @@ pub struct Target<'a> {
     /// Longest label and source, in bytes.
     pub max_label: usize,
     pub max_source: usize,
+    /// Longer side of the thumbnail kept for each image row; 0 keeps none.
+    pub thumbnail_px: u32,
 }
 
 /// Validates `rows` of `file` (image URIs already fetched into images) and
@@ -133,6 +141,7 @@ pub fn prepare_rows(
                     weight: row.weight.unwrap_or(1.0),
                     source: row.source.clone(),
                     vector,
+                    thumbnail: None,
                 }),
                 Err(e) => rejects.push(Reject {
                     file: file.to_string(),
@@ -168,26 +177,31 @@ pub fn prepare_rows(
     // Decode and preprocess on every core; undecodable images are rejected
     // one by one instead of failing their batch.
     let per_image = embedder.preprocessor().tensor_len();
-    let tensors: Vec<std::result::Result<Vec<f32>, String>> = images
+    type Prepared = std::result::Result<(Vec<f32>, Thumbnail), String>;
+    let tensors: Vec<Prepared> = images
         .par_iter()
         .map(|(row, _, _)| {
             let Some(Payload::Image(bytes)) = &row.payload else {
                 unreachable!("only image rows are here")
             };
+            let preprocessor = embedder.preprocessor();
+            let image = preprocessor.decode(bytes)?;
             let mut out = vec![0f32; per_image];
-            embedder
-                .preprocessor()
-                .tensor_from_bytes(bytes, &mut out)
-                .map(|()| out)
+            preprocessor.write_tensor(&preprocessor.fit(&image), &mut out);
+            let thumbnail = match target.thumbnail_px {
+                0 => None,
+                px => Some(crate::thumbnail::make(&image, px)?.into()),
+            };
+            Ok((out, thumbnail))
         })
         .collect();
-    let mut good: Vec<(RawRow, u64, String)> = Vec::new();
+    let mut good: Vec<(RawRow, u64, String, Thumbnail)> = Vec::new();
     let mut batch: Vec<f32> = Vec::new();
     for ((row, id, label), tensor) in images.into_iter().zip(tensors) {
         match tensor {
-            Ok(t) => {
+            Ok((t, thumbnail)) => {
                 batch.extend_from_slice(&t);
-                good.push((row, id, label));
+                good.push((row, id, label, thumbnail));
             }
             Err(reason) => rejects.push(Reject {
                 file: file.to_string(),
@@ -203,7 +217,7 @@ pub fn prepare_rows(
         .zip(batch.chunks(batch_size * per_image))
     {
         let vectors = embedder.run(tensors, chunk.len())?;
-        for ((row, id, label), vector) in chunk.iter().zip(vectors) {
+        for ((row, id, label, thumbnail), vector) in chunk.iter().zip(vectors) {
             let vector = prepare(target.metric, vector, target.dim).map_err(|e| {
                 IngestError::Runtime(format!(
                     "the embedder's vector does not fit the collection: {e}"
@@ -215,6 +229,7 @@ pub fn prepare_rows(
                 weight: row.weight.unwrap_or(1.0),
                 source: row.source.clone(),
                 vector,
+                thumbnail: thumbnail.clone(),
             });
         }
     }
@@ -329,6 +344,7 @@ mod tests {
             embedder: None,
             max_label: 8,
             max_source: 8,
+            thumbnail_px: 0,
         };
         let rows = vec![
             row(0, Some("a"), Some(Payload::Embedding(vec![1.0, 2.0]))),
