@@ -23,7 +23,7 @@ use engram_worker::{
 };
 
 use super::ClusterBackend;
-use super::remote::RemoteLayout;
+use super::remote::{LayoutView, RemoteLayout};
 
 /// How often an operation is run again when the layout changed under it.
 const LAYOUT_RETRIES: usize = 4;
@@ -58,8 +58,11 @@ impl RemoteCollection {
         let current = state
             .collection(&self.name)
             .ok_or_else(|| WorkerError::UnknownCollection(self.name.clone()))?;
+        let view = LayoutView::of(state, &self.name)
+            .ok_or_else(|| WorkerError::UnknownCollection(self.name.clone()))?;
         let layout = |spec: &CollectionSpec| {
             RemoteLayout::new(self.cluster.clone(), spec.clone(), self.runtime.clone())
+                .in_view(view.clone())
         };
         Ok(Layouts {
             current: layout(&current.spec),
@@ -80,17 +83,22 @@ impl RemoteCollection {
     }
 
     /// Runs `op` on the layouts of the newest shard map, again when it
-    /// fails while the current layout changed under it (a flip).
+    /// fails while the layouts changed under it (a flip, or a resharding
+    /// begun or abandoned: a write must reach every layout of the map it
+    /// is acknowledged under).
     fn on_layouts<T>(&self, op: impl Fn(&Layouts) -> Result<T>) -> Result<T> {
         let mut attempt = 0;
         loop {
-            let layouts = self.layouts()?;
-            let key = layouts.current.spec().name.clone();
+            let state = self.cluster.state();
+            let layouts = self.layouts_in(&state)?;
+            let view = LayoutView::of(&state, &self.name);
+            drop(state);
             match op(&layouts) {
                 Ok(value) => return Ok(value),
                 Err(error) => {
                     attempt += 1;
-                    let moved = self.current_key().is_some_and(|now| now != key);
+                    let now = LayoutView::of(&self.cluster.state(), &self.name);
+                    let moved = now.is_some() && now != view;
                     if !moved || attempt >= LAYOUT_RETRIES {
                         return Err(error);
                     }

@@ -35,6 +35,40 @@ pub struct RemoteLayout {
     /// `spec.name` is the layout's key.
     spec: CollectionSpec,
     runtime: tokio::runtime::Handle,
+    /// The collection's layouts when this one was taken from the shard
+    /// map, for writes (see [`LayoutView`]); `None` outside a collection's
+    /// layouts.
+    view: Option<LayoutView>,
+}
+
+/// Which layouts a collection had in the shard map a write was planned
+/// on: its current layout and its resharding target, if any.
+///
+/// A write retried by its primary's loop re-reads the shard's placement
+/// (a failover, a copy marked out of sync) but must not outlive the set
+/// of layouts it was planned for: begun under one layout, it would land
+/// there alone after a resharding began, once the copy may have read that
+/// shard already, and the flip would lose it. Each attempt checks the view
+/// still holds; if not, the write fails and the collection runs it again
+/// on both layouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayoutView {
+    pub(crate) collection: String,
+    pub(crate) current: String,
+    pub(crate) target: Option<String>,
+}
+
+impl LayoutView {
+    /// The view of `collection` in `state` (`None` if it does not exist).
+    pub(crate) fn of(state: &engram_meta::ClusterState, collection: &str) -> Option<LayoutView> {
+        Some(LayoutView {
+            collection: collection.to_string(),
+            current: state.collection(collection)?.spec.name.clone(),
+            target: state
+                .reshard_target(collection)
+                .map(|(key, _)| key.to_string()),
+        })
+    }
 }
 
 /// Queries per worker search request (see `search_batch`).
@@ -61,7 +95,30 @@ impl RemoteLayout {
             cluster,
             spec,
             runtime,
+            view: None,
         }
+    }
+
+    /// This layout as one of the collection's layouts in `view`.
+    pub(crate) fn in_view(mut self, view: LayoutView) -> Self {
+        self.view = Some(view);
+        self
+    }
+
+    /// Refuses to go on with a write whose layouts are no longer the
+    /// collection's (see [`LayoutView`]).
+    fn check_view(&self) -> Result<()> {
+        let Some(view) = &self.view else {
+            return Ok(());
+        };
+        let now = LayoutView::of(&self.cluster.state(), &view.collection);
+        if now.as_ref() != Some(view) {
+            return Err(WorkerError::Unavailable(format!(
+                "the layouts of `{}` changed under this write ({view:?} -> {now:?}); it is run again on the new ones",
+                view.collection
+            )));
+        }
+        Ok(())
     }
 
     fn placements(&self) -> Result<Vec<engram_core::placement::ShardPlacement>> {
@@ -126,6 +183,7 @@ impl RemoteLayout {
     ) -> Result<Resp> {
         let mut last;
         loop {
+            self.check_view()?;
             let placement = self.placements()?[shard as usize].clone();
             if let Some(addr) = self.addr(placement.primary) {
                 let primary = placement.primary;
