@@ -480,3 +480,80 @@ fn unlearning_receipts_and_pruning_jobs() {
     let (_, list) = server.get("/v1/collections/m/jobs");
     assert_eq!(list["jobs"].as_array().unwrap().len(), 4);
 }
+
+/// The node follows its receipts on its own: `engram_unlearning_receipts`
+/// counts a fresh one as `deleted` with its age, and as `erased` once
+/// compaction has rewritten what held its rows.
+#[test]
+fn receipts_are_followed_until_erased_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "seal_threshold = 20\ncompaction_interval_s = 0\nmax_degree = 16\nbuild_list_size = 32\npq_bytes = 2",
+    );
+    let server = Server::start_with_env(
+        &config,
+        &dir.path().join("data"),
+        &[("ENGRAM_CURATION__RECEIPT_CHECK_S".into(), "1".into())],
+    );
+    let (status, body) = server.post(
+        "/v1/collections",
+        &json!({ "name": "m", "dim": 2, "metric": "l2", "shards": 2 }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = server.post("/v1/collections/m/items", &json!({ "items": memory() }));
+    assert_eq!(status, 200);
+    let gauge = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = server.metrics_text();
+            if done(&text) {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let deleted = "engram_unlearning_receipts{status=\"deleted\"}";
+    let erased = "engram_unlearning_receipts{status=\"erased\"}";
+    let text = server.metrics_text();
+    assert_eq!(
+        (gauge(&text, deleted), gauge(&text, erased)),
+        (0.0, 0.0),
+        "{text}"
+    );
+
+    let (status, body) = server.post("/v1/collections/m/items/delete", &json!({ "ids": [3, 4] }));
+    assert_eq!(status, 200, "{body}");
+    let text = wait_for("the receipt counted as deleted", &|t| {
+        gauge(t, deleted) == 1.0
+    });
+    assert_eq!(gauge(&text, erased), 0.0);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let text = wait_for("the receipt's age counted", &|t| {
+        gauge(t, "engram_unlearning_oldest_pending_seconds") >= 1.0
+    });
+    assert!(
+        gauge(&text, "engram_unlearning_oldest_pending_seconds") < 60.0,
+        "{text}"
+    );
+
+    let (status, body) = server.post(
+        "/v1/collections/m/compact",
+        &json!({ "seal": true, "min_deleted_fraction": 0.0 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = wait_for("the receipt counted as erased", &|t| {
+        gauge(t, erased) == 1.0 && gauge(t, deleted) == 0.0
+    });
+    assert_eq!(
+        gauge(&text, "engram_unlearning_oldest_pending_seconds"),
+        0.0
+    );
+}

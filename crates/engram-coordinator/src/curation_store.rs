@@ -145,6 +145,16 @@ impl CurationStore {
         }
     }
 
+    /// The numbers of `collection`'s receipts, ascending.
+    pub(crate) fn receipt_ids(&self, collection: &str) -> Result<Vec<u64>> {
+        match self {
+            CurationStore::Local(store) => Ok(store.get(collection)?.receipt_ids()?),
+            CurationStore::Raft(node) => raft_curation(node, collection, |c| {
+                c.receipts.keys().copied().collect::<Vec<u64>>()
+            }),
+        }
+    }
+
     pub(crate) fn receipt(&self, collection: &str, id: u64) -> Result<Option<Receipt>> {
         match self {
             CurationStore::Local(store) => store.get(collection)?.receipt(id),

@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod meta;
 pub mod metrics;
 pub mod rebalance_service;
+mod receipt_watch;
 mod reshard_service;
 pub mod service;
 pub mod snapshot_service;

@@ -161,6 +161,23 @@ impl CollectionMeta {
         load(&self.receipt_path(id))
     }
 
+    /// The numbers of every receipt kept, ascending.
+    pub fn receipt_ids(&self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for entry in fs_err::read_dir(self.dir.join(RECEIPTS_DIR)).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".bin"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     fn receipt_path(&self, id: u64) -> PathBuf {
         self.dir.join(RECEIPTS_DIR).join(format!("{id:016}.bin"))
     }

@@ -52,6 +52,8 @@ pub(crate) fn fan_out_call(route: &str, worker: u64, ok: bool, took: Duration) {
 pub struct Metrics {
     registry: Registry,
     index: IndexActivityMetrics,
+    unlearning_receipts: IntGaugeVec,
+    unlearning_oldest_pending: prometheus::Gauge,
     jobs: IntGaugeVec,
     job_progress: IntGaugeVec,
     cluster: IntGaugeVec,
@@ -186,8 +188,26 @@ impl Metrics {
             &["collection", "kind", "job", "what"],
         )
         .expect("valid metric");
+        let unlearning_receipts = IntGaugeVec::new(
+            Opts::new(
+                "unlearning_receipts",
+                "Unlearning receipts by status: deleted (some bytes of their rows still on disk), erased (none); checked every curation.receipt_check_s",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        for status in ["deleted", "erased"] {
+            unlearning_receipts.with_label_values(&[status]);
+        }
+        let unlearning_oldest_pending = prometheus::Gauge::new(
+            "unlearning_oldest_pending_seconds",
+            "Age of the oldest unlearning receipt still `deleted` (0 when none): an erasure that compaction has not reached",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(FAN_OUT.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(unlearning_receipts.clone()),
+            Box::new(unlearning_oldest_pending.clone()),
             Box::new(jobs.clone()),
             Box::new(job_progress.clone()),
             Box::new(cluster.clone()),
@@ -210,6 +230,8 @@ impl Metrics {
         Metrics {
             index: IndexActivityMetrics::register(&registry),
             registry,
+            unlearning_receipts,
+            unlearning_oldest_pending,
             jobs,
             job_progress,
             cluster,
@@ -341,6 +363,18 @@ impl Metrics {
                     .set(i64::try_from(value).unwrap_or(i64::MAX));
             }
         }
+    }
+
+    /// Sets `engram_unlearning_*` from one round of receipt checks.
+    pub fn set_unlearning(&self, view: &crate::receipt_watch::UnlearningView) {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.unlearning_receipts
+            .with_label_values(&["deleted"])
+            .set(clamp(view.deleted));
+        self.unlearning_receipts
+            .with_label_values(&["erased"])
+            .set(clamp(view.erased));
+        self.unlearning_oldest_pending.set(view.oldest_pending_s);
     }
 
     pub fn render(&self) -> String {

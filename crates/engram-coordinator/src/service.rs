@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     /// Interventions, pruning weights and receipts per collection.
     pub(crate) meta: CurationStore,
     pub(crate) jobs: Arc<Jobs>,
+    /// Unlearning receipts seen erased (`receipt_watch`).
+    pub(crate) receipts: crate::receipt_watch::ReceiptWatch,
     /// Where requests may make this node read and write.
     storage_access: StorageAccess,
     /// Held for the life of the process: one node per data directory.
@@ -110,6 +112,7 @@ impl Engram {
                 metrics: Metrics::new(),
                 meta: CurationStore::Local(MetaStore::new(&data_dir)),
                 jobs: Arc::new(Jobs::default()),
+                receipts: Default::default(),
                 _data_dir_lock: lock,
             }),
         })
@@ -134,6 +137,7 @@ impl Engram {
                 metrics: Metrics::new(),
                 meta,
                 jobs: Arc::new(Jobs::default()),
+                receipts: Default::default(),
                 _data_dir_lock: lock,
             }),
         })

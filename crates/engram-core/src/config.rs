@@ -27,6 +27,26 @@ pub struct EngramConfig {
     pub security: SecurityConfig,
     /// Where this node's trace spans go, besides its log.
     pub telemetry: TelemetryConfig,
+    /// Following unlearning receipts.
+    pub curation: CurationConfig,
+}
+
+/// How the node follows unlearning receipts until their bytes are gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CurationConfig {
+    /// Seconds between checks of the receipts not yet `erased` (each
+    /// asks every shard copy where the deleted rows' bytes still are); the
+    /// results feed `engram_unlearning_*`. 0 turns the checks off.
+    pub receipt_check_s: u64,
+}
+
+impl Default for CurationConfig {
+    fn default() -> Self {
+        CurationConfig {
+            receipt_check_s: 60,
+        }
+    }
 }
 
 /// An OpenTelemetry exporter for the node's spans (request, embed, search,

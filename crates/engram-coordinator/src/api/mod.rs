@@ -262,6 +262,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let compaction = engram.spawn_compaction();
+    let receipt_watch = engram.spawn_receipt_watch();
     if let Err(error) = engram.resume_jobs() {
         tracing::error!(%error, "could not resume the ingest jobs of the data directory");
     }
@@ -271,7 +272,7 @@ pub async fn serve(
     let served =
         engram_meta::serve::serve(listener, router(engram), head_timeout, stats, tls, shutdown)
             .await;
-    if let Some(task) = compaction {
+    for task in [compaction, receipt_watch].into_iter().flatten() {
         task.abort();
     }
     served
