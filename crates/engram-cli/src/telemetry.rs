@@ -72,6 +72,11 @@ pub fn init(exporter: Option<(&TelemetryConfig, &str)>) -> anyhow::Result<Teleme
                 .build();
             let tracer = built.tracer("engram");
             provider = Some(built);
+            // Internal calls carry W3C `traceparent` (engram_meta::request_id),
+            // so a request is one trace across coordinator and workers.
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)

@@ -2,7 +2,8 @@
 //! with `[telemetry] otlp_endpoint` set, one classification by image
 //! arrives as one trace whose spans are the request (with its request id),
 //! embed, search, one search per shard under it, merge and vote, each
-//! inside the request.
+//! inside the request; in a cluster, one search is one trace across the
+//! coordinator and every worker that served it (W3C `traceparent`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -54,18 +55,33 @@ impl Collector {
 
     /// Every span received so far, decoded.
     fn spans(&self) -> Vec<Span> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|body| {
-                ExportTraceServiceRequest::decode(body.as_slice())
-                    .expect("an OTLP protobuf body")
-                    .resource_spans
-            })
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans)
-            .collect()
+        self.services().into_iter().map(|(_, span)| span).collect()
+    }
+
+    /// Every span received so far with the `service.name` that sent it.
+    fn services(&self) -> Vec<(String, Span)> {
+        let mut out = Vec::new();
+        for body in self.bodies.lock().unwrap().iter() {
+            let request =
+                ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
+            for resource in request.resource_spans {
+                let service = resource
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        AnyValue::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        out.push((service.clone(), span));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -187,4 +203,93 @@ fn a_classification_arrives_as_one_trace_of_the_documented_spans() {
     for span in &trace {
         assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
     }
+}
+
+#[test]
+fn one_search_is_one_trace_across_the_coordinator_and_its_workers() {
+    let collector = Collector::start();
+    let cluster = common::cluster::Cluster::start_with(&format!(
+        "compaction_interval_s = 0\n\n[telemetry]\notlp_endpoint = {:?}",
+        collector.url
+    ));
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({ "name": "traced", "dim": 8, "metric": "l2", "shards": 6 }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let items: Vec<_> = (0..120u64)
+        .map(|id| json!({ "id": id, "label": format!("l{}", id % 3), "vector": common::cluster::vector(id) }))
+        .collect();
+    let (status, body) = cluster.post("/v1/collections/traced/items", &json!({ "items": items }));
+    assert!(status < 300, "{body}");
+    let base = cluster.coordinators[0].base.clone().unwrap();
+    let response = cluster
+        .http
+        .post(format!("{base}/v1/collections/traced/search"))
+        .header("x-request-id", "otlp-cluster-1")
+        .json(&json!({ "vector": common::cluster::vector(7), "k": 5 }))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Batches leave every 5 s by default: wait for the workers' too.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let spans = collector.services();
+        let root = spans.iter().find(|(service, s)| {
+            service == "engram-coordinator"
+                && s.name == "request"
+                && attribute(s, "request_id").as_deref() == Some("otlp-cluster-1")
+        });
+        if let Some((_, root)) = root {
+            let trace: Vec<&(String, Span)> = spans
+                .iter()
+                .filter(|(_, s)| s.trace_id == root.trace_id)
+                .collect();
+            let calls: Vec<&Span> = trace
+                .iter()
+                .filter(|(service, s)| service == "engram-coordinator" && s.name == "shard_call")
+                .map(|(_, s)| s)
+                .collect();
+            // Each worker's request span hangs under the coordinator's call
+            // to it, and its shard searches under that.
+            let served: Vec<&Span> = trace
+                .iter()
+                .filter(|(service, s)| service == "engram-worker" && s.name == "request")
+                .map(|(_, s)| s)
+                .collect();
+            let searched = trace
+                .iter()
+                .filter(|(service, s)| service == "engram-worker" && s.name == "shard_search")
+                .count();
+            if !calls.is_empty() && served.len() == calls.len() && searched >= 6 {
+                for worker_request in served {
+                    assert!(
+                        calls
+                            .iter()
+                            .any(|c| c.span_id == worker_request.parent_span_id),
+                        "a worker's request span is not under a shard_call: {trace:#?}"
+                    );
+                    assert_eq!(
+                        attribute(worker_request, "request_id").as_deref(),
+                        Some("otlp-cluster-1")
+                    );
+                }
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no joined trace arrived: {:#?}",
+            spans
+                .iter()
+                .map(|(service, s)| (service, &s.name, hex(&s.trace_id)))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -10,14 +10,49 @@
 //! coordinator's services wait on the cluster with `block_on`. Worker RPCs
 //! and Raft writes forwarded to the leader carry it; Raft's own replication
 //! does not (one append carries many requests' entries).
+//!
+//! When spans are exported (`[telemetry] otlp_endpoint`, which installs the
+//! W3C trace-context propagator), internal calls also carry `traceparent`,
+//! and the callee's `request` span continues the caller's trace: one
+//! request is one trace across the coordinator and its workers. Without an
+//! exporter the propagator is the no-op one and nothing more is sent.
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::propagation::{Extractor, Injector};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Writes trace-context headers into a request's headers.
+struct HeaderInjector<'a>(&'a mut axum::http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Reads trace-context headers of a request.
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
 
 /// The header that carries the id, in and out.
 pub const HEADER: &str = "x-request-id";
@@ -47,6 +82,10 @@ pub fn headers() -> axum::http::HeaderMap {
     if let Some(value) = current().and_then(|id| HeaderValue::from_str(&id).ok()) {
         headers.insert(HEADER, value);
     }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(&mut headers));
+    });
     headers
 }
 
@@ -77,7 +116,20 @@ pub fn make() -> String {
 /// Runs `future` as the work of request `id`: [`current`] answers `id`
 /// inside it and its log lines carry it.
 pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
+    scope_continuing(id, None, future).await
+}
+
+/// [`scope`] whose span continues the trace of `parent` (the caller's
+/// `traceparent`), when there is one.
+async fn scope_continuing<F: Future>(
+    id: String,
+    parent: Option<opentelemetry::Context>,
+    future: F,
+) -> F::Output {
     let span = tracing::info_span!("request", request_id = %id);
+    if let Some(parent) = parent {
+        let _ = span.set_parent(parent);
+    }
     TASK.scope(id, future.instrument(span)).await
 }
 
@@ -100,7 +152,7 @@ pub fn in_blocking<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
 pub async fn public(request: Request, next: Next) -> Response {
     let id = accept_or_make(request.headers().get(HEADER));
     let answered = HeaderValue::from_str(&id).ok();
-    let mut response = serve_logged(id, request, next, "request served").await;
+    let mut response = serve_logged(id, None, request, next, "request served").await;
     if let Some(value) = answered {
         response.headers_mut().insert(HEADER, value);
     }
@@ -114,17 +166,26 @@ pub async fn internal(request: Request, next: Next) -> Response {
         None => next.run(request).await,
         Some(value) => {
             let id = accept_or_make(Some(value));
-            serve_logged(id, request, next, "internal call served").await
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&HeaderExtractor(request.headers()))
+            });
+            serve_logged(id, Some(parent), request, next, "internal call served").await
         }
     }
 }
 
-/// Runs the rest of the stack under `id` and logs the request at debug
-/// (method, path, status, milliseconds) as `what`.
-async fn serve_logged(id: String, request: Request, next: Next, what: &'static str) -> Response {
+/// Runs the rest of the stack under `id` (continuing `parent`'s trace) and
+/// logs the request at debug (method, path, status, milliseconds) as `what`.
+async fn serve_logged(
+    id: String,
+    parent: Option<opentelemetry::Context>,
+    request: Request,
+    next: Next,
+    what: &'static str,
+) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    scope(id, async move {
+    scope_continuing(id, parent, async move {
         let started = std::time::Instant::now();
         let response = next.run(request).await;
         tracing::debug!(

@@ -68,7 +68,11 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> RpcError {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> RpcResult<T> + Send + 'static,
 ) -> RpcResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?
+    // The request's id and span go with the work (its log lines, and the
+    // shard searches' spans under the request's).
+    tokio::task::spawn_blocking(engram_meta::request_id::in_blocking(f))
+        .await
+        .map_err(internal)?
 }
 
 /// Who a worker is in the cluster and how it reaches the others.
