@@ -84,6 +84,19 @@ pub fn record_build(kind: BuildKind, rows: usize, seconds: f64) {
     BUILDS.micros[at].fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
 }
 
+/// Runs `build` (a segment build of `kind` over `rows` rows) and, if it
+/// succeeds, counts it with the seconds it took.
+pub fn timed<T, E>(
+    kind: BuildKind,
+    rows: usize,
+    build: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let built = build()?;
+    record_build(kind, rows, started.elapsed().as_secs_f64());
+    Ok(built)
+}
+
 /// `(served_from, searches, sector_reads)` so far.
 pub fn searches() -> Vec<(&'static str, u64, u64)> {
     (0..3)

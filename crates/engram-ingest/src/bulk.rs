@@ -13,7 +13,7 @@ use engram_core::Metric;
 use engram_core::config::IndexParams;
 use engram_core::shard::shard_of;
 use engram_index::SealedSegment;
-use engram_store::{CheckedFile, SpillWriter, StoredItem, WalOp, read_spill, write_items};
+use engram_store::{CheckedFile, SpillWriter, StoredItem, WalOp, read_spill};
 
 use crate::error::Result;
 use crate::items::Item;
@@ -162,18 +162,11 @@ pub fn build_segment(
             source,
         });
     }
-    SealedSegment::build_as(
-        engram_index::activity::BuildKind::Bulk,
-        dir,
-        &ids,
-        &vectors,
-        dim,
-        metric,
-        params,
-    )?;
+    engram_index::activity::timed(engram_index::activity::BuildKind::Bulk, ids.len(), || {
+        SealedSegment::build(dir, &ids, &vectors, dim, metric, params)
+    })?;
     drop(vectors);
-    write_items(&dir.join(engram_store::SEGMENT_ITEMS_FILE), &items)?;
-    engram_store::write_thumbnails(&dir.join(engram_store::THUMBNAILS_FILE), &mut thumbnails)?;
+    engram_store::write_row_tables(dir, &items, &mut thumbnails)?;
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

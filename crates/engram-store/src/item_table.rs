@@ -203,6 +203,17 @@ pub fn write_items(path: &std::path::Path, items: &[StoredItem]) -> crate::Resul
     crate::checksummed::write_atomic(path, &crate::wal::encode(&ops))
 }
 
+/// Writes a sealed segment's per-row tables into its directory: the item
+/// table and the thumbnails of the rows that have one (no file if none).
+pub fn write_row_tables(
+    dir: &std::path::Path,
+    items: &[StoredItem],
+    thumbnails: &mut [(u64, std::sync::Arc<[u8]>)],
+) -> crate::Result<()> {
+    write_items(&dir.join(SEGMENT_ITEMS_FILE), items)?;
+    crate::thumbnail_file::write_thumbnails(&dir.join(crate::THUMBNAILS_FILE), thumbnails)
+}
+
 /// Reads an item file written by [`write_items`]; a damaged file is refused.
 pub fn read_items(path: &std::path::Path) -> crate::Result<Vec<StoredItem>> {
     let bytes = crate::checksummed::read_verified(path)?;

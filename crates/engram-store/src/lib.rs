@@ -19,6 +19,7 @@ pub use confined_store::ConfinedLocalStore;
 pub use error::{Result, StoreError};
 pub use item_table::{
     ItemRecord, ItemTable, SEGMENT_ITEMS_FILE, StoredItem, read_items, write_items,
+    write_row_tables,
 };
 pub use object_location::{CheckedFile, ObjectLocation};
 pub use spill::{SpillWriter, read_spill};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::merge_policy::{self, SealGrowing, SegmentSize};
-use engram_index::activity::BuildKind;
+use engram_index::activity::{self, BuildKind};
 use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
 use engram_store::{StoredItem, Wal, WalRecord, checksummed};
 
@@ -49,20 +49,17 @@ impl Shard {
         let name = format!("{:08}", wal.manifest.next_segment);
         let segment_dir = self.unused_segment_dir(&name)?;
         tracing::info!(shard = self.number, segment = %name, rows = ids.len(), "sealing growing segment");
-        SealedSegment::build_as(
-            BuildKind::Seal,
-            &segment_dir,
-            &ids,
-            &vectors,
-            self.dim,
-            self.metric,
-            &self.params,
-        )?;
-        engram_store::write_items(&segment_dir.join(ITEMS_FILE), &items)?;
-        engram_store::write_thumbnails(
-            &segment_dir.join(engram_store::THUMBNAILS_FILE),
-            &mut thumbnails,
-        )?;
+        activity::timed(BuildKind::Seal, ids.len(), || {
+            SealedSegment::build(
+                &segment_dir,
+                &ids,
+                &vectors,
+                self.dim,
+                self.metric,
+                &self.params,
+            )
+        })?;
+        engram_store::write_row_tables(&segment_dir, &items, &mut thumbnails)?;
         let segment = Arc::new(SealedSegment::open(&segment_dir, &self.params, false)?);
         let mut manifest = wal.manifest.clone();
         manifest.segments.push(name);
@@ -264,21 +261,11 @@ impl Shard {
             };
             let dir = self.unused_segment_dir(&name)?;
             tracing::info!(shard = self.number, segment = %name, merged = group.len(), rows = ids.len(), "merging sealed segments");
-            SealedSegment::build_as(
-                BuildKind::Merge,
-                &dir,
-                &ids,
-                &vectors,
-                self.dim,
-                self.metric,
-                &self.params,
-            )?;
+            activity::timed(BuildKind::Merge, ids.len(), || {
+                SealedSegment::build(&dir, &ids, &vectors, self.dim, self.metric, &self.params)
+            })?;
             drop(vectors);
-            engram_store::write_items(&dir.join(ITEMS_FILE), &items)?;
-            engram_store::write_thumbnails(
-                &dir.join(engram_store::THUMBNAILS_FILE),
-                &mut thumbnails,
-            )?;
+            engram_store::write_row_tables(&dir, &items, &mut thumbnails)?;
             Some((
                 name,
                 Arc::new(SealedSegment::open(&dir, &self.params, false)?),

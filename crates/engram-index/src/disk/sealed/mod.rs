@@ -113,23 +113,6 @@ impl SealedSegment {
         build::build(dir, ids, vectors, dim, metric, params)
     }
 
-    /// [`Self::build`], counted as a build of `kind` with its rows and
-    /// seconds (`engram_segment_builds_total` and friends, [`crate::activity`]).
-    pub fn build_as(
-        kind: crate::activity::BuildKind,
-        dir: &Path,
-        ids: &[u64],
-        vectors: &[f32],
-        dim: usize,
-        metric: Metric,
-        params: &IndexParams,
-    ) -> Result<()> {
-        let started = std::time::Instant::now();
-        build::build(dir, ids, vectors, dim, metric, params)?;
-        crate::activity::record_build(kind, ids.len(), started.elapsed().as_secs_f64());
-        Ok(())
-    }
-
     /// Opens a built segment after verifying every file against its
     /// manifest; it is served from disk until [`Self::set_residency`] says
     /// otherwise. `force_pread` skips io_uring/O_DIRECT.
