@@ -230,6 +230,8 @@ fn every_process_of_make_cluster_exports_the_documented_series_and_they_move() {
     };
     assert!(sum(&after, "engram_segment_builds_total", "kind=\"seal\"") >= 4.0);
     assert!(sum(&after, "engram_segment_build_rows_total", "kind=\"seal\"") >= 600.0);
+    // Shard copies trained their codebooks at their first seals.
+    assert!(sum(&after, "engram_codebooks_trained_total", "reason=\"first\"") >= 1.0);
     assert!(
         sum(
             &after,

@@ -133,6 +133,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<engram_index::IndexError> for ApiError {
+    fn from(e: engram_index::IndexError) -> Self {
+        match e {
+            engram_index::IndexError::DimensionMismatch { .. }
+            | engram_index::IndexError::Invalid(_) => ApiError::invalid(e.to_string()),
+            engram_index::IndexError::Corrupted { .. } => {
+                ApiError::new(ErrorCode::Corrupted, e.to_string())
+            }
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match e {
@@ -144,14 +157,7 @@ impl From<WorkerError> for ApiError {
                 format!("collection `{name}` already exists"),
             ),
             WorkerError::Store(e) => e.into(),
-            WorkerError::Index(e) => match e {
-                engram_index::IndexError::DimensionMismatch { .. }
-                | engram_index::IndexError::Invalid(_) => ApiError::invalid(e.to_string()),
-                engram_index::IndexError::Corrupted { .. } => {
-                    ApiError::new(ErrorCode::Corrupted, e.to_string())
-                }
-                _ => ApiError::internal(e.to_string()),
-            },
+            WorkerError::Index(e) => e.into(),
             WorkerError::Io(e) => ApiError::internal(e.to_string()),
             WorkerError::Invalid(m) => ApiError::invalid(m),
             WorkerError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use engram_index::disk::codebook::CodebookStore;
 use engram_ingest::bulk::{ShardSpills, Spill, build_segment};
 use engram_store::ObjectLocation;
 use engram_worker::wire::SegmentObject;
@@ -61,6 +62,12 @@ struct Builder {
     /// The shard count rows are routed by (attaching refuses a collection
     /// resharded since).
     routed_by: u32,
+    /// The job's PQ codebook, trained on the first spill and reused by
+    /// every segment after it (kept in the job directory, so a resumed job
+    /// keeps it too).
+    codebooks: Arc<CodebookStore>,
+    /// The newest codebook version uploaded beside the segments.
+    uploaded_codebook: Mutex<u64>,
 }
 
 /// Runs the job's bulk path from `cp`; returns the final checkpoint.
@@ -107,6 +114,8 @@ pub(crate) async fn run(
         ),
         attached: Mutex::new((cp.items_written, cp.segments)),
         routed_by: shards,
+        codebooks: Arc::new(CodebookStore::open(&dir.join("codebooks"))?),
+        uploaded_codebook: Mutex::new(0),
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Generation>(1);
     let building = {
@@ -183,6 +192,39 @@ pub(crate) async fn run(
 }
 
 impl Builder {
+    /// Uploads the job's current codebook beside its segments
+    /// (`<collection>/job-<id>/codebooks/v<version>/`) once per version,
+    /// so object storage holds what encoded them.
+    async fn upload_codebook(&self) -> Result<()> {
+        let (Some(store), Some(codebook)) = (&self.store, self.codebooks.current()) else {
+            return Ok(());
+        };
+        if *self.uploaded_codebook.lock() >= codebook.version() {
+            return Ok(());
+        }
+        let dir = codebook.dir().to_path_buf();
+        let files = blocking(move || {
+            let mut files = Vec::new();
+            for entry in fs_err::read_dir(&dir).map_err(|e| ApiError::internal(e.to_string()))? {
+                let entry = entry.map_err(|e| ApiError::internal(e.to_string()))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                let (bytes, crc32) = engram_index::disk::manifest::file_crc32(&entry.path())?;
+                files.push(engram_store::CheckedFile { name, bytes, crc32 });
+            }
+            Ok(files)
+        })
+        .await?;
+        let key = format!(
+            "{}/job-{}/codebooks/v{:06}",
+            self.spec.collection,
+            self.spec.id,
+            codebook.version()
+        );
+        store.upload(&key, codebook.dir(), &files).await?;
+        *self.uploaded_codebook.lock() = codebook.version();
+        Ok(())
+    }
+
     /// Builds, uploads and attaches one segment per shard of `generation`,
     /// then saves its checkpoint.
     async fn build_generation(&self, generation: Generation, job: &Job) -> Result<()> {
@@ -226,14 +268,16 @@ impl Builder {
         let started = std::time::Instant::now();
         let built = {
             let (path, dir) = (spill.path.clone(), segment_dir.clone());
+            let codebooks = self.codebooks.clone();
             blocking(move || {
-                let built = build_segment(&path, &dir, dim, metric, &params)?;
+                let built = build_segment(&path, &dir, dim, metric, &params, &codebooks)?;
                 fs_err::remove_file(&path).map_err(|e| ApiError::internal(e.to_string()))?;
                 Ok(built)
             })
             .await?
         };
         let build_s = started.elapsed().as_secs_f64();
+        self.upload_codebook().await?;
         let object = match &self.store {
             Some(store) => {
                 let key = format!(

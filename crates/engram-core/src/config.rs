@@ -666,6 +666,14 @@ pub struct IndexParams {
     /// Largest merged segment, in MiB of full vectors (a build holds them
     /// in RAM); larger segments are only rewritten to drop deleted rows.
     pub merge_max_segment_mb: u64,
+    /// Rows a PQ codebook is trained on (an even sample of the rows at
+    /// hand). A shard or bulk job trains one and every later segment build
+    /// reuses it (`engram_index::disk::codebook`).
+    pub codebook_sample_rows: usize,
+    /// A shard retrains its codebook when rows about to be sealed quantise
+    /// this many times worse than the codebook's own training sample
+    /// (relative error); 0 never retrains on drift.
+    pub codebook_drift: f64,
 }
 
 impl Default for IndexParams {
@@ -684,6 +692,8 @@ impl Default for IndexParams {
             merge_segments_per_tier: 4,
             merge_floor_rows: 10_000,
             merge_max_segment_mb: 2_048,
+            codebook_sample_rows: 50_000,
+            codebook_drift: 1.5,
         }
     }
 }
@@ -739,6 +749,18 @@ impl IndexParams {
             return Err(CoreError::invalid(
                 "index.merge_max_segment_mb",
                 "must be at least 1",
+            ));
+        }
+        if self.codebook_sample_rows < 256 {
+            return Err(CoreError::invalid(
+                "index.codebook_sample_rows",
+                "must be at least 256 (one row per PQ centre)",
+            ));
+        }
+        if !(self.codebook_drift == 0.0 || self.codebook_drift > 1.0) {
+            return Err(CoreError::invalid(
+                "index.codebook_drift",
+                "must be 0 (never retrain on drift) or above 1",
             ));
         }
         if self.pq_bytes == 0

@@ -1,6 +1,7 @@
 //! Process-wide counts of what the segment indexes did: sealed-segment
 //! searches and the sector reads they issued, by where the segment is
-//! served from, and segment builds by kind with their rows and seconds.
+//! served from, segment builds by kind with their rows and seconds, and PQ
+//! codebooks trained by reason.
 //!
 //! Counted here, where the work happens, as plain atomics (this crate knows
 //! nothing of Prometheus); the metrics endpoints of the worker and the
@@ -95,6 +96,32 @@ pub fn timed<T, E>(
     let built = build()?;
     record_build(kind, rows, started.elapsed().as_secs_f64());
     Ok(built)
+}
+
+/// Why codebooks were trained, in [`codebooks`]' order.
+const TRAIN_REASONS: [&str; 4] = ["first", "grown", "drift", "requested"];
+
+static CODEBOOKS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// One PQ codebook trained (a shard's or a bulk job's), for `reason`.
+pub fn codebook_trained(reason: crate::disk::codebook::TrainReason) {
+    use crate::disk::codebook::TrainReason;
+    let at = match reason {
+        TrainReason::First => 0,
+        TrainReason::Grown => 1,
+        TrainReason::Drift => 2,
+        TrainReason::Requested => 3,
+    };
+    CODEBOOKS[at].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `(reason, codebooks trained)` so far.
+pub fn codebooks() -> Vec<(&'static str, u64)> {
+    TRAIN_REASONS
+        .iter()
+        .zip(&CODEBOOKS)
+        .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+        .collect()
 }
 
 /// `(served_from, searches, sector_reads)` so far.

@@ -13,6 +13,7 @@ use engram_core::Metric;
 use engram_core::config::IndexParams;
 use engram_core::shard::shard_of;
 use engram_index::SealedSegment;
+use engram_index::disk::codebook::CodebookStore;
 use engram_store::{CheckedFile, SpillWriter, StoredItem, WalOp, read_spill};
 
 use crate::error::Result;
@@ -116,13 +117,16 @@ pub struct BuiltSegment {
 
 /// Builds the sealed segment (DiskANN disk index, ids, delete bitmap,
 /// manifest, item table) of the rows in `spill` into `dir`, which must not
-/// exist. Blocking and CPU-heavy: call it from a blocking thread.
+/// exist, encoding its rows with the job's codebook (trained from these
+/// rows if the job has none yet, or if they drifted from it). Blocking and
+/// CPU-heavy: call it from a blocking thread.
 pub fn build_segment(
     spill: &Path,
     dir: &Path,
     dim: usize,
     metric: Metric,
     params: &IndexParams,
+    codebooks: &CodebookStore,
 ) -> Result<BuiltSegment> {
     let ops = read_spill(spill)?;
     let mut last: HashMap<u64, usize> = HashMap::with_capacity(ops.len());
@@ -163,7 +167,8 @@ pub fn build_segment(
         });
     }
     engram_index::activity::timed(engram_index::activity::BuildKind::Bulk, ids.len(), || {
-        SealedSegment::build(dir, &ids, &vectors, dim, metric, params)
+        let codebook = codebooks.for_rows(&vectors, dim, params)?;
+        SealedSegment::build_with(dir, &ids, &vectors, dim, metric, params, &codebook)
     })?;
     drop(vectors);
     engram_store::write_row_tables(dir, &items, &mut thumbnails)?;
@@ -232,6 +237,7 @@ mod tests {
             build_threads: 1,
             ..IndexParams::default()
         };
+        let codebooks = CodebookStore::open(&root.path().join("codebooks")).unwrap();
         let mut total = 0;
         for spill in &finished {
             let ops = read_spill(&spill.path).unwrap();
@@ -239,7 +245,8 @@ mod tests {
                 |op| matches!(op, WalOp::Upsert { id, .. } if shard_of(*id, 3) == spill.shard)
             ));
             let dir = root.path().join(format!("seg-{}", spill.shard));
-            let built = build_segment(&spill.path, &dir, 4, Metric::L2, &params).unwrap();
+            let built =
+                build_segment(&spill.path, &dir, 4, Metric::L2, &params, &codebooks).unwrap();
             total += built.rows;
             let items =
                 engram_store::read_items(&dir.join(engram_store::SEGMENT_ITEMS_FILE)).unwrap();
@@ -267,6 +274,11 @@ mod tests {
             );
             let segment = SealedSegment::open(&dir, &params, true).unwrap();
             assert_eq!(segment.rows(), built.rows);
+            assert_eq!(
+                segment.manifest().codebook,
+                Some(1),
+                "one codebook, trained once, encodes every segment of the job"
+            );
         }
         assert_eq!(total, 300);
     }

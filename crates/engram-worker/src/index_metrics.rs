@@ -7,7 +7,10 @@
 //!   saves, and the share of searches served from RAM its hit rate;
 //! - `engram_segment_builds_total{kind}`, `engram_segment_build_rows_total{kind}`
 //!   and `engram_segment_build_seconds_total{kind}` (`seal`, `merge`, `bulk`):
-//!   mean build time and rows/s are ratios of their rates.
+//!   mean build time and rows/s are ratios of their rates;
+//! - `engram_codebooks_trained_total{reason}` (`first`, `grown`, `drift`,
+//!   `requested`): PQ codebooks trained for shards and bulk jobs; every
+//!   other build reuses one.
 
 use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 
@@ -17,6 +20,7 @@ pub struct IndexActivityMetrics {
     builds: IntCounterVec,
     build_rows: IntCounterVec,
     build_seconds: CounterVec,
+    codebooks: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -55,6 +59,11 @@ impl IndexActivityMetrics {
                 &["kind"],
             )
             .expect("valid metric"),
+            codebooks: counter(
+                "codebooks_trained_total",
+                "PQ codebooks trained for shards and bulk jobs, by reason: first, grown (more rows than it saw), drift (quantisation error past index.codebook_drift), requested",
+                "reason",
+            ),
         };
         for collector in [
             Box::new(metrics.searches.clone()) as Box<dyn prometheus::core::Collector>,
@@ -62,6 +71,7 @@ impl IndexActivityMetrics {
             Box::new(metrics.builds.clone()),
             Box::new(metrics.build_rows.clone()),
             Box::new(metrics.build_seconds.clone()),
+            Box::new(metrics.codebooks.clone()),
         ] {
             registry
                 .register(collector)
@@ -88,6 +98,9 @@ impl IndexActivityMetrics {
             if behind > 0.0 {
                 counter.inc_by(behind);
             }
+        }
+        for (reason, trained) in engram_index::activity::codebooks() {
+            bring_up(self.codebooks.with_label_values(&[reason]), trained);
         }
     }
 }

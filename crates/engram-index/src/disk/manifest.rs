@@ -32,6 +32,10 @@ pub struct SegmentManifest {
     pub build_list_size: u32,
     pub alpha: f32,
     pub pq_bytes: usize,
+    /// The version of the shared codebook that encoded the rows; none when
+    /// the segment trained its own (and for segments from before codebooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codebook: Option<u64>,
     pub files: Vec<FileEntry>,
 }
 
@@ -163,6 +167,7 @@ mod tests {
                 build_list_size: 1,
                 alpha: 1.2,
                 pq_bytes: 0,
+                codebook: None,
                 files: vec![FileEntry {
                     name: name.into(),
                     bytes: 0,

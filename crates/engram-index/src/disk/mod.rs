@@ -8,6 +8,7 @@
 //!   reader where it does not (tmpfs, seccomp), chosen automatically.
 
 pub mod cache;
+pub mod codebook;
 pub mod growing;
 pub mod manifest;
 mod off_runtime_drop;

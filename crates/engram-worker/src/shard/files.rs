@@ -1,6 +1,6 @@
 //! A shard's files: `shard.bin` (the commit point of seals, merges,
 //! compactions and attaches), the WAL generations and the segment
-//! directories, and sweeping what an interrupted rewrite left behind.
+//! directories, the PQ codebooks, and sweeping what an interrupted rewrite left behind.
 
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,8 @@ pub(super) const SHARD_FILE: &str = "shard.bin";
 pub(super) const SEGMENTS_DIR: &str = "segments";
 pub(super) const ITEMS_FILE: &str = engram_store::SEGMENT_ITEMS_FILE;
 pub(super) const STAGING_DIR: &str = "incoming";
+/// The shard's PQ codebook versions (`engram_index::disk::codebook`).
+pub(super) const CODEBOOKS_DIR: &str = "codebooks";
 
 /// What `shard.bin` records.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

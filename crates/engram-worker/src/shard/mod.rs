@@ -37,14 +37,15 @@ use engram_core::Metric;
 use engram_core::ScoredId;
 use engram_core::config::IndexParams;
 use engram_core::topk::merge_sorted;
+use engram_index::disk::codebook::CodebookStore;
 use engram_index::{
     GrowingSegment, MutableSegmentIndex, SealedSegment, SearchTuning, SegmentCache, SegmentIndex,
 };
 use engram_store::{ItemTable, Wal, WalOp, WalRecord, checksummed};
 
 use self::files::{
-    ITEMS_FILE, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest, remove_leftovers,
-    segment_bytes, wal_path,
+    CODEBOOKS_DIR, ITEMS_FILE, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest,
+    remove_leftovers, segment_bytes, wal_path,
 };
 use self::state::{ShardState, neighbor};
 pub use self::types::{
@@ -70,6 +71,9 @@ pub struct Shard {
     state: RwLock<ShardState>,
     /// One merge or compaction at a time; writes and seals go on meanwhile.
     rewriting: Mutex<()>,
+    /// The PQ codebook every seal and merge of this shard encodes with
+    /// (trained at the first seal, retrained on growth or drift).
+    codebooks: CodebookStore,
 }
 
 impl Shard {
@@ -181,6 +185,7 @@ impl Shard {
             wal: Mutex::new(WalState { wal, manifest }),
             state: RwLock::new(state),
             rewriting: Mutex::new(()),
+            codebooks: CodebookStore::open(&dir.join(CODEBOOKS_DIR))?,
         })
     }
 

@@ -50,13 +50,15 @@ impl Shard {
         let segment_dir = self.unused_segment_dir(&name)?;
         tracing::info!(shard = self.number, segment = %name, rows = ids.len(), "sealing growing segment");
         activity::timed(BuildKind::Seal, ids.len(), || {
-            SealedSegment::build(
+            let codebook = self.codebooks.for_rows(&vectors, self.dim, &self.params)?;
+            SealedSegment::build_with(
                 &segment_dir,
                 &ids,
                 &vectors,
                 self.dim,
                 self.metric,
                 &self.params,
+                &codebook,
             )
         })?;
         engram_store::write_row_tables(&segment_dir, &items, &mut thumbnails)?;
@@ -262,7 +264,16 @@ impl Shard {
             let dir = self.unused_segment_dir(&name)?;
             tracing::info!(shard = self.number, segment = %name, merged = group.len(), rows = ids.len(), "merging sealed segments");
             activity::timed(BuildKind::Merge, ids.len(), || {
-                SealedSegment::build(&dir, &ids, &vectors, self.dim, self.metric, &self.params)
+                let codebook = self.codebooks.for_rows(&vectors, self.dim, &self.params)?;
+                SealedSegment::build_with(
+                    &dir,
+                    &ids,
+                    &vectors,
+                    self.dim,
+                    self.metric,
+                    &self.params,
+                    &codebook,
+                )
             })?;
             drop(vectors);
             engram_store::write_row_tables(&dir, &items, &mut thumbnails)?;

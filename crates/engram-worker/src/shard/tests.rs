@@ -823,3 +823,77 @@ mod receiving_properties {
         }
     }
 }
+
+/// Seals encode with the shard's one codebook: trained at the first seal,
+/// reused by the next, kept across a restart; a damaged one is refused by
+/// its checksum and replaced by a new version; rows that drifted from it
+/// get a new version too.
+#[test]
+fn seals_share_one_codebook_until_it_is_damaged_or_the_rows_drift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard");
+    let dim = 16;
+    let params = sealing_at_200();
+    let data = rows(400, dim);
+    let write = |shard: &Shard, ids: std::ops::Range<u64>, vector: &dyn Fn(u64) -> Vec<f32>| {
+        let ops = ids.map(|id| upsert(id, "c", &vector(id))).collect();
+        shard.write(ops).unwrap();
+    };
+    let codebooks = |shard: &Shard| -> Vec<Option<u64>> {
+        shard
+            .sealed()
+            .iter()
+            .map(|s| s.manifest().codebook)
+            .collect()
+    };
+    let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+    write(&shard, 0..200, &|id| data[id as usize].clone());
+    write(&shard, 200..400, &|id| data[id as usize].clone());
+    assert_eq!(codebooks(&shard), vec![Some(1), Some(1)], "trained once");
+    drop(shard);
+
+    let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+    assert_eq!(shard.codebooks.current().unwrap().version(), 1);
+    drop(shard);
+    let pivots = dir.join(CODEBOOKS_DIR).join("v000001").join("pivots.bin");
+    let mut bytes = std::fs::read(&pivots).unwrap();
+    bytes[64] ^= 1;
+    std::fs::write(&pivots, bytes).unwrap();
+    let shard = Shard::open(&dir, 0, dim, Metric::Cosine, &params).unwrap();
+    assert!(shard.codebooks.current().is_none(), "refused, not used");
+    write(&shard, 400..600, &|id| data[(id - 400) as usize].clone());
+    assert_eq!(
+        codebooks(&shard)[2],
+        Some(2),
+        "a new version, never v1 again"
+    );
+
+    // Rows far from everything the codebook saw: a mirrored, shifted set.
+    let drifted = |id: u64| {
+        let mut v: Vec<f32> = data[(id - 600) as usize]
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, x)| x * 0.2 + if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        engram_core::vector::normalize_in_place(&mut v).unwrap();
+        v
+    };
+    write(&shard, 600..800, &drifted);
+    assert_eq!(codebooks(&shard)[3], Some(3), "retrained on drift");
+    // Every segment still answers its own rows.
+    for (id, vector) in [(250u64, data[250].clone()), (700, drifted(700))] {
+        let hits = shard.search_batch(
+            &[vector.as_slice()],
+            1,
+            &SearchFilter::default(),
+            SearchTuning::default(),
+        );
+        assert_eq!(hits.lists[0][0].id, id);
+    }
+    let kept: Vec<_> = std::fs::read_dir(dir.join(CODEBOOKS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(kept, vec!["v000003".to_string()], "older versions removed");
+}

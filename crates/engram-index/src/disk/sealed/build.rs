@@ -1,28 +1,54 @@
-//! Building a sealed segment with `diskann-disk`'s builder.
+//! Building a sealed segment: DiskANN's disk layout from Engram's own
+//! pipeline over `diskann-disk`'s parts.
+//!
+//! `diskann-disk`'s `DiskIndexBuilder` trains a new PQ codebook inside
+//! every build and offers no way to pass one; that training was 80 % of a
+//! bulk load (docs/benchmarks.md). This module runs the same three steps
+//! the builder runs for a full-precision one-shot build, with the codebook
+//! as an input: (1) encode every row with a [`Codebook`] (shared, or
+//! trained on this segment's rows when none is given) into DiskANN's
+//! `_pq_pivots.bin` / `_pq_compressed.bin`; (2) build the Vamana graph in
+//! memory with DiskANN's async index (medoid start point, parallel inserts,
+//! final prune) and save it; (3) lay graph and full vectors out in 4 KiB
+//! sectors with `DiskIndexWriter`. The files are the ones DiskANN's
+//! searcher reads, so serving is unchanged.
 
 use fs_err as fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
+use diskann::provider::DefaultContext;
 use diskann::utils::ONE;
-use diskann_disk::QuantizationType;
-use diskann_disk::build::builder::build::DiskIndexBuilder;
 use diskann_disk::data_model::AdHoc;
-use diskann_disk::disk_index_build_parameter::{
-    DISK_SECTOR_LEN, DiskIndexBuildParameters, MemoryBudget, NumPQChunks,
-};
+use diskann_disk::disk_index_build_parameter::DISK_SECTOR_LEN;
 use diskann_disk::storage::DiskIndexWriter;
-use diskann_providers::model::IndexConfiguration;
-use diskann_providers::storage::FileStorageProvider;
+use diskann_providers::index::diskann_async::new_index;
+use diskann_providers::model::graph::provider::async_::common::{FullPrecision, NoDeletes};
+use diskann_providers::model::graph::provider::async_::inmem::{
+    DefaultProviderParameters, SetStartPoints,
+};
+use diskann_providers::storage::{
+    DiskGraphOnly, FileStorageProvider, SaveWith, get_compressed_pq_file, get_pq_pivot_file,
+};
+use diskann_providers::utils::{
+    MAX_MEDOID_SAMPLE_SIZE, create_rnd_from_optional_seed, find_medoid_with_sampling,
+};
+use diskann_utils::io::Metadata;
 use diskann_vector::distance::Metric as DiskMetric;
+use rayon::prelude::*;
 
 use engram_core::Metric;
 use engram_core::config::IndexParams;
 
 use super::deleted::{DELETED_FILE, write_deleted};
 use super::{IDS_FILE, prefix};
+use crate::disk::codebook::Codebook;
 use crate::disk::manifest::{FORMAT, SegmentManifest};
 use crate::error::{IndexError, Result};
+
+/// The medoid sample's seed: builds of the same rows are reproducible.
+const MEDOID_SEED: u64 = 0x5eed_0fe4_a3c5;
 
 fn build_threads(params: &IndexParams) -> usize {
     if params.build_threads > 0 {
@@ -37,8 +63,12 @@ fn build_threads(params: &IndexParams) -> usize {
 /// happens in `<dir>.building` and is renamed into place when complete
 /// and checksummed, so a crash never leaves a half-built segment at `dir`.
 ///
-/// Blocking and CPU-heavy (DiskANN calls `block_on` inside): call it from
-/// a blocking thread, never from async code.
+/// `codebook` encodes the rows when given (its dimension and chunk count
+/// must match); without one the segment trains its own on a sample of its
+/// rows.
+///
+/// Blocking and CPU-heavy (it runs its own tokio runtime inside): call it
+/// from a blocking thread, never from async code.
 pub(super) fn build(
     dir: &Path,
     ids: &[u64],
@@ -46,6 +76,7 @@ pub(super) fn build(
     dim: usize,
     metric: Metric,
     params: &IndexParams,
+    codebook: Option<&Codebook>,
 ) -> Result<()> {
     if ids.is_empty() || vectors.len() != ids.len() * dim {
         return Err(IndexError::Invalid(format!(
@@ -81,37 +112,68 @@ pub(super) fn build(
         }
         out.flush()?;
     }
-    let graph = crate::disk::graph_config(params)?;
+    let threads = build_threads(params);
     let pq_bytes = params.pq_bytes.min(dim);
-    let build_params = DiskIndexBuildParameters::new(
-        MemoryBudget::try_from_gb(4.0).map_err(|e| IndexError::DiskAnn(e.to_string()))?,
-        QuantizationType::FP,
-        NumPQChunks::new_with(pq_bytes, dim).map_err(|e| IndexError::DiskAnn(e.to_string()))?,
-    );
-    let configuration = IndexConfiguration::new(
-        DiskMetric::L2,
-        dim,
-        ids.len(),
-        ONE,
-        build_threads(params),
-        graph,
-    )
-    .with_pseudo_rng();
+    let started = std::time::Instant::now();
+    let own = match codebook {
+        Some(shared) => {
+            if shared.meta().dim != dim || shared.meta().chunks != pq_bytes {
+                return Err(IndexError::Invalid(format!(
+                    "codebook v{} encodes {} dimensions in {} bytes, the segment needs {dim} in {pq_bytes}",
+                    shared.version(),
+                    shared.meta().dim,
+                    shared.meta().chunks
+                )));
+            }
+            None
+        }
+        // No shared codebook: one of its own, as DiskANN's builder trains.
+        None => Some(Codebook::train(
+            &building.join("codebook"),
+            1,
+            vectors,
+            dim,
+            pq_bytes,
+            params.codebook_sample_rows,
+            threads,
+        )?),
+    };
+    let shared_version = codebook.filter(|_| own.is_none()).map(Codebook::version);
+    let codebook = own
+        .as_ref()
+        .or(codebook)
+        .ok_or_else(|| IndexError::Invalid("no codebook".into()))?;
+    let trained_s = started.elapsed().as_secs_f64();
+    let index_prefix = prefix(&building);
+    write_codes(&index_prefix, codebook, vectors, dim, threads)?;
+    let pq_s = started.elapsed().as_secs_f64();
+
     let writer = DiskIndexWriter::new(
         data_file.display().to_string(),
-        prefix(&building),
+        index_prefix,
         None,
         DISK_SECTOR_LEN,
     )?;
-    let mut builder = DiskIndexBuilder::<AdHoc<f32>, FileStorageProvider>::new(
-        &FileStorageProvider,
-        build_params,
-        configuration,
-        writer,
-    )?;
-    builder.build()?;
+    build_graph(&writer, vectors, dim, params, threads)?;
+    let graph_s = started.elapsed().as_secs_f64();
+    writer.create_disk_layout::<AdHoc<f32>, _>(&FileStorageProvider)?;
+    writer.index_build_cleanup(&FileStorageProvider)?;
     // The full vectors now live in the disk index's sectors.
     fs::remove_file(&data_file)?;
+    let codebook_dir = building.join("codebook");
+    if codebook_dir.exists() {
+        fs::remove_dir_all(&codebook_dir)?;
+    }
+    tracing::debug!(
+        rows = ids.len(),
+        dim,
+        shared_codebook = ?shared_version,
+        train_s = trained_s,
+        encode_s = pq_s - trained_s,
+        graph_s = graph_s - pq_s,
+        layout_s = started.elapsed().as_secs_f64() - graph_s,
+        "segment built"
+    );
 
     let mut id_bytes = Vec::with_capacity(ids.len() * 8);
     for id in ids {
@@ -138,6 +200,7 @@ pub(super) fn build(
         build_list_size: params.build_list_size,
         alpha: params.alpha,
         pq_bytes,
+        codebook: shared_version,
         files: Vec::new(),
     };
     manifest.checksum_files(&building, &names)?;
@@ -145,6 +208,134 @@ pub(super) fn build(
     fs::rename(&building, dir)?;
     if let Some(parent) = dir.parent() {
         fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Encodes every row with `codebook` into DiskANN's PQ files under
+/// `index_prefix`: the pivots (a copy of the codebook's) and the codes.
+fn write_codes(
+    index_prefix: &str,
+    codebook: &Codebook,
+    vectors: &[f32],
+    dim: usize,
+    threads: usize,
+) -> Result<()> {
+    fs::copy(codebook.pivots_file(), get_pq_pivot_file(index_prefix))?;
+    let chunks = codebook.meta().chunks;
+    let rows = vectors.len() / dim;
+    let mut codes = vec![0u8; rows * chunks];
+    const BATCH: usize = 4096;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| IndexError::DiskAnn(e.to_string()))?;
+    pool.install(|| {
+        vectors
+            .par_chunks(BATCH * dim)
+            .zip(codes.par_chunks_mut(BATCH * chunks))
+            .try_for_each(|(rows, codes)| codebook.encode(rows, codes))
+    })?;
+    let mut out = std::io::BufWriter::new(fs::File::create(get_compressed_pq_file(index_prefix))?);
+    Metadata::new(rows, chunks)
+        .map_err(|e| IndexError::Invalid(format!("{rows} rows of {chunks} bytes: {e:?}")))?
+        .write(&mut out)?;
+    out.write_all(&codes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Builds the Vamana graph of `vectors` in memory and saves it where the
+/// disk writer reads it (`writer.get_mem_index_file()`), as
+/// `DiskIndexBuilder`'s one-shot full-precision path does: the medoid of a
+/// sample as start point, rows inserted by `threads` tasks, a final prune.
+fn build_graph(
+    writer: &DiskIndexWriter,
+    vectors: &[f32],
+    dim: usize,
+    params: &IndexParams,
+    threads: usize,
+) -> Result<()> {
+    let rows = vectors.len() / dim;
+    let config = crate::disk::graph_config(params)?;
+    let provider = DefaultProviderParameters {
+        max_points: rows,
+        frozen_points: ONE,
+        dim,
+        metric: DiskMetric::L2,
+        prefetch_lookahead: None,
+        prefetch_cache_line_level: None,
+        max_degree: config.max_degree_u32().get(),
+    };
+    let mut rng = create_rnd_from_optional_seed(Some(MEDOID_SEED));
+    let (medoid, medoid_id) = find_medoid_with_sampling::<f32, _>(
+        &writer.get_dataset_file(),
+        &FileStorageProvider,
+        MAX_MEDOID_SAMPLE_SIZE,
+        &mut rng,
+    )?;
+    let start = u32::try_from(medoid_id)
+        .map_err(|_| IndexError::Invalid(format!("medoid {medoid_id} is not a u32 slot")))?;
+    let slots = u32::try_from(rows)
+        .map_err(|_| IndexError::Invalid(format!("{rows} rows do not fit u32 slots")))?;
+    let index = new_index::<f32, _>(config, provider, NoDeletes)?;
+    index
+        .provider()
+        .set_start_points(std::iter::once(medoid.as_slice()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .build()?;
+    let vectors: Arc<[f32]> = Arc::from(vectors);
+    let save_path = writer.get_mem_index_file();
+    runtime.block_on(async {
+        let tasks = threads.max(1) as u32;
+        let per_task = slots.div_ceil(tasks);
+        let mut inserts = tokio::task::JoinSet::new();
+        for task in 0..tasks {
+            let (index, vectors) = (index.clone(), vectors.clone());
+            let range = (task * per_task).min(slots)..((task + 1) * per_task).min(slots);
+            inserts.spawn(async move {
+                for slot in range {
+                    let at = slot as usize * dim;
+                    index
+                        .insert(
+                            &FullPrecision,
+                            &DefaultContext,
+                            &slot,
+                            &vectors[at..at + dim],
+                        )
+                        .await?;
+                }
+                diskann::ANNResult::Ok(())
+            });
+        }
+        join_all(&mut inserts).await?;
+        let total = index.provider().total_points() as u32;
+        let per_task = total.div_ceil(tasks);
+        let mut prunes = tokio::task::JoinSet::new();
+        for task in 0..tasks {
+            let index = index.clone();
+            let range = (task * per_task).min(total)..((task + 1) * per_task).min(total);
+            prunes.spawn(async move {
+                index
+                    .prune_range(&FullPrecision, &DefaultContext, range)
+                    .await
+            });
+        }
+        join_all(&mut prunes).await?;
+        index
+            .save_with(
+                &FileStorageProvider,
+                &(start, DiskGraphOnly::new(&save_path)),
+            )
+            .await?;
+        Ok::<(), IndexError>(())
+    })
+}
+
+async fn join_all(tasks: &mut tokio::task::JoinSet<diskann::ANNResult<()>>) -> Result<()> {
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| IndexError::DiskAnn(format!("a build task failed: {e}")))??;
     }
     Ok(())
 }

@@ -110,7 +110,21 @@ impl SealedSegment {
         metric: Metric,
         params: &IndexParams,
     ) -> Result<()> {
-        build::build(dir, ids, vectors, dim, metric, params)
+        build::build(dir, ids, vectors, dim, metric, params, None)
+    }
+
+    /// [`Self::build`] with rows encoded by a shared `codebook` instead of
+    /// one trained for this segment: no k-means, only encoding.
+    pub fn build_with(
+        dir: &Path,
+        ids: &[u64],
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        params: &IndexParams,
+        codebook: &crate::disk::codebook::Codebook,
+    ) -> Result<()> {
+        build::build(dir, ids, vectors, dim, metric, params, Some(codebook))
     }
 
     /// Opens a built segment after verifying every file against its

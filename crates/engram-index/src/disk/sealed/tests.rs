@@ -396,3 +396,76 @@ fn the_node_cache_budget_is_shared_out_and_freed() {
     assert!(matches!(large.residency(), Residency::NodeCache { nodes } if nodes > 200));
     assert_eq!(cache.usage().segments, 1);
 }
+
+/// The bar for a shared codebook: a segment encoded with a
+/// codebook trained on other rows of the same data answers with the
+/// recall of one that trained on its own rows (within 0.01, same L).
+#[test]
+fn a_shared_codebook_gives_the_recall_of_a_segment_trained_on_its_own_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dim = 32;
+    let n = 8_000;
+    // Two parts of one distribution: the codebook learns the first, the
+    // segments hold the second.
+    let rows = clustered(4 * n, dim, 11, false);
+    let (sample, held) = rows.split_at(3 * n * dim);
+    let mut params = params();
+    params.pq_bytes = 8;
+    params.search_list_size = 30;
+    let codebook = crate::disk::codebook::Codebook::train(
+        &tmp.path().join("codebooks"),
+        1,
+        sample,
+        dim,
+        8,
+        50_000,
+        2,
+    )
+    .unwrap();
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let (own, shared) = (tmp.path().join("own"), tmp.path().join("shared"));
+    SealedSegment::build(&own, &ids, held, dim, Metric::L2, &params).unwrap();
+    SealedSegment::build_with(&shared, &ids, held, dim, Metric::L2, &params, &codebook).unwrap();
+    let mut exact = FlatIndex::new(dim, Metric::L2);
+    for (id, row) in ids.iter().zip(held.chunks_exact(dim)) {
+        exact.upsert(*id, row).unwrap();
+    }
+    // Queries: unseen rows of the same distribution.
+    let queries = clustered(4 * n + 300, dim, 11, false).split_off(4 * n * dim);
+    let own = SealedSegment::open(&own, &params, false).unwrap();
+    let shared = SealedSegment::open(&shared, &params, false).unwrap();
+    assert_eq!(own.manifest.codebook, None);
+    assert_eq!(shared.manifest.codebook, Some(1));
+    let (r_own, r_shared) = (
+        recall_at_10(&own, &exact, &queries, dim),
+        recall_at_10(&shared, &exact, &queries, dim),
+    );
+    assert!(r_own > 0.6, "own codebook recall {r_own}");
+    eprintln!("recall@10 own {r_own} shared {r_shared}");
+    assert!(
+        (r_own - r_shared).abs() <= 0.01,
+        "own {r_own} vs shared {r_shared}"
+    );
+    // A codebook of another shape is refused, not used.
+    let wrong = crate::disk::codebook::Codebook::train(
+        &tmp.path().join("codebooks"),
+        2,
+        sample,
+        dim,
+        16,
+        50_000,
+        2,
+    )
+    .unwrap();
+    let err = SealedSegment::build_with(
+        &tmp.path().join("wrong"),
+        &ids,
+        held,
+        dim,
+        Metric::L2,
+        &params,
+        &wrong,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("codebook v2"), "{err}");
+}
