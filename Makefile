@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo demo-secure eval test test-engines chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo demo-secure eval test test-engines chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster bench-scale lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -100,6 +100,13 @@ bench-embed: setup
 ## 40 minutes; PARTS="real embedded cluster" picks parts).
 bench-cluster: setup
 	@scripts/bench_cluster.sh
+
+## Engram at 1M and 10M vectors (long, about an hour; not in CI): clustered
+## 128-d rows bulk-loaded into the loopback cluster of `make cluster`, then
+## recall, latency, QPS, build rate, RAM and disk per vector, and the
+## 10M/1M ratios (`scale n=...` lines; SCALES="1000000" for a short run).
+bench-scale: setup
+	@scripts/bench_scale.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

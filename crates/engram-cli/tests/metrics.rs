@@ -166,6 +166,18 @@ fn every_process_of_make_cluster_exports_the_documented_series_and_they_move() {
         );
         assert_eq!(status, 200, "{body}");
     }
+    // More rows, sealed with a codebook retrained on request: the request
+    // reaches every copy through the coordinator.
+    let items: Vec<_> = (300..400u64)
+        .map(|id| json!({ "id": id, "label": format!("l{}", id % 3), "vector": vector(id) }))
+        .collect();
+    let (status, body) = cluster.post("/v1/collections/watched/items", &json!({ "items": items }));
+    assert!(status < 300, "{body}");
+    let (status, body) = cluster.post(
+        "/v1/collections/watched/compact",
+        &json!({ "seal": true, "retrain_codebook": true }),
+    );
+    assert_eq!(status, 200, "{body}");
 
     let after = scrape_workers();
     // Every item is on two copies (replication 2): the shard gauges of the
@@ -174,7 +186,7 @@ fn every_process_of_make_cluster_exports_the_documented_series_and_they_move() {
         .iter()
         .map(|t| total(t, "engram_shard_items", "collection=\"watched\""))
         .sum();
-    assert_eq!(items, 600.0, "{after:?}");
+    assert_eq!(items, 800.0, "{after:?}");
     for series in [
         "engram_worker_requests_total",
         "engram_worker_request_duration_seconds_bucket",
@@ -230,8 +242,16 @@ fn every_process_of_make_cluster_exports_the_documented_series_and_they_move() {
     };
     assert!(sum(&after, "engram_segment_builds_total", "kind=\"seal\"") >= 4.0);
     assert!(sum(&after, "engram_segment_build_rows_total", "kind=\"seal\"") >= 600.0);
-    // Shard copies trained their codebooks at their first seals.
+    // Shard copies trained their codebooks at their first seals, and again
+    // when the compaction asked.
     assert!(sum(&after, "engram_codebooks_trained_total", "reason=\"first\"") >= 1.0);
+    assert!(
+        sum(
+            &after,
+            "engram_codebooks_trained_total",
+            "reason=\"requested\""
+        ) >= 1.0
+    );
     assert!(
         sum(
             &after,

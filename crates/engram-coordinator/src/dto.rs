@@ -94,6 +94,10 @@ pub struct CompactRequest {
     pub min_deleted_fraction: Option<f64>,
     /// Seal every shard's growing segment first, whatever its size.
     pub seal: Option<bool>,
+    /// Train a new PQ codebook per shard at its next segment build (this
+    /// compaction's seal or merge, if it has one) instead of reusing the
+    /// current one.
+    pub retrain_codebook: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -548,9 +548,10 @@ impl Engram {
             ));
         }
         let seal = SealGrowing::from_request(request.seal);
+        let retrain = request.retrain_codebook.unwrap_or(false);
         let started = std::time::Instant::now();
         let (done, sealed) = blocking(move || {
-            let done = hosted.compact(threshold, seal)?;
+            let done = hosted.compact(threshold, seal, retrain)?;
             Ok((done, hosted.stats()?.sealed_segments))
         })
         .await?;

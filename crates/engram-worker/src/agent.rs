@@ -101,7 +101,7 @@ impl WorkerNode {
                 let shard = replica.shard.number();
                 let compacted = blocking(move || {
                     replica
-                        .compact(threshold, SealGrowing::Never)
+                        .compact(threshold, SealGrowing::Never, false)
                         .map_err(internal)
                 })
                 .await;

@@ -51,8 +51,14 @@ pub trait ShardedCollection: Send + Sync {
     fn stats(&self) -> Result<CollectionStats>;
     /// Merges sealed segments by the merge policy and rewrites those (and
     /// WALs) past `min_deleted_fraction`; growing segments are sealed
-    /// first as `seal` says for their sizes.
-    fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction>;
+    /// first as `seal` says for their sizes. `retrain_codebook`: each
+    /// shard's next segment build trains a new PQ codebook.
+    fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+        retrain_codebook: bool,
+    ) -> Result<Compaction>;
     /// Attaches a sealed segment built by bulk ingestion to `shard` (its
     /// rows supersede older versions of their ids). `routed_by` is the shard
     /// count its rows were routed by: refused if the collection has been
@@ -134,8 +140,13 @@ impl ShardedCollection for HostedCollection {
         Ok(HostedCollection::stats(self))
     }
 
-    fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
-        HostedCollection::compact(self, min_deleted_fraction, seal)
+    fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+        retrain_codebook: bool,
+    ) -> Result<Compaction> {
+        HostedCollection::compact(self, min_deleted_fraction, seal, retrain_codebook)
     }
 
     fn attach_segment(

@@ -809,7 +809,13 @@ impl WorkerNode {
         blocking(move || {
             replicas
                 .iter()
-                .map(|r| r.compact(request.min_deleted_fraction, request.seal))
+                .map(|r| {
+                    r.compact(
+                        request.min_deleted_fraction,
+                        request.seal,
+                        request.retrain_codebook,
+                    )
+                })
                 .sum::<crate::Result<Compaction>>()
                 .map_err(internal)
         })

@@ -113,12 +113,18 @@ impl Replica {
 
     /// Compacts this copy unless a transfer replaced it meanwhile (then
     /// there is nothing to do: the successor starts without tombstones).
-    pub fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
+    pub fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+        retrain_codebook: bool,
+    ) -> Result<Compaction> {
         let retired = self.retired.lock();
         if *retired {
             return Ok(Compaction::default());
         }
-        self.shard.compact(min_deleted_fraction, seal)
+        self.shard
+            .compact(min_deleted_fraction, seal, retrain_codebook)
     }
 
     /// Runs `f` on this copy's shard unless a transfer or a move replaced

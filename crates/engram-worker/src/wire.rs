@@ -243,6 +243,9 @@ pub struct CompactRequest {
     pub min_deleted_fraction: f64,
     /// Which of each copy's growing segments are sealed first.
     pub seal: SealGrowing,
+    /// Each copy's next segment build trains a new PQ codebook.
+    #[serde(default)]
+    pub retrain_codebook: bool,
 }
 
 /// An out-of-sync host asks the shard's primary to bring it up to date.

@@ -236,8 +236,17 @@ impl ShardedCollection for RemoteCollection {
         self.on_layouts(|layouts| layouts.current.stats())
     }
 
-    fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
-        self.on_layouts(|layouts| layouts.current.compact(min_deleted_fraction, seal))
+    fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+        retrain_codebook: bool,
+    ) -> Result<Compaction> {
+        self.on_layouts(|layouts| {
+            layouts
+                .current
+                .compact(min_deleted_fraction, seal, retrain_codebook)
+        })
     }
 
     fn attach_segment(

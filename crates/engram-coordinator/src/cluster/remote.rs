@@ -752,6 +752,7 @@ impl RemoteLayout {
         &self,
         min_deleted_fraction: f64,
         seal: SealGrowing,
+        retrain_codebook: bool,
     ) -> Result<Compaction> {
         // Every in-sync copy compacts its own files; the count is over all
         // copies.
@@ -770,6 +771,7 @@ impl RemoteLayout {
                     shards,
                     min_deleted_fraction,
                     seal,
+                    retrain_codebook,
                 };
                 let timeout = Duration::from_secs(3600);
                 let Some(n) = self

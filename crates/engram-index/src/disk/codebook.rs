@@ -399,6 +399,8 @@ pub struct CodebookStore {
 
 struct StoreState {
     current: Option<Arc<Codebook>>,
+    /// The next [`CodebookStore::for_rows`] trains a new version.
+    retrain: bool,
     /// Versions are never reused, even of a codebook refused as damaged.
     next_version: u64,
 }
@@ -424,6 +426,7 @@ impl CodebookStore {
             dir: dir.to_path_buf(),
             state: Mutex::new(StoreState {
                 current,
+                retrain: false,
                 next_version: newest.map_or(1, |v| v + 1),
             }),
         })
@@ -447,6 +450,7 @@ impl CodebookStore {
         let rows = vectors.len() / dim.max(1);
         let mut state = self.state.lock();
         let reason = match &state.current {
+            _ if state.retrain => TrainReason::Requested,
             None => TrainReason::First,
             Some(c) if c.meta().dim != dim || c.meta().chunks != chunks => TrainReason::First,
             Some(c)
@@ -461,15 +465,11 @@ impl CodebookStore {
         self.train_locked(&mut state, vectors, dim, params, reason)
     }
 
-    /// Trains a new version on `vectors` whatever the current one is.
-    pub fn retrain(
-        &self,
-        vectors: &[f32],
-        dim: usize,
-        params: &IndexParams,
-    ) -> Result<Arc<Codebook>> {
-        let mut state = self.state.lock();
-        self.train_locked(&mut state, vectors, dim, params, TrainReason::Requested)
+    /// Makes the next [`Self::for_rows`] train a new version whatever the
+    /// current one is (an operator's request: after the data changed in a
+    /// way drift detection does not see, or to use a new sample size).
+    pub fn request_retraining(&self) {
+        self.state.lock().retrain = true;
     }
 
     fn train_locked(
@@ -499,6 +499,7 @@ impl CodebookStore {
         )?);
         state.next_version = version + 1;
         state.current = Some(trained.clone());
+        state.retrain = false;
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().to_string();

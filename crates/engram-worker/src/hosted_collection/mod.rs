@@ -369,11 +369,16 @@ impl HostedCollection {
 
     /// Compacts every shard (see [`Shard::compact`]), one at a time; returns
     /// the segments rewritten and bytes reclaimed.
-    pub fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
+    pub fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+        retrain_codebook: bool,
+    ) -> Result<Compaction> {
         self.layout()
             .shards
             .iter()
-            .map(|s| s.compact(min_deleted_fraction, seal))
+            .map(|s| s.compact(min_deleted_fraction, seal, retrain_codebook))
             .sum()
     }
 
@@ -381,7 +386,7 @@ impl HostedCollection {
     /// and rewrites of segments and WALs whose deleted share passes
     /// `min_deleted_fraction` (see [`Shard::compact`]).
     pub fn compact_due(&self, min_deleted_fraction: f64) -> Result<Compaction> {
-        self.compact(min_deleted_fraction, SealGrowing::Never)
+        self.compact(min_deleted_fraction, SealGrowing::Never, false)
     }
 
     /// Shard `shard`'s live items at one instant (see [`Shard::snapshot`]).

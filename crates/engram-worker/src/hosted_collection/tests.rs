@@ -52,7 +52,7 @@ proptest! {
             }
             if step % 23 == 22 {
                 // Compaction rewrites sealed segments without deleted rows.
-                hosted.compact(0.0, SealGrowing::Never).unwrap();
+                hosted.compact(0.0, SealGrowing::Never, false).unwrap();
             }
             if step % 17 == 16 {
                 drop(hosted);

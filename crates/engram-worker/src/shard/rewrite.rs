@@ -197,7 +197,18 @@ impl Shard {
     ///
     /// Merges build outside the write lock (writes go on); what was deleted
     /// or replaced meanwhile is marked deleted in the result at commit.
-    pub fn compact(&self, min_deleted_fraction: f64, seal: SealGrowing) -> Result<Compaction> {
+    ///
+    /// `retrain_codebook` makes the next segment build (this run's seal or
+    /// merge, or a later one) train a new PQ codebook on its rows.
+    pub fn compact(
+        &self,
+        min_deleted_fraction: f64,
+        seal: SealGrowing,
+        retrain_codebook: bool,
+    ) -> Result<Compaction> {
+        if retrain_codebook {
+            self.codebooks.request_retraining();
+        }
         let policy = self.params.merge_policy(self.dim, min_deleted_fraction);
         let growing = self.state.read().growing.len() as u64;
         if seal.seals(growing, &policy) {

@@ -181,7 +181,7 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
             .iter()
             .any(|id| files_contain(&dir, &bytes(&data[*id as usize])))
     );
-    let done = shard.compact(0.0, SealGrowing::Never).unwrap();
+    let done = shard.compact(0.0, SealGrowing::Never, false).unwrap();
     assert_eq!(
         done.segments_rewritten, 2,
         "both sealed segments had deletions"
@@ -216,7 +216,7 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
     );
     // Nothing left to do: a second compaction rewrites nothing.
     assert_eq!(
-        shard.compact(0.0, SealGrowing::Never).unwrap(),
+        shard.compact(0.0, SealGrowing::Never, false).unwrap(),
         Compaction::default()
     );
 }
@@ -513,7 +513,7 @@ fn merging_sixteen_segments_leaves_one_with_the_same_answers() {
     assert!(!shard.presence(&deletion).segments.is_empty());
 
     // A policy that merges only full tiers: 16 -> 4 -> 1, deletes dropped.
-    let done = shard.compact(0.9, SealGrowing::Never).unwrap();
+    let done = shard.compact(0.9, SealGrowing::Never, false).unwrap();
     assert_eq!(shard.sealed_segments(), 1, "{done:?}");
     assert_eq!(
         done.segments_rewritten, 20,
@@ -567,10 +567,10 @@ fn compaction_rewrites_the_wal_instead_of_sealing_a_small_growing_segment() {
     // user's compaction (`Large`) leaves 90 rows, under the merge floor of
     // 10,000, growing.
     assert_eq!(
-        shard.compact(0.5, SealGrowing::Large).unwrap(),
+        shard.compact(0.5, SealGrowing::Large, false).unwrap(),
         Compaction::default()
     );
-    let done = shard.compact(0.0, SealGrowing::Large).unwrap();
+    let done = shard.compact(0.0, SealGrowing::Large, false).unwrap();
     assert_eq!((done.wals_rewritten, done.segments_written), (1, 0));
     assert_eq!(shard.sealed_segments(), 0);
     assert!(!shard.presence(&deletion).wal);
@@ -606,12 +606,12 @@ fn a_user_compaction_seals_a_growing_segment_of_a_tier_floor() {
             .unwrap()
     };
     write(0..100);
-    shard.compact(0.0, SealGrowing::Large).unwrap();
+    shard.compact(0.0, SealGrowing::Large, false).unwrap();
     assert_eq!(shard.sealed_segments(), 0, "100 rows are under the floor");
     write(100..200);
-    shard.compact(0.0, SealGrowing::Never).unwrap();
+    shard.compact(0.0, SealGrowing::Never, false).unwrap();
     assert_eq!(shard.sealed_segments(), 0, "maintenance never seals");
-    shard.compact(0.0, SealGrowing::Large).unwrap();
+    shard.compact(0.0, SealGrowing::Large, false).unwrap();
     assert_eq!(shard.sealed_segments(), 1);
     assert_eq!(shard.stats().growing_rows, 0);
     assert_eq!(shard.len(), 200);
@@ -891,9 +891,20 @@ fn seals_share_one_codebook_until_it_is_damaged_or_the_rows_drift() {
         );
         assert_eq!(hits.lists[0][0].id, id);
     }
+    // An operator's request: the next build (here the compaction's merge of
+    // the four segments, a full tier) trains one, whatever drift says.
+    let done = shard.compact(0.0, SealGrowing::Never, true).unwrap();
+    assert!(
+        done.segments_written > 0,
+        "a full tier was merged: {done:?}"
+    );
+    assert_eq!(shard.codebooks.current().unwrap().version(), 4);
+    assert_eq!(codebooks(&shard), vec![Some(4)], "merged with the new one");
+    write(&shard, 800..1000, &|id| data[(id - 800) as usize].clone());
+    assert_eq!(codebooks(&shard).last(), Some(&Some(4)), "and reused after");
     let kept: Vec<_> = std::fs::read_dir(dir.join(CODEBOOKS_DIR))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
-    assert_eq!(kept, vec!["v000003".to_string()], "older versions removed");
+    assert_eq!(kept, vec!["v000004".to_string()], "older versions removed");
 }

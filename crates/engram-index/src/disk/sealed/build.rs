@@ -16,7 +16,6 @@
 use fs_err as fs;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use diskann::provider::DefaultContext;
 use diskann::utils::ONE;
@@ -282,60 +281,58 @@ fn build_graph(
     index
         .provider()
         .set_start_points(std::iter::once(medoid.as_slice()))?;
+    // Inserts and prunes are CPU-bound futures: each of `threads` scoped
+    // threads drives its share with the runtime's `block_on`, borrowing the
+    // rows (spawned tasks would need them copied into an `Arc`, a second
+    // copy of the segment's vectors beside the index's own).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(1)
+        .enable_all()
         .build()?;
-    let vectors: Arc<[f32]> = Arc::from(vectors);
-    let save_path = writer.get_mem_index_file();
-    runtime.block_on(async {
-        let tasks = threads.max(1) as u32;
-        let per_task = slots.div_ceil(tasks);
-        let mut inserts = tokio::task::JoinSet::new();
-        for task in 0..tasks {
-            let (index, vectors) = (index.clone(), vectors.clone());
-            let range = (task * per_task).min(slots)..((task + 1) * per_task).min(slots);
-            inserts.spawn(async move {
-                for slot in range {
-                    let at = slot as usize * dim;
-                    index
-                        .insert(
-                            &FullPrecision,
-                            &DefaultContext,
-                            &slot,
-                            &vectors[at..at + dim],
-                        )
-                        .await?;
-                }
-                diskann::ANNResult::Ok(())
-            });
-        }
-        join_all(&mut inserts).await?;
-        let total = index.provider().total_points() as u32;
-        let per_task = total.div_ceil(tasks);
-        let mut prunes = tokio::task::JoinSet::new();
-        for task in 0..tasks {
-            let index = index.clone();
-            let range = (task * per_task).min(total)..((task + 1) * per_task).min(total);
-            prunes.spawn(async move {
+    let tasks = threads.max(1) as u32;
+    let in_parallel = |total: u32, work: &(dyn Fn(std::ops::Range<u32>) -> Result<()> + Sync)| {
+        let per_task = total.div_ceil(tasks).max(1);
+        std::thread::scope(|scope| {
+            let running: Vec<_> = (0..tasks)
+                .map(|task| {
+                    let range = (task * per_task).min(total)..((task + 1) * per_task).min(total);
+                    scope.spawn(move || work(range))
+                })
+                .collect();
+            running.into_iter().try_for_each(|thread| {
+                thread
+                    .join()
+                    .map_err(|_| IndexError::DiskAnn("a build thread panicked".into()))?
+            })
+        })
+    };
+    in_parallel(slots, &|range| {
+        runtime.handle().block_on(async {
+            for slot in range {
+                let at = slot as usize * dim;
                 index
-                    .prune_range(&FullPrecision, &DefaultContext, range)
-                    .await
-            });
-        }
-        join_all(&mut prunes).await?;
-        index
-            .save_with(
-                &FileStorageProvider,
-                &(start, DiskGraphOnly::new(&save_path)),
-            )
-            .await?;
-        Ok::<(), IndexError>(())
-    })
-}
-
-async fn join_all(tasks: &mut tokio::task::JoinSet<diskann::ANNResult<()>>) -> Result<()> {
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| IndexError::DiskAnn(format!("a build task failed: {e}")))??;
-    }
+                    .insert(
+                        &FullPrecision,
+                        &DefaultContext,
+                        &slot,
+                        &vectors[at..at + dim],
+                    )
+                    .await?;
+            }
+            Ok(())
+        })
+    })?;
+    in_parallel(index.provider().total_points() as u32, &|range| {
+        runtime.handle().block_on(async {
+            index
+                .prune_range(&FullPrecision, &DefaultContext, range)
+                .await?;
+            Ok(())
+        })
+    })?;
+    runtime.block_on(index.save_with(
+        &FileStorageProvider,
+        &(start, DiskGraphOnly::new(&writer.get_mem_index_file())),
+    ))?;
     Ok(())
 }
