@@ -5,11 +5,13 @@
 # as Parquet, bulk-loaded (`engram ingest --bulk`) into `make cluster`'s
 # loopback cluster (3 coordinators, 3 workers, replication 1, the default
 # shard count; segments go through the cluster's segment store), then
-# queried through coordinator 1. Prints per N
-#   scale n= recall10= p50_ms= p99_ms= qps= build_rows_per_s= ram_b_per_vec= disk_b_per_vec=
+# queried through coordinator 1, with the workers' default cache budget and
+# again after a restart with a budget of 0 (every segment served from SSD).
+# Prints per N and budget
+#   scale n= recall10= p50_ms= p99_ms= qps= build_rows_per_s= ram_b_per_vec= disk_b_per_vec= cache_budget=
 # (RAM: the workers' resident memory after the queries, over N; disk: the
 # workers' data directories, over N) and the ratios of the last N to the
-# first. Work files live under target/bench-scale and are deleted per N
+# first per budget. Work files live under target/bench-scale and are deleted per N
 # (KEEP=1 keeps them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,23 +54,38 @@ for n in $SCALES; do
     -d "{\"name\":\"scale\",\"dim\":$DIM,\"metric\":\"l2\",\"replication\":1}" >/dev/null
   "$engram" ingest "$data/parquet" --collection scale --server "$url" --bulk --json >"$out/ingest-$n.json"
   rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['report']['rows_per_s'], 1))" "$out/ingest-$n.json")
-  line=$("$bench" query --url "$url" --collection scale --data "$data" --label "scale n=$n" \
-    --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN")
-  rss_kb=0
-  for w in 1 2 3; do
-    pid=$(cat "$out/cluster/worker-$w.pid")
-    rss_kb=$((rss_kb + $(awk '/VmRSS/{print $2}' "/proc/$pid/status")))
-  done
-  disk_b=$(du -sb "$out"/cluster/worker-* | awk '{s += $1} END {print s}')
-  python3 - "$line" "$n" "$rate" "$rss_kb" "$disk_b" <<'PY' | tee -a "$results"
+  # Measured twice: with the workers' default cache budget (a quarter of
+  # the machine's memory each: segments that fit are served from RAM), then
+  # restarted with a budget of 0 (every sealed segment served from SSD; the
+  # resident memory is what a billion-row node needs per row).
+  for cache in default 0; do
+    if [ "$cache" = 0 ]; then
+      deploy/local/cluster.sh stop >/dev/null
+      ENGRAM_CACHE__BUDGET_MB=0 ENGRAM_STORAGE__LOCAL_ROOTS="$data/parquet" deploy/local/cluster.sh start >/dev/null
+      for _ in $(seq 300); do
+        curl -sf -X POST "$url/v1/collections/scale/search" -H 'content-type: application/json' \
+          -d "{\"vector\":[$(python3 -c "print(','.join(['0.0'] * $DIM))")],\"k\":1}" >/dev/null && break
+        sleep 1
+      done
+    fi
+    line=$("$bench" query --url "$url" --collection scale --data "$data" --label "scale n=$n" \
+      --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN")
+    rss_kb=0
+    for w in 1 2 3; do
+      pid=$(cat "$out/cluster/worker-$w.pid")
+      rss_kb=$((rss_kb + $(awk '/VmRSS/{print $2}' "/proc/$pid/status")))
+    done
+    disk_b=$(du -sb "$out"/cluster/worker-* | awk '{s += $1} END {print s}')
+    python3 - "$line" "$n" "$rate" "$rss_kb" "$disk_b" "$cache" <<'PY' | tee -a "$results"
 import re, sys
-line, n, rate, rss_kb, disk_b = sys.argv[1:]
+line, n, rate, rss_kb, disk_b, cache = sys.argv[1:]
 f = dict(re.findall(r"(\w+)=([0-9.]+)", line))
 n = int(n)
 print(f"scale n={n} recall10={float(f['recall_at_10']):.3f} p50_ms={f['p50_ms']} p99_ms={f['p99_ms']} "
       f"qps={f['qps']} build_rows_per_s={rate} ram_b_per_vec={int(rss_kb) * 1024 / n:.1f} "
-      f"disk_b_per_vec={int(disk_b) / n:.1f}")
+      f"disk_b_per_vec={int(disk_b) / n:.1f} cache_budget={cache}")
 PY
+  done
   curl -s "$url/v1/collections/scale" | python3 -c '
 import json, sys
 c = json.load(sys.stdin)
@@ -79,10 +96,13 @@ done
 
 python3 - "$results" <<'PY' | tee -a "$results"
 import re, sys
-rows = [dict(re.findall(r"(\w+)=([0-9.]+)", l)) for l in open(sys.argv[1]) if l.startswith("scale n=")]
-if len(rows) >= 2:
-    a, b = rows[0], rows[-1]
-    keys = ["recall10", "p50_ms", "qps", "build_rows_per_s", "ram_b_per_vec", "disk_b_per_vec"]
-    print(f"scale-ratio n={int(b['n'])}/{int(a['n'])} " + " ".join(f"{k}={float(b[k]) / float(a[k]):.3f}" for k in keys))
+rows = [dict(re.findall(r"(\w+)=([0-9.]+|default)", l)) for l in open(sys.argv[1]) if l.startswith("scale n=")]
+keys = ["recall10", "p50_ms", "qps", "build_rows_per_s", "ram_b_per_vec", "disk_b_per_vec"]
+for cache in ["default", "0"]:
+    same = [r for r in rows if r.get("cache_budget") == cache]
+    if len(same) >= 2:
+        a, b = same[0], same[-1]
+        print(f"scale-ratio n={int(b['n'])}/{int(a['n'])} cache_budget={cache} "
+              + " ".join(f"{k}={float(b[k]) / float(a[k]):.3f}" for k in keys))
 PY
 echo "results in $results"
