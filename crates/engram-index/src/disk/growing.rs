@@ -13,14 +13,10 @@ use diskann::graph::ext::labeled::{Filtered, QueryLabelProvider};
 use diskann::graph::search::{InlineFilterSearch, Knn};
 use diskann::graph::search_output_buffer::IdDistance;
 use diskann::provider::{DefaultContext, Delete};
-use diskann::utils::ONE;
 use diskann_providers::index::diskann_async::{MemoryIndex, new_index};
 use diskann_providers::model::graph::provider::async_::TableDeleteProviderAsync;
 use diskann_providers::model::graph::provider::async_::common::{FullPrecision, TableBasedDeletes};
-use diskann_providers::model::graph::provider::async_::inmem::{
-    DefaultProviderParameters, SetStartPoints,
-};
-use diskann_vector::distance::Metric as DiskMetric;
+use diskann_providers::model::graph::provider::async_::inmem::SetStartPoints;
 
 use engram_core::config::IndexParams;
 use engram_core::distance::l2_squared;
@@ -128,15 +124,7 @@ impl GrowingSegment {
         capacity: usize,
     ) -> Result<Self> {
         let config = super::graph_config(params)?;
-        let provider = DefaultProviderParameters {
-            max_points: capacity,
-            frozen_points: ONE,
-            dim,
-            metric: DiskMetric::L2,
-            prefetch_lookahead: None,
-            prefetch_cache_line_level: None,
-            max_degree: config.max_degree_u32().get(),
-        };
+        let provider = super::provider_parameters(&config, dim, capacity);
         let index = new_index::<f32, _>(config, provider, TableBasedDeletes)?;
         let runtime = OwnRuntime(Some(tokio::runtime::Builder::new_current_thread().build()?));
         Ok(GrowingSegment {

@@ -17,6 +17,7 @@ pub mod sealed;
 
 use diskann::ANNError;
 use diskann::graph::config;
+use diskann_providers::model::graph::provider::async_::inmem::DefaultProviderParameters;
 use diskann_vector::distance::Metric as DiskMetric;
 
 use engram_core::config::IndexParams;
@@ -38,6 +39,25 @@ fn graph_config(params: &IndexParams) -> Result<config::Config> {
     )
     .build()
     .map_err(|e| IndexError::DiskAnn(e.to_string()))
+}
+
+/// DiskANN's in-memory provider settings for a graph of up to `max_points`
+/// rows of `dim` floats (squared L2, one frozen start point), shared by the
+/// growing segment and the sealed build.
+fn provider_parameters(
+    config: &config::Config,
+    dim: usize,
+    max_points: usize,
+) -> DefaultProviderParameters {
+    DefaultProviderParameters {
+        max_points,
+        frozen_points: diskann::utils::ONE,
+        dim,
+        metric: DiskMetric::L2,
+        prefetch_lookahead: None,
+        prefetch_cache_line_level: None,
+        max_degree: config.max_degree_u32().get(),
+    }
 }
 
 impl From<ANNError> for IndexError {

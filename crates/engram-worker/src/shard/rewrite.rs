@@ -49,18 +49,7 @@ impl Shard {
         let name = format!("{:08}", wal.manifest.next_segment);
         let segment_dir = self.unused_segment_dir(&name)?;
         tracing::info!(shard = self.number, segment = %name, rows = ids.len(), "sealing growing segment");
-        activity::timed(BuildKind::Seal, ids.len(), || {
-            let codebook = self.codebooks.for_rows(&vectors, self.dim, &self.params)?;
-            SealedSegment::build_with(
-                &segment_dir,
-                &ids,
-                &vectors,
-                self.dim,
-                self.metric,
-                &self.params,
-                &codebook,
-            )
-        })?;
+        self.build_segment(BuildKind::Seal, &segment_dir, &ids, &vectors)?;
         engram_store::write_row_tables(&segment_dir, &items, &mut thumbnails)?;
         let segment = Arc::new(SealedSegment::open(&segment_dir, &self.params, false)?);
         let mut manifest = wal.manifest.clone();
@@ -74,6 +63,31 @@ impl Shard {
             Ok(())
         })?;
         self.cache.register(&segment);
+        Ok(())
+    }
+
+    /// Builds a sealed segment of `ids` and their `vectors` into `dir`,
+    /// encoded with the shard's codebook (trained or retrained first when
+    /// [`CodebookStore::for_rows`] says so), and counts the build.
+    fn build_segment(
+        &self,
+        kind: BuildKind,
+        dir: &Path,
+        ids: &[u64],
+        vectors: &[f32],
+    ) -> Result<()> {
+        activity::timed(kind, ids.len(), || {
+            let codebook = self.codebooks.for_rows(vectors, self.dim, &self.params)?;
+            SealedSegment::build_with(
+                dir,
+                ids,
+                vectors,
+                self.dim,
+                self.metric,
+                &self.params,
+                &codebook,
+            )
+        })?;
         Ok(())
     }
 
@@ -274,18 +288,7 @@ impl Shard {
             };
             let dir = self.unused_segment_dir(&name)?;
             tracing::info!(shard = self.number, segment = %name, merged = group.len(), rows = ids.len(), "merging sealed segments");
-            activity::timed(BuildKind::Merge, ids.len(), || {
-                let codebook = self.codebooks.for_rows(&vectors, self.dim, &self.params)?;
-                SealedSegment::build_with(
-                    &dir,
-                    &ids,
-                    &vectors,
-                    self.dim,
-                    self.metric,
-                    &self.params,
-                    &codebook,
-                )
-            })?;
+            self.build_segment(BuildKind::Merge, &dir, &ids, &vectors)?;
             drop(vectors);
             engram_store::write_row_tables(&dir, &items, &mut thumbnails)?;
             Some((

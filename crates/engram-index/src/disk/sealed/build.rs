@@ -18,15 +18,12 @@ use std::io::Write;
 use std::path::Path;
 
 use diskann::provider::DefaultContext;
-use diskann::utils::ONE;
 use diskann_disk::data_model::AdHoc;
 use diskann_disk::disk_index_build_parameter::DISK_SECTOR_LEN;
 use diskann_disk::storage::DiskIndexWriter;
 use diskann_providers::index::diskann_async::new_index;
 use diskann_providers::model::graph::provider::async_::common::{FullPrecision, NoDeletes};
-use diskann_providers::model::graph::provider::async_::inmem::{
-    DefaultProviderParameters, SetStartPoints,
-};
+use diskann_providers::model::graph::provider::async_::inmem::SetStartPoints;
 use diskann_providers::storage::{
     DiskGraphOnly, FileStorageProvider, SaveWith, get_compressed_pq_file, get_pq_pivot_file,
 };
@@ -34,7 +31,6 @@ use diskann_providers::utils::{
     MAX_MEDOID_SAMPLE_SIZE, create_rnd_from_optional_seed, find_medoid_with_sampling,
 };
 use diskann_utils::io::Metadata;
-use diskann_vector::distance::Metric as DiskMetric;
 use rayon::prelude::*;
 
 use engram_core::Metric;
@@ -257,15 +253,7 @@ fn build_graph(
 ) -> Result<()> {
     let rows = vectors.len() / dim;
     let config = crate::disk::graph_config(params)?;
-    let provider = DefaultProviderParameters {
-        max_points: rows,
-        frozen_points: ONE,
-        dim,
-        metric: DiskMetric::L2,
-        prefetch_lookahead: None,
-        prefetch_cache_line_level: None,
-        max_degree: config.max_degree_u32().get(),
-    };
+    let provider = crate::disk::provider_parameters(&config, dim, rows);
     let mut rng = create_rnd_from_optional_seed(Some(MEDOID_SEED));
     let (medoid, medoid_id) = find_medoid_with_sampling::<f32, _>(
         &writer.get_dataset_file(),
