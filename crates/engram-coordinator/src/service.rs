@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engram_core::config::EngramConfig;
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::{CompactOptions, SealGrowing};
 use engram_core::vector::prepare;
 use engram_core::{
     Adjustment, BlockedNeighbor, CollectionSpec, Curation, Metric, Neighbor, VoteParams,
@@ -551,7 +551,11 @@ impl Engram {
         let retrain = request.retrain_codebook.unwrap_or(false);
         let started = std::time::Instant::now();
         let (done, sealed) = blocking(move || {
-            let done = hosted.compact(threshold, seal, retrain)?;
+            let done = hosted.compact(CompactOptions {
+                min_deleted_fraction: threshold,
+                seal,
+                retrain_codebook: retrain,
+            })?;
             Ok((done, hosted.stats()?.sealed_segments))
         })
         .await?;

@@ -71,6 +71,28 @@ impl MergePolicy {
 /// served from the cache budget's memory or merged into larger ones, while
 /// a small one stays growing instead of adding a tiny segment to every
 /// query. `"seal": true` seals every non-empty one, `false` none.
+/// What one compaction asks of every shard copy: which segments and WALs
+/// to rewrite, which growing segments to seal first, and whether the next
+/// segment build trains a new PQ codebook.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CompactOptions {
+    /// Rewrite sealed segments and WALs whose deleted share exceeds this.
+    pub min_deleted_fraction: f64,
+    pub seal: SealGrowing,
+    pub retrain_codebook: bool,
+}
+
+impl CompactOptions {
+    /// Automatic maintenance: rewrites past `min_deleted_fraction` and
+    /// merges, nothing sealed, the codebook kept.
+    pub fn maintenance(min_deleted_fraction: f64) -> Self {
+        CompactOptions {
+            min_deleted_fraction,
+            ..CompactOptions::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SealGrowing {
     /// Only the seal threshold seals.

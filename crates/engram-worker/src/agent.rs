@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::CompactOptions;
 use engram_meta::{ClusterState, Command, CommandResult, SegmentFile, SegmentRecord};
 
 use crate::node::{WorkerNode, blocking, internal};
@@ -101,7 +101,7 @@ impl WorkerNode {
                 let shard = replica.shard.number();
                 let compacted = blocking(move || {
                     replica
-                        .compact(threshold, SealGrowing::Never, false)
+                        .compact(CompactOptions::maintenance(threshold))
                         .map_err(internal)
                 })
                 .await;

@@ -4,7 +4,7 @@
 //! The calls block; coordinators make them from blocking threads.
 
 use engram_core::CollectionSpec;
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::CompactOptions;
 use engram_index::SearchTuning;
 use engram_store::WalOp;
 
@@ -50,15 +50,11 @@ pub trait ShardedCollection: Send + Sync {
     fn thumbnail(&self, id: u64) -> Result<Option<std::sync::Arc<[u8]>>>;
     fn stats(&self) -> Result<CollectionStats>;
     /// Merges sealed segments by the merge policy and rewrites those (and
-    /// WALs) past `min_deleted_fraction`; growing segments are sealed
-    /// first as `seal` says for their sizes. `retrain_codebook`: each
-    /// shard's next segment build trains a new PQ codebook.
-    fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction>;
+    /// WALs) past `options.min_deleted_fraction`; growing segments are
+    /// sealed first as `options.seal` says for their sizes;
+    /// `options.retrain_codebook`: each shard's next segment build trains a
+    /// new PQ codebook.
+    fn compact(&self, options: CompactOptions) -> Result<Compaction>;
     /// Attaches a sealed segment built by bulk ingestion to `shard` (its
     /// rows supersede older versions of their ids). `routed_by` is the shard
     /// count its rows were routed by: refused if the collection has been
@@ -140,13 +136,8 @@ impl ShardedCollection for HostedCollection {
         Ok(HostedCollection::stats(self))
     }
 
-    fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction> {
-        HostedCollection::compact(self, min_deleted_fraction, seal, retrain_codebook)
+    fn compact(&self, options: CompactOptions) -> Result<Compaction> {
+        HostedCollection::compact(self, options)
     }
 
     fn attach_segment(

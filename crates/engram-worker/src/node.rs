@@ -6,6 +6,8 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+
+use engram_core::merge_policy::CompactOptions;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -810,11 +812,11 @@ impl WorkerNode {
             replicas
                 .iter()
                 .map(|r| {
-                    r.compact(
-                        request.min_deleted_fraction,
-                        request.seal,
-                        request.retrain_codebook,
-                    )
+                    r.compact(CompactOptions {
+                        min_deleted_fraction: request.min_deleted_fraction,
+                        seal: request.seal,
+                        retrain_codebook: request.retrain_codebook,
+                    })
                 })
                 .sum::<crate::Result<Compaction>>()
                 .map_err(internal)

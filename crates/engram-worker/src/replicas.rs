@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use engram_core::CollectionSpec;
 use engram_core::config::IndexParams;
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::CompactOptions;
 use engram_core::placement::{ShardPlacement, in_sync_shrank};
 use engram_index::SegmentCache;
 
@@ -113,18 +113,12 @@ impl Replica {
 
     /// Compacts this copy unless a transfer replaced it meanwhile (then
     /// there is nothing to do: the successor starts without tombstones).
-    pub fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction> {
+    pub fn compact(&self, options: CompactOptions) -> Result<Compaction> {
         let retired = self.retired.lock();
         if *retired {
             return Ok(Compaction::default());
         }
-        self.shard
-            .compact(min_deleted_fraction, seal, retrain_codebook)
+        self.shard.compact(options)
     }
 
     /// Runs `f` on this copy's shard unless a transfer or a move replaced

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use engram_core::CollectionSpec;
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::CompactOptions;
 use engram_index::SearchTuning;
 use engram_meta::ClusterState;
 use engram_store::WalOp;
@@ -236,17 +236,8 @@ impl ShardedCollection for RemoteCollection {
         self.on_layouts(|layouts| layouts.current.stats())
     }
 
-    fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction> {
-        self.on_layouts(|layouts| {
-            layouts
-                .current
-                .compact(min_deleted_fraction, seal, retrain_codebook)
-        })
+    fn compact(&self, options: CompactOptions) -> Result<Compaction> {
+        self.on_layouts(|layouts| layouts.current.compact(options))
     }
 
     fn attach_segment(

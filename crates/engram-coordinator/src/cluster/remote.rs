@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::CompactOptions;
 use engram_core::placement::WorkerId;
 use engram_core::shard::shard_of;
 use engram_core::topk::merge_per_query;
@@ -748,12 +748,7 @@ impl RemoteLayout {
             )
     }
 
-    pub(crate) fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction> {
+    pub(crate) fn compact(&self, options: CompactOptions) -> Result<Compaction> {
         // Every in-sync copy compacts its own files; the count is over all
         // copies.
         let placements = self.placements()?;
@@ -769,9 +764,9 @@ impl RemoteLayout {
                 let request = CompactRequest {
                     collection: self.spec.name.clone(),
                     shards,
-                    min_deleted_fraction,
-                    seal,
-                    retrain_codebook,
+                    min_deleted_fraction: options.min_deleted_fraction,
+                    seal: options.seal,
+                    retrain_codebook: options.retrain_codebook,
                 };
                 let timeout = Duration::from_secs(3600);
                 let Some(n) = self

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::config::IndexParams;
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::CompactOptions;
 use engram_core::topk::merge_per_query;
 use engram_core::{CollectionSpec, Neighbor};
 use engram_index::{SearchTuning, SegmentCache};
@@ -369,16 +369,11 @@ impl HostedCollection {
 
     /// Compacts every shard (see [`Shard::compact`]), one at a time; returns
     /// the segments rewritten and bytes reclaimed.
-    pub fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction> {
+    pub fn compact(&self, options: CompactOptions) -> Result<Compaction> {
         self.layout()
             .shards
             .iter()
-            .map(|s| s.compact(min_deleted_fraction, seal, retrain_codebook))
+            .map(|s| s.compact(options))
             .sum()
     }
 
@@ -386,7 +381,7 @@ impl HostedCollection {
     /// and rewrites of segments and WALs whose deleted share passes
     /// `min_deleted_fraction` (see [`Shard::compact`]).
     pub fn compact_due(&self, min_deleted_fraction: f64) -> Result<Compaction> {
-        self.compact(min_deleted_fraction, SealGrowing::Never, false)
+        self.compact(CompactOptions::maintenance(min_deleted_fraction))
     }
 
     /// Shard `shard`'s live items at one instant (see [`Shard::snapshot`]).

@@ -52,7 +52,7 @@ proptest! {
             }
             if step % 23 == 22 {
                 // Compaction rewrites sealed segments without deleted rows.
-                hosted.compact(0.0, SealGrowing::Never, false).unwrap();
+                hosted.compact(engram_core::merge_policy::CompactOptions::maintenance(0.0)).unwrap();
             }
             if step % 17 == 16 {
                 drop(hosted);

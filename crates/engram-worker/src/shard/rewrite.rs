@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engram_core::merge_policy::{self, SealGrowing, SegmentSize};
+use engram_core::merge_policy::{self, CompactOptions, SegmentSize};
 use engram_index::activity::{self, BuildKind};
 use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
 use engram_store::{StoredItem, Wal, WalRecord, checksummed};
@@ -214,12 +214,12 @@ impl Shard {
     ///
     /// `retrain_codebook` makes the next segment build (this run's seal or
     /// merge, or a later one) train a new PQ codebook on its rows.
-    pub fn compact(
-        &self,
-        min_deleted_fraction: f64,
-        seal: SealGrowing,
-        retrain_codebook: bool,
-    ) -> Result<Compaction> {
+    pub fn compact(&self, options: CompactOptions) -> Result<Compaction> {
+        let CompactOptions {
+            min_deleted_fraction,
+            seal,
+            retrain_codebook,
+        } = options;
         if retrain_codebook {
             self.codebooks.request_retraining();
         }

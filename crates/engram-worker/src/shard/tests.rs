@@ -1,5 +1,5 @@
 use super::*;
-use engram_core::merge_policy::SealGrowing;
+use engram_core::merge_policy::{CompactOptions, SealGrowing};
 use engram_index::FlatIndex;
 use engram_store::StoredItem;
 use std::collections::HashMap;
@@ -181,7 +181,13 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
             .iter()
             .any(|id| files_contain(&dir, &bytes(&data[*id as usize])))
     );
-    let done = shard.compact(0.0, SealGrowing::Never, false).unwrap();
+    let done = shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.0,
+            seal: SealGrowing::Never,
+            retrain_codebook: false,
+        })
+        .unwrap();
     assert_eq!(
         done.segments_rewritten, 2,
         "both sealed segments had deletions"
@@ -216,7 +222,13 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
     );
     // Nothing left to do: a second compaction rewrites nothing.
     assert_eq!(
-        shard.compact(0.0, SealGrowing::Never, false).unwrap(),
+        shard
+            .compact(CompactOptions {
+                min_deleted_fraction: 0.0,
+                seal: SealGrowing::Never,
+                retrain_codebook: false
+            })
+            .unwrap(),
         Compaction::default()
     );
 }
@@ -513,7 +525,13 @@ fn merging_sixteen_segments_leaves_one_with_the_same_answers() {
     assert!(!shard.presence(&deletion).segments.is_empty());
 
     // A policy that merges only full tiers: 16 -> 4 -> 1, deletes dropped.
-    let done = shard.compact(0.9, SealGrowing::Never, false).unwrap();
+    let done = shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.9,
+            seal: SealGrowing::Never,
+            retrain_codebook: false,
+        })
+        .unwrap();
     assert_eq!(shard.sealed_segments(), 1, "{done:?}");
     assert_eq!(
         done.segments_rewritten, 20,
@@ -567,10 +585,22 @@ fn compaction_rewrites_the_wal_instead_of_sealing_a_small_growing_segment() {
     // user's compaction (`Large`) leaves 90 rows, under the merge floor of
     // 10,000, growing.
     assert_eq!(
-        shard.compact(0.5, SealGrowing::Large, false).unwrap(),
+        shard
+            .compact(CompactOptions {
+                min_deleted_fraction: 0.5,
+                seal: SealGrowing::Large,
+                retrain_codebook: false
+            })
+            .unwrap(),
         Compaction::default()
     );
-    let done = shard.compact(0.0, SealGrowing::Large, false).unwrap();
+    let done = shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.0,
+            seal: SealGrowing::Large,
+            retrain_codebook: false,
+        })
+        .unwrap();
     assert_eq!((done.wals_rewritten, done.segments_written), (1, 0));
     assert_eq!(shard.sealed_segments(), 0);
     assert!(!shard.presence(&deletion).wal);
@@ -606,12 +636,30 @@ fn a_user_compaction_seals_a_growing_segment_of_a_tier_floor() {
             .unwrap()
     };
     write(0..100);
-    shard.compact(0.0, SealGrowing::Large, false).unwrap();
+    shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.0,
+            seal: SealGrowing::Large,
+            retrain_codebook: false,
+        })
+        .unwrap();
     assert_eq!(shard.sealed_segments(), 0, "100 rows are under the floor");
     write(100..200);
-    shard.compact(0.0, SealGrowing::Never, false).unwrap();
+    shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.0,
+            seal: SealGrowing::Never,
+            retrain_codebook: false,
+        })
+        .unwrap();
     assert_eq!(shard.sealed_segments(), 0, "maintenance never seals");
-    shard.compact(0.0, SealGrowing::Large, false).unwrap();
+    shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.0,
+            seal: SealGrowing::Large,
+            retrain_codebook: false,
+        })
+        .unwrap();
     assert_eq!(shard.sealed_segments(), 1);
     assert_eq!(shard.stats().growing_rows, 0);
     assert_eq!(shard.len(), 200);
@@ -893,7 +941,13 @@ fn seals_share_one_codebook_until_it_is_damaged_or_the_rows_drift() {
     }
     // An operator's request: the next build (here the compaction's merge of
     // the four segments, a full tier) trains one, whatever drift says.
-    let done = shard.compact(0.0, SealGrowing::Never, true).unwrap();
+    let done = shard
+        .compact(CompactOptions {
+            min_deleted_fraction: 0.0,
+            seal: SealGrowing::Never,
+            retrain_codebook: true,
+        })
+        .unwrap();
     assert!(
         done.segments_written > 0,
         "a full tier was merged: {done:?}"
