@@ -98,12 +98,30 @@ fn send_once(
     path: &str,
     body: Option<&Value>,
 ) -> Option<(u16, Value)> {
+    send_once_as(http, bases, start, method, path, body, None)
+}
+
+/// `send_once` with an `x-request-id`, so that a bad answer can be
+/// followed through the coordinator's and the workers' logs.
+fn send_once_as(
+    http: &reqwest::blocking::Client,
+    bases: &Bases,
+    start: usize,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    request_id: Option<&str>,
+) -> Option<(u16, Value)> {
     let bases: Vec<String> = bases.read().unwrap().iter().flatten().cloned().collect();
     for i in 0..bases.len() {
         let url = format!("{}{path}", bases[(start + i) % bases.len()]);
         let request = match (method, body) {
             ("POST", Some(body)) => http.post(url).json(body),
             _ => http.get(url),
+        };
+        let request = match request_id {
+            Some(id) => request.header("x-request-id", id),
+            None => request,
         };
         match request.send() {
             Ok(r) => {
@@ -231,7 +249,16 @@ fn reader(
         };
         let body = json!({"vector": vector(target), "k": 10});
         let via = rng.below(3) as usize;
-        let answer = send_once(http, bases, via, "POST", path, Some(&body));
+        let request_id = format!("chaos-read-{seed:x}-{}", rng.below(u64::MAX));
+        let answer = send_once_as(
+            http,
+            bases,
+            via,
+            "POST",
+            path,
+            Some(&body),
+            Some(&request_id),
+        );
         let mut l = ledger.lock().unwrap();
         l.classifies += 1;
         let Some((200, answer)) = answer else {
@@ -260,7 +287,13 @@ fn reader(
         if answer["partial"] == json!(true) {
             l.partial += 1;
         } else if !ids.contains(&target) && matches!(l.fates.get(&target), Some(Fate::Added(_))) {
-            l.unflagged.push(format!("{path} for {target}: {answer}"));
+            let finding = format!(
+                "{path} for {target} (request {request_id}, via coordinator {}, started {} UTC): {answer}",
+                via + 1,
+                utc(started)
+            );
+            eprintln!("chaos: unflagged: {finding}");
+            l.unflagged.push(finding);
         }
     }
 }
@@ -466,8 +499,10 @@ fn controller(
         match wait_healed(&mut c, bases, Duration::from_secs(90), &mut faults.exited) {
             Ok(took) => slowest_heal = slowest_heal.max(took),
             Err(status) => {
-                keep_logs(&c, seed);
-                panic!("the cluster did not heal within 90 s of {fault:?} {name}: {status}")
+                let why =
+                    format!("the cluster did not heal within 90 s of {fault:?} {name}: {status}");
+                keep_logs(&c, seed, &why);
+                panic!("{why}")
             }
         }
     }
@@ -477,7 +512,7 @@ fn controller(
 
 /// Copies every node's log to `<target>/tmp/chaos-logs/<seed>/` (the
 /// cluster's directory goes with the test), for reading after a failed run.
-fn keep_logs(cluster: &Cluster, seed: u64) {
+fn keep_logs(cluster: &Cluster, seed: u64, findings: &str) {
     let to = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("chaos-logs")
         .join(seed.to_string());
@@ -488,6 +523,9 @@ fn keep_logs(cluster: &Cluster, seed: u64) {
             std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
         }
     }
+    // The assertion's message may be cut short where CI output is kept;
+    // the whole list stays beside the logs it is to be read with.
+    std::fs::write(to.join("findings.txt"), findings).unwrap();
     eprintln!("chaos: logs kept in {}", to.display());
 }
 
@@ -630,7 +668,11 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     println!("{line}");
     eprintln!("{line}");
     if !lost.is_empty() || !resurrected.is_empty() || !ledger.unflagged.is_empty() {
-        keep_logs(&cluster, seed);
+        let findings = format!(
+            "{line}\nlost: {lost:#?}\nresurrected: {resurrected:#?}\nunflagged: {:#?}\n",
+            ledger.unflagged
+        );
+        keep_logs(&cluster, seed, &findings);
     }
     assert!(lost.is_empty(), "acknowledged adds lost: {lost:?}");
     assert!(
