@@ -31,7 +31,7 @@ pub struct IngestArgs {
     #[arg(long)]
     bulk: bool,
     /// With --bulk: rows per shard that make a segment (default: the
-    /// server's seal threshold).
+    /// server's largest merged segment, `index.merge_max_segment_mb`).
     #[arg(long, requires = "bulk")]
     segment_rows: Option<usize>,
     /// Print the final job status as JSON.

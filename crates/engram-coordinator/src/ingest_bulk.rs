@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_index::disk::codebook::CodebookStore;
-use engram_ingest::bulk::{ShardSpills, Spill, build_segment};
+use engram_ingest::bulk::{BuiltSegment, ShardSpills, Spill, build_segment};
 use engram_store::ObjectLocation;
 use engram_worker::wire::SegmentObject;
 
@@ -39,6 +39,18 @@ use crate::service::{Engram, blocking};
 /// Spilled bytes (all shards) that close a generation even if no shard
 /// has `segment_rows` yet (many shards, few rows each).
 const SPILL_BYTES: u64 = 4 << 30;
+
+/// Rows per shard of one bulk segment when the job names none: the merge
+/// policy's largest segment (`index.merge_max_segment_mb` of full vectors,
+/// the memory a build may hold). Segments that size are never merged
+/// again, only rewritten to drop deleted rows, so a bulk load writes each
+/// row once. Segments of `index.seal_threshold` rows (the former default)
+/// were merged four into one, and again, by the workers while the job was
+/// still building: the 10M run of docs/benchmarks.md slowed from 12 s to
+/// 50 s per segment under those merges.
+fn default_segment_rows(index: &engram_core::config::IndexParams, dim: usize) -> u64 {
+    index.merge_policy(dim, 0.0).max_segment_rows.max(1_000)
+}
 
 /// A closed generation: its spills and the reader's position after them.
 struct Generation {
@@ -91,9 +103,9 @@ pub(crate) async fn run(
         None => None,
     };
     let segment_rows = match spec.segment_rows {
-        0 => config.index.seal_threshold,
-        n => n,
-    } as u64;
+        0 => default_segment_rows(&config.index, hosted.spec().dim),
+        n => n as u64,
+    };
     let shards = hosted.spec().shards;
     let work = dir.join("bulk");
     if work.exists() {
@@ -226,7 +238,9 @@ impl Builder {
     }
 
     /// Builds, uploads and attaches one segment per shard of `generation`,
-    /// then saves its checkpoint.
+    /// then saves its checkpoint. The next shard's build runs while the
+    /// last one is uploaded and attached, so the cores stay busy with the
+    /// graph build while object storage and the workers take the segment.
     async fn build_generation(&self, generation: Generation, job: &Job) -> Result<()> {
         let Generation {
             number,
@@ -234,17 +248,32 @@ impl Builder {
             mut checkpoint,
         } = generation;
         let spills: Vec<Spill> = blocking(move || Ok(spills.finish()?)).await?;
-        for spill in spills {
-            if job.cancelled() {
-                return Err(ApiError::invalid("cancelled"));
-            }
-            let rows = self.build_and_attach(number, &spill).await?;
+        let record = |rows: u64| {
             let mut attached = self.attached.lock();
             attached.0 += rows;
             attached.1 += 1;
             let mut view = checkpoint.clone();
             (view.items_written, view.segments) = *attached;
             job.set_counts(counts(&view));
+        };
+        let mut attaching = None;
+        for spill in spills {
+            if job.cancelled() {
+                return Err(ApiError::invalid("cancelled"));
+            }
+            let build = self.build(number, &spill);
+            let built = match attaching.take() {
+                Some(attach) => {
+                    let (built, rows) = tokio::join!(build, attach);
+                    record(rows?);
+                    built?
+                }
+                None => build.await?,
+            };
+            attaching = Some(Box::pin(self.attach(built)));
+        }
+        if let Some(attach) = attaching {
+            record(attach.await?);
         }
         (checkpoint.items_written, checkpoint.segments) = *self.attached.lock();
         save(&self.dir.join(CHECKPOINT_FILE), &checkpoint)?;
@@ -258,16 +287,18 @@ impl Builder {
         Ok(())
     }
 
-    async fn build_and_attach(&self, generation: u64, spill: &Spill) -> Result<u64> {
+    /// Builds one shard's segment of `generation` from its spill (which is
+    /// removed once built).
+    async fn build(&self, generation: u64, spill: &Spill) -> Result<ShardSegment> {
         let shard = spill.shard;
-        let segment_dir = self
+        let dir = self
             .work
             .join(format!("segment-g{generation:06}-s{shard:05}"));
         let (dim, metric) = (self.hosted.spec().dim, self.hosted.spec().metric);
         let params = self.engram.config().index.clone();
         let started = std::time::Instant::now();
         let built = {
-            let (path, dir) = (spill.path.clone(), segment_dir.clone());
+            let (path, dir) = (spill.path.clone(), dir.clone());
             let codebooks = self.codebooks.clone();
             blocking(move || {
                 let built = build_segment(&path, &dir, dim, metric, &params, &codebooks)?;
@@ -276,7 +307,25 @@ impl Builder {
             })
             .await?
         };
-        let build_s = started.elapsed().as_secs_f64();
+        Ok(ShardSegment {
+            generation,
+            shard,
+            dir,
+            built,
+            build_s: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Uploads a built segment (with the codebook that encoded it) and
+    /// attaches it to its shard; returns its rows.
+    async fn attach(&self, segment: ShardSegment) -> Result<u64> {
+        let ShardSegment {
+            generation,
+            shard,
+            dir: segment_dir,
+            built,
+            build_s,
+        } = segment;
         self.upload_codebook().await?;
         let object = match &self.store {
             Some(store) => {
@@ -312,5 +361,46 @@ impl Builder {
             "bulk segment attached"
         );
         Ok(built.rows as u64)
+    }
+}
+
+/// One shard's segment of a generation, built and not yet attached.
+struct ShardSegment {
+    generation: u64,
+    shard: u32,
+    dir: PathBuf,
+    built: BuiltSegment,
+    build_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_segment_rows;
+    use engram_core::config::IndexParams;
+    use engram_core::merge_policy::{SegmentSize, plan};
+
+    #[test]
+    fn default_bulk_segments_are_never_merged_again() {
+        let index = IndexParams::default();
+        // 2 GiB of full vectors: 4 Mi rows at 128-d, a tenth at 1280-d.
+        assert_eq!(default_segment_rows(&index, 128), 4 << 20);
+        assert_eq!(default_segment_rows(&index, 1280), 419_430);
+        for dim in [8, 128, 1280] {
+            let rows = default_segment_rows(&index, dim);
+            let policy = index.merge_policy(dim, index.compact_deleted_fraction);
+            let full = SegmentSize { rows, live: rows };
+            assert!(
+                plan(&[full; 12], &policy).is_empty(),
+                "a shard of full bulk segments ({rows} rows at {dim}-d) was planned for a merge"
+            );
+        }
+        // The former default (the seal threshold) was merged four into one.
+        let small = index.seal_threshold as u64;
+        let policy = index.merge_policy(128, index.compact_deleted_fraction);
+        let segment = SegmentSize {
+            rows: small,
+            live: small,
+        };
+        assert!(!plan(&[segment; 4], &policy).is_empty());
     }
 }
