@@ -10,8 +10,9 @@
 # Prints per N and budget
 #   scale n= recall10= p50_ms= p99_ms= qps= build_rows_per_s= ram_b_per_vec= disk_b_per_vec= cache_budget=
 # (RAM: the workers' resident memory after the queries, over N; disk: the
-# workers' data directories, over N) and the ratios of the last N to the
-# first per budget. Work files live under target/bench-scale and are deleted per N
+# workers' data directories, over N), the seconds from a restart to the
+# first complete answer, and the ratios of the last N to the first per
+# budget. Work files live under target/bench-scale and are deleted per N
 # (KEEP=1 keeps them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,12 +62,14 @@ for n in $SCALES; do
   for cache in default 0; do
     if [ "$cache" = 0 ]; then
       deploy/local/cluster.sh stop >/dev/null
+      started=$(date +%s.%N)
       ENGRAM_CACHE__BUDGET_MB=0 ENGRAM_STORAGE__LOCAL_ROOTS="$data/parquet" deploy/local/cluster.sh start >/dev/null
-      for _ in $(seq 300); do
+      for _ in $(seq 600); do
         curl -sf -X POST "$url/v1/collections/scale/search" -H 'content-type: application/json' \
-          -d "{\"vector\":[$(python3 -c "print(','.join(['0.0'] * $DIM))")],\"k\":1}" >/dev/null && break
-        sleep 1
+          -d "{\"vector\":[$(python3 -c "print(','.join(['0.0'] * $DIM))")],\"k\":1,\"require_complete\":true}" >/dev/null && break
+        sleep 0.5
       done
+      echo "startup n=$n cache_budget=0 seconds_to_first_complete_answer=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$started" "$(date +%s.%N)")" | tee -a "$results"
     fi
     line=$("$bench" query --url "$url" --collection scale --data "$data" --label "scale n=$n" \
       --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN")
@@ -75,7 +78,7 @@ for n in $SCALES; do
       pid=$(cat "$out/cluster/worker-$w.pid")
       rss_kb=$((rss_kb + $(awk '/VmRSS/{print $2}' "/proc/$pid/status")))
     done
-    disk_b=$(du -sb "$out"/cluster/worker-* | awk '{s += $1} END {print s}')
+    disk_b=$(du -sb "$out"/cluster/worker-* | awk '{s += $1} END {printf "%.0f", s}')
     python3 - "$line" "$n" "$rate" "$rss_kb" "$disk_b" "$cache" <<'PY' | tee -a "$results"
 import re, sys
 line, n, rate, rss_kb, disk_b, cache = sys.argv[1:]
