@@ -89,21 +89,10 @@ type Bases = RwLock<Vec<Option<String>>>;
 
 /// Sends one request: to the first coordinator that accepts the
 /// connection. `None` when it failed after reaching one (the outcome is
-/// unknown), or when no coordinator accepted it.
+/// unknown), or when no coordinator accepted it. A `request_id` is sent
+/// as `x-request-id`, so that a bad answer can be followed through the
+/// coordinator's and the workers' logs.
 fn send_once(
-    http: &reqwest::blocking::Client,
-    bases: &Bases,
-    start: usize,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Option<(u16, Value)> {
-    send_once_as(http, bases, start, method, path, body, None)
-}
-
-/// `send_once` with an `x-request-id`, so that a bad answer can be
-/// followed through the coordinator's and the workers' logs.
-fn send_once_as(
     http: &reqwest::blocking::Client,
     bases: &Bases,
     start: usize,
@@ -162,6 +151,7 @@ fn writer(
                 "POST",
                 "/v1/collections/c/items",
                 Some(&json!({ "items": items })),
+                None,
             );
             let acked = matches!(answer, Some((200, _)));
             let now = Instant::now();
@@ -204,6 +194,7 @@ fn writer(
                 "POST",
                 "/v1/collections/c/items/delete",
                 Some(&json!({ "ids": doomed })),
+                None,
             );
             let mut l = ledger.lock().unwrap();
             if matches!(answer, Some((200, _))) {
@@ -250,7 +241,7 @@ fn reader(
         let body = json!({"vector": vector(target), "k": 10});
         let via = rng.below(3) as usize;
         let request_id = format!("chaos-read-{seed:x}-{}", rng.below(u64::MAX));
-        let answer = send_once_as(
+        let answer = send_once(
             http,
             bases,
             via,
@@ -316,6 +307,7 @@ fn resharder(http: &reqwest::blocking::Client, bases: &Bases, stop: &AtomicBool)
             "POST",
             "/v1/collections/c/reshard",
             Some(&body),
+            None,
         ) else {
             continue;
         };
@@ -340,7 +332,7 @@ fn resharder(http: &reqwest::blocking::Client, bases: &Bases, stop: &AtomicBool)
             }
             std::thread::sleep(Duration::from_millis(300));
             let path = format!("/v1/collections/c/jobs/{id}");
-            let Some((200, job)) = send_once(http, bases, 0, "GET", &path, None) else {
+            let Some((200, job)) = send_once(http, bases, 0, "GET", &path, None, None) else {
                 continue;
             };
             match job["state"].as_str() {
