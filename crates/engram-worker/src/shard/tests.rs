@@ -635,31 +635,22 @@ fn a_user_compaction_seals_a_growing_segment_of_a_tier_floor() {
             .write(ids.map(|id| upsert(id, "x", &data[id as usize])).collect())
             .unwrap()
     };
+    // Maintenance's options (nothing deleted needed) with `seal` asked for.
+    let compact = |seal: SealGrowing| {
+        shard
+            .compact(CompactOptions {
+                seal,
+                ..CompactOptions::maintenance(0.0)
+            })
+            .unwrap()
+    };
     write(0..100);
-    shard
-        .compact(CompactOptions {
-            min_deleted_fraction: 0.0,
-            seal: SealGrowing::Large,
-            retrain_codebook: false,
-        })
-        .unwrap();
+    compact(SealGrowing::Large);
     assert_eq!(shard.sealed_segments(), 0, "100 rows are under the floor");
     write(100..200);
-    shard
-        .compact(CompactOptions {
-            min_deleted_fraction: 0.0,
-            seal: SealGrowing::Never,
-            retrain_codebook: false,
-        })
-        .unwrap();
+    compact(SealGrowing::Never);
     assert_eq!(shard.sealed_segments(), 0, "maintenance never seals");
-    shard
-        .compact(CompactOptions {
-            min_deleted_fraction: 0.0,
-            seal: SealGrowing::Large,
-            retrain_codebook: false,
-        })
-        .unwrap();
+    compact(SealGrowing::Large);
     assert_eq!(shard.sealed_segments(), 1);
     assert_eq!(shard.stats().growing_rows, 0);
     assert_eq!(shard.len(), 200);
