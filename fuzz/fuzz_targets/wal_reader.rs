@@ -13,4 +13,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = records.len();
     }
     let _ = engram_store::wal::decode(data);
+    let _ = engram_store::wal::decode_positioned(data);
 });

@@ -102,6 +102,7 @@ pub async fn serve_worker(config: EngramConfig, access: ClusterAccess) -> anyhow
             .map(|p| p.addr.clone())
             .collect(),
         access,
+        catch_up: config.cluster.catch_up,
     };
     let tls = membership.access.server_tls();
     let node = WorkerNode::new(

@@ -287,6 +287,7 @@ fn an_attach_naming_files_outside_its_directory_writes_nothing() {
                 ],
             },
             stage_only: false,
+            position: None,
         };
         // To the primary (which stages on every copy) and to a replica.
         for (worker, route) in [

@@ -162,6 +162,8 @@ impl From<WorkerError> for ApiError {
             WorkerError::Invalid(m) => ApiError::invalid(m),
             WorkerError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),
             WorkerError::Remote(m) => ApiError::internal(m),
+            // Between a primary and its replicas only; never a caller's doing.
+            e @ WorkerError::OutOfOrder { .. } => ApiError::internal(e.to_string()),
         }
     }
 }

@@ -368,6 +368,22 @@ pub struct ClusterConfig {
     /// Requests the internal port handles at once (Raft, worker RPC,
     /// transfers); more are answered 503 and retried by the caller.
     pub internal_max_concurrent_requests: usize,
+    /// How a primary brings a shard copy that fell behind back in sync.
+    pub catch_up: CatchUpMode,
+}
+
+/// How a primary brings a shard copy that fell behind back in sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUpMode {
+    /// Only the writes after the copy's position when the primary's WAL
+    /// still holds them (a copy at the primary's position gets none);
+    /// otherwise the whole shard.
+    #[default]
+    Delta,
+    /// Always the whole shard, row by row: what every catch-up did before
+    /// write positions; kept for comparison and troubleshooting.
+    Rows,
 }
 
 impl Default for ClusterConfig {
@@ -385,6 +401,7 @@ impl Default for ClusterConfig {
             raft_election_min_ms: 700,
             raft_election_max_ms: 1_400,
             internal_max_concurrent_requests: 1_024,
+            catch_up: CatchUpMode::Delta,
         }
     }
 }

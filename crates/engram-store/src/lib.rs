@@ -25,4 +25,4 @@ pub use object_location::{CheckedFile, ObjectLocation};
 pub use spill::{SpillWriter, read_spill};
 pub use thumbnail_file::{THUMBNAILS_FILE, ThumbnailFile, write_thumbnails};
 pub use vocabulary::Vocabulary;
-pub use wal::{Wal, WalOp, WalRecord};
+pub use wal::{LoggedRecord, Wal, WalOp, WalRecord, WritePosition};

@@ -15,6 +15,9 @@
 //! Payload: `count u32`, then per operation a tag: 1 upsert (`id u64 |
 //! weight f32 | label | source flag (+ source) | dim u32 | floats`), 3 the
 //! same followed by a thumbnail (`len u32 | bytes`), 2 delete (`id u64`).
+//! A record may start with its write's place in the shard's history, tag 4
+//! (`epoch u64 | seq u64`, counted in `count`; see [`WritePosition`]).
+//! Records written before positions existed have none and still read.
 
 use fs_err as fs;
 use std::io::Write;
@@ -33,8 +36,60 @@ const TAG_DELETE: u8 = 2;
 /// An upsert followed by its thumbnail (`len u32 | bytes`). A tag of its
 /// own keeps every log written before thumbnails readable as it was.
 const TAG_UPSERT_THUMBNAIL: u8 = 3;
+/// The record's [`WritePosition`] (`epoch u64 | seq u64`); first if present.
+const TAG_POSITION: u8 = 4;
 /// Upper bound on one thumbnail; larger lengths can only come from corruption.
 pub const MAX_THUMBNAIL_BYTES: usize = 1 << 20;
+
+/// Where a write sits in its shard's history: the placement epoch of the
+/// primary that ordered it and its sequence number in the shard (one per
+/// replicated write, counted by the primary). Every copy logs a write at
+/// the position its primary gave it, so two copies holding a write at the
+/// same position hold the same history up to it (one primary per epoch,
+/// and copies take writes in order): a copy that fell behind needs only
+/// the writes after its position, which is what delta catch-up sends.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct WritePosition {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl WritePosition {
+    /// The position after this one, ordered under `epoch`.
+    pub fn next(self, epoch: u64) -> WritePosition {
+        WritePosition {
+            epoch,
+            seq: self.seq + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for WritePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.seq, self.epoch)
+    }
+}
+
+/// One record of the log as read back: its operations and the position of
+/// the write it belongs to (`None`: a write outside the shard's history,
+/// such as a chunk of a full transfer, or a record from before positions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedRecord {
+    pub position: Option<WritePosition>,
+    pub ops: WalRecord,
+}
 
 /// One operation on a shard.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,7 +124,7 @@ pub struct Wal {
 impl Wal {
     /// Opens (or creates) the log at `path` and returns it with every record
     /// it holds, oldest first.
-    pub fn open(path: &Path) -> Result<(Wal, Vec<WalRecord>)> {
+    pub fn open(path: &Path) -> Result<(Wal, Vec<LoggedRecord>)> {
         let existing = match fs::read(path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -115,8 +170,8 @@ impl Wal {
 
     /// Appends one record and makes it durable. Only after this returns may
     /// the write be acknowledged.
-    pub fn append(&mut self, record: &WalRecord) -> Result<()> {
-        let payload = encode(record);
+    pub fn append(&mut self, position: Option<WritePosition>, record: &WalRecord) -> Result<()> {
+        let payload = encode_positioned(position, record);
         let mut frame = Vec::with_capacity(RECORD_HEADER + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -151,7 +206,7 @@ impl Wal {
 /// that holds them; a torn last record is left out, a bad record followed
 /// by more data is corruption (`path` names the file in errors). Public
 /// for the fuzz target.
-pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<WalRecord>, u64)> {
+pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<LoggedRecord>, u64)> {
     if bytes.is_empty() {
         return Ok((Vec::new(), 0));
     }
@@ -204,8 +259,8 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<WalRecord>, u64)> {
                 "WAL record checksum mismatch",
             ));
         }
-        let record =
-            decode(payload).map_err(|reason| StoreError::corrupted(path, offset as u64, reason))?;
+        let record = decode_positioned(payload)
+            .map_err(|reason| StoreError::corrupted(path, offset as u64, reason))?;
         records.push(record);
         offset += RECORD_HEADER + len;
     }
@@ -217,9 +272,28 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// A WAL record's payload: [`encode`] with the write's position first.
+fn encode_positioned(position: Option<WritePosition>, record: &WalRecord) -> Vec<u8> {
+    let Some(position) = position else {
+        return encode(record);
+    };
+    let mut out = Vec::with_capacity(21);
+    out.extend_from_slice(&(record.len() as u32 + 1).to_le_bytes());
+    out.push(TAG_POSITION);
+    out.extend_from_slice(&position.epoch.to_le_bytes());
+    out.extend_from_slice(&position.seq.to_le_bytes());
+    encode_ops(&mut out, record);
+    out
+}
+
 pub(crate) fn encode(record: &WalRecord) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    encode_ops(&mut out, record);
+    out
+}
+
+fn encode_ops(out: &mut Vec<u8>, record: &WalRecord) {
     for op in record {
         match op {
             WalOp::Upsert {
@@ -238,11 +312,11 @@ pub(crate) fn encode(record: &WalRecord) -> Vec<u8> {
                 });
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&weight.to_le_bytes());
-                put_str(&mut out, label);
+                put_str(out, label);
                 match source {
                     Some(s) => {
                         out.push(1);
-                        put_str(&mut out, s);
+                        put_str(out, s);
                     }
                     None => out.push(0),
                 }
@@ -261,7 +335,6 @@ pub(crate) fn encode(record: &WalRecord) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 struct Reader<'a> {
@@ -307,13 +380,40 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes one record's payload. Public for the fuzz target.
+/// Decodes one WAL record's payload, its position included. Public for
+/// the fuzz target.
+pub fn decode_positioned(payload: &[u8]) -> std::result::Result<LoggedRecord, String> {
+    let mut r = Reader {
+        bytes: payload,
+        at: 0,
+    };
+    let mut count = r.u32()? as usize;
+    let mut position = None;
+    if count > 0 && payload.get(4) == Some(&TAG_POSITION) {
+        r.u8()?;
+        position = Some(WritePosition {
+            epoch: r.u64()?,
+            seq: r.u64()?,
+        });
+        count -= 1;
+    }
+    let ops = decode_ops(&mut r, count)?;
+    Ok(LoggedRecord { position, ops })
+}
+
+/// Decodes a payload of operations only (item tables, spills). Public for
+/// the fuzz target.
 pub fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
     let mut r = Reader {
         bytes: payload,
         at: 0,
     };
     let count = r.u32()? as usize;
+    decode_ops(&mut r, count)
+}
+
+fn decode_ops(r: &mut Reader<'_>, count: usize) -> std::result::Result<WalRecord, String> {
+    let payload = r.bytes;
     let mut ops = Vec::with_capacity(count.min(payload.len()));
     for _ in 0..count {
         match r.u8()? {
@@ -403,11 +503,49 @@ mod tests {
         )
     }
 
+    fn ops_of(records: Vec<LoggedRecord>) -> Vec<WalRecord> {
+        records.into_iter().map(|r| r.ops).collect()
+    }
+
     proptest! {
         #[test]
         fn encode_decode_round_trip(record in arb_record()) {
             prop_assert_eq!(decode(&encode(&record)).unwrap(), record);
         }
+
+        #[test]
+        fn positioned_records_round_trip(
+            record in arb_record(),
+            position in prop::option::of((any::<u64>(), any::<u64>())),
+        ) {
+            let position = position.map(|(epoch, seq)| WritePosition { epoch, seq });
+            let logged = decode_positioned(&encode_positioned(position, &record)).unwrap();
+            prop_assert_eq!(logged, LoggedRecord { position, ops: record });
+        }
+    }
+
+    #[test]
+    fn positions_are_logged_with_records_and_older_records_read_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        let at = |seq| Some(WritePosition { epoch: 3, seq });
+        let a = vec![upsert(1, "cat", vec![1.0, 2.0])];
+        let b = vec![WalOp::Delete { id: 1 }];
+        wal.append(None, &a).unwrap();
+        wal.append(at(7), &b).unwrap();
+        // A position with no operations: a transfer's end.
+        wal.append(at(8), &Vec::new()).unwrap();
+        drop(wal);
+        let records = Wal::open(&path).unwrap().1;
+        let positions: Vec<_> = records.iter().map(|r| r.position).collect();
+        assert_eq!(positions, vec![None, at(7), at(8)]);
+        assert_eq!(ops_of(records), vec![a.clone(), b, Vec::new()]);
+        // A record without a position is byte for byte what was written
+        // before positions existed (and what item tables and spills hold).
+        assert_eq!(encode_positioned(None, &a), encode(&a));
+        // Item tables and spills never hold positions.
+        assert!(decode(&encode_positioned(at(1), &a)).is_err());
     }
 
     #[test]
@@ -421,15 +559,15 @@ mod tests {
             upsert(2, "dog", vec![3.0, 4.0]),
         ];
         let b = vec![WalOp::Delete { id: 1 }];
-        wal.append(&a).unwrap();
-        wal.append(&b).unwrap();
+        wal.append(None, &a).unwrap();
+        wal.append(None, &b).unwrap();
         drop(wal);
         let (mut wal, records) = Wal::open(&path).unwrap();
-        assert_eq!(records, vec![a.clone(), b.clone()]);
+        assert_eq!(ops_of(records), vec![a.clone(), b.clone()]);
         let c = vec![upsert(3, "emu", vec![0.0, 0.5])];
-        wal.append(&c).unwrap();
+        wal.append(None, &c).unwrap();
         drop(wal);
-        assert_eq!(Wal::open(&path).unwrap().1, vec![a, b, c]);
+        assert_eq!(ops_of(Wal::open(&path).unwrap().1), vec![a, b, c]);
     }
 
     #[test]
@@ -439,8 +577,8 @@ mod tests {
         let (mut wal, _) = Wal::open(&path).unwrap();
         let a = vec![upsert(1, "cat", vec![1.0, 2.0])];
         let b = vec![upsert(2, "dog", vec![3.0, 4.0])];
-        wal.append(&a).unwrap();
-        wal.append(&b).unwrap();
+        wal.append(None, &a).unwrap();
+        wal.append(None, &b).unwrap();
         drop(wal);
         let full = std::fs::read(&path).unwrap();
 
@@ -450,10 +588,13 @@ mod tests {
         for cut in first_end..full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
             let (mut wal, records) = Wal::open(&path).unwrap();
-            assert_eq!(records, vec![a.clone()], "cut at {cut}");
-            wal.append(&b).unwrap();
+            assert_eq!(ops_of(records), vec![a.clone()], "cut at {cut}");
+            wal.append(None, &b).unwrap();
             drop(wal);
-            assert_eq!(Wal::open(&path).unwrap().1, vec![a.clone(), b.clone()]);
+            assert_eq!(
+                ops_of(Wal::open(&path).unwrap().1),
+                vec![a.clone(), b.clone()]
+            );
         }
 
         // Zeroes after the last record (extended but unwritten) are ignored.

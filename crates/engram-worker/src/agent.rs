@@ -379,10 +379,16 @@ impl WorkerNode {
                 let node = self.clone();
                 let addr = primary.addr.clone();
                 tokio::spawn(async move {
+                    let position = node
+                        .host()
+                        .get(&key.0, key.1)
+                        .ok()
+                        .and_then(|copy| copy.shard.position());
                     let request = CatchUpRequest {
                         collection: key.0.clone(),
                         shard: key.1,
                         worker: node.inner.id,
+                        position,
                     };
                     let result = call::<_, ()>(
                         &node.inner.client,

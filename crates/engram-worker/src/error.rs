@@ -20,6 +20,15 @@ pub enum WorkerError {
     Unavailable(String),
     #[error("remote worker: {0}")]
     Remote(String),
+    /// A write that does not follow this copy's history: a replica that
+    /// missed a write (or holds one its primary never ordered) must catch
+    /// up instead of applying writes out of order.
+    #[error("shard {shard}: write at {sent} does not follow this copy's history at {held}")]
+    OutOfOrder {
+        shard: u32,
+        sent: engram_store::WritePosition,
+        held: engram_store::WritePosition,
+    },
 }
 
 impl WorkerError {

@@ -9,6 +9,7 @@
 //! ([`server`]), following the map through heartbeats ([`agent`]).
 
 pub mod agent;
+pub mod catch_up;
 pub mod collection_api;
 pub mod error;
 pub mod hosted_collection;

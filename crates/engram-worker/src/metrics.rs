@@ -49,6 +49,49 @@ pub(crate) fn replication_sent(route: &str, ok: bool, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
+/// Catch-ups this worker served as primary, by how: `delta` (the writes
+/// after the copy's position, from the WAL) or `rows` (the whole shard).
+static CATCH_UPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "catch_ups_total",
+        "Shard copies this primary brought back in sync, by kind (delta: only the writes the copy lacked; rows: the whole shard)",
+        &["kind"],
+    )
+});
+
+/// Bytes those catch-ups sent (request bodies).
+static CATCH_UP_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "catch_up_bytes_total",
+        "Bytes this primary sent to bring shard copies back in sync, by kind",
+        &["kind"],
+    )
+});
+
+/// How long each catch-up took, from the request to the copy in sync.
+static CATCH_UP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "catch_up_duration_seconds",
+            "Time from a copy's catch-up request to it counting in sync, by kind",
+        )
+        .buckets(vec![
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+        ]),
+        &["kind"],
+    )
+    .expect("valid metric")
+});
+
+/// One completed catch-up.
+pub(crate) fn caught_up(kind: &str, bytes: u64, took: Duration) {
+    CATCH_UPS.with_label_values(&[kind]).inc();
+    CATCH_UP_BYTES.with_label_values(&[kind]).inc_by(bytes);
+    CATCH_UP_SECONDS
+        .with_label_values(&[kind])
+        .observe(took.as_secs_f64());
+}
+
 pub struct WorkerMetrics {
     registry: Registry,
     index: IndexActivityMetrics,
@@ -148,6 +191,9 @@ impl WorkerMetrics {
             Box::new(tls_failures.clone()),
             Box::new(secret_refused.clone()),
             Box::new(REPLICATION.clone()),
+            Box::new(CATCH_UPS.clone()),
+            Box::new(CATCH_UP_BYTES.clone()),
+            Box::new(CATCH_UP_SECONDS.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }

@@ -1,6 +1,6 @@
 //! A cluster worker: hosts shard replicas, orders and replicates writes for
 //! the shards it leads, answers searches, and catches up shards it fell
-//! behind on by transfer from their primary.
+//! behind on from their primary (`catch_up.rs`).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
@@ -12,25 +12,27 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use engram_core::config::IndexParams;
-use engram_core::config::StorageConfig;
+use engram_core::config::{CatchUpMode, StorageConfig};
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::topk::merge_per_query;
 use engram_index::SearchTuning;
 use engram_meta::{ClusterAccess, ClusterState, Command, CommandResult};
-use engram_store::{ObjectLocation, WalOp};
+use engram_store::{ObjectLocation, WalOp, WritePosition};
 
 use crate::lease::ReadLease;
 use crate::replicas::{Replica, ReplicaHost};
 use crate::rpc_client::{CallError, InternalClient, call};
-use crate::shard::{AttachedSegment, Compaction, SearchFilter, ShardDeletion};
+use crate::shard::{AttachedSegment, Compaction, SearchFilter, ShardDeletion, Stamp};
 use crate::wire::*;
 
 /// Longest a replication or transfer chunk may take.
-const REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a replica may take to say where its copy stands.
+const POSITION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a copy may take to download and attach a bulk segment.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Items per transfer chunk.
-const TRANSFER_CHUNK: usize = 2_000;
+pub(crate) const TRANSFER_CHUNK: usize = 2_000;
 
 #[derive(Clone)]
 pub struct WorkerNode {
@@ -59,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) lease: ReadLease,
     /// Credentials and endpoints for object storage (bulk segments).
     pub(crate) storage: StorageConfig,
+    /// How this worker, as primary, catches copies up.
+    pub(crate) catch_up: CatchUpMode,
     /// Sent on every call to peers; required by this node's routes.
     access: ClusterAccess,
 }
@@ -86,6 +90,8 @@ pub struct Membership {
     pub coordinators: Vec<String>,
     /// Sent on every call to peers; required by this node's routes.
     pub access: ClusterAccess,
+    /// How this worker, as primary, catches copies up.
+    pub catch_up: CatchUpMode,
 }
 
 impl WorkerNode {
@@ -101,6 +107,7 @@ impl WorkerNode {
             addr,
             coordinators,
             access,
+            catch_up,
         } = membership;
         Ok(WorkerNode {
             inner: Arc::new(Inner {
@@ -116,6 +123,7 @@ impl WorkerNode {
                 floor: AtomicU64::new(0),
                 lease: ReadLease::default(),
                 storage,
+                catch_up,
             }),
         })
     }
@@ -136,7 +144,7 @@ impl WorkerNode {
         self.inner.state.read().1.clone()
     }
 
-    fn worker_addr(&self, worker: WorkerId) -> RpcResult<String> {
+    pub(crate) fn worker_addr(&self, worker: WorkerId) -> RpcResult<String> {
         self.state()
             .workers
             .get(&worker)
@@ -179,16 +187,19 @@ impl WorkerNode {
         let placement = self
             .order_as_primary(&replica, &request.placement, &request.collection)
             .await?;
+        let at = next_position(&replica, &placement);
         let local = replica.clone();
-        let applied =
-            blocking(move || local.unless_retired(|_| Ok(apply_as_primary(&local, request.ops))))
-                .await?;
+        let applied = blocking(move || {
+            local.unless_retired(|_| Ok(apply_as_primary(&local, request.ops, at)))
+        })
+        .await?;
         if !applied.ops.is_empty() {
             self.replicate(
                 &replica,
                 &placement,
                 &request.collection,
                 request.shard,
+                at,
                 applied.ops,
             )
             .await?;
@@ -234,12 +245,14 @@ impl WorkerNode {
         placement: &ShardPlacement,
         collection: &str,
         shard: u32,
+        position: WritePosition,
         ops: Vec<WalOp>,
     ) -> RpcResult<()> {
         let request = ReplicateRequest {
             collection: collection.to_string(),
             shard,
             placement: placement.clone(),
+            position,
             ops,
         };
         self.to_replicas(
@@ -330,19 +343,64 @@ impl WorkerNode {
 
     /// Marks out of sync, through Raft, every replica that may lack a write
     /// this copy applied as primary (see [`Replica::suspects`]); refused
-    /// (and no write ordered) until that has happened.
-    async fn settle_suspects(
+    /// (and no write ordered) until that has happened. A suspect whose copy
+    /// stands at this copy's position holds every write this one holds
+    /// (`shard/history.rs`) and stays in sync: a restarted or newly
+    /// promoted primary costs its replicas nothing when they are complete.
+    pub(crate) async fn settle_suspects(
         &self,
         replica: &Arc<Replica>,
         collection: &str,
         shard: u32,
     ) -> RpcResult<()> {
-        for worker in replica.suspects(self.inner.id) {
-            let epoch = replica.placement().epoch;
-            self.mark_out_of_sync(replica, collection, shard, worker, epoch)
+        let suspects = replica.suspects(self.inner.id);
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        let held = replica.shard.position();
+        for worker in suspects {
+            let placement = replica.placement();
+            if held.is_some()
+                && self
+                    .position_of(worker, collection, shard, &placement)
+                    .await
+                    == held
+            {
+                tracing::debug!(collection, shard, replica = worker, position = ?held, "a suspected replica holds every write; it stays in sync");
+                replica.clear_suspect(worker);
+                continue;
+            }
+            self.mark_out_of_sync(replica, collection, shard, worker, placement.epoch)
                 .await?;
         }
         Ok(())
+    }
+
+    /// Where `worker`'s copy of the shard stands (`None`: unknown, or it
+    /// did not answer).
+    async fn position_of(
+        &self,
+        worker: WorkerId,
+        collection: &str,
+        shard: u32,
+        placement: &ShardPlacement,
+    ) -> Option<WritePosition> {
+        let addr = self.worker_addr(worker).ok()?;
+        let request = PositionRequest {
+            collection: collection.to_string(),
+            shard,
+            placement: placement.clone(),
+        };
+        call::<_, Option<WritePosition>>(
+            &self.inner.client,
+            &addr,
+            path::POSITION,
+            &request,
+            POSITION_TIMEOUT,
+        )
+        .await
+        .ok()
+        .flatten()
     }
 
     // ----- bulk segments -----------------------------------------------
@@ -361,6 +419,7 @@ impl WorkerNode {
         let prefetch = AttachRequest {
             placement: replica.placement(),
             stage_only: true,
+            position: None,
             ..request.clone()
         };
         let this = &self;
@@ -393,12 +452,16 @@ impl WorkerNode {
         let placement = self
             .order_as_primary(&replica, &request.placement, &request.collection)
             .await?;
+        let at = next_position(&replica, &placement);
         let shard = replica.clone();
-        let attached =
-            blocking(move || shard.unless_retired(|s| s.attach(&local).map_err(internal))).await?;
+        let attached = blocking(move || {
+            shard.unless_retired(|s| s.attach_at(&local, Stamp::At(at)).map_err(internal))
+        })
+        .await?;
         let forward = AttachRequest {
             placement: placement.clone(),
             stage_only: false,
+            position: Some(at),
             ..request.clone()
         };
         self.to_replicas(
@@ -424,7 +487,19 @@ impl WorkerNode {
         if request.stage_only {
             return Ok(AttachedSegment::default());
         }
-        blocking(move || replica.unless_retired(|s| s.attach(&staged).map_err(internal))).await
+        // Without a position (an older primary): outside the history.
+        let stamp = request.position.map_or(Stamp::Unordered, Stamp::At);
+        blocking(move || {
+            replica.unless_retired(|s| {
+                s.attach_at(&staged, stamp).map_err(|e| {
+                    if matches!(e, crate::WorkerError::OutOfOrder { .. }) {
+                        replica.mark_missed_write();
+                    }
+                    internal(e)
+                })
+            })
+        })
+        .await
     }
 
     /// Downloads `segment` (checked file by file against its CRC32s) into
@@ -484,174 +559,12 @@ impl WorkerNode {
         tracing::debug!(shard = request.shard, ids = ?op_ids(&request.ops), epoch = request.placement.epoch, "replica writes");
         blocking(move || {
             replica.unless_retired(|shard| {
-                shard.write(request.ops).map_err(|e| {
-                    replica.mark_missed_write();
-                    internal(e)
-                })
-            })
-        })
-        .await
-    }
-
-    // ----- catching up -------------------------------------------------
-
-    /// Primary side of a catch-up: holds writes back, sends the whole shard
-    /// to `worker`, then marks it in sync through Raft.
-    pub async fn catch_up(self, request: CatchUpRequest) -> RpcResult<()> {
-        let replica = self.inner.host.get(&request.collection, request.shard)?;
-        // Not fenced (see `Replica::fence_writes_until`): a catch-up that
-        // succeeds is what lifts a fence whose command was never applied.
-        let _order = replica.order.lock().await;
-        if replica.placement().primary != self.inner.id {
-            return Err(RpcError::NotPrimary(request.shard));
-        }
-        // Settled first, so that a transfer is never followed by one to
-        // the replicas this primary suspected anyway.
-        self.settle_suspects(&replica, &request.collection, request.shard)
-            .await?;
-        let placement = replica.placement();
-        if !placement.out_of_sync.contains(&request.worker) {
-            return Err(RpcError::Invalid(format!(
-                "worker {} is not catching up on shard {} (epoch {})",
-                request.worker, request.shard, placement.epoch
-            )));
-        }
-        let target = self.worker_addr(request.worker)?;
-        let source = replica.clone();
-        let items = blocking(move || {
-            let mut all = Vec::new();
-            source
-                .shard
-                .scan(&mut |items| {
-                    all.extend(items.into_iter().map(|i| WalOp::Upsert {
-                        id: i.id,
-                        label: i.label,
-                        weight: i.weight,
-                        source: i.source,
-                        vector: i.vector,
-                        thumbnail: i.thumbnail,
-                    }));
-                    Ok(())
-                })
-                .map_err(internal)?;
-            Ok(all)
-        })
-        .await?;
-        let total = items.len();
-        let tombstones = replica.shard.tombstones_if_receiving();
-        let mut chunks: Vec<Vec<WalOp>> = items
-            .chunks(TRANSFER_CHUNK)
-            .map(<[WalOp]>::to_vec)
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        let transfer = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        for (i, ops) in chunks.into_iter().enumerate() {
-            let install = InstallRequest {
-                transfer,
-                spec: replica.spec.clone(),
-                shard: request.shard,
-                placement: placement.clone(),
-                reset: i == 0,
-                ops,
-                tombstones: if i == 0 { tombstones.clone() } else { None },
-            };
-            call::<_, ()>(
-                &self.inner.client,
-                &target,
-                path::INSTALL,
-                &install,
-                REPLICATION_TIMEOUT,
-            )
-            .await
-            .map_err(|e| RpcError::Replication(e.to_string()))?;
-        }
-        let marked = self
-            .command(Command::ReplicaInSync {
-                collection: request.collection.clone(),
-                shard: request.shard,
-                worker: request.worker,
-                epoch: placement.epoch,
-            })
-            .await;
-        match marked {
-            Ok(CommandResult::Placement(next)) => replica.observe(&next),
-            Ok(CommandResult::Refused(why)) => {
-                // Refused now, perhaps after an earlier attempt through a
-                // coordinator that died had already been applied.
-                replica.fence_writes_until(placement.epoch + 1);
-                return Err(RpcError::Replication(why));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                replica.fence_writes_until(placement.epoch + 1);
-                return Err(e);
-            }
-        }
-        tracing::info!(collection = %request.collection, shard = request.shard, worker = request.worker, items = total, "replica caught up");
-        Ok(())
-    }
-
-    /// Receiving side of a transfer.
-    pub async fn install(self, request: InstallRequest) -> RpcResult<()> {
-        let host = self.clone();
-        tracing::debug!(
-            shard = request.shard,
-            transfer = request.transfer,
-            reset = request.reset,
-            items = request.ops.len(),
-            epoch = request.placement.epoch,
-            "transfer chunk"
-        );
-        blocking(move || {
-            // Held through the write: a late chunk of an older transfer is
-            // checked and applied (or refused) as one step.
-            let slot = host
-                .inner
-                .host
-                .transfer_slot(&request.spec.name, request.shard);
-            let mut current = slot.lock();
-            // A transfer from an older shard map may not touch a copy that
-            // has seen a newer one (it may be in sync by now).
-            if let Ok(existing) = host.inner.host.get(&request.spec.name, request.shard) {
-                existing.check_epoch(&request.placement)?;
-            }
-            crate::replicas::admit_transfer(
-                &mut current,
-                request.shard,
-                request.transfer,
-                request.reset,
-            )?;
-            let replica = if request.reset {
-                let replica = host
-                    .inner
-                    .host
-                    .reset(
-                        &request.spec,
-                        request.shard,
-                        &request.placement,
-                        request.tombstones.is_some(),
-                    )
-                    .map_err(internal)?;
-                if let Some(tombstones) = &request.tombstones {
-                    replica
-                        .shard
-                        .delete_receiving(tombstones)
-                        .map_err(internal)?;
-                }
-                replica
-            } else {
-                host.inner.host.get(&request.spec.name, request.shard)?
-            };
-            replica.observe(&request.placement);
-            replica.unless_retired(|shard| {
-                shard.write(request.ops).map_err(|e| {
-                    replica.mark_missed_write();
-                    internal(e)
-                })
+                shard
+                    .write_at(request.ops, Stamp::At(request.position))
+                    .map_err(|e| {
+                        replica.mark_missed_write();
+                        internal(e)
+                    })
             })
         })
         .await
@@ -840,6 +753,18 @@ async fn hold_acknowledgement(replica: &Replica) {
     }
 }
 
+/// The position a primary logs its next write at: after its copy's, in
+/// the epoch of the placement the write is ordered under. (A copy whose
+/// position is unknown, written before positions existed, starts over at
+/// 1: no copy of unknown position matches it.)
+fn next_position(replica: &Replica, placement: &ShardPlacement) -> WritePosition {
+    replica
+        .shard
+        .position()
+        .unwrap_or_default()
+        .next(placement.epoch)
+}
+
 /// The ids `ops` touch, deletes negated, for debug logs that follow one
 /// item through its copies.
 fn op_ids(ops: &[WalOp]) -> Vec<i128> {
@@ -865,10 +790,10 @@ struct AppliedWrite {
 /// Applies a primary's ops in order: upserts and id deletes as given,
 /// label/source deletes resolved to ids under the WAL lock. Returns the
 /// concrete operations to replicate and the deletions made.
-fn apply_as_primary(replica: &Replica, ops: Vec<ShardOp>) -> AppliedWrite {
+fn apply_as_primary(replica: &Replica, ops: Vec<ShardOp>, at: WritePosition) -> AppliedWrite {
     let mut applied = Vec::new();
     let mut deletions = Vec::new();
-    let error = apply_ops(replica, ops, &mut applied, &mut deletions).err();
+    let error = apply_ops(replica, ops, Stamp::At(at), &mut applied, &mut deletions).err();
     AppliedWrite {
         ops: applied,
         deletions,
@@ -879,6 +804,7 @@ fn apply_as_primary(replica: &Replica, ops: Vec<ShardOp>) -> AppliedWrite {
 fn apply_ops(
     replica: &Replica,
     ops: Vec<ShardOp>,
+    stamp: Stamp,
     applied: &mut Vec<WalOp>,
     deletions: &mut Vec<ShardDeletion>,
 ) -> RpcResult<()> {
@@ -888,7 +814,7 @@ fn apply_ops(
         if !pending.is_empty() {
             let ops = std::mem::take(pending);
             tracing::debug!(shard = shard.number(), ids = ?op_ids(&ops), epoch = replica.placement().epoch, "primary writes");
-            shard.write(ops.clone()).map_err(|e| match e {
+            shard.write_at(ops.clone(), stamp).map_err(|e| match e {
                 crate::WorkerError::Index(engram_index::IndexError::DimensionMismatch {
                     ..
                 }) => RpcError::Invalid(e.to_string()),
@@ -906,24 +832,27 @@ fn apply_ops(
             }
             ShardOp::DeleteIds(ids) => {
                 flush(&mut pending, applied)?;
-                shard.delete_traced(|items| {
-                    let (mut live, absent): (Vec<u64>, Vec<u64>) =
-                        ids.iter().partition(|id| items.contains(**id));
-                    if !absent.is_empty() {
-                        tracing::debug!(
-                            shard = shard.number(),
-                            ?absent,
-                            "delete of ids not stored here (deleted before, or never written)"
-                        );
-                    }
-                    live.sort_unstable();
-                    live.dedup();
-                    live
-                })
+                shard.delete_traced_at(
+                    |items| {
+                        let (mut live, absent): (Vec<u64>, Vec<u64>) =
+                            ids.iter().partition(|id| items.contains(**id));
+                        if !absent.is_empty() {
+                            tracing::debug!(
+                                shard = shard.number(),
+                                ?absent,
+                                "delete of ids not stored here (deleted before, or never written)"
+                            );
+                        }
+                        live.sort_unstable();
+                        live.dedup();
+                        live
+                    },
+                    stamp,
+                )
             }
             ShardOp::DeleteLabel(label) => {
                 flush(&mut pending, applied)?;
-                shard.delete_traced(|items| items.ids_with_label(&label))
+                shard.delete_traced_at(|items| items.ids_with_label(&label), stamp)
             }
             ShardOp::CopyIn(rows) => {
                 flush(&mut pending, applied)?;
@@ -935,7 +864,7 @@ fn apply_ops(
                         })
                     })
                     .collect::<RpcResult<Vec<_>>>()?;
-                let ops = shard.copy_in(rows).map_err(|e| match e {
+                let ops = shard.copy_in_at(rows, stamp).map_err(|e| match e {
                     crate::WorkerError::Index(engram_index::IndexError::DimensionMismatch {
                         ..
                     }) => RpcError::Invalid(e.to_string()),
@@ -946,7 +875,7 @@ fn apply_ops(
             }
             ShardOp::DeleteSource(source) => {
                 flush(&mut pending, applied)?;
-                shard.delete_traced(|items| items.ids_with_source(&source))
+                shard.delete_traced_at(|items| items.ids_with_source(&source), stamp)
             }
         }
         .map_err(internal)?;

@@ -49,11 +49,12 @@ pub struct Replica {
     /// out of sync before this copy orders another write.
     suspects: Mutex<BTreeSet<u64>>,
     /// Whether this copy has ordered a write as primary since it was
-    /// opened from existing files (true for a new copy). A primary that crashed between applying a write and
-    /// replicating it (or a replica promoted while its old primary
-    /// replicated a write to some copies only) cannot tell which replicas
-    /// got what: before its first write it marks them all out of sync, and
-    /// they catch up from it.
+    /// opened from existing files or became primary (true for a new
+    /// copy). A primary that crashed between applying a write and
+    /// replicating it, or a replica promoted while its old primary
+    /// replicated a write to some copies only, cannot tell which replicas
+    /// got what: before its first write it suspects them all, and those
+    /// not at its position are marked out of sync and catch up from it.
     led: AtomicBool,
 }
 
@@ -109,6 +110,12 @@ impl Replica {
     /// Records that a replicated write failed here (see `check_readable`).
     pub fn mark_missed_write(&self) {
         self.missed_write.store(true, Ordering::SeqCst);
+    }
+
+    /// A delta brought this copy to its primary's position: it no longer
+    /// lacks a write.
+    pub fn clear_missed_write(&self) {
+        self.missed_write.store(false, Ordering::SeqCst);
     }
 
     /// Compacts this copy unless a transfer replaced it meanwhile (then
@@ -201,6 +208,11 @@ impl Replica {
         let newer = placement.epoch > known.epoch;
         if in_sync_shrank(known, placement) || (newer && self.shard.is_receiving()) {
             self.ack_hold.hold();
+        }
+        if placement.primary != known.primary {
+            // A new primary (this copy, perhaps) must settle the replicas
+            // before its first write.
+            self.led.store(false, Ordering::SeqCst);
         }
         *known = placement.clone();
     }
@@ -547,6 +559,16 @@ mod tests {
         assert!(follower.suspects(1).is_empty());
         follower.observe(&ShardPlacement::new(5, 1, &[3], &[2]));
         assert_eq!(follower.suspects(1), vec![3]);
+        // A new copy (never restarted) promoted: its old primary may have
+        // replicated its last write to some replicas only.
+        let promoted = host
+            .ensure(&spec, 2, &ShardPlacement::new(1, 2, &[1, 3], &[]), false)
+            .unwrap();
+        assert!(promoted.suspects(1).is_empty(), "not primary");
+        promoted.observe(&ShardPlacement::new(2, 1, &[3], &[]));
+        assert_eq!(promoted.suspects(1), vec![3]);
+        promoted.clear_suspect(3);
+        assert!(promoted.suspects(1).is_empty(), "settled once");
     }
 
     #[test]

@@ -44,6 +44,14 @@ fn routes() -> Vec<Route> {
             post(|s, b| handle(s, b, WorkerNode::install)),
         ),
         (
+            path::DELTA,
+            post(|s, b| handle(s, b, WorkerNode::apply_delta)),
+        ),
+        (
+            path::POSITION,
+            post(|s, b| handle(s, b, WorkerNode::position)),
+        ),
+        (
             path::COMPACT,
             post(|s, b| handle(s, b, WorkerNode::compact)),
         ),

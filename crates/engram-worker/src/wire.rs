@@ -4,7 +4,7 @@
 use engram_core::merge_policy::SealGrowing;
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::{Admission, CollectionSpec, Neighbor};
-use engram_store::WalOp;
+use engram_store::{WalOp, WritePosition};
 use serde::{Deserialize, Serialize};
 
 use crate::shard::{Presence, ShardDeletion};
@@ -19,6 +19,8 @@ pub mod path {
     pub const PRESENCE: &str = "/internal/v1/presence";
     pub const CATCH_UP: &str = "/internal/v1/catch_up";
     pub const INSTALL: &str = "/internal/v1/install";
+    pub const DELTA: &str = "/internal/v1/delta";
+    pub const POSITION: &str = "/internal/v1/position";
     pub const COMPACT: &str = "/internal/v1/compact";
     pub const SCAN: &str = "/internal/v1/scan";
     pub const SNAPSHOT: &str = "/internal/v1/snapshot";
@@ -68,7 +70,20 @@ pub struct ReplicateRequest {
     pub collection: String,
     pub shard: u32,
     pub placement: ShardPlacement,
+    /// Where the primary logged the write: the replica refuses it unless it
+    /// follows its own position (`shard/history.rs`).
+    pub position: WritePosition,
     pub ops: Vec<WalOp>,
+}
+
+/// A primary asks a replica where its copy's history stands (before it
+/// orders its first write, or after a replication failed), so that a copy
+/// holding every write stays in sync and one that does not catches up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PositionRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +269,28 @@ pub struct CatchUpRequest {
     pub collection: String,
     pub shard: u32,
     pub worker: WorkerId,
+    /// Where the asking copy's history stands (`None`: no copy, or an
+    /// unknown position): the primary sends only the writes after it when
+    /// its WAL still holds them.
+    pub position: Option<WritePosition>,
+}
+
+/// One chunk of a delta catch-up: the writes after `delta.from`, each at
+/// its position. A copy not at `delta.from` applies nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeltaRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    /// The catch-up this chunk belongs to (as `InstallRequest::transfer`):
+    /// the first chunk makes it the copy's newest, so a late chunk of an
+    /// older transfer is refused.
+    pub transfer: u64,
+    pub first: bool,
+    /// The last chunk: the copy then holds every write its primary holds.
+    pub last: bool,
+    pub from: WritePosition,
+    pub writes: Vec<(WritePosition, Vec<WalOp>)>,
 }
 
 /// One chunk of a full shard transfer from a primary; the first chunk
@@ -275,6 +312,9 @@ pub struct InstallRequest {
     /// sent with the first chunk: the rebuilt copy is receiving too, and
     /// must refuse copies of the same ids.
     pub tombstones: Option<Vec<u64>>,
+    /// Set on the last chunk: the primary's position when the transfer was
+    /// read, which the rebuilt copy now holds the history up to.
+    pub position: Option<WritePosition>,
 }
 
 /// A sealed segment in object storage: the store's URI, the key below it
@@ -296,6 +336,9 @@ pub struct AttachRequest {
     pub placement: ShardPlacement,
     pub segment: SegmentObject,
     pub stage_only: bool,
+    /// Where the primary logged the attach (sent to replicas; `None` from
+    /// a coordinator and for staging).
+    pub position: Option<WritePosition>,
 }
 
 /// Open these shards now (a coordinator creating a collection), as of

@@ -744,6 +744,7 @@ impl RemoteLayout {
                     placement,
                     segment: object.clone(),
                     stage_only: false,
+                    position: None,
                 }),
             )
     }

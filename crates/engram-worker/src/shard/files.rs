@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use engram_index::SealedSegment;
+use engram_store::WritePosition;
 
 use crate::error::Result;
 
@@ -34,6 +35,12 @@ pub(super) struct ShardManifest {
     /// retired WAL (the current WAL's deletes add to them at replay).
     #[serde(default)]
     pub(super) tombstones: Vec<u64>,
+    /// The shard's place in its history where the current WAL begins (the
+    /// last write before it); the WAL's records carry the rest. `None`:
+    /// unknown (a copy being rebuilt by a full transfer, or a shard written
+    /// before positions existed), so no delta can be computed against it.
+    #[serde(default)]
+    pub(super) position: Option<WritePosition>,
 }
 
 pub(super) fn wal_path(dir: &Path, generation: u64) -> PathBuf {

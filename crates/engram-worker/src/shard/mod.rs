@@ -19,6 +19,9 @@
 //! row deleted after it was read.
 
 mod files;
+mod history;
+#[cfg(test)]
+mod history_tests;
 mod receiving;
 mod rewrite;
 mod scan;
@@ -41,12 +44,13 @@ use engram_index::disk::codebook::CodebookStore;
 use engram_index::{
     GrowingSegment, MutableSegmentIndex, SealedSegment, SearchTuning, SegmentCache, SegmentIndex,
 };
-use engram_store::{ItemTable, Wal, WalOp, WalRecord, checksummed};
+use engram_store::{ItemTable, Wal, WalOp, WalRecord, WritePosition, checksummed};
 
 use self::files::{
     CODEBOOKS_DIR, ITEMS_FILE, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest,
     remove_leftovers, segment_bytes, wal_path,
 };
+pub use self::history::{HistoryDelta, Stamp};
 use self::state::{ShardState, neighbor};
 pub use self::types::{
     AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
@@ -57,6 +61,9 @@ use crate::error::{Result, WorkerError};
 struct WalState {
     wal: Wal,
     manifest: ShardManifest,
+    /// The position of the last write applied (see `history.rs`); `None`
+    /// while unknown.
+    position: Option<WritePosition>,
 }
 
 pub struct Shard {
@@ -117,7 +124,11 @@ impl Shard {
                 })
             })?
         } else {
-            let manifest = ShardManifest::default();
+            // Every copy of a shard starts empty at the same place.
+            let manifest = ShardManifest {
+                position: Some(WritePosition::default()),
+                ..ShardManifest::default()
+            };
             checksummed::write_atomic(
                 &manifest_path,
                 &serde_json::to_vec(&manifest).expect("serialisable"),
@@ -161,8 +172,10 @@ impl Shard {
             state.sealed.push(Arc::new(segment));
         }
         let (wal, records) = Wal::open(&wal_path(dir, manifest.wal_generation))?;
+        let mut position = manifest.position;
         for record in &records {
-            state.apply(record)?;
+            state.apply(&record.ops)?;
+            position = record.position;
         }
         // Shared out by the caller once every shard it opens is open.
         for segment in &state.sealed {
@@ -182,7 +195,11 @@ impl Shard {
             metric,
             params: params.clone(),
             cache,
-            wal: Mutex::new(WalState { wal, manifest }),
+            wal: Mutex::new(WalState {
+                wal,
+                manifest,
+                position,
+            }),
             state: RwLock::new(state),
             rewriting: Mutex::new(()),
             codebooks: CodebookStore::open(&dir.join(CODEBOOKS_DIR))?,
@@ -201,7 +218,12 @@ impl Shard {
     /// the seal again. (Failing it would tell a primary not to replicate,
     /// or a replica to give up its copy, over a write that happened.)
     pub fn write(&self, ops: WalRecord) -> Result<()> {
-        if self.write_unsealed(ops)?
+        self.write_at(ops, Stamp::Next)
+    }
+
+    /// [`Self::write`] at the history position `stamp` gives.
+    pub fn write_at(&self, ops: WalRecord, stamp: Stamp) -> Result<()> {
+        if self.write_unsealed_at(ops, stamp)?
             && let Err(error) = self.seal()
         {
             tracing::error!(shard = self.number, %error, "sealing the growing segment failed; its rows stay in the WAL, and the next write tries again");
@@ -214,12 +236,17 @@ impl Shard {
     /// builder blocks on a runtime and uses rayon inside, so a seal started
     /// from a rayon task could be re-entered by work stealing.
     pub fn write_unsealed(&self, ops: WalRecord) -> Result<bool> {
+        self.write_unsealed_at(ops, Stamp::Next)
+    }
+
+    /// [`Self::write_unsealed`] at the history position `stamp` gives.
+    pub fn write_unsealed_at(&self, ops: WalRecord, stamp: Stamp) -> Result<bool> {
         if ops.is_empty() {
             return Ok(false);
         }
         self.check_dimensions(&ops)?;
         let mut wal = self.wal.lock();
-        wal.wal.append(&ops)?;
+        self.append_locked(&mut wal, stamp, &ops)?;
         let mut state = self.state.write();
         state.apply(&ops)?;
         Ok(state.growing.len() >= self.params.seal_threshold)
@@ -256,6 +283,15 @@ impl Shard {
         &self,
         select: impl FnOnce(&ItemTable) -> Vec<u64>,
     ) -> Result<Option<ShardDeletion>> {
+        self.delete_traced_at(select, Stamp::Next)
+    }
+
+    /// [`Self::delete_traced`] at the history position `stamp` gives.
+    pub fn delete_traced_at(
+        &self,
+        select: impl FnOnce(&ItemTable) -> Vec<u64>,
+        stamp: Stamp,
+    ) -> Result<Option<ShardDeletion>> {
         let mut wal = self.wal.lock();
         let (ids, vectors_in_wal, segments) = {
             let state = self.state.read();
@@ -273,7 +309,7 @@ impl Shard {
             return Ok(None);
         }
         let ops: WalRecord = ids.iter().map(|id| WalOp::Delete { id: *id }).collect();
-        wal.wal.append(&ops)?;
+        self.append_locked(&mut wal, stamp, &ops)?;
         self.state.write().apply(&ops)?;
         Ok(Some(ShardDeletion {
             shard: self.number,

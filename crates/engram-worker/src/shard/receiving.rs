@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use engram_index::SegmentIndex;
 use engram_store::{WalOp, WalRecord};
 
-use super::{ScannedItem, Shard};
+use super::{ScannedItem, Shard, Stamp};
 use crate::error::Result;
 
 impl Shard {
@@ -68,6 +68,11 @@ impl Shard {
     /// Refused once the shard no longer receives (its resharding finished
     /// or was dropped): a late copy must not bring back a row deleted since.
     pub fn copy_in(&self, rows: Vec<ScannedItem>) -> Result<WalRecord> {
+        self.copy_in_at(rows, Stamp::Next)
+    }
+
+    /// [`Self::copy_in`] at the history position `stamp` gives.
+    pub fn copy_in_at(&self, rows: Vec<ScannedItem>, stamp: Stamp) -> Result<WalRecord> {
         let mut wal = self.wal.lock();
         let ops: WalRecord = {
             let state = self.state.read();
@@ -93,7 +98,7 @@ impl Shard {
             return Ok(ops);
         }
         self.check_dimensions(&ops)?;
-        wal.wal.append(&ops)?;
+        self.append_locked(&mut wal, stamp, &ops)?;
         self.state.write().apply(&ops)?;
         let full = self.state.read().growing.len() >= self.params.seal_threshold;
         if full && let Err(error) = self.seal_locked(&mut wal) {
@@ -105,6 +110,11 @@ impl Shard {
     /// Deletes `ids` whether or not they are live here, so that a copy
     /// arriving later cannot bring them back; returns the deletes logged.
     pub fn delete_receiving(&self, ids: &[u64]) -> Result<WalRecord> {
+        self.delete_receiving_at(ids, Stamp::Next)
+    }
+
+    /// [`Self::delete_receiving`] at the history position `stamp` gives.
+    pub fn delete_receiving_at(&self, ids: &[u64], stamp: Stamp) -> Result<WalRecord> {
         let mut wal = self.wal.lock();
         let unique: HashSet<u64> = ids.iter().copied().collect();
         let mut ids: Vec<u64> = unique.into_iter().collect();
@@ -113,7 +123,7 @@ impl Shard {
         if ops.is_empty() {
             return Ok(ops);
         }
-        wal.wal.append(&ops)?;
+        self.append_locked(&mut wal, stamp, &ops)?;
         self.state.write().apply(&ops)?;
         Ok(ops)
     }

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use engram_core::merge_policy::{self, CompactOptions, SegmentSize};
 use engram_index::activity::{self, BuildKind};
 use engram_index::{GrowingSegment, MutableSegmentIndex, SealedSegment, SegmentIndex};
-use engram_store::{StoredItem, Wal, WalRecord, checksummed};
+use engram_store::{StoredItem, Wal, WalRecord, WritePosition, checksummed};
 
 use super::files::{ITEMS_FILE, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest};
 use super::files::{move_dir, segment_bytes, wal_path};
 use super::state::ShardState;
-use super::{AttachedSegment, Compaction, Shard, WalState};
+use super::{AttachedSegment, Compaction, Shard, Stamp, WalState};
 use crate::error::{Result, WorkerError};
 
 /// Most merge plans one maintenance run applies (each plan's merges make
@@ -122,7 +122,15 @@ impl Shard {
     /// superseding from the manifest order again, so the older segments'
     /// delete bitmaps may be written after the commit.
     pub fn attach(&self, staged: &Path) -> Result<AttachedSegment> {
+        self.attach_at(staged, Stamp::Next)
+    }
+
+    /// [`Self::attach`] as the write at the history position `stamp` gives.
+    /// Its rows reach no WAL record, so the new WAL starts at that position:
+    /// a copy behind it cannot catch up by delta.
+    pub fn attach_at(&self, staged: &Path, stamp: Stamp) -> Result<AttachedSegment> {
         let mut wal = self.wal.lock();
+        let position = stamp.resolve(self.number, wal.position)?;
         let name = format!("{:08}", wal.manifest.next_segment);
         let segment_dir = self.dir.join(SEGMENTS_DIR).join(&name);
         if segment_dir.exists() {
@@ -145,7 +153,7 @@ impl Shard {
         let rows = items.len();
         let segment = Arc::new(segment);
         let mut replaced = 0usize;
-        self.rotate_wal_carrying(&mut wal, manifest, &carried, |state| {
+        self.rotate_wal_carrying(&mut wal, manifest, position, &carried, |state| {
             for item in &items {
                 state.thumbnails.remove(&item.id);
                 let mut was_live = state.growing.remove(item.id);
@@ -373,7 +381,8 @@ impl Shard {
         };
         let before = wal.wal.len_bytes();
         let manifest = wal.manifest.clone();
-        self.rotate_wal_carrying(&mut wal, manifest, &carried, |_| Ok(()))?;
+        let position = wal.position;
+        self.rotate_wal_carrying(&mut wal, manifest, position, &carried, |_| Ok(()))?;
         let after = wal.wal.len_bytes();
         tracing::info!(
             shard = self.number,
@@ -425,17 +434,20 @@ impl Shard {
         manifest: ShardManifest,
         swap: impl FnOnce(&mut ShardState) -> Result<()>,
     ) -> Result<()> {
-        self.rotate_wal_carrying(wal, manifest, &Vec::new(), swap)
+        let position = wal.position;
+        self.rotate_wal_carrying(wal, manifest, position, &Vec::new(), swap)
     }
 
     /// [`Self::rotate_wal`] whose new WAL starts with `carried` (rows of the
     /// growing segment that must outlive the old WAL), durable before the
-    /// commit point. A receiving shard's tombstones, whose delete records
-    /// leave with the old WAL, are kept in the manifest.
+    /// commit point, at `position` (where the shard's history stands once
+    /// committed: the new WAL's start). A receiving shard's tombstones,
+    /// whose delete records leave with the old WAL, are kept in the manifest.
     pub(super) fn rotate_wal_carrying(
         &self,
         wal: &mut WalState,
         mut manifest: ShardManifest,
+        position: Option<WritePosition>,
         carried: &WalRecord,
         swap: impl FnOnce(&mut ShardState) -> Result<()>,
     ) -> Result<()> {
@@ -444,10 +456,12 @@ impl Shard {
         }
         manifest.wal_generation = wal.manifest.wal_generation + 1;
         manifest.tombstones = self.tombstones_to_keep();
+        manifest.position = position;
         let (mut new_wal, records) = Wal::open(&wal_path(&self.dir, manifest.wal_generation))?;
         debug_assert!(records.is_empty());
         if !carried.is_empty() {
-            new_wal.append(carried)?;
+            // At the start position: replaying it leaves the history there.
+            new_wal.append(position, carried)?;
         }
         checksummed::write_atomic(
             &self.dir.join(SHARD_FILE),
@@ -459,6 +473,7 @@ impl Shard {
         let old_wal = wal_path(&self.dir, wal.manifest.wal_generation);
         wal.wal = new_wal;
         wal.manifest = manifest;
+        wal.position = position;
         {
             let mut state = self.state.write();
             swap(&mut state)?;

@@ -4,7 +4,7 @@ use engram_index::FlatIndex;
 use engram_store::StoredItem;
 use std::collections::HashMap;
 
-fn rows(n: usize, dim: usize) -> Vec<Vec<f32>> {
+pub(super) fn rows(n: usize, dim: usize) -> Vec<Vec<f32>> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let centres: Vec<Vec<f32>> = (0..8)
         .map(|_| {
@@ -35,7 +35,7 @@ fn rows(n: usize, dim: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn upsert(id: u64, label: &str, vector: &[f32]) -> WalOp {
+pub(super) fn upsert(id: u64, label: &str, vector: &[f32]) -> WalOp {
     WalOp::Upsert {
         id,
         label: label.into(),
@@ -67,7 +67,7 @@ fn files_contain(dir: &Path, needle: &[u8]) -> bool {
 
 /// Small-graph settings that seal every 200 rows.
 /// Small graphs for small test shards, sealing at `seal_threshold` rows.
-fn small_params(seal_threshold: usize) -> IndexParams {
+pub(super) fn small_params(seal_threshold: usize) -> IndexParams {
     IndexParams {
         seal_threshold,
         max_degree: 16,
@@ -234,7 +234,7 @@ fn seals_survives_reopen_compacts_and_forgets_deleted_vectors() {
 }
 
 /// Builds a segment of `ids` with label `label` as bulk ingestion does.
-fn bulk_segment(
+pub(super) fn bulk_segment(
     dir: &Path,
     ids: &[u64],
     data: &[Vec<f32>],
@@ -415,7 +415,7 @@ fn a_seal_that_failed_midway_neither_blocks_later_seals_nor_fails_writes() {
     assert!(shard.get(119).is_some());
     drop(shard);
     let (_, records) = Wal::open(&wal_path(&dir, 1)).unwrap();
-    let logged: usize = records.iter().map(Vec::len).sum();
+    let logged: usize = records.iter().map(|r| r.ops.len()).sum();
     assert_eq!(logged, 60, "the rows of the failed seal stay in the WAL");
 }
 

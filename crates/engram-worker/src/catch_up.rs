@@ -1,0 +1,414 @@
+//! Bringing a shard copy that fell behind back in sync from its primary.
+//!
+//! The copy asks with its position (`shard/history.rs`). When the
+//! primary's WAL still holds every write after it, the primary sends just
+//! those writes, each at its position (a *delta*: a copy at the primary's
+//! position gets none); otherwise (a new copy, one behind the WAL's start,
+//! one on another branch of the history, or `cluster.catch_up = "rows"`)
+//! it streams every live item and the copy rebuilds the shard from them
+//! (*rows*). Either way the primary holds the shard's write order
+//! throughout, so the copy misses nothing, then marks it in sync through
+//! Raft.
+
+use std::time::Instant;
+
+use engram_core::config::CatchUpMode;
+use engram_core::placement::ShardPlacement;
+use engram_meta::{Command, CommandResult};
+use engram_store::{WalOp, WritePosition};
+
+use crate::node::{REPLICATION_TIMEOUT, TRANSFER_CHUNK, WorkerNode, blocking, internal};
+use crate::replicas::Replica;
+use crate::rpc_client::call;
+use crate::shard::{HistoryDelta, Stamp};
+use crate::wire::*;
+
+/// How a catch-up was done, and what it moved.
+struct Sent {
+    kind: &'static str,
+    bytes: u64,
+    ops: usize,
+}
+
+impl WorkerNode {
+    /// Primary side of a catch-up: holds writes back, sends `worker` what
+    /// it lacks (a delta or the whole shard), then marks it in sync
+    /// through Raft.
+    pub async fn catch_up(self, request: CatchUpRequest) -> RpcResult<()> {
+        let started = Instant::now();
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        // Not fenced (see `Replica::fence_writes_until`): a catch-up that
+        // succeeds is what lifts a fence whose command was never applied.
+        let _order = replica.order.lock().await;
+        if replica.placement().primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        // Settled first, so that a transfer is never followed by one to
+        // the replicas this primary suspected anyway.
+        self.settle_suspects(&replica, &request.collection, request.shard)
+            .await?;
+        let placement = replica.placement();
+        if !placement.out_of_sync.contains(&request.worker) {
+            return Err(RpcError::Invalid(format!(
+                "worker {} is not catching up on shard {} (epoch {})",
+                request.worker, request.shard, placement.epoch
+            )));
+        }
+        let target = self.worker_addr(request.worker)?;
+        let transfer = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let delta = match (self.inner.catch_up, request.position) {
+            (CatchUpMode::Delta, Some(from)) => {
+                let source = replica.clone();
+                blocking(move || source.shard.history_since(from).map_err(internal)).await?
+            }
+            _ => None,
+        };
+        let sent = match delta {
+            Some(delta) => {
+                self.send_delta(&replica, &placement, &target, transfer, delta)
+                    .await?
+            }
+            None => {
+                self.send_rows(&replica, &placement, &target, transfer)
+                    .await?
+            }
+        };
+        let marked = self
+            .command(Command::ReplicaInSync {
+                collection: request.collection.clone(),
+                shard: request.shard,
+                worker: request.worker,
+                epoch: placement.epoch,
+            })
+            .await;
+        match marked {
+            Ok(CommandResult::Placement(next)) => replica.observe(&next),
+            Ok(CommandResult::Refused(why)) => {
+                // Refused now, perhaps after an earlier attempt through a
+                // coordinator that died had already been applied.
+                replica.fence_writes_until(placement.epoch + 1);
+                return Err(RpcError::Replication(why));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                replica.fence_writes_until(placement.epoch + 1);
+                return Err(e);
+            }
+        }
+        crate::metrics::caught_up(sent.kind, sent.bytes, started.elapsed());
+        tracing::info!(
+            collection = %request.collection,
+            shard = request.shard,
+            worker = request.worker,
+            kind = sent.kind,
+            ops = sent.ops,
+            bytes = sent.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "replica caught up"
+        );
+        Ok(())
+    }
+
+    /// Sends the writes of `delta` in chunks of about [`TRANSFER_CHUNK`]
+    /// operations (at least one chunk, which also clears a copy's missed
+    /// write once it holds everything).
+    async fn send_delta(
+        &self,
+        replica: &Replica,
+        placement: &ShardPlacement,
+        target: &str,
+        transfer: u64,
+        delta: HistoryDelta,
+    ) -> RpcResult<Sent> {
+        let ops = delta.ops();
+        let chunks = chunk_writes(delta.writes, TRANSFER_CHUNK);
+        let count = chunks.len();
+        let mut from = delta.from;
+        let mut bytes = 0;
+        for (i, writes) in chunks.into_iter().enumerate() {
+            let next = writes.last().map_or(from, |(p, _)| *p);
+            let request = DeltaRequest {
+                collection: replica.spec.name.clone(),
+                shard: replica.shard.number(),
+                placement: placement.clone(),
+                transfer,
+                first: i == 0,
+                last: i + 1 == count,
+                from,
+                writes,
+            };
+            bytes += self.send(target, path::DELTA, &request).await?;
+            from = next;
+        }
+        Ok(Sent {
+            kind: "delta",
+            bytes,
+            ops,
+        })
+    }
+
+    /// Streams every live item of the shard in chunks of [`TRANSFER_CHUNK`];
+    /// the first chunk resets the copy, the last gives it this copy's
+    /// position.
+    async fn send_rows(
+        &self,
+        replica: &std::sync::Arc<Replica>,
+        placement: &ShardPlacement,
+        target: &str,
+        transfer: u64,
+    ) -> RpcResult<Sent> {
+        let source = replica.clone();
+        let (items, position) = blocking(move || {
+            let mut all = Vec::new();
+            // Read under the order lock the caller holds: no write lands
+            // between the scan and the position.
+            let position = source.shard.position();
+            source
+                .shard
+                .scan(&mut |items| {
+                    all.extend(items.into_iter().map(|i| WalOp::Upsert {
+                        id: i.id,
+                        label: i.label,
+                        weight: i.weight,
+                        source: i.source,
+                        vector: i.vector,
+                        thumbnail: i.thumbnail,
+                    }));
+                    Ok(())
+                })
+                .map_err(internal)?;
+            Ok((all, position))
+        })
+        .await?;
+        let total = items.len();
+        let tombstones = replica.shard.tombstones_if_receiving();
+        let mut chunks: Vec<Vec<WalOp>> = items
+            .chunks(TRANSFER_CHUNK)
+            .map(<[WalOp]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let count = chunks.len();
+        let mut bytes = 0;
+        for (i, ops) in chunks.into_iter().enumerate() {
+            let install = InstallRequest {
+                transfer,
+                spec: replica.spec.clone(),
+                shard: replica.shard.number(),
+                placement: placement.clone(),
+                reset: i == 0,
+                ops,
+                tombstones: if i == 0 { tombstones.clone() } else { None },
+                position: if i + 1 == count { position } else { None },
+            };
+            bytes += self.send(target, path::INSTALL, &install).await?;
+        }
+        Ok(Sent {
+            kind: "rows",
+            bytes,
+            ops: total,
+        })
+    }
+
+    /// One transfer chunk to the copy; returns the bytes sent.
+    async fn send<R: serde::Serialize>(
+        &self,
+        target: &str,
+        route: &str,
+        request: &R,
+    ) -> RpcResult<u64> {
+        let bytes = bincode::serialized_size(request).map_err(internal)?;
+        call::<_, ()>(
+            &self.inner.client,
+            target,
+            route,
+            request,
+            REPLICATION_TIMEOUT,
+        )
+        .await
+        .map_err(|e| RpcError::Replication(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// Receiving side of a full transfer.
+    pub async fn install(self, request: InstallRequest) -> RpcResult<()> {
+        let host = self.clone();
+        tracing::debug!(
+            shard = request.shard,
+            transfer = request.transfer,
+            reset = request.reset,
+            items = request.ops.len(),
+            epoch = request.placement.epoch,
+            "transfer chunk"
+        );
+        blocking(move || {
+            // Held through the write: a late chunk of an older transfer is
+            // checked and applied (or refused) as one step.
+            let slot = host
+                .inner
+                .host
+                .transfer_slot(&request.spec.name, request.shard);
+            let mut current = slot.lock();
+            // A transfer from an older shard map may not touch a copy that
+            // has seen a newer one (it may be in sync by now).
+            if let Ok(existing) = host.inner.host.get(&request.spec.name, request.shard) {
+                existing.check_epoch(&request.placement)?;
+            }
+            crate::replicas::admit_transfer(
+                &mut current,
+                request.shard,
+                request.transfer,
+                request.reset,
+            )?;
+            let replica = if request.reset {
+                let replica = host
+                    .inner
+                    .host
+                    .reset(
+                        &request.spec,
+                        request.shard,
+                        &request.placement,
+                        request.tombstones.is_some(),
+                    )
+                    .map_err(internal)?;
+                if let Some(tombstones) = &request.tombstones {
+                    replica
+                        .shard
+                        .delete_receiving_at(tombstones, Stamp::Unordered)
+                        .map_err(internal)?;
+                }
+                replica
+            } else {
+                host.inner.host.get(&request.spec.name, request.shard)?
+            };
+            replica.observe(&request.placement);
+            replica.unless_retired(|shard| {
+                shard
+                    .write_at(request.ops, Stamp::Unordered)
+                    .and_then(|()| match request.position {
+                        Some(position) => shard.set_position(position),
+                        None => Ok(()),
+                    })
+                    .map_err(|e| {
+                        replica.mark_missed_write();
+                        internal(e)
+                    })
+            })
+        })
+        .await
+    }
+
+    /// Receiving side of a delta: the copy must stand at the chunk's
+    /// `from` (else nothing is applied and the primary gives up; the
+    /// copy's agent asks again with its new position).
+    pub async fn apply_delta(self, request: DeltaRequest) -> RpcResult<()> {
+        let host = self.clone();
+        tracing::debug!(
+            shard = request.shard,
+            transfer = request.transfer,
+            from = %request.from,
+            writes = request.writes.len(),
+            epoch = request.placement.epoch,
+            "delta chunk"
+        );
+        blocking(move || {
+            let slot = host
+                .inner
+                .host
+                .transfer_slot(&request.collection, request.shard);
+            let mut current = slot.lock();
+            let replica = host.inner.host.get(&request.collection, request.shard)?;
+            replica.check_epoch(&request.placement)?;
+            crate::replicas::admit_transfer(
+                &mut current,
+                request.shard,
+                request.transfer,
+                request.first,
+            )?;
+            let delta = HistoryDelta {
+                from: request.from,
+                writes: request.writes,
+            };
+            replica.unless_retired(|shard| {
+                if shard.position() != Some(delta.from) {
+                    return Err(RpcError::Unavailable(format!(
+                        "shard {}: this copy is no longer at {} (a write reached it meanwhile)",
+                        request.shard, delta.from
+                    )));
+                }
+                shard.apply_history(delta).map_err(|e| {
+                    replica.mark_missed_write();
+                    internal(e)
+                })
+            })?;
+            if request.last {
+                // It holds every write its primary holds now.
+                replica.clear_missed_write();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Where this worker's copy of a shard stands, for its primary (see
+    /// [`PositionRequest`]).
+    pub async fn position(self, request: PositionRequest) -> RpcResult<Option<WritePosition>> {
+        let replica = self.inner.host.get(&request.collection, request.shard)?;
+        replica.check_epoch(&request.placement)?;
+        Ok(replica.shard.position())
+    }
+}
+
+/// Splits `writes` into chunks of at most `limit` operations each (a
+/// larger write travels alone); at least one chunk, empty if need be.
+fn chunk_writes(
+    writes: Vec<(WritePosition, Vec<WalOp>)>,
+    limit: usize,
+) -> Vec<Vec<(WritePosition, Vec<WalOp>)>> {
+    let mut chunks = vec![Vec::new()];
+    let mut size = 0;
+    for write in writes {
+        let ops = write.1.len().max(1);
+        let current = chunks.last_mut().expect("never empty");
+        if !current.is_empty() && size + ops > limit {
+            chunks.push(vec![write]);
+            size = ops;
+        } else {
+            current.push(write);
+            size += ops;
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(seq: u64, ops: usize) -> (WritePosition, Vec<WalOp>) {
+        (
+            WritePosition { epoch: 1, seq },
+            (0..ops).map(|i| WalOp::Delete { id: i as u64 }).collect(),
+        )
+    }
+
+    #[test]
+    fn writes_are_chunked_by_operations_and_never_split() {
+        assert_eq!(chunk_writes(Vec::new(), 10), vec![Vec::new()]);
+        let chunks = chunk_writes(
+            vec![write(1, 4), write(2, 4), write(3, 4), write(4, 30)],
+            10,
+        );
+        let seqs: Vec<Vec<u64>> = chunks
+            .iter()
+            .map(|c| c.iter().map(|(p, _)| p.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1, 2], vec![3], vec![4]]);
+        // Every write once, in order.
+        let all: Vec<u64> = seqs.concat();
+        assert_eq!(all, vec![1, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,195 @@
+//! A shard's place in its history: every write is logged at a
+//! [`WritePosition`] (the epoch its primary ordered it under and its
+//! sequence number), so a copy knows exactly which writes it holds, and a
+//! primary can send a copy that fell behind only the writes after its
+//! position, read back from its own WAL (a delta), instead of the whole
+//! shard.
+//!
+//! Two copies at the same position hold the same history up to it: one
+//! primary orders writes per epoch, a copy takes them in order (a write
+//! that does not follow its position is refused, see [`Stamp::At`]), and
+//! a copy rebuilt by a full transfer takes the position its primary had
+//! when the transfer was read. A copy whose position is unknown (being
+//! rebuilt, or written before positions existed) never matches.
+//!
+//! The current WAL holds the history since its start (`shard.bin` records
+//! that start: seals and compactions rotate the WAL, an attached segment
+//! starts a new one at its own position since its rows are in no record).
+//! A copy behind that start, or on another branch of the history (it took
+//! a write from a primary that was deposed before replicating it), gets
+//! no delta and is rebuilt by a full transfer.
+
+use engram_store::{WalRecord, WritePosition};
+
+use super::{Shard, WalState};
+use crate::error::{Result, WorkerError};
+
+/// Which position a write is logged at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// The next sequence number in the current epoch: a shard that orders
+    /// its own writes (the embedded node, tests).
+    Next,
+    /// The position a primary gave the write. Refused unless it follows
+    /// this copy's position (or is that position: a primary logs one
+    /// write's parts, split by its deletes, as several records).
+    At(WritePosition),
+    /// A write outside the shard's history (a chunk of a full transfer):
+    /// the position becomes unknown until the transfer ends.
+    Unordered,
+}
+
+impl Stamp {
+    /// The position a write stamped so is logged at, given the shard's.
+    pub(super) fn resolve(
+        self,
+        shard: u32,
+        held: Option<WritePosition>,
+    ) -> Result<Option<WritePosition>> {
+        match self {
+            Stamp::Next => Ok(held.map(|p| p.next(p.epoch))),
+            Stamp::Unordered => Ok(None),
+            Stamp::At(sent) => match held {
+                Some(held) if sent != held && sent.seq != held.seq + 1 => {
+                    Err(WorkerError::OutOfOrder { shard, sent, held })
+                }
+                _ => Ok(Some(sent)),
+            },
+        }
+    }
+}
+
+/// The writes a copy at `from` lacks, oldest first, each as one record of
+/// operations at its position (what the primary replicated for it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryDelta {
+    pub from: WritePosition,
+    pub writes: Vec<(WritePosition, WalRecord)>,
+}
+
+impl HistoryDelta {
+    /// Where a copy stands once it applied the delta.
+    pub fn to(&self) -> WritePosition {
+        self.writes.last().map_or(self.from, |(p, _)| *p)
+    }
+
+    /// Operations in the delta.
+    pub fn ops(&self) -> usize {
+        self.writes.iter().map(|(_, ops)| ops.len()).sum()
+    }
+}
+
+impl Shard {
+    /// The position of the last write this copy applied (`None`: unknown).
+    pub fn position(&self) -> Option<WritePosition> {
+        self.wal.lock().position
+    }
+
+    /// Appends `ops` at the position `stamp` gives and adopts it; the
+    /// caller holds the WAL lock and applies `ops` next.
+    pub(super) fn append_locked(
+        &self,
+        wal: &mut WalState,
+        stamp: Stamp,
+        ops: &WalRecord,
+    ) -> Result<()> {
+        let position = stamp.resolve(self.number, wal.position)?;
+        wal.wal.append(position, ops)?;
+        wal.position = position;
+        Ok(())
+    }
+
+    /// Records that this copy now holds the history up to `position` (the
+    /// end of a full transfer read at that position), durably.
+    pub fn set_position(&self, position: WritePosition) -> Result<()> {
+        let mut wal = self.wal.lock();
+        wal.wal.append(Some(position), &Vec::new())?;
+        wal.position = Some(position);
+        Ok(())
+    }
+
+    /// The writes after `from` as the current WAL holds them, or `None`
+    /// when it cannot tell them: `from` is not a position of this copy's
+    /// history that the WAL still covers (before its start, ahead of this
+    /// copy, on another branch), or this copy's own position is unknown.
+    pub fn history_since(&self, from: WritePosition) -> Result<Option<HistoryDelta>> {
+        let (records, start, held) = {
+            let wal = self.wal.lock();
+            let Some(held) = wal.position else {
+                return Ok(None);
+            };
+            if from == held {
+                return Ok(Some(HistoryDelta {
+                    from,
+                    writes: Vec::new(),
+                }));
+            }
+            if from.seq > held.seq {
+                return Ok(None);
+            }
+            let path = wal.wal.path().to_path_buf();
+            let bytes = fs_err::read(&path)?;
+            let (records, _) = engram_store::wal::replay(&path, &bytes)?;
+            (records, wal.manifest.position, held)
+        };
+        let mut found = start == Some(from);
+        let mut last = from;
+        let mut writes: Vec<(WritePosition, WalRecord)> = Vec::new();
+        for record in records {
+            let Some(position) = record.position else {
+                if found {
+                    // A write outside the history after `from`.
+                    return Ok(None);
+                }
+                continue;
+            };
+            if !found {
+                found = position == from;
+                continue;
+            }
+            if position == last {
+                // The rest of a write logged as several records (or, at
+                // `from` itself, what the copy already holds).
+                if let Some((_, ops)) = writes.last_mut() {
+                    ops.extend(record.ops);
+                }
+            } else if position.seq == last.seq + 1 {
+                writes.push((position, record.ops));
+                last = position;
+            } else {
+                return Ok(None);
+            }
+        }
+        if !found || last != held {
+            return Ok(None);
+        }
+        Ok(Some(HistoryDelta { from, writes }))
+    }
+
+    /// Applies a primary's `delta` to this copy, which must stand at its
+    /// start (else nothing is applied); seals afterwards if the growing
+    /// segment reached its threshold.
+    pub fn apply_history(&self, delta: HistoryDelta) -> Result<()> {
+        let held = self.position();
+        if held != Some(delta.from) {
+            return Err(WorkerError::Invalid(format!(
+                "shard {}: a delta from {} reached a copy at {}",
+                self.number,
+                delta.from,
+                held.map_or("an unknown position".to_string(), |p| p.to_string())
+            )));
+        }
+        let mut full = false;
+        for (position, ops) in delta.writes {
+            if ops.is_empty() {
+                self.set_position(position)?;
+            } else {
+                full |= self.write_unsealed_at(ops, Stamp::At(position))?;
+            }
+        }
+        if full {
+            self.seal()?;
+        }
+        Ok(())
+    }
+}
