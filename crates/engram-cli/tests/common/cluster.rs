@@ -453,12 +453,36 @@ impl Cluster {
         panic!("no coordinator answered {path}: {last}");
     }
 
+    /// The `/metrics` page of worker `index` (0-based), fetched with the
+    /// cluster secret from its internal port.
+    pub fn worker_metrics(&self, index: usize) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let addr = self.workers[index].internal_addr();
+        let response = self
+            .http
+            .get(format!("{scheme}://{addr}/metrics"))
+            .bearer_auth(&self.cluster_secret)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{addr}");
+        response.text().unwrap()
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         let base = self.live_coordinators()[0];
         let r = self.http.get(format!("{base}{path}")).send().unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
+}
+
+/// The value of the sample `series` (name and labels as Prometheus
+/// prints them, e.g. `engram_catch_ups_total{kind="delta"}`) on a metrics
+/// page; 0 when absent.
+pub fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 /// Whether a `GET /v1/cluster` answer shows a healed cluster: a leader,
