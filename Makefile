@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo demo-secure eval test test-engines chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster bench-scale lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo demo-secure eval test test-engines chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster bench-scale bench-recover lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -107,6 +107,13 @@ bench-cluster: setup
 ## 10M/1M ratios (`scale n=...` lines; SCALES="1000000" for a short run).
 bench-scale: setup
 	@scripts/bench_scale.sh
+
+## How a shard copy that fell behind heals (long, ~15 minutes; not in CI): a
+## replica of a 1M-row shard misses 1,000 writes and catches up by delta,
+## then by rows (the behaviour before write positions), in the loopback
+## cluster (`recover kind=... bytes= seconds=` lines; N=, WRITES= to vary).
+bench-recover: setup
+	@scripts/bench_recover.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

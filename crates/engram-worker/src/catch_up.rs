@@ -17,13 +17,21 @@ use engram_core::placement::ShardPlacement;
 use engram_meta::{Command, CommandResult};
 use engram_store::{WalOp, WritePosition};
 
-use crate::node::{REPLICATION_TIMEOUT, TRANSFER_CHUNK, WorkerNode, blocking, internal};
+use crate::node::{TRANSFER_CHUNK, WorkerNode, blocking, internal};
 use crate::replicas::Replica;
 use crate::rpc_client::call;
 use crate::shard::{HistoryDelta, Stamp};
 use crate::wire::*;
 
+/// Longest one transfer chunk may take: applying it may seal the copy's
+/// growing segment (a DiskANN build of up to `index.seal_threshold` rows,
+/// about 15 s for 100,000 128-d rows on 2 cores). A full transfer's rows
+/// travel without the shard's write order held, so writes do not wait on
+/// it; a delta is small.
+const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How a catch-up was done, and what it moved.
+#[derive(Default)]
 struct Sent {
     kind: &'static str,
     bytes: u64,
@@ -31,33 +39,23 @@ struct Sent {
 }
 
 impl WorkerNode {
-    /// Primary side of a catch-up: holds writes back, sends `worker` what
-    /// it lacks (a delta or the whole shard), then marks it in sync
-    /// through Raft.
+    /// Primary side of a catch-up: sends `worker` what it lacks, then marks
+    /// it in sync through Raft. A delta is sent holding the shard's write
+    /// order. A full transfer holds it only while the shard is read: the
+    /// rows travel while writes go on, and the writes ordered meanwhile
+    /// follow as a delta from the transfer's position, under the order
+    /// again (so a long transfer does not stall the shard's writes).
     pub async fn catch_up(self, request: CatchUpRequest) -> RpcResult<()> {
         let started = Instant::now();
         let replica = self.inner.host.get(&request.collection, request.shard)?;
-        // Not fenced (see `Replica::fence_writes_until`): a catch-up that
-        // succeeds is what lifts a fence whose command was never applied.
-        let _order = replica.order.lock().await;
-        if replica.placement().primary != self.inner.id {
-            return Err(RpcError::NotPrimary(request.shard));
-        }
-        // Settled first, so that a transfer is never followed by one to
-        // the replicas this primary suspected anyway.
-        self.settle_suspects(&replica, &request.collection, request.shard)
-            .await?;
-        let placement = replica.placement();
-        if !placement.out_of_sync.contains(&request.worker) {
-            return Err(RpcError::Invalid(format!(
-                "worker {} is not catching up on shard {} (epoch {})",
-                request.worker, request.shard, placement.epoch
-            )));
-        }
-        let target = self.worker_addr(request.worker)?;
         let transfer = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        // Not fenced (see `Replica::fence_writes_until`): a catch-up that
+        // succeeds is what lifts a fence whose command was never applied.
+        let mut order = Some(replica.order.lock().await);
+        let mut placement = self.catching_up(&replica, &request).await?;
+        let target = self.worker_addr(request.worker)?;
         let delta = match (self.inner.catch_up, request.position) {
             (CatchUpMode::Delta, Some(from)) => {
                 let source = replica.clone();
@@ -67,12 +65,47 @@ impl WorkerNode {
         };
         let sent = match delta {
             Some(delta) => {
-                self.send_delta(&replica, &placement, &target, transfer, delta)
+                self.send_delta(&replica, &placement, &target, transfer, true, delta)
                     .await?
             }
             None => {
-                self.send_rows(&replica, &placement, &target, transfer)
-                    .await?
+                let (items, position) = self.read_all(&replica).await?;
+                // Without a position (a shard from before positions) the
+                // writes meanwhile could not be told: keep the order.
+                let released = position.is_some();
+                if released {
+                    order = None;
+                }
+                let rows = self
+                    .send_rows(&replica, &placement, &target, transfer, items, position)
+                    .await?;
+                if released {
+                    order = Some(replica.order.lock().await);
+                    placement = self.catching_up(&replica, &request).await?;
+                }
+                let tail = match position {
+                    Some(from) => {
+                        let source = replica.clone();
+                        let tail = blocking(move || {
+                            source.shard.history_since(from).map_err(internal)
+                        })
+                        .await?
+                        .ok_or_else(|| {
+                            RpcError::Unavailable(format!(
+                                "shard {}: the writes since the transfer's position {from} left this primary's WAL (a seal or compaction) while the rows travelled; the copy asks again",
+                                request.shard
+                            ))
+                        })?;
+                        self.send_delta(&replica, &placement, &target, transfer, false, tail)
+                            .await?
+                    }
+                    None => Sent::default(),
+                };
+                Sent {
+                    kind: "rows",
+                    bytes: rows.bytes + tail.bytes,
+                    ops: rows.ops + tail.ops,
+                }
             }
         };
         let marked = self
@@ -97,6 +130,7 @@ impl WorkerNode {
                 return Err(e);
             }
         }
+        drop(order);
         crate::metrics::caught_up(sent.kind, sent.bytes, started.elapsed());
         tracing::info!(
             collection = %request.collection,
@@ -111,59 +145,42 @@ impl WorkerNode {
         Ok(())
     }
 
-    /// Sends the writes of `delta` in chunks of about [`TRANSFER_CHUNK`]
-    /// operations (at least one chunk, which also clears a copy's missed
-    /// write once it holds everything).
-    async fn send_delta(
-        &self,
-        replica: &Replica,
-        placement: &ShardPlacement,
-        target: &str,
-        transfer: u64,
-        delta: HistoryDelta,
-    ) -> RpcResult<Sent> {
-        let ops = delta.ops();
-        let chunks = chunk_writes(delta.writes, TRANSFER_CHUNK);
-        let count = chunks.len();
-        let mut from = delta.from;
-        let mut bytes = 0;
-        for (i, writes) in chunks.into_iter().enumerate() {
-            let next = writes.last().map_or(from, |(p, _)| *p);
-            let request = DeltaRequest {
-                collection: replica.spec.name.clone(),
-                shard: replica.shard.number(),
-                placement: placement.clone(),
-                transfer,
-                first: i == 0,
-                last: i + 1 == count,
-                from,
-                writes,
-            };
-            bytes += self.send(target, path::DELTA, &request).await?;
-            from = next;
-        }
-        Ok(Sent {
-            kind: "delta",
-            bytes,
-            ops,
-        })
-    }
-
-    /// Streams every live item of the shard in chunks of [`TRANSFER_CHUNK`];
-    /// the first chunk resets the copy, the last gives it this copy's
-    /// position.
-    async fn send_rows(
+    /// Checks, holding the shard's write order, that this copy leads the
+    /// shard and that `request.worker` is catching up on it, after settling
+    /// suspected replicas (so that a transfer is never followed by one to
+    /// the replicas this primary suspected anyway); returns the placement.
+    async fn catching_up(
         &self,
         replica: &std::sync::Arc<Replica>,
-        placement: &ShardPlacement,
-        target: &str,
-        transfer: u64,
-    ) -> RpcResult<Sent> {
+        request: &CatchUpRequest,
+    ) -> RpcResult<ShardPlacement> {
+        if replica.placement().primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        self.settle_suspects(replica, &request.collection, request.shard)
+            .await?;
+        let placement = replica.placement();
+        if placement.primary != self.inner.id {
+            return Err(RpcError::NotPrimary(request.shard));
+        }
+        if !placement.out_of_sync.contains(&request.worker) {
+            return Err(RpcError::Invalid(format!(
+                "worker {} is not catching up on shard {} (epoch {})",
+                request.worker, request.shard, placement.epoch
+            )));
+        }
+        Ok(placement)
+    }
+
+    /// Every live item of the shard and the position it was read at (the
+    /// caller holds the shard's write order).
+    async fn read_all(
+        &self,
+        replica: &std::sync::Arc<Replica>,
+    ) -> RpcResult<(Vec<WalOp>, Option<WritePosition>)> {
         let source = replica.clone();
-        let (items, position) = blocking(move || {
+        blocking(move || {
             let mut all = Vec::new();
-            // Read under the order lock the caller holds: no write lands
-            // between the scan and the position.
             let position = source.shard.position();
             source
                 .shard
@@ -181,13 +198,67 @@ impl WorkerNode {
                 .map_err(internal)?;
             Ok((all, position))
         })
-        .await?;
+        .await
+    }
+
+    /// Sends the writes of `delta` in chunks of about [`TRANSFER_CHUNK`]
+    /// operations (at least one chunk, which also clears a copy's missed
+    /// write once it holds everything).
+    async fn send_delta(
+        &self,
+        replica: &Replica,
+        placement: &ShardPlacement,
+        target: &str,
+        transfer: u64,
+        starts: bool,
+        delta: HistoryDelta,
+    ) -> RpcResult<Sent> {
+        let ops = delta.ops();
+        let chunks = chunk_writes(delta.writes, TRANSFER_CHUNK);
+        let count = chunks.len();
+        let mut from = delta.from;
+        let mut bytes = 0;
+        for (i, writes) in chunks.into_iter().enumerate() {
+            let next = writes.last().map_or(from, |(p, _)| *p);
+            let request = DeltaRequest {
+                collection: replica.spec.name.clone(),
+                shard: replica.shard.number(),
+                placement: placement.clone(),
+                transfer,
+                first: starts && i == 0,
+                last: i + 1 == count,
+                from,
+                writes,
+            };
+            bytes += self.send(target, path::DELTA, &request).await?;
+            from = next;
+        }
+        Ok(Sent {
+            kind: "delta",
+            bytes,
+            ops,
+        })
+    }
+
+    /// Streams `items` (the whole shard, read at `position`) in chunks of
+    /// [`TRANSFER_CHUNK`]; the first chunk resets the copy, the last gives
+    /// it `position`.
+    async fn send_rows(
+        &self,
+        replica: &Replica,
+        placement: &ShardPlacement,
+        target: &str,
+        transfer: u64,
+        items: Vec<WalOp>,
+        position: Option<WritePosition>,
+    ) -> RpcResult<Sent> {
         let total = items.len();
         let tombstones = replica.shard.tombstones_if_receiving();
         let mut chunks: Vec<Vec<WalOp>> = items
             .chunks(TRANSFER_CHUNK)
             .map(<[WalOp]>::to_vec)
             .collect();
+        drop(items);
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
@@ -221,15 +292,9 @@ impl WorkerNode {
         request: &R,
     ) -> RpcResult<u64> {
         let bytes = bincode::serialized_size(request).map_err(internal)?;
-        call::<_, ()>(
-            &self.inner.client,
-            target,
-            route,
-            request,
-            REPLICATION_TIMEOUT,
-        )
-        .await
-        .map_err(|e| RpcError::Replication(e.to_string()))?;
+        call::<_, ()>(&self.inner.client, target, route, request, TRANSFER_TIMEOUT)
+            .await
+            .map_err(|e| RpcError::Replication(e.to_string()))?;
         Ok(bytes)
     }
 

@@ -1,0 +1,118 @@
+"""One phase of `make bench-recover` (scripts/bench_recover.sh).
+
+A replica of a one-shard collection is killed with kill -9, WRITES single-row
+writes go on without it, and it is started again: this measures what its
+primary sent to bring it back in sync (bytes and seconds, from the primary's
+`engram_catch_up_*{kind}` metrics) and the wall time from its restart to the
+shard map showing it in sync, beside the bytes those writes added to the
+primary's WAL. Prints one line:
+
+  recover kind= rows= bytes= seconds= wal_bytes= wall_s= shard_rows=
+"""
+
+import argparse
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import urllib.request
+
+
+def call(url, body=None, headers=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return response.read()
+
+
+def shard(url, collection):
+    status = json.loads(call(f"{url}/v1/cluster"))
+    for c in status["collections"]:
+        if c["name"] == collection:
+            return c["shards"][0]
+    raise SystemExit(f"no collection {collection} in {status}")
+
+
+def metrics(worker, secret):
+    text = call(
+        f"http://127.0.0.1:{7809 + worker}/metrics",
+        headers={"Authorization": f"Bearer {secret}"},
+    ).decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("engram_catch_up"):
+            series, value = line.rsplit(" ", 1)
+            values[series] = float(value)
+    return values
+
+
+def wal_bytes(cluster_dir, worker, collection):
+    pattern = f"{cluster_dir}/worker-{worker}/collections/{collection}/shards/0000/wal-*.log"
+    return sum(os.path.getsize(p) for p in glob.glob(pattern))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", default="http://127.0.0.1:7700")
+    parser.add_argument("--cluster-dir", required=True)
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--kind", required=True, choices=["delta", "rows"])
+    parser.add_argument("--writes", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--first-id", type=int, required=True)
+    parser.add_argument("--restart", required=True, help="command that starts the killed worker")
+    args = parser.parse_args()
+    secret = open(f"{args.cluster_dir}/cluster-secret").read().strip()
+
+    placement = shard(args.url, args.collection)
+    primary, replica = placement["primary"], placement["replicas"][0]
+    pid = int(open(f"{args.cluster_dir}/worker-{replica}.pid").read())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    wal_before = wal_bytes(args.cluster_dir, primary, args.collection)
+    rng = random.Random(args.first_id)
+    for i in range(args.writes):
+        vector = [rng.uniform(-1, 1) for _ in range(args.dim)]
+        item = {"id": args.first_id + i, "label": "missed", "vector": vector}
+        call(f"{args.url}/v1/collections/{args.collection}/items", {"items": [item]})
+    wal_after = wal_bytes(args.cluster_dir, primary, args.collection)
+    if wal_after < wal_before:
+        raise SystemExit("the primary's WAL rotated during the writes: the delta is not measurable")
+    stats = json.loads(call(f"{args.url}/v1/collections/{args.collection}"))
+    before = metrics(primary, secret)
+
+    started = time.monotonic()
+    subprocess.run(args.restart, shell=True, check=True, stdout=subprocess.DEVNULL)
+    while True:
+        placement = shard(args.url, args.collection)
+        if not placement["out_of_sync"] and replica in placement["replicas"]:
+            break
+        if time.monotonic() - started > 7200:
+            raise SystemExit("the replica did not catch up within 2 h")
+        time.sleep(0.2)
+    wall = time.monotonic() - started
+    after = metrics(primary, secret)
+
+    def grew(series):
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    kinds = [k for k in ("delta", "rows") if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0]
+    if kinds != [args.kind]:
+        raise SystemExit(f"expected one catch-up of kind {args.kind}, the primary counted {kinds}")
+    label = '{kind="%s"}' % args.kind
+    sent = grew("engram_catch_up_bytes_total" + label)
+    seconds = grew("engram_catch_up_duration_seconds_sum" + label)
+    print(
+        f"recover kind={args.kind} rows={args.writes} bytes={sent:.0f} seconds={seconds:.2f} "
+        f"wal_bytes={wal_after - wal_before} wall_s={wall:.1f} shard_rows={stats['items']}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
