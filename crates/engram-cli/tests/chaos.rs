@@ -642,8 +642,9 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
             Fate::AddUncertain | Fate::DeleteUncertain => {}
         }
     }
+    let heals = cluster.heals();
     let line = format!(
-        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} seconds={}",
+        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} heals_delta={} heals_rows={} heal_bytes_delta={} heal_bytes_rows={} seconds={}",
         faults.kills,
         lost.len(),
         resurrected.len(),
@@ -655,6 +656,10 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         ledger.classifies,
         ledger.partial,
         ledger.unflagged.len(),
+        heals.delta,
+        heals.rows,
+        heals.delta_bytes,
+        heals.rows_bytes,
         ran.as_secs()
     );
     println!("{line}");

@@ -476,6 +476,46 @@ impl Cluster {
     }
 }
 
+/// How the copies of a cluster healed, from the workers' logs (every
+/// "replica caught up" line a primary wrote, across restarts): catch-ups
+/// and bytes sent by kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Heals {
+    pub delta: u64,
+    pub rows: u64,
+    pub delta_bytes: u64,
+    pub rows_bytes: u64,
+}
+
+impl Cluster {
+    pub fn heals(&self) -> Heals {
+        let mut heals = Heals::default();
+        for worker in &self.workers {
+            let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains("replica caught up")) {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                        .map(|v| v.trim_matches('"').to_string())
+                };
+                let bytes: u64 = field("bytes").and_then(|b| b.parse().ok()).unwrap_or(0);
+                match field("kind").as_deref() {
+                    Some("delta") => {
+                        heals.delta += 1;
+                        heals.delta_bytes += bytes;
+                    }
+                    Some("rows") => {
+                        heals.rows += 1;
+                        heals.rows_bytes += bytes;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        heals
+    }
+}
+
 /// The value of the sample `series` (name and labels as Prometheus
 /// prints them, e.g. `engram_catch_ups_total{kind="delta"}`) on a metrics
 /// page; 0 when absent.
