@@ -8,18 +8,29 @@
 //! and then serves every acknowledged write alone. A whole cluster killed
 //! and restarted keeps its replicas in sync: a restarted primary compares
 //! positions instead of marking them out of sync and resending the shard.
+//! A copy that lost its disk is rebuilt by a full transfer while writes
+//! go on; its receiver and then its sender are killed mid-transfer, and
+//! the copy still ends with every acknowledged write.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::cluster::{Cluster, DIM, metric, vector};
+use common::cluster::{Cluster, DIM, metric, vector, write_parquet};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The shard's placement (without the copies' segment lists).
 fn placement(cluster: &Cluster) -> Value {
     let (_, status) = cluster.get("/v1/cluster");
-    status["collections"][0]["shards"][0].clone()
+    let mut shard = status["collections"][0]["shards"][0].clone();
+    if let Some(fields) = shard.as_object_mut() {
+        fields.remove("segments");
+    }
+    shard
 }
 
 fn write(cluster: &Cluster, ids: std::ops::Range<u64>, label: &str) {
@@ -33,6 +44,51 @@ fn write(cluster: &Cluster, ids: std::ops::Range<u64>, label: &str) {
 fn delete(cluster: &Cluster, ids: &[u64]) {
     let (status, body) = cluster.post("/v1/collections/c/items/delete", &json!({ "ids": ids }));
     assert_eq!(status, 200, "{body:?}");
+}
+
+fn create(cluster: &Cluster) {
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 1, "replication": 3}),
+    );
+    assert_eq!(status, 201, "{body:?}");
+}
+
+/// Kills the two copies other than `survivor`'s, waits until it leads,
+/// and checks it alone answers every id of `live` and none of `deleted`.
+fn check_alone(
+    cluster: &mut Cluster,
+    survivor: u64,
+    live: &BTreeSet<u64>,
+    deleted: &BTreeSet<u64>,
+) {
+    for worker in (1..=3u64).filter(|w| *w != survivor) {
+        cluster.workers[worker as usize - 1].kill9();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while placement(cluster)["primary"] != json!(survivor) {
+        assert!(Instant::now() < deadline, "{:?}", placement(cluster));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    for (id, expected) in live
+        .iter()
+        .map(|id| (*id, 200))
+        .chain(deleted.iter().map(|id| (*id, 404)))
+    {
+        loop {
+            let (status, body) = cluster.get(&format!("/v1/collections/c/items/{id}"));
+            if status == expected {
+                break;
+            }
+            // Reads wait for the promoted copy's lease and new placement.
+            assert!(
+                status == 503 && Instant::now() < until,
+                "item {id}: {status} {body:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Waits until no copy of the shard is out of sync.
@@ -67,16 +123,11 @@ fn catch_ups(cluster: &Cluster) -> (f64, f64, f64) {
 #[test]
 fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_nothing() {
     let mut cluster = Cluster::start();
-    let (status, body) = cluster.post(
-        "/v1/collections",
-        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 1, "replication": 3}),
-    );
-    assert_eq!(status, 201, "{body:?}");
+    create(&cluster);
     for batch in 0..10u64 {
         write(&cluster, batch * 10..batch * 10 + 10, "before");
     }
     let start = wait_in_sync(&cluster, Duration::from_secs(10));
-    let primary = start["primary"].as_u64().unwrap();
     let lagging = start["replicas"][0].as_u64().unwrap();
 
     // The replica dies; 30 writes and a delete go on without it.
@@ -112,30 +163,13 @@ fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_not
 
     // The caught-up copy alone serves every acknowledged write: the other
     // two die, it becomes primary.
-    for worker in [primary, 6 - primary - lagging] {
-        cluster.workers[worker as usize - 1].kill9();
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while placement(&cluster)["primary"] != json!(lagging) {
-        assert!(Instant::now() < deadline, "{:?}", placement(&cluster));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let until = Instant::now() + Duration::from_secs(20);
-    for id in 0..130u64 {
-        loop {
-            let (status, body) = cluster.get(&format!("/v1/collections/c/items/{id}"));
-            let expected = if deleted.contains(&id) { 404 } else { 200 };
-            if status == expected {
-                break;
-            }
-            // Reads wait for the promoted copy's lease and new placement.
-            assert!(
-                status == 503 && Instant::now() < until,
-                "item {id}: {status} {body:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let live: BTreeSet<u64> = (0..130u64).filter(|id| !deleted.contains(id)).collect();
+    check_alone(
+        &mut cluster,
+        lagging,
+        &live,
+        &deleted.iter().copied().collect(),
+    );
 
     // Everything killed and restarted on its files: each copy is at the
     // same position, so the first writes mark no replica out of sync.
@@ -163,4 +197,141 @@ fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_not
     );
     let (_, rows, _) = catch_ups(&cluster);
     assert_eq!(rows, 0.0, "no copy was rebuilt from rows");
+}
+
+#[test]
+fn a_full_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
+    let mut cluster = Cluster::start();
+    create(&cluster);
+    // 30,000 rows, bulk-loaded: a full transfer of them takes seconds (the
+    // receiver seals every 400 rows).
+    let file = cluster.exchange().join("part-0.parquet");
+    write_parquet(&file, &(0..30_000u64).collect::<Vec<_>>(), "bulk");
+    let (status, job) = cluster.post(
+        "/v1/collections/c/jobs",
+        &json!({"kind": "ingest", "uri": file.display().to_string(), "bulk": true}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, job) = cluster.get(&format!("/v1/collections/c/jobs/{}", job["id"]));
+        if job["state"] != "running" {
+            assert_eq!(job["state"], "succeeded", "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bulk job did not end: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = wait_in_sync(&cluster, Duration::from_secs(30));
+    let primary = start["primary"].as_u64().unwrap();
+    let rebuilt = start["replicas"][0].as_u64().unwrap();
+    let other = start["replicas"][1].as_u64().unwrap();
+
+    // Its disk is lost: it comes back empty and needs every row.
+    cluster.workers[rebuilt as usize - 1].kill9();
+    std::fs::remove_dir_all(cluster.workers[rebuilt as usize - 1].data_dir()).unwrap();
+
+    // Writes and deletes go on throughout (ids from 100,000; every fifth
+    // one deleted again), each remembered once acknowledged.
+    let cluster = Arc::new(Mutex::new(cluster));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<(BTreeSet<u64>, BTreeSet<u64>)>> = Arc::default();
+    let writer = {
+        let (cluster, stop, acked) = (cluster.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let http = cluster.lock().unwrap().http.clone();
+            let bases: Vec<String> = cluster
+                .lock()
+                .unwrap()
+                .live_coordinators()
+                .iter()
+                .map(|b| b.to_string())
+                .collect();
+            let mut id = 100_000u64;
+            while !stop.load(Ordering::SeqCst) {
+                let base = &bases[(id as usize) % bases.len()];
+                let item = json!({"items": [{"id": id, "label": "during", "vector": vector(id)}]});
+                let ok = http
+                    .post(format!("{base}/v1/collections/c/items"))
+                    .json(&item)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    acked.lock().unwrap().0.insert(id);
+                    if id.is_multiple_of(5) {
+                        let gone = http
+                            .post(format!("{base}/v1/collections/c/items/delete"))
+                            .json(&json!({"ids": [id]}))
+                            .send()
+                            .is_ok_and(|r| r.status().is_success());
+                        if gone {
+                            let mut acked = acked.lock().unwrap();
+                            acked.0.remove(&id);
+                            acked.1.insert(id);
+                        }
+                    }
+                }
+                id += 1;
+            }
+        })
+    };
+
+    // The writer stops however this test ends (a panic included), so the
+    // cluster is dropped and its processes killed.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stopper = Stop(stop.clone());
+
+    // The copy starts empty; kill it once its first transfer is under way.
+    let chunks =
+        |cluster: &Cluster| cluster.workers[rebuilt as usize - 1].log_lines("transfer chunk");
+    let wait_for_chunks = |more_than: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = chunks(&cluster.lock().unwrap());
+            if seen > more_than {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "no transfer reached the copy");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
+    let seen = wait_for_chunks(0);
+    cluster.lock().unwrap().workers[rebuilt as usize - 1].kill9();
+    // Back again: a new transfer (its copy has no position); kill its
+    // sender once it is under way. Another copy becomes primary and
+    // the transfer starts over from it.
+    cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
+    wait_for_chunks(seen + 1);
+    cluster.lock().unwrap().workers[primary as usize - 1].kill9();
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p = placement(&cluster.lock().unwrap());
+            let replicas = p["replicas"].as_array().unwrap();
+            if p["primary"] == json!(other) && replicas.contains(&json!(rebuilt)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the copy was not rebuilt: {p:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    drop(stopper);
+    writer.join().unwrap();
+    let mut cluster = Arc::into_inner(cluster).unwrap().into_inner().unwrap();
+    let heals = cluster.heals();
+    assert!(heals.rows >= 1, "{heals:?}");
+    let (during, deleted) = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(!during.is_empty(), "no write got through");
+    // The rebuilt copy alone holds the bulk rows and every acknowledged
+    // write, and none of the acknowledged deletes.
+    let mut live: BTreeSet<u64> = (0..30_000u64).step_by(97).collect();
+    live.extend(&during);
+    check_alone(&mut cluster, rebuilt, &live, &deleted);
 }

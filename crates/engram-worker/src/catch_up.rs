@@ -6,9 +6,14 @@
 //! position gets none); otherwise (a new copy, one behind the WAL's start,
 //! one on another branch of the history, or `cluster.catch_up = "rows"`)
 //! it streams every live item and the copy rebuilds the shard from them
-//! (*rows*). Either way the primary holds the shard's write order
-//! throughout, so the copy misses nothing, then marks it in sync through
-//! Raft.
+//! (*rows*). A delta is sent holding the shard's write order. The rows of
+//! a full transfer travel while writes go on: the primary reads them and
+//! its position holding the order, pins its WAL (seals wait, up to a
+//! bound), and once the rows are in, takes the order again and sends the
+//! writes since that position as a delta. If those left the WAL anyway (an
+//! attach, or the growing segment outgrew the pin), the copy's next
+//! attempt holds the order throughout. The copy then holds every write, and
+//! the primary marks it in sync through Raft.
 
 use std::time::Instant;
 
@@ -69,10 +74,17 @@ impl WorkerNode {
                     .await?
             }
             None => {
+                let pin = replica.shard.pin_history();
                 let (items, position) = self.read_all(&replica).await?;
                 // Without a position (a shard from before positions) the
-                // writes meanwhile could not be told: keep the order.
-                let released = position.is_some();
+                // writes meanwhile could not be told, and after a transfer
+                // that lost them they may be lost again: keep the order.
+                let held = self
+                    .inner
+                    .hold_transfers
+                    .lock()
+                    .remove(&(request.collection.clone(), request.shard));
+                let released = position.is_some() && !held;
                 if released {
                     order = None;
                 }
@@ -86,16 +98,23 @@ impl WorkerNode {
                 let tail = match position {
                     Some(from) => {
                         let source = replica.clone();
-                        let tail = blocking(move || {
-                            source.shard.history_since(from).map_err(internal)
-                        })
-                        .await?
-                        .ok_or_else(|| {
-                            RpcError::Unavailable(format!(
-                                "shard {}: the writes since the transfer's position {from} left this primary's WAL (a seal or compaction) while the rows travelled; the copy asks again",
+                        let tail =
+                            blocking(move || source.shard.history_since(from).map_err(internal))
+                                .await?;
+                        drop(pin);
+                        let Some(tail) = tail else {
+                            // An attach, or the growing segment outgrew the
+                            // pin: the copy asks again and gets the rows
+                            // under the order this time.
+                            self.inner
+                                .hold_transfers
+                                .lock()
+                                .insert((request.collection.clone(), request.shard));
+                            return Err(RpcError::Unavailable(format!(
+                                "shard {}: the writes since the transfer's position {from} left this primary's WAL while the rows travelled; the copy asks again",
                                 request.shard
-                            ))
-                        })?;
+                            )));
+                        };
                         self.send_delta(&replica, &placement, &target, transfer, false, tail)
                             .await?
                     }

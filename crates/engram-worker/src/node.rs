@@ -49,6 +49,10 @@ pub(crate) struct Inner {
     /// The newest cluster state seen, and the Raft index it was applied at.
     pub(crate) state: RwLock<(u64, Arc<ClusterState>)>,
     pub(crate) catching_up: Mutex<HashSet<(String, u32)>>,
+    /// Shards whose last full transfer could not send the writes made
+    /// while its rows travelled: the next one holds the writes throughout
+    /// (`catch_up.rs`).
+    pub(crate) hold_transfers: Mutex<HashSet<(String, u32)>>,
     /// Copies found corrupted and set aside whose loss the shard map does
     /// not show yet: no fresh copy is opened for them until it does (an
     /// empty copy counted as in sync would answer reads without the data).
@@ -119,6 +123,7 @@ impl WorkerNode {
                 access,
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
                 catching_up: Mutex::new(HashSet::new()),
+                hold_transfers: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
                 floor: AtomicU64::new(0),
                 lease: ReadLease::default(),

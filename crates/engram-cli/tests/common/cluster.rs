@@ -130,7 +130,7 @@ impl Proc {
             // failed chaos run can follow one item through its copies.
             .env(
                 "ENGRAM_LOG",
-                "info,openraft=warn,engram_worker::node=debug,engram_meta::request_id=debug",
+                "info,openraft=warn,engram_worker::node=debug,engram_worker::catch_up=debug,engram_meta::request_id=debug",
             )
             .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
             .stdout(Stdio::piped())
@@ -157,6 +157,26 @@ impl Proc {
             self.base = Some(format!("{scheme}://{addr}"));
         }
         self.child = Some(child);
+    }
+
+    /// The data directory (`server.data_dir`) in its config.
+    pub fn data_dir(&self) -> PathBuf {
+        std::fs::read_to_string(&self.config)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("data_dir"))
+            .and_then(|l| l.split('"').nth(1))
+            .expect("a data_dir line")
+            .into()
+    }
+
+    /// Lines of its log (across restarts) that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// The internal address (`cluster.internal_listen`) in its config.

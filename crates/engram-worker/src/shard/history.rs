@@ -19,6 +19,9 @@
 //! a write from a primary that was deposed before replicating it), gets
 //! no delta and is rebuilt by a full transfer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use engram_store::{WalRecord, WritePosition};
 
 use super::{Shard, WalState};
@@ -79,7 +82,40 @@ impl HistoryDelta {
     }
 }
 
+/// Keeps the shard's WAL from rotating while it lives (see
+/// [`Shard::pin_history`]).
+pub struct HistoryPin(Arc<AtomicUsize>);
+
+impl Drop for HistoryPin {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How far past the seal threshold the growing segment may grow while the
+/// history is pinned before a seal happens anyway (and the transfer that
+/// pinned it falls back to holding the writes).
+const PINNED_GROWTH: usize = 4;
+
 impl Shard {
+    /// Defers seals and WAL rewrites (every WAL rotation but an attach's)
+    /// until the pin is dropped, so that the writes after a position read
+    /// now stay in the WAL: a full transfer sends the rows it read while
+    /// writes go on, then those writes as a delta. Past
+    /// [`PINNED_GROWTH`] times the seal threshold the growing segment is
+    /// sealed anyway.
+    pub fn pin_history(&self) -> HistoryPin {
+        self.history_pins.fetch_add(1, Ordering::SeqCst);
+        HistoryPin(self.history_pins.clone())
+    }
+
+    /// Whether a WAL rotation of a growing segment of `growing` rows waits
+    /// for a pin to go.
+    pub(super) fn rotation_deferred(&self, growing: usize) -> bool {
+        self.history_pins.load(Ordering::SeqCst) > 0
+            && growing < PINNED_GROWTH * self.params.seal_threshold.max(1)
+    }
+
     /// The position of the last write this copy applied (`None`: unknown).
     pub fn position(&self) -> Option<WritePosition> {
         self.wal.lock().position

@@ -216,3 +216,40 @@ fn a_copy_rebuilt_by_transfer_has_no_position_until_the_transfer_ends() {
     let delta = shard.history_since(at(7, 90)).unwrap().unwrap();
     assert_eq!(delta.writes.len(), 1);
 }
+
+#[test]
+fn a_pinned_history_defers_seals_up_to_a_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = small_params(20);
+    let data = rows(200, 4);
+    let shard = open(dir.path(), &params);
+    let write = |seq: u64| {
+        shard
+            .write_at(
+                vec![upsert(seq, "x", &data[seq as usize])],
+                Stamp::At(at(1, seq)),
+            )
+            .unwrap()
+    };
+    write(1);
+    let pin = shard.pin_history();
+    for seq in 2..=60 {
+        write(seq);
+    }
+    assert_eq!(shard.sealed_segments(), 0, "seals wait for the pin");
+    let delta = shard.history_since(at(1, 1)).unwrap().unwrap();
+    assert_eq!(
+        delta.writes.len(),
+        59,
+        "the writes since the pin are in the WAL"
+    );
+    // Past four times the threshold the growing segment seals anyway.
+    for seq in 61..=80 {
+        write(seq);
+    }
+    assert_eq!(shard.sealed_segments(), 1);
+    assert_eq!(shard.history_since(at(1, 1)).unwrap(), None);
+    drop(pin);
+    write(81);
+    assert_eq!(shard.position(), Some(at(1, 81)));
+}

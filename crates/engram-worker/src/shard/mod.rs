@@ -50,7 +50,7 @@ use self::files::{
     CODEBOOKS_DIR, ITEMS_FILE, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest,
     remove_leftovers, segment_bytes, wal_path,
 };
-pub use self::history::{HistoryDelta, Stamp};
+pub use self::history::{HistoryDelta, HistoryPin, Stamp};
 use self::state::{ShardState, neighbor};
 pub use self::types::{
     AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
@@ -78,6 +78,9 @@ pub struct Shard {
     state: RwLock<ShardState>,
     /// One merge or compaction at a time; writes and seals go on meanwhile.
     rewriting: Mutex<()>,
+    /// Full transfers reading on from a position (see
+    /// [`Shard::pin_history`]): the WAL is not rotated meanwhile.
+    history_pins: Arc<std::sync::atomic::AtomicUsize>,
     /// The PQ codebook every seal and merge of this shard encodes with
     /// (trained at the first seal, retrained on growth or drift).
     codebooks: CodebookStore,
@@ -202,6 +205,7 @@ impl Shard {
             }),
             state: RwLock::new(state),
             rewriting: Mutex::new(()),
+            history_pins: Arc::default(),
             codebooks: CodebookStore::open(&dir.join(CODEBOOKS_DIR))?,
         })
     }

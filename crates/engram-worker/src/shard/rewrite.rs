@@ -33,6 +33,13 @@ impl Shard {
     }
 
     pub(super) fn seal_locked(&self, wal: &mut WalState) -> Result<()> {
+        if self.rotation_deferred(self.state.read().growing.len()) {
+            tracing::debug!(
+                shard = self.number,
+                "seal deferred: a transfer reads on from the WAL"
+            );
+            return Ok(());
+        }
         let (ids, vectors, items, mut thumbnails) = {
             let state = self.state.read();
             let (ids, vectors) = state.growing.live_rows();
@@ -372,6 +379,9 @@ impl Shard {
         let mut wal = self.wal.lock();
         let carried = {
             let state = self.state.read();
+            if self.rotation_deferred(0) {
+                return Ok(Compaction::default());
+            }
             let dead = state.wal_dead.len();
             let held = dead + state.growing.len();
             if dead == 0 || (dead as f64 / held as f64) <= min_dead_fraction {
