@@ -25,6 +25,23 @@ const SEGMENT_REPORT_INTERVAL: Duration = Duration::from_secs(3);
 /// nothing changed: failed catch-ups are retried at this pace.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Longest a copy waits for its primary to bring it in sync. A full
+/// transfer rebuilds every segment of the shard on the copy (minutes per
+/// million 128-d rows on 2 cores), so this bounds only a primary that
+/// stopped answering without losing its place; one that no longer leads
+/// has its catch-up abandoned at once (see `start_catch_ups`).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+
+/// Numbers the catch-up tasks (see [`CatchUpTask`]).
+static CATCH_UP_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A catch-up this worker asked a primary for, still running.
+pub(crate) struct CatchUpTask {
+    id: u64,
+    primary: engram_core::placement::WorkerId,
+    abort: tokio::task::AbortHandle,
+}
+
 /// A shard copy's sealed segments as the Raft state records them.
 fn segment_records(shard: &crate::shard::Shard) -> Vec<SegmentRecord> {
     shard
@@ -373,12 +390,25 @@ impl WorkerNode {
                     continue;
                 }
                 let key = (collection.spec.name.clone(), shard as u32);
-                if !self.inner.catching_up.lock().insert(key.clone()) {
-                    continue;
+                let mut running = self.inner.catching_up.lock();
+                match running.get(&key) {
+                    Some(task) if task.primary == placement.primary => continue,
+                    Some(task) => {
+                        // Its primary no longer leads (a failover): a call
+                        // still waiting on it (paused, cut off) must not
+                        // keep this copy from the new one.
+                        tracing::info!(collection = %key.0, shard = key.1, from = task.primary, to = placement.primary, "abandoning a catch-up from a primary that no longer leads");
+                        task.abort.abort();
+                        running.remove(&key);
+                    }
+                    None => {}
                 }
                 let node = self.clone();
                 let addr = primary.addr.clone();
-                tokio::spawn(async move {
+                let id = CATCH_UP_IDS.fetch_add(1, Ordering::SeqCst);
+                let task_key = key.clone();
+                let task = tokio::spawn(async move {
+                    let key = task_key;
                     let position = node
                         .host()
                         .get(&key.0, key.1)
@@ -395,14 +425,25 @@ impl WorkerNode {
                         &addr,
                         path::CATCH_UP,
                         &request,
-                        Duration::from_secs(600),
+                        CATCH_UP_TIMEOUT,
                     )
                     .await;
                     if let Err(e) = result {
                         tracing::warn!(collection = %key.0, shard = key.1, error = %e, "catch-up failed; retrying later");
                     }
-                    node.inner.catching_up.lock().remove(&key);
+                    let mut running = node.inner.catching_up.lock();
+                    if running.get(&key).is_some_and(|t| t.id == id) {
+                        running.remove(&key);
+                    }
                 });
+                running.insert(
+                    key,
+                    CatchUpTask {
+                        id,
+                        primary: placement.primary,
+                        abort: task.abort_handle(),
+                    },
+                );
             }
         }
     }

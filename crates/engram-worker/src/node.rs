@@ -3,7 +3,7 @@
 //! behind on from their primary (`catch_up.rs`).
 
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,7 +48,8 @@ pub(crate) struct Inner {
     pub(crate) client: InternalClient,
     /// The newest cluster state seen, and the Raft index it was applied at.
     pub(crate) state: RwLock<(u64, Arc<ClusterState>)>,
-    pub(crate) catching_up: Mutex<HashSet<(String, u32)>>,
+    /// The catch-ups this worker's copies are asking for, by shard.
+    pub(crate) catching_up: Mutex<HashMap<(String, u32), crate::agent::CatchUpTask>>,
     /// Shards whose last full transfer could not send the writes made
     /// while its rows travelled: the next one holds the writes throughout
     /// (`catch_up.rs`).
@@ -122,7 +123,7 @@ impl WorkerNode {
                 client: InternalClient::new(&access),
                 access,
                 state: RwLock::new((0, Arc::new(ClusterState::default()))),
-                catching_up: Mutex::new(HashSet::new()),
+                catching_up: Mutex::new(HashMap::new()),
                 hold_transfers: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
                 floor: AtomicU64::new(0),
