@@ -159,15 +159,20 @@ impl Proc {
         self.child = Some(child);
     }
 
-    /// The data directory (`server.data_dir`) in its config.
-    pub fn data_dir(&self) -> PathBuf {
+    /// The quoted value of `key` in its config.
+    fn config_value(&self, key: &str) -> String {
         std::fs::read_to_string(&self.config)
             .unwrap()
             .lines()
-            .find(|l| l.starts_with("data_dir"))
+            .find(|l| l.starts_with(key))
             .and_then(|l| l.split('"').nth(1))
-            .expect("a data_dir line")
-            .into()
+            .unwrap_or_else(|| panic!("no {key} line in {}", self.config.display()))
+            .to_string()
+    }
+
+    /// The data directory (`server.data_dir`) in its config.
+    pub fn data_dir(&self) -> PathBuf {
+        self.config_value("data_dir").into()
     }
 
     /// Lines of its log (across restarts) that contain `needle`.
@@ -181,13 +186,7 @@ impl Proc {
 
     /// The internal address (`cluster.internal_listen`) in its config.
     pub fn internal_addr(&self) -> String {
-        std::fs::read_to_string(&self.config)
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("internal_listen"))
-            .and_then(|l| l.split('"').nth(1))
-            .expect("an internal_listen line")
-            .to_string()
+        self.config_value("internal_listen")
     }
 
     pub fn kill9(&mut self) {
