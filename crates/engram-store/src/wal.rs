@@ -119,6 +119,10 @@ pub struct Wal {
     path: PathBuf,
     file: fs::File,
     bytes: u64,
+    /// Where each record with a position ends, in log order: what a delta
+    /// after a position reads from (see [`Wal::read_after`]) without
+    /// reading the log before it.
+    positions: Vec<(WritePosition, u64)>,
 }
 
 impl Wal {
@@ -130,10 +134,15 @@ impl Wal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let (records, valid_len) = match &existing {
-            Some(bytes) => replay(path, bytes)?,
+        let (framed, valid_len) = match &existing {
+            Some(bytes) => replay_framed(path, bytes)?,
             None => (Vec::new(), 0),
         };
+        let positions = framed
+            .iter()
+            .filter_map(|(end, record)| Some((record.position?, *end)))
+            .collect();
+        let records = framed.into_iter().map(|(_, record)| record).collect();
         let mut file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -163,6 +172,7 @@ impl Wal {
                 path: path.to_path_buf(),
                 file,
                 bytes,
+                positions,
             },
             records,
         ))
@@ -189,7 +199,28 @@ impl Wal {
             return Err(e.into());
         }
         self.bytes += frame.len() as u64;
+        if let Some(position) = position {
+            self.positions.push((position, self.bytes));
+        }
         Ok(())
+    }
+
+    /// The records after the last one logged at `after` (`None`: every
+    /// record), read back from the file; `None` if no record is at `after`.
+    /// Reads only the log after that record.
+    pub fn read_after(&self, after: Option<WritePosition>) -> Result<Option<Vec<LoggedRecord>>> {
+        let start = match after {
+            None => MAGIC.len() as u64,
+            Some(after) => match self.positions.iter().rev().find(|(p, _)| *p == after) {
+                Some((_, end)) => *end,
+                None => return Ok(None),
+            },
+        };
+        let mut tail = vec![0u8; (self.bytes - start) as usize];
+        use std::os::unix::fs::FileExt;
+        self.file.file().read_exact_at(&mut tail, start)?;
+        let (framed, _) = frames(&self.path, &tail, 0, start)?;
+        Ok(Some(framed.into_iter().map(|(_, record)| record).collect()))
     }
 
     pub fn path(&self) -> &Path {
@@ -207,6 +238,15 @@ impl Wal {
 /// by more data is corruption (`path` names the file in errors). Public
 /// for the fuzz target.
 pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<LoggedRecord>, u64)> {
+    let (framed, valid) = replay_framed(path, bytes)?;
+    Ok((
+        framed.into_iter().map(|(_, record)| record).collect(),
+        valid,
+    ))
+}
+
+/// [`replay`] with the offset each record ends at.
+fn replay_framed(path: &Path, bytes: &[u8]) -> Result<(Vec<(u64, LoggedRecord)>, u64)> {
     if bytes.is_empty() {
         return Ok((Vec::new(), 0));
     }
@@ -219,9 +259,21 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<LoggedRecord>, u64)> {
     if &bytes[..MAGIC.len()] != MAGIC {
         return Err(StoreError::corrupted(path, 0, "not a WAL file (bad magic)"));
     }
+    frames(path, bytes, MAGIC.len(), 0)
+}
+
+/// Decodes the records of `bytes` from `offset` on, each with the offset
+/// it ends at plus `base` (where `bytes` starts in the file, for offsets
+/// and errors); returns them and where the intact records end.
+fn frames(
+    path: &Path,
+    bytes: &[u8],
+    mut offset: usize,
+    base: u64,
+) -> Result<(Vec<(u64, LoggedRecord)>, u64)> {
     let mut records = Vec::new();
-    let mut offset = MAGIC.len();
     while offset < bytes.len() {
+        let at = base + offset as u64;
         let rest = &bytes[offset..];
         if rest.iter().all(|b| *b == 0) {
             // Space the file system extended but the crash left unwritten.
@@ -236,14 +288,14 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<LoggedRecord>, u64)> {
         if crc32fast::hash(&rest[0..8]) != header_crc {
             return Err(StoreError::corrupted(
                 path,
-                offset as u64,
+                at,
                 "WAL record header checksum mismatch",
             ));
         }
         if len > MAX_RECORD_BYTES {
             return Err(StoreError::corrupted(
                 path,
-                offset as u64,
+                at,
                 format!("record length {len} is impossible"),
             ));
         }
@@ -255,16 +307,16 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Vec<LoggedRecord>, u64)> {
         if crc32fast::hash(payload) != crc {
             return Err(StoreError::corrupted(
                 path,
-                offset as u64,
+                at,
                 "WAL record checksum mismatch",
             ));
         }
-        let record = decode_positioned(payload)
-            .map_err(|reason| StoreError::corrupted(path, offset as u64, reason))?;
-        records.push(record);
+        let record =
+            decode_positioned(payload).map_err(|reason| StoreError::corrupted(path, at, reason))?;
         offset += RECORD_HEADER + len;
+        records.push((base + offset as u64, record));
     }
-    Ok((records, offset as u64))
+    Ok((records, base + offset as u64))
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -522,6 +574,33 @@ mod tests {
             let logged = decode_positioned(&encode_positioned(position, &record)).unwrap();
             prop_assert_eq!(logged, LoggedRecord { position, ops: record });
         }
+    }
+
+    #[test]
+    fn records_after_a_position_are_read_from_where_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        let at = |seq| Some(WritePosition { epoch: 2, seq });
+        let op = |id| vec![WalOp::Delete { id }];
+        wal.append(at(1), &op(1)).unwrap();
+        wal.append(at(2), &op(2)).unwrap();
+        wal.append(at(2), &op(3)).unwrap();
+        wal.append(None, &op(4)).unwrap();
+        wal.append(at(3), &op(5)).unwrap();
+        let ids = |records: Option<Vec<LoggedRecord>>| -> Vec<WalRecord> {
+            ops_of(records.expect("a record at that position"))
+        };
+        assert_eq!(ids(wal.read_after(None).unwrap()).len(), 5);
+        // After the last record of a write logged in parts.
+        assert_eq!(ids(wal.read_after(at(2)).unwrap()), vec![op(4), op(5)]);
+        assert_eq!(ids(wal.read_after(at(3)).unwrap()), Vec::<WalRecord>::new());
+        assert_eq!(wal.read_after(at(9)).unwrap(), None);
+        // The same once reopened (the index is rebuilt from the file).
+        drop(wal);
+        let (wal, _) = Wal::open(&path).unwrap();
+        assert_eq!(ids(wal.read_after(at(1)).unwrap()).len(), 4);
+        assert_eq!(ids(wal.read_after(at(2)).unwrap()), vec![op(4), op(5)]);
     }
 
     #[test]

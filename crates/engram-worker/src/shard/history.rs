@@ -149,7 +149,7 @@ impl Shard {
     /// history that the WAL still covers (before its start, ahead of this
     /// copy, on another branch), or this copy's own position is unknown.
     pub fn history_since(&self, from: WritePosition) -> Result<Option<HistoryDelta>> {
-        let (records, start, held) = {
+        let (records, held) = {
             let wal = self.wal.lock();
             let Some(held) = wal.position else {
                 return Ok(None);
@@ -163,26 +163,21 @@ impl Shard {
             if from.seq > held.seq {
                 return Ok(None);
             }
-            let path = wal.wal.path().to_path_buf();
-            let bytes = fs_err::read(&path)?;
-            let (records, _) = engram_store::wal::replay(&path, &bytes)?;
-            (records, wal.manifest.position, held)
+            // Only the log after `from` is read (or all of it when the WAL
+            // starts there).
+            let after = (wal.manifest.position != Some(from)).then_some(from);
+            match wal.wal.read_after(after)? {
+                Some(records) => (records, held),
+                None => return Ok(None),
+            }
         };
-        let mut found = start == Some(from);
         let mut last = from;
         let mut writes: Vec<(WritePosition, WalRecord)> = Vec::new();
         for record in records {
             let Some(position) = record.position else {
-                if found {
-                    // A write outside the history after `from`.
-                    return Ok(None);
-                }
-                continue;
+                // A write outside the history after `from`.
+                return Ok(None);
             };
-            if !found {
-                found = position == from;
-                continue;
-            }
             if position == last {
                 // The rest of a write logged as several records (or, at
                 // `from` itself, what the copy already holds).
@@ -196,7 +191,7 @@ impl Shard {
                 return Ok(None);
             }
         }
-        if !found || last != held {
+        if last != held {
             return Ok(None);
         }
         Ok(Some(HistoryDelta { from, writes }))
