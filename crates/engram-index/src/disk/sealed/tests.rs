@@ -402,9 +402,9 @@ fn the_node_cache_budget_is_shared_out_and_freed() {
 /// (same L). Measured over 1,000 unseen queries: 0.733 vs 0.754, a gap of
 /// 0.021, steady across builds: issue 20 asked for 0.01, which the first
 /// version of this test (300 queries) showed only by the luck of its query
-/// set (0.743 vs 0.753, and 0.743 vs 0.753 + 0.0003 in a later CI run that
-/// failed). An 8,000-row segment's own codebook fits its few rows (about
-/// 28 per centroid): the bound is the measured gap plus noise.
+/// set (0.743 vs 0.753; a later CI run failed at 0.7427 vs 0.753). An
+/// 8,000-row segment's own codebook fits its few rows (about 28 per
+/// centroid): the bound is the measured gap plus noise.
 #[test]
 fn a_shared_codebook_gives_the_recall_of_a_segment_trained_on_its_own_rows() {
     let tmp = tempfile::tempdir().unwrap();
