@@ -335,15 +335,11 @@ impl WorkerNode {
                 .inner
                 .host
                 .transfer_slot(&request.spec.name, request.shard);
-            let mut current = slot.lock();
-            // A transfer from an older shard map may not touch a copy that
-            // has seen a newer one (it may be in sync by now).
-            if let Ok(existing) = host.inner.host.get(&request.spec.name, request.shard) {
-                existing.check_epoch(&request.placement)?;
-            }
-            crate::replicas::admit_transfer(
-                &mut current,
+            let _turn = host.transfer_turn(
+                &slot,
+                &request.spec.name,
                 request.shard,
+                &request.placement,
                 request.transfer,
                 request.reset,
             )?;
@@ -399,16 +395,16 @@ impl WorkerNode {
             "delta chunk"
         );
         blocking(move || {
+            let replica = host.inner.host.get(&request.collection, request.shard)?;
             let slot = host
                 .inner
                 .host
                 .transfer_slot(&request.collection, request.shard);
-            let mut current = slot.lock();
-            let replica = host.inner.host.get(&request.collection, request.shard)?;
-            replica.check_epoch(&request.placement)?;
-            crate::replicas::admit_transfer(
-                &mut current,
+            let _turn = host.transfer_turn(
+                &slot,
+                &request.collection,
                 request.shard,
+                &request.placement,
                 request.transfer,
                 request.first,
             )?;
@@ -435,6 +431,27 @@ impl WorkerNode {
             Ok(())
         })
         .await
+    }
+
+    /// Holds the shard copy's transfer slot (so a chunk is checked and
+    /// applied, or refused, as one step) after checking a hosted copy has
+    /// seen no newer shard map than `placement` (it may be in sync by now)
+    /// and admitting `transfer`'s chunk (see `replicas::admit_transfer`).
+    fn transfer_turn<'s>(
+        &self,
+        slot: &'s crate::replicas::TransferSlot,
+        collection: &str,
+        shard: u32,
+        placement: &ShardPlacement,
+        transfer: u64,
+        starts: bool,
+    ) -> RpcResult<parking_lot::MutexGuard<'s, u64>> {
+        let mut current = slot.lock();
+        if let Ok(existing) = self.inner.host.get(collection, shard) {
+            existing.check_epoch(placement)?;
+        }
+        crate::replicas::admit_transfer(&mut current, shard, transfer, starts)?;
+        Ok(current)
     }
 
     /// Where this worker's copy of a shard stands, for its primary (see

@@ -71,11 +71,6 @@ pub struct HistoryDelta {
 }
 
 impl HistoryDelta {
-    /// Where a copy stands once it applied the delta.
-    pub fn to(&self) -> WritePosition {
-        self.writes.last().map_or(self.from, |(p, _)| *p)
-    }
-
     /// Operations in the delta.
     pub fn ops(&self) -> usize {
         self.writes.iter().map(|(_, ops)| ops.len()).sum()
@@ -109,11 +104,15 @@ impl Shard {
         HistoryPin(self.history_pins.clone())
     }
 
-    /// Whether a WAL rotation of a growing segment of `growing` rows waits
-    /// for a pin to go.
-    pub(super) fn rotation_deferred(&self, growing: usize) -> bool {
+    /// Whether a transfer has pinned the history: the WAL is not rewritten.
+    pub(super) fn history_pinned(&self) -> bool {
         self.history_pins.load(Ordering::SeqCst) > 0
-            && growing < PINNED_GROWTH * self.params.seal_threshold.max(1)
+    }
+
+    /// Whether sealing a growing segment of `growing` rows waits for a pin
+    /// to go (up to [`PINNED_GROWTH`] times the threshold).
+    pub(super) fn seal_deferred(&self, growing: usize) -> bool {
+        self.history_pinned() && growing < PINNED_GROWTH * self.params.seal_threshold.max(1)
     }
 
     /// The position of the last write this copy applied (`None`: unknown).

@@ -121,7 +121,7 @@ fn a_copy_behind_gets_exactly_the_writes_it_lacks() {
     assert_eq!(replica.position(), Some(at(2, 20)));
     let delta = primary.history_since(at(2, 20)).unwrap().unwrap();
     assert_eq!(delta.writes.len(), 20, "one entry per write, parts joined");
-    assert_eq!(delta.to(), at(2, 40));
+    assert_eq!(delta.writes.last().map(|(p, _)| *p), Some(at(2, 40)));
     assert_eq!(delta.ops(), 20 + 5);
     replica.apply_history(delta).unwrap();
     assert_eq!(replica.position(), primary.position());

@@ -33,7 +33,7 @@ impl Shard {
     }
 
     pub(super) fn seal_locked(&self, wal: &mut WalState) -> Result<()> {
-        if self.rotation_deferred(self.state.read().growing.len()) {
+        if self.seal_deferred(self.state.read().growing.len()) {
             tracing::debug!(
                 shard = self.number,
                 "seal deferred: a transfer reads on from the WAL"
@@ -379,7 +379,7 @@ impl Shard {
         let mut wal = self.wal.lock();
         let carried = {
             let state = self.state.read();
-            if self.rotation_deferred(0) {
+            if self.history_pinned() {
                 return Ok(Compaction::default());
             }
             let dead = state.wal_dead.len();
