@@ -103,6 +103,7 @@ pub async fn serve_worker(config: EngramConfig, access: ClusterAccess) -> anyhow
             .collect(),
         access,
         catch_up: config.cluster.catch_up,
+        transfer_chunk_bytes: (config.cluster.transfer_chunk_kib * 1024) as usize,
     };
     let tls = membership.access.server_tls();
     let node = WorkerNode::new(

@@ -9,8 +9,11 @@
 //! and restarted keeps its replicas in sync: a restarted primary compares
 //! positions instead of marking them out of sync and resending the shard.
 //! A copy that lost its disk is rebuilt by a full transfer while writes
-//! go on; its receiver and then its sender are killed mid-transfer, and
-//! the copy still ends with every acknowledged write.
+//! go on: the primary ships its sealed segment files as they are (no graph
+//! is rebuilt), then the writes made meanwhile. Its receiver and then its
+//! sender are killed while the files travel: the next transfer resumes the
+//! files already staged, and the copy still ends with every acknowledged
+//! write.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -200,11 +203,11 @@ fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_not
 }
 
 #[test]
-fn a_full_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
+fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
     let mut cluster = Cluster::start();
     create(&cluster);
-    // 30,000 rows, bulk-loaded: a full transfer of them takes seconds (the
-    // receiver seals every 400 rows).
+    // 30,000 rows, bulk-loaded into one sealed segment (about 4 MB of
+    // files, shipped in 16 KiB chunks).
     let file = cluster.exchange().join("part-0.parquet");
     write_parquet(&file, &(0..30_000u64).collect::<Vec<_>>(), "bulk");
     let (status, job) = cluster.post(
@@ -286,9 +289,9 @@ fn a_full_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_g
     }
     let stopper = Stop(stop.clone());
 
-    // The copy starts empty; kill it once its first transfer is under way.
+    // The copy starts empty; kill it once segment files are arriving.
     let chunks =
-        |cluster: &Cluster| cluster.workers[rebuilt as usize - 1].log_lines("transfer chunk");
+        |cluster: &Cluster| cluster.workers[rebuilt as usize - 1].log_lines("segment file chunk");
     let wait_for_chunks = |more_than: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -301,13 +304,13 @@ fn a_full_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_g
         }
     };
     cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
-    let seen = wait_for_chunks(0);
+    let seen = wait_for_chunks(3);
     cluster.lock().unwrap().workers[rebuilt as usize - 1].kill9();
     // Back again: a new transfer (its copy has no position); kill its
     // sender once it is under way. Another copy becomes primary and
     // the transfer starts over from it.
     cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
-    wait_for_chunks(seen + 1);
+    wait_for_chunks(seen + 3);
     cluster.lock().unwrap().workers[primary as usize - 1].kill9();
     {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -326,7 +329,24 @@ fn a_full_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_g
     writer.join().unwrap();
     let mut cluster = Arc::into_inner(cluster).unwrap().into_inner().unwrap();
     let heals = cluster.heals();
-    assert!(heals.rows >= 1, "{heals:?}");
+    assert!(heals.segments >= 1, "{heals:?}");
+    assert_eq!(heals.rows, 0, "no copy was rebuilt from rows: {heals:?}");
+    // The transfers after each kill resumed the files already staged.
+    let log = std::fs::read_to_string(&cluster.workers[rebuilt as usize - 1].log).unwrap();
+    let resumed: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("shipping plan"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("resumed_bytes="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect();
+    eprintln!("heals {heals:?}; bytes resumed by each shipping plan: {resumed:?}");
+    assert!(
+        resumed.iter().any(|b| *b > 0),
+        "no transfer resumed: {resumed:?}"
+    );
     let (during, deleted) = std::mem::take(&mut *acked.lock().unwrap());
     assert!(!during.is_empty(), "no write got through");
     // The rebuilt copy alone holds the bulk rows and every acknowledged

@@ -370,6 +370,9 @@ pub struct ClusterConfig {
     pub internal_max_concurrent_requests: usize,
     /// How a primary brings a shard copy that fell behind back in sync.
     pub catch_up: CatchUpMode,
+    /// Size of one chunk of a shipped segment file (KiB): what a copy
+    /// killed mid-transfer may have to receive again per file.
+    pub transfer_chunk_kib: u64,
 }
 
 /// How a primary brings a shard copy that fell behind back in sync.
@@ -378,7 +381,9 @@ pub struct ClusterConfig {
 pub enum CatchUpMode {
     /// Only the writes after the copy's position when the primary's WAL
     /// still holds them (a copy at the primary's position gets none);
-    /// otherwise the whole shard.
+    /// otherwise the whole shard: its sealed segment files as they are
+    /// (no graph is rebuilt on the receiving side), then the growing
+    /// segment's rows and the writes made meanwhile.
     #[default]
     Delta,
     /// Always the whole shard, row by row: what every catch-up did before
@@ -402,6 +407,7 @@ impl Default for ClusterConfig {
             raft_election_max_ms: 1_400,
             internal_max_concurrent_requests: 1_024,
             catch_up: CatchUpMode::Delta,
+            transfer_chunk_kib: 4_096,
         }
     }
 }
@@ -454,6 +460,13 @@ impl ClusterConfig {
             return Err(CoreError::invalid(
                 "cluster.*_timeout_ms",
                 "timeouts must be positive",
+            ));
+        }
+        // A chunk travels in one internal request (at most 1 GiB).
+        if !(1..=262_144).contains(&self.transfer_chunk_kib) {
+            return Err(CoreError::invalid(
+                "cluster.transfer_chunk_kib",
+                "must be between 1 and 262144 (256 MiB)",
             ));
         }
         Ok(())

@@ -25,7 +25,7 @@ use engram_store::{WalOp, WritePosition};
 use crate::node::{TRANSFER_CHUNK, WorkerNode, blocking, internal};
 use crate::replicas::Replica;
 use crate::rpc_client::call;
-use crate::shard::{HistoryDelta, Stamp};
+use crate::shard::{HistoryDelta, ShippingSnapshot, Stamp};
 use crate::wire::*;
 
 /// Longest one transfer chunk may take: applying it may seal the copy's
@@ -33,7 +33,23 @@ use crate::wire::*;
 /// about 15 s for 100,000 128-d rows on 2 cores). A full transfer's rows
 /// travel without the shard's write order held, so writes do not wait on
 /// it; a delta is small.
-const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+pub(crate) const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A whole shard read for a full transfer (see `WorkerNode::read_full`).
+enum FullCopy {
+    /// Every live item, and the position they were read at.
+    Rows(Vec<WalOp>, Option<WritePosition>),
+    Segments(ShippingSnapshot),
+}
+
+impl FullCopy {
+    fn position(&self) -> Option<WritePosition> {
+        match self {
+            FullCopy::Rows(_, position) => *position,
+            FullCopy::Segments(snapshot) => snapshot.position,
+        }
+    }
+}
 
 /// How a catch-up was done, and what it moved.
 #[derive(Default)]
@@ -75,7 +91,8 @@ impl WorkerNode {
             }
             None => {
                 let pin = replica.shard.pin_history();
-                let (items, position) = self.read_all(&replica).await?;
+                let copy = self.read_full(&replica, transfer).await?;
+                let position = copy.position();
                 // Without a position (a shard from before positions) the
                 // writes meanwhile could not be told, and after a transfer
                 // that lost them they may be lost again: keep the order.
@@ -88,8 +105,8 @@ impl WorkerNode {
                 if released {
                     order = None;
                 }
-                let rows = self
-                    .send_rows(&replica, &placement, &target, transfer, items, position)
+                let full = self
+                    .send_full(&replica, &placement, &target, transfer, copy)
                     .await?;
                 if released {
                     order = Some(replica.order.lock().await);
@@ -104,14 +121,14 @@ impl WorkerNode {
                         drop(pin);
                         let Some(tail) = tail else {
                             // An attach, or the growing segment outgrew the
-                            // pin: the copy asks again and gets the rows
+                            // pin: the copy asks again and gets the shard
                             // under the order this time.
                             self.inner
                                 .hold_transfers
                                 .lock()
                                 .insert((request.collection.clone(), request.shard));
                             return Err(RpcError::Unavailable(format!(
-                                "shard {}: the writes since the transfer's position {from} left this primary's WAL while the rows travelled; the copy asks again",
+                                "shard {}: the writes since the transfer's position {from} left this primary's WAL while the shard travelled; the copy asks again",
                                 request.shard
                             )));
                         };
@@ -121,9 +138,9 @@ impl WorkerNode {
                     None => Sent::default(),
                 };
                 Sent {
-                    kind: "rows",
-                    bytes: rows.bytes + tail.bytes,
-                    ops: rows.ops + tail.ops,
+                    kind: full.kind,
+                    bytes: full.bytes + tail.bytes,
+                    ops: full.ops + tail.ops,
                 }
             }
         };
@@ -191,32 +208,106 @@ impl WorkerNode {
         Ok(placement)
     }
 
-    /// Every live item of the shard and the position it was read at (the
-    /// caller holds the shard's write order).
-    async fn read_all(
+    /// The whole shard as a full transfer sends it, read holding its write
+    /// order: its sealed segments' files and the growing segment's rows
+    /// (see `shard/shipping.rs`), or with `cluster.catch_up = "rows"`
+    /// every live item.
+    async fn read_full(
         &self,
         replica: &std::sync::Arc<Replica>,
-    ) -> RpcResult<(Vec<WalOp>, Option<WritePosition>)> {
+        transfer: u64,
+    ) -> RpcResult<FullCopy> {
         let source = replica.clone();
+        if self.inner.catch_up == CatchUpMode::Rows {
+            return blocking(move || {
+                let mut all = Vec::new();
+                let position = source.shard.position();
+                source
+                    .shard
+                    .scan(&mut |items| {
+                        all.extend(items.into_iter().map(|i| WalOp::Upsert {
+                            id: i.id,
+                            label: i.label,
+                            weight: i.weight,
+                            source: i.source,
+                            vector: i.vector,
+                            thumbnail: i.thumbnail,
+                        }));
+                        Ok(())
+                    })
+                    .map_err(internal)?;
+                Ok(FullCopy::Rows(all, position))
+            })
+            .await;
+        }
         blocking(move || {
-            let mut all = Vec::new();
-            let position = source.shard.position();
             source
                 .shard
-                .scan(&mut |items| {
-                    all.extend(items.into_iter().map(|i| WalOp::Upsert {
-                        id: i.id,
-                        label: i.label,
-                        weight: i.weight,
-                        source: i.source,
-                        vector: i.vector,
-                        thumbnail: i.thumbnail,
-                    }));
-                    Ok(())
-                })
-                .map_err(internal)?;
-            Ok((all, position))
+                .snapshot_for_shipping(transfer)
+                .map(FullCopy::Segments)
+                .map_err(internal)
         })
+        .await
+    }
+
+    /// Sends `copy` to the copy at `target`, which its first chunk resets:
+    /// the segments' files (when there are any), then the rows, the last
+    /// chunk giving the copy the position it was read at.
+    async fn send_full(
+        &self,
+        replica: &Replica,
+        placement: &ShardPlacement,
+        target: &str,
+        transfer: u64,
+        copy: FullCopy,
+    ) -> RpcResult<Sent> {
+        let snapshot = match copy {
+            FullCopy::Rows(items, position) => {
+                return self
+                    .send_rows(replica, placement, target, transfer, true, items, position)
+                    .await;
+            }
+            FullCopy::Segments(snapshot) if snapshot.segments.is_empty() => snapshot,
+            FullCopy::Segments(mut snapshot) => {
+                let reset = self
+                    .send_rows(replica, placement, target, transfer, true, Vec::new(), None)
+                    .await?;
+                let shipped = self
+                    .ship_segments(replica, placement, target, transfer, &snapshot)
+                    .await?;
+                let growing = std::mem::take(&mut snapshot.growing);
+                let rows = self
+                    .send_rows(
+                        replica,
+                        placement,
+                        target,
+                        transfer,
+                        false,
+                        growing,
+                        snapshot.position,
+                    )
+                    .await?;
+                tracing::info!(
+                    shard = replica.shard.number(),
+                    segments = snapshot.segments.len(),
+                    file_bytes = snapshot.file_bytes(),
+                    resumed_bytes = shipped.resumed,
+                    growing_rows = rows.ops,
+                    "shipped sealed segments"
+                );
+                return Ok(Sent {
+                    kind: "segments",
+                    bytes: reset.bytes + shipped.bytes + rows.bytes,
+                    ops: rows.ops,
+                });
+            }
+        };
+        // Nothing sealed yet: the growing segment's rows are the shard.
+        let (growing, position) = (snapshot.growing.clone(), snapshot.position);
+        drop(snapshot);
+        self.send_rows(
+            replica, placement, target, transfer, true, growing, position,
+        )
         .await
     }
 
@@ -259,15 +350,18 @@ impl WorkerNode {
         })
     }
 
-    /// Streams `items` (the whole shard, read at `position`) in chunks of
-    /// [`TRANSFER_CHUNK`]; the first chunk resets the copy, the last gives
-    /// it `position`.
+    /// Streams `items` (the whole shard, or what its shipped segments
+    /// leave out, read at `position`) in chunks of [`TRANSFER_CHUNK`]; the
+    /// first chunk resets the copy when `resets`, the last gives it
+    /// `position`.
+    #[allow(clippy::too_many_arguments)]
     async fn send_rows(
         &self,
         replica: &Replica,
         placement: &ShardPlacement,
         target: &str,
         transfer: u64,
+        resets: bool,
         items: Vec<WalOp>,
         position: Option<WritePosition>,
     ) -> RpcResult<Sent> {
@@ -289,9 +383,13 @@ impl WorkerNode {
                 spec: replica.spec.clone(),
                 shard: replica.shard.number(),
                 placement: placement.clone(),
-                reset: i == 0,
+                reset: resets && i == 0,
                 ops,
-                tombstones: if i == 0 { tombstones.clone() } else { None },
+                tombstones: if resets && i == 0 {
+                    tombstones.clone()
+                } else {
+                    None
+                },
                 position: if i + 1 == count { position } else { None },
             };
             bytes += self.send(target, path::INSTALL, &install).await?;
@@ -304,7 +402,7 @@ impl WorkerNode {
     }
 
     /// One transfer chunk to the copy; returns the bytes sent.
-    async fn send<R: serde::Serialize>(
+    pub(crate) async fn send<R: serde::Serialize>(
         &self,
         target: &str,
         route: &str,
@@ -437,7 +535,7 @@ impl WorkerNode {
     /// applied, or refused, as one step) after checking a hosted copy has
     /// seen no newer shard map than `placement` (it may be in sync by now)
     /// and admitting `transfer`'s chunk (see `replicas::admit_transfer`).
-    fn transfer_turn<'s>(
+    pub(crate) fn transfer_turn<'s>(
         &self,
         slot: &'s crate::replicas::TransferSlot,
         collection: &str,

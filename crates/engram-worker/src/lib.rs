@@ -21,6 +21,7 @@ pub mod replicas;
 pub mod rpc_client;
 pub mod server;
 pub mod shard;
+pub mod ship;
 pub mod wire;
 pub mod worker;
 

@@ -50,11 +50,13 @@ pub(crate) fn replication_sent(route: &str, ok: bool, took: Duration) {
 }
 
 /// Catch-ups this worker served as primary, by how: `delta` (the writes
-/// after the copy's position, from the WAL) or `rows` (the whole shard).
+/// after the copy's position, from the WAL), `segments` (the sealed
+/// segments' files as they are, then the growing rows and a delta) or
+/// `rows` (the whole shard row by row).
 static CATCH_UPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "catch_ups_total",
-        "Shard copies this primary brought back in sync, by kind (delta: only the writes the copy lacked; rows: the whole shard)",
+        "Shard copies this primary brought back in sync, by kind (delta: only the writes the copy lacked; segments: the sealed segment files, then the rest; rows: the whole shard row by row)",
         &["kind"],
     )
 });

@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) storage: StorageConfig,
     /// How this worker, as primary, catches copies up.
     pub(crate) catch_up: CatchUpMode,
+    /// Bytes of one chunk of a shipped segment file.
+    pub(crate) transfer_chunk_bytes: usize,
     /// Sent on every call to peers; required by this node's routes.
     access: ClusterAccess,
 }
@@ -97,6 +99,8 @@ pub struct Membership {
     pub access: ClusterAccess,
     /// How this worker, as primary, catches copies up.
     pub catch_up: CatchUpMode,
+    /// Bytes of one chunk of a shipped segment file.
+    pub transfer_chunk_bytes: usize,
 }
 
 impl WorkerNode {
@@ -113,6 +117,7 @@ impl WorkerNode {
             coordinators,
             access,
             catch_up,
+            transfer_chunk_bytes,
         } = membership;
         Ok(WorkerNode {
             inner: Arc::new(Inner {
@@ -130,6 +135,7 @@ impl WorkerNode {
                 lease: ReadLease::default(),
                 storage,
                 catch_up,
+                transfer_chunk_bytes,
             }),
         })
     }

@@ -389,6 +389,19 @@ impl ReplicaHost {
         Ok(fresh)
     }
 
+    /// Where the segment files shipped to this worker's copy of a shard are
+    /// staged: `<data_dir>/shipping/<collection>/<nnnn>`, outside the shard
+    /// directory (which a transfer's reset replaces), so a transfer started
+    /// again after a kill resumes them.
+    pub fn shipping_dir(&self, collection: &str, shard: u32) -> PathBuf {
+        self.dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join("shipping")
+            .join(collection)
+            .join(format!("{shard:04}"))
+    }
+
     /// The transfer bookkeeping of one shard copy (see [`admit_transfer`]).
     pub fn transfer_slot(&self, collection: &str, shard: u32) -> TransferSlot {
         self.transfers
@@ -421,6 +434,10 @@ impl ReplicaHost {
     /// files, after any compaction of it finished.
     pub fn drop_shard(&self, collection: &str, shard: u32) -> Result<()> {
         let _opening = self.opening.lock();
+        let shipping = self.shipping_dir(collection, shard);
+        if shipping.exists() {
+            fs_err::remove_dir_all(&shipping)?;
+        }
         self.retire(collection, shard)
     }
 
@@ -470,9 +487,14 @@ impl ReplicaHost {
     pub fn drop_collection(&self, collection: &str) -> Result<()> {
         let _opening = self.opening.lock();
         self.replicas.write().retain(|(c, _), _| c != collection);
-        let dir = self.dir.join(collection);
-        if dir.exists() {
-            fs_err::remove_dir_all(&dir)?;
+        let shipping = self.shipping_dir(collection, 0);
+        for dir in [
+            self.dir.join(collection),
+            shipping.parent().unwrap_or(&shipping).to_path_buf(),
+        ] {
+            if dir.exists() {
+                fs_err::remove_dir_all(&dir)?;
+            }
         }
         Ok(())
     }

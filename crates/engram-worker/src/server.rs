@@ -52,6 +52,18 @@ fn routes() -> Vec<Route> {
             post(|s, b| handle(s, b, WorkerNode::position)),
         ),
         (
+            path::SHIP_PLAN,
+            post(|s, b| handle(s, b, WorkerNode::ship_plan)),
+        ),
+        (
+            path::SHIP_CHUNK,
+            post(|s, b| handle(s, b, WorkerNode::ship_chunk)),
+        ),
+        (
+            path::SHIP_ATTACH,
+            post(|s, b| handle(s, b, WorkerNode::ship_attach)),
+        ),
+        (
             path::COMPACT,
             post(|s, b| handle(s, b, WorkerNode::compact)),
         ),

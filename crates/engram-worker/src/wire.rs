@@ -21,6 +21,9 @@ pub mod path {
     pub const INSTALL: &str = "/internal/v1/install";
     pub const DELTA: &str = "/internal/v1/delta";
     pub const POSITION: &str = "/internal/v1/position";
+    pub const SHIP_PLAN: &str = "/internal/v1/ship/plan";
+    pub const SHIP_CHUNK: &str = "/internal/v1/ship/chunk";
+    pub const SHIP_ATTACH: &str = "/internal/v1/ship/attach";
     pub const COMPACT: &str = "/internal/v1/compact";
     pub const SCAN: &str = "/internal/v1/scan";
     pub const SNAPSHOT: &str = "/internal/v1/snapshot";
@@ -315,6 +318,59 @@ pub struct InstallRequest {
     /// Set on the last chunk: the primary's position when the transfer was
     /// read, which the rebuilt copy now holds the history up to.
     pub position: Option<WritePosition>,
+}
+
+/// Which files of a full transfer's sealed segments are to come: the copy
+/// answers, per segment and file, the bytes it already holds staged (an
+/// earlier transfer of the same segments was cut off), and drops staged
+/// segments not in the plan. Sent after the transfer's reset chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipPlanRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    pub transfer: u64,
+    pub segments: Vec<ShipPlanSegment>,
+}
+
+/// One segment of a [`ShipPlanRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipPlanSegment {
+    /// See `shard::ShippedSegment::key`.
+    pub key: String,
+    /// File names and sizes.
+    pub files: Vec<(String, u64)>,
+}
+
+/// Bytes `offset..offset + data.len()` of one file of a shipped segment;
+/// the copy appends them when it holds exactly `offset` bytes of it and
+/// `crc32` matches. `complete`: the file's last chunk (it is synced).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipChunkRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    pub transfer: u64,
+    pub key: String,
+    pub file: String,
+    pub offset: u64,
+    pub crc32: u32,
+    /// One byte string on the wire, not a sequence of u8 values.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    pub complete: bool,
+}
+
+/// Adds the staged segments (keys in the primary's order, each with its
+/// delete bitmap at the transfer's position) to the copy the transfer
+/// reset; every file is verified against its checksum first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipAttachRequest {
+    pub collection: String,
+    pub shard: u32,
+    pub placement: ShardPlacement,
+    pub transfer: u64,
+    pub segments: Vec<(String, Vec<u64>)>,
 }
 
 /// A sealed segment in object storage: the store's URI, the key below it

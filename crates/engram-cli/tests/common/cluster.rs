@@ -130,7 +130,7 @@ impl Proc {
             // failed chaos run can follow one item through its copies.
             .env(
                 "ENGRAM_LOG",
-                "info,openraft=warn,engram_worker::node=debug,engram_worker::catch_up=debug,engram_meta::request_id=debug",
+                "info,openraft=warn,engram_worker::node=debug,engram_worker::catch_up=debug,engram_worker::ship=debug,engram_meta::request_id=debug",
             )
             .env(FAULT_DISK_FULL_ENV, self.disk_full_flag())
             .stdout(Stdio::piped())
@@ -312,9 +312,12 @@ impl Cluster {
             .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
             .collect();
         let peers = peers.join(", ");
+        // Segment files travel in 16 KiB chunks: shipping a test's small
+        // segments takes many, so a kill can land in the middle of one.
         let common = format!(
             "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = 1500\n\
-             query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n"
+             query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n\
+             transfer_chunk_kib = 16\n"
         );
         // Bulk segments go through a directory every node reads: object
         // storage on the local filesystem.
@@ -501,8 +504,10 @@ impl Cluster {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Heals {
     pub delta: u64,
+    pub segments: u64,
     pub rows: u64,
     pub delta_bytes: u64,
+    pub segments_bytes: u64,
     pub rows_bytes: u64,
 }
 
@@ -522,6 +527,10 @@ impl Cluster {
                     Some("delta") => {
                         heals.delta += 1;
                         heals.delta_bytes += bytes;
+                    }
+                    Some("segments") => {
+                        heals.segments += 1;
+                        heals.segments_bytes += bytes;
                     }
                     Some("rows") => {
                         heals.rows += 1;

@@ -16,6 +16,9 @@ pub(super) const SHARD_FILE: &str = "shard.bin";
 pub(super) const SEGMENTS_DIR: &str = "segments";
 pub(super) const ITEMS_FILE: &str = engram_store::SEGMENT_ITEMS_FILE;
 pub(super) const STAGING_DIR: &str = "incoming";
+/// Segment files linked for transfers to other copies (`shipping.rs`);
+/// emptied when the shard opens (a transfer does not outlive its sender).
+pub(super) const OUTGOING_DIR: &str = "outgoing";
 /// The shard's PQ codebook versions (`engram_index::disk::codebook`).
 pub(super) const CODEBOOKS_DIR: &str = "codebooks";
 

@@ -25,6 +25,9 @@ mod history_tests;
 mod receiving;
 mod rewrite;
 mod scan;
+mod shipping;
+#[cfg(test)]
+mod shipping_tests;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -47,10 +50,11 @@ use engram_index::{
 use engram_store::{ItemTable, Wal, WalOp, WalRecord, WritePosition, checksummed};
 
 use self::files::{
-    CODEBOOKS_DIR, ITEMS_FILE, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest,
+    CODEBOOKS_DIR, ITEMS_FILE, OUTGOING_DIR, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest,
     remove_leftovers, segment_bytes, wal_path,
 };
 pub use self::history::{HistoryDelta, HistoryPin, Stamp};
+pub use self::shipping::{ShippedSegment, ShippingSnapshot};
 use self::state::{ShardState, neighbor};
 pub use self::types::{
     AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
@@ -139,9 +143,11 @@ impl Shard {
             manifest
         };
         remove_leftovers(dir, &manifest)?;
-        let staging = dir.join(STAGING_DIR);
-        if staging.exists() {
-            fs::remove_dir_all(&staging)?;
+        for leftover in [STAGING_DIR, OUTGOING_DIR] {
+            let leftover = dir.join(leftover);
+            if leftover.exists() {
+                fs::remove_dir_all(&leftover)?;
+            }
         }
 
         let mut state = ShardState {

@@ -190,7 +190,7 @@ impl Shard {
 
     /// Opens a segment about to be attached and checks that it fits this
     /// shard: dimension, metric, and an item for every row.
-    fn open_attachable(&self, dir: &Path) -> Result<(SealedSegment, Vec<StoredItem>)> {
+    pub(super) fn open_attachable(&self, dir: &Path) -> Result<(SealedSegment, Vec<StoredItem>)> {
         let segment = SealedSegment::open(dir, &self.params, false)?;
         let manifest = segment.manifest();
         if manifest.dim != self.dim || manifest.metric != self.metric {

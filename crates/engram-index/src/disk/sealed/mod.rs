@@ -47,7 +47,7 @@ use engram_core::config::IndexParams;
 use engram_core::residency::{Footprint, Residency, node_bytes};
 use engram_core::{Metric, ScoredId};
 
-use self::deleted::{is_deleted, read_deleted, write_deleted};
+use self::deleted::{DELETED_FILE, is_deleted, read_deleted, write_deleted};
 use self::rows::{RowLayout, floats};
 use super::manifest::SegmentManifest;
 use super::off_runtime_drop::DropOffRuntime;
@@ -287,6 +287,34 @@ impl SealedSegment {
     pub fn persist_deletes(&self) -> Result<()> {
         let deleted = self.deleted.read().clone();
         write_deleted(&self.dir, &deleted)
+    }
+
+    /// The delete bitmap as it stands in memory (one bit per row), for a
+    /// copy of the segment's files shipped elsewhere: the file on disk may
+    /// lag behind it until the shard's WAL is retired.
+    pub fn deleted_words(&self) -> Vec<u64> {
+        self.deleted.read().clone()
+    }
+
+    /// The segment's files other than its mutable delete bitmap: what a
+    /// copy of it elsewhere needs, with [`Self::deleted_words`] beside.
+    pub fn immutable_files(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if entry.file_type()?.is_file() && name != DELETED_FILE && !name.ends_with(".tmp") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Writes `words` as the delete bitmap of the segment files in `dir`
+    /// (a shipped copy, before it is opened; opening checks the length).
+    pub fn write_delete_bitmap(dir: &Path, words: &[u64]) -> Result<()> {
+        write_deleted(dir, words)
     }
 
     /// [`SegmentIndex::search_tuned`] that reports a failed read instead of

@@ -1,0 +1,203 @@
+//! Segment shipping: a copy rebuilt from its primary receives the primary's
+//! sealed segment files as they are, instead of their rows, so no graph is
+//! rebuilt on the receiving side.
+//!
+//! The primary takes a [`ShippingSnapshot`] holding the shard's WAL lock:
+//! every sealed segment's immutable files hard-linked under `outgoing/`
+//! (a merge or compaction that removes a segment meanwhile leaves the links
+//! readable), its delete bitmap as it stands in memory, the growing
+//! segment's live rows, and the position all of that stands at. The files
+//! then travel without any lock; the growing rows follow as ordinary
+//! upserts and the writes made since the position as a delta.
+//!
+//! The copy stages each segment's files outside its shard directory (so a
+//! transfer started again after a kill resumes them), and
+//! [`Shard::attach_shipped`] adds the staged segments to its freshly reset
+//! shard in the primary's order, each with the primary's delete bitmap.
+
+use fs_err as fs;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engram_index::{SealedSegment, SegmentIndex};
+use engram_store::{WalOp, WritePosition};
+
+use super::Shard;
+use super::files::{OUTGOING_DIR, SEGMENTS_DIR, move_dir};
+use crate::error::{Result, WorkerError};
+
+/// One sealed segment of a [`ShippingSnapshot`].
+#[derive(Debug)]
+pub struct ShippedSegment {
+    /// Names the segment's content: its name in the primary's shard and
+    /// the CRC32 of its manifest (which holds every file's CRC32), so a
+    /// staged copy is resumed only by the same segment.
+    pub key: String,
+    /// Where its files are linked for the transfer.
+    pub dir: PathBuf,
+    /// Its immutable files and their sizes.
+    pub files: Vec<(String, u64)>,
+    /// Its delete bitmap at the snapshot's position.
+    pub deleted: Vec<u64>,
+    pub rows: usize,
+}
+
+/// What a copy rebuilt by segments receives: see the module comment. The
+/// linked files are removed when it is dropped.
+#[derive(Debug)]
+pub struct ShippingSnapshot {
+    root: PathBuf,
+    pub segments: Vec<ShippedSegment>,
+    /// The growing segment's live rows, as upserts.
+    pub growing: Vec<WalOp>,
+    pub position: Option<WritePosition>,
+}
+
+impl Drop for ShippingSnapshot {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.root) {
+            tracing::warn!(dir = %self.root.display(), error = %e, "could not remove a shipping snapshot");
+        }
+    }
+}
+
+impl ShippingSnapshot {
+    /// Bytes of every segment file it ships.
+    pub fn file_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .flat_map(|s| s.files.iter().map(|(_, bytes)| bytes))
+            .sum()
+    }
+}
+
+impl Shard {
+    /// Takes a [`ShippingSnapshot`] for `transfer` (a name unique among
+    /// this shard's transfers in progress).
+    pub fn snapshot_for_shipping(&self, transfer: u64) -> Result<ShippingSnapshot> {
+        let root = self.dir.join(OUTGOING_DIR).join(transfer.to_string());
+        if root.exists() {
+            fs::remove_dir_all(&root)?;
+        }
+        fs::create_dir_all(&root)?;
+        let mut snapshot = ShippingSnapshot {
+            root,
+            segments: Vec::new(),
+            growing: Vec::new(),
+            position: None,
+        };
+        let wal = self.wal.lock();
+        let state = self.state.read();
+        for segment in &state.sealed {
+            snapshot
+                .segments
+                .push(link_segment(segment, &snapshot.root)?);
+        }
+        snapshot.growing = state.growing_rows_except(&HashSet::new(), self.dim);
+        snapshot.position = wal.position;
+        Ok(snapshot)
+    }
+
+    /// Adds the segments staged in `staged` (each a shipped segment's
+    /// files and its delete bitmap), in their order, to this copy, which
+    /// must hold nothing yet (it was just reset for the transfer): the
+    /// directories move into the shard, and `shard.bin` naming them all is
+    /// the commit point. Every file is verified against its checksum when
+    /// the segment opens; a damaged one fails the whole attach and the
+    /// shard stays empty. The copy's position is unknown afterwards (the
+    /// transfer's last chunk gives it). Returns the rows attached.
+    pub fn attach_shipped(&self, staged: &[PathBuf]) -> Result<usize> {
+        let mut wal = self.wal.lock();
+        {
+            let state = self.state.read();
+            if !state.sealed.is_empty() || !state.items.is_empty() {
+                return Err(WorkerError::Invalid(format!(
+                    "shard {}: shipped segments go to an empty copy; this one holds {} items",
+                    self.number,
+                    state.items.len()
+                )));
+            }
+        }
+        let mut manifest = wal.manifest.clone();
+        let mut opened = Vec::with_capacity(staged.len());
+        for dir in staged {
+            let name = format!("{:08}", manifest.next_segment);
+            let segment_dir = self.dir.join(SEGMENTS_DIR).join(&name);
+            if segment_dir.exists() {
+                fs::remove_dir_all(&segment_dir)?;
+            }
+            move_dir(dir, &segment_dir)?;
+            match self.open_attachable(&segment_dir) {
+                Ok(segment) => opened.push(segment),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&segment_dir);
+                    for (segment, _) in &opened {
+                        let _ = fs::remove_dir_all(segment.dir());
+                    }
+                    return Err(e);
+                }
+            }
+            manifest.segments.push(name);
+            manifest.next_segment += 1;
+        }
+        self.commit_manifest(&mut wal, manifest)?;
+        // The copy holds part of a history now, not the start of one: its
+        // position is unknown until the transfer's last chunk sets it.
+        wal.wal.append(None, &Vec::new())?;
+        wal.position = None;
+        let mut rows = 0;
+        let mut state = self.state.write();
+        for (segment, items) in opened {
+            // As at open: a later segment's live rows supersede older ones.
+            for item in items.iter().filter(|i| segment.contains(i.id)) {
+                for older in &state.sealed {
+                    older.delete(item.id);
+                }
+                state
+                    .items
+                    .upsert(item.id, &item.label, item.weight, item.source.clone());
+                rows += 1;
+            }
+            let segment = Arc::new(segment);
+            self.cache.register(&segment);
+            state.sealed.push(segment);
+        }
+        for segment in &state.sealed {
+            segment.persist_deletes()?;
+        }
+        drop(state);
+        drop(wal);
+        tracing::info!(
+            shard = self.number,
+            segments = staged.len(),
+            rows,
+            "attached shipped segments"
+        );
+        Ok(rows)
+    }
+}
+
+/// Hard-links `segment`'s immutable files into `root/<name>`.
+fn link_segment(segment: &SealedSegment, root: &Path) -> Result<ShippedSegment> {
+    let name = segment.name();
+    let dir = root.join(&name);
+    fs::create_dir_all(&dir)?;
+    let mut files = Vec::new();
+    for file in segment.immutable_files()? {
+        let from = segment.dir().join(&file);
+        let to = dir.join(&file);
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to)?;
+        }
+        files.push((file.clone(), fs::metadata(&to)?.len()));
+    }
+    let manifest = fs::read(dir.join(engram_index::disk::manifest::MANIFEST_FILE))?;
+    Ok(ShippedSegment {
+        key: format!("{name}-{:08x}", crc32fast::hash(&manifest)),
+        dir,
+        files,
+        deleted: segment.deleted_words(),
+        rows: segment.rows(),
+    })
+}

@@ -1,0 +1,356 @@
+//! Segment shipping between workers (see `shard/shipping.rs`): a full
+//! transfer sends the primary's sealed segment files as they are, in
+//! checksummed chunks, instead of their rows.
+//!
+//! The primary first sends the plan (every segment's key and files); the
+//! copy answers the bytes of each file it already holds staged from a
+//! transfer that was cut off (a kill of either side), so only the rest
+//! travels. Each chunk is appended only at the copy's current length and
+//! with a matching CRC32; the attach verifies every file against the
+//! segment's own checksums as it opens it, and a damaged segment is
+//! dropped from the staging area so the next attempt sends it whole.
+//! Every request is admitted as a chunk of the transfer its reset chunk
+//! started (the epoch check and `replicas::admit_transfer`).
+
+use fs_err as fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use engram_core::placement::ShardPlacement;
+use engram_index::SealedSegment;
+
+use crate::catch_up::TRANSFER_TIMEOUT;
+use crate::node::{WorkerNode, blocking, internal};
+use crate::replicas::Replica;
+use crate::rpc_client::call;
+use crate::shard::ShippingSnapshot;
+use crate::wire::*;
+
+/// What shipping a snapshot's segments moved.
+pub(crate) struct Shipped {
+    /// Bytes sent (chunk requests, plan and attach included).
+    pub bytes: u64,
+    /// Bytes of segment files the copy already held from an earlier try.
+    pub resumed: u64,
+}
+
+impl WorkerNode {
+    /// Primary side: ships `snapshot`'s segments to `target`, whose copy the
+    /// transfer's reset chunk just emptied, and has them attached.
+    pub(crate) async fn ship_segments(
+        &self,
+        replica: &Replica,
+        placement: &ShardPlacement,
+        target: &str,
+        transfer: u64,
+        snapshot: &ShippingSnapshot,
+    ) -> RpcResult<Shipped> {
+        let collection = replica.spec.name.clone();
+        let shard = replica.shard.number();
+        let plan = ShipPlanRequest {
+            collection: collection.clone(),
+            shard,
+            placement: placement.clone(),
+            transfer,
+            segments: snapshot
+                .segments
+                .iter()
+                .map(|s| ShipPlanSegment {
+                    key: s.key.clone(),
+                    files: s.files.clone(),
+                })
+                .collect(),
+        };
+        let mut bytes = bincode::serialized_size(&plan).map_err(internal)?;
+        let held: Vec<Vec<u64>> = call(
+            &self.inner.client,
+            target,
+            path::SHIP_PLAN,
+            &plan,
+            TRANSFER_TIMEOUT,
+        )
+        .await
+        .map_err(|e| RpcError::Replication(e.to_string()))?;
+        if held.len() != snapshot.segments.len()
+            || held
+                .iter()
+                .zip(&snapshot.segments)
+                .any(|(h, s)| h.len() != s.files.len())
+        {
+            return Err(RpcError::Replication(
+                "the copy answered a shipping plan of another shape".into(),
+            ));
+        }
+        let mut resumed = 0;
+        for (segment, held) in snapshot.segments.iter().zip(held) {
+            for ((file, size), have) in segment.files.iter().zip(held) {
+                let mut offset = have.min(*size);
+                resumed += offset;
+                // A file the copy holds whole needs no chunk; an empty one
+                // is sent as one empty chunk.
+                if offset == *size && *size > 0 {
+                    continue;
+                }
+                loop {
+                    let (data, crc32) = read_chunk(
+                        &segment.dir.join(file),
+                        offset,
+                        self.inner.transfer_chunk_bytes,
+                    )
+                    .await?;
+                    let end = offset + data.len() as u64;
+                    if data.is_empty() && end < *size {
+                        return Err(RpcError::Internal(format!(
+                            "segment file {file} of {} ended at {end} bytes, {size} expected",
+                            segment.key
+                        )));
+                    }
+                    let complete = end >= *size;
+                    let chunk = ShipChunkRequest {
+                        collection: collection.clone(),
+                        shard,
+                        placement: placement.clone(),
+                        transfer,
+                        key: segment.key.clone(),
+                        file: file.clone(),
+                        offset,
+                        crc32,
+                        data,
+                        complete,
+                    };
+                    bytes += self.send(target, path::SHIP_CHUNK, &chunk).await?;
+                    offset = end;
+                    if complete {
+                        break;
+                    }
+                }
+            }
+        }
+        let attach = ShipAttachRequest {
+            collection,
+            shard,
+            placement: placement.clone(),
+            transfer,
+            segments: snapshot
+                .segments
+                .iter()
+                .map(|s| (s.key.clone(), s.deleted.clone()))
+                .collect(),
+        };
+        bytes += self.send(target, path::SHIP_ATTACH, &attach).await?;
+        Ok(Shipped { bytes, resumed })
+    }
+
+    /// Copy side of a [`ShipPlanRequest`]: drops staged segments not in
+    /// the plan and answers the bytes held of each planned file.
+    pub async fn ship_plan(self, request: ShipPlanRequest) -> RpcResult<Vec<Vec<u64>>> {
+        let host = self.clone();
+        blocking(move || {
+            let slot = host
+                .inner
+                .host
+                .transfer_slot(&request.collection, request.shard);
+            let _turn = host.transfer_turn(
+                &slot,
+                &request.collection,
+                request.shard,
+                &request.placement,
+                request.transfer,
+                false,
+            )?;
+            let root = host
+                .inner
+                .host
+                .shipping_dir(&request.collection, request.shard);
+            fs::create_dir_all(&root).map_err(internal)?;
+            let planned: std::collections::HashSet<&str> =
+                request.segments.iter().map(|s| s.key.as_str()).collect();
+            for entry in fs::read_dir(&root).map_err(internal)? {
+                let entry = entry.map_err(internal)?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !planned.contains(name.as_str()) {
+                    remove_any(&entry.path())?;
+                }
+            }
+            let mut held = Vec::with_capacity(request.segments.len());
+            for segment in &request.segments {
+                let dir = staged_dir(&root, &segment.key)?;
+                let mut sizes = Vec::with_capacity(segment.files.len());
+                for (file, size) in &segment.files {
+                    let path = staged_file(&dir, file)?;
+                    let have = fs::metadata(&path).map_or(0, |m| m.len());
+                    if have > *size {
+                        // Not a prefix of this file: start it again.
+                        fs::remove_file(&path).map_err(internal)?;
+                        sizes.push(0);
+                    } else {
+                        sizes.push(have);
+                    }
+                }
+                held.push(sizes);
+            }
+            let resumed: u64 = held.iter().flatten().sum();
+            tracing::info!(
+                shard = request.shard,
+                transfer = request.transfer,
+                segments = request.segments.len(),
+                resumed_bytes = resumed,
+                "shipping plan"
+            );
+            Ok(held)
+        })
+        .await
+    }
+
+    /// Copy side of a [`ShipChunkRequest`].
+    pub async fn ship_chunk(self, request: ShipChunkRequest) -> RpcResult<()> {
+        let host = self.clone();
+        tracing::debug!(
+            shard = request.shard,
+            transfer = request.transfer,
+            segment = %request.key,
+            file = %request.file,
+            offset = request.offset,
+            bytes = request.data.len(),
+            "segment file chunk"
+        );
+        blocking(move || {
+            let slot = host
+                .inner
+                .host
+                .transfer_slot(&request.collection, request.shard);
+            let _turn = host.transfer_turn(
+                &slot,
+                &request.collection,
+                request.shard,
+                &request.placement,
+                request.transfer,
+                false,
+            )?;
+            if crc32fast::hash(&request.data) != request.crc32 {
+                return Err(RpcError::Invalid(format!(
+                    "chunk at {} of {}/{}: CRC32 mismatch",
+                    request.offset, request.key, request.file
+                )));
+            }
+            let root = host
+                .inner
+                .host
+                .shipping_dir(&request.collection, request.shard);
+            let dir = staged_dir(&root, &request.key)?;
+            fs::create_dir_all(&dir).map_err(internal)?;
+            let path = staged_file(&dir, &request.file)?;
+            let mut file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(internal)?;
+            let have = file.metadata().map_err(internal)?.len();
+            if have != request.offset {
+                return Err(RpcError::Invalid(format!(
+                    "{}/{}: this copy holds {have} bytes, the chunk starts at {}",
+                    request.key, request.file, request.offset
+                )));
+            }
+            file.write_all(&request.data).map_err(internal)?;
+            if request.complete {
+                file.sync_all().map_err(internal)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Copy side of a [`ShipAttachRequest`].
+    pub async fn ship_attach(self, request: ShipAttachRequest) -> RpcResult<()> {
+        let host = self.clone();
+        blocking(move || {
+            let slot = host
+                .inner
+                .host
+                .transfer_slot(&request.collection, request.shard);
+            let _turn = host.transfer_turn(
+                &slot,
+                &request.collection,
+                request.shard,
+                &request.placement,
+                request.transfer,
+                false,
+            )?;
+            let replica = host.inner.host.get(&request.collection, request.shard)?;
+            let root = host
+                .inner
+                .host
+                .shipping_dir(&request.collection, request.shard);
+            let mut staged = Vec::with_capacity(request.segments.len());
+            for (key, deleted) in &request.segments {
+                let dir = staged_dir(&root, key)?;
+                SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
+                staged.push(dir);
+            }
+            let attached = replica.unless_retired(|shard| {
+                shard.attach_shipped(&staged).map_err(|e| {
+                    replica.mark_missed_write();
+                    internal(e)
+                })
+            });
+            if attached.is_err() {
+                // Damaged or not, what is staged is sent whole next time.
+                for dir in &staged {
+                    remove_any(dir)?;
+                }
+            }
+            attached.map(|_| ())
+        })
+        .await
+    }
+}
+
+/// Reads up to `limit` bytes of `path` from `offset`, with their CRC32.
+async fn read_chunk(path: &Path, offset: u64, limit: usize) -> RpcResult<(Vec<u8>, u32)> {
+    let path = path.to_path_buf();
+    blocking(move || {
+        let mut file = fs::File::open(&path).map_err(internal)?;
+        file.seek(SeekFrom::Start(offset)).map_err(internal)?;
+        let mut data = Vec::with_capacity(limit);
+        file.take(limit as u64)
+            .read_to_end(&mut data)
+            .map_err(internal)?;
+        let crc32 = crc32fast::hash(&data);
+        Ok((data, crc32))
+    })
+    .await
+}
+
+/// The staging directory of segment `key` under `root`; the key is a
+/// plain file name or the request is refused.
+fn staged_dir(root: &Path, key: &str) -> RpcResult<PathBuf> {
+    if !engram_core::plain_file_name(key) {
+        return Err(RpcError::Invalid(format!(
+            "{key:?} is not a plain segment key"
+        )));
+    }
+    Ok(root.join(key))
+}
+
+/// A staged segment's file `name`, which must be a plain file name.
+fn staged_file(dir: &Path, name: &str) -> RpcResult<PathBuf> {
+    if !engram_core::plain_file_name(name) {
+        return Err(RpcError::Invalid(format!(
+            "{name:?} is not a plain file name"
+        )));
+    }
+    Ok(dir.join(name))
+}
+
+fn remove_any(path: &Path) -> RpcResult<()> {
+    let removed = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(internal(e)),
+        _ => Ok(()),
+    }
+}
