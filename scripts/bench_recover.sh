@@ -10,7 +10,13 @@
 #          writes after the copy's position, read from its WAL;
 #   rows:  every process restarted with cluster.catch_up = "rows", what
 #          every catch-up did before write positions: the primary streams
-#          the whole shard and the copy rebuilds its segments.
+#          the whole shard and the copy rebuilds its segments (what a move
+#          did before segment shipping too: a moved copy is a new copy,
+#          rebuilt by a full transfer).
+# Between the two, the replica's copy is moved to the third worker
+# (POST /v1/cluster/moves), which receives the primary's sealed segment
+# files as they are (kind=segments), and `cp -r` of the same files on this
+# disk is timed beside it (recover-ref kind=cp).
 # Prints per kind
 #   recover kind= rows= bytes= seconds= wal_bytes= wall_s= shard_rows=
 # (bytes and seconds: what the primary counted for the catch-up; wal_bytes:
@@ -69,6 +75,23 @@ phase() { # kind first-id
     --restart "deploy/local/cluster.sh start" | tee -a "$results"
 }
 phase delta 2000000000
+phase segments 0
+# The same files copied on this disk, page cache as warm as the move found it.
+primary=$(curl -sf "$url/v1/cluster" | python3 -c 'import json, sys
+s = json.load(sys.stdin)
+print([c for c in s["collections"] if c["name"] == "recover"][0]["shards"][0]["primary"])')
+segments="$out/cluster/worker-$primary/collections/recover/shards/0000/segments"
+rm -rf "$out/cp-copy"
+python3 - "$segments" "$out/cp-copy" <<'PY' | tee -a "$results"
+import os, subprocess, sys, time
+started = time.monotonic()
+subprocess.run(["cp", "-r", sys.argv[1], sys.argv[2]], check=True)
+subprocess.run(["sync"], check=True)
+seconds = time.monotonic() - started
+size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(sys.argv[2]) for f in files)
+print(f"recover-ref kind=cp bytes={size} seconds={seconds:.2f}")
+PY
+rm -rf "$out/cp-copy"
 # Everything restarted with the old behaviour (a restarted primary compares
 # positions with its replica, so the restart itself moves nothing).
 deploy/local/cluster.sh stop >/dev/null
@@ -81,10 +104,12 @@ runs = {}
 for line in open(sys.argv[1]):
     fields = dict(f.split("=", 1) for f in line.split()[1:])
     runs[fields["kind"]] = {k: float(v) for k, v in fields.items() if k != "kind"}
-d, r = runs["delta"], runs["rows"]
+d, s, c, r = runs["delta"], runs["segments"], runs["cp"], runs["rows"]
 print(
     "recover-ratio delta_over_rows_bytes=%.5f delta_over_rows_seconds=%.5f "
-    "delta_bytes_over_wal=%.2f" % (d["bytes"] / r["bytes"], d["seconds"] / r["seconds"],
-                                   d["bytes"] / d["wal_bytes"])
+    "delta_bytes_over_wal=%.2f segments_over_rows_seconds=%.4f segments_over_cp_seconds=%.2f "
+    "segments_bytes_over_files=%.3f"
+    % (d["bytes"] / r["bytes"], d["seconds"] / r["seconds"], d["bytes"] / d["wal_bytes"],
+       s["seconds"] / r["seconds"], s["seconds"] / c["seconds"], s["bytes"] / c["bytes"])
 )
 PY

@@ -1,13 +1,19 @@
 """One phase of `make bench-recover` (scripts/bench_recover.sh).
 
-A replica of a one-shard collection is killed with kill -9, WRITES single-row
-writes go on without it, and it is started again: this measures what its
-primary sent to bring it back in sync (bytes and seconds, from the primary's
-`engram_catch_up_*{kind}` metrics) and the wall time from its restart to the
-shard map showing it in sync, beside the bytes those writes added to the
-primary's WAL. Prints one line:
+--kind delta|rows: a replica of a one-shard collection is killed with
+kill -9, WRITES single-row writes go on without it, and it is started again:
+this measures what its primary sent to bring it back in sync (bytes and
+seconds, from the primary's `engram_catch_up_*{kind}` metrics) and the wall
+time from its restart to the shard map showing it in sync, beside the bytes
+those writes added to the primary's WAL. Prints one line:
 
   recover kind= rows= bytes= seconds= wal_bytes= wall_s= shard_rows=
+
+--kind segments: the replica's copy is moved to the worker that holds none
+(POST /v1/cluster/moves, which returns once the new copy is in sync and the
+old one dropped); its primary ships the sealed segment files. Prints
+
+  recover kind=segments rows=0 bytes= seconds= wall_s= shard_rows= from= to=
 """
 
 import argparse
@@ -61,7 +67,7 @@ def main():
     parser.add_argument("--url", default="http://127.0.0.1:7700")
     parser.add_argument("--cluster-dir", required=True)
     parser.add_argument("--collection", required=True)
-    parser.add_argument("--kind", required=True, choices=["delta", "rows"])
+    parser.add_argument("--kind", required=True, choices=["delta", "rows", "segments"])
     parser.add_argument("--writes", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--first-id", type=int, required=True)
@@ -71,6 +77,8 @@ def main():
 
     placement = shard(args.url, args.collection)
     primary, replica = placement["primary"], placement["replicas"][0]
+    if args.kind == "segments":
+        return move(args, secret, primary, replica)
     pid = int(open(f"{args.cluster_dir}/worker-{replica}.pid").read())
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
@@ -101,7 +109,7 @@ def main():
     def grew(series):
         return after.get(series, 0.0) - before.get(series, 0.0)
 
-    kinds = [k for k in ("delta", "rows") if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0]
+    kinds = [k for k in ("delta", "segments", "rows") if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0]
     if kinds != [args.kind]:
         raise SystemExit(f"expected one catch-up of kind {args.kind}, the primary counted {kinds}")
     label = '{kind="%s"}' % args.kind
@@ -110,6 +118,40 @@ def main():
     print(
         f"recover kind={args.kind} rows={args.writes} bytes={sent:.0f} seconds={seconds:.2f} "
         f"wal_bytes={wal_after - wal_before} wall_s={wall:.1f} shard_rows={stats['items']}",
+        flush=True,
+    )
+
+
+def move(args, secret, primary, replica):
+    """Moves the replica's copy to the worker without one (see the module doc)."""
+    status = json.loads(call(f"{args.url}/v1/cluster"))
+    workers = sorted(w["id"] for w in status["workers"])
+    free = [w for w in workers if w not in (primary, replica)][0]
+    stats = json.loads(call(f"{args.url}/v1/collections/{args.collection}"))
+    before = metrics(primary, secret)
+    started = time.monotonic()
+    body = {"collection": args.collection, "shard": 0, "from": replica, "to": free}
+    request = urllib.request.Request(
+        f"{args.url}/v1/cluster/moves",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=7200) as response:
+        response.read()
+    wall = time.monotonic() - started
+    after = metrics(primary, secret)
+
+    def grew(series):
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    kinds = [k for k in ("delta", "segments", "rows") if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0]
+    if kinds != ["segments"]:
+        raise SystemExit(f"expected one catch-up of kind segments, the primary counted {kinds}")
+    label = '{kind="segments"}'
+    print(
+        f"recover kind=segments rows=0 bytes={grew('engram_catch_up_bytes_total' + label):.0f} "
+        f"seconds={grew('engram_catch_up_duration_seconds_sum' + label):.2f} wall_s={wall:.1f} "
+        f"shard_rows={stats['items']} from={replica} to={free}",
         flush=True,
     )
 

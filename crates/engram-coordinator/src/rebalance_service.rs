@@ -19,8 +19,12 @@ use engram_meta::{Command, MetaError};
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::service::{Engram, blocking};
 
-/// How long a new copy may take to catch up before the move is abandoned.
-const CATCH_UP_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a new copy may take to catch up before the move is abandoned:
+/// as long as its own catch-up may take (the worker agent's bound), since a
+/// copy rebuilt row by row (`cluster.catch_up = "rows"`, or a primary
+/// without sealed segments) takes about 11 minutes per million 128-d rows
+/// on 2 cores; a move of shipped segments takes seconds.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(12 * 3600);
 
 /// How long the target may stay failed over before the move is abandoned.
 const TARGET_DOWN_GRACE: Duration = Duration::from_secs(30);

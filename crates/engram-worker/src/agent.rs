@@ -26,8 +26,9 @@ const SEGMENT_REPORT_INTERVAL: Duration = Duration::from_secs(3);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Longest a copy waits for its primary to bring it in sync. A full
-/// transfer rebuilds every segment of the shard on the copy (minutes per
-/// million 128-d rows on 2 cores), so this bounds only a primary that
+/// transfer by rows rebuilds every segment of the shard on the copy
+/// (minutes per million 128-d rows on 2 cores; shipped segments take
+/// seconds), so this bounds only a primary that
 /// stopped answering without losing its place; one that no longer leads
 /// has its catch-up abandoned at once (see `start_catch_ups`).
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
