@@ -644,7 +644,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     }
     let heals = cluster.heals();
     let line = format!(
-        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} heals_delta={} heals_segments={} heals_rows={} heal_bytes_delta={} heal_bytes_segments={} heal_bytes_rows={} seconds={}",
+        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} heals_delta={} heals_segments={} heals_object_store={} heals_rows={} heal_bytes_delta={} heal_bytes_segments={} heal_bytes_object_store={} heal_bytes_rows={} seconds={}",
         faults.kills,
         lost.len(),
         resurrected.len(),
@@ -658,9 +658,11 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         ledger.unflagged.len(),
         heals.delta,
         heals.segments,
+        heals.object_store,
         heals.rows,
         heals.delta_bytes,
         heals.segments_bytes,
+        heals.object_store_bytes,
         heals.rows_bytes,
         ran.as_secs()
     );

@@ -10,10 +10,11 @@
 //! positions instead of marking them out of sync and resending the shard.
 //! A copy that lost its disk is rebuilt by a full transfer while writes
 //! go on: the primary ships its sealed segment files as they are (no graph
-//! is rebuilt), then the writes made meanwhile. Its receiver and then its
-//! sender are killed while the files travel: the next transfer resumes the
-//! files already staged, and the copy still ends with every acknowledged
-//! write.
+//! is rebuilt), or the copy downloads them from object storage where its
+//! primary uploaded them, then the writes made meanwhile follow. Its
+//! receiver and then its sender are killed mid-transfer: the next transfer
+//! resumes the files already staged, and the copy still ends with every
+//! acknowledged write.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -204,7 +205,66 @@ fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_not
 
 #[test]
 fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
-    let mut cluster = Cluster::start();
+    // Copies receive the files from their primary: nothing is uploaded.
+    let cluster = Cluster::start_with_storage("upload_sealed_segments = false");
+    // Each end is killed once more than 3 more file chunks arrived.
+    let (cluster, heals, log) =
+        rebuild_a_lost_copy_under_kills(cluster, false, "segment file chunk", 3);
+    assert!(heals.segments >= 1, "{heals:?}");
+    assert_eq!(heals.object_store, 0, "{heals:?}");
+    // The transfers after each kill resumed the files already staged.
+    let resumed: Vec<u64> = log_fields(&log, "shipping plan", "resumed_bytes");
+    eprintln!("heals {heals:?}; bytes resumed by each shipping plan: {resumed:?}");
+    assert!(
+        resumed.iter().any(|b| *b > 0),
+        "no transfer resumed: {resumed:?}"
+    );
+    drop(cluster);
+}
+
+#[test]
+fn a_copy_that_lost_its_disk_comes_back_from_object_storage_through_kill9_of_both_ends() {
+    // Primaries upload their sealed segments (storage.segments_uri, a
+    // directory here); the rebuilt copy downloads them before the rest of
+    // its transfer. Each end is killed right after a plan (downloads done).
+    let cluster = Cluster::start();
+    let (cluster, heals, log) = rebuild_a_lost_copy_under_kills(cluster, true, "shipping plan", 0);
+    let downloaded = log_fields(&log, "shipping plan", "downloaded_bytes");
+    eprintln!("heals {heals:?}; bytes downloaded by each shipping plan: {downloaded:?}");
+    assert!(
+        downloaded.iter().any(|b| *b > 0),
+        "nothing came from object storage: {downloaded:?}"
+    );
+    assert!(heals.object_store + heals.segments >= 1, "{heals:?}");
+    drop(cluster);
+}
+
+/// The values of `field` on the lines of `log` that contain `message`.
+fn log_fields(log: &str, message: &str, field: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix(field)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}
+
+/// Bulk-loads one sealed segment into a shard on every worker (and, when
+/// `uploads`, waits until its primary has uploaded it), deletes one
+/// replica's disk and brings it back while writes and deletes go on;
+/// kills its receiver once its log shows `under_way` more than `margin`
+/// times, then its sender once more than `margin` more. Checks the copy
+/// ends with every acknowledged write and that no copy was rebuilt from
+/// rows; returns the cluster (every process but the rebuilt copy's worker
+/// killed), the heals and the rebuilt worker's log.
+fn rebuild_a_lost_copy_under_kills(
+    mut cluster: Cluster,
+    uploads: bool,
+    under_way: &'static str,
+    margin: usize,
+) -> (Cluster, common::cluster::Heals, String) {
     create(&cluster);
     // 30,000 rows, bulk-loaded into one sealed segment (about 4 MB of
     // files, shipped in 16 KiB chunks).
@@ -229,6 +289,14 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
     let primary = start["primary"].as_u64().unwrap();
     let rebuilt = start["replicas"][0].as_u64().unwrap();
     let other = start["replicas"][1].as_u64().unwrap();
+
+    if uploads {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cluster.workers[primary as usize - 1].log_lines("uploaded a sealed segment") == 0 {
+            assert!(Instant::now() < deadline, "the primary uploaded nothing");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     // Its disk is lost: it comes back empty and needs every row.
     cluster.workers[rebuilt as usize - 1].kill9();
@@ -289,9 +357,8 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
     }
     let stopper = Stop(stop.clone());
 
-    // The copy starts empty; kill it once segment files are arriving.
-    let chunks =
-        |cluster: &Cluster| cluster.workers[rebuilt as usize - 1].log_lines("segment file chunk");
+    // The copy starts empty; kill it once its transfer is under way.
+    let chunks = |cluster: &Cluster| cluster.workers[rebuilt as usize - 1].log_lines(under_way);
     let wait_for_chunks = |more_than: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -304,13 +371,13 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
         }
     };
     cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
-    let seen = wait_for_chunks(3);
+    let seen = wait_for_chunks(margin);
     cluster.lock().unwrap().workers[rebuilt as usize - 1].kill9();
     // Back again: a new transfer (its copy has no position); kill its
     // sender once it is under way. Another copy becomes primary and
     // the transfer starts over from it.
     cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
-    wait_for_chunks(seen + 3);
+    wait_for_chunks(seen + margin);
     cluster.lock().unwrap().workers[primary as usize - 1].kill9();
     {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -329,24 +396,8 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
     writer.join().unwrap();
     let mut cluster = Arc::into_inner(cluster).unwrap().into_inner().unwrap();
     let heals = cluster.heals();
-    assert!(heals.segments >= 1, "{heals:?}");
     assert_eq!(heals.rows, 0, "no copy was rebuilt from rows: {heals:?}");
-    // The transfers after each kill resumed the files already staged.
     let log = std::fs::read_to_string(&cluster.workers[rebuilt as usize - 1].log).unwrap();
-    let resumed: Vec<u64> = log
-        .lines()
-        .filter(|l| l.contains("shipping plan"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|f| f.strip_prefix("resumed_bytes="))
-                .and_then(|v| v.parse().ok())
-        })
-        .collect();
-    eprintln!("heals {heals:?}; bytes resumed by each shipping plan: {resumed:?}");
-    assert!(
-        resumed.iter().any(|b| *b > 0),
-        "no transfer resumed: {resumed:?}"
-    );
     let (during, deleted) = std::mem::take(&mut *acked.lock().unwrap());
     assert!(!during.is_empty(), "no write got through");
     // The rebuilt copy alone holds the bulk rows and every acknowledged
@@ -354,4 +405,5 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
     let mut live: BTreeSet<u64> = (0..30_000u64).step_by(97).collect();
     live.extend(&during);
     check_alone(&mut cluster, rebuilt, &live, &deleted);
+    (cluster, heals, log)
 }

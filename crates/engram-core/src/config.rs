@@ -476,7 +476,7 @@ impl ClusterConfig {
 /// Credentials and endpoints for `s3://`, `gs://` and `az://` URIs. Anything
 /// left unset comes from the usual environment variables of each service
 /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub s3: S3Config,
@@ -486,6 +486,12 @@ pub struct StorageConfig {
     /// cluster; on the embedded node, segments are attached from the
     /// builder's disk and only uploaded when this is set.
     pub segments_uri: Option<String>,
+    /// With `segments_uri` set, a worker also uploads every sealed segment
+    /// of the shards it leads there (seals, merges, compactions, attaches)
+    /// and deletes those no shard holds any more, so a copy rebuilt by a
+    /// full transfer downloads them instead of receiving them from its
+    /// primary.
+    pub upload_sealed_segments: bool,
     /// The only local directories a request (an ingest job's source, a
     /// snapshot's place) may name; anything else is refused (403) before
     /// it is read. Unset: `<data_dir>/import` and `<data_dir>/snapshots`.
@@ -498,6 +504,18 @@ pub struct StorageConfig {
     /// `ENGRAM_STORAGE__BUCKETS=a,b` sets it from the environment.
     #[serde(deserialize_with = "list_or_commas")]
     pub buckets: Option<Vec<String>>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            s3: S3Config::default(),
+            segments_uri: None,
+            upload_sealed_segments: true,
+            local_roots: None,
+            buckets: None,
+        }
+    }
 }
 
 impl StorageConfig {

@@ -253,6 +253,42 @@ impl ObjectLocation {
         Ok(())
     }
 
+    /// Whether the object `key` exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&self.object(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(bad(&self.uri_of(key), e)),
+        }
+    }
+
+    /// Every object below `prefix`: its key below this location and when it
+    /// was last written (seconds since the Unix epoch).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, i64)>> {
+        let base = self.object("");
+        let mut listed = self.store.list(Some(&self.object(prefix)));
+        let mut objects = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(|e| bad(&self.uri_of(prefix), e))?;
+            let full = meta.location.as_ref();
+            let key = full
+                .strip_prefix(base.as_ref())
+                .unwrap_or(full)
+                .trim_start_matches('/')
+                .to_string();
+            objects.push((key, meta.last_modified.timestamp()));
+        }
+        Ok(objects)
+    }
+
+    /// Deletes the object `key` (nothing to do when it is gone already).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.object(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(bad(&self.uri_of(key), e)),
+        }
+    }
+
     /// Downloads `<key>/<name>` of every file into `dest` (created), each
     /// checked against its size and CRC32 and fsynced; a mismatch is
     /// refused as corruption naming the object.

@@ -67,7 +67,7 @@ fn segment_records(shard: &crate::shard::Shard) -> Vec<SegmentRecord> {
 }
 
 impl WorkerNode {
-    /// Runs the agent forever (spawn it): three independent loops, so that
+    /// Runs the agent forever (spawn it): four independent loops, so that
     /// nothing slow (opening or dropping copies, a Raft write for a segment
     /// report under load) delays a heartbeat. A worker whose heartbeats
     /// stall is failed over by the coordinators, which costs every copy it
@@ -90,6 +90,14 @@ impl WorkerNode {
                 self.report_segments().await;
             }
         };
+        // Uploads of sealed segments to object storage (when configured)
+        // may take minutes for a large segment: a loop of their own.
+        let upload = async {
+            loop {
+                tokio::time::sleep(SEGMENT_REPORT_INTERVAL).await;
+                self.upload_sealed_segments().await;
+            }
+        };
         let beat = async {
             loop {
                 if self.heartbeat().await {
@@ -100,7 +108,7 @@ impl WorkerNode {
                 tokio::time::sleep(HEARTBEAT_INTERVAL).await;
             }
         };
-        tokio::join!(follow, report, beat);
+        tokio::join!(follow, report, upload, beat);
     }
 
     /// Automatic compaction of this worker's copies: every `every`, each

@@ -292,12 +292,22 @@ impl WorkerNode {
                     segments = snapshot.segments.len(),
                     file_bytes = snapshot.file_bytes(),
                     resumed_bytes = shipped.resumed,
+                    downloaded_bytes = shipped.downloaded,
+                    chunks = shipped.chunks,
                     growing_rows = rows.ops,
                     "shipped sealed segments"
                 );
+                // Counted as object storage when the copy downloaded the
+                // segments and this primary sent none of their files; the
+                // bytes then include what it downloaded.
+                let from_storage = shipped.downloaded > 0 && shipped.chunks == 0;
                 return Ok(Sent {
-                    kind: "segments",
-                    bytes: reset.bytes + shipped.bytes + rows.bytes,
+                    kind: if from_storage {
+                        "object_store"
+                    } else {
+                        "segments"
+                    },
+                    bytes: reset.bytes + shipped.bytes + rows.bytes + shipped.downloaded,
                     ops: rows.ops,
                 });
             }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod replicas;
 pub mod rpc_client;
+pub mod segment_upload;
 pub mod server;
 pub mod shard;
 pub mod ship;

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) catch_up: CatchUpMode,
     /// Bytes of one chunk of a shipped segment file.
     pub(crate) transfer_chunk_bytes: usize,
+    /// Sealed segments uploaded to object storage (`segment_upload.rs`).
+    pub(crate) uploaded: crate::segment_upload::Uploaded,
     /// Sent on every call to peers; required by this node's routes.
     access: ClusterAccess,
 }
@@ -136,6 +138,7 @@ impl WorkerNode {
                 storage,
                 catch_up,
                 transfer_chunk_bytes,
+                uploaded: Default::default(),
             }),
         })
     }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use engram_core::placement::ShardPlacement;
 use engram_index::SealedSegment;
+use engram_store::ObjectLocation;
 
 use crate::catch_up::TRANSFER_TIMEOUT;
 use crate::node::{WorkerNode, blocking, internal};
@@ -32,7 +33,15 @@ pub(crate) struct Shipped {
     pub bytes: u64,
     /// Bytes of segment files the copy already held from an earlier try.
     pub resumed: u64,
+    /// Bytes the copy downloaded from object storage.
+    pub downloaded: u64,
+    /// File chunks sent.
+    pub chunks: usize,
 }
+
+/// How long a plan may take when the copy downloads segments first: a
+/// 1M-row 128-d segment is about 550 MB.
+const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl WorkerNode {
     /// Primary side: ships `snapshot`'s segments to `target`, whose copy the
@@ -47,30 +56,31 @@ impl WorkerNode {
     ) -> RpcResult<Shipped> {
         let collection = replica.spec.name.clone();
         let shard = replica.shard.number();
+        let mut segments = Vec::with_capacity(snapshot.segments.len());
+        for segment in &snapshot.segments {
+            segments.push(ShipPlanSegment {
+                key: segment.key.clone(),
+                files: segment.files.clone(),
+                object: self.uploaded_segment(&collection, shard, segment).await,
+            });
+        }
         let plan = ShipPlanRequest {
             collection: collection.clone(),
             shard,
             placement: placement.clone(),
             transfer,
-            segments: snapshot
-                .segments
-                .iter()
-                .map(|s| ShipPlanSegment {
-                    key: s.key.clone(),
-                    files: s.files.clone(),
-                })
-                .collect(),
+            segments,
+        };
+        let timeout = if plan.segments.iter().any(|s| s.object.is_some()) {
+            DOWNLOAD_TIMEOUT
+        } else {
+            TRANSFER_TIMEOUT
         };
         let mut bytes = bincode::serialized_size(&plan).map_err(internal)?;
-        let held: Vec<Vec<u64>> = call(
-            &self.inner.client,
-            target,
-            path::SHIP_PLAN,
-            &plan,
-            TRANSFER_TIMEOUT,
-        )
-        .await
-        .map_err(|e| RpcError::Replication(e.to_string()))?;
+        let ShipPlanAnswer { held, downloaded } =
+            call(&self.inner.client, target, path::SHIP_PLAN, &plan, timeout)
+                .await
+                .map_err(|e| RpcError::Replication(e.to_string()))?;
         if held.len() != snapshot.segments.len()
             || held
                 .iter()
@@ -81,7 +91,7 @@ impl WorkerNode {
                 "the copy answered a shipping plan of another shape".into(),
             ));
         }
-        let mut resumed = 0;
+        let (mut resumed, mut chunks) = (0, 0);
         for (segment, held) in snapshot.segments.iter().zip(held) {
             for ((file, size), have) in segment.files.iter().zip(held) {
                 let mut offset = have.min(*size);
@@ -119,6 +129,7 @@ impl WorkerNode {
                         complete,
                     };
                     bytes += self.send(target, path::SHIP_CHUNK, &chunk).await?;
+                    chunks += 1;
                     offset = end;
                     if complete {
                         break;
@@ -138,68 +149,172 @@ impl WorkerNode {
                 .collect(),
         };
         bytes += self.send(target, path::SHIP_ATTACH, &attach).await?;
-        Ok(Shipped { bytes, resumed })
+        Ok(Shipped {
+            bytes,
+            resumed: resumed.saturating_sub(downloaded),
+            downloaded,
+            chunks,
+        })
     }
 
     /// Copy side of a [`ShipPlanRequest`]: drops staged segments not in
-    /// the plan and answers the bytes held of each planned file.
-    pub async fn ship_plan(self, request: ShipPlanRequest) -> RpcResult<Vec<Vec<u64>>> {
+    /// the plan, downloads those offered in object storage that it does
+    /// not hold whole, and answers the bytes held of each planned file.
+    pub async fn ship_plan(self, request: ShipPlanRequest) -> RpcResult<ShipPlanAnswer> {
         let host = self.clone();
+        let plan = request.clone();
+        let mut held = blocking(move || host.staged_sizes(&plan)).await?;
+        let mut downloaded = 0;
+        for (segment, sizes) in request.segments.iter().zip(&mut held) {
+            let whole = sizes.iter().zip(&segment.files).all(|(h, (_, s))| h == s);
+            let Some(object) = segment.object.as_ref().filter(|_| !whole) else {
+                continue;
+            };
+            match self.download_staged(&request, segment, object).await {
+                Ok(bytes) => {
+                    downloaded += bytes;
+                    *sizes = segment.files.iter().map(|(_, size)| *size).collect();
+                }
+                Err(e) => tracing::warn!(
+                    shard = request.shard,
+                    segment = %segment.key,
+                    error = %e,
+                    "downloading a shipped segment failed; its primary sends it"
+                ),
+            }
+        }
+        let resumed: u64 = held.iter().flatten().sum::<u64>() - downloaded;
+        tracing::info!(
+            shard = request.shard,
+            transfer = request.transfer,
+            segments = request.segments.len(),
+            resumed_bytes = resumed,
+            downloaded_bytes = downloaded,
+            "shipping plan"
+        );
+        Ok(ShipPlanAnswer { held, downloaded })
+    }
+
+    /// Under the transfer's turn: drops staged segments `plan` does not
+    /// name and returns the bytes staged of each file it names.
+    fn staged_sizes(&self, request: &ShipPlanRequest) -> RpcResult<Vec<Vec<u64>>> {
+        let slot = self
+            .inner
+            .host
+            .transfer_slot(&request.collection, request.shard);
+        let _turn = self.transfer_turn(
+            &slot,
+            &request.collection,
+            request.shard,
+            &request.placement,
+            request.transfer,
+            false,
+        )?;
+        let root = self
+            .inner
+            .host
+            .shipping_dir(&request.collection, request.shard);
+        fs::create_dir_all(&root).map_err(internal)?;
+        let planned: std::collections::HashSet<&str> =
+            request.segments.iter().map(|s| s.key.as_str()).collect();
+        for entry in fs::read_dir(&root).map_err(internal)? {
+            let entry = entry.map_err(internal)?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !planned.contains(name.as_str()) {
+                remove_any(&entry.path())?;
+            }
+        }
+        let mut held = Vec::with_capacity(request.segments.len());
+        for segment in &request.segments {
+            let dir = staged_dir(&root, &segment.key)?;
+            let mut sizes = Vec::with_capacity(segment.files.len());
+            for (file, size) in &segment.files {
+                let path = staged_file(&dir, file)?;
+                let have = fs::metadata(&path).map_or(0, |m| m.len());
+                if have > *size {
+                    // Not a prefix of this file: start it again.
+                    fs::remove_file(&path).map_err(internal)?;
+                    sizes.push(0);
+                } else {
+                    sizes.push(have);
+                }
+            }
+            held.push(sizes);
+        }
+        Ok(held)
+    }
+
+    /// Downloads `segment` from `object` (each file checked against its
+    /// size and CRC32) and stages it whole; returns its bytes. Only from
+    /// this node's own `storage.segments_uri`, and only the files the plan
+    /// names.
+    async fn download_staged(
+        &self,
+        request: &ShipPlanRequest,
+        segment: &ShipPlanSegment,
+        object: &SegmentObject,
+    ) -> RpcResult<u64> {
+        if self.inner.storage.segments_uri.as_deref() != Some(object.uri.as_str()) {
+            return Err(RpcError::Invalid(format!(
+                "segment {} is offered in {}, not this worker's storage.segments_uri",
+                segment.key, object.uri
+            )));
+        }
+        let named: Vec<(&str, u64)> = object
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.bytes))
+            .collect();
+        let planned: Vec<(&str, u64)> = segment
+            .files
+            .iter()
+            .map(|(n, b)| (n.as_str(), *b))
+            .collect();
+        let (mut named, mut planned) = (named, planned);
+        named.sort_unstable();
+        planned.sort_unstable();
+        if named != planned {
+            return Err(RpcError::Invalid(format!(
+                "segment {}: the object's files are not the planned ones",
+                segment.key
+            )));
+        }
+        let root = self
+            .inner
+            .host
+            .shipping_dir(&request.collection, request.shard);
+        let dir = staged_dir(&root, &segment.key)?;
+        let partial = root.join(format!(
+            "{}.download-{}",
+            segment.key,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let location = ObjectLocation::parse(&object.uri, &self.inner.storage)
+            .map_err(|e| RpcError::Invalid(e.to_string()))?;
+        let started = std::time::Instant::now();
+        if let Err(e) = location
+            .download(&object.key, &object.files, &partial)
+            .await
+        {
+            let _ = remove_any(&partial);
+            return Err(internal(e));
+        }
+        let bytes: u64 = object.files.iter().map(|f| f.bytes).sum();
         blocking(move || {
-            let slot = host
-                .inner
-                .host
-                .transfer_slot(&request.collection, request.shard);
-            let _turn = host.transfer_turn(
-                &slot,
-                &request.collection,
-                request.shard,
-                &request.placement,
-                request.transfer,
-                false,
-            )?;
-            let root = host
-                .inner
-                .host
-                .shipping_dir(&request.collection, request.shard);
-            fs::create_dir_all(&root).map_err(internal)?;
-            let planned: std::collections::HashSet<&str> =
-                request.segments.iter().map(|s| s.key.as_str()).collect();
-            for entry in fs::read_dir(&root).map_err(internal)? {
-                let entry = entry.map_err(internal)?;
-                let name = entry.file_name().to_string_lossy().to_string();
-                if !planned.contains(name.as_str()) {
-                    remove_any(&entry.path())?;
-                }
-            }
-            let mut held = Vec::with_capacity(request.segments.len());
-            for segment in &request.segments {
-                let dir = staged_dir(&root, &segment.key)?;
-                let mut sizes = Vec::with_capacity(segment.files.len());
-                for (file, size) in &segment.files {
-                    let path = staged_file(&dir, file)?;
-                    let have = fs::metadata(&path).map_or(0, |m| m.len());
-                    if have > *size {
-                        // Not a prefix of this file: start it again.
-                        fs::remove_file(&path).map_err(internal)?;
-                        sizes.push(0);
-                    } else {
-                        sizes.push(have);
-                    }
-                }
-                held.push(sizes);
-            }
-            let resumed: u64 = held.iter().flatten().sum();
-            tracing::info!(
-                shard = request.shard,
-                transfer = request.transfer,
-                segments = request.segments.len(),
-                resumed_bytes = resumed,
-                "shipping plan"
-            );
-            Ok(held)
+            remove_any(&dir)?;
+            fs::rename(&partial, &dir).map_err(internal)
         })
-        .await
+        .await?;
+        tracing::info!(
+            shard = request.shard,
+            segment = %segment.key,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "downloaded a shipped segment from object storage"
+        );
+        Ok(bytes)
     }
 
     /// Copy side of a [`ShipChunkRequest`].

@@ -340,6 +340,20 @@ pub struct ShipPlanSegment {
     pub key: String,
     /// File names and sizes.
     pub files: Vec<(String, u64)>,
+    /// Where the primary uploaded the segment (`segment_upload.rs`): the
+    /// copy downloads it from there when it can, and the primary sends
+    /// what it could not.
+    pub object: Option<SegmentObject>,
+}
+
+/// The copy's answer to a [`ShipPlanRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShipPlanAnswer {
+    /// Per segment and file, the bytes the copy holds now (staged by an
+    /// earlier transfer, or downloaded for this one).
+    pub held: Vec<Vec<u64>>,
+    /// Bytes it downloaded from object storage for this plan.
+    pub downloaded: u64,
 }
 
 /// Bytes `offset..offset + data.len()` of one file of a shipped segment;

@@ -277,22 +277,39 @@ impl Cluster {
     /// [`Cluster::start_with`] whose nodes may also read and write local
     /// files under `extra_roots` (beside [`Cluster::exchange`]).
     pub fn start_with_roots(index_extra: &str, extra_roots: &[&Path]) -> Cluster {
-        Cluster::launch(index_extra, extra_roots, false, false)
+        Cluster::launch(index_extra, "", extra_roots, false, false)
+    }
+
+    /// A cluster whose nodes' `[storage]` section also has `storage_extra`.
+    pub fn start_with_storage(storage_extra: &str) -> Cluster {
+        Cluster::launch(
+            "compaction_interval_s = 0",
+            storage_extra,
+            &[],
+            false,
+            false,
+        )
     }
 
     /// A cluster whose coordinators load the default image embedder (the
     /// real ONNX model, as `config/embedded.toml` configures it).
     pub fn start_with_embedder() -> Cluster {
-        Cluster::launch("compaction_interval_s = 0", &[], false, true)
+        Cluster::launch("compaction_interval_s = 0", "", &[], false, true)
     }
 
     /// A cluster whose every port serves TLS: HTTPS on the public APIs,
     /// mutual TLS between peers, under a CA the test made.
     pub fn start_tls() -> Cluster {
-        Cluster::launch("compaction_interval_s = 0", &[], true, false)
+        Cluster::launch("compaction_interval_s = 0", "", &[], true, false)
     }
 
-    fn launch(index_extra: &str, extra_roots: &[&Path], tls: bool, embedder: bool) -> Cluster {
+    fn launch(
+        index_extra: &str,
+        storage_extra: &str,
+        extra_roots: &[&Path],
+        tls: bool,
+        embedder: bool,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let certs =
             tls.then(|| super::tls::TestCerts::generate(&dir.path().join("tls"), "cluster"));
@@ -324,7 +341,7 @@ impl Cluster {
         let index = format!(
             "[index]\nseal_threshold = 400\nmax_degree = 16\nbuild_list_size = 32\n\
              pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n\
-             local_roots = [{}]\n\n\
+             local_roots = [{}]\n{storage_extra}\n\n\
              [security]\napi_key = {api_key:?}\ncluster_secret = {cluster_secret:?}\n\
              {tls_section}",
             dir.path().join("segment-store").display().to_string(),
@@ -505,9 +522,11 @@ impl Cluster {
 pub struct Heals {
     pub delta: u64,
     pub segments: u64,
+    pub object_store: u64,
     pub rows: u64,
     pub delta_bytes: u64,
     pub segments_bytes: u64,
+    pub object_store_bytes: u64,
     pub rows_bytes: u64,
 }
 
@@ -531,6 +550,10 @@ impl Cluster {
                     Some("segments") => {
                         heals.segments += 1;
                         heals.segments_bytes += bytes;
+                    }
+                    Some("object_store") => {
+                        heals.object_store += 1;
+                        heals.object_store_bytes += bytes;
                     }
                     Some("rows") => {
                         heals.rows += 1;

@@ -41,6 +41,9 @@ pub struct ShippedSegment {
     /// Its delete bitmap at the snapshot's position.
     pub deleted: Vec<u64>,
     pub rows: usize,
+    /// The CRC32s its manifest records (every file but the manifest, the
+    /// item table and the thumbnails, which carry their own checksums).
+    pub crc32s: std::collections::HashMap<String, u32>,
 }
 
 /// What a copy rebuilt by segments receives: see the module comment. The
@@ -76,7 +79,35 @@ impl Shard {
     /// Takes a [`ShippingSnapshot`] for `transfer` (a name unique among
     /// this shard's transfers in progress).
     pub fn snapshot_for_shipping(&self, transfer: u64) -> Result<ShippingSnapshot> {
-        let root = self.dir.join(OUTGOING_DIR).join(transfer.to_string());
+        self.link_segments(&transfer.to_string(), true, &|_| true)
+    }
+
+    /// The sealed segments whose key `wanted` accepts, linked under
+    /// `outgoing/<tag>` as a snapshot without growing rows (what an upload
+    /// to object storage reads while merges go on).
+    pub fn link_segments_for_upload(
+        &self,
+        tag: &str,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<ShippingSnapshot> {
+        self.link_segments(tag, false, wanted)
+    }
+
+    /// The keys (see [`ShippedSegment::key`]) of the sealed segments, in
+    /// the shard's order.
+    pub fn segment_keys(&self) -> Result<Vec<String>> {
+        let _wal = self.wal.lock();
+        let state = self.state.read();
+        state.sealed.iter().map(|s| segment_key(s)).collect()
+    }
+
+    fn link_segments(
+        &self,
+        tag: &str,
+        growing: bool,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<ShippingSnapshot> {
+        let root = self.dir.join(OUTGOING_DIR).join(tag);
         if root.exists() {
             fs::remove_dir_all(&root)?;
         }
@@ -90,11 +121,16 @@ impl Shard {
         let wal = self.wal.lock();
         let state = self.state.read();
         for segment in &state.sealed {
-            snapshot
-                .segments
-                .push(link_segment(segment, &snapshot.root)?);
+            let key = segment_key(segment)?;
+            if wanted(&key) {
+                snapshot
+                    .segments
+                    .push(link_segment(segment, key, &snapshot.root)?);
+            }
         }
-        snapshot.growing = state.growing_rows_except(&HashSet::new(), self.dim);
+        if growing {
+            snapshot.growing = state.growing_rows_except(&HashSet::new(), self.dim);
+        }
         snapshot.position = wal.position;
         Ok(snapshot)
     }
@@ -178,10 +214,24 @@ impl Shard {
     }
 }
 
+/// Names a sealed segment's content: its name and the CRC32 of its
+/// manifest (which holds every file's CRC32).
+fn segment_key(segment: &SealedSegment) -> Result<String> {
+    let manifest = fs::read(
+        segment
+            .dir()
+            .join(engram_index::disk::manifest::MANIFEST_FILE),
+    )?;
+    Ok(format!(
+        "{}-{:08x}",
+        segment.name(),
+        crc32fast::hash(&manifest)
+    ))
+}
+
 /// Hard-links `segment`'s immutable files into `root/<name>`.
-fn link_segment(segment: &SealedSegment, root: &Path) -> Result<ShippedSegment> {
-    let name = segment.name();
-    let dir = root.join(&name);
+fn link_segment(segment: &SealedSegment, key: String, root: &Path) -> Result<ShippedSegment> {
+    let dir = root.join(segment.name());
     fs::create_dir_all(&dir)?;
     let mut files = Vec::new();
     for file in segment.immutable_files()? {
@@ -192,12 +242,17 @@ fn link_segment(segment: &SealedSegment, root: &Path) -> Result<ShippedSegment> 
         }
         files.push((file.clone(), fs::metadata(&to)?.len()));
     }
-    let manifest = fs::read(dir.join(engram_index::disk::manifest::MANIFEST_FILE))?;
     Ok(ShippedSegment {
-        key: format!("{name}-{:08x}", crc32fast::hash(&manifest)),
+        key,
         dir,
         files,
         deleted: segment.deleted_words(),
         rows: segment.rows(),
+        crc32s: segment
+            .manifest()
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), f.crc32))
+            .collect(),
     })
 }
