@@ -13,10 +13,14 @@
 #          the whole shard and the copy rebuilds its segments (what a move
 #          did before segment shipping too: a moved copy is a new copy,
 #          rebuilt by a full transfer).
-# Between the two, the replica's copy is moved to the third worker
-# (POST /v1/cluster/moves), which receives the primary's sealed segment
-# files as they are (kind=segments), and `cp -r` of the same files on this
-# disk is timed beside it (recover-ref kind=cp).
+# Between the two, with uploads to object storage off, the replica's copy
+# is moved to the third worker (POST /v1/cluster/moves), which receives the
+# primary's sealed segment files as they are (kind=segments), and `cp -r`
+# of the same files on this disk is timed beside it (recover-ref kind=cp);
+# then, with uploads on (the default), the replica's data directory is
+# deleted and the worker started again: its copy downloads the segments
+# from the object storage (`make cluster`'s local segment-store directory)
+# its primary uploaded them to (kind=object_store).
 # Prints per kind
 #   recover kind= rows= bytes= seconds= wal_bytes= wall_s= shard_rows=
 # (bytes and seconds: what the primary counted for the catch-up; wal_bytes:
@@ -64,6 +68,8 @@ trap cleanup EXIT
 url=http://127.0.0.1:7700
 deploy/local/cluster.sh stop >/dev/null 2>&1 || true
 rm -rf "$out/cluster"
+# Peer shipping first: nothing uploaded to object storage.
+export ENGRAM_STORAGE__UPLOAD_SEALED_SEGMENTS=false
 deploy/local/cluster.sh start >/dev/null
 curl -sf -X POST "$url/v1/collections" -H 'content-type: application/json' \
   -d "{\"name\":\"recover\",\"dim\":$DIM,\"metric\":\"l2\",\"shards\":1,\"replication\":2}" >/dev/null
@@ -92,6 +98,11 @@ size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(sys.ar
 print(f"recover-ref kind=cp bytes={size} seconds={seconds:.2f}")
 PY
 rm -rf "$out/cp-copy"
+# Uploads on: the primary uploads the shard's segment, then a worker whose
+# data directory is gone comes back from object storage.
+deploy/local/cluster.sh stop >/dev/null
+ENGRAM_STORAGE__UPLOAD_SEALED_SEGMENTS=true deploy/local/cluster.sh start >/dev/null
+ENGRAM_STORAGE__UPLOAD_SEALED_SEGMENTS=true WRITES=0 phase object_store 0
 # Everything restarted with the old behaviour (a restarted primary compares
 # positions with its replica, so the restart itself moves nothing).
 deploy/local/cluster.sh stop >/dev/null
@@ -105,11 +116,13 @@ for line in open(sys.argv[1]):
     fields = dict(f.split("=", 1) for f in line.split()[1:])
     runs[fields["kind"]] = {k: float(v) for k, v in fields.items() if k != "kind"}
 d, s, c, r = runs["delta"], runs["segments"], runs["cp"], runs["rows"]
+o = runs["object_store"]
 print(
     "recover-ratio delta_over_rows_bytes=%.5f delta_over_rows_seconds=%.5f "
     "delta_bytes_over_wal=%.2f segments_over_rows_seconds=%.4f segments_over_cp_seconds=%.2f "
-    "segments_bytes_over_files=%.3f"
+    "segments_bytes_over_files=%.3f object_store_over_rows_seconds=%.4f"
     % (d["bytes"] / r["bytes"], d["seconds"] / r["seconds"], d["bytes"] / d["wal_bytes"],
-       s["seconds"] / r["seconds"], s["seconds"] / c["seconds"], s["bytes"] / c["bytes"])
+       s["seconds"] / r["seconds"], s["seconds"] / c["seconds"], s["bytes"] / c["bytes"],
+       o["seconds"] / r["seconds"])
 )
 PY

@@ -9,6 +9,12 @@ those writes added to the primary's WAL. Prints one line:
 
   recover kind= rows= bytes= seconds= wal_bytes= wall_s= shard_rows=
 
+--kind object_store: as delta, with no writes, but the replica's data directory
+is deleted after the kill: the restarted worker's copy is rebuilt by a full
+transfer whose segment files it downloads from the object storage its primary
+uploaded them to (waited for first). bytes count what the primary sent plus
+what the copy downloaded.
+
 --kind segments: the replica's copy is moved to the worker that holds none
 (POST /v1/cluster/moves, which returns once the new copy is in sync and the
 old one dropped); its primary ships the sealed segment files. Prints
@@ -21,6 +27,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -67,7 +74,9 @@ def main():
     parser.add_argument("--url", default="http://127.0.0.1:7700")
     parser.add_argument("--cluster-dir", required=True)
     parser.add_argument("--collection", required=True)
-    parser.add_argument("--kind", required=True, choices=["delta", "rows", "segments"])
+    parser.add_argument(
+        "--kind", required=True, choices=["delta", "rows", "segments", "object_store"]
+    )
     parser.add_argument("--writes", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--first-id", type=int, required=True)
@@ -79,9 +88,18 @@ def main():
     primary, replica = placement["primary"], placement["replicas"][0]
     if args.kind == "segments":
         return move(args, secret, primary, replica)
+    if args.kind == "object_store":
+        uploaded = f"{args.cluster_dir}/segment-store/shards/{args.collection}/0000/*/manifest.json"
+        deadline = time.monotonic() + 1800
+        while not glob.glob(uploaded):
+            if time.monotonic() > deadline:
+                raise SystemExit("the primary uploaded no segment within 30 minutes")
+            time.sleep(1)
     pid = int(open(f"{args.cluster_dir}/worker-{replica}.pid").read())
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
+    if args.kind == "object_store":
+        shutil.rmtree(f"{args.cluster_dir}/worker-{replica}")
     wal_before = wal_bytes(args.cluster_dir, primary, args.collection)
     rng = random.Random(args.first_id)
     for i in range(args.writes):
@@ -109,7 +127,11 @@ def main():
     def grew(series):
         return after.get(series, 0.0) - before.get(series, 0.0)
 
-    kinds = [k for k in ("delta", "segments", "rows") if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0]
+    kinds = [
+        k
+        for k in ("delta", "segments", "object_store", "rows")
+        if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0
+    ]
     if kinds != [args.kind]:
         raise SystemExit(f"expected one catch-up of kind {args.kind}, the primary counted {kinds}")
     label = '{kind="%s"}' % args.kind
@@ -144,7 +166,11 @@ def move(args, secret, primary, replica):
     def grew(series):
         return after.get(series, 0.0) - before.get(series, 0.0)
 
-    kinds = [k for k in ("delta", "segments", "rows") if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0]
+    kinds = [
+        k
+        for k in ("delta", "segments", "object_store", "rows")
+        if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0
+    ]
     if kinds != ["segments"]:
         raise SystemExit(f"expected one catch-up of kind segments, the primary counted {kinds}")
     label = '{kind="segments"}'
