@@ -69,6 +69,26 @@ def wal_bytes(cluster_dir, worker, collection):
     return sum(os.path.getsize(p) for p in glob.glob(pattern))
 
 
+def one_catch_up(before, after, kind):
+    """The bytes and seconds of the one catch-up of `kind` a primary counted
+    between two scrapes of its metrics; exits if it counted another."""
+
+    def grew(series):
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    kinds = [
+        k
+        for k in ("delta", "segments", "object_store", "rows")
+        if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0
+    ]
+    if kinds != [kind]:
+        raise SystemExit(f"expected one catch-up of kind {kind}, the primary counted {kinds}")
+    label = '{kind="%s"}' % kind
+    return grew("engram_catch_up_bytes_total" + label), grew(
+        "engram_catch_up_duration_seconds_sum" + label
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", default="http://127.0.0.1:7700")
@@ -124,19 +144,7 @@ def main():
     wall = time.monotonic() - started
     after = metrics(primary, secret)
 
-    def grew(series):
-        return after.get(series, 0.0) - before.get(series, 0.0)
-
-    kinds = [
-        k
-        for k in ("delta", "segments", "object_store", "rows")
-        if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0
-    ]
-    if kinds != [args.kind]:
-        raise SystemExit(f"expected one catch-up of kind {args.kind}, the primary counted {kinds}")
-    label = '{kind="%s"}' % args.kind
-    sent = grew("engram_catch_up_bytes_total" + label)
-    seconds = grew("engram_catch_up_duration_seconds_sum" + label)
+    sent, seconds = one_catch_up(before, after, args.kind)
     print(
         f"recover kind={args.kind} rows={args.writes} bytes={sent:.0f} seconds={seconds:.2f} "
         f"wal_bytes={wal_after - wal_before} wall_s={wall:.1f} shard_rows={stats['items']}",
@@ -163,20 +171,9 @@ def move(args, secret, primary, replica):
     wall = time.monotonic() - started
     after = metrics(primary, secret)
 
-    def grew(series):
-        return after.get(series, 0.0) - before.get(series, 0.0)
-
-    kinds = [
-        k
-        for k in ("delta", "segments", "object_store", "rows")
-        if grew(f'engram_catch_ups_total{{kind="{k}"}}') > 0
-    ]
-    if kinds != ["segments"]:
-        raise SystemExit(f"expected one catch-up of kind segments, the primary counted {kinds}")
-    label = '{kind="segments"}'
+    sent, seconds = one_catch_up(before, after, "segments")
     print(
-        f"recover kind=segments rows=0 bytes={grew('engram_catch_up_bytes_total' + label):.0f} "
-        f"seconds={grew('engram_catch_up_duration_seconds_sum' + label):.2f} wall_s={wall:.1f} "
+        f"recover kind=segments rows=0 bytes={sent:.0f} seconds={seconds:.2f} wall_s={wall:.1f} "
         f"shard_rows={stats['items']} from={replica} to={free}",
         flush=True,
     )

@@ -1,32 +1,10 @@
 //! Write positions and deltas (`history.rs`) on real shard files.
 
-use super::tests::{bulk_segment, rows, small_params, upsert};
+use super::tests::{bulk_segment, contents, open_l2_4d as open, rows, small_params, upsert};
 use super::*;
-use engram_core::Metric;
 
 fn at(epoch: u64, seq: u64) -> WritePosition {
     WritePosition { epoch, seq }
-}
-
-fn open(dir: &Path, params: &IndexParams) -> Shard {
-    Shard::open(dir, 0, 4, Metric::L2, params).unwrap()
-}
-
-/// Every live item with its label and vector, for comparing copies.
-fn contents(shard: &Shard) -> Vec<(u64, String, Vec<f32>)> {
-    let mut all = Vec::new();
-    shard
-        .scan(&mut |items| {
-            all.extend(
-                items
-                    .into_iter()
-                    .map(|i| (i.id, i.label.to_string(), i.vector)),
-            );
-            Ok(())
-        })
-        .unwrap();
-    all.sort_by_key(|(id, _, _)| *id);
-    all
 }
 
 #[test]

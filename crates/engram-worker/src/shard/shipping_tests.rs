@@ -2,31 +2,9 @@
 //! from a snapshot's files, its delete bitmaps and growing rows holds what
 //! its source held, and a damaged file is refused.
 
-use super::tests::{rows, small_params, upsert};
+use super::tests::{contents, open_l2_4d as open, rows, small_params, upsert};
 use super::*;
-use engram_core::Metric;
 use engram_core::merge_policy::CompactOptions;
-
-fn open(dir: &Path, params: &IndexParams) -> Shard {
-    Shard::open(dir, 0, 4, Metric::L2, params).unwrap()
-}
-
-/// Every live item with its label and vector, for comparing copies.
-fn contents(shard: &Shard) -> Vec<(u64, String, Vec<f32>)> {
-    let mut all = Vec::new();
-    shard
-        .scan(&mut |items| {
-            all.extend(
-                items
-                    .into_iter()
-                    .map(|i| (i.id, i.label.to_string(), i.vector)),
-            );
-            Ok(())
-        })
-        .unwrap();
-    all.sort_by_key(|(id, _, _)| *id);
-    all
-}
 
 /// Copies `snapshot`'s segment files as a receiver stages them (with the
 /// delete bitmap beside), returning the staged directories in order.

@@ -65,6 +65,28 @@ fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     false
 }
 
+/// A 4-d L2 shard in `dir`.
+pub(super) fn open_l2_4d(dir: &Path, params: &IndexParams) -> Shard {
+    Shard::open(dir, 0, 4, Metric::L2, params).unwrap()
+}
+
+/// Every live item with its label and vector, for comparing copies.
+pub(super) fn contents(shard: &Shard) -> Vec<(u64, String, Vec<f32>)> {
+    let mut all = Vec::new();
+    shard
+        .scan(&mut |items| {
+            all.extend(
+                items
+                    .into_iter()
+                    .map(|i| (i.id, i.label.to_string(), i.vector)),
+            );
+            Ok(())
+        })
+        .unwrap();
+    all.sort_by_key(|(id, _, _)| *id);
+    all
+}
+
 /// Small-graph settings that seal every 200 rows.
 /// Small graphs for small test shards, sealing at `seal_threshold` rows.
 pub(super) fn small_params(seal_threshold: usize) -> IndexParams {
