@@ -439,52 +439,49 @@ impl WorkerNode {
         blocking(move || {
             // Held through the write: a late chunk of an older transfer is
             // checked and applied (or refused) as one step.
-            let slot = host
-                .inner
-                .host
-                .transfer_slot(&request.spec.name, request.shard);
-            let _turn = host.transfer_turn(
-                &slot,
+            host.in_transfer_turn(
                 &request.spec.name,
                 request.shard,
                 &request.placement,
                 request.transfer,
                 request.reset,
-            )?;
-            let replica = if request.reset {
-                let replica = host
-                    .inner
-                    .host
-                    .reset(
-                        &request.spec,
-                        request.shard,
-                        &request.placement,
-                        request.tombstones.is_some(),
-                    )
-                    .map_err(internal)?;
-                if let Some(tombstones) = &request.tombstones {
-                    replica
-                        .shard
-                        .delete_receiving_at(tombstones, Stamp::Unordered)
-                        .map_err(internal)?;
-                }
-                replica
-            } else {
-                host.inner.host.get(&request.spec.name, request.shard)?
-            };
-            replica.observe(&request.placement);
-            replica.unless_retired(|shard| {
-                shard
-                    .write_at(request.ops, Stamp::Unordered)
-                    .and_then(|()| match request.position {
-                        Some(position) => shard.set_position(position),
-                        None => Ok(()),
+                || {
+                    let replica = if request.reset {
+                        let replica = host
+                            .inner
+                            .host
+                            .reset(
+                                &request.spec,
+                                request.shard,
+                                &request.placement,
+                                request.tombstones.is_some(),
+                            )
+                            .map_err(internal)?;
+                        if let Some(tombstones) = &request.tombstones {
+                            replica
+                                .shard
+                                .delete_receiving_at(tombstones, Stamp::Unordered)
+                                .map_err(internal)?;
+                        }
+                        replica
+                    } else {
+                        host.inner.host.get(&request.spec.name, request.shard)?
+                    };
+                    replica.observe(&request.placement);
+                    replica.unless_retired(|shard| {
+                        shard
+                            .write_at(request.ops, Stamp::Unordered)
+                            .and_then(|()| match request.position {
+                                Some(position) => shard.set_position(position),
+                                None => Ok(()),
+                            })
+                            .map_err(|e| {
+                                replica.mark_missed_write();
+                                internal(e)
+                            })
                     })
-                    .map_err(|e| {
-                        replica.mark_missed_write();
-                        internal(e)
-                    })
-            })
+                },
+            )
         })
         .await
     }
@@ -504,62 +501,61 @@ impl WorkerNode {
         );
         blocking(move || {
             let replica = host.inner.host.get(&request.collection, request.shard)?;
-            let slot = host
-                .inner
-                .host
-                .transfer_slot(&request.collection, request.shard);
-            let _turn = host.transfer_turn(
-                &slot,
+            host.in_transfer_turn(
                 &request.collection,
                 request.shard,
                 &request.placement,
                 request.transfer,
                 request.first,
-            )?;
-            let delta = HistoryDelta {
-                from: request.from,
-                writes: request.writes,
-            };
-            replica.unless_retired(|shard| {
-                if shard.position() != Some(delta.from) {
-                    return Err(RpcError::Unavailable(format!(
-                        "shard {}: this copy is no longer at {} (a write reached it meanwhile)",
-                        request.shard, delta.from
-                    )));
-                }
-                shard.apply_history(delta).map_err(|e| {
-                    replica.mark_missed_write();
-                    internal(e)
-                })
-            })?;
-            if request.last {
-                // It holds every write its primary holds now.
-                replica.clear_missed_write();
-            }
-            Ok(())
+                || {
+                    let delta = HistoryDelta {
+                        from: request.from,
+                        writes: request.writes,
+                    };
+                    replica.unless_retired(|shard| {
+                        if shard.position() != Some(delta.from) {
+                            return Err(RpcError::Unavailable(format!(
+                                "shard {}: this copy is no longer at {} (a write reached it meanwhile)",
+                                request.shard, delta.from
+                            )));
+                        }
+                        shard.apply_history(delta).map_err(|e| {
+                            replica.mark_missed_write();
+                            internal(e)
+                        })
+                    })?;
+                    if request.last {
+                        // It holds every write its primary holds now.
+                        replica.clear_missed_write();
+                    }
+                    Ok(())
+                },
+            )
         })
         .await
     }
 
-    /// Holds the shard copy's transfer slot (so a chunk is checked and
-    /// applied, or refused, as one step) after checking a hosted copy has
-    /// seen no newer shard map than `placement` (it may be in sync by now)
-    /// and admitting `transfer`'s chunk (see `replicas::admit_transfer`).
-    pub(crate) fn transfer_turn<'s>(
+    /// Runs `apply` holding the shard copy's transfer slot (so a chunk is
+    /// checked and applied, or refused, as one step), after checking a
+    /// hosted copy has seen no newer shard map than `placement` (it may be
+    /// in sync by now) and admitting `transfer`'s chunk (see
+    /// `replicas::admit_transfer`).
+    pub(crate) fn in_transfer_turn<T>(
         &self,
-        slot: &'s crate::replicas::TransferSlot,
         collection: &str,
         shard: u32,
         placement: &ShardPlacement,
         transfer: u64,
         starts: bool,
-    ) -> RpcResult<parking_lot::MutexGuard<'s, u64>> {
+        apply: impl FnOnce() -> RpcResult<T>,
+    ) -> RpcResult<T> {
+        let slot = self.inner.host.transfer_slot(collection, shard);
         let mut current = slot.lock();
         if let Ok(existing) = self.inner.host.get(collection, shard) {
             existing.check_epoch(placement)?;
         }
         crate::replicas::admit_transfer(&mut current, shard, transfer, starts)?;
-        Ok(current)
+        apply()
     }
 
     /// Where this worker's copy of a shard stands, for its primary (see

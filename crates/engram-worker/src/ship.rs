@@ -198,50 +198,47 @@ impl WorkerNode {
     /// Under the transfer's turn: drops staged segments `plan` does not
     /// name and returns the bytes staged of each file it names.
     fn staged_sizes(&self, request: &ShipPlanRequest) -> RpcResult<Vec<Vec<u64>>> {
-        let slot = self
-            .inner
-            .host
-            .transfer_slot(&request.collection, request.shard);
-        let _turn = self.transfer_turn(
-            &slot,
+        self.in_transfer_turn(
             &request.collection,
             request.shard,
             &request.placement,
             request.transfer,
             false,
-        )?;
-        let root = self
-            .inner
-            .host
-            .shipping_dir(&request.collection, request.shard);
-        fs::create_dir_all(&root).map_err(internal)?;
-        let planned: std::collections::HashSet<&str> =
-            request.segments.iter().map(|s| s.key.as_str()).collect();
-        for entry in fs::read_dir(&root).map_err(internal)? {
-            let entry = entry.map_err(internal)?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !planned.contains(name.as_str()) {
-                remove_any(&entry.path())?;
-            }
-        }
-        let mut held = Vec::with_capacity(request.segments.len());
-        for segment in &request.segments {
-            let dir = staged_dir(&root, &segment.key)?;
-            let mut sizes = Vec::with_capacity(segment.files.len());
-            for (file, size) in &segment.files {
-                let path = staged_file(&dir, file)?;
-                let have = fs::metadata(&path).map_or(0, |m| m.len());
-                if have > *size {
-                    // Not a prefix of this file: start it again.
-                    fs::remove_file(&path).map_err(internal)?;
-                    sizes.push(0);
-                } else {
-                    sizes.push(have);
+            || {
+                let root = self
+                    .inner
+                    .host
+                    .shipping_dir(&request.collection, request.shard);
+                fs::create_dir_all(&root).map_err(internal)?;
+                let planned: std::collections::HashSet<&str> =
+                    request.segments.iter().map(|s| s.key.as_str()).collect();
+                for entry in fs::read_dir(&root).map_err(internal)? {
+                    let entry = entry.map_err(internal)?;
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if !planned.contains(name.as_str()) {
+                        remove_any(&entry.path())?;
+                    }
                 }
-            }
-            held.push(sizes);
-        }
-        Ok(held)
+                let mut held = Vec::with_capacity(request.segments.len());
+                for segment in &request.segments {
+                    let dir = staged_dir(&root, &segment.key)?;
+                    let mut sizes = Vec::with_capacity(segment.files.len());
+                    for (file, size) in &segment.files {
+                        let path = staged_file(&dir, file)?;
+                        let have = fs::metadata(&path).map_or(0, |m| m.len());
+                        if have > *size {
+                            // Not a prefix of this file: start it again.
+                            fs::remove_file(&path).map_err(internal)?;
+                            sizes.push(0);
+                        } else {
+                            sizes.push(have);
+                        }
+                    }
+                    held.push(sizes);
+                }
+                Ok(held)
+            },
+        )
     }
 
     /// Downloads `segment` from `object` (each file checked against its
@@ -330,48 +327,45 @@ impl WorkerNode {
             "segment file chunk"
         );
         blocking(move || {
-            let slot = host
-                .inner
-                .host
-                .transfer_slot(&request.collection, request.shard);
-            let _turn = host.transfer_turn(
-                &slot,
+            host.in_transfer_turn(
                 &request.collection,
                 request.shard,
                 &request.placement,
                 request.transfer,
                 false,
-            )?;
-            if crc32fast::hash(&request.data) != request.crc32 {
-                return Err(RpcError::Invalid(format!(
-                    "chunk at {} of {}/{}: CRC32 mismatch",
-                    request.offset, request.key, request.file
-                )));
-            }
-            let root = host
-                .inner
-                .host
-                .shipping_dir(&request.collection, request.shard);
-            let dir = staged_dir(&root, &request.key)?;
-            fs::create_dir_all(&dir).map_err(internal)?;
-            let path = staged_file(&dir, &request.file)?;
-            let mut file = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(internal)?;
-            let have = file.metadata().map_err(internal)?.len();
-            if have != request.offset {
-                return Err(RpcError::Invalid(format!(
-                    "{}/{}: this copy holds {have} bytes, the chunk starts at {}",
-                    request.key, request.file, request.offset
-                )));
-            }
-            file.write_all(&request.data).map_err(internal)?;
-            if request.complete {
-                file.sync_all().map_err(internal)?;
-            }
-            Ok(())
+                || {
+                    if crc32fast::hash(&request.data) != request.crc32 {
+                        return Err(RpcError::Invalid(format!(
+                            "chunk at {} of {}/{}: CRC32 mismatch",
+                            request.offset, request.key, request.file
+                        )));
+                    }
+                    let root = host
+                        .inner
+                        .host
+                        .shipping_dir(&request.collection, request.shard);
+                    let dir = staged_dir(&root, &request.key)?;
+                    fs::create_dir_all(&dir).map_err(internal)?;
+                    let path = staged_file(&dir, &request.file)?;
+                    let mut file = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(internal)?;
+                    let have = file.metadata().map_err(internal)?.len();
+                    if have != request.offset {
+                        return Err(RpcError::Invalid(format!(
+                            "{}/{}: this copy holds {have} bytes, the chunk starts at {}",
+                            request.key, request.file, request.offset
+                        )));
+                    }
+                    file.write_all(&request.data).map_err(internal)?;
+                    if request.complete {
+                        file.sync_all().map_err(internal)?;
+                    }
+                    Ok(())
+                },
+            )
         })
         .await
     }
@@ -380,42 +374,39 @@ impl WorkerNode {
     pub async fn ship_attach(self, request: ShipAttachRequest) -> RpcResult<()> {
         let host = self.clone();
         blocking(move || {
-            let slot = host
-                .inner
-                .host
-                .transfer_slot(&request.collection, request.shard);
-            let _turn = host.transfer_turn(
-                &slot,
+            host.in_transfer_turn(
                 &request.collection,
                 request.shard,
                 &request.placement,
                 request.transfer,
                 false,
-            )?;
-            let replica = host.inner.host.get(&request.collection, request.shard)?;
-            let root = host
-                .inner
-                .host
-                .shipping_dir(&request.collection, request.shard);
-            let mut staged = Vec::with_capacity(request.segments.len());
-            for (key, deleted) in &request.segments {
-                let dir = staged_dir(&root, key)?;
-                SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
-                staged.push(dir);
-            }
-            let attached = replica.unless_retired(|shard| {
-                shard.attach_shipped(&staged).map_err(|e| {
-                    replica.mark_missed_write();
-                    internal(e)
-                })
-            });
-            if attached.is_err() {
-                // Damaged or not, what is staged is sent whole next time.
-                for dir in &staged {
-                    remove_any(dir)?;
-                }
-            }
-            attached.map(|_| ())
+                || {
+                    let replica = host.inner.host.get(&request.collection, request.shard)?;
+                    let root = host
+                        .inner
+                        .host
+                        .shipping_dir(&request.collection, request.shard);
+                    let mut staged = Vec::with_capacity(request.segments.len());
+                    for (key, deleted) in &request.segments {
+                        let dir = staged_dir(&root, key)?;
+                        SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
+                        staged.push(dir);
+                    }
+                    let attached = replica.unless_retired(|shard| {
+                        shard.attach_shipped(&staged).map_err(|e| {
+                            replica.mark_missed_write();
+                            internal(e)
+                        })
+                    });
+                    if attached.is_err() {
+                        // Damaged or not, what is staged is sent whole next time.
+                        for dir in &staged {
+                            remove_any(dir)?;
+                        }
+                    }
+                    attached.map(|_| ())
+                },
+            )
         })
         .await
     }
