@@ -12,17 +12,7 @@ use common::{BUCKET, S3};
 use engram_store::{CheckedFile, ObjectLocation};
 
 fn location(s3: &S3) -> ObjectLocation {
-    let storage = engram_core::config::StorageConfig {
-        s3: engram_core::config::S3Config {
-            endpoint: Some(s3.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            access_key_id: Some("test".into()),
-            secret_access_key: Some("test".into()),
-            allow_http: true,
-        },
-        ..Default::default()
-    };
-    ObjectLocation::parse(&format!("s3://{BUCKET}/segments"), &storage).unwrap()
+    ObjectLocation::parse(&format!("s3://{BUCKET}/segments"), &s3.storage()).unwrap()
 }
 
 fn checked(dir: &std::path::Path, name: &str, bytes: &[u8]) -> CheckedFile {

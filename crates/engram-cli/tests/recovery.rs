@@ -204,6 +204,39 @@ fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_not
 }
 
 #[test]
+fn a_worker_back_on_an_empty_disk_before_it_was_missed_serves_nothing_it_lacks() {
+    let mut cluster = Cluster::start();
+    create(&cluster);
+    for batch in 0..5u64 {
+        write(&cluster, batch * 20..batch * 20 + 20, "before");
+    }
+    let start = wait_in_sync(&cluster, Duration::from_secs(10));
+    let wiped = start["replicas"][0].as_u64().unwrap();
+    // Its disk replaced, the worker is back before anyone missed it and
+    // with no write in between: the shard map still counts its copy.
+    cluster.workers[wiped as usize - 1].kill9();
+    std::fs::remove_dir_all(cluster.workers[wiped as usize - 1].data_dir()).unwrap();
+    cluster.workers[wiped as usize - 1].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let heals = cluster.heals();
+        if heals.delta + heals.segments + heals.object_store + heals.rows > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the emptied copy was never rebuilt: {:?}",
+            placement(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cluster.workers[wiped as usize - 1].log_lines("lost with the old disk") > 0);
+    wait_in_sync(&cluster, Duration::from_secs(30));
+    let live: BTreeSet<u64> = (0..100).collect();
+    check_alone(&mut cluster, wiped, &live, &BTreeSet::new());
+}
+
+#[test]
 fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
     // Copies receive the files from their primary: nothing is uploaded.
     let cluster = Cluster::start_with_storage("upload_sealed_segments = false");

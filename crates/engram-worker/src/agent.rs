@@ -2,6 +2,7 @@
 //! newest cluster state they report, open the shards placed here, drop
 //! collections that are gone, and catch up shards this worker fell behind on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use engram_core::merge_policy::CompactOptions;
 use engram_meta::{ClusterState, Command, CommandResult, SegmentFile, SegmentRecord};
 
-use crate::node::{WorkerNode, blocking, internal};
+use crate::node::{DataDir, WorkerNode, blocking, internal};
 use crate::rpc_client::call;
 use crate::shard::Compaction;
 use crate::wire::*;
@@ -249,6 +250,9 @@ impl WorkerNode {
         // then its absence here means "not yet", not "dropped".
         let may_drop = applied >= self.inner.floor.load(Ordering::SeqCst);
         let me = self.inner.id;
+        if applied > 0 {
+            self.note_missing_copies(&state);
+        }
         let node = self.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let mut lost = Vec::new();
@@ -308,6 +312,7 @@ impl WorkerNode {
         })
         .await;
         let Ok((state, lost)) = opened else { return };
+        self.mark_disk_known();
         for (collection, shard, epoch) in lost {
             let command = Command::CopyLost {
                 collection: collection.clone(),
@@ -331,6 +336,61 @@ impl WorkerNode {
         self.start_catch_ups(&state);
     }
 
+    /// On a new data directory, the first time the shard map is known:
+    /// remembers the copies it counts in sync here whose files are missing
+    /// (copies of collections created later are new, not lost).
+    fn note_missing_copies(&self, state: &ClusterState) {
+        let mut data_dir = self.inner.data_dir.lock();
+        if !matches!(*data_dir, DataDir::New) {
+            return;
+        }
+        let me = self.inner.id;
+        let lost: HashSet<(String, u32)> = state
+            .collections
+            .values()
+            .flat_map(|c| {
+                c.shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.is_in_sync(me))
+                    .map(|(shard, _)| (c.spec.name.clone(), shard as u32))
+            })
+            .filter(|(c, shard)| {
+                self.host().get(c, *shard).is_err() && !self.host().copy_on_disk(c, *shard)
+            })
+            .collect();
+        if !lost.is_empty() {
+            tracing::warn!(
+                copies = lost.len(),
+                "this worker's data directory is new but the shard map counts copies here: they were lost with the old disk and are rebuilt from other copies"
+            );
+        }
+        *data_dir = DataDir::Missing(lost);
+    }
+
+    /// Once every copy a new data directory lacked is recorded lost (the
+    /// shard map no longer counts it in sync here), writes
+    /// [`crate::node::DISK_MARKER`]: a copy missing after that is a new one.
+    fn mark_disk_known(&self) {
+        let mut data_dir = self.inner.data_dir.lock();
+        if !matches!(&*data_dir, DataDir::Missing(missing) if missing.is_empty()) {
+            return;
+        }
+        let written = engram_store::checksummed::write_atomic(
+            &self.inner.disk_marker,
+            format!("{}\n", self.inner.id).as_bytes(),
+        );
+        match written {
+            Ok(()) => {
+                *data_dir = DataDir::Known;
+                tracing::info!(marker = %self.inner.disk_marker.display(), "data directory recorded as this worker's");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the data directory's marker; retrying")
+            }
+        }
+    }
+
     /// Opens this worker's copy of `shard` if it is not open yet (blocking).
     /// A copy whose files fail their checksums is set aside under
     /// `<data_dir>/quarantine/` (kept for inspection, never served); the
@@ -348,6 +408,30 @@ impl WorkerNode {
         let me = self.inner.id;
         let key = (spec.name.clone(), shard);
         let counted_in_sync = placement.is_in_sync(me);
+        let lost_with_disk = match &mut *self.inner.data_dir.lock() {
+            DataDir::Missing(missing) if missing.contains(&key) => {
+                if !counted_in_sync {
+                    // The map shows it lost now: a fresh copy catches up.
+                    missing.remove(&key);
+                }
+                counted_in_sync
+            }
+            _ => false,
+        };
+        if lost_with_disk {
+            // The first shard map this new data directory met counted a
+            // copy here that it does not hold: the disk that held it was
+            // lost (and the worker restarted before it was missed). An
+            // empty copy must not answer as in sync: record it lost, as a
+            // corrupted one, and rebuild it from another copy.
+            if placement.primary == me && placement.replicas.is_empty() {
+                tracing::error!(collection = %spec.name, shard, "the only in-sync copy of this shard was lost with this worker's data directory; it stays unavailable (restore a snapshot)");
+                return None;
+            }
+            tracing::warn!(collection = %spec.name, shard, "this worker's data directory is new but the shard map counts a copy here: it was lost with the old disk; rebuilding it from another copy");
+            self.inner.lost.lock().insert(key);
+            return Some(placement.epoch);
+        }
         if self.inner.lost.lock().contains(&key) {
             if counted_in_sync {
                 return Some(placement.epoch);

@@ -34,6 +34,24 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Items per transfer chunk.
 pub(crate) const TRANSFER_CHUNK: usize = 2_000;
 
+/// What a worker knows of its data directory.
+pub(crate) enum DataDir {
+    /// It holds [`DISK_MARKER`]: a copy missing from it is a new one.
+    Known,
+    /// No marker (a new worker, or one whose disk was replaced), and no
+    /// shard map seen yet.
+    New,
+    /// No marker; these copies, which the first shard map seen counted in
+    /// sync here, are not on it (lost with the old disk) and the map still
+    /// counts them in sync. Copies of collections created later are new.
+    Missing(HashSet<(String, u32)>),
+}
+
+/// A file in a worker's data directory naming the worker that ran on it,
+/// written once the shard map and the directory agree: without it, the
+/// directory is new (a new worker, or one whose disk was replaced).
+pub const DISK_MARKER: &str = "worker.id";
+
 #[derive(Clone)]
 pub struct WorkerNode {
     pub(crate) inner: Arc<Inner>,
@@ -58,6 +76,11 @@ pub(crate) struct Inner {
     /// not show yet: no fresh copy is opened for them until it does (an
     /// empty copy counted as in sync would answer reads without the data).
     pub(crate) lost: Mutex<HashSet<(String, u32)>>,
+    /// Whether this worker's data directory is one it ran on before (see
+    /// `agent::open_copy`).
+    pub(crate) data_dir: Mutex<DataDir>,
+    /// Where [`DISK_MARKER`] is written once the shard map agrees.
+    pub(crate) disk_marker: std::path::PathBuf,
     /// The highest Raft index a coordinator told this worker about
     /// directly; collections are only dropped on a state at least as new.
     pub(crate) floor: AtomicU64,
@@ -133,6 +156,12 @@ impl WorkerNode {
                 catching_up: Mutex::new(HashMap::new()),
                 hold_transfers: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
+                data_dir: Mutex::new(if data_dir.join(DISK_MARKER).exists() {
+                    DataDir::Known
+                } else {
+                    DataDir::New
+                }),
+                disk_marker: data_dir.join(DISK_MARKER),
                 floor: AtomicU64::new(0),
                 lease: ReadLease::default(),
                 storage,

@@ -306,6 +306,11 @@ impl ReplicaHost {
     /// Opens (creating if new) the replica of `shard`; blocking I/O. A copy
     /// of a resharding's target layout is `receiving` (see
     /// `shard/receiving.rs`) before any request can reach it.
+    /// Whether files of `shard`'s copy are on this worker's disk.
+    pub fn copy_on_disk(&self, collection: &str, shard: u32) -> bool {
+        Shard::exists(&shard_dir(&self.dir, collection, shard))
+    }
+
     pub fn ensure(
         &self,
         spec: &CollectionSpec,

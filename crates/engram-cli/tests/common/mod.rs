@@ -415,11 +415,9 @@ impl Drop for S3 {
 }
 
 impl S3 {
-    /// The bytes of `key` in the test bucket, if it exists; read with the
-    /// test credentials (objects the server wrote are not public).
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        use object_store::ObjectStoreExt;
-        let storage = engram_core::config::StorageConfig {
+    /// `[storage]` settings reaching this store with the test credentials.
+    pub fn storage(&self) -> engram_core::config::StorageConfig {
+        engram_core::config::StorageConfig {
             s3: engram_core::config::S3Config {
                 endpoint: Some(self.endpoint.clone()),
                 region: Some("us-east-1".into()),
@@ -428,9 +426,16 @@ impl S3 {
                 allow_http: true,
             },
             ..Default::default()
-        };
+        }
+    }
+
+    /// The bytes of `key` in the test bucket, if it exists; read with the
+    /// test credentials (objects the server wrote are not public).
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStoreExt;
         let location =
-            engram_store::ObjectLocation::parse(&format!("s3://{BUCKET}"), &storage).unwrap();
+            engram_store::ObjectLocation::parse(&format!("s3://{BUCKET}"), &self.storage())
+                .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
