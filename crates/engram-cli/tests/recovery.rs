@@ -205,32 +205,34 @@ fn a_killed_replica_gets_only_what_it_missed_and_a_restarted_cluster_resends_not
 
 #[test]
 fn a_worker_back_on_an_empty_disk_before_it_was_missed_serves_nothing_it_lacks() {
-    let mut cluster = Cluster::start();
+    // A worker is missed after 10 s of silence: time enough to be back.
+    let mut cluster = Cluster::start_with_worker_timeout(10_000);
     create(&cluster);
     for batch in 0..5u64 {
         write(&cluster, batch * 20..batch * 20 + 20, "before");
     }
     let start = wait_in_sync(&cluster, Duration::from_secs(10));
     let wiped = start["replicas"][0].as_u64().unwrap();
+    let total = |h: common::cluster::Heals| h.delta + h.segments + h.object_store + h.rows;
+    let healed_before = total(cluster.heals());
     // Its disk replaced, the worker is back before anyone missed it and
     // with no write in between: the shard map still counts its copy.
     cluster.workers[wiped as usize - 1].kill9();
     std::fs::remove_dir_all(cluster.workers[wiped as usize - 1].data_dir()).unwrap();
     cluster.workers[wiped as usize - 1].restart();
+    // It records the copy lost instead of serving it empty; its primary
+    // then rebuilds it.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let heals = cluster.heals();
-        if heals.delta + heals.segments + heals.object_store + heals.rows > 0 {
-            break;
-        }
+    while cluster.workers[wiped as usize - 1].log_lines("lost with the old disk") == 0
+        || total(cluster.heals()) == healed_before
+    {
         assert!(
             Instant::now() < deadline,
-            "the emptied copy was never rebuilt: {:?}",
+            "the emptied copy was never recorded lost and rebuilt: {:?}",
             placement(&cluster)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(cluster.workers[wiped as usize - 1].log_lines("lost with the old disk") > 0);
     wait_in_sync(&cluster, Duration::from_secs(30));
     let live: BTreeSet<u64> = (0..100).collect();
     check_alone(&mut cluster, wiped, &live, &BTreeSet::new());

@@ -407,7 +407,7 @@ impl Default for ClusterConfig {
             raft_election_max_ms: 1_400,
             internal_max_concurrent_requests: 1_024,
             catch_up: CatchUpMode::Delta,
-            transfer_chunk_kib: 4_096,
+            transfer_chunk_kib: 16_384,
         }
     }
 }

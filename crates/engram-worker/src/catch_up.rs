@@ -272,9 +272,11 @@ impl WorkerNode {
                 let reset = self
                     .send_rows(replica, placement, target, transfer, true, Vec::new(), None)
                     .await?;
+                let shipping = std::time::Instant::now();
                 let shipped = self
                     .ship_segments(replica, placement, target, transfer, &snapshot)
                     .await?;
+                let ship_seconds = shipping.elapsed().as_secs_f64();
                 let growing = std::mem::take(&mut snapshot.growing);
                 let rows = self
                     .send_rows(
@@ -294,6 +296,7 @@ impl WorkerNode {
                     resumed_bytes = shipped.resumed,
                     downloaded_bytes = shipped.downloaded,
                     chunks = shipped.chunks,
+                    ship_seconds,
                     growing_rows = rows.ops,
                     "shipped sealed segments"
                 );

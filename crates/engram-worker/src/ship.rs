@@ -101,13 +101,11 @@ impl WorkerNode {
                 if offset == *size && *size > 0 {
                     continue;
                 }
+                let local = segment.dir.join(file);
+                let limit = self.inner.transfer_chunk_bytes;
+                let mut next = read_chunk(&local, offset, limit).await?;
                 loop {
-                    let (data, crc32) = read_chunk(
-                        &segment.dir.join(file),
-                        offset,
-                        self.inner.transfer_chunk_bytes,
-                    )
-                    .await?;
+                    let (data, crc32) = next;
                     let end = offset + data.len() as u64;
                     if data.is_empty() && end < *size {
                         return Err(RpcError::Internal(format!(
@@ -128,12 +126,19 @@ impl WorkerNode {
                         data,
                         complete,
                     };
-                    bytes += self.send(target, path::SHIP_CHUNK, &chunk).await?;
                     chunks += 1;
-                    offset = end;
                     if complete {
+                        bytes += self.send(target, path::SHIP_CHUNK, &chunk).await?;
                         break;
                     }
+                    // The next chunk is read while this one travels.
+                    let (sent, read) = tokio::join!(
+                        self.send(target, path::SHIP_CHUNK, &chunk),
+                        read_chunk(&local, end, limit)
+                    );
+                    bytes += sent?;
+                    next = read?;
+                    offset = end;
                 }
             }
         }

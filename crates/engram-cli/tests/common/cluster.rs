@@ -258,6 +258,32 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
+/// How [`Cluster::launch`] configures the nodes.
+struct Launch<'a> {
+    /// Extra lines of every node's `[index]` section.
+    index_extra: &'a str,
+    /// Extra lines of every node's `[storage]` section.
+    storage_extra: &'a str,
+    /// Local directories nodes may read and write besides the exchange.
+    extra_roots: &'a [&'a Path],
+    tls: bool,
+    embedder: bool,
+    worker_timeout_ms: u64,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            index_extra: "compaction_interval_s = 0",
+            storage_extra: "",
+            extra_roots: &[],
+            tls: false,
+            embedder: false,
+            worker_timeout_ms: 1_500,
+        }
+    }
+}
+
 impl Cluster {
     /// A directory under one of the nodes' local roots: where a test puts
     /// files for ingest jobs and snapshots.
@@ -277,39 +303,57 @@ impl Cluster {
     /// [`Cluster::start_with`] whose nodes may also read and write local
     /// files under `extra_roots` (beside [`Cluster::exchange`]).
     pub fn start_with_roots(index_extra: &str, extra_roots: &[&Path]) -> Cluster {
-        Cluster::launch(index_extra, "", extra_roots, false, false)
+        Cluster::launch(Launch {
+            index_extra,
+            extra_roots,
+            ..Launch::default()
+        })
     }
 
     /// A cluster whose nodes' `[storage]` section also has `storage_extra`.
     pub fn start_with_storage(storage_extra: &str) -> Cluster {
-        Cluster::launch(
-            "compaction_interval_s = 0",
+        Cluster::launch(Launch {
             storage_extra,
-            &[],
-            false,
-            false,
-        )
+            ..Launch::default()
+        })
+    }
+
+    /// A cluster whose coordinators declare a worker dead only after
+    /// `worker_timeout_ms` of silence (1,500 otherwise).
+    pub fn start_with_worker_timeout(worker_timeout_ms: u64) -> Cluster {
+        Cluster::launch(Launch {
+            worker_timeout_ms,
+            ..Launch::default()
+        })
     }
 
     /// A cluster whose coordinators load the default image embedder (the
     /// real ONNX model, as `config/embedded.toml` configures it).
     pub fn start_with_embedder() -> Cluster {
-        Cluster::launch("compaction_interval_s = 0", "", &[], false, true)
+        Cluster::launch(Launch {
+            embedder: true,
+            ..Launch::default()
+        })
     }
 
     /// A cluster whose every port serves TLS: HTTPS on the public APIs,
     /// mutual TLS between peers, under a CA the test made.
     pub fn start_tls() -> Cluster {
-        Cluster::launch("compaction_interval_s = 0", "", &[], true, false)
+        Cluster::launch(Launch {
+            tls: true,
+            ..Launch::default()
+        })
     }
 
-    fn launch(
-        index_extra: &str,
-        storage_extra: &str,
-        extra_roots: &[&Path],
-        tls: bool,
-        embedder: bool,
-    ) -> Cluster {
+    fn launch(launch: Launch) -> Cluster {
+        let Launch {
+            index_extra,
+            storage_extra,
+            extra_roots,
+            tls,
+            embedder,
+            worker_timeout_ms,
+        } = launch;
         let dir = tempfile::tempdir().unwrap();
         let certs =
             tls.then(|| super::tls::TestCerts::generate(&dir.path().join("tls"), "cluster"));
@@ -332,7 +376,7 @@ impl Cluster {
         // Segment files travel in 16 KiB chunks: shipping a test's small
         // segments takes many, so a kill can land in the middle of one.
         let common = format!(
-            "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = 1500\n\
+            "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = {worker_timeout_ms}\n\
              query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n\
              transfer_chunk_kib = 16\n"
         );
