@@ -69,6 +69,11 @@ def wal_bytes(cluster_dir, worker, collection):
     return sum(os.path.getsize(p) for p in glob.glob(pattern))
 
 
+def catch_ups(values):
+    """Catch-ups of every kind a primary counted."""
+    return sum(v for k, v in values.items() if k.startswith("engram_catch_ups_total"))
+
+
 def one_catch_up(before, after, kind):
     """The bytes and seconds of the one catch-up of `kind` a primary counted
     between two scrapes of its metrics; exits if it counted another."""
@@ -134,10 +139,15 @@ def main():
 
     started = time.monotonic()
     subprocess.run(args.restart, shell=True, check=True, stdout=subprocess.DEVNULL)
+    counted = before_count = catch_ups(before)
     while True:
+        # Back in sync after its catch-up: a worker back on an empty disk
+        # before it was missed is still counted in sync until it reports
+        # its copy lost.
         placement = shard(args.url, args.collection)
-        if not placement["out_of_sync"] and replica in placement["replicas"]:
+        if counted > before_count and not placement["out_of_sync"] and replica in placement["replicas"]:
             break
+        counted = catch_ups(metrics(primary, secret))
         if time.monotonic() - started > 7200:
             raise SystemExit("the replica did not catch up within 2 h")
         time.sleep(0.2)
