@@ -122,6 +122,11 @@ def main():
             time.sleep(1)
     pid = int(open(f"{args.cluster_dir}/worker-{replica}.pid").read())
     os.kill(pid, signal.SIGKILL)
+    # Gone, not only killed: `cluster.sh start` takes a process it can still
+    # signal (an unreaped one) for a running worker and would not restart it.
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
     time.sleep(0.5)
     if args.kind == "object_store":
         shutil.rmtree(f"{args.cluster_dir}/worker-{replica}")
