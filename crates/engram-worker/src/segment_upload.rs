@@ -4,7 +4,8 @@
 //! (seals, merges, compactions and attaches alike) to
 //! `<segments_uri>/shards/<collection>/<nnnn>/<key>/`, the key naming the
 //! segment's content (`shard::ShippedSegment::key`), and deletes the
-//! segments its shard no longer holds once they are [`GARBAGE_AFTER`] old.
+//! segments its shard no longer holds once they are [`GARBAGE_AFTER`] old
+//! (each shard's prefix is listed every [`SWEEP_EVERY`]).
 //! A full transfer then tells the copy where each uploaded segment is and
 //! the copy downloads it (`ship.rs`) instead of receiving it from its
 //! primary.
@@ -33,9 +34,18 @@ const MANIFEST: &str = engram_index::disk::manifest::MANIFEST_FILE;
 /// One shard's uploaded segments: key -> files as copies download them.
 type ShardUploads = HashMap<String, Vec<CheckedFile>>;
 
-/// Segments this worker uploaded (or found uploaded), per shard.
+/// Segments this worker uploaded (or found uploaded), per shard, and when
+/// each shard's prefix was last swept of segments no longer held.
 #[derive(Default)]
-pub(crate) struct Uploaded(parking_lot::Mutex<HashMap<(String, u32), ShardUploads>>);
+pub(crate) struct Uploaded {
+    segments: parking_lot::Mutex<HashMap<(String, u32), ShardUploads>>,
+    swept: parking_lot::Mutex<HashMap<(String, u32), std::time::Instant>>,
+}
+
+/// How often a shard's prefix is listed for segments to delete: a listing
+/// per shard every upload pass (3 s) would be most of the requests a large
+/// worker sends its object store.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The object key below `segments_uri` of a shard's segments.
 fn shard_prefix(collection: &str, shard: u32) -> String {
@@ -74,7 +84,7 @@ impl WorkerNode {
         let known = self
             .inner
             .uploaded
-            .0
+            .segments
             .lock()
             .get(&(collection.to_string(), shard))
             .and_then(|uploads| uploads.get(&segment.key).cloned());
@@ -88,7 +98,7 @@ impl WorkerNode {
                 let files = checked_files(segment).await.ok()?;
                 self.inner
                     .uploaded
-                    .0
+                    .segments
                     .lock()
                     .entry((collection.to_string(), shard))
                     .or_default()
@@ -136,7 +146,7 @@ impl WorkerNode {
         let source = replica.clone();
         let keys = blocking(move || source.shard.segment_keys().map_err(internal)).await?;
         let missing: HashSet<String> = {
-            let mut uploaded = self.inner.uploaded.0.lock();
+            let mut uploaded = self.inner.uploaded.segments.lock();
             let known = uploaded.entry((collection.clone(), shard)).or_default();
             known.retain(|key, _| keys.contains(key));
             keys.iter()
@@ -184,12 +194,32 @@ impl WorkerNode {
                 }
                 self.inner
                     .uploaded
-                    .0
+                    .segments
                     .lock()
                     .entry((collection.clone(), shard))
                     .or_default()
                     .insert(segment.key.clone(), files);
             }
+        }
+        let due = {
+            let mut swept = self.inner.uploaded.swept.lock();
+            let last = swept.entry((collection.clone(), shard));
+            match last {
+                std::collections::hash_map::Entry::Occupied(mut at) => {
+                    let due = at.get().elapsed() >= SWEEP_EVERY;
+                    if due {
+                        at.insert(std::time::Instant::now());
+                    }
+                    due
+                }
+                std::collections::hash_map::Entry::Vacant(at) => {
+                    at.insert(std::time::Instant::now());
+                    true
+                }
+            }
+        };
+        if !due {
+            return Ok(());
         }
         self.collect_garbage(location, &prefix, &keys).await
     }

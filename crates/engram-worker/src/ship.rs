@@ -40,7 +40,7 @@ pub(crate) struct Shipped {
 }
 
 /// How long a plan may take when the copy downloads segments first: a
-/// 1M-row 128-d segment is about 550 MB.
+/// 1M-row 128-d segment is about 920 MB.
 const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl WorkerNode {

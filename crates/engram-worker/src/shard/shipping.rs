@@ -31,7 +31,7 @@ use crate::error::{Result, WorkerError};
 #[derive(Debug)]
 pub struct ShippedSegment {
     /// Names the segment's content: its name in the primary's shard and
-    /// the CRC32 of its manifest (which holds every file's CRC32), so a
+    /// a CRC32 of its manifest (which holds every file's CRC32), so a
     /// staged copy is resumed only by the same segment.
     pub key: String,
     /// Where its files are linked for the transfer.
@@ -215,13 +215,11 @@ impl Shard {
 }
 
 /// Names a sealed segment's content: its name and the CRC32 of its
-/// manifest (which holds every file's CRC32).
+/// manifest as held in memory (every file's size and CRC32, the build's
+/// parameters), so no file is read under the shard's lock.
 fn segment_key(segment: &SealedSegment) -> Result<String> {
-    let manifest = fs::read(
-        segment
-            .dir()
-            .join(engram_index::disk::manifest::MANIFEST_FILE),
-    )?;
+    let manifest = serde_json::to_vec(segment.manifest())
+        .map_err(|e| WorkerError::Invalid(format!("segment manifest: {e}")))?;
     Ok(format!(
         "{}-{:08x}",
         segment.name(),
