@@ -261,67 +261,72 @@ impl WorkerNode {
         transfer: u64,
         copy: FullCopy,
     ) -> RpcResult<Sent> {
-        let snapshot = match copy {
+        let mut snapshot = match copy {
             FullCopy::Rows(items, position) => {
                 return self
                     .send_rows(replica, placement, target, transfer, true, items, position)
                     .await;
             }
-            FullCopy::Segments(snapshot) if snapshot.segments.is_empty() => snapshot,
-            FullCopy::Segments(mut snapshot) => {
-                let reset = self
-                    .send_rows(replica, placement, target, transfer, true, Vec::new(), None)
-                    .await?;
-                let shipping = std::time::Instant::now();
-                let shipped = self
-                    .ship_segments(replica, placement, target, transfer, &snapshot)
-                    .await?;
-                let ship_seconds = shipping.elapsed().as_secs_f64();
-                let growing = std::mem::take(&mut snapshot.growing);
-                let rows = self
-                    .send_rows(
-                        replica,
-                        placement,
-                        target,
-                        transfer,
-                        false,
-                        growing,
-                        snapshot.position,
-                    )
-                    .await?;
-                tracing::info!(
-                    shard = replica.shard.number(),
-                    segments = snapshot.segments.len(),
-                    file_bytes = snapshot.file_bytes(),
-                    resumed_bytes = shipped.resumed,
-                    downloaded_bytes = shipped.downloaded,
-                    chunks = shipped.chunks,
-                    ship_seconds,
-                    growing_rows = rows.ops,
-                    "shipped sealed segments"
-                );
-                // Counted as object storage when the copy downloaded the
-                // segments and this primary sent none of their files; the
-                // bytes then include what it downloaded.
-                let from_storage = shipped.downloaded > 0 && shipped.chunks == 0;
-                return Ok(Sent {
-                    kind: if from_storage {
-                        "object_store"
-                    } else {
-                        "segments"
-                    },
-                    bytes: reset.bytes + shipped.bytes + rows.bytes + shipped.downloaded,
-                    ops: rows.ops,
-                });
-            }
+            FullCopy::Segments(snapshot) => snapshot,
         };
-        // Nothing sealed yet: the growing segment's rows are the shard.
-        let (growing, position) = (snapshot.growing.clone(), snapshot.position);
-        drop(snapshot);
-        self.send_rows(
-            replica, placement, target, transfer, true, growing, position,
-        )
-        .await
+        let growing = std::mem::take(&mut snapshot.growing);
+        if snapshot.segments.is_empty() {
+            // Nothing sealed yet: the growing segment's rows are the shard.
+            return self
+                .send_rows(
+                    replica,
+                    placement,
+                    target,
+                    transfer,
+                    true,
+                    growing,
+                    snapshot.position,
+                )
+                .await;
+        }
+        let reset = self
+            .send_rows(replica, placement, target, transfer, true, Vec::new(), None)
+            .await?;
+        let shipping = std::time::Instant::now();
+        let shipped = self
+            .ship_segments(replica, placement, target, transfer, &snapshot)
+            .await?;
+        let ship_seconds = shipping.elapsed().as_secs_f64();
+        let rows = self
+            .send_rows(
+                replica,
+                placement,
+                target,
+                transfer,
+                false,
+                growing,
+                snapshot.position,
+            )
+            .await?;
+        tracing::info!(
+            shard = replica.shard.number(),
+            segments = snapshot.segments.len(),
+            file_bytes = snapshot.file_bytes(),
+            resumed_bytes = shipped.resumed,
+            downloaded_bytes = shipped.downloaded,
+            chunks = shipped.chunks,
+            ship_seconds,
+            growing_rows = rows.ops,
+            "shipped sealed segments"
+        );
+        // Counted as object storage when the copy downloaded the segments
+        // and this primary sent none of their files; the bytes then
+        // include what it downloaded.
+        let from_storage = shipped.downloaded > 0 && shipped.chunks == 0;
+        Ok(Sent {
+            kind: if from_storage {
+                "object_store"
+            } else {
+                "segments"
+            },
+            bytes: reset.bytes + shipped.bytes + rows.bytes + shipped.downloaded,
+            ops: rows.ops,
+        })
     }
 
     /// Sends the writes of `delta` in chunks of about [`TRANSFER_CHUNK`]

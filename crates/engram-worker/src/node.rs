@@ -570,14 +570,28 @@ impl WorkerNode {
         if target.exists() {
             return Ok(target);
         }
+        self.download_segment(segment, &target).await?;
+        Ok(target)
+    }
+
+    /// Downloads `segment` (checked file by file against its size and
+    /// CRC32) beside `target` and renames it into place, replacing what
+    /// was there; nothing is left at `target` unless it is complete.
+    pub(crate) async fn download_segment(
+        &self,
+        segment: &SegmentObject,
+        target: &std::path::Path,
+    ) -> RpcResult<()> {
         let location = ObjectLocation::parse(&segment.uri, &self.inner.storage)
             .map_err(|e| RpcError::Invalid(e.to_string()))?;
-        let partial = staging.join(format!(
-            "{name}.partial-{}",
+        let mut partial = target.as_os_str().to_owned();
+        partial.push(format!(
+            ".partial-{}",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
+        let partial = std::path::PathBuf::from(partial);
         let downloaded = location
             .download(&segment.key, &segment.files, &partial)
             .await;
@@ -592,8 +606,14 @@ impl WorkerNode {
                 other => internal(other),
             });
         }
-        fs_err::rename(&partial, &target).map_err(internal)?;
-        Ok(target)
+        let target = target.to_path_buf();
+        blocking(move || {
+            if target.exists() {
+                fs_err::remove_dir_all(&target).map_err(internal)?;
+            }
+            fs_err::rename(&partial, &target).map_err(internal)
+        })
+        .await
     }
 
     /// A replica's side of replication.

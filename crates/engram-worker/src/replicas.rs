@@ -399,12 +399,17 @@ impl ReplicaHost {
     /// directory (which a transfer's reset replaces), so a transfer started
     /// again after a kill resumes them.
     pub fn shipping_dir(&self, collection: &str, shard: u32) -> PathBuf {
+        self.shipping_root(collection).join(format!("{shard:04}"))
+    }
+
+    /// What is staged for every shard of `collection` (see
+    /// [`Self::shipping_dir`]).
+    fn shipping_root(&self, collection: &str) -> PathBuf {
         self.dir
             .parent()
             .unwrap_or(&self.dir)
             .join("shipping")
             .join(collection)
-            .join(format!("{shard:04}"))
     }
 
     /// The transfer bookkeeping of one shard copy (see [`admit_transfer`]).
@@ -492,11 +497,7 @@ impl ReplicaHost {
     pub fn drop_collection(&self, collection: &str) -> Result<()> {
         let _opening = self.opening.lock();
         self.replicas.write().retain(|(c, _), _| c != collection);
-        let shipping = self.shipping_dir(collection, 0);
-        for dir in [
-            self.dir.join(collection),
-            shipping.parent().unwrap_or(&shipping).to_path_buf(),
-        ] {
+        for dir in [self.dir.join(collection), self.shipping_root(collection)] {
             if dir.exists() {
                 fs_err::remove_dir_all(&dir)?;
             }

@@ -38,6 +38,9 @@ type ShardUploads = HashMap<String, Vec<CheckedFile>>;
 /// each shard's prefix was last swept of segments no longer held.
 #[derive(Default)]
 pub(crate) struct Uploaded {
+    /// `storage.segments_uri` opened once (`None`: uploads off, or the
+    /// URI cannot be opened, which is logged once).
+    location: std::sync::OnceLock<Option<ObjectLocation>>,
     segments: parking_lot::Mutex<HashMap<(String, u32), ShardUploads>>,
     swept: parking_lot::Mutex<HashMap<(String, u32), std::time::Instant>>,
 }
@@ -55,18 +58,22 @@ fn shard_prefix(collection: &str, shard: u32) -> String {
 impl WorkerNode {
     /// Where sealed segments are uploaded, when they are.
     pub(crate) fn segment_location(&self) -> Option<ObjectLocation> {
-        let storage = &self.inner.storage;
-        let uri = storage
-            .segments_uri
-            .as_deref()
-            .filter(|_| storage.upload_sealed_segments)?;
-        match ObjectLocation::parse(uri, storage) {
-            Ok(location) => Some(location),
-            Err(e) => {
-                tracing::warn!(uri, error = %e, "storage.segments_uri cannot be opened");
-                None
-            }
-        }
+        self.inner
+            .uploaded
+            .location
+            .get_or_init(|| {
+                let storage = &self.inner.storage;
+                let uri = storage
+                    .segments_uri
+                    .as_deref()
+                    .filter(|_| storage.upload_sealed_segments)?;
+                ObjectLocation::parse(uri, storage)
+                    .inspect_err(|e| {
+                        tracing::warn!(uri, error = %e, "storage.segments_uri cannot be opened; sealed segments are not uploaded");
+                    })
+                    .ok()
+            })
+            .clone()
     }
 
     /// The object a copy downloads `segment` of a shard from, if it is in

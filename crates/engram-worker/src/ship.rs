@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use engram_core::placement::ShardPlacement;
 use engram_index::SealedSegment;
-use engram_store::ObjectLocation;
 
 use crate::catch_up::TRANSFER_TIMEOUT;
 use crate::node::{WorkerNode, blocking, internal};
@@ -262,17 +261,16 @@ impl WorkerNode {
                 segment.key, object.uri
             )));
         }
-        let named: Vec<(&str, u64)> = object
+        let mut named: Vec<(&str, u64)> = object
             .files
             .iter()
             .map(|f| (f.name.as_str(), f.bytes))
             .collect();
-        let planned: Vec<(&str, u64)> = segment
+        let mut planned: Vec<(&str, u64)> = segment
             .files
             .iter()
             .map(|(n, b)| (n.as_str(), *b))
             .collect();
-        let (mut named, mut planned) = (named, planned);
         named.sort_unstable();
         planned.sort_unstable();
         if named != planned {
@@ -281,34 +279,10 @@ impl WorkerNode {
                 segment.key
             )));
         }
-        let root = self
-            .inner
-            .host
-            .shipping_dir(&request.collection, request.shard);
-        let dir = staged_dir(&root, &segment.key)?;
-        let partial = root.join(format!(
-            "{}.download-{}",
-            segment.key,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let location = ObjectLocation::parse(&object.uri, &self.inner.storage)
-            .map_err(|e| RpcError::Invalid(e.to_string()))?;
+        let dir = self.staged_segment(&request.collection, request.shard, &segment.key)?;
         let started = std::time::Instant::now();
-        if let Err(e) = location
-            .download(&object.key, &object.files, &partial)
-            .await
-        {
-            let _ = remove_any(&partial);
-            return Err(internal(e));
-        }
+        self.download_segment(object, &dir).await?;
         let bytes: u64 = object.files.iter().map(|f| f.bytes).sum();
-        blocking(move || {
-            remove_any(&dir)?;
-            fs::rename(&partial, &dir).map_err(internal)
-        })
-        .await?;
         tracing::info!(
             shard = request.shard,
             segment = %segment.key,
@@ -345,11 +319,8 @@ impl WorkerNode {
                             request.offset, request.key, request.file
                         )));
                     }
-                    let root = host
-                        .inner
-                        .host
-                        .shipping_dir(&request.collection, request.shard);
-                    let dir = staged_dir(&root, &request.key)?;
+                    let dir =
+                        host.staged_segment(&request.collection, request.shard, &request.key)?;
                     fs::create_dir_all(&dir).map_err(internal)?;
                     let path = staged_file(&dir, &request.file)?;
                     let mut file = fs::OpenOptions::new()
@@ -387,13 +358,9 @@ impl WorkerNode {
                 false,
                 || {
                     let replica = host.inner.host.get(&request.collection, request.shard)?;
-                    let root = host
-                        .inner
-                        .host
-                        .shipping_dir(&request.collection, request.shard);
                     let mut staged = Vec::with_capacity(request.segments.len());
                     for (key, deleted) in &request.segments {
-                        let dir = staged_dir(&root, key)?;
+                        let dir = host.staged_segment(&request.collection, request.shard, key)?;
                         SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
                         staged.push(dir);
                     }
@@ -414,6 +381,14 @@ impl WorkerNode {
             )
         })
         .await
+    }
+}
+
+impl WorkerNode {
+    /// Where segment `key` shipped to this worker's copy of a shard is
+    /// staged; the key must be a plain name.
+    fn staged_segment(&self, collection: &str, shard: u32, key: &str) -> RpcResult<PathBuf> {
+        staged_dir(&self.inner.host.shipping_dir(collection, shard), key)
     }
 }
 

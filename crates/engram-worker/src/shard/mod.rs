@@ -166,19 +166,8 @@ impl Shard {
         for name in &manifest.segments {
             let segment_dir = dir.join(SEGMENTS_DIR).join(name);
             let segment = SealedSegment::open(&segment_dir, params, false)?;
-            for item in engram_store::read_items(&segment_dir.join(ITEMS_FILE))? {
-                if segment.contains(item.id) {
-                    if state.items.contains(item.id) {
-                        for older in &state.sealed {
-                            older.delete(item.id);
-                        }
-                    }
-                    state
-                        .items
-                        .upsert(item.id, &item.label, item.weight, item.source);
-                }
-            }
-            state.sealed.push(Arc::new(segment));
+            let items = engram_store::read_items(&segment_dir.join(ITEMS_FILE))?;
+            state.add_sealed(Arc::new(segment), items);
         }
         let (wal, records) = Wal::open(&wal_path(dir, manifest.wal_generation))?;
         let mut position = manifest.position;

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engram_index::{SealedSegment, SegmentIndex};
+use engram_index::SealedSegment;
 use engram_store::{WalOp, WritePosition};
 
 use super::Shard;
@@ -96,7 +96,8 @@ impl Shard {
     /// The keys (see [`ShippedSegment::key`]) of the sealed segments, in
     /// the shard's order.
     pub fn segment_keys(&self) -> Result<Vec<String>> {
-        let _wal = self.wal.lock();
+        // The list changes under the state's write lock: no need to stop
+        // writes (the WAL's lock) to read it.
         let state = self.state.read();
         state.sealed.iter().map(|s| segment_key(s)).collect()
     }
@@ -185,22 +186,17 @@ impl Shard {
         let mut rows = 0;
         let mut state = self.state.write();
         for (segment, items) in opened {
-            // As at open: a later segment's live rows supersede older ones.
-            for item in items.iter().filter(|i| segment.contains(i.id)) {
-                for older in &state.sealed {
-                    older.delete(item.id);
-                }
-                state
-                    .items
-                    .upsert(item.id, &item.label, item.weight, item.source.clone());
-                rows += 1;
-            }
             let segment = Arc::new(segment);
             self.cache.register(&segment);
-            state.sealed.push(segment);
-        }
-        for segment in &state.sealed {
-            segment.persist_deletes()?;
+            let (live, superseded) = state.add_sealed(segment, items);
+            rows += live;
+            if superseded {
+                // Each bitmap was written as shipped; only a superseded
+                // row changes the older ones.
+                for older in &state.sealed {
+                    older.persist_deletes()?;
+                }
+            }
         }
         drop(state);
         drop(wal);

@@ -76,6 +76,34 @@ impl ShardState {
         Ok(())
     }
 
+    /// Adds a sealed segment after every one held (opening the shard, or
+    /// shipped segments): its live rows supersede older versions of their
+    /// ids in the older segments, whether or not their delete bitmaps were
+    /// written. Returns its live rows and whether an older segment lost
+    /// one (its bitmap then needs persisting).
+    pub(super) fn add_sealed(
+        &mut self,
+        segment: Arc<SealedSegment>,
+        items: Vec<StoredItem>,
+    ) -> (usize, bool) {
+        let (mut live, mut superseded) = (0, false);
+        for item in items {
+            if !segment.contains(item.id) {
+                continue;
+            }
+            if self.items.contains(item.id) {
+                for older in &self.sealed {
+                    superseded |= older.delete(item.id);
+                }
+            }
+            self.items
+                .upsert(item.id, &item.label, item.weight, item.source);
+            live += 1;
+        }
+        self.sealed.push(segment);
+        (live, superseded)
+    }
+
     pub(super) fn stored_items(&self, ids: &[u64]) -> Vec<StoredItem> {
         ids.iter()
             .filter_map(|id| {
