@@ -296,7 +296,13 @@ impl Engram {
             .inner
             .jobs
             .restore(id, collection, kind, params, &now());
-        cluster_jobs::spawn_publisher(meta, self.inner.jobs.clone(), job.clone());
+        job.set_owner(meta.id());
+        cluster_jobs::spawn_publisher(
+            meta,
+            self.inner.jobs.clone(),
+            job.clone(),
+            cluster.job_lease(),
+        );
         Ok(job)
     }
 
@@ -312,34 +318,60 @@ impl Engram {
     }
 
     /// A job's status: live if this node runs it, else as its owner last
-    /// published it.
+    /// published it (also when this node ran it before another coordinator
+    /// took it over).
     pub fn job(&self, collection: &str, id: u64) -> Result<JobStatus> {
         self.hosted_collection(collection)?;
-        self.inner
-            .jobs
-            .get(collection, id)
-            .map(|j| j.status())
-            .or_else(|| {
-                self.cluster()
-                    .and_then(|c| cluster_jobs::recorded(c.meta(), collection, id))
-            })
+        let recorded = self
+            .cluster()
+            .and_then(|c| cluster_jobs::recorded(c.meta(), collection, id));
+        let local = self.inner.jobs.get(collection, id);
+        self.newest(local, recorded)
             .ok_or_else(|| ApiError::not_found(format!("no job {id} on `{collection}`")))
     }
 
     pub fn jobs(&self, collection: &str) -> Result<JobList> {
         self.hosted_collection(collection)?;
-        let mut jobs: BTreeMap<u64, JobStatus> = BTreeMap::new();
+        let mut recorded: BTreeMap<u64, JobStatus> = BTreeMap::new();
         if let Some(cluster) = self.cluster() {
             for job in cluster_jobs::recorded_all(cluster.meta(), collection) {
-                jobs.insert(job.id, job);
+                recorded.insert(job.id, job);
             }
         }
-        for job in self.inner.jobs.list(collection) {
-            jobs.insert(job.id, job);
+        let mut jobs: BTreeMap<u64, JobStatus> = BTreeMap::new();
+        for job in self.inner.jobs.handles(collection) {
+            let id = job.id();
+            if let Some(status) = self.newest(Some(job), recorded.remove(&id)) {
+                jobs.insert(id, status);
+            }
         }
+        jobs.extend(recorded);
         Ok(JobList {
             jobs: jobs.into_values().collect(),
         })
+    }
+
+    /// Of a job's live status here and its status in Raft: the live one
+    /// (with its owners) unless another coordinator owns the job now, or
+    /// this one stopped it for having lost its hold on it (it runs again
+    /// here, or elsewhere, from what Raft holds).
+    fn newest(&self, local: Option<Arc<Job>>, recorded: Option<JobStatus>) -> Option<JobStatus> {
+        let me = self.cluster().map(|c| c.meta().id());
+        match (local, recorded) {
+            (Some(local), Some(recorded)) if recorded.owner != me || local.suspended() => {
+                Some(recorded)
+            }
+            (Some(local), _) => Some(self.with_owners(local.status())),
+            (None, recorded) => recorded,
+        }
+    }
+
+    /// A live status with the owners Raft records (in a cluster).
+    fn with_owners(&self, status: JobStatus) -> JobStatus {
+        match self.cluster() {
+            Some(cluster) => cluster_jobs::with_owners(cluster.meta(), status),
+            None => status,
+        }
     }
 
     pub async fn cancel_job(&self, collection: &str, id: u64) -> Result<JobStatus> {

@@ -31,7 +31,7 @@ use engram_worker::wire::SegmentObject;
 use crate::backend::Collection;
 use crate::error::{ApiError, Result};
 use crate::ingest_job::{
-    CHECKPOINT_FILE, Checkpoint, IngestSpec, RowGroupReader, Sink, counts, save,
+    CHECKPOINT_FILE, Checkpoint, IngestSpec, RowGroupReader, Sink, counts, record_checkpoint, save,
 };
 use crate::jobs::Job;
 use crate::service::{Engram, blocking};
@@ -270,13 +270,18 @@ impl Builder {
                 }
                 None => build.await?,
             };
+            if job.cancelled() {
+                // A suspended job attaches nothing more: another
+                // coordinator may run it already.
+                return Err(ApiError::invalid("cancelled"));
+            }
             attaching = Some(Box::pin(self.attach(built)));
         }
         if let Some(attach) = attaching {
             record(attach.await?);
         }
         (checkpoint.items_written, checkpoint.segments) = *self.attached.lock();
-        save(&self.dir.join(CHECKPOINT_FILE), &checkpoint)?;
+        record_checkpoint(&self.dir, job, &self.spec, &checkpoint)?;
         tracing::info!(
             job = self.spec.id,
             generation = number,

@@ -124,6 +124,31 @@ pub(crate) fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     Ok(())
 }
 
+/// Saves the job's checkpoint and makes it the job's resume point (what
+/// a coordinator taking the job over runs it on from, in a cluster).
+pub(crate) fn record_checkpoint(
+    dir: &Path,
+    job: &Job,
+    spec: &IngestSpec,
+    cp: &Checkpoint,
+) -> Result<()> {
+    save(&dir.join(CHECKPOINT_FILE), cp)?;
+    job.set_resume(resume_point(spec, cp));
+    Ok(())
+}
+
+/// What a job's resume point holds: its spec and checkpoint.
+pub(crate) fn resume_point(spec: &IngestSpec, cp: &Checkpoint) -> serde_json::Value {
+    json!({ "spec": spec, "checkpoint": cp })
+}
+
+/// A resume point read back.
+#[derive(Deserialize)]
+pub(crate) struct ResumePoint {
+    pub spec: IngestSpec,
+    pub checkpoint: Checkpoint,
+}
+
 pub fn jobs_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("jobs")
 }
@@ -192,6 +217,16 @@ pub async fn run(engram: Engram, hosted: Collection, job: Arc<Job>, spec: Ingest
     let outcome = task
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(format!("the job stopped on a bug: {e}"))));
+    if job.suspended() {
+        // Another coordinator runs it on (or will): the checkpoint stays
+        // `running` and the outcome is theirs to record.
+        tracing::warn!(
+            job = spec.id,
+            "ingest job stopped here: this coordinator no longer holds it"
+        );
+        job.finish(Err("stopped: another coordinator runs it".into()));
+        return;
+    }
     let mut cp: Checkpoint = load(&dir.join(CHECKPOINT_FILE)).unwrap_or_default();
     match &outcome {
         Ok(report) => {
@@ -244,9 +279,10 @@ async fn ingest(
             state: "running".into(),
             ..Checkpoint::default()
         };
-        save(&checkpoint_path, &cp)?;
+        record_checkpoint(dir, job, spec, &cp)?;
         cp
     };
+    job.set_resume(resume_point(spec, &cp));
     let resumed_rows = cp.rows_read;
     job.set_total(cp.files.iter().map(|f| f.rows).sum());
     job.advance(cp.rows_read);
@@ -269,10 +305,18 @@ async fn ingest(
     } else {
         let mut reader = reader;
         let sink_target = hosted.clone();
-        let sink: Sink = Arc::new(move |items: &[Item]| write_items(sink_target.as_ref(), items));
+        let writer = job.clone();
+        let sink: Sink = Arc::new(move |items: &[Item]| {
+            // A suspended job writes nothing more: another coordinator may
+            // run it already.
+            if writer.suspended() {
+                return Err(ApiError::invalid("cancelled"));
+            }
+            write_items(sink_target.as_ref(), items)
+        });
         while let Some(group) = reader.next_group(&mut cp, job, &sink).await? {
             cp.items_written += group.accepted;
-            save(&checkpoint_path, &cp)?;
+            record_checkpoint(dir, job, spec, &cp)?;
             engram.metrics().items_added(group.accepted as usize);
             job.set_counts(counts(&cp));
         }
@@ -545,7 +589,7 @@ impl Engram {
 
     /// Registers a persisted job under its own id; runs it on from its
     /// checkpoint if that says `running`.
-    fn relaunch(&self, spec: IngestSpec, cp: Checkpoint) -> Arc<Job> {
+    pub(crate) fn relaunch(&self, spec: IngestSpec, cp: Checkpoint) -> Arc<Job> {
         let params = params_of(&spec);
         let job = self.inner.jobs.restore(
             spec.id,
@@ -571,11 +615,21 @@ impl Engram {
                 running.finish(Err("its collection no longer exists".into()));
                 return;
             };
+            running.set_resume(resume_point(&spec, &cp));
             if let Some(cluster) = this.cluster() {
+                // Another coordinator may have taken the job over while
+                // this one was away: run it only while Raft says it is ours.
+                if let Err(reason) = crate::cluster::jobs::claim(cluster.meta(), &running).await {
+                    tracing::warn!(job = spec.id, %reason, "not resuming the ingest job: another coordinator holds it");
+                    running.suspend();
+                    running.finish(Err(reason));
+                    return;
+                }
                 crate::cluster::jobs::spawn_publisher(
                     cluster.meta().clone(),
                     this.inner.jobs.clone(),
                     running.clone(),
+                    cluster.job_lease(),
                 );
             }
             tracing::info!(job = spec.id, collection = %spec.collection, rows_read = cp.rows_read, "resuming ingest job");

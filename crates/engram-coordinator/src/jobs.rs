@@ -3,7 +3,10 @@
 //!
 //! The registry lives in memory: a job that was running when the process
 //! stopped is not resumed (its effects are all-or-nothing: pruning writes
-//! its weights or deletions only at the end).
+//! its weights or deletions only at the end). Ingest jobs persist their own
+//! checkpoints (`ingest_job.rs`) and, in a cluster, publish them through
+//! Raft so that another coordinator can take them over
+//! (`cluster/jobs.rs`).
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -45,6 +48,13 @@ pub struct JobStatus {
     /// written, rejected).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub counts: Option<serde_json::Value>,
+    /// In a cluster: the coordinator that runs it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<u64>,
+    /// In a cluster: coordinators that ran it before and were replaced
+    /// (gone for longer than `cluster.job_takeover_s`), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub previous_owners: Vec<u64>,
 }
 
 /// A running job's shared handle.
@@ -52,6 +62,12 @@ pub struct Job {
     status: Mutex<JobStatus>,
     done: AtomicU64,
     cancel: AtomicBool,
+    /// Stopped because this coordinator may no longer run it (it lost its
+    /// Raft lease or was replaced): it ends without recording an outcome.
+    suspended: AtomicBool,
+    /// Where another coordinator would run the job on from (an ingest
+    /// job's spec and checkpoint), published with its status.
+    resume: Mutex<Option<serde_json::Value>>,
 }
 
 impl Job {
@@ -63,6 +79,11 @@ impl Job {
         self.status.lock().total = total;
     }
 
+    /// In a cluster: the coordinator that runs it (this one).
+    pub fn set_owner(&self, owner: u64) {
+        self.status.lock().owner = Some(owner);
+    }
+
     pub fn set_counts(&self, counts: serde_json::Value) {
         self.status.lock().counts = Some(counts);
     }
@@ -71,8 +92,30 @@ impl Job {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Whether the job must stop: cancelled, or suspended.
     pub fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
+        self.cancel.load(Ordering::Relaxed) || self.suspended()
+    }
+
+    /// Stops the job without an outcome: this coordinator may no longer
+    /// run it (see [`Job::suspended`]).
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the job was stopped because this coordinator may no longer
+    /// run it; its outcome belongs to whoever runs it next.
+    pub fn suspended(&self) -> bool {
+        self.suspended.load(Ordering::Relaxed)
+    }
+
+    /// Records where the job would resume from (published in a cluster).
+    pub fn set_resume(&self, point: serde_json::Value) {
+        *self.resume.lock() = Some(point);
+    }
+
+    pub fn resume_point(&self) -> Option<serde_json::Value> {
+        self.resume.lock().clone()
     }
 
     pub fn status(&self) -> JobStatus {
@@ -90,7 +133,9 @@ impl Job {
                 status.state = JobState::Succeeded;
                 status.report = Some(report);
             }
-            Err(_) if self.cancelled() => status.state = JobState::Cancelled,
+            Err(_) if self.cancel.load(Ordering::Relaxed) || self.suspended() => {
+                status.state = JobState::Cancelled
+            }
             Err(error) => {
                 status.state = JobState::Failed;
                 status.error = Some(error);
@@ -147,9 +192,13 @@ impl Jobs {
                 params,
                 report: None,
                 counts: None,
+                owner: None,
+                previous_owners: Vec::new(),
             }),
             done: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+            resume: Mutex::new(None),
         });
         self.jobs.lock().insert(id, job.clone());
         job
@@ -161,6 +210,16 @@ impl Jobs {
             .get(&id)
             .filter(|j| j.status.lock().collection == collection)
             .cloned()
+    }
+
+    /// The handles of `collection`'s jobs.
+    pub fn handles(&self, collection: &str) -> Vec<Arc<Job>> {
+        self.jobs
+            .lock()
+            .values()
+            .filter(|j| j.status.lock().collection == collection)
+            .cloned()
+            .collect()
     }
 
     pub fn list(&self, collection: &str) -> Vec<JobStatus> {

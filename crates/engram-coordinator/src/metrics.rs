@@ -65,6 +65,7 @@ pub struct Metrics {
     queries_classified: IntCounter,
     partial_answers: IntCounter,
     segments_compacted: IntCounter,
+    jobs_taken_over: IntCounter,
     collection_items: IntGaugeVec,
     auth_refused: IntCounterVec,
     cluster_secret_refused: IntCounterVec,
@@ -120,6 +121,11 @@ impl Metrics {
         let segments_compacted = IntCounter::new(
             "segments_compacted_total",
             "Sealed segments rewritten without their deleted rows",
+        )
+        .expect("valid metric");
+        let jobs_taken_over = IntCounter::new(
+            "jobs_taken_over_total",
+            "Jobs this coordinator took over from a coordinator gone for cluster.job_takeover_s",
         )
         .expect("valid metric");
         let collection_items = IntGaugeVec::new(
@@ -223,6 +229,7 @@ impl Metrics {
             Box::new(queries_classified.clone()),
             Box::new(partial_answers.clone()),
             Box::new(segments_compacted.clone()),
+            Box::new(jobs_taken_over.clone()),
             Box::new(collection_items.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -243,6 +250,7 @@ impl Metrics {
             queries_classified,
             partial_answers,
             segments_compacted,
+            jobs_taken_over,
             collection_items,
             auth_refused,
             cluster_secret_refused,
@@ -312,6 +320,10 @@ impl Metrics {
 
     pub fn segments_compacted(&self, n: usize) {
         self.segments_compacted.inc_by(n as u64);
+    }
+
+    pub fn job_taken_over(&self) {
+        self.jobs_taken_over.inc();
     }
 
     pub fn set_items(&self, collection: &str, items: u64) {

@@ -101,7 +101,10 @@ impl Engram {
         };
         tokio::task::spawn_blocking(move || {
             let outcome = hosted.reshard(shards, &hooks);
+            // A suspended job (this coordinator lost its hold on it) leaves
+            // the target for whoever runs the resharding on.
             if hooks.cancelled()
+                && !job.suspended()
                 && hosted.reshard_target() == Some(shards)
                 && let Err(error) = hosted.abandon_reshard()
             {
@@ -170,36 +173,52 @@ impl Engram {
         let me = cluster.meta().id();
         let state = cluster.state();
         for record in state.jobs.values() {
-            if record.owner != me || record.kind != "reshard" {
+            if record.owner != me
+                || record.kind != "reshard"
+                || self.inner.jobs.get(&record.collection, record.id).is_some()
+            {
                 continue;
             }
-            let Ok(status) = serde_json::from_value::<JobStatus>((*record.status).clone()) else {
-                continue;
-            };
-            let running = status.state == crate::jobs::JobState::Running;
-            if !running || self.inner.jobs.get(&record.collection, record.id).is_some() {
-                continue;
+            if self.resume_cluster_reshard(cluster, record) {
+                tracing::info!(collection = %record.collection, job = record.id, "resuming a resharding this coordinator ran before it restarted");
             }
-            let Some(shards) = status.params["shards"].as_u64() else {
-                continue;
-            };
-            let Ok(hosted) = self.hosted(&record.collection) else {
-                continue;
-            };
-            let job = self.inner.jobs.restore(
-                record.id,
-                &record.collection,
-                "reshard",
-                status.params.clone(),
-                &status.started_at,
-            );
-            crate::cluster::jobs::spawn_publisher(
-                cluster.meta().clone(),
-                self.inner.jobs.clone(),
-                job.clone(),
-            );
-            tracing::info!(collection = %record.collection, to = shards, job = record.id, "resuming a resharding this coordinator ran before it restarted");
-            self.spawn_reshard(hosted, job, shards as u32);
         }
+    }
+
+    /// Runs on the running reshard job of `record` here (the resharding's
+    /// progress is in the Raft state); false if it is not running or its
+    /// collection is gone.
+    pub(crate) fn resume_cluster_reshard(
+        &self,
+        cluster: &crate::cluster::ClusterBackend,
+        record: &engram_meta::JobRecord,
+    ) -> bool {
+        let Ok(status) = serde_json::from_value::<JobStatus>((*record.status).clone()) else {
+            return false;
+        };
+        if status.state != crate::jobs::JobState::Running {
+            return false;
+        }
+        let Some(shards) = status.params["shards"].as_u64() else {
+            return false;
+        };
+        let Ok(hosted) = self.hosted(&record.collection) else {
+            return false;
+        };
+        let job = self.inner.jobs.restore(
+            record.id,
+            &record.collection,
+            "reshard",
+            status.params.clone(),
+            &status.started_at,
+        );
+        crate::cluster::jobs::spawn_publisher(
+            cluster.meta().clone(),
+            self.inner.jobs.clone(),
+            job.clone(),
+            cluster.job_lease(),
+        );
+        self.spawn_reshard(hosted, job, shards as u32);
+        true
     }
 }

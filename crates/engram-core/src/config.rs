@@ -373,6 +373,12 @@ pub struct ClusterConfig {
     /// Size of one chunk of a shipped segment file (KiB): what a copy
     /// killed mid-transfer may have to receive again per file.
     pub transfer_chunk_kib: u64,
+    /// A running job whose coordinator has published nothing for this long
+    /// is taken over by the Raft leader and run on from its last published
+    /// checkpoint (ingest jobs; others are marked failed). Its owner stops
+    /// the job on its own once it has reached no Raft majority for half of
+    /// it, so two coordinators never run a job at once.
+    pub job_takeover_s: u64,
 }
 
 /// How a primary brings a shard copy that fell behind back in sync.
@@ -408,6 +414,7 @@ impl Default for ClusterConfig {
             internal_max_concurrent_requests: 1_024,
             catch_up: CatchUpMode::Delta,
             transfer_chunk_kib: 16_384,
+            job_takeover_s: 60,
         }
     }
 }
@@ -456,10 +463,14 @@ impl ClusterConfig {
                 "need 0 < heartbeat < election_min < election_max",
             ));
         }
-        if self.worker_timeout_ms == 0 || self.query_timeout_ms == 0 || self.write_timeout_ms == 0 {
+        if self.worker_timeout_ms == 0
+            || self.query_timeout_ms == 0
+            || self.write_timeout_ms == 0
+            || self.job_takeover_s < 2
+        {
             return Err(CoreError::invalid(
                 "cluster.*_timeout_ms",
-                "timeouts must be positive",
+                "timeouts must be positive (job_takeover_s at least 2)",
             ));
         }
         // A chunk travels in one internal request (at most 1 GiB).

@@ -78,6 +78,15 @@ pub struct JobRecord {
     /// The job's status as the API shows it (opaque here), as its owner
     /// last published it.
     pub status: Shared<serde_json::Value>,
+    /// Counts the owner's publications: a running job whose beat stops
+    /// moving has lost its owner (see `Command::TakeOverJob`).
+    pub beat: u64,
+    /// What another coordinator needs to run the job on from where it was
+    /// (an ingest job's spec and checkpoint, opaque here), as its owner last
+    /// published it; `None` for jobs that cannot resume.
+    pub resume: Option<Shared<serde_json::Value>>,
+    /// Coordinators that ran the job before its owner, oldest first.
+    pub previous_owners: Vec<NodeId>,
 }
 
 /// Everything Raft replicates: members, collections, shard maps and each
@@ -220,18 +229,46 @@ impl ClusterState {
                         owner: *owner,
                         cancel_requested: false,
                         status: Shared::new(status),
+                        beat: 0,
+                        resume: None,
+                        previous_owners: Vec::new(),
                     },
                 );
                 CommandResult::Job(id)
             }
-            Command::UpdateJob { id, owner, status } => match self.jobs.get_mut(id) {
+            Command::UpdateJob {
+                id,
+                owner,
+                status,
+                resume,
+            } => match self.jobs.get_mut(id) {
                 Some(job) if job.owner == *owner => {
                     job.status = status.clone();
+                    job.beat += 1;
+                    if resume.is_some() {
+                        job.resume = resume.clone();
+                    }
                     CommandResult::Done
                 }
                 Some(job) => CommandResult::Refused(format!(
                     "job {id} is run by coordinator {}, not {owner}",
                     job.owner
+                )),
+                None => CommandResult::Refused(format!("job {id} does not exist")),
+            },
+            Command::TakeOverJob { id, from, to, beat } => match self.jobs.get_mut(id) {
+                Some(job) if job.owner == *from && job.beat == *beat => {
+                    if job.status.get("state").and_then(|s| s.as_str()) != Some("running") {
+                        return CommandResult::Refused(format!("job {id} has ended"));
+                    }
+                    job.previous_owners.push(*from);
+                    job.owner = *to;
+                    job.beat += 1;
+                    CommandResult::Done
+                }
+                Some(job) => CommandResult::Refused(format!(
+                    "job {id} is run by coordinator {} at beat {}, not {from} at beat {beat}",
+                    job.owner, job.beat
                 )),
                 None => CommandResult::Refused(format!("job {id} does not exist")),
             },
@@ -810,6 +847,7 @@ mod tests {
             id: 1,
             owner,
             status: Shared::new(serde_json::json!({ "id": 1, "state": "succeeded" })),
+            resume: None,
         };
         assert!(matches!(state.apply(&update(2)), CommandResult::Refused(_)));
         assert_eq!(state.apply(&update(1)), CommandResult::Done);
@@ -832,5 +870,75 @@ mod tests {
             }),
             CommandResult::Refused(_)
         ));
+    }
+
+    #[test]
+    fn a_job_is_taken_over_only_from_its_owner_at_the_beat_seen_and_only_while_running() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::RegisterWorker {
+            id: 1,
+            addr: "127.0.0.1:9001".into(),
+        });
+        state.apply(&Command::CreateCollection { spec: spec("c", 1) });
+        state.apply(&Command::CreateJob {
+            collection: "c".into(),
+            kind: "ingest".into(),
+            owner: 1,
+            status: Shared::new(serde_json::json!({ "id": 0, "state": "running" })),
+        });
+        let publish = |owner, state: &str, resume: Option<serde_json::Value>| Command::UpdateJob {
+            id: 1,
+            owner,
+            status: Shared::new(serde_json::json!({ "id": 1, "state": state })),
+            resume: resume.map(Shared::new),
+        };
+        let cp = serde_json::json!({ "checkpoint": { "file": 3 } });
+        assert_eq!(
+            state.apply(&publish(1, "running", Some(cp.clone()))),
+            CommandResult::Done
+        );
+        // A publication without a resume point keeps the last one.
+        assert_eq!(
+            state.apply(&publish(1, "running", None)),
+            CommandResult::Done
+        );
+        assert_eq!(state.jobs[&1].beat, 2);
+        assert_eq!(**state.jobs[&1].resume.as_ref().unwrap(), cp);
+        let take = |from, to, beat| Command::TakeOverJob {
+            id: 1,
+            from,
+            to,
+            beat,
+        };
+        // The owner published after the beat the taker saw: refused.
+        assert!(matches!(
+            state.apply(&take(1, 2, 1)),
+            CommandResult::Refused(_)
+        ));
+        // Not from the owner: refused.
+        assert!(matches!(
+            state.apply(&take(3, 2, 2)),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(state.apply(&take(1, 2, 2)), CommandResult::Done);
+        assert_eq!(state.jobs[&1].owner, 2);
+        assert_eq!(state.jobs[&1].previous_owners, vec![1]);
+        // The former owner is refused from now on; the new one publishes.
+        assert!(matches!(
+            state.apply(&publish(1, "running", None)),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(
+            state.apply(&publish(2, "succeeded", None)),
+            CommandResult::Done
+        );
+        // An ended job is not taken over.
+        let beat = state.jobs[&1].beat;
+        assert!(matches!(
+            state.apply(&take(2, 3, beat)),
+            CommandResult::Refused(_)
+        ));
+        let bytes = bincode::serialize(&state).unwrap();
+        assert_eq!(bincode::deserialize::<ClusterState>(&bytes).unwrap(), state);
     }
 }

@@ -131,11 +131,14 @@ pub enum Command {
         status: Shared<serde_json::Value>,
     },
     /// The owner publishes the job's progress or outcome (anyone else is
-    /// refused: a job has one writer).
+    /// refused: a job has one writer), and with it, when given, the point
+    /// another coordinator would resume it from. Every update moves the
+    /// job's beat.
     UpdateJob {
         id: u64,
         owner: NodeId,
         status: Shared<serde_json::Value>,
+        resume: Option<Shared<serde_json::Value>>,
     },
     /// Asks the job's owner to stop it.
     CancelJob {
@@ -164,6 +167,16 @@ pub enum Command {
     /// Drops the target layout of a resharding of `collection`.
     AbortReshard {
         collection: String,
+    },
+    /// Coordinator `to` takes over running job `id` from `from`, whose
+    /// beat has not moved from `beat` for the takeover timeout
+    /// (compare-and-set: a publication by `from` meanwhile refuses it, and
+    /// after it `from`'s publications are refused).
+    TakeOverJob {
+        id: u64,
+        from: NodeId,
+        to: NodeId,
+        beat: u64,
     },
 }
 

@@ -264,6 +264,8 @@ struct Launch<'a> {
     index_extra: &'a str,
     /// Extra lines of every node's `[storage]` section.
     storage_extra: &'a str,
+    /// Extra lines of every node's `[cluster]` section.
+    cluster_extra: &'a str,
     /// Local directories nodes may read and write besides the exchange.
     extra_roots: &'a [&'a Path],
     tls: bool,
@@ -276,6 +278,7 @@ impl Default for Launch<'_> {
         Launch {
             index_extra: "compaction_interval_s = 0",
             storage_extra: "",
+            cluster_extra: "",
             extra_roots: &[],
             tls: false,
             embedder: false,
@@ -318,6 +321,14 @@ impl Cluster {
         })
     }
 
+    /// A cluster whose nodes' `[cluster]` section also has `cluster_extra`.
+    pub fn start_with_cluster(cluster_extra: &str) -> Cluster {
+        Cluster::launch(Launch {
+            cluster_extra,
+            ..Launch::default()
+        })
+    }
+
     /// A cluster whose coordinators declare a worker dead only after
     /// `worker_timeout_ms` of silence (1,500 otherwise).
     pub fn start_with_worker_timeout(worker_timeout_ms: u64) -> Cluster {
@@ -349,6 +360,7 @@ impl Cluster {
         let Launch {
             index_extra,
             storage_extra,
+            cluster_extra,
             extra_roots,
             tls,
             embedder,
@@ -378,7 +390,7 @@ impl Cluster {
         let common = format!(
             "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = {worker_timeout_ms}\n\
              query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n\
-             transfer_chunk_kib = 16\n"
+             transfer_chunk_kib = 16\n{cluster_extra}\n"
         );
         // Bulk segments go through a directory every node reads: object
         // storage on the local filesystem.

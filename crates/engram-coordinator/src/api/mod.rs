@@ -267,12 +267,16 @@ pub async fn serve(
         tracing::error!(%error, "could not resume the ingest jobs of the data directory");
     }
     engram.resume_reshards();
+    let job_takeover = engram.spawn_job_takeover();
     let head_timeout = Duration::from_millis(engram.config().limits.head_timeout_ms);
     let stats = engram.metrics().public_listener();
     let served =
         engram_meta::serve::serve(listener, router(engram), head_timeout, stats, tls, shutdown)
             .await;
-    for task in [compaction, receipt_watch].into_iter().flatten() {
+    for task in [compaction, receipt_watch, job_takeover]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     served

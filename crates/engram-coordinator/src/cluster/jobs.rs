@@ -1,22 +1,54 @@
 //! Jobs in a cluster: registered through Raft (cluster-wide ids), run by
-//! the coordinator that accepted them, which publishes their status to the
-//! Raft state about once a second and at the end, so every coordinator
-//! lists them and can cancel them.
+//! the coordinator that accepted them (their *owner*), which publishes their
+//! status to the Raft state about once a second and at the end, so every
+//! coordinator lists them and can cancel them.
 //!
-//! An ingest job's checkpoint stays on its owner's disk; the owner resumes
-//! it after a restart (`Engram::resume_jobs`).
+//! An ingest job's checkpoint is kept on its owner's disk and published
+//! with its status (its *resume point*), so that the job outlives its
+//! owner: every publication moves the job's *beat*, and the Raft leader
+//! hands a running job whose beat has not moved for `cluster.job_takeover_s`
+//! to itself (`job_takeover.rs`), which runs it on from the published
+//! checkpoint. The owner holds the job like a lease: once it has reached no
+//! Raft majority for half that time, or a publication is refused (the job
+//! was taken over), it stops the job without recording an outcome, so two
+//! coordinators never write a job's rows at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use engram_meta::{Command, CommandResult, MetaNode, Shared};
+use engram_meta::{Command, CommandResult, JobRecord, MetaError, MetaNode, Shared};
 
 use crate::error::{ApiError, Result};
 use crate::jobs::{Job, JobState, JobStatus, Jobs};
 use crate::meta::now;
 
-/// How often a running job's status is published.
+/// How often a running job's status is published (when it changed).
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// How a job's owner keeps its hold on the job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    /// A publication at least this often, changed or not.
+    pub beat_every: Duration,
+    /// Without a successful publication for this long the owner stops.
+    pub lapse: Duration,
+    /// How often, at most, a changed resume point travels with a
+    /// publication: it lists every input file, and a takeover redoes the
+    /// work done since the last one (rewriting the same items, so nothing
+    /// is duplicated).
+    pub resume_every: Duration,
+}
+
+impl Lease {
+    /// The lease of a cluster whose leader takes jobs over after `takeover`.
+    pub(crate) fn for_takeover(takeover: Duration) -> Lease {
+        Lease {
+            beat_every: (takeover / 6).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            lapse: takeover / 2,
+            resume_every: (takeover / 12).clamp(Duration::from_secs(1), Duration::from_secs(5)),
+        }
+    }
+}
 
 /// Registers a new job through Raft; its id is unique in the cluster.
 pub(crate) async fn register(
@@ -38,6 +70,8 @@ pub(crate) async fn register(
         params: params.clone(),
         report: None,
         counts: None,
+        owner: Some(meta.id()),
+        previous_owners: Vec::new(),
     };
     let command = Command::CreateJob {
         collection: collection.to_string(),
@@ -53,14 +87,22 @@ pub(crate) async fn register(
     }
 }
 
-/// Publishes `job`'s status until it has ended (and its final status is
-/// in the Raft state); stops it when another coordinator asked to cancel.
-pub(crate) fn spawn_publisher(meta: MetaNode, jobs: Arc<Jobs>, job: Arc<Job>) {
+/// Publishes `job`'s status (and resume point) until it has ended and its
+/// final status is in the Raft state; stops it when another coordinator
+/// asked to cancel it, and suspends it when the lease lapses or a
+/// publication is refused (see the module doc).
+pub(crate) fn spawn_publisher(meta: MetaNode, jobs: Arc<Jobs>, job: Arc<Job>, lease: Lease) {
     tokio::spawn(async move {
         let id = job.id();
-        let mut published = None;
+        let mut published: Option<serde_json::Value> = None;
+        let mut published_resume: Option<serde_json::Value> = None;
+        let mut resume_sent_at: Option<Instant> = None;
+        let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(PUBLISH_EVERY).await;
+            if job.suspended() {
+                return; // its outcome belongs to whoever runs it next
+            }
             if meta
                 .state()
                 .jobs
@@ -74,32 +116,121 @@ pub(crate) fn spawn_publisher(meta: MetaNode, jobs: Arc<Jobs>, job: Arc<Job>) {
             let Ok(value) = to_json(&status) else {
                 return;
             };
-            if published.as_ref() != Some(&value) {
-                let command = Command::UpdateJob {
-                    id,
-                    owner: meta.id(),
-                    status: Shared::new(value.clone()),
-                };
-                match meta.write(command).await {
-                    Ok(_) => published = Some(value),
-                    Err(e) => {
-                        tracing::warn!(job = id, error = %e, "could not publish the job's status; retrying");
-                        continue;
+            let resume = job.resume_point().filter(|point| {
+                published_resume.as_ref() != Some(point)
+                    && (ended || resume_sent_at.is_none_or(|at| at.elapsed() >= lease.resume_every))
+            });
+            let due = published.as_ref() != Some(&value)
+                || resume.is_some()
+                || last_ok.elapsed() >= lease.beat_every;
+            if !due {
+                continue;
+            }
+            let command = Command::UpdateJob {
+                id,
+                owner: meta.id(),
+                status: Shared::new(value.clone()),
+                resume: resume.clone().map(Shared::new),
+            };
+            match tokio::time::timeout(lease.lapse, meta.write(command)).await {
+                Ok(Err(MetaError::Refused(reason))) => {
+                    tracing::warn!(job = id, %reason, "the job's status was refused: another coordinator runs it; stopping it here");
+                    job.suspend();
+                    return;
+                }
+                Ok(Ok(_)) => {
+                    last_ok = Instant::now();
+                    published = Some(value);
+                    if resume.is_some() {
+                        published_resume = resume;
+                        resume_sent_at = Some(last_ok);
+                    }
+                    if ended {
+                        return;
                     }
                 }
-            }
-            if ended {
-                return;
+                outcome => {
+                    let error = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    if !ended && last_ok.elapsed() >= lease.lapse {
+                        tracing::warn!(job = id, %error, lapse_s = lease.lapse.as_secs(), "no Raft majority took the job's status for half the takeover time; stopping it here (the leader hands it on)");
+                        job.suspend();
+                        return;
+                    }
+                    tracing::warn!(job = id, %error, "could not publish the job's status; retrying");
+                }
             }
         }
     });
+}
+
+/// Makes sure this coordinator still owns job `id` before it runs it: a
+/// publication of its status through the Raft leader, refused if another
+/// coordinator took it over meanwhile (or its collection was dropped).
+/// Retries while no leader answers.
+pub(crate) async fn claim(meta: &MetaNode, job: &Job) -> std::result::Result<(), String> {
+    loop {
+        let value = to_json(&job.status()).map_err(|e| e.to_string())?;
+        let command = Command::UpdateJob {
+            id: job.id(),
+            owner: meta.id(),
+            status: Shared::new(value),
+            resume: job.resume_point().map(Shared::new),
+        };
+        match meta.write(command).await {
+            Err(MetaError::Refused(reason)) => return Err(reason),
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(job = job.id(), error = %e, "cannot reach the Raft leader to claim the job; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Publishes a final `failed` status for a job this coordinator was handed
+/// but cannot run.
+pub(crate) async fn fail(meta: &MetaNode, record: &JobRecord, error: String) -> Result<()> {
+    let mut status: JobStatus = serde_json::from_value((*record.status).clone()).map_err(|e| {
+        ApiError::internal(format!("job {} has an unreadable status: {e}", record.id))
+    })?;
+    status.state = JobState::Failed;
+    status.error = Some(error);
+    status.finished_at = Some(now());
+    let command = Command::UpdateJob {
+        id: record.id,
+        owner: meta.id(),
+        status: Shared::new(to_json(&status)?),
+        resume: None,
+    };
+    meta.write(command).await?;
+    Ok(())
+}
+
+/// A record's status as the API shows it, with its owners.
+fn status_of(record: &JobRecord) -> Option<JobStatus> {
+    let mut status: JobStatus = serde_json::from_value((*record.status).clone()).ok()?;
+    status.owner = Some(record.owner);
+    status.previous_owners = record.previous_owners.clone();
+    Some(status)
+}
+
+/// `status` (live, on this coordinator) with the owners Raft records.
+pub(crate) fn with_owners(meta: &MetaNode, mut status: JobStatus) -> JobStatus {
+    if let Some(record) = meta.state().jobs.get(&status.id) {
+        status.owner = Some(record.owner);
+        status.previous_owners = record.previous_owners.clone();
+    }
+    status
 }
 
 /// The last published status of job `id` of `collection`.
 pub(crate) fn recorded(meta: &MetaNode, collection: &str, id: u64) -> Option<JobStatus> {
     let state = meta.state();
     let record = state.jobs.get(&id).filter(|r| r.collection == collection)?;
-    serde_json::from_value((*record.status).clone()).ok()
+    status_of(record)
 }
 
 /// Every published job of `collection`.
@@ -108,7 +239,7 @@ pub(crate) fn recorded_all(meta: &MetaNode, collection: &str) -> Vec<JobStatus> 
         .jobs
         .values()
         .filter(|r| r.collection == collection)
-        .filter_map(|r| serde_json::from_value((*r.status).clone()).ok())
+        .filter_map(status_of)
         .collect()
 }
 

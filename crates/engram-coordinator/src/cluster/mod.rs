@@ -42,6 +42,8 @@ pub struct Timeouts {
     pub worker: Duration,
     pub query: Duration,
     pub write: Duration,
+    /// Silence after which a job's owner is replaced (`cluster.job_takeover_s`).
+    pub job_takeover: Duration,
 }
 
 #[derive(Clone)]
@@ -137,6 +139,7 @@ impl ClusterBackend {
                     worker: Duration::from_millis(config.worker_timeout_ms),
                     query: Duration::from_millis(config.query_timeout_ms),
                     write: Duration::from_millis(config.write_timeout_ms),
+                    job_takeover: Duration::from_secs(config.job_takeover_s),
                 },
                 started: Instant::now(),
                 salt: AtomicUsize::new(0),
@@ -165,6 +168,11 @@ impl ClusterBackend {
                 .map(|p| p.out_of_sync.len())
                 .sum(),
         }
+    }
+
+    /// How this coordinator holds the jobs it runs (`cluster/jobs.rs`).
+    pub(crate) fn job_lease(&self) -> jobs::Lease {
+        jobs::Lease::for_takeover(self.inner.timeouts.job_takeover)
     }
 
     pub fn meta(&self) -> &MetaNode {

@@ -1,0 +1,186 @@
+//! Jobs that outlive their coordinator (issue: recovery at billion scale,
+//! job takeover), with real processes on loopback: three coordinators
+//! (Raft over real sockets) and three workers.
+//!
+//! An ingest job's owner is killed with kill -9 mid-job and never comes
+//! back in time: the Raft leader takes the job over once the owner has
+//! been silent for `cluster.job_takeover_s` and runs it on from the
+//! checkpoint the owner published. The first owner then restarts and must
+//! not run the job again (its claim is refused); the second owner is
+//! killed mid-job too, and a third coordinator finishes it. Every row ends
+//! up written exactly once, and the job's status names its owners.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::{Cluster, DIM, write_parquet};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const FILES: u64 = 60;
+const ROWS_PER_FILE: u64 = 1_000;
+
+/// Job `id` as coordinator `from` (1-based) answers it: a coordinator that
+/// does not run the job shows what its owner published through Raft.
+fn job_status(cluster: &Cluster, from: u64, id: u64) -> Value {
+    let base = cluster.coordinators[from as usize - 1]
+        .base
+        .as_deref()
+        .unwrap();
+    let response = cluster
+        .http
+        .get(format!("{base}/v1/collections/c/jobs/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().unwrap()
+}
+
+/// A live coordinator other than `owners`.
+fn observer(cluster: &Cluster, owners: &[u64]) -> u64 {
+    (1..=cluster.coordinators.len() as u64)
+        .find(|c| !owners.contains(c) && cluster.coordinators[*c as usize - 1].alive())
+        .unwrap()
+}
+
+/// Waits until job `id`, as coordinator `watcher` shows it, has read more
+/// rows than `after` under an owner other than those in `not`, and returns
+/// that owner.
+fn wait_for_progress(
+    cluster: &Cluster,
+    watcher: u64,
+    id: u64,
+    after: u64,
+    not: &[u64],
+) -> (u64, Value) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = job_status(cluster, watcher, id);
+        assert_eq!(job["state"], "running", "the job ended too soon: {job}");
+        let owner = job["owner"].as_u64().unwrap();
+        let read = job["counts"]["rows_read"].as_u64().unwrap_or(0);
+        if !not.contains(&owner) && read > after {
+            return (owner, job);
+        }
+        assert!(Instant::now() < deadline, "no progress past {after}: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
+    let mut cluster = Cluster::start_with_cluster("job_takeover_s = 4");
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 2, "replication": 2}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let input = cluster.exchange().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in 0..FILES {
+        let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
+        write_parquet(
+            &input.join(format!("part-{f:03}.parquet")),
+            &ids,
+            "ingested",
+        );
+    }
+    let total = FILES * ROWS_PER_FILE;
+    // Submitted to coordinator 1, which owns it.
+    let (status, job) = cluster.post(
+        "/v1/collections/c/jobs",
+        &json!({"kind": "ingest", "uri": input.display().to_string(), "batch_rows": 250}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    assert_eq!(job["owner"], 1, "{job}");
+
+    // The first owner is killed once the job is under way (published
+    // progress past the first files).
+    let (first, job) = wait_for_progress(&cluster, 3, id, 3 * ROWS_PER_FILE, &[]);
+    eprintln!("killing the job's first owner, coordinator {first}: {job}");
+    cluster.coordinators[first as usize - 1].kill9();
+    let (second, job) = wait_for_progress(&cluster, 3, id, 0, &[first]);
+    eprintln!("coordinator {second} took the job over: {job}");
+    assert_eq!(job["previous_owners"], json!([first]), "{job}");
+
+    // The first owner comes back: its own checkpoint says `running`, but
+    // the job is no longer its to run.
+    cluster.coordinators[first as usize - 1].restart();
+    cluster.wait_ready(3, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.coordinators[first as usize - 1]
+        .log_lines("not resuming the ingest job: another coordinator holds it")
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted first owner did not give the job up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The second owner is killed mid-job as well.
+    let read_now = job_status(&cluster, observer(&cluster, &[second]), id)["counts"]["rows_read"]
+        .as_u64()
+        .unwrap();
+    let watcher = observer(&cluster, &[second]);
+    let (_, job) = wait_for_progress(&cluster, watcher, id, read_now + ROWS_PER_FILE, &[first]);
+    assert!(
+        job["counts"]["rows_read"].as_u64().unwrap() < total,
+        "the job was nearly done before the second kill: {job}"
+    );
+    eprintln!("killing the job's second owner, coordinator {second}: {job}");
+    cluster.coordinators[second as usize - 1].kill9();
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let job = loop {
+        let job = job_status(&cluster, observer(&cluster, &[second]), id);
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let third = job["owner"].as_u64().unwrap();
+    assert_ne!(third, second, "{job}");
+    assert_eq!(job["previous_owners"], json!([first, second]), "{job}");
+    assert_eq!(job["report"]["rows_read"], total, "{job}");
+    assert_eq!(job["report"]["items_written"], total, "{job}");
+    assert_eq!(job["report"]["rejected"], 0, "{job}");
+    // It ran on from a published checkpoint, not from the start.
+    assert!(
+        job["report"]["resumed_at_row"].as_u64().unwrap() > 0,
+        "{job}"
+    );
+
+    // Every row exactly once: the item count, and each file's first and
+    // last row found by id.
+    let (_, info) = cluster.get("/v1/collections/c");
+    assert_eq!(info["items"], total, "{info}");
+    assert_eq!(info["labels"]["ingested"], total, "{info}");
+    for f in 0..FILES {
+        for row in [f * ROWS_PER_FILE, (f + 1) * ROWS_PER_FILE - 1] {
+            let (status, item) = cluster.get(&format!("/v1/collections/c/items/{row}"));
+            assert_eq!(status, 200, "row {row}: {item}");
+        }
+    }
+    // The coordinators that took the job over count it.
+    let taken: f64 = cluster
+        .live_coordinators()
+        .iter()
+        .map(|base| {
+            let page = cluster
+                .http
+                .get(format!("{base}/metrics"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            common::cluster::metric(&page, "engram_jobs_taken_over_total")
+        })
+        .sum();
+    assert!(taken >= 1.0, "no takeover counted");
+}
