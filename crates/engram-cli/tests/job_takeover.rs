@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::cluster::{Cluster, DIM, write_parquet};
+use common::cluster::{Cluster, DIM, vector, write_parquet_of};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -78,15 +78,27 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
     assert_eq!(status, 201, "{body}");
     let input = cluster.exchange().join("input");
     std::fs::create_dir_all(&input).unwrap();
+    // A few rows of some files are bad (a NaN in the vector): rejected by
+    // whichever coordinator reads them, and all in the job's rejects file
+    // at the end.
+    let bad = |id: u64| id % ROWS_PER_FILE == 7 && (id / ROWS_PER_FILE) % 3 == 0;
     for f in 0..FILES {
         let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
-        write_parquet(
+        write_parquet_of(
             &input.join(format!("part-{f:03}.parquet")),
             &ids,
             "ingested",
+            |id| {
+                let mut v = vector(id);
+                if bad(id) {
+                    v[0] = f32::NAN;
+                }
+                v
+            },
         );
     }
     let total = FILES * ROWS_PER_FILE;
+    let rejected = (0..total).filter(|id| bad(*id)).count() as u64;
     // Submitted to coordinator 1, which owns it.
     let (status, job) = cluster.post(
         "/v1/collections/c/jobs",
@@ -148,8 +160,22 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
     assert_ne!(third, second, "{job}");
     assert_eq!(job["previous_owners"], json!([first, second]), "{job}");
     assert_eq!(job["report"]["rows_read"], total, "{job}");
-    assert_eq!(job["report"]["items_written"], total, "{job}");
-    assert_eq!(job["report"]["rejected"], 0, "{job}");
+    assert_eq!(job["report"]["items_written"], total - rejected, "{job}");
+    assert_eq!(job["report"]["rejected"], rejected, "{job}");
+    // Every rejected row is in the rejects file, though three coordinators
+    // read them: the parts written before each takeover came from object
+    // storage.
+    assert_eq!(job["report"]["rejects_elsewhere"], json!([]), "{job}");
+    let rejects = std::path::PathBuf::from(job["report"]["rejects_file"].as_str().unwrap());
+    let mut rows: Vec<u64> = engram_ingest::items::read_rejects(&rejects)
+        .unwrap()
+        .iter()
+        .map(|r| r.id.unwrap())
+        .collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let expected: Vec<u64> = (0..total).filter(|id| bad(*id)).collect();
+    assert_eq!(rows, expected);
     // It ran on from a published checkpoint, not from the start.
     assert!(
         job["report"]["resumed_at_row"].as_u64().unwrap() > 0,
@@ -159,12 +185,17 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
     // Every row exactly once: the item count, and each file's first and
     // last row found by id.
     let (_, info) = cluster.get("/v1/collections/c");
-    assert_eq!(info["items"], total, "{info}");
-    assert_eq!(info["labels"]["ingested"], total, "{info}");
+    assert_eq!(info["items"], total - rejected, "{info}");
+    assert_eq!(info["labels"]["ingested"], total - rejected, "{info}");
     for f in 0..FILES {
-        for row in [f * ROWS_PER_FILE, (f + 1) * ROWS_PER_FILE - 1] {
+        for row in [
+            f * ROWS_PER_FILE,
+            (f + 1) * ROWS_PER_FILE - 1,
+            f * ROWS_PER_FILE + 7,
+        ] {
             let (status, item) = cluster.get(&format!("/v1/collections/c/items/{row}"));
-            assert_eq!(status, 200, "row {row}: {item}");
+            let expected = if bad(row) { 404 } else { 200 };
+            assert_eq!(status, expected, "row {row}: {item}");
         }
     }
     // The coordinators that took the job over count it.

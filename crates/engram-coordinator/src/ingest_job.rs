@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engram_ingest::items::{Item, Reject, Target, prepare_rows, read_rejects, write_rejects};
+use engram_ingest::items::{Item, Reject, Target, prepare_rows};
 use engram_ingest::rows::{Columns, ParquetFile};
 use engram_ingest::source::{Source, SourceFile};
 use engram_store::checksummed;
@@ -26,13 +26,13 @@ use engram_worker::ShardedCollection;
 use crate::backend::Collection;
 
 use crate::error::{ApiError, ErrorCode, Result};
+use crate::ingest_rejects::{REJECTS_DIR, RejectsPart, RejectsStore, note_part};
 use crate::jobs::{Job, JobStatus};
 use crate::meta::now;
 use crate::service::{Engram, blocking};
 
 const JOB_FILE: &str = "job.bin";
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.bin";
-const REJECTS_DIR: &str = "rejects";
 
 /// What an ingestion job reads, as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +106,9 @@ pub struct Checkpoint {
     pub error: Option<String>,
     #[serde(default)]
     pub report: Option<serde_json::Value>,
+    /// The rejects parts written so far (`ingest_rejects.rs`).
+    #[serde(default)]
+    pub rejects_parts: Vec<RejectsPart>,
 }
 
 fn io(e: std::io::Error) -> ApiError {
@@ -291,7 +294,9 @@ async fn ingest(
         Some(name) => Some(engram.embedder_named(name)?),
         None => None,
     };
+    let rejects = Arc::new(RejectsStore::open(engram, &spec.collection, spec.id, dir)?);
     let reader = RowGroupReader {
+        rejects: rejects.clone(),
         hosted: hosted.clone(),
         embedder,
         thumbnail_px: engram.config().collections.thumbnail_px,
@@ -321,7 +326,14 @@ async fn ingest(
             job.set_counts(counts(&cp));
         }
     }
-    let rejects_file = merge_rejects(dir)?;
+    let (rejects_file, rejects_missing) = rejects.merge(&cp.rejects_parts).await?;
+    if !rejects_missing.is_empty() {
+        tracing::warn!(
+            job = spec.id,
+            parts = rejects_missing.len(),
+            "some rejects parts stayed on the coordinators that wrote them (no storage.segments_uri)"
+        );
+    }
     let seconds = started.elapsed().as_secs_f64();
     let rows_this_run = cp.rows_read - resumed_rows;
     // Where the bulk path uploaded this job's segments (every run of it).
@@ -344,6 +356,9 @@ async fn ingest(
         // Lineage: every file the job read, with its rows.
         "files_read": cp.files.iter().map(|f| json!({"path": f.path, "rows": f.rows})).collect::<Vec<_>>(),
         "rejects_file": rejects_file.map(|p| p.display().to_string()),
+        // Parts written by coordinators the job was taken from, not in
+        // object storage: where they are.
+        "rejects_elsewhere": rejects_missing.iter().map(|p| json!({"part": p.name, "rows": p.rows, "coordinator": p.writer})).collect::<Vec<_>>(),
         "seconds": seconds,
         "rows_per_s": rows_this_run as f64 / seconds.max(1e-9),
         "resumed_at_row": resumed_rows,
@@ -365,6 +380,7 @@ pub(crate) struct GroupRead {
 /// items to a sink, writes each row group's rejects, and advances the
 /// checkpoint's position and counts (its caller decides when to save it).
 pub(crate) struct RowGroupReader {
+    rejects: Arc<RejectsStore>,
     hosted: Collection,
     embedder: Option<Arc<engram_ingest::OnnxEmbedder>>,
     /// Thumbnails kept for image rows (`collections.thumbnail_px`).
@@ -449,17 +465,16 @@ impl RowGroupReader {
             })
             .await?;
         let (rejects, accepted) = tally.into_inner();
+        let rejected = rejects.len() as u64;
         if !rejects.is_empty() {
-            let part = self
-                .dir
-                .join(REJECTS_DIR)
-                .join(format!("{:06}-{:06}.parquet", cp.file, group));
-            write_rejects(&part, &rejects)?;
+            let name = format!("{:06}-{:06}.parquet", cp.file, group);
+            let part = self.rejects.write(&name, rejects).await?;
+            note_part(&mut cp.rejects_parts, part);
         }
         let rows = parquet.row_group_rows(group);
         cp.row_group += 1;
         cp.rows_read += rows;
-        cp.rejected += rejects.len() as u64;
+        cp.rejected += rejected;
         if cp.row_group >= parquet.row_groups() {
             cp.file += 1;
             cp.row_group = 0;
@@ -485,35 +500,6 @@ fn write_items(hosted: &dyn ShardedCollection, items: &[Item]) -> Result<()> {
         return Ok(());
     }
     Ok(hosted.write(items.iter().map(Item::to_upsert).collect())?)
-}
-
-/// Merges the rejects parts into `rejects.parquet` (kept, with the job);
-/// `None` when no row was rejected.
-fn merge_rejects(dir: &Path) -> Result<Option<PathBuf>> {
-    let parts_dir = dir.join(REJECTS_DIR);
-    let mut parts: Vec<PathBuf> = fs_err::read_dir(&parts_dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .collect();
-    parts.sort();
-    let target = dir.join("rejects.parquet");
-    if parts.is_empty() {
-        return Ok(target.exists().then_some(target));
-    }
-    let mut all = if target.exists() {
-        read_rejects(&target)?
-    } else {
-        Vec::new()
-    };
-    for part in &parts {
-        all.extend(read_rejects(part)?);
-    }
-    write_rejects(&target, &all)?;
-    for part in parts {
-        fs_err::remove_file(part).map_err(io)?;
-    }
-    Ok(Some(target))
 }
 
 impl Engram {

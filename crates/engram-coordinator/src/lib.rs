@@ -17,6 +17,7 @@ pub mod dto;
 pub mod error;
 mod ingest_bulk;
 pub mod ingest_job;
+mod ingest_rejects;
 mod job_takeover;
 pub mod jobs;
 pub mod meta;

@@ -665,11 +665,22 @@ pub fn vector(id: u64) -> Vec<f32> {
 
 /// A Parquet file of `ids` (label `label`, `vector(id)`) at `path`.
 pub fn write_parquet(path: &std::path::Path, ids: &[u64], label: &str) {
+    write_parquet_of(path, ids, label, vector);
+}
+
+/// A Parquet file of `ids` (label `label`, `vector_of(id)`) at `path`, in
+/// row groups of 500 rows.
+pub fn write_parquet_of(
+    path: &std::path::Path,
+    ids: &[u64],
+    label: &str,
+    vector_of: impl Fn(u64) -> Vec<f32>,
+) {
     use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
     use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
     let mut list = FixedSizeListBuilder::new(Float32Builder::new(), DIM as i32);
     for id in ids {
-        list.values().append_slice(&vector(*id));
+        list.values().append_slice(&vector_of(*id));
         list.append(true);
     }
     let batch = RecordBatch::try_from_iter([
