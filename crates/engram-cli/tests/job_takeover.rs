@@ -81,7 +81,7 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
     // A few rows of some files are bad (a NaN in the vector): rejected by
     // whichever coordinator reads them, and all in the job's rejects file
     // at the end.
-    let bad = |id: u64| id % ROWS_PER_FILE == 7 && (id / ROWS_PER_FILE) % 3 == 0;
+    let bad = |id: u64| id % ROWS_PER_FILE == 7 && (id / ROWS_PER_FILE).is_multiple_of(3);
     for f in 0..FILES {
         let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
         write_parquet_of(
