@@ -215,3 +215,81 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
         .sum();
     assert!(taken >= 1.0, "no takeover counted");
 }
+
+/// The bulk path: the owner builds sealed segments from the rows and
+/// attaches them; killed once some are attached, the job is run on by
+/// another coordinator from the last attached generation (its rows read
+/// again and attached again, superseding by id: nothing twice).
+#[test]
+fn a_bulk_ingest_job_runs_on_when_its_coordinator_is_killed_mid_job() {
+    const BULK_FILES: u64 = 60;
+    let mut cluster = Cluster::start_with_cluster("job_takeover_s = 4");
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 2, "replication": 2}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let input = cluster.exchange().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in 0..BULK_FILES {
+        let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
+        write_parquet_of(
+            &input.join(format!("part-{f:03}.parquet")),
+            &ids,
+            "bulk",
+            vector,
+        );
+    }
+    let total = BULK_FILES * ROWS_PER_FILE;
+    let (status, job) = cluster.post(
+        "/v1/collections/c/jobs",
+        &json!({"kind": "ingest", "uri": input.display().to_string(), "bulk": true, "segment_rows": 1000}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    assert_eq!(job["owner"], 1, "{job}");
+    // Killed once segments are attached and their checkpoint published.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let job = job_status(&cluster, 3, id);
+        assert_eq!(job["state"], "running", "the job ended too soon: {job}");
+        if job["counts"]["segments"].as_u64().unwrap_or(0) >= 2 {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no segments attached: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        job["counts"]["items_written"].as_u64().unwrap() < total,
+        "the job was nearly done before the kill: {job}"
+    );
+    eprintln!("killing the bulk job's owner: {job}");
+    cluster.coordinators[0].kill9();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let job = loop {
+        let job = job_status(&cluster, 3, id);
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["previous_owners"], json!([1]), "{job}");
+    assert_eq!(job["report"]["rows_read"], total, "{job}");
+    assert!(
+        job["report"]["resumed_at_row"].as_u64().unwrap() > 0,
+        "{job}"
+    );
+    let (_, info) = cluster.get("/v1/collections/c");
+    assert_eq!(info["items"], total, "{info}");
+    assert_eq!(info["labels"]["bulk"], total, "{info}");
+    for row in [0, 2_500, total / 2, total - 1] {
+        let (status, answer) = cluster.post(
+            "/v1/collections/c/search",
+            &json!({"vector": vector(row), "k": 1, "require_complete": true}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["neighbors"][0]["id"], row, "{answer}");
+    }
+}
