@@ -145,11 +145,13 @@ fn serve(config: EngramConfig, insecure: bool) -> anyhow::Result<()> {
     match config.cluster.role {
         Role::Embedded => {}
         Role::Coordinator => {
-            let access = ClusterAccess::from_config(&config.security)?;
+            let access = ClusterAccess::from_config(&config.security)?
+                .with_source_address(config.cluster.source_address);
             return runtime.block_on(cluster::serve_coordinator(config, addr, public_tls, access));
         }
         Role::Worker => {
-            let access = ClusterAccess::from_config(&config.security)?;
+            let access = ClusterAccess::from_config(&config.security)?
+                .with_source_address(config.cluster.source_address);
             return runtime.block_on(cluster::serve_worker(config, access));
         }
     }

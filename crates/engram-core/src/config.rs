@@ -379,6 +379,10 @@ pub struct ClusterConfig {
     /// the job on its own once it has reached no Raft majority for half of
     /// it, so two coordinators never run a job at once.
     pub job_takeover_s: u64,
+    /// The local IP address this node's internal connections (Raft,
+    /// heartbeats, replication, transfers) leave from; unset: the system's
+    /// choice. For hosts with a separate cluster network.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 /// How a primary brings a shard copy that fell behind back in sync.
@@ -415,6 +419,7 @@ impl Default for ClusterConfig {
             catch_up: CatchUpMode::Delta,
             transfer_chunk_kib: 16_384,
             job_takeover_s: 60,
+            source_address: None,
         }
     }
 }

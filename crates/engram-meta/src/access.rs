@@ -43,6 +43,9 @@ const OPEN_PATHS: &[&str] = &["/healthz"];
 pub struct ClusterAccess {
     inner: Option<Arc<Secrets>>,
     tls: Option<Arc<InternalTls>>,
+    /// The local address internal connections leave from
+    /// (`cluster.source_address`); the system's choice when unset.
+    source: Option<std::net::IpAddr>,
 }
 
 struct Secrets {
@@ -87,7 +90,11 @@ impl ClusterAccess {
     pub fn from_config(security: &SecurityConfig) -> Result<ClusterAccess> {
         let tls = InternalTls::from_config(&security.tls)?.map(Arc::new);
         let Some(secret) = security.cluster_secret.as_deref() else {
-            return Ok(ClusterAccess { inner: None, tls });
+            return Ok(ClusterAccess {
+                inner: None,
+                tls,
+                source: None,
+            });
         };
         let mut sent = HeaderValue::from_str(secret)
             .expect("security.cluster_secret is validated as printable ASCII");
@@ -104,7 +111,16 @@ impl ClusterAccess {
                 refused_wrong: AtomicU64::new(0),
             })),
             tls,
+            source: None,
         })
+    }
+
+    /// Internal connections leave from `source` (a multi-homed host's
+    /// cluster network; the fault-injecting proxies of the tests tell the
+    /// processes apart by it).
+    pub fn with_source_address(mut self, source: Option<std::net::IpAddr>) -> ClusterAccess {
+        self.source = source;
+        self
     }
 
     /// The URL of `path` on a peer's internal address `addr` (host:port):
@@ -138,7 +154,8 @@ impl ClusterAccess {
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
         let builder = reqwest::Client::builder()
             .default_headers(self.client_headers())
-            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE);
+            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE)
+            .local_address(self.source);
         match &self.tls {
             None => builder,
             Some(tls) => builder

@@ -255,6 +255,9 @@ pub struct Cluster {
     pub http: reqwest::blocking::Client,
     /// Certificates when every port serves TLS ([`Cluster::start_tls`]).
     pub tls: Option<super::tls::TestCerts>,
+    /// The proxies in front of every internal port, when the cluster was
+    /// started with network faults ([`Cluster::start_with_net_faults`]).
+    pub net: Option<super::netfault::NetFaults>,
     pub dir: tempfile::TempDir,
 }
 
@@ -271,6 +274,8 @@ struct Launch<'a> {
     tls: bool,
     embedder: bool,
     worker_timeout_ms: u64,
+    /// Internal ports behind fault-injecting proxies.
+    net_faults: bool,
 }
 
 impl Default for Launch<'_> {
@@ -283,6 +288,7 @@ impl Default for Launch<'_> {
             tls: false,
             embedder: false,
             worker_timeout_ms: 1_500,
+            net_faults: false,
         }
     }
 }
@@ -329,6 +335,17 @@ impl Cluster {
         })
     }
 
+    /// A cluster whose internal ports are reached through fault-injecting
+    /// proxies (`common::netfault`): `cluster.net` cuts the network between
+    /// its nodes. `cluster_extra` as in [`Cluster::start_with_cluster`].
+    pub fn start_with_net_faults(cluster_extra: &str) -> Cluster {
+        Cluster::launch(Launch {
+            cluster_extra,
+            net_faults: true,
+            ..Launch::default()
+        })
+    }
+
     /// A cluster whose coordinators declare a worker dead only after
     /// `worker_timeout_ms` of silence (1,500 otherwise).
     pub fn start_with_worker_timeout(worker_timeout_ms: u64) -> Cluster {
@@ -365,7 +382,23 @@ impl Cluster {
             tls,
             embedder,
             worker_timeout_ms,
+            net_faults,
         } = launch;
+        let net = net_faults.then(super::netfault::NetFaults::default);
+        // Where a node's internal port is reached (a proxy in front of it
+        // with network faults) and the line that makes its connections
+        // leave from its own loopback address.
+        let front = |name: &str, coordinator: bool, n: usize, port: u16| -> (u16, String) {
+            match &net {
+                None => (port, String::new()),
+                Some(net) => {
+                    let proxy = free_port();
+                    net.proxy(proxy, port, name);
+                    let source = net.source_of(name, coordinator, n);
+                    (proxy, format!("source_address = \"{source}\"\n"))
+                }
+            }
+        };
         let dir = tempfile::tempdir().unwrap();
         let certs =
             tls.then(|| super::tls::TestCerts::generate(&dir.path().join("tls"), "cluster"));
@@ -379,10 +412,15 @@ impl Cluster {
         let (api_key, cluster_secret) = (random_secret(), random_secret());
         eprintln!("cluster dir {}", dir.path().display());
         let internal: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers: Vec<String> = internal
+        let fronts: Vec<(u16, String)> = internal
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
+            .map(|(i, port)| front(&format!("coordinator-{}", i + 1), true, i + 1, *port))
+            .collect();
+        let peers: Vec<String> = fronts
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
             .collect();
         let peers = peers.join(", ");
         // Segment files travel in 16 KiB chunks: shipping a test's small
@@ -425,9 +463,10 @@ impl Cluster {
                 &config,
                 format!(
                     "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{common}\
-                     node_id = {id}\ninternal_listen = \"127.0.0.1:{port}\"\n\n\
+                     node_id = {id}\ninternal_listen = \"127.0.0.1:{port}\"\n{}\n\
                      [collections]\nreplication = 2\n\n{index}\n{embedders}",
-                    data.display().to_string()
+                    data.display().to_string(),
+                    fronts[i].1
                 ),
             )
             .unwrap();
@@ -443,15 +482,16 @@ impl Cluster {
         for id in 1..=3 {
             let data = dir.path().join(format!("worker-{id}"));
             let config = dir.path().join(format!("worker-{id}.toml"));
-            std::fs::write(
-                &config,
+            std::fs::write(&config, {
+                let port = free_port();
+                let (reached, source) = front(&format!("worker-{id}"), false, id, port);
                 format!(
                     "[server]\ndata_dir = {:?}\n\n{common}node_id = {id}\n\
-                     internal_listen = \"127.0.0.1:{}\"\n\n{index}",
+                         internal_listen = \"127.0.0.1:{port}\"\n\
+                         advertise = \"127.0.0.1:{reached}\"\n{source}\n{index}",
                     data.display().to_string(),
-                    free_port()
-                ),
-            )
+                )
+            })
             .unwrap();
             let log = dir.path().join(format!("worker-{id}.log"));
             workers.push(Proc::start(
@@ -468,6 +508,7 @@ impl Cluster {
         let cluster = Cluster {
             http: keyed_client(builder, &api_key, Duration::from_secs(60)),
             tls: certs,
+            net,
             api_key,
             cluster_secret,
             dir,
@@ -535,8 +576,16 @@ impl Cluster {
 
     /// POSTs to the live coordinators in turn until one answers.
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_from(0, path, body)
+    }
+
+    /// [`Cluster::post`], starting at live coordinator `first` (modulo).
+    pub fn post_from(&self, first: usize, path: &str, body: &Value) -> (u16, Value) {
         let mut last = String::new();
-        for base in self.live_coordinators() {
+        let mut live = self.live_coordinators();
+        let n = live.len().max(1);
+        live.rotate_left(first % n);
+        for base in live {
             match self.http.post(format!("{base}{path}")).json(body).send() {
                 Ok(r) => {
                     let status = r.status().as_u16();

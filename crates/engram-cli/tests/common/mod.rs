@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod netfault;
 pub mod tls;
 pub mod traffic;
 

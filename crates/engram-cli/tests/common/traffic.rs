@@ -20,18 +20,21 @@ pub struct Ledger {
 }
 
 /// Sends `body` until a coordinator acknowledges it (upserts and deletes by
-/// id are idempotent, so a retried request is harmless); fails the test if
-/// none does within 40 s.
+/// id are idempotent, so a retried request is harmless), each retry to the
+/// next live coordinator (one cut off from the cluster answers only once
+/// its own timeout passes); fails the test if none does within 90 s.
 pub fn post_until_acked(cluster: &Mutex<Cluster>, path: &str, body: &Value) {
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut attempt = 0;
     loop {
-        let answer = cluster.lock().unwrap().post(path, body);
+        let answer = cluster.lock().unwrap().post_from(attempt, path, body);
+        attempt += 1;
         if answer.0 == 200 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{path} not acknowledged for 40 s: {answer:?}"
+            "{path} not acknowledged for 90 s: {answer:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
