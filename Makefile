@@ -8,7 +8,7 @@ export ORT_DYLIB_PATH
 # Tests use optimised dependencies (see Cargo.toml) and run in the dev profile.
 CARGO_TEST_FLAGS ?= --workspace
 
-.PHONY: all setup build demo demo-secure eval test test-engines chaos fuzz bench bench-index bench-ingest bench-embed bench-cluster bench-scale bench-recover lint fmt clean serve cluster cluster-stop
+.PHONY: all setup build demo demo-secure eval test test-engines chaos chaos-two-faults fuzz bench bench-index bench-ingest bench-embed bench-cluster bench-scale bench-recover lint fmt clean serve cluster cluster-stop
 
 all: build
 
@@ -59,13 +59,19 @@ test-engines: build
 	@scripts/test_engines.sh
 
 ## The chaos run of docs/reliability.md: a loopback cluster under mixed load
-## while processes are killed (-9), paused and their disks filled, and the
-## collection is resharded online back and forth; 100 kills by default
-## (`make test` runs 10). Prints
+## while processes are killed (-9), paused, their disks filled and the
+## network between them cut (partitions, one-way, the Raft leader cut off),
+## and the collection is resharded online back and forth; 100 kills by
+## default (`make test` runs 10). Prints
 ## `chaos kills=.. acked=.. lost=.. resurrected=.. errors=..`.
+## `make chaos-two-faults`: the same with two faults at a time on two
+## processes, every shard on 3 workers (replication 3).
 CHAOS_KILLS ?= 100
 chaos: setup
-	ENGRAM_CHAOS_KILLS=$(CHAOS_KILLS) ENGRAM_CHAOS_DISK_FULL=1 $(CARGO) test -p engram-cli --test chaos -- --nocapture
+	ENGRAM_CHAOS_KILLS=$(CHAOS_KILLS) ENGRAM_CHAOS_DISK_FULL=1 ENGRAM_CHAOS_PARTITIONS=1 $(CARGO) test -p engram-cli --test chaos -- --nocapture
+
+chaos-two-faults: setup
+	ENGRAM_CHAOS_KILLS=$(CHAOS_KILLS) ENGRAM_CHAOS_DISK_FULL=1 ENGRAM_CHAOS_PARTITIONS=1 ENGRAM_CHAOS_AT_ONCE=2 ENGRAM_CHAOS_REPLICATION=3 $(CARGO) test -p engram-cli --test chaos -- --nocapture
 
 ## cargo-fuzz targets (WAL reader, segment manifest, Raft log, Parquet rows)
 ## for FUZZ_SECONDS each (default 60) on nightly; installs cargo-fuzz.

@@ -1,8 +1,12 @@
 //! The chaos run (issue 9): a loopback cluster of 3 coordinators and 3
 //! workers, replication 2, under a mixed load of adds, deletes and
 //! classifications, while a controller kill -9s random processes and
-//! restarts them, pauses processes (SIGSTOP/SIGCONT) and cuts their disk
-//! writes (the `ENGRAM_FAULT_DISK_FULL` flag of `engram_store::fault`).
+//! restarts them, pauses processes (SIGSTOP/SIGCONT), cuts their disk
+//! writes (the `ENGRAM_FAULT_DISK_FULL` flag of `engram_store::fault`) and
+//! cuts the network between them (the proxies of `common::netfault` in
+//! front of every internal port): a process cut off from everyone, one that
+//! reaches no one but is reached (one way), and the Raft leader cut off
+//! from the other coordinators.
 //!
 //! The clients behave like real ones: each request is sent once (to the
 //! next coordinator only when the connection was refused, i.e. it never
@@ -26,14 +30,17 @@
 //!
 //! `ENGRAM_CHAOS_KILLS` (default 10; `make chaos` runs 100) sets how many
 //! kill -9s the run makes, `ENGRAM_CHAOS_SEED` replays a run,
-//! `ENGRAM_CHAOS_DISK_FULL=0` leaves the "disk full" faults out and
-//! `ENGRAM_CHAOS_RESHARD=0` the resharding.
+//! `ENGRAM_CHAOS_DISK_FULL=0` leaves the "disk full" faults out,
+//! `ENGRAM_CHAOS_PARTITIONS=0` the network faults and
+//! `ENGRAM_CHAOS_RESHARD=0` the resharding. `ENGRAM_CHAOS_AT_ONCE=2` injects
+//! two faults at a time (on two processes) and `ENGRAM_CHAOS_REPLICATION=3`
+//! keeps three copies of every shard (`make chaos-two-faults`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::cluster::{Cluster, DIM, Proc, SHARDS, client_with_key, vector};
+use common::cluster::{Cluster, DIM, Launch, Proc, SHARDS, client_with_key, vector};
 use engram_cli::rng::SplitMix64;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -357,11 +364,26 @@ fn resharder(http: &reqwest::blocking::Client, bases: &Bases, stop: &AtomicBool)
 }
 
 /// Kinds of fault the controller injects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
     Kill,
     Pause,
     DiskFull,
+    /// Cut off from every other process, both ways.
+    Partition,
+    /// Reaches no other process, but they reach it.
+    OneWay,
+    /// The Raft leader cut off from the other coordinators (workers still
+    /// reach it and it them).
+    LeaderCut,
+}
+
+/// Which faults a run injects, and how many at a time.
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    disk_full: bool,
+    partitions: bool,
+    at_once: usize,
 }
 
 #[derive(Default, Debug)]
@@ -369,6 +391,9 @@ struct Faults {
     kills: u64,
     pauses: u64,
     disk_full: u64,
+    partitions: u64,
+    one_way: u64,
+    leader_cuts: u64,
     /// Processes that exited on their own (e.g. on a failed disk write)
     /// and were restarted, as a supervisor would.
     exited: u64,
@@ -433,14 +458,90 @@ fn wait_healed(
     }
 }
 
-/// Injects faults until `kills` kill -9s have been made.
-fn controller(
-    cluster: &Mutex<Cluster>,
-    bases: &Bases,
-    kills: u64,
-    seed: u64,
-    disk_full: bool,
-) -> Faults {
+/// Picks a fault for a process (0-2 coordinators, 3-5 workers).
+fn pick_fault(rng: &mut SplitMix64, mix: Mix) -> Fault {
+    match rng.below(12) {
+        0..=5 => Fault::Kill,
+        6 | 7 => Fault::Pause,
+        8 if mix.disk_full => Fault::DiskFull,
+        9 if mix.partitions => Fault::Partition,
+        10 if mix.partitions => Fault::OneWay,
+        11 if mix.partitions => Fault::LeaderCut,
+        _ => Fault::Pause,
+    }
+}
+
+/// The index (0-2) of the coordinator the live ones agree leads.
+fn leader_index(cluster: &Cluster) -> Option<usize> {
+    let base = cluster.live_coordinators().first().copied()?;
+    let leader = cluster.status(base)?["leader"].as_u64()?;
+    Some(leader as usize - 1)
+}
+
+/// Starts `fault` on process `target`.
+fn begin(cluster: &mut Cluster, bases: &Bases, fault: Fault, target: usize, faults: &mut Faults) {
+    let net = cluster.net.clone();
+    let proc = process(cluster, target);
+    let name = proc.name.clone();
+    match fault {
+        Fault::Kill => {
+            proc.kill9();
+            if target < 3 {
+                bases.write().unwrap()[target] = None;
+            }
+            faults.kills += 1;
+        }
+        Fault::Pause => {
+            proc.signal(libc::SIGSTOP);
+            faults.pauses += 1;
+        }
+        Fault::DiskFull => {
+            std::fs::write(proc.disk_full_flag(), b"").unwrap();
+            faults.disk_full += 1;
+        }
+        Fault::Partition => {
+            net.expect("network faults need the proxies").isolate(&name);
+            faults.partitions += 1;
+        }
+        Fault::OneWay => {
+            net.expect("network faults need the proxies").mute(&name);
+            faults.one_way += 1;
+        }
+        Fault::LeaderCut => {
+            let net = net.expect("network faults need the proxies");
+            for other in (1..=3).map(|c| format!("coordinator-{c}")) {
+                if other != name {
+                    net.block(&name, &other);
+                    net.block(&other, &name);
+                }
+            }
+            faults.leader_cuts += 1;
+        }
+    }
+}
+
+/// Ends `fault` on process `target`.
+fn end(cluster: &mut Cluster, bases: &Bases, fault: Fault, target: usize) {
+    let net = cluster.net.clone();
+    let proc = process(cluster, target);
+    match fault {
+        Fault::Kill => {
+            proc.restart();
+            if target < 3 {
+                bases.write().unwrap()[target] = proc.base.clone();
+            }
+        }
+        Fault::Pause => proc.signal(libc::SIGCONT),
+        Fault::DiskFull => std::fs::remove_file(proc.disk_full_flag()).unwrap(),
+        Fault::Partition | Fault::OneWay | Fault::LeaderCut => {
+            net.expect("network faults need the proxies").heal()
+        }
+    }
+}
+
+/// Injects faults until `kills` kill -9s have been made: `mix.at_once`
+/// at a time, on distinct processes, each held for the same while.
+fn controller(cluster: &Mutex<Cluster>, bases: &Bases, kills: u64, seed: u64, mix: Mix) -> Faults {
     let mut rng = SplitMix64(seed);
     let mut faults = Faults::default();
     let mut slowest_heal = Duration::ZERO;
@@ -449,50 +550,45 @@ fn controller(
         std::thread::sleep(millis(&mut rng, 500, 2_500));
         let mut c = cluster.lock().unwrap();
         faults.exited += supervise(&mut c, bases);
-        let target = rng.below(6) as usize;
-        let fault = match rng.below(10) {
-            0..=5 => Fault::Kill,
-            6 | 7 => Fault::Pause,
-            _ if disk_full => Fault::DiskFull,
-            _ => Fault::Pause,
-        };
-        let proc = process(&mut c, target);
-        let name = proc.name.clone();
+        let mut chosen: Vec<(Fault, usize)> = Vec::new();
+        while chosen.len() < mix.at_once {
+            let fault = pick_fault(&mut rng, mix);
+            let target = match fault {
+                Fault::LeaderCut => match leader_index(&c) {
+                    Some(leader) => leader,
+                    None => continue,
+                },
+                _ => rng.below(6) as usize,
+            };
+            // One fault per process, and one leader cut at a time (the
+            // proxies' faults are lifted together).
+            if chosen
+                .iter()
+                .any(|(f, t)| *t == target || (*f == Fault::LeaderCut && fault == Fault::LeaderCut))
+            {
+                continue;
+            }
+            chosen.push((fault, target));
+        }
         let held = millis(&mut rng, 200, 3_000);
-        eprintln!("chaos: {fault:?} {name} for {held:?}");
+        let names: Vec<String> = chosen
+            .iter()
+            .map(|(fault, target)| format!("{fault:?} {}", process(&mut c, *target).name))
+            .collect();
+        let names = names.join(" + ");
+        eprintln!("chaos: {names} for {held:?}");
         eprintln!("chaos: at {:?}", started.elapsed());
-        match fault {
-            Fault::Kill => {
-                proc.kill9();
-                if target < 3 {
-                    bases.write().unwrap()[target] = None;
-                }
-                std::thread::sleep(held);
-                proc.restart();
-                if target < 3 {
-                    bases.write().unwrap()[target] = proc.base.clone();
-                }
-                faults.kills += 1;
-            }
-            Fault::Pause => {
-                proc.signal(libc::SIGSTOP);
-                std::thread::sleep(held);
-                proc.signal(libc::SIGCONT);
-                faults.pauses += 1;
-            }
-            Fault::DiskFull => {
-                let flag = proc.disk_full_flag();
-                std::fs::write(&flag, b"").unwrap();
-                std::thread::sleep(held);
-                std::fs::remove_file(&flag).unwrap();
-                faults.disk_full += 1;
-            }
+        for (fault, target) in &chosen {
+            begin(&mut c, bases, *fault, *target, &mut faults);
+        }
+        std::thread::sleep(held);
+        for (fault, target) in &chosen {
+            end(&mut c, bases, *fault, *target);
         }
         match wait_healed(&mut c, bases, Duration::from_secs(90), &mut faults.exited) {
             Ok(took) => slowest_heal = slowest_heal.max(took),
             Err(status) => {
-                let why =
-                    format!("the cluster did not heal within 90 s of {fault:?} {name}: {status}");
+                let why = format!("the cluster did not heal within 90 s of {names}: {status}");
                 keep_logs(&c, seed, &why);
                 panic!("{why}")
             }
@@ -566,6 +662,12 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     // that fault still loses writes in rare runs (docs/reliability.md).
     let disk_full = env_u64("ENGRAM_CHAOS_DISK_FULL").unwrap_or(1) == 1;
     let reshard = env_u64("ENGRAM_CHAOS_RESHARD").unwrap_or(1) == 1;
+    let mix = Mix {
+        disk_full,
+        partitions: env_u64("ENGRAM_CHAOS_PARTITIONS").unwrap_or(1) == 1,
+        at_once: env_u64("ENGRAM_CHAOS_AT_ONCE").unwrap_or(1).clamp(1, 3) as usize,
+    };
+    let replication = env_u64("ENGRAM_CHAOS_REPLICATION").unwrap_or(2);
     let seed = env_u64("ENGRAM_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -573,15 +675,18 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
             .as_nanos() as u64
     });
     eprintln!(
-        "chaos: seed {seed} (ENGRAM_CHAOS_SEED replays it), {kills} kills, disk-full faults {}",
-        if disk_full { "on" } else { "off" }
+        "chaos: seed {seed} (ENGRAM_CHAOS_SEED replays it), {kills} kills, {mix:?}, replication {replication}"
     );
     // Maintenance every second with small tiers: segments (sealed every
     // 400 rows) merge and deleted rows are compacted away throughout.
-    let cluster = Cluster::start_with("compaction_interval_s = 1\nmerge_floor_rows = 200");
+    let cluster = Cluster::launch(Launch {
+        index_extra: "compaction_interval_s = 1\nmerge_floor_rows = 200",
+        net_faults: mix.partitions,
+        ..Launch::default()
+    });
     let (status, body) = cluster.post(
         "/v1/collections",
-        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": SHARDS, "replication": 2}),
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": SHARDS, "replication": replication}),
     );
     assert_eq!(status, 201, "{body:?}");
     let bases: Bases = RwLock::new(
@@ -608,7 +713,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
             }
         });
         let stopper = scopeguard(&stop);
-        let faults = controller(&cluster, &bases, kills, seed, disk_full);
+        let faults = controller(&cluster, &bases, kills, seed, mix);
         drop(stopper);
         w.join().expect("writer panicked");
         r.join().expect("reader panicked");
@@ -644,13 +749,17 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     }
     let heals = cluster.heals();
     let line = format!(
-        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} heals_delta={} heals_segments={} heals_object_store={} heals_rows={} heal_bytes_delta={} heal_bytes_segments={} heal_bytes_object_store={} heal_bytes_rows={} seconds={}",
+        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} partitions={} one_way={} leader_cuts={} at_once={} replication={replication} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} heals_delta={} heals_segments={} heals_object_store={} heals_rows={} heal_bytes_delta={} heal_bytes_segments={} heal_bytes_object_store={} heal_bytes_rows={} seconds={}",
         faults.kills,
         lost.len(),
         resurrected.len(),
         ledger.errors,
         faults.pauses,
         faults.disk_full,
+        faults.partitions,
+        faults.one_way,
+        faults.leader_cuts,
+        mix.at_once,
         faults.exited,
         ledger.acked_ops,
         ledger.classifies,

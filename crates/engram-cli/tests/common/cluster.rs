@@ -262,20 +262,20 @@ pub struct Cluster {
 }
 
 /// How [`Cluster::launch`] configures the nodes.
-struct Launch<'a> {
+pub struct Launch<'a> {
     /// Extra lines of every node's `[index]` section.
-    index_extra: &'a str,
+    pub index_extra: &'a str,
     /// Extra lines of every node's `[storage]` section.
-    storage_extra: &'a str,
+    pub storage_extra: &'a str,
     /// Extra lines of every node's `[cluster]` section.
-    cluster_extra: &'a str,
+    pub cluster_extra: &'a str,
     /// Local directories nodes may read and write besides the exchange.
-    extra_roots: &'a [&'a Path],
-    tls: bool,
-    embedder: bool,
-    worker_timeout_ms: u64,
+    pub extra_roots: &'a [&'a Path],
+    pub tls: bool,
+    pub embedder: bool,
+    pub worker_timeout_ms: u64,
     /// Internal ports behind fault-injecting proxies.
-    net_faults: bool,
+    pub net_faults: bool,
 }
 
 impl Default for Launch<'_> {
@@ -373,7 +373,8 @@ impl Cluster {
         })
     }
 
-    fn launch(launch: Launch) -> Cluster {
+    /// A cluster configured by `launch`.
+    pub fn launch(launch: Launch) -> Cluster {
         let Launch {
             index_extra,
             storage_extra,
