@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::cluster::{Cluster, DIM, vector, write_parquet_of};
+use common::cluster::{Cluster, DIM, Launch, vector, write_parquet_of};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -292,4 +292,87 @@ fn a_bulk_ingest_job_runs_on_when_its_coordinator_is_killed_mid_job() {
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["neighbors"][0]["id"], row, "{answer}");
     }
+}
+
+/// The first line of `log` that contains `needle`, and its timestamp
+/// (the RFC 3339 time each log line starts with, compared as text).
+fn first_line_at(log: &std::path::Path, needle: &str) -> Option<String> {
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .find(|l| l.contains(needle))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+}
+
+/// The owner of an ingest job is cut off from the other coordinators by a
+/// network partition (it still reaches the workers, so it could go on
+/// writing): it stops the job itself once its lease lapses, before the
+/// leader on the majority side takes the job over, and the job ends there.
+#[test]
+fn a_partitioned_owner_stops_its_job_before_another_takes_it_over() {
+    let cluster = Cluster::launch(Launch {
+        cluster_extra: "job_takeover_s = 4",
+        net_faults: true,
+        ..Launch::default()
+    });
+    let (status, body) = cluster.post(
+        "/v1/collections",
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 2, "replication": 2}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let input = cluster.exchange().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in 0..FILES {
+        let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
+        write_parquet_of(
+            &input.join(format!("part-{f:03}.parquet")),
+            &ids,
+            "ingested",
+            vector,
+        );
+    }
+    let total = FILES * ROWS_PER_FILE;
+    let (status, job) = cluster.post(
+        "/v1/collections/c/jobs",
+        &json!({"kind": "ingest", "uri": input.display().to_string(), "batch_rows": 250}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    assert_eq!(job["owner"], 1, "{job}");
+    let (_, job) = wait_for_progress(&cluster, 3, id, 3 * ROWS_PER_FILE, &[]);
+    eprintln!("cutting coordinator 1 off from the other coordinators: {job}");
+    let net = cluster.net.clone().unwrap();
+    for other in ["coordinator-2", "coordinator-3"] {
+        net.block("coordinator-1", other);
+        net.block(other, "coordinator-1");
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let job = loop {
+        let job = job_status(&cluster, 3, id);
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    net.heal();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["previous_owners"], json!([1]), "{job}");
+    assert_eq!(job["report"]["items_written"], total, "{job}");
+    let stopped = first_line_at(
+        &cluster.coordinators[0].log,
+        "no Raft majority took the job's status",
+    )
+    .expect("the cut-off owner never stopped the job");
+    let taken = cluster.coordinators[1..]
+        .iter()
+        .filter_map(|c| first_line_at(&c.log, "this coordinator takes the job over"))
+        .min()
+        .expect("nobody took the job over");
+    assert!(
+        stopped < taken,
+        "the owner stopped at {stopped}, after the takeover at {taken}"
+    );
+    let (_, info) = cluster.get("/v1/collections/c");
+    assert_eq!(info["items"], total, "{info}");
 }

@@ -51,9 +51,13 @@ fn delete(cluster: &Cluster, ids: &[u64]) {
 }
 
 fn create(cluster: &Cluster) {
+    create_with(cluster, 3);
+}
+
+fn create_with(cluster: &Cluster, replication: usize) {
     let (status, body) = cluster.post(
         "/v1/collections",
-        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 1, "replication": 3}),
+        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 1, "replication": replication}),
     );
     assert_eq!(status, 201, "{body:?}");
 }
@@ -95,13 +99,21 @@ fn check_alone(
     }
 }
 
-/// Waits until no copy of the shard is out of sync.
+/// Waits until no copy of the shard is out of sync (and it has its two
+/// replicas).
 fn wait_in_sync(cluster: &Cluster, within: Duration) -> Value {
+    wait_for_replicas(cluster, within, 2)
+}
+
+/// Waits until no copy of the shard is out of sync and it has `replicas`.
+fn wait_for_replicas(cluster: &Cluster, within: Duration, replicas: usize) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let p = placement(cluster);
         if p["out_of_sync"].as_array().is_some_and(Vec::is_empty)
-            && p["replicas"].as_array().is_some_and(|r| r.len() == 2)
+            && p["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == replicas)
         {
             return p;
         }
@@ -244,7 +256,7 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
     let cluster = Cluster::start_with_storage("upload_sealed_segments = false");
     // Each end is killed once more than 3 more file chunks arrived.
     let (cluster, heals, log) =
-        rebuild_a_lost_copy_under_kills(cluster, false, "segment file chunk", 3);
+        rebuild_a_copy_under_kills(cluster, Rebuild::LostDisk, false, "segment file chunk", 3);
     assert!(heals.segments >= 1, "{heals:?}");
     assert_eq!(heals.object_store, 0, "{heals:?}");
     // The transfers after each kill resumed the files already staged.
@@ -263,7 +275,8 @@ fn a_copy_that_lost_its_disk_comes_back_from_object_storage_through_kill9_of_bot
     // directory here); the rebuilt copy downloads them before the rest of
     // its transfer. Each end is killed right after a plan (downloads done).
     let cluster = Cluster::start();
-    let (cluster, heals, log) = rebuild_a_lost_copy_under_kills(cluster, true, "shipping plan", 0);
+    let (cluster, heals, log) =
+        rebuild_a_copy_under_kills(cluster, Rebuild::LostDisk, true, "shipping plan", 0);
     let downloaded = log_fields(&log, "shipping plan", "downloaded_bytes");
     eprintln!("heals {heals:?}; bytes downloaded by each shipping plan: {downloaded:?}");
     assert!(
@@ -271,6 +284,24 @@ fn a_copy_that_lost_its_disk_comes_back_from_object_storage_through_kill9_of_bot
         "nothing came from object storage: {downloaded:?}"
     );
     assert!(heals.object_store + heals.segments >= 1, "{heals:?}");
+    drop(cluster);
+}
+
+#[test]
+fn a_move_of_a_sealed_shard_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
+    // A rebalancing move (POST /v1/cluster/moves) of a replica of a sealed
+    // shard to the worker without a copy: its new copy receives the
+    // segment files, is killed, comes back, and its sender is killed too.
+    let cluster = Cluster::start_with_storage("upload_sealed_segments = false");
+    let (cluster, heals, log) =
+        rebuild_a_copy_under_kills(cluster, Rebuild::Move, false, "segment file chunk", 3);
+    assert!(heals.segments >= 1, "{heals:?}");
+    let resumed: Vec<u64> = log_fields(&log, "shipping plan", "resumed_bytes");
+    eprintln!("heals {heals:?}; bytes resumed by each shipping plan: {resumed:?}");
+    assert!(
+        resumed.iter().any(|b| *b > 0),
+        "no transfer resumed: {resumed:?}"
+    );
     drop(cluster);
 }
 
@@ -286,21 +317,32 @@ fn log_fields(log: &str, message: &str, field: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Bulk-loads one sealed segment into a shard on every worker (and, when
-/// `uploads`, waits until its primary has uploaded it), deletes one
-/// replica's disk and brings it back while writes and deletes go on;
-/// kills its receiver once its log shows `under_way` more than `margin`
-/// times, then its sender once more than `margin` more. Checks the copy
-/// ends with every acknowledged write and that no copy was rebuilt from
-/// rows; returns the cluster (every process but the rebuilt copy's worker
-/// killed), the heals and the rebuilt worker's log.
-fn rebuild_a_lost_copy_under_kills(
+/// How a copy comes to need the whole shard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rebuild {
+    /// A replica of a shard on every worker loses its disk.
+    LostDisk,
+    /// A replica of a shard on two of the three workers moves to the third.
+    Move,
+}
+
+/// Bulk-loads one sealed segment into a shard (and, when `uploads`, waits
+/// until its primary has uploaded it); then a replica's disk is deleted
+/// and it comes back, or a replica moves to the worker without a copy,
+/// while writes and deletes go on. Kills the receiving copy once its log
+/// shows `under_way` more than `margin` times, then the sender once more
+/// than `margin` more. Checks the copy ends with every acknowledged write
+/// and that no copy was rebuilt from rows; returns the cluster (every
+/// process but the receiving copy's worker killed), the heals and the
+/// receiving worker's log.
+fn rebuild_a_copy_under_kills(
     mut cluster: Cluster,
+    how: Rebuild,
     uploads: bool,
     under_way: &'static str,
     margin: usize,
 ) -> (Cluster, common::cluster::Heals, String) {
-    create(&cluster);
+    create_with(&cluster, if how == Rebuild::Move { 2 } else { 3 });
     // 30,000 rows, bulk-loaded into one sealed segment (about 4 MB of
     // files, shipped in 16 KiB chunks).
     let file = cluster.exchange().join("part-0.parquet");
@@ -320,10 +362,25 @@ fn rebuild_a_lost_copy_under_kills(
         assert!(Instant::now() < deadline, "bulk job did not end: {job}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let start = wait_in_sync(&cluster, Duration::from_secs(30));
+    let start = match how {
+        Rebuild::LostDisk => wait_in_sync(&cluster, Duration::from_secs(30)),
+        Rebuild::Move => wait_for_replicas(&cluster, Duration::from_secs(30), 1),
+    };
     let primary = start["primary"].as_u64().unwrap();
-    let rebuilt = start["replicas"][0].as_u64().unwrap();
-    let other = start["replicas"][1].as_u64().unwrap();
+    // LostDisk: `rebuilt` loses its disk and `other` leads once the
+    // primary is killed. Move: `other` moves to `rebuilt` (the worker
+    // without a copy), and leads once the primary is killed.
+    let (rebuilt, other) = match how {
+        Rebuild::LostDisk => (
+            start["replicas"][0].as_u64().unwrap(),
+            start["replicas"][1].as_u64().unwrap(),
+        ),
+        Rebuild::Move => {
+            let other = start["replicas"][0].as_u64().unwrap();
+            let free = (1..=3u64).find(|w| *w != primary && *w != other).unwrap();
+            (free, other)
+        }
+    };
 
     if uploads {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -333,9 +390,26 @@ fn rebuild_a_lost_copy_under_kills(
         }
     }
 
-    // Its disk is lost: it comes back empty and needs every row.
-    cluster.workers[rebuilt as usize - 1].kill9();
-    std::fs::remove_dir_all(cluster.workers[rebuilt as usize - 1].data_dir()).unwrap();
+    // LostDisk: its disk is lost; it comes back empty and needs every row.
+    if how == Rebuild::LostDisk {
+        cluster.workers[rebuilt as usize - 1].kill9();
+        std::fs::remove_dir_all(cluster.workers[rebuilt as usize - 1].data_dir()).unwrap();
+    }
+    // Move: asked of a coordinator, which answers once the map has
+    // flipped (a client that waits long enough for the kills below).
+    let mover = (how == Rebuild::Move).then(|| {
+        let http = common::cluster::client_with_key(&cluster.api_key, Duration::from_secs(600));
+        let base = cluster.live_coordinators()[1].to_string();
+        std::thread::spawn(move || {
+            let answer = http
+                .post(format!("{base}/v1/cluster/moves"))
+                .json(&json!({"collection": "c", "shard": 0, "from": other, "to": rebuilt}))
+                .send()
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.text().unwrap_or_default())
+        })
+    });
 
     // Writes and deletes go on throughout (ids from 100,000; every fifth
     // one deleted again), each remembered once acknowledged.
@@ -405,7 +479,9 @@ fn rebuild_a_lost_copy_under_kills(
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
+    if how == Rebuild::LostDisk {
+        cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
+    }
     let seen = wait_for_chunks(margin);
     cluster.lock().unwrap().workers[rebuilt as usize - 1].kill9();
     // Back again: a new transfer (its copy has no position); kill its
@@ -414,16 +490,31 @@ fn rebuild_a_lost_copy_under_kills(
     cluster.lock().unwrap().workers[rebuilt as usize - 1].restart();
     wait_for_chunks(seen + margin);
     cluster.lock().unwrap().workers[primary as usize - 1].kill9();
-    {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let p = placement(&cluster.lock().unwrap());
-            let replicas = p["replicas"].as_array().unwrap();
-            if p["primary"] == json!(other) && replicas.contains(&json!(rebuilt)) {
-                break;
+    match mover {
+        None => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let p = placement(&cluster.lock().unwrap());
+                let replicas = p["replicas"].as_array().unwrap();
+                if p["primary"] == json!(other) && replicas.contains(&json!(rebuilt)) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the copy was not rebuilt: {p:?}");
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(Instant::now() < deadline, "the copy was not rebuilt: {p:?}");
-            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(mover) => {
+            // The move ends with the new copy leading (the copy it
+            // replaced led once the primary was killed, and handed over).
+            let (status, body) = mover.join().unwrap();
+            assert_eq!(status, 200, "the move failed: {body}");
+            let p = placement(&cluster.lock().unwrap());
+            assert_eq!(p["primary"], json!(rebuilt), "{p:?}");
+            let hosts = p.to_string();
+            assert!(
+                !p["replicas"].as_array().unwrap().contains(&json!(other)),
+                "{hosts}"
+            );
         }
     }
     std::thread::sleep(Duration::from_secs(1));

@@ -282,7 +282,7 @@ async fn ingest(
             state: "running".into(),
             ..Checkpoint::default()
         };
-        record_checkpoint(dir, job, spec, &cp)?;
+        save(&checkpoint_path, &cp)?;
         cp
     };
     job.set_resume(resume_point(spec, &cp));

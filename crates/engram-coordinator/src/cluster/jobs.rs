@@ -209,21 +209,25 @@ pub(crate) async fn fail(meta: &MetaNode, record: &JobRecord, error: String) -> 
     Ok(())
 }
 
-/// A record's status as the API shows it, with its owners.
-fn status_of(record: &JobRecord) -> Option<JobStatus> {
-    let mut status: JobStatus = serde_json::from_value((*record.status).clone()).ok()?;
+/// `status` with the owners `record` names.
+fn stamped(mut status: JobStatus, record: &JobRecord) -> JobStatus {
     status.owner = Some(record.owner);
     status.previous_owners = record.previous_owners.clone();
-    Some(status)
+    status
+}
+
+/// A record's status as the API shows it, with its owners.
+fn status_of(record: &JobRecord) -> Option<JobStatus> {
+    let status = serde_json::from_value((*record.status).clone()).ok()?;
+    Some(stamped(status, record))
 }
 
 /// `status` (live, on this coordinator) with the owners Raft records.
-pub(crate) fn with_owners(meta: &MetaNode, mut status: JobStatus) -> JobStatus {
-    if let Some(record) = meta.state().jobs.get(&status.id) {
-        status.owner = Some(record.owner);
-        status.previous_owners = record.previous_owners.clone();
+pub(crate) fn with_owners(meta: &MetaNode, status: JobStatus) -> JobStatus {
+    match meta.state().jobs.get(&status.id) {
+        Some(record) => stamped(status, record),
+        None => status,
     }
-    status
 }
 
 /// The last published status of job `id` of `collection`.
