@@ -378,12 +378,14 @@ enum Fault {
     LeaderCut,
 }
 
-/// Which faults a run injects, and how many at a time.
+/// Which faults a run injects, how many at a time, and how many copies
+/// each shard has.
 #[derive(Debug, Clone, Copy)]
 struct Mix {
     disk_full: bool,
     partitions: bool,
     at_once: usize,
+    replication: usize,
 }
 
 #[derive(Default, Debug)]
@@ -432,6 +434,7 @@ fn wait_healed(
     cluster: &mut Cluster,
     bases: &Bases,
     within: Duration,
+    replication: usize,
     exited: &mut u64,
 ) -> Result<Duration, String> {
     let started = Instant::now();
@@ -444,7 +447,7 @@ fn wait_healed(
             .first()
             .and_then(|b| cluster.status(b))
         {
-            healed = common::cluster::healed(&status);
+            healed = common::cluster::healed_with(&status, replication - 1);
             last = status.to_string();
         }
         if healed {
@@ -585,7 +588,13 @@ fn controller(cluster: &Mutex<Cluster>, bases: &Bases, kills: u64, seed: u64, mi
         for (fault, target) in &chosen {
             end(&mut c, bases, *fault, *target);
         }
-        match wait_healed(&mut c, bases, Duration::from_secs(90), &mut faults.exited) {
+        match wait_healed(
+            &mut c,
+            bases,
+            Duration::from_secs(90),
+            mix.replication,
+            &mut faults.exited,
+        ) {
             Ok(took) => slowest_heal = slowest_heal.max(took),
             Err(status) => {
                 let why = format!("the cluster did not heal within 90 s of {names}: {status}");
@@ -666,8 +675,9 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         disk_full,
         partitions: env_u64("ENGRAM_CHAOS_PARTITIONS").unwrap_or(1) == 1,
         at_once: env_u64("ENGRAM_CHAOS_AT_ONCE").unwrap_or(1).clamp(1, 3) as usize,
+        replication: env_u64("ENGRAM_CHAOS_REPLICATION").unwrap_or(2).clamp(1, 3) as usize,
     };
-    let replication = env_u64("ENGRAM_CHAOS_REPLICATION").unwrap_or(2);
+    let replication = mix.replication;
     let seed = env_u64("ENGRAM_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -686,6 +686,12 @@ pub fn metric(page: &str, series: &str) -> f64 {
 /// all three workers healthy, and every shard with its primary and one
 /// in-sync replica (replication 2) and nothing out of sync.
 pub fn healed(status: &Value) -> bool {
+    healed_with(status, 1)
+}
+
+/// [`healed`] for collections whose shards have `replicas` replicas
+/// beside their primary (replication `replicas + 1`).
+pub fn healed_with(status: &Value, replicas: usize) -> bool {
     let workers_ok = status["workers"]
         .as_array()
         .is_some_and(|w| w.iter().filter(|w| w["healthy"] == json!(true)).count() == 3);
@@ -693,7 +699,7 @@ pub fn healed(status: &Value) -> bool {
         cs.iter().all(|c| {
             c["shards"].as_array().unwrap().iter().all(|s| {
                 s["out_of_sync"].as_array().unwrap().is_empty()
-                    && s["replicas"].as_array().unwrap().len() == 1
+                    && s["replicas"].as_array().unwrap().len() == replicas
             })
         })
     });

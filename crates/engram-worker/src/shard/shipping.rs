@@ -187,7 +187,9 @@ impl Shard {
         let mut state = self.state.write();
         for (segment, items) in opened {
             let segment = Arc::new(segment);
-            self.cache.register(&segment);
+            // Served from disk at once; its share of the cache budget is
+            // loaded behind the attach (below), not inside the transfer.
+            self.cache.add(&segment);
             let (live, superseded) = state.add_sealed(segment, items);
             rows += live;
             if superseded {
@@ -206,6 +208,10 @@ impl Shard {
             rows,
             "attached shipped segments"
         );
+        // Loading a large segment's sectors into memory takes seconds; the
+        // copy answers from disk meanwhile and its transfer goes on.
+        let cache = self.cache.clone();
+        std::thread::spawn(move || cache.rebalance());
         Ok(rows)
     }
 }
