@@ -68,9 +68,15 @@ fn wait_for_progress(
     }
 }
 
-#[test]
-fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
-    let mut cluster = Cluster::start_with_cluster("job_takeover_s = 4");
+/// Creates the collection `c` (2 shards, replication 2) and writes `files`
+/// Parquet files of [`ROWS_PER_FILE`] rows each (label `label`,
+/// `vector_of(id)`) under the exchange's `input/`; returns that directory.
+fn load_input(
+    cluster: &Cluster,
+    files: u64,
+    label: &str,
+    vector_of: impl Fn(u64) -> Vec<f32> + Copy,
+) -> std::path::PathBuf {
     let (status, body) = cluster.post(
         "/v1/collections",
         &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 2, "replication": 2}),
@@ -78,35 +84,61 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
     assert_eq!(status, 201, "{body}");
     let input = cluster.exchange().join("input");
     std::fs::create_dir_all(&input).unwrap();
-    // A few rows of some files are bad (a NaN in the vector): rejected by
-    // whichever coordinator reads them, and all in the job's rejects file
-    // at the end.
-    let bad = |id: u64| id % ROWS_PER_FILE == 7 && (id / ROWS_PER_FILE).is_multiple_of(3);
-    for f in 0..FILES {
+    for f in 0..files {
         let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
         write_parquet_of(
             &input.join(format!("part-{f:03}.parquet")),
             &ids,
-            "ingested",
-            |id| {
-                let mut v = vector(id);
-                if bad(id) {
-                    v[0] = f32::NAN;
-                }
-                v
-            },
+            label,
+            vector_of,
         );
     }
+    input
+}
+
+/// Starts an ingest job of `input` (with `options`) on coordinator 1,
+/// which owns it; returns its id.
+fn submit(cluster: &Cluster, input: &std::path::Path, options: Value) -> u64 {
+    let mut body = json!({"kind": "ingest", "uri": input.display().to_string()});
+    body.as_object_mut()
+        .unwrap()
+        .extend(options.as_object().unwrap().clone());
+    let (status, job) = cluster.post("/v1/collections/c/jobs", &body);
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["owner"], 1, "{job}");
+    job["id"].as_u64().unwrap()
+}
+
+/// Waits until job `id`, as coordinator `watcher` shows it, has ended.
+fn wait_for_end(cluster: &Cluster, watcher: u64, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let job = job_status(cluster, watcher, id);
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
+    let mut cluster = Cluster::start_with_cluster("job_takeover_s = 4");
+    // A few rows of some files are bad (a NaN in the vector): rejected by
+    // whichever coordinator reads them, and all in the job's rejects file
+    // at the end.
+    let bad = |id: u64| id % ROWS_PER_FILE == 7 && (id / ROWS_PER_FILE).is_multiple_of(3);
+    let input = load_input(&cluster, FILES, "ingested", |id| {
+        let mut v = vector(id);
+        if bad(id) {
+            v[0] = f32::NAN;
+        }
+        v
+    });
     let total = FILES * ROWS_PER_FILE;
     let rejected = (0..total).filter(|id| bad(*id)).count() as u64;
-    // Submitted to coordinator 1, which owns it.
-    let (status, job) = cluster.post(
-        "/v1/collections/c/jobs",
-        &json!({"kind": "ingest", "uri": input.display().to_string(), "batch_rows": 250}),
-    );
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_u64().unwrap();
-    assert_eq!(job["owner"], 1, "{job}");
+    let id = submit(&cluster, &input, json!({"batch_rows": 250}));
 
     // The first owner is killed once the job is under way (published
     // progress past the first files).
@@ -146,15 +178,7 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
     eprintln!("killing the job's second owner, coordinator {second}: {job}");
     cluster.coordinators[second as usize - 1].kill9();
 
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let job = loop {
-        let job = job_status(&cluster, observer(&cluster, &[second]), id);
-        if job["state"] != "running" {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "the job did not end: {job}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = wait_for_end(&cluster, observer(&cluster, &[second]), id);
     assert_eq!(job["state"], "succeeded", "{job}");
     let third = job["owner"].as_u64().unwrap();
     assert_ne!(third, second, "{job}");
@@ -224,30 +248,13 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
 fn a_bulk_ingest_job_runs_on_when_its_coordinator_is_killed_mid_job() {
     const BULK_FILES: u64 = 60;
     let mut cluster = Cluster::start_with_cluster("job_takeover_s = 4");
-    let (status, body) = cluster.post(
-        "/v1/collections",
-        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 2, "replication": 2}),
-    );
-    assert_eq!(status, 201, "{body}");
-    let input = cluster.exchange().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    for f in 0..BULK_FILES {
-        let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
-        write_parquet_of(
-            &input.join(format!("part-{f:03}.parquet")),
-            &ids,
-            "bulk",
-            vector,
-        );
-    }
+    let input = load_input(&cluster, BULK_FILES, "bulk", vector);
     let total = BULK_FILES * ROWS_PER_FILE;
-    let (status, job) = cluster.post(
-        "/v1/collections/c/jobs",
-        &json!({"kind": "ingest", "uri": input.display().to_string(), "bulk": true, "segment_rows": 1000}),
+    let id = submit(
+        &cluster,
+        &input,
+        json!({"bulk": true, "segment_rows": 1000}),
     );
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_u64().unwrap();
-    assert_eq!(job["owner"], 1, "{job}");
     // Killed once segments are attached and their checkpoint published.
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
@@ -265,15 +272,7 @@ fn a_bulk_ingest_job_runs_on_when_its_coordinator_is_killed_mid_job() {
     );
     eprintln!("killing the bulk job's owner: {job}");
     cluster.coordinators[0].kill9();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let job = loop {
-        let job = job_status(&cluster, 3, id);
-        if job["state"] != "running" {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "the job did not end: {job}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = wait_for_end(&cluster, 3, id);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["previous_owners"], json!([1]), "{job}");
     assert_eq!(job["report"]["rows_read"], total, "{job}");
@@ -315,30 +314,9 @@ fn a_partitioned_owner_stops_its_job_before_another_takes_it_over() {
         net_faults: true,
         ..Launch::default()
     });
-    let (status, body) = cluster.post(
-        "/v1/collections",
-        &json!({"name": "c", "dim": DIM, "metric": "l2", "shards": 2, "replication": 2}),
-    );
-    assert_eq!(status, 201, "{body}");
-    let input = cluster.exchange().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    for f in 0..FILES {
-        let ids: Vec<u64> = (f * ROWS_PER_FILE..(f + 1) * ROWS_PER_FILE).collect();
-        write_parquet_of(
-            &input.join(format!("part-{f:03}.parquet")),
-            &ids,
-            "ingested",
-            vector,
-        );
-    }
+    let input = load_input(&cluster, FILES, "ingested", vector);
     let total = FILES * ROWS_PER_FILE;
-    let (status, job) = cluster.post(
-        "/v1/collections/c/jobs",
-        &json!({"kind": "ingest", "uri": input.display().to_string(), "batch_rows": 250}),
-    );
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_u64().unwrap();
-    assert_eq!(job["owner"], 1, "{job}");
+    let id = submit(&cluster, &input, json!({"batch_rows": 250}));
     let (_, job) = wait_for_progress(&cluster, 3, id, 3 * ROWS_PER_FILE, &[]);
     eprintln!("cutting coordinator 1 off from the other coordinators: {job}");
     let net = cluster.net.clone().unwrap();
@@ -346,15 +324,7 @@ fn a_partitioned_owner_stops_its_job_before_another_takes_it_over() {
         net.block("coordinator-1", other);
         net.block(other, "coordinator-1");
     }
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let job = loop {
-        let job = job_status(&cluster, 3, id);
-        if job["state"] != "running" {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "the job did not end: {job}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = wait_for_end(&cluster, 3, id);
     net.heal();
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["previous_owners"], json!([1]), "{job}");

@@ -389,14 +389,20 @@ impl Cluster {
         // Where a node's internal port is reached (a proxy in front of it
         // with network faults) and the line that makes its connections
         // leave from its own loopback address.
+        // (Without proxies the lines are empty: tests that copy a node's
+        // config for a new node change only its port.)
         let front = |name: &str, coordinator: bool, n: usize, port: u16| -> (u16, String) {
             match &net {
                 None => (port, String::new()),
                 Some(net) => {
-                    let proxy = free_port();
-                    net.proxy(proxy, port, name);
+                    let proxy = net.proxy(port, name);
                     let source = net.source_of(name, coordinator, n);
-                    (proxy, format!("source_address = \"{source}\"\n"))
+                    let advertise = if coordinator {
+                        String::new()
+                    } else {
+                        format!("advertise = \"127.0.0.1:{proxy}\"\n")
+                    };
+                    (proxy, format!("{advertise}source_address = \"{source}\"\n"))
                 }
             }
         };
@@ -485,11 +491,10 @@ impl Cluster {
             let config = dir.path().join(format!("worker-{id}.toml"));
             std::fs::write(&config, {
                 let port = free_port();
-                let (reached, source) = front(&format!("worker-{id}"), false, id, port);
+                let (_, lines) = front(&format!("worker-{id}"), false, id, port);
                 format!(
                     "[server]\ndata_dir = {:?}\n\n{common}node_id = {id}\n\
-                         internal_listen = \"127.0.0.1:{port}\"\n\
-                         advertise = \"127.0.0.1:{reached}\"\n{source}\n{index}",
+                     internal_listen = \"127.0.0.1:{port}\"\n{lines}\n{index}",
                     data.display().to_string(),
                 )
             })

@@ -48,10 +48,15 @@ impl NetFaults {
         ip
     }
 
-    /// Starts a proxy from `127.0.0.1:listen` to node `to` at
-    /// `127.0.0.1:target`.
-    pub fn proxy(&self, listen: u16, target: u16, to: &str) {
-        let listener = TcpListener::bind(("127.0.0.1", listen)).expect("proxy port");
+    /// Starts a proxy to node `to` at `127.0.0.1:target`; returns the port
+    /// it listens on (the first free one it could bind).
+    pub fn proxy(&self, target: u16, to: &str) -> u16 {
+        let (listener, listen) = loop {
+            let port = super::cluster::free_port();
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                break (listener, port);
+            }
+        };
         listener.set_nonblocking(true).unwrap();
         let (faults, to) = (self.clone(), to.to_string());
         std::thread::spawn(move || {
@@ -70,6 +75,7 @@ impl NetFaults {
                 }
             }
         });
+        listen
     }
 
     fn name_of(&self, ip: IpAddr) -> String {
