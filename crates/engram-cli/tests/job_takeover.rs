@@ -227,13 +227,7 @@ fn an_ingest_job_runs_on_when_its_coordinators_are_killed_mid_job() {
         .live_coordinators()
         .iter()
         .map(|base| {
-            let page = cluster
-                .http
-                .get(format!("{base}/metrics"))
-                .send()
-                .unwrap()
-                .text()
-                .unwrap();
+            let page = cluster.coordinator_metrics(base);
             common::cluster::metric(&page, "engram_jobs_taken_over_total")
         })
         .sum();

@@ -257,15 +257,8 @@ fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_whi
     // Each end is killed once more than 3 more file chunks arrived.
     let (cluster, heals, log) =
         rebuild_a_copy_under_kills(cluster, Rebuild::LostDisk, false, "segment file chunk", 3);
-    assert!(heals.segments >= 1, "{heals:?}");
     assert_eq!(heals.object_store, 0, "{heals:?}");
-    // The transfers after each kill resumed the files already staged.
-    let resumed: Vec<u64> = log_fields(&log, "shipping plan", "resumed_bytes");
-    eprintln!("heals {heals:?}; bytes resumed by each shipping plan: {resumed:?}");
-    assert!(
-        resumed.iter().any(|b| *b > 0),
-        "no transfer resumed: {resumed:?}"
-    );
+    shipped_and_resumed(&heals, &log);
     drop(cluster);
 }
 
@@ -295,14 +288,20 @@ fn a_move_of_a_sealed_shard_survives_kill9_of_its_receiver_then_its_sender_while
     let cluster = Cluster::start_with_storage("upload_sealed_segments = false");
     let (cluster, heals, log) =
         rebuild_a_copy_under_kills(cluster, Rebuild::Move, false, "segment file chunk", 3);
+    shipped_and_resumed(&heals, &log);
+    drop(cluster);
+}
+
+/// A copy was healed by shipped segments, and the transfers after each
+/// kill resumed the files already staged (from the receiver's `log`).
+fn shipped_and_resumed(heals: &common::cluster::Heals, log: &str) {
     assert!(heals.segments >= 1, "{heals:?}");
-    let resumed: Vec<u64> = log_fields(&log, "shipping plan", "resumed_bytes");
+    let resumed: Vec<u64> = log_fields(log, "shipping plan", "resumed_bytes");
     eprintln!("heals {heals:?}; bytes resumed by each shipping plan: {resumed:?}");
     assert!(
         resumed.iter().any(|b| *b > 0),
         "no transfer resumed: {resumed:?}"
     );
-    drop(cluster);
 }
 
 /// The values of `field` on the lines of `log` that contain `message`.

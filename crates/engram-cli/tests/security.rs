@@ -837,13 +837,7 @@ fn walk_internal_routes(cluster: &Cluster, http: &reqwest::blocking::Client, sch
     // Counted on the coordinator's /metrics: one missing and two wrong per
     // route, nothing else (its peers send the secret).
     let base = cluster.coordinators[0].base.clone().unwrap();
-    let text = cluster
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = cluster.coordinator_metrics(&base);
     for (reason, count) in [("missing", refused_routes), ("wrong", 2 * refused_routes)] {
         let line = format!("engram_cluster_secret_refused_total{{reason=\"{reason}\"}} {count}");
         assert!(text.contains(&line), "no `{line}` in:\n{text}");

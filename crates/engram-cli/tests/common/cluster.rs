@@ -603,6 +603,16 @@ impl Cluster {
         panic!("no coordinator answered {path}: {last}");
     }
 
+    /// The `/metrics` page of the coordinator whose public API is `base`.
+    pub fn coordinator_metrics(&self, base: &str) -> String {
+        self.http
+            .get(format!("{base}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// The `/metrics` page of worker `index` (0-based), fetched with the
     /// cluster secret from its internal port.
     pub fn worker_metrics(&self, index: usize) -> String {
