@@ -11,6 +11,7 @@ pub mod segment_index;
 
 pub use disk::cache::{CacheUsage, SegmentCache};
 pub use disk::growing::GrowingSegment;
+pub use disk::manifest::ArrivedFiles;
 pub use disk::sealed::{SealedSegment, SearchSettings};
 pub use error::{IndexError, Result};
 pub use flat::FlatIndex;

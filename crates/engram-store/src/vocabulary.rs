@@ -7,7 +7,7 @@ use std::sync::Arc;
 #[derive(Debug, Default, Clone)]
 pub struct Vocabulary {
     labels: Vec<Arc<str>>,
-    ids: HashMap<Arc<str>, u32>,
+    ids: HashMap<Arc<str>, u32, foldhash::quality::RandomState>,
     counts: Vec<u64>,
 }
 

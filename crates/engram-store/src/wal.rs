@@ -20,6 +20,7 @@
 //! Records written before positions existed have none and still read.
 
 use fs_err as fs;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -392,6 +393,23 @@ fn encode_ops(out: &mut Vec<u8>, record: &WalRecord) {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Labels and sources decoded so far, shared instead of allocated
+    /// again: a record of a million items usually names a few hundred
+    /// labels (one allocation each, not one per item).
+    strings: HashMap<&'a [u8], Arc<str>, foldhash::fast::RandomState>,
+}
+
+/// Most distinct strings a [`Reader`] shares (sources may all differ).
+const SHARED_STRINGS: usize = 4096;
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader {
+            bytes,
+            at: 0,
+            strings: HashMap::default(),
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -426,19 +444,23 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> std::result::Result<Arc<str>, String> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
+        if let Some(shared) = self.strings.get(bytes) {
+            return Ok(shared.clone());
+        }
+        let decoded: Arc<str> = std::str::from_utf8(bytes)
             .map(Arc::from)
-            .map_err(|_| "label or source is not UTF-8".to_string())
+            .map_err(|_| "label or source is not UTF-8".to_string())?;
+        if self.strings.len() < SHARED_STRINGS {
+            self.strings.insert(bytes, decoded.clone());
+        }
+        Ok(decoded)
     }
 }
 
 /// Decodes one WAL record's payload, its position included. Public for
 /// the fuzz target.
 pub fn decode_positioned(payload: &[u8]) -> std::result::Result<LoggedRecord, String> {
-    let mut r = Reader {
-        bytes: payload,
-        at: 0,
-    };
+    let mut r = Reader::new(payload);
     let mut count = r.u32()? as usize;
     let mut position = None;
     if count > 0 && payload.get(4) == Some(&TAG_POSITION) {
@@ -456,10 +478,7 @@ pub fn decode_positioned(payload: &[u8]) -> std::result::Result<LoggedRecord, St
 /// Decodes a payload of operations only (item tables, spills). Public for
 /// the fuzz target.
 pub fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
-    let mut r = Reader {
-        bytes: payload,
-        at: 0,
-    };
+    let mut r = Reader::new(payload);
     let count = r.u32()? as usize;
     decode_ops(&mut r, count)
 }

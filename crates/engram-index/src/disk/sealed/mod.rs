@@ -49,7 +49,7 @@ use engram_core::{Metric, ScoredId};
 
 use self::deleted::{DELETED_FILE, is_deleted, read_deleted, write_deleted};
 use self::rows::{RowLayout, floats};
-use super::manifest::SegmentManifest;
+use super::manifest::{ArrivedFiles, SegmentManifest};
 use super::off_runtime_drop::DropOffRuntime;
 use super::reader::{AutoReaderFactory, ReaderKind, SectorImage, direct_io_probe};
 use crate::error::{IndexError, Result};
@@ -80,7 +80,9 @@ pub struct SealedSegment {
     dir: PathBuf,
     manifest: SegmentManifest,
     ids: Vec<u64>,
-    slot_of: HashMap<u64, u32>,
+    /// Row id to slot (foldhash, randomly seeded: ids are chosen by
+    /// users; SipHash made this the slowest part of opening a segment).
+    slot_of: HashMap<u64, u32, foldhash::quality::RandomState>,
     deleted: RwLock<Vec<u64>>,
     live: AtomicUsize,
     /// The PQ table and codes (always in RAM), shared by every searcher.
@@ -131,7 +133,19 @@ impl SealedSegment {
     /// manifest; it is served from disk until [`Self::set_residency`] says
     /// otherwise. `force_pread` skips io_uring/O_DIRECT.
     pub fn open(dir: &Path, params: &IndexParams, force_pread: bool) -> Result<SealedSegment> {
-        let manifest = SegmentManifest::load_verified(dir)?;
+        Self::open_arrived(dir, params, force_pread, &ArrivedFiles::new())
+    }
+
+    /// [`Self::open`] of a segment some of whose files were checksummed as
+    /// they arrived (see [`SegmentManifest::load_verified_arrived`]): those
+    /// are not read again, which halves the disk reads of a shipped copy.
+    pub fn open_arrived(
+        dir: &Path,
+        params: &IndexParams,
+        force_pread: bool,
+        arrived: &ArrivedFiles,
+    ) -> Result<SealedSegment> {
+        let manifest = SegmentManifest::load_verified_arrived(dir, arrived)?;
         let id_bytes = fs::read(dir.join(IDS_FILE))?;
         let ids: Vec<u64> = id_bytes
             .chunks_exact(8)
@@ -143,7 +157,7 @@ impl SealedSegment {
                 reason: format!("{} ids for {} rows", ids.len(), manifest.rows),
             });
         }
-        let slot_of: HashMap<u64, u32> = ids
+        let slot_of: HashMap<u64, u32, foldhash::quality::RandomState> = ids
             .iter()
             .enumerate()
             .map(|(slot, id)| (*id, slot as u32))
@@ -246,6 +260,39 @@ impl SealedSegment {
     /// vector's bytes are on disk here until compaction.
     pub fn holds_row(&self, id: u64) -> bool {
         self.slot_of.contains_key(&id)
+    }
+
+    /// The slot of row `id`, looked for at slot `hint` first: a segment's
+    /// item table lists its rows in slot order, so reading it the i-th
+    /// item is at slot i and no map lookup (a cache miss in a map of
+    /// millions) is needed.
+    fn slot_hinted(&self, hint: usize, id: u64) -> Option<u32> {
+        if self.ids.get(hint) == Some(&id) {
+            return Some(hint as u32);
+        }
+        self.slot_of.get(&id).copied()
+    }
+
+    /// Whether every one of `ids` (an item table, in its order) is a row
+    /// of this segment, deleted or not.
+    pub fn holds_rows(&self, ids: impl IntoIterator<Item = u64>) -> bool {
+        ids.into_iter()
+            .enumerate()
+            .all(|(hint, id)| self.slot_hinted(hint, id).is_some())
+    }
+
+    /// For each of `ids` (an item table, in its order), whether it is a
+    /// live row of this segment: [`SegmentIndex::contains`] for a whole
+    /// table at once.
+    pub fn live_flags(&self, ids: impl IntoIterator<Item = u64>) -> Vec<bool> {
+        let deleted = self.deleted.read();
+        ids.into_iter()
+            .enumerate()
+            .map(|(hint, id)| {
+                self.slot_hinted(hint, id)
+                    .is_some_and(|slot| !is_deleted(&deleted, slot))
+            })
+            .collect()
     }
 
     /// The segment's name (its directory's).

@@ -166,6 +166,79 @@ fn every_damaged_file_is_refused_by_name() {
     SealedSegment::open(&dir, &params(), false).unwrap();
 }
 
+/// The whole-table lookups (slot hint first) answer what the per-id
+/// lookups answer, whatever the order of the ids and with unknown ones.
+#[test]
+fn table_lookups_match_per_id_lookups_in_any_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("seg");
+    let (ids, _, _) = build_pair(&dir, 300, 8, Metric::L2);
+    let segment = SealedSegment::open(&dir, &params(), false).unwrap();
+    for id in ids.iter().step_by(3) {
+        assert!(segment.delete(*id));
+    }
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    let mut with_unknown = ids.clone();
+    with_unknown.insert(17, 9_999_999);
+    for order in [ids.clone(), reversed, with_unknown.clone()] {
+        let live = segment.live_flags(order.iter().copied());
+        let expected: Vec<bool> = order.iter().map(|id| segment.contains(*id)).collect();
+        assert_eq!(live, expected);
+        assert_eq!(
+            segment.holds_rows(order.iter().copied()),
+            order.iter().all(|id| segment.holds_row(*id))
+        );
+    }
+    assert!(segment.holds_rows(ids.iter().copied()));
+    assert!(!segment.holds_rows(with_unknown));
+}
+
+/// A file checksummed on arrival is not read again only when its recorded
+/// size and CRC32 are the manifest's: an arrival record of other bytes, or
+/// a file whose size changed since, is verified (and refused) as usual.
+#[test]
+fn arrived_files_skip_the_reread_only_when_they_match_the_manifest() {
+    use crate::disk::manifest::{ArrivedFiles, SegmentManifest, file_crc32};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("seg");
+    build_pair(&dir, 600, 8, Metric::L2);
+    let manifest = SegmentManifest::load_verified(&dir).unwrap();
+    let index = manifest
+        .files
+        .iter()
+        .find(|f| f.name.ends_with("_disk.index"))
+        .unwrap()
+        .clone();
+    let path = dir.join(&index.name);
+    let original = std::fs::read(&path).unwrap();
+    let as_written = file_crc32(&path).unwrap();
+    assert_eq!(as_written, (index.bytes, index.crc32));
+
+    let mut bad = original.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x20;
+    std::fs::write(&path, &bad).unwrap();
+    // What the arrival recorded is what the manifest records: not re-read
+    // (the flip happened after the checksum on arrival, as on any disk).
+    let arrived = ArrivedFiles::from([(index.name.clone(), as_written)]);
+    SealedSegment::open_arrived(&dir, &params(), false, &arrived).unwrap();
+    // An arrival of other bytes: read and refused.
+    let other = ArrivedFiles::from([(index.name.clone(), file_crc32(&path).unwrap())]);
+    assert!(matches!(
+        SealedSegment::open_arrived(&dir, &params(), false, &other),
+        Err(IndexError::Corrupted { .. })
+    ));
+    // The file's size changed since it arrived: refused.
+    std::fs::write(&path, &original[..original.len() - 1]).unwrap();
+    assert!(matches!(
+        SealedSegment::open_arrived(&dir, &params(), false, &arrived),
+        Err(IndexError::Corrupted { .. })
+    ));
+    std::fs::write(&path, &original).unwrap();
+    SealedSegment::open(&dir, &params(), false).unwrap();
+}
+
 #[test]
 fn pread_reader_serves_the_same_results_and_works_on_tmpfs() {
     let tmp = tempfile::tempdir().unwrap();
