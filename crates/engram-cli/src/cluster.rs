@@ -104,6 +104,7 @@ pub async fn serve_worker(config: EngramConfig, access: ClusterAccess) -> anyhow
         access,
         catch_up: config.cluster.catch_up,
         transfer_chunk_bytes: (config.cluster.transfer_chunk_kib * 1024) as usize,
+        transfer_max_bytes_per_s: config.cluster.transfer_max_mib_per_s << 20,
     };
     let tls = membership.access.server_tls();
     let node = WorkerNode::new(

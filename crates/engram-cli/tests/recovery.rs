@@ -253,10 +253,16 @@ fn a_worker_back_on_an_empty_disk_before_it_was_missed_serves_nothing_it_lacks()
 #[test]
 fn a_shipped_segment_transfer_survives_kill9_of_its_receiver_then_its_sender_while_writes_go_on() {
     // Copies receive the files from their primary: nothing is uploaded.
-    let cluster = Cluster::start_with_storage("upload_sealed_segments = false");
-    // Each end is killed once more than 3 more file chunks arrived.
-    let (cluster, heals, log) =
-        rebuild_a_copy_under_kills(cluster, Rebuild::LostDisk, false, "segment file chunk", 3);
+    let cluster = shipping_slowly();
+    // Each end is killed once more than 3 more progress lines (256 KiB
+    // each) of a streamed file arrived.
+    let (cluster, heals, log) = rebuild_a_copy_under_kills(
+        cluster,
+        Rebuild::LostDisk,
+        false,
+        "segment file progress",
+        3,
+    );
     assert_eq!(heals.object_store, 0, "{heals:?}");
     shipped_and_resumed(&heals, &log);
     drop(cluster);
@@ -285,11 +291,22 @@ fn a_move_of_a_sealed_shard_survives_kill9_of_its_receiver_then_its_sender_while
     // A rebalancing move (POST /v1/cluster/moves) of a replica of a sealed
     // shard to the worker without a copy: its new copy receives the
     // segment files, is killed, comes back, and its sender is killed too.
-    let cluster = Cluster::start_with_storage("upload_sealed_segments = false");
+    let cluster = shipping_slowly();
     let (cluster, heals, log) =
-        rebuild_a_copy_under_kills(cluster, Rebuild::Move, false, "segment file chunk", 3);
+        rebuild_a_copy_under_kills(cluster, Rebuild::Move, false, "segment file progress", 3);
     shipped_and_resumed(&heals, &log);
     drop(cluster);
+}
+
+/// A cluster whose workers upload nothing (copies receive the files from
+/// their primary) and stream each file at 2 MiB/s, so that a test's 4 MB
+/// segment is still on its way when the kills land.
+fn shipping_slowly() -> Cluster {
+    Cluster::launch(common::cluster::Launch {
+        storage_extra: "upload_sealed_segments = false",
+        cluster_extra: "transfer_max_mib_per_s = 2",
+        ..Default::default()
+    })
 }
 
 /// A copy was healed by shipped segments, and the transfers after each
@@ -301,6 +318,12 @@ fn shipped_and_resumed(heals: &common::cluster::Heals, log: &str) {
     assert!(
         resumed.iter().any(|b| *b > 0),
         "no transfer resumed: {resumed:?}"
+    );
+    // A kill cut a file's stream: the next one went on from its middle.
+    let offsets: Vec<u64> = log_fields(log, "segment file stream", "offset");
+    assert!(
+        offsets.iter().any(|o| *o > 0),
+        "no file stream resumed a staged prefix: {offsets:?}"
     );
 }
 
@@ -343,7 +366,7 @@ fn rebuild_a_copy_under_kills(
 ) -> (Cluster, common::cluster::Heals, String) {
     create_with(&cluster, if how == Rebuild::Move { 2 } else { 3 });
     // 30,000 rows, bulk-loaded into one sealed segment (about 4 MB of
-    // files, shipped in 16 KiB chunks).
+    // files).
     let file = cluster.exchange().join("part-0.parquet");
     write_parquet(&file, &(0..30_000u64).collect::<Vec<_>>(), "bulk");
     let (status, job) = cluster.post(

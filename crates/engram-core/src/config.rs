@@ -370,9 +370,14 @@ pub struct ClusterConfig {
     pub internal_max_concurrent_requests: usize,
     /// How a primary brings a shard copy that fell behind back in sync.
     pub catch_up: CatchUpMode,
-    /// Size of one chunk of a shipped segment file (KiB): what a copy
-    /// killed mid-transfer may have to receive again per file.
+    /// Size of one read of a shipped segment file (KiB); each file
+    /// travels as one stream of such pieces, and a copy keeps whatever
+    /// arrived of it when the transfer is cut.
     pub transfer_chunk_kib: u64,
+    /// Most MiB/s one shipped file streams at (0: as fast as the disks
+    /// and network go), so that a move or rebuild leaves bandwidth to
+    /// queries and replication.
+    pub transfer_max_mib_per_s: u64,
     /// A running job whose coordinator has published nothing for this long
     /// is taken over by the Raft leader and run on from its last published
     /// checkpoint (ingest jobs; others are marked failed). Its owner stops
@@ -417,7 +422,8 @@ impl Default for ClusterConfig {
             raft_election_max_ms: 1_400,
             internal_max_concurrent_requests: 1_024,
             catch_up: CatchUpMode::Delta,
-            transfer_chunk_kib: 16_384,
+            transfer_chunk_kib: 4_096,
+            transfer_max_mib_per_s: 0,
             job_takeover_s: 60,
             source_address: None,
         }
@@ -478,7 +484,7 @@ impl ClusterConfig {
                 "timeouts must be positive (job_takeover_s at least 2)",
             ));
         }
-        // A chunk travels in one internal request (at most 1 GiB).
+        // A piece is held in memory a few times over on each side.
         if !(1..=262_144).contains(&self.transfer_chunk_kib) {
             return Err(CoreError::invalid(
                 "cluster.transfer_chunk_kib",

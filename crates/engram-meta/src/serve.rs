@@ -230,6 +230,11 @@ pub struct InternalLimits {
     pub max_body_bytes: usize,
     /// A body must be read in full within this of its head.
     pub body_timeout: Duration,
+    /// Paths whose handlers read their bodies as they arrive: not
+    /// collected here, so neither `max_body_bytes` nor `body_timeout`
+    /// applies (the handler bounds both); still counted against
+    /// `max_concurrent`.
+    pub streamed: &'static [&'static str],
 }
 
 impl InternalLimits {
@@ -243,6 +248,15 @@ impl InternalLimits {
             max_concurrent: config.cluster.internal_max_concurrent_requests,
             max_body_bytes,
             body_timeout: Duration::from_millis(config.limits.body_timeout_ms),
+            streamed: &[],
+        }
+    }
+
+    /// These limits, with `paths` streamed to their handlers.
+    pub fn streaming(self, paths: &'static [&'static str]) -> InternalLimits {
+        InternalLimits {
+            streamed: paths,
+            ..self
         }
     }
 }
@@ -250,7 +264,7 @@ impl InternalLimits {
 /// `router` behind an internal port's own limits: at most
 /// `max_concurrent` requests at once (503 beyond, counted), each body read
 /// in full within `body_timeout` (408, counted) and at most
-/// `max_body_bytes` (413). Peers with the cluster secret are trusted with
+/// `max_body_bytes` (413), but for the `streamed` paths. Peers with the cluster secret are trusted with
 /// what they send, not with how long they take or how many at once.
 pub fn internal_limits(router: Router, limits: InternalLimits, stats: Arc<ServeStats>) -> Router {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
@@ -267,6 +281,9 @@ pub fn internal_limits(router: Router, limits: InternalLimits, stats: Arc<ServeS
                     ),
                 );
             };
+            if limits.streamed.contains(&request.uri().path()) {
+                return next.run(request).await;
+            }
             let (parts, body) = request.into_parts();
             let deadline = Instant::now() + limits.body_timeout;
             let collected = collect_body(body, limits.max_body_bytes, deadline, |_| {
@@ -333,6 +350,7 @@ mod tests {
         max_concurrent: 2,
         max_body_bytes: 16,
         body_timeout: Duration::from_millis(600),
+        streamed: &[],
     };
 
     /// Sends `bytes` then waits for the server's answer or close.

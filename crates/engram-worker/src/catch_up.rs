@@ -309,7 +309,7 @@ impl WorkerNode {
             file_bytes = snapshot.file_bytes(),
             resumed_bytes = shipped.resumed,
             downloaded_bytes = shipped.downloaded,
-            chunks = shipped.chunks,
+            files = shipped.files,
             ship_seconds,
             growing_rows = rows.ops,
             "shipped sealed segments"
@@ -317,7 +317,7 @@ impl WorkerNode {
         // Counted as object storage when the copy downloaded the segments
         // and this primary sent none of their files; the bytes then
         // include what it downloaded.
-        let from_storage = shipped.downloaded > 0 && shipped.chunks == 0;
+        let from_storage = shipped.downloaded > 0 && shipped.files == 0;
         Ok(Sent {
             kind: if from_storage {
                 "object_store"

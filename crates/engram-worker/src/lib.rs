@@ -9,6 +9,7 @@
 //! ([`server`]), following the map through heartbeats ([`agent`]).
 
 pub mod agent;
+mod arrivals;
 pub mod catch_up;
 pub mod collection_api;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod segment_upload;
 pub mod server;
 pub mod shard;
 pub mod ship;
+mod ship_stream;
 pub mod wire;
 pub mod worker;
 

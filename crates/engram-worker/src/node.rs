@@ -91,10 +91,14 @@ pub(crate) struct Inner {
     pub(crate) storage: StorageConfig,
     /// How this worker, as primary, catches copies up.
     pub(crate) catch_up: CatchUpMode,
-    /// Bytes of one chunk of a shipped segment file.
+    /// Bytes of one read of a shipped segment file.
     pub(crate) transfer_chunk_bytes: usize,
+    /// Most bytes/s one shipped file streams at (0: no limit).
+    pub(crate) transfer_max_bytes_per_s: u64,
     /// Sealed segments uploaded to object storage (`segment_upload.rs`).
     pub(crate) uploaded: crate::segment_upload::Uploaded,
+    /// Staged segment files checksummed as they arrived (`arrivals.rs`).
+    pub(crate) arrivals: crate::arrivals::Arrivals,
     /// Sent on every call to peers; required by this node's routes.
     access: ClusterAccess,
 }
@@ -124,8 +128,10 @@ pub struct Membership {
     pub access: ClusterAccess,
     /// How this worker, as primary, catches copies up.
     pub catch_up: CatchUpMode,
-    /// Bytes of one chunk of a shipped segment file.
+    /// Bytes of one read of a shipped segment file.
     pub transfer_chunk_bytes: usize,
+    /// Most bytes/s one shipped file streams at (0: no limit).
+    pub transfer_max_bytes_per_s: u64,
 }
 
 impl WorkerNode {
@@ -143,6 +149,7 @@ impl WorkerNode {
             access,
             catch_up,
             transfer_chunk_bytes,
+            transfer_max_bytes_per_s,
         } = membership;
         Ok(WorkerNode {
             inner: Arc::new(Inner {
@@ -167,7 +174,9 @@ impl WorkerNode {
                 storage,
                 catch_up,
                 transfer_chunk_bytes,
+                transfer_max_bytes_per_s,
                 uploaded: Default::default(),
+                arrivals: Default::default(),
             }),
         })
     }

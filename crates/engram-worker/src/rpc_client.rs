@@ -55,16 +55,46 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     request: &Req,
     timeout: Duration,
 ) -> Result<Resp, CallError> {
+    let body = bincode::serialize(request).map_err(|e| CallError::Protocol {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    post(client, addr, path, body.into(), BINCODE, timeout).await
+}
+
+/// Like [`call`], with a body streamed as it is produced (a shipped
+/// segment file, `ship_stream.rs`); the answer is a bincode
+/// [`RpcResult`] as for every call.
+pub async fn call_streamed<Resp: DeserializeOwned>(
+    client: &InternalClient,
+    addr: &str,
+    path: &str,
+    body: reqwest::Body,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    post(client, addr, path, body, STREAMED, timeout).await
+}
+
+/// Content type of streamed bodies (see [`call_streamed`]).
+pub const STREAMED: &str = "application/octet-stream";
+
+async fn post<Resp: DeserializeOwned>(
+    client: &InternalClient,
+    addr: &str,
+    path: &str,
+    body: reqwest::Body,
+    content_type: &'static str,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
     let protocol = |reason: String| CallError::Protocol {
         addr: addr.to_string(),
         reason,
     };
-    let body = bincode::serialize(request).map_err(|e| protocol(e.to_string()))?;
     let response = client
         .http
         .post(client.access.url(addr, path))
         .headers(engram_meta::request_id::headers())
-        .header(reqwest::header::CONTENT_TYPE, BINCODE)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
         .timeout(timeout)
         .body(body)
         .send()

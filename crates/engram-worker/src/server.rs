@@ -1,7 +1,7 @@
 //! The worker's internal HTTP routes: bincode in, bincode [`RpcResult`] out.
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::node::WorkerNode;
 use crate::rpc_client::BINCODE;
-use crate::wire::{MAX_INTERNAL_BODY, RpcResult, path};
+use crate::wire::{MAX_INTERNAL_BODY, RpcResult, ShipFileRequest, path};
 
 /// One internal route: its path and handler.
 type Route = (&'static str, MethodRouter<WorkerNode>);
@@ -56,8 +56,8 @@ fn routes() -> Vec<Route> {
             post(|s, b| handle(s, b, WorkerNode::ship_plan)),
         ),
         (
-            path::SHIP_CHUNK,
-            post(|s, b| handle(s, b, WorkerNode::ship_chunk)),
+            path::SHIP_FILE,
+            post(|s, b| streamed(s, b, WorkerNode::ship_file)),
         ),
         (
             path::SHIP_ATTACH,
@@ -117,7 +117,7 @@ pub fn router(node: WorkerNode, limits: InternalLimits, stats: Arc<ServeStats>) 
             crate::metrics::observe,
         ))
         .layer(axum::Extension(metrics));
-    access.guard(internal_limits(routes, limits, stats))
+    access.guard(internal_limits(routes, limits.streaming(STREAMED), stats))
 }
 
 async fn handle<Req, Resp, F, Fut>(State(node): State<WorkerNode>, body: Bytes, f: F) -> Response
@@ -137,7 +137,36 @@ where
                 .into_response();
         }
     };
-    let result = f(node, request).await;
+    answer(f(node, request).await)
+}
+
+/// A streamed route (see [`STREAMED`]): the body's head is decoded here
+/// (an undecodable one is a 400, as for every route), the rest handed to
+/// the handler as it arrives.
+async fn streamed<Resp, F, Fut>(State(node): State<WorkerNode>, body: Body, f: F) -> Response
+where
+    Resp: Serialize,
+    F: FnOnce(WorkerNode, ShipFileRequest, Bytes, BodyDataStream) -> Fut,
+    Fut: Future<Output = RpcResult<Resp>>,
+{
+    let mut body = body.into_data_stream();
+    match crate::ship_stream::read_head(&mut body).await {
+        Ok((head, first)) => answer(f(node, head, first, body).await),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable internal request: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Routes whose body is streamed to the handler as it arrives (a shipped
+/// segment file, `ship_stream.rs`), not collected first: the port's body
+/// deadline and size limit do not apply; the handler bounds both.
+pub const STREAMED: &[&str] = &[path::SHIP_FILE];
+
+/// A handler's result as the bincode answer every internal call reads.
+fn answer<Resp: Serialize>(result: RpcResult<Resp>) -> Response {
     match bincode::serialize(&result) {
         Ok(bytes) => ([(header::CONTENT_TYPE, BINCODE)], bytes).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

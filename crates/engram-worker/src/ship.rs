@@ -1,20 +1,22 @@
 //! Segment shipping between workers (see `shard/shipping.rs`): a full
-//! transfer sends the primary's sealed segment files as they are, in
-//! checksummed chunks, instead of their rows.
+//! transfer sends the primary's sealed segment files as they are instead
+//! of their rows.
 //!
 //! The primary first sends the plan (every segment's key and files); the
 //! copy answers the bytes of each file it already holds staged from a
 //! transfer that was cut off (a kill of either side), so only the rest
-//! travels. Each chunk is appended only at the copy's current length and
-//! with a matching CRC32; the attach verifies every file against the
-//! segment's own checksums as it opens it, and a damaged segment is
-//! dropped from the staging area so the next attempt sends it whole.
-//! Every request is admitted as a chunk of the transfer its reset chunk
-//! started (the epoch check and `replicas::admit_transfer`).
+//! travels: each file as one stream (`ship_stream.rs`), appended only at
+//! the copy's current length. The copy keeps each complete file's CRC32
+//! as written, and the attach checks every file against the segment's
+//! own checksums as it opens it (reading again only files whose CRC32 was
+//! not taken on arrival); a damaged segment is dropped from the staging
+//! area so the next attempt sends it whole. Every request is admitted as
+//! part of the transfer its reset chunk started (the epoch check and
+//! `replicas::admit_transfer`).
 
 use fs_err as fs;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use engram_core::placement::ShardPlacement;
 use engram_index::SealedSegment;
@@ -22,25 +24,37 @@ use engram_index::SealedSegment;
 use crate::catch_up::TRANSFER_TIMEOUT;
 use crate::node::{WorkerNode, blocking, internal};
 use crate::replicas::Replica;
-use crate::rpc_client::call;
+use crate::rpc_client::{call, call_streamed};
 use crate::shard::ShippingSnapshot;
+use crate::ship_stream;
 use crate::wire::*;
 
 /// What shipping a snapshot's segments moved.
 pub(crate) struct Shipped {
-    /// Bytes sent (chunk requests, plan and attach included).
+    /// Bytes sent (file streams, plan and attach included).
     pub bytes: u64,
     /// Bytes of segment files the copy already held from an earlier try.
     pub resumed: u64,
     /// Bytes the copy downloaded from object storage.
     pub downloaded: u64,
-    /// File chunks sent.
-    pub chunks: usize,
+    /// Files streamed (whole or the rest of one staged before).
+    pub files: usize,
 }
 
 /// How long a plan may take when the copy downloads segments first: a
 /// 1M-row 128-d segment is about 920 MB.
-const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A streamed file gets [`TRANSFER_TIMEOUT`] plus its size at this rate
+/// (or half its pace, when slower): a link slower than this fails the
+/// transfer, which resumes where it stopped.
+const STREAM_FLOOR_BYTES_PER_S: u64 = 10 << 20;
+
+/// Pieces of a streamed file received ahead of the copy's disk writes.
+const WRITE_AHEAD: usize = 16;
+
+/// A copy logs a streamed file's progress (debug) every this many bytes.
+const PROGRESS_EVERY: u64 = 256 << 10;
 
 impl WorkerNode {
     /// Primary side: ships `snapshot`'s segments to `target`, whose copy the
@@ -90,55 +104,30 @@ impl WorkerNode {
                 "the copy answered a shipping plan of another shape".into(),
             ));
         }
-        let (mut resumed, mut chunks) = (0, 0);
+        let (mut resumed, mut files) = (0, 0);
         for (segment, held) in snapshot.segments.iter().zip(held) {
             for ((file, size), have) in segment.files.iter().zip(held) {
-                let mut offset = have.min(*size);
+                let offset = have.min(*size);
                 resumed += offset;
-                // A file the copy holds whole needs no chunk; an empty one
-                // is sent as one empty chunk.
+                // A file the copy holds whole needs no stream; an empty one
+                // is sent as an empty stream (the copy creates it).
                 if offset == *size && *size > 0 {
                     continue;
                 }
-                let local = segment.dir.join(file);
-                let limit = self.inner.transfer_chunk_bytes;
-                let mut next = read_chunk(&local, offset, limit).await?;
-                loop {
-                    let (data, crc32) = next;
-                    let end = offset + data.len() as u64;
-                    if data.is_empty() && end < *size {
-                        return Err(RpcError::Internal(format!(
-                            "segment file {file} of {} ended at {end} bytes, {size} expected",
-                            segment.key
-                        )));
-                    }
-                    let complete = end >= *size;
-                    let chunk = ShipChunkRequest {
-                        collection: collection.clone(),
-                        shard,
-                        placement: placement.clone(),
-                        transfer,
-                        key: segment.key.clone(),
-                        file: file.clone(),
-                        offset,
-                        crc32,
-                        data,
-                        complete,
-                    };
-                    chunks += 1;
-                    if complete {
-                        bytes += self.send(target, path::SHIP_CHUNK, &chunk).await?;
-                        break;
-                    }
-                    // The next chunk is read while this one travels.
-                    let (sent, read) = tokio::join!(
-                        self.send(target, path::SHIP_CHUNK, &chunk),
-                        read_chunk(&local, end, limit)
-                    );
-                    bytes += sent?;
-                    next = read?;
-                    offset = end;
-                }
+                let request = ShipFileRequest {
+                    collection: collection.clone(),
+                    shard,
+                    placement: placement.clone(),
+                    transfer,
+                    key: segment.key.clone(),
+                    file: file.clone(),
+                    offset,
+                    size: *size,
+                };
+                bytes += self
+                    .stream_file(target, &request, segment.dir.join(file))
+                    .await?;
+                files += 1;
             }
         }
         let attach = ShipAttachRequest {
@@ -157,8 +146,57 @@ impl WorkerNode {
             bytes,
             resumed: resumed.saturating_sub(downloaded),
             downloaded,
-            chunks,
+            files,
         })
+    }
+
+    /// Streams bytes `request.offset..request.size` of `local` to the copy
+    /// at `target` (see `ship_stream.rs`); returns the bytes sent.
+    async fn stream_file(
+        &self,
+        target: &str,
+        request: &ShipFileRequest,
+        local: PathBuf,
+    ) -> RpcResult<u64> {
+        let head = ship_stream::encode_head(request)?;
+        let bytes = head.len() as u64 + (request.size - request.offset);
+        let body = ship_stream::file_body(
+            head,
+            local,
+            request.offset,
+            request.size,
+            ship_stream::Pace {
+                piece: self.inner.transfer_chunk_bytes,
+                max_bytes_per_s: self.inner.transfer_max_bytes_per_s,
+            },
+        );
+        // A slow link gets time for the file's size, not a fixed bound
+        // (and a paced stream twice the time its pace needs).
+        let max = self.inner.transfer_max_bytes_per_s;
+        let floor = if max > 0 {
+            (max / 2).clamp(1, STREAM_FLOOR_BYTES_PER_S)
+        } else {
+            STREAM_FLOOR_BYTES_PER_S
+        };
+        let timeout = TRANSFER_TIMEOUT + Duration::from_secs(bytes / floor);
+        let written: u64 = call_streamed(
+            &self.inner.client,
+            target,
+            path::SHIP_FILE,
+            reqwest::Body::wrap_stream(body),
+            timeout,
+        )
+        .await
+        .map_err(|e| RpcError::Replication(e.to_string()))?;
+        if written != request.size - request.offset {
+            return Err(RpcError::Replication(format!(
+                "{}/{}: the copy wrote {written} bytes of {}",
+                request.key,
+                request.file,
+                request.size - request.offset
+            )));
+        }
+        Ok(bytes)
     }
 
     /// Copy side of a [`ShipPlanRequest`]: drops staged segments not in
@@ -220,6 +258,7 @@ impl WorkerNode {
                     let entry = entry.map_err(internal)?;
                     let name = entry.file_name().to_string_lossy().to_string();
                     if !planned.contains(name.as_str()) {
+                        self.inner.arrivals.forget_under(&entry.path());
                         remove_any(&entry.path())?;
                     }
                 }
@@ -232,6 +271,7 @@ impl WorkerNode {
                         let have = fs::metadata(&path).map_or(0, |m| m.len());
                         if have > *size {
                             // Not a prefix of this file: start it again.
+                            self.inner.arrivals.forget(&path);
                             fs::remove_file(&path).map_err(internal)?;
                             sizes.push(0);
                         } else {
@@ -281,7 +321,16 @@ impl WorkerNode {
         }
         let dir = self.staged_segment(&request.collection, request.shard, &segment.key)?;
         let started = std::time::Instant::now();
+        self.inner.arrivals.forget_under(&dir);
         self.download_segment(object, &dir).await?;
+        // Each file was checked against its size and CRC32 as it arrived.
+        self.inner.arrivals.record_dir(
+            &dir,
+            object
+                .files
+                .iter()
+                .map(|f| (f.name.as_str(), f.bytes, f.crc32)),
+        );
         let bytes: u64 = object.files.iter().map(|f| f.bytes).sum();
         tracing::info!(
             shard = request.shard,
@@ -293,19 +342,93 @@ impl WorkerNode {
         Ok(bytes)
     }
 
-    /// Copy side of a [`ShipChunkRequest`].
-    pub async fn ship_chunk(self, request: ShipChunkRequest) -> RpcResult<()> {
-        let host = self.clone();
+    /// Copy side of a [`path::SHIP_FILE`] request (see [`ShipFileRequest`];
+    /// `first`: the file's bytes that came with the head, `body`: the
+    /// rest): appends the streamed bytes to the staged file, which must hold
+    /// exactly the request's offset; returns the bytes written. Whatever
+    /// arrived stays when the stream is cut. A complete file is synced and
+    /// its CRC32 as written is kept for the attach ([`Arrivals`]).
+    ///
+    /// [`Arrivals`]: crate::arrivals::Arrivals
+    pub async fn ship_file(
+        self,
+        request: ShipFileRequest,
+        first: axum::body::Bytes,
+        mut body: axum::body::BodyDataStream,
+    ) -> RpcResult<u64> {
+        if request.offset > request.size {
+            return Err(RpcError::Invalid(format!(
+                "{}/{}: offset {} past the file's {} bytes",
+                request.key, request.file, request.offset, request.size
+            )));
+        }
+        let expected = request.size - request.offset;
         tracing::debug!(
             shard = request.shard,
             transfer = request.transfer,
             segment = %request.key,
             file = %request.file,
             offset = request.offset,
-            bytes = request.data.len(),
-            "segment file chunk"
+            bytes = expected,
+            "segment file stream"
         );
+        let host = self.clone();
+        let head = request.clone();
+        let (file, crc32, staged) = blocking(move || host.open_staged_file(&head)).await?;
+        let (pieces, arriving) = tokio::sync::mpsc::channel(WRITE_AHEAD);
+        let writer =
+            tokio::task::spawn_blocking(move || ship_stream::write_pieces(file, crc32, arriving));
+        let streamed = async {
+            let mut received = 0u64;
+            let mut next = (!first.is_empty()).then_some(first);
+            loop {
+                let data = match next.take() {
+                    Some(data) => data,
+                    None => match ship_stream::next_frame(&mut body).await? {
+                        Some(data) => data,
+                        None => return Ok(()),
+                    },
+                };
+                let before = received;
+                received += data.len() as u64;
+                if received / PROGRESS_EVERY > before / PROGRESS_EVERY {
+                    tracing::debug!(
+                        shard = request.shard,
+                        segment = %request.key,
+                        file = %request.file,
+                        received,
+                        "segment file progress"
+                    );
+                }
+                if received > expected {
+                    return Err(RpcError::Invalid(format!(
+                        "{}/{}: more than the {expected} bytes announced",
+                        request.key, request.file
+                    )));
+                }
+                if pieces.send(data).await.is_err() {
+                    return Ok(()); // the writer stopped; it says why
+                }
+            }
+        }
+        .await;
+        drop(pieces);
+        let written = writer.await.map_err(internal)?;
+        if let Some(e) = written.failed {
+            return Err(internal(e));
+        }
+        streamed?;
+        if written.bytes != expected {
+            return Err(RpcError::Replication(format!(
+                "{}/{}: the stream ended after {} of {expected} bytes",
+                request.key, request.file, written.bytes
+            )));
+        }
+        let host = self.clone();
         blocking(move || {
+            written.file.sync_all().map_err(internal)?;
+            // Recorded only while the transfer is still this copy's: a
+            // newer one may have dropped or restarted the file meanwhile.
             host.in_transfer_turn(
                 &request.collection,
                 request.shard,
@@ -313,37 +436,57 @@ impl WorkerNode {
                 request.transfer,
                 false,
                 || {
-                    if crc32fast::hash(&request.data) != request.crc32 {
-                        return Err(RpcError::Invalid(format!(
-                            "chunk at {} of {}/{}: CRC32 mismatch",
-                            request.offset, request.key, request.file
-                        )));
-                    }
-                    let dir =
-                        host.staged_segment(&request.collection, request.shard, &request.key)?;
-                    fs::create_dir_all(&dir).map_err(internal)?;
-                    let path = staged_file(&dir, &request.file)?;
-                    let mut file = fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(internal)?;
-                    let have = file.metadata().map_err(internal)?.len();
-                    if have != request.offset {
-                        return Err(RpcError::Invalid(format!(
-                            "{}/{}: this copy holds {have} bytes, the chunk starts at {}",
-                            request.key, request.file, request.offset
-                        )));
-                    }
-                    file.write_all(&request.data).map_err(internal)?;
-                    if request.complete {
-                        file.sync_all().map_err(internal)?;
-                    }
+                    host.inner
+                        .arrivals
+                        .record(staged, request.size, written.crc32.finalize());
                     Ok(())
                 },
             )
         })
-        .await
+        .await?;
+        Ok(expected)
+    }
+
+    /// Under the transfer's turn: opens staged file `request.file` for
+    /// appending at `request.offset` (what it must hold), with the CRC32
+    /// state of the bytes it holds (read again only when resuming).
+    fn open_staged_file(
+        &self,
+        request: &ShipFileRequest,
+    ) -> RpcResult<(fs::File, crc32fast::Hasher, PathBuf)> {
+        self.in_transfer_turn(
+            &request.collection,
+            request.shard,
+            &request.placement,
+            request.transfer,
+            false,
+            || {
+                let dir = self.staged_segment(&request.collection, request.shard, &request.key)?;
+                fs::create_dir_all(&dir).map_err(internal)?;
+                let path = staged_file(&dir, &request.file)?;
+                self.inner.arrivals.forget(&path);
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(internal)?;
+                let have = file.metadata().map_err(internal)?.len();
+                if have != request.offset {
+                    return Err(RpcError::Invalid(format!(
+                        "{}/{}: this copy holds {have} bytes, the stream starts at {}",
+                        request.key, request.file, request.offset
+                    )));
+                }
+                let crc32 = if have == 0 {
+                    crc32fast::Hasher::new()
+                } else {
+                    let (bytes, crc32) =
+                        engram_index::disk::manifest::file_crc32(&path).map_err(internal)?;
+                    crc32fast::Hasher::new_with_initial_len(crc32, bytes)
+                };
+                Ok((file, crc32, path))
+            },
+        )
     }
 
     /// Copy side of a [`ShipAttachRequest`].
@@ -362,7 +505,8 @@ impl WorkerNode {
                     for (key, deleted) in &request.segments {
                         let dir = host.staged_segment(&request.collection, request.shard, key)?;
                         SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
-                        staged.push(dir);
+                        let arrived = host.inner.arrivals.take_dir(&dir);
+                        staged.push((dir, arrived));
                     }
                     let attached = replica.unless_retired(|shard| {
                         shard.attach_shipped(&staged).map_err(|e| {
@@ -372,7 +516,7 @@ impl WorkerNode {
                     });
                     if attached.is_err() {
                         // Damaged or not, what is staged is sent whole next time.
-                        for dir in &staged {
+                        for (dir, _) in &staged {
                             remove_any(dir)?;
                         }
                     }
@@ -390,22 +534,6 @@ impl WorkerNode {
     fn staged_segment(&self, collection: &str, shard: u32, key: &str) -> RpcResult<PathBuf> {
         staged_dir(&self.inner.host.shipping_dir(collection, shard), key)
     }
-}
-
-/// Reads up to `limit` bytes of `path` from `offset`, with their CRC32.
-async fn read_chunk(path: &Path, offset: u64, limit: usize) -> RpcResult<(Vec<u8>, u32)> {
-    let path = path.to_path_buf();
-    blocking(move || {
-        let mut file = fs::File::open(&path).map_err(internal)?;
-        file.seek(SeekFrom::Start(offset)).map_err(internal)?;
-        let mut data = Vec::with_capacity(limit);
-        file.take(limit as u64)
-            .read_to_end(&mut data)
-            .map_err(internal)?;
-        let crc32 = crc32fast::hash(&data);
-        Ok((data, crc32))
-    })
-    .await
 }
 
 /// The staging directory of segment `key` under `root`; the key is a

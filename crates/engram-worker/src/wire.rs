@@ -22,7 +22,7 @@ pub mod path {
     pub const DELTA: &str = "/internal/v1/delta";
     pub const POSITION: &str = "/internal/v1/position";
     pub const SHIP_PLAN: &str = "/internal/v1/ship/plan";
-    pub const SHIP_CHUNK: &str = "/internal/v1/ship/chunk";
+    pub const SHIP_FILE: &str = "/internal/v1/ship/file";
     pub const SHIP_ATTACH: &str = "/internal/v1/ship/attach";
     pub const COMPACT: &str = "/internal/v1/compact";
     pub const SCAN: &str = "/internal/v1/scan";
@@ -356,11 +356,15 @@ pub struct ShipPlanAnswer {
     pub downloaded: u64,
 }
 
-/// Bytes `offset..offset + data.len()` of one file of a shipped segment;
-/// the copy appends them when it holds exactly `offset` bytes of it and
-/// `crc32` matches. `complete`: the file's last chunk (it is synced).
+/// The head of a [`path::SHIP_FILE`] request: the body that follows it
+/// (see `ship_stream.rs` for the framing) is bytes `offset..size` of one
+/// file of a shipped segment, as one stream. The copy appends them when it
+/// holds exactly `offset` bytes of the file, keeps whatever arrived if the
+/// stream is cut (the next transfer resumes there) and syncs the file once
+/// it holds `size` bytes. The bytes are checked against the segment's own
+/// checksums when it is attached.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShipChunkRequest {
+pub struct ShipFileRequest {
     pub collection: String,
     pub shard: u32,
     pub placement: ShardPlacement,
@@ -368,11 +372,7 @@ pub struct ShipChunkRequest {
     pub key: String,
     pub file: String,
     pub offset: u64,
-    pub crc32: u32,
-    /// One byte string on the wire, not a sequence of u8 values.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-    pub complete: bool,
+    pub size: u64,
 }
 
 /// Adds the staged segments (keys in the primary's order, each with its

@@ -430,8 +430,8 @@ impl Cluster {
             .map(|(i, (p, _))| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
             .collect();
         let peers = peers.join(", ");
-        // Segment files travel in 16 KiB chunks: shipping a test's small
-        // segments takes many, so a kill can land in the middle of one.
+        // Segment files are read in 16 KiB pieces: a test's small files
+        // still stream as many pieces, as large ones do.
         let common = format!(
             "[cluster]\ncoordinators = [{peers}]\nworker_timeout_ms = {worker_timeout_ms}\n\
              query_timeout_ms = 2000\nwrite_timeout_ms = 30000\n\

@@ -76,13 +76,14 @@ pub(super) fn remove_leftovers(dir: &Path, manifest: &ShardManifest) -> Result<(
 }
 
 /// Moves a directory: a rename, or a copy and removal when `from` is on
-/// another filesystem.
-pub(super) fn move_dir(from: &Path, to: &Path) -> Result<()> {
+/// another filesystem. Returns whether it was renamed (the files are the
+/// ones written there, not copies).
+pub(super) fn move_dir(from: &Path, to: &Path) -> Result<bool> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
     if fs::rename(from, to).is_ok() {
-        return Ok(());
+        return Ok(true);
     }
     let copying = to.with_extension("copying");
     fs::create_dir_all(&copying)?;
@@ -94,7 +95,7 @@ pub(super) fn move_dir(from: &Path, to: &Path) -> Result<()> {
     }
     fs::rename(&copying, to)?;
     fs::remove_dir_all(from)?;
-    Ok(())
+    Ok(false)
 }
 
 /// Bytes of a sealed segment's files.

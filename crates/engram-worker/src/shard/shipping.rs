@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engram_index::SealedSegment;
+use engram_index::{ArrivedFiles, SealedSegment};
 use engram_store::{WalOp, WritePosition};
 
 use super::Shard;
@@ -141,10 +141,12 @@ impl Shard {
     /// must hold nothing yet (it was just reset for the transfer): the
     /// directories move into the shard, and `shard.bin` naming them all is
     /// the commit point. Every file is verified against its checksum when
-    /// the segment opens; a damaged one fails the whole attach and the
-    /// shard stays empty. The copy's position is unknown afterwards (the
+    /// the segment opens (files whose CRC32 was taken as they arrived, the
+    /// [`ArrivedFiles`] beside each directory, by that record instead of a
+    /// second read); a damaged one fails the whole attach and the shard
+    /// stays empty. The copy's position is unknown afterwards (the
     /// transfer's last chunk gives it). Returns the rows attached.
-    pub fn attach_shipped(&self, staged: &[PathBuf]) -> Result<usize> {
+    pub fn attach_shipped(&self, staged: &[(PathBuf, ArrivedFiles)]) -> Result<usize> {
         let mut wal = self.wal.lock();
         {
             let state = self.state.read();
@@ -158,14 +160,17 @@ impl Shard {
         }
         let mut manifest = wal.manifest.clone();
         let mut opened = Vec::with_capacity(staged.len());
-        for dir in staged {
+        for (dir, arrived) in staged {
             let name = format!("{:08}", manifest.next_segment);
             let segment_dir = self.dir.join(SEGMENTS_DIR).join(&name);
             if segment_dir.exists() {
                 fs::remove_dir_all(&segment_dir)?;
             }
-            move_dir(dir, &segment_dir)?;
-            match self.open_attachable(&segment_dir) {
+            // Copied across filesystems, the files are not the ones whose
+            // CRC32 was taken on arrival: all of them are read again.
+            let renamed = move_dir(dir, &segment_dir)?;
+            let none = ArrivedFiles::new();
+            match self.open_attachable(&segment_dir, if renamed { arrived } else { &none }) {
                 Ok(segment) => opened.push(segment),
                 Err(e) => {
                     let _ = fs::remove_dir_all(&segment_dir);
@@ -184,7 +189,12 @@ impl Shard {
         wal.wal.append(None, &Vec::new())?;
         wal.position = None;
         let mut rows = 0;
+        let adding = std::time::Instant::now();
         let mut state = self.state.write();
+        // The copy is empty: room for every shipped item at once.
+        state
+            .items
+            .reserve(opened.iter().map(|(_, items)| items.len()).sum());
         for (segment, items) in opened {
             let segment = Arc::new(segment);
             // Served from disk at once; its share of the cache budget is
@@ -206,6 +216,7 @@ impl Shard {
             shard = self.number,
             segments = staged.len(),
             rows,
+            add_seconds = adding.elapsed().as_secs_f64(),
             "attached shipped segments"
         );
         // Loading a large segment's sectors into memory takes seconds; the

@@ -5,10 +5,11 @@
 use super::tests::{contents, open_l2_4d as open, rows, small_params, upsert};
 use super::*;
 use engram_core::merge_policy::CompactOptions;
+use engram_index::ArrivedFiles;
 
 /// Copies `snapshot`'s segment files as a receiver stages them (with the
 /// delete bitmap beside), returning the staged directories in order.
-fn stage(snapshot: &ShippingSnapshot, root: &Path) -> Vec<PathBuf> {
+fn stage(snapshot: &ShippingSnapshot, root: &Path) -> Vec<(PathBuf, ArrivedFiles)> {
     snapshot
         .segments
         .iter()
@@ -20,7 +21,23 @@ fn stage(snapshot: &ShippingSnapshot, root: &Path) -> Vec<PathBuf> {
                 assert_eq!(fs::metadata(dir.join(file)).unwrap().len(), *size);
             }
             SealedSegment::write_delete_bitmap(&dir, &segment.deleted).unwrap();
-            dir
+            (dir, ArrivedFiles::new())
+        })
+        .collect()
+}
+
+/// What a stream records for every file of `dir` as it now stands: its
+/// size and the CRC32 of its bytes.
+fn arrived(dir: &Path) -> ArrivedFiles {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            (
+                name,
+                engram_index::disk::manifest::file_crc32(&path).unwrap(),
+            )
         })
         .collect()
 }
@@ -62,6 +79,10 @@ fn a_copy_rebuilt_from_shipped_segments_holds_what_its_source_holds() {
     shard.compact(CompactOptions::maintenance(0.0)).unwrap();
     let staged = stage(&snapshot, &dir.path().join("staged"));
 
+    // The first segment's files as a stream records them (not read again
+    // at the attach), the second's without records (read and verified).
+    let mut staged = staged;
+    staged[0].1 = arrived(&staged[0].0);
     let copy = open(&dir.path().join("copy"), &params);
     let rows_attached = copy.attach_shipped(&staged).unwrap();
     assert_eq!(copy.position(), None, "unknown until the transfer ends");
@@ -94,11 +115,17 @@ fn a_damaged_shipped_file_is_refused_and_the_copy_stays_empty() {
     let snapshot = shard.snapshot_for_shipping(1).unwrap();
     let staged = stage(&snapshot, &dir.path().join("staged"));
     // One bit flipped in the second segment's graph file.
-    let graph = staged[1].join("index_disk.index");
+    let mut staged = staged;
+    let graph = staged[1].0.join("index_disk.index");
     let mut bytes = fs::read(&graph).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 1;
     fs::write(&graph, bytes).unwrap();
+    // Damaged on the way: the CRC32 taken on arrival is of the damaged
+    // bytes, which the segment's manifest does not record.
+    for (dir, files) in &mut staged {
+        *files = arrived(dir);
+    }
 
     let copy = open(&dir.path().join("copy"), &params);
     let refused = copy.attach_shipped(&staged);

@@ -86,9 +86,10 @@ impl ShardState {
         segment: Arc<SealedSegment>,
         items: Vec<StoredItem>,
     ) -> (usize, bool) {
-        let (mut live, mut superseded) = (0, false);
-        for item in items {
-            if !segment.contains(item.id) {
+        let (mut added, mut superseded) = (0, false);
+        let live = segment.live_flags(items.iter().map(|i| i.id));
+        for (item, is_live) in items.into_iter().zip(live) {
+            if !is_live {
                 continue;
             }
             if self.items.contains(item.id) {
@@ -98,10 +99,10 @@ impl ShardState {
             }
             self.items
                 .upsert(item.id, &item.label, item.weight, item.source);
-            live += 1;
+            added += 1;
         }
         self.sealed.push(segment);
-        (live, superseded)
+        (added, superseded)
     }
 
     pub(super) fn stored_items(&self, ids: &[u64]) -> Vec<StoredItem> {
