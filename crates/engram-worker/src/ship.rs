@@ -240,49 +240,42 @@ impl WorkerNode {
     /// Under the transfer's turn: drops staged segments `plan` does not
     /// name and returns the bytes staged of each file it names.
     fn staged_sizes(&self, request: &ShipPlanRequest) -> RpcResult<Vec<Vec<u64>>> {
-        self.in_transfer_turn(
-            &request.collection,
-            request.shard,
-            &request.placement,
-            request.transfer,
-            false,
-            || {
-                let root = self
-                    .inner
-                    .host
-                    .shipping_dir(&request.collection, request.shard);
-                fs::create_dir_all(&root).map_err(internal)?;
-                let planned: std::collections::HashSet<&str> =
-                    request.segments.iter().map(|s| s.key.as_str()).collect();
-                for entry in fs::read_dir(&root).map_err(internal)? {
-                    let entry = entry.map_err(internal)?;
-                    let name = entry.file_name().to_string_lossy().to_string();
-                    if !planned.contains(name.as_str()) {
-                        self.inner.arrivals.forget_under(&entry.path());
-                        remove_any(&entry.path())?;
+        self.in_shipping_turn(request, || {
+            let root = self
+                .inner
+                .host
+                .shipping_dir(&request.collection, request.shard);
+            fs::create_dir_all(&root).map_err(internal)?;
+            let planned: std::collections::HashSet<&str> =
+                request.segments.iter().map(|s| s.key.as_str()).collect();
+            for entry in fs::read_dir(&root).map_err(internal)? {
+                let entry = entry.map_err(internal)?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !planned.contains(name.as_str()) {
+                    self.inner.arrivals.forget_under(&entry.path());
+                    remove_any(&entry.path())?;
+                }
+            }
+            let mut held = Vec::with_capacity(request.segments.len());
+            for segment in &request.segments {
+                let dir = staged_dir(&root, &segment.key)?;
+                let mut sizes = Vec::with_capacity(segment.files.len());
+                for (file, size) in &segment.files {
+                    let path = staged_file(&dir, file)?;
+                    let have = fs::metadata(&path).map_or(0, |m| m.len());
+                    if have > *size {
+                        // Not a prefix of this file: start it again.
+                        self.inner.arrivals.forget(&path);
+                        fs::remove_file(&path).map_err(internal)?;
+                        sizes.push(0);
+                    } else {
+                        sizes.push(have);
                     }
                 }
-                let mut held = Vec::with_capacity(request.segments.len());
-                for segment in &request.segments {
-                    let dir = staged_dir(&root, &segment.key)?;
-                    let mut sizes = Vec::with_capacity(segment.files.len());
-                    for (file, size) in &segment.files {
-                        let path = staged_file(&dir, file)?;
-                        let have = fs::metadata(&path).map_or(0, |m| m.len());
-                        if have > *size {
-                            // Not a prefix of this file: start it again.
-                            self.inner.arrivals.forget(&path);
-                            fs::remove_file(&path).map_err(internal)?;
-                            sizes.push(0);
-                        } else {
-                            sizes.push(have);
-                        }
-                    }
-                    held.push(sizes);
-                }
-                Ok(held)
-            },
-        )
+                held.push(sizes);
+            }
+            Ok(held)
+        })
     }
 
     /// Downloads `segment` from `object` (each file checked against its
@@ -429,19 +422,12 @@ impl WorkerNode {
             written.file.sync_all().map_err(internal)?;
             // Recorded only while the transfer is still this copy's: a
             // newer one may have dropped or restarted the file meanwhile.
-            host.in_transfer_turn(
-                &request.collection,
-                request.shard,
-                &request.placement,
-                request.transfer,
-                false,
-                || {
-                    host.inner
-                        .arrivals
-                        .record(staged, request.size, written.crc32.finalize());
-                    Ok(())
-                },
-            )
+            host.in_shipping_turn(&request, || {
+                host.inner
+                    .arrivals
+                    .record(staged, request.size, written.crc32.finalize());
+                Ok(())
+            })
         })
         .await?;
         Ok(expected)
@@ -454,81 +440,112 @@ impl WorkerNode {
         &self,
         request: &ShipFileRequest,
     ) -> RpcResult<(fs::File, crc32fast::Hasher, PathBuf)> {
-        self.in_transfer_turn(
-            &request.collection,
-            request.shard,
-            &request.placement,
-            request.transfer,
-            false,
-            || {
-                let dir = self.staged_segment(&request.collection, request.shard, &request.key)?;
-                fs::create_dir_all(&dir).map_err(internal)?;
-                let path = staged_file(&dir, &request.file)?;
-                self.inner.arrivals.forget(&path);
-                let file = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(internal)?;
-                let have = file.metadata().map_err(internal)?.len();
-                if have != request.offset {
-                    return Err(RpcError::Invalid(format!(
-                        "{}/{}: this copy holds {have} bytes, the stream starts at {}",
-                        request.key, request.file, request.offset
-                    )));
-                }
-                let crc32 = if have == 0 {
-                    crc32fast::Hasher::new()
-                } else {
-                    let (bytes, crc32) =
-                        engram_index::disk::manifest::file_crc32(&path).map_err(internal)?;
-                    crc32fast::Hasher::new_with_initial_len(crc32, bytes)
-                };
-                Ok((file, crc32, path))
-            },
-        )
+        self.in_shipping_turn(request, || {
+            let dir = self.staged_segment(&request.collection, request.shard, &request.key)?;
+            fs::create_dir_all(&dir).map_err(internal)?;
+            let path = staged_file(&dir, &request.file)?;
+            self.inner.arrivals.forget(&path);
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(internal)?;
+            let have = file.metadata().map_err(internal)?.len();
+            if have != request.offset {
+                return Err(RpcError::Invalid(format!(
+                    "{}/{}: this copy holds {have} bytes, the stream starts at {}",
+                    request.key, request.file, request.offset
+                )));
+            }
+            let crc32 = if have == 0 {
+                crc32fast::Hasher::new()
+            } else {
+                let (bytes, crc32) =
+                    engram_index::disk::manifest::file_crc32(&path).map_err(internal)?;
+                crc32fast::Hasher::new_with_initial_len(crc32, bytes)
+            };
+            Ok((file, crc32, path))
+        })
     }
 
     /// Copy side of a [`ShipAttachRequest`].
     pub async fn ship_attach(self, request: ShipAttachRequest) -> RpcResult<()> {
         let host = self.clone();
         blocking(move || {
-            host.in_transfer_turn(
-                &request.collection,
-                request.shard,
-                &request.placement,
-                request.transfer,
-                false,
-                || {
-                    let replica = host.inner.host.get(&request.collection, request.shard)?;
-                    let mut staged = Vec::with_capacity(request.segments.len());
-                    for (key, deleted) in &request.segments {
-                        let dir = host.staged_segment(&request.collection, request.shard, key)?;
-                        SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
-                        let arrived = host.inner.arrivals.take_dir(&dir);
-                        staged.push((dir, arrived));
+            host.in_shipping_turn(&request, || {
+                let replica = host.inner.host.get(&request.collection, request.shard)?;
+                let mut staged = Vec::with_capacity(request.segments.len());
+                for (key, deleted) in &request.segments {
+                    let dir = host.staged_segment(&request.collection, request.shard, key)?;
+                    SealedSegment::write_delete_bitmap(&dir, deleted).map_err(internal)?;
+                    let arrived = host.inner.arrivals.take_dir(&dir);
+                    staged.push((dir, arrived));
+                }
+                let attached = replica.unless_retired(|shard| {
+                    shard.attach_shipped(&staged).map_err(|e| {
+                        replica.mark_missed_write();
+                        internal(e)
+                    })
+                });
+                if attached.is_err() {
+                    // Damaged or not, what is staged is sent whole next time.
+                    for (dir, _) in &staged {
+                        remove_any(dir)?;
                     }
-                    let attached = replica.unless_retired(|shard| {
-                        shard.attach_shipped(&staged).map_err(|e| {
-                            replica.mark_missed_write();
-                            internal(e)
-                        })
-                    });
-                    if attached.is_err() {
-                        // Damaged or not, what is staged is sent whole next time.
-                        for (dir, _) in &staged {
-                            remove_any(dir)?;
-                        }
-                    }
-                    attached.map(|_| ())
-                },
-            )
+                }
+                attached.map(|_| ())
+            })
         })
         .await
     }
 }
 
+/// A request that is part of a shipping transfer: admitted under the
+/// transfer's turn (`in_transfer_turn`) like every chunk after its reset.
+trait ShippingPart {
+    fn collection(&self) -> &str;
+    fn shard(&self) -> u32;
+    fn placement(&self) -> &ShardPlacement;
+    fn transfer(&self) -> u64;
+}
+
+macro_rules! shipping_part {
+    ($($request:ty),*) => {$(
+        impl ShippingPart for $request {
+            fn collection(&self) -> &str {
+                &self.collection
+            }
+            fn shard(&self) -> u32 {
+                self.shard
+            }
+            fn placement(&self) -> &ShardPlacement {
+                &self.placement
+            }
+            fn transfer(&self) -> u64 {
+                self.transfer
+            }
+        }
+    )*};
+}
+shipping_part!(ShipPlanRequest, ShipFileRequest, ShipAttachRequest);
+
 impl WorkerNode {
+    /// Runs `apply` under the turn of the transfer `request` belongs to.
+    fn in_shipping_turn<T>(
+        &self,
+        request: &impl ShippingPart,
+        apply: impl FnOnce() -> RpcResult<T>,
+    ) -> RpcResult<T> {
+        self.in_transfer_turn(
+            request.collection(),
+            request.shard(),
+            request.placement(),
+            request.transfer(),
+            false,
+            apply,
+        )
+    }
+
     /// Where segment `key` shipped to this worker's copy of a shard is
     /// staged; the key must be a plain name.
     fn staged_segment(&self, collection: &str, shard: u32, key: &str) -> RpcResult<PathBuf> {
