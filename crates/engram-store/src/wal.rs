@@ -395,8 +395,10 @@ struct Reader<'a> {
     at: usize,
     /// Labels and sources decoded so far, shared instead of allocated
     /// again: a record of a million items usually names a few hundred
-    /// labels (one allocation each, not one per item).
-    strings: HashMap<&'a [u8], Arc<str>, foldhash::fast::RandomState>,
+    /// labels (one allocation each, not one per item). Only for records
+    /// of several operations (see [`decode_ops`]): replaying a WAL of
+    /// single writes would build a map per record for nothing.
+    strings: Option<HashMap<&'a [u8], Arc<str>, foldhash::fast::RandomState>>,
 }
 
 /// Most distinct strings a [`Reader`] shares (sources may all differ).
@@ -407,7 +409,7 @@ impl<'a> Reader<'a> {
         Reader {
             bytes,
             at: 0,
-            strings: HashMap::default(),
+            strings: None,
         }
     }
 }
@@ -444,14 +446,14 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> std::result::Result<Arc<str>, String> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
-        if let Some(shared) = self.strings.get(bytes) {
+        if let Some(shared) = self.strings.as_ref().and_then(|s| s.get(bytes)) {
             return Ok(shared.clone());
         }
         let decoded: Arc<str> = std::str::from_utf8(bytes)
             .map(Arc::from)
             .map_err(|_| "label or source is not UTF-8".to_string())?;
-        if self.strings.len() < SHARED_STRINGS {
-            self.strings.insert(bytes, decoded.clone());
+        if let Some(strings) = self.strings.as_mut().filter(|s| s.len() < SHARED_STRINGS) {
+            strings.insert(bytes, decoded.clone());
         }
         Ok(decoded)
     }
@@ -485,6 +487,9 @@ pub fn decode(payload: &[u8]) -> std::result::Result<WalRecord, String> {
 
 fn decode_ops(r: &mut Reader<'_>, count: usize) -> std::result::Result<WalRecord, String> {
     let payload = r.bytes;
+    if count > 1 {
+        r.strings = Some(HashMap::default());
+    }
     let mut ops = Vec::with_capacity(count.min(payload.len()));
     for _ in 0..count {
         match r.u8()? {

@@ -72,11 +72,11 @@ pub async fn call_streamed<Resp: DeserializeOwned>(
     body: reqwest::Body,
     timeout: Duration,
 ) -> Result<Resp, CallError> {
-    post(client, addr, path, body, STREAMED, timeout).await
+    post(client, addr, path, body, OCTET_STREAM, timeout).await
 }
 
 /// Content type of streamed bodies (see [`call_streamed`]).
-pub const STREAMED: &str = "application/octet-stream";
+pub const OCTET_STREAM: &str = "application/octet-stream";
 
 async fn post<Resp: DeserializeOwned>(
     client: &InternalClient,

@@ -369,8 +369,9 @@ impl WorkerNode {
         let head = request.clone();
         let (file, crc32, staged) = blocking(move || host.open_staged_file(&head)).await?;
         let (pieces, arriving) = tokio::sync::mpsc::channel(WRITE_AHEAD);
-        let writer =
-            tokio::task::spawn_blocking(move || ship_stream::write_pieces(file, crc32, arriving));
+        let writer = tokio::task::spawn_blocking(move || {
+            ship_stream::write_pieces(file, request.offset, crc32, arriving)
+        });
         let streamed = async {
             let mut received = 0u64;
             let mut next = (!first.is_empty()).then_some(first);

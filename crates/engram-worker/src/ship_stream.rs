@@ -156,16 +156,17 @@ pub(crate) struct Written {
 /// bytes, so that the sync at its end finds little left to write.
 const WRITE_BACK_EVERY: u64 = 32 << 20;
 
-/// Appends every piece `pieces` brings to `file`, hashing it on top of
-/// `crc32`, until the channel closes or a write fails. Writeback of what
-/// was appended starts as the file grows (see [`start_write_back`]).
+/// Appends every piece `pieces` brings to `file`, which holds `start`
+/// bytes, hashing it on top of `crc32`, until the channel closes or a
+/// write fails. Writeback of what was appended starts as the file grows
+/// (see [`start_write_back`]).
 pub(crate) fn write_pieces(
     mut file: fs::File,
+    start: u64,
     mut crc32: crc32fast::Hasher,
     mut pieces: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> Written {
     let mut bytes = 0;
-    let start = file.metadata().map_or(0, |m| m.len());
     let mut written_back = 0;
     while let Some(data) = pieces.blocking_recv() {
         if let Err(e) = file.write_all(&data) {
