@@ -28,13 +28,22 @@ fn job_status(cluster: &Cluster, from: u64, id: u64) -> Value {
         .base
         .as_deref()
         .unwrap();
-    let response = cluster
-        .http
-        .get(format!("{base}/v1/collections/c/jobs/{id}"))
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().unwrap()
+    // The job's Raft entry is committed before its submitter answers, but
+    // a follower applies it a moment later: until then it answers 404.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = cluster
+            .http
+            .get(format!("{base}/v1/collections/c/jobs/{id}"))
+            .send()
+            .unwrap();
+        if response.status() == 404 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        assert_eq!(response.status(), 200);
+        return response.json().unwrap();
+    }
 }
 
 /// A live coordinator other than `owners`.
