@@ -12,10 +12,7 @@ use crate::backend::Collection;
 
 use crate::cluster::jobs as cluster_jobs;
 use crate::dto::InterventionRequest;
-use crate::dto::{
-    CurationView, JobList, JobRequest, LogPosition, PresentIn, PruningSummary, SegmentRef,
-    UnlearningStatus,
-};
+use crate::dto::{CurationView, JobList, JobRequest, PruningSummary};
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::ingest_job::IngestOptions;
 use crate::jobs::{Job, JobState, JobStatus};
@@ -106,62 +103,6 @@ impl Engram {
     pub async fn clear_pruning(&self, collection: &str) -> Result<()> {
         self.hosted_collection(collection)?;
         self.inner.meta.set_pruning(collection, None).await
-    }
-
-    /// Whether the items of an unlearning receipt are still physically
-    /// present anywhere.
-    pub async fn unlearning(&self, collection: &str, receipt: u64) -> Result<UnlearningStatus> {
-        let hosted = self.hosted_collection(collection)?;
-        let receipt = self
-            .inner
-            .meta
-            .receipt(collection, receipt)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no unlearning receipt {receipt} in `{collection}`"))
-            })?;
-        let log = receipt.log.clone();
-        let presence = crate::service::blocking(move || Ok(hosted.presence(&log)?)).await?;
-        let present_in = PresentIn {
-            wal_shards: presence
-                .iter()
-                .filter(|(_, p)| p.wal)
-                .map(|(shard, _)| *shard)
-                .collect(),
-            sealed_segments: presence
-                .iter()
-                .flat_map(|(shard, p)| {
-                    p.segments.iter().map(|segment| SegmentRef {
-                        shard: *shard,
-                        segment: segment.clone(),
-                    })
-                })
-                .collect(),
-            snapshots: Vec::new(),
-        };
-        let erased = present_in.wal_shards.is_empty() && present_in.sealed_segments.is_empty();
-        Ok(UnlearningStatus {
-            receipt: receipt.receipt,
-            at: receipt.at,
-            selector: receipt.selector,
-            deleted: receipt.deleted,
-            status: if erased { "erased" } else { "deleted" }.to_string(),
-            present_in,
-            log_positions: receipt
-                .log
-                .iter()
-                .map(|d| LogPosition {
-                    shard: d.shard,
-                    wal_generation: d.wal_generation,
-                    wal_offset: d.wal_offset,
-                })
-                .collect(),
-            ids: receipt
-                .log
-                .iter()
-                .flat_map(|d| d.ids.iter().copied())
-                .collect(),
-            stale_pruning_weights: receipt.stale_pruning_weights,
-        })
     }
 
     /// Starts a job; answers at once with its status.
@@ -392,7 +333,7 @@ impl Engram {
         Ok(recorded)
     }
 
-    fn hosted_collection(&self, name: &str) -> Result<Collection> {
+    pub(crate) fn hosted_collection(&self, name: &str) -> Result<Collection> {
         self.hosted(name)
     }
 }
@@ -502,7 +443,9 @@ fn prune(
                     ids: Some(ids.len()),
                     ..Selector::default()
                 };
-                let receipt = runtime.block_on(meta.record_deletion(collection, selector, log))?;
+                let erase_by = engram.erase_by(None);
+                let receipt =
+                    runtime.block_on(meta.record_deletion(collection, selector, log, erase_by))?;
                 report["receipt"] = json!(receipt.receipt);
             }
         }

@@ -91,18 +91,20 @@ impl CurationStore {
         collection: &str,
         selector: Selector,
         log: Vec<ShardDeletion>,
+        erase_by: Option<String>,
     ) -> Result<Receipt> {
         match self {
             CurationStore::Local(store) => {
                 let meta = store.get(collection)?;
-                blocking(move || meta.record_deletion(selector, log)).await
+                blocking(move || meta.record_deletion(selector, log, erase_by)).await
             }
             CurationStore::Raft(node) => {
-                let command = Command::RecordDeletion {
+                let command = Command::RecordUnlearning {
                     collection: collection.to_string(),
                     selector: Shared::new(selector),
                     log,
                     at: now(),
+                    erase_by,
                 };
                 match write(node, command).await? {
                     CommandResult::Receipt(receipt) => Ok((*receipt).clone()),

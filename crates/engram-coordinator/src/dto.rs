@@ -171,6 +171,9 @@ pub struct DeleteItems {
     pub ids: Option<Vec<u64>>,
     pub label: Option<String>,
     pub source: Option<String>,
+    /// Seconds by which every byte of the deleted items must be gone (the
+    /// receipt's erasure deadline); default `curation.erase_within_s`.
+    pub erase_within_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -417,7 +420,7 @@ pub struct PresentIn {
     pub wal_shards: Vec<u32>,
     /// Sealed segments that still hold a deleted row (until compaction).
     pub sealed_segments: Vec<SegmentRef>,
-    /// Snapshots holding a deleted item (none on the embedded node).
+    /// Snapshots holding a deleted item (`<uri>#<id>`).
     pub snapshots: Vec<String>,
 }
 
@@ -435,12 +438,38 @@ pub struct UnlearningStatus {
     pub selector: Selector,
     pub deleted: usize,
     /// `deleted`: never returned, but some bytes remain on disk;
-    /// `erased`: no file holds them any more.
+    /// `erased`: no place Engram knows of holds them any more.
     pub status: String,
+    /// Every place the deleted bytes may still be, each checked from the
+    /// thing itself (a copy's own files, the object listing, a snapshot's
+    /// manifest); empty once `erased`.
+    pub places: Vec<crate::unlearning::Place>,
+    /// RFC 3339: the erasure deadline (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub erase_by: Option<String>,
+    /// Past `erase_by` and not `erased`.
+    pub overdue: bool,
+    /// RFC 3339: when the places were checked.
+    pub checked_at: String,
+    /// The places in the earlier shape: shards whose WAL (on some copy)
+    /// holds a deleted vector, segments (on some copy) holding a deleted
+    /// row, snapshots holding one.
     pub present_in: PresentIn,
     pub log_positions: Vec<LogPosition>,
     pub ids: Vec<u64>,
     pub stale_pruning_weights: usize,
+}
+
+/// `GET /v1/collections/{c}/unlearning` query.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlearningQuery {
+    pub overdue: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnlearningList {
+    pub receipts: Vec<UnlearningStatus>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,6 +28,7 @@ mod reshard_service;
 pub mod service;
 pub mod snapshot_service;
 pub mod token;
+pub mod unlearning;
 
 pub use api::{router, serve};
 pub use error::{ApiError, ErrorCode};

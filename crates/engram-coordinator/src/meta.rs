@@ -131,7 +131,12 @@ impl CollectionMeta {
 
     /// Records an unlearning request: marks pruning weights its items had
     /// counted towards as stale, then writes the receipt.
-    pub fn record_deletion(&self, selector: Selector, log: Vec<ShardDeletion>) -> Result<Receipt> {
+    pub fn record_deletion(
+        &self,
+        selector: Selector,
+        log: Vec<ShardDeletion>,
+        erase_by: Option<String>,
+    ) -> Result<Receipt> {
         let _writer = self.write.lock();
         let ids: Vec<u64> = log.iter().flat_map(|d| d.ids.iter().copied()).collect();
         let mut stale = 0;
@@ -151,6 +156,7 @@ impl CollectionMeta {
             deleted: ids.len(),
             log,
             stale_pruning_weights: stale,
+            erase_by,
         };
         save(&self.receipt_path(receipt.receipt), &receipt)?;
         *counter += 1;
@@ -251,6 +257,7 @@ mod tests {
                         ..Selector::default()
                     },
                     vec![deletion],
+                    Some("2026-12-06T00:00:00Z".into()),
                 )
                 .unwrap();
             assert_eq!((receipt.receipt, receipt.stale_pruning_weights), (1, 1));
@@ -259,8 +266,14 @@ mod tests {
         assert!(meta.curation().blocked_classes.contains_key("x"));
         assert!(meta.pruning().unwrap().stale.contains(&2));
         assert_eq!(meta.receipt(1).unwrap().unwrap().deleted, 1);
+        assert_eq!(
+            meta.receipt(1).unwrap().unwrap().erase_by.as_deref(),
+            Some("2026-12-06T00:00:00Z")
+        );
         assert!(meta.receipt(2).unwrap().is_none());
-        let next = meta.record_deletion(Selector::default(), vec![]).unwrap();
+        let next = meta
+            .record_deletion(Selector::default(), vec![], None)
+            .unwrap();
         assert_eq!(next.receipt, 2, "receipt numbers continue after a restart");
         drop(meta);
 

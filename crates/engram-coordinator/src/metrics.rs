@@ -54,6 +54,7 @@ pub struct Metrics {
     index: IndexActivityMetrics,
     unlearning_receipts: IntGaugeVec,
     unlearning_oldest_pending: prometheus::Gauge,
+    unlearning_overdue: prometheus::IntGauge,
     jobs: IntGaugeVec,
     job_progress: IntGaugeVec,
     cluster: IntGaugeVec,
@@ -210,10 +211,16 @@ impl Metrics {
             "Age of the oldest unlearning receipt still `deleted` (0 when none): an erasure that compaction has not reached",
         )
         .expect("valid metric");
+        let unlearning_overdue = prometheus::IntGauge::new(
+            "unlearning_overdue_receipts",
+            "Unlearning receipts past their erasure deadline with deleted bytes still stored (alert on > 0)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(FAN_OUT.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(unlearning_receipts.clone()),
             Box::new(unlearning_oldest_pending.clone()),
+            Box::new(unlearning_overdue.clone()),
             Box::new(jobs.clone()),
             Box::new(job_progress.clone()),
             Box::new(cluster.clone()),
@@ -239,6 +246,7 @@ impl Metrics {
             registry,
             unlearning_receipts,
             unlearning_oldest_pending,
+            unlearning_overdue,
             jobs,
             job_progress,
             cluster,
@@ -387,6 +395,7 @@ impl Metrics {
             .with_label_values(&["erased"])
             .set(clamp(view.erased));
         self.unlearning_oldest_pending.set(view.oldest_pending_s);
+        self.unlearning_overdue.set(clamp(view.overdue));
     }
 
     pub fn render(&self) -> String {

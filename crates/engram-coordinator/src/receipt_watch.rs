@@ -8,6 +8,13 @@
 //! receipt is overdue: compaction is not reaching the segments or WAL that
 //! still hold its rows.
 //!
+//! A receipt with an erasure deadline gets the work that meets it once it
+//! is due (`unlearning::erasure_due`: halfway to the deadline, or a few
+//! rounds before it): its copies rewrite what holds the rows, uploaded
+//! segments no copy holds are deleted. A receipt past its deadline and not
+//! `erased` is overdue: logged at error level every round, counted in
+//! `engram_unlearning_overdue_receipts`, and flagged in its status.
+//!
 //! `erased` is final (nothing brings deleted bytes back), so an erased
 //! receipt is remembered and never checked again; only pending ones cost
 //! a check each round.
@@ -18,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::service::Engram;
+use crate::unlearning::{erasure_due, unix_s};
 
 /// What one round of checks found.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -28,12 +36,28 @@ pub struct UnlearningView {
     pub erased: u64,
     /// Seconds since the oldest `deleted` receipt was issued (0 if none).
     pub oldest_pending_s: f64,
+    /// `deleted` receipts past their erasure deadline.
+    pub overdue: u64,
 }
 
 /// Receipts this node has seen `erased`, by collection and number.
 #[derive(Default)]
 pub(crate) struct ReceiptWatch {
     erased: Mutex<HashSet<(String, u64)>>,
+}
+
+impl ReceiptWatch {
+    /// Whether receipt `number` of `collection` was seen `erased`.
+    pub(crate) fn is_erased(&self, collection: &str, number: u64) -> bool {
+        self.erased
+            .lock()
+            .contains(&(collection.to_string(), number))
+    }
+
+    /// Remembers that receipt `number` of `collection` is `erased` (final).
+    pub(crate) fn mark_erased(&self, collection: &str, number: u64) {
+        self.erased.lock().insert((collection.to_string(), number));
+    }
 }
 
 /// Seconds from RFC 3339 `at` to now; 0 if `at` does not parse.
@@ -58,7 +82,7 @@ impl Engram {
                     view.erased += 1;
                     continue;
                 }
-                let status = match self.unlearning(&collection, id).await {
+                let status = match self.check_receipt(&collection, id).await {
                     Ok(status) => status,
                     Err(error) => {
                         tracing::warn!(collection = %collection, receipt = id, %error, "cannot check an unlearning receipt; counted as not erased");
@@ -72,11 +96,47 @@ impl Engram {
                 } else {
                     view.deleted += 1;
                     view.oldest_pending_s = view.oldest_pending_s.max(age_s(&status.at));
+                    if status.overdue {
+                        view.overdue += 1;
+                        tracing::error!(
+                            collection = %collection,
+                            receipt = id,
+                            erase_by = status.erase_by.as_deref().unwrap_or(""),
+                            places = status.places.len(),
+                            "unlearning receipt past its erasure deadline: deleted bytes are still stored"
+                        );
+                    }
                 }
             }
         }
         self.inner.metrics.set_unlearning(&view);
         Ok(view)
+    }
+
+    /// Checks one receipt, and when its erasure work is due, does it and
+    /// checks again.
+    async fn check_receipt(
+        &self,
+        collection: &str,
+        id: u64,
+    ) -> Result<crate::dto::UnlearningStatus> {
+        let inspection = self.inspect_receipt(collection, id).await?;
+        let status = &inspection.status;
+        let deadline = status.erase_by.as_deref().and_then(unix_s);
+        let (Some(erase_by), Some(at)) = (deadline, unix_s(&status.at)) else {
+            return Ok(inspection.status);
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let every = self.config().curation.receipt_check_s;
+        if status.status == "erased" || !erasure_due(at, erase_by, now, every) {
+            return Ok(inspection.status);
+        }
+        if let Err(error) = self.erase_receipt(collection, &inspection).await {
+            tracing::warn!(collection, receipt = id, %error, "erasing an unlearning receipt's rows failed; the next round tries again");
+        }
+        Ok(self.inspect_receipt(collection, id).await?.status)
     }
 
     /// Runs [`Self::check_receipts`] every `curation.receipt_check_s`

@@ -35,6 +35,8 @@ use crate::metrics::Metrics;
 use engram_core::{Admission, Selector};
 
 pub(crate) use engram_core::collection::{MAX_LABEL_BYTES, MAX_SOURCE_BYTES};
+/// The longest erasure deadline a delete may ask for: one year.
+const MAX_ERASE_WITHIN_S: u64 = 365 * 86_400;
 /// Most ids one query may exclude.
 const MAX_EXCLUDE_IDS: usize = 10_000;
 
@@ -488,6 +490,12 @@ impl Engram {
                 self.inner.config.limits.max_items_per_request
             )));
         }
+        let erase_within_s = request.erase_within_s;
+        if erase_within_s.is_some_and(|s| s > MAX_ERASE_WITHIN_S) {
+            return Err(ApiError::invalid(format!(
+                "erase_within_s must be at most {MAX_ERASE_WITHIN_S} (one year)"
+            )));
+        }
         let selector = Selector {
             ids: request.ids.as_ref().map(Vec::len),
             label: request.label.clone(),
@@ -518,10 +526,11 @@ impl Engram {
         // The deletes are durable; the receipt records them. If writing it
         // fails the caller sees an error and may retry (deleting again is a
         // no-op).
+        let erase_by = self.erase_by(erase_within_s);
         let receipt = self
             .inner
             .meta
-            .record_deletion(collection, selector, log)
+            .record_deletion(collection, selector, log, erase_by)
             .await?;
         Ok(Deleted {
             deleted,

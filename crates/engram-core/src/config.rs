@@ -37,14 +37,23 @@ pub struct EngramConfig {
 pub struct CurationConfig {
     /// Seconds between checks of the receipts not yet `erased` (each
     /// asks every shard copy where the deleted rows' bytes still are); the
-    /// results feed `engram_unlearning_*`. 0 turns the checks off.
+    /// results feed `engram_unlearning_*`. 0 turns the checks off (and
+    /// with them the work that meets erasure deadlines).
     pub receipt_check_s: u64,
+    /// The erasure deadline of a delete that names none: seconds from the
+    /// delete by which every byte of the deleted items must be gone from
+    /// every copy, segment, WAL, uploaded object, quarantined copy and
+    /// snapshot Engram knows of. The node schedules the rewrites and
+    /// deletions that meet it; a receipt past it is reported overdue.
+    /// 0: no deadline (bytes go with compactions by policy).
+    pub erase_within_s: u64,
 }
 
 impl Default for CurationConfig {
     fn default() -> Self {
         CurationConfig {
             receipt_check_s: 60,
+            erase_within_s: 86_400,
         }
     }
 }

@@ -46,6 +46,11 @@ pub struct Receipt {
     pub log: Vec<ShardDeletion>,
     /// Soft-pruning weights that had counted one of these items as a query.
     pub stale_pruning_weights: usize,
+    /// RFC 3339: when every byte of the deleted items must be gone (the
+    /// erasure deadline, `curation.erase_within_s` or the request's own);
+    /// `None`: no deadline, the bytes go with compactions by policy.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub erase_by: Option<String>,
 }
 
 impl Receipt {

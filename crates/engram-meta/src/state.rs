@@ -369,27 +369,47 @@ impl ClusterState {
                 selector,
                 log,
                 at,
-            } => self.curate(collection, |c| {
-                let mut receipt = Receipt {
-                    receipt: c.receipts.keys().next_back().map_or(1, |n| n + 1),
-                    at: at.clone(),
-                    selector: (**selector).clone(),
-                    deleted: log.iter().map(|d| d.ids.len()).sum(),
-                    log: log.clone(),
-                    stale_pruning_weights: 0,
-                };
-                if let Some(current) = &c.pruning {
-                    let mut next = (**current).clone();
-                    receipt.stale_pruning_weights = next.forget(&receipt.ids().collect::<Vec<_>>());
-                    if next != **current {
-                        c.pruning = Some(Shared::new(next));
-                    }
-                }
-                let receipt = Shared::new(receipt);
-                c.receipts.insert(receipt.receipt, receipt.clone());
-                Ok(CommandResult::Receipt(receipt))
-            }),
+            } => self.record_unlearning(collection, selector, log, at, None),
+            Command::RecordUnlearning {
+                collection,
+                selector,
+                log,
+                at,
+                erase_by,
+            } => self.record_unlearning(collection, selector, log, at, erase_by.clone()),
         }
+    }
+
+    /// Records an unlearning receipt (see [`Command::RecordUnlearning`]).
+    fn record_unlearning(
+        &mut self,
+        collection: &str,
+        selector: &Shared<engram_core::Selector>,
+        log: &[engram_core::ShardDeletion],
+        at: &str,
+        erase_by: Option<String>,
+    ) -> CommandResult {
+        self.curate(collection, |c| {
+            let mut receipt = Receipt {
+                receipt: c.receipts.keys().next_back().map_or(1, |n| n + 1),
+                at: at.to_string(),
+                selector: (**selector).clone(),
+                deleted: log.iter().map(|d| d.ids.len()).sum(),
+                log: log.to_vec(),
+                stale_pruning_weights: 0,
+                erase_by,
+            };
+            if let Some(current) = &c.pruning {
+                let mut next = (**current).clone();
+                receipt.stale_pruning_weights = next.forget(&receipt.ids().collect::<Vec<_>>());
+                if next != **current {
+                    c.pruning = Some(Shared::new(next));
+                }
+            }
+            let receipt = Shared::new(receipt);
+            c.receipts.insert(receipt.receipt, receipt.clone());
+            Ok(CommandResult::Receipt(receipt))
+        })
     }
 
     fn live_workers(&self) -> Vec<WorkerId> {

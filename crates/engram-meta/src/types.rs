@@ -178,6 +178,16 @@ pub enum Command {
         to: NodeId,
         beat: u64,
     },
+    /// [`Command::RecordDeletion`] with an erasure deadline (RFC 3339), by
+    /// which every byte of the deleted items must be gone. Appended last
+    /// (variant index); the older command still applies, without one.
+    RecordUnlearning {
+        collection: String,
+        selector: Shared<Selector>,
+        log: Vec<ShardDeletion>,
+        at: String,
+        erase_by: Option<String>,
+    },
 }
 
 /// The outcome of applying a [`Command`].

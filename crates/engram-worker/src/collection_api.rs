@@ -15,8 +15,9 @@ use crate::hosted_collection::{
 use crate::wire::SegmentObject;
 use std::path::Path;
 
+use crate::presence::PresenceReport;
 use crate::shard::{
-    AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, ShardDeletion,
+    AttachedSegment, Compaction, ItemView, ScannedItem, SearchFilter, ShardDeletion,
 };
 
 pub trait ShardedCollection: Send + Sync {
@@ -28,8 +29,13 @@ pub trait ShardedCollection: Send + Sync {
     fn delete_ids_traced(&self, ids: &[u64]) -> Result<Vec<ShardDeletion>>;
     fn delete_label_traced(&self, label: &str) -> Result<Vec<ShardDeletion>>;
     fn delete_source_traced(&self, source: &str) -> Result<Vec<ShardDeletion>>;
-    /// Where deleted items may still be physically present.
-    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>>;
+    /// Where deleted items may still be physically present: every copy of
+    /// the shards their ids route to, each judged from its own files.
+    fn presence(&self, deletions: &[ShardDeletion]) -> Result<PresenceReport>;
+    /// Rewrites, in every copy, exactly the files that hold deleted rows of
+    /// `deletions` (`Shard::erase`), and removes quarantined copies of
+    /// their shards: what an unlearning deadline asks.
+    fn erase(&self, deletions: &[ShardDeletion]) -> Result<Compaction>;
     /// One shard's live items with their vectors at one instant (writes to
     /// it wait meanwhile): every write acknowledged before is included.
     fn snapshot_shard(&self, shard: u32) -> Result<Vec<ScannedItem>>;
@@ -98,8 +104,12 @@ impl ShardedCollection for HostedCollection {
         HostedCollection::delete_source_traced(self, source)
     }
 
-    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
-        Ok(HostedCollection::presence(self, deletions))
+    fn presence(&self, deletions: &[ShardDeletion]) -> Result<PresenceReport> {
+        HostedCollection::presence(self, deletions)
+    }
+
+    fn erase(&self, deletions: &[ShardDeletion]) -> Result<Compaction> {
+        HostedCollection::erase(self, deletions)
     }
 
     fn scan(&self, f: &mut dyn FnMut(Vec<ScannedItem>) -> Result<()>) -> Result<()> {

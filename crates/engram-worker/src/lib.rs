@@ -12,12 +12,14 @@ pub mod agent;
 mod arrivals;
 pub mod catch_up;
 pub mod collection_api;
+mod erasure_rpc;
 pub mod error;
 pub mod hosted_collection;
 pub mod index_metrics;
 pub mod lease;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod replicas;
 pub mod rpc_client;
 pub mod segment_upload;
@@ -35,6 +37,7 @@ pub use hosted_collection::{
     CollectionStats, HostedCollection, ReshardHooks, ReshardReport, SearchResults,
 };
 pub use node::{Membership, WorkerNode};
+pub use presence::{CopyPresence, PresenceReport, QuarantinedCopy};
 pub use shard::{
     AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
     Shard, ShardDeletion, ShardHits,

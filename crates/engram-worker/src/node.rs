@@ -779,18 +779,6 @@ impl WorkerNode {
         Ok(replicas.iter().map(|r| r.shard.stats()).collect())
     }
 
-    pub async fn presence(self, request: PresenceRequest) -> RpcResult<PresenceReply> {
-        let mut presence = Vec::new();
-        for d in &request.deletions {
-            let replica = self.inner.host.get(&request.collection, d.shard)?;
-            let p = replica.shard.presence(d);
-            if p.wal || !p.segments.is_empty() {
-                presence.push((d.shard, p));
-            }
-        }
-        Ok(PresenceReply { presence })
-    }
-
     /// Compacts the listed shards (every replica compacts its own copy).
     pub async fn compact(self, request: CompactRequest) -> RpcResult<Compaction> {
         let replicas = self.replicas(&request.collection, &request.shards)?;

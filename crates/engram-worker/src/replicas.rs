@@ -429,7 +429,7 @@ impl ReplicaHost {
             .write()
             .remove(&(collection.to_string(), shard));
         let from = shard_dir(&self.dir, collection, shard);
-        let root = self.dir.parent().unwrap_or(&self.dir).join("quarantine");
+        let root = self.quarantine_root();
         fs_err::create_dir_all(&root)?;
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -437,6 +437,43 @@ impl ReplicaHost {
         let to = root.join(format!("{collection}-{shard:04}-{millis}"));
         fs_err::rename(&from, &to)?;
         Ok(to)
+    }
+
+    /// The quarantined copies of `collection` on this worker (see
+    /// [`Self::quarantine`]): shard and directory, oldest first.
+    pub fn quarantined(&self, collection: &str) -> Result<Vec<(u32, PathBuf)>> {
+        let root = self.quarantine_root();
+        let mut found = Vec::new();
+        if !root.exists() {
+            return Ok(found);
+        }
+        for entry in fs_err::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(shard) = quarantined_shard(&name, collection) {
+                found.push((shard, entry.path()));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Deletes quarantined copies of `collection`'s `shards` (an erasure
+    /// deadline outranks keeping them for inspection); returns how many.
+    pub fn remove_quarantined(&self, collection: &str, shards: &BTreeSet<u32>) -> Result<usize> {
+        let mut removed = 0;
+        for (shard, dir) in self.quarantined(collection)? {
+            if shards.contains(&shard) {
+                fs_err::remove_dir_all(&dir)?;
+                tracing::warn!(collection, shard, dir = %dir.display(), "deleted a quarantined copy: it may hold unlearned rows");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn quarantine_root(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join("quarantine")
     }
 
     /// Every hosted replica.
@@ -516,6 +553,15 @@ impl ReplicaHost {
         }
         Ok(names)
     }
+}
+
+/// The shard of a quarantined copy's directory name
+/// (`<collection>-<nnnn>-<unix ms>`) when it is one of `collection`'s.
+fn quarantined_shard(name: &str, collection: &str) -> Option<u32> {
+    let rest = name.strip_prefix(collection)?.strip_prefix('-')?;
+    let (shard, millis) = rest.split_once('-')?;
+    millis.parse::<u128>().ok()?;
+    shard.parse().ok()
 }
 
 #[cfg(test)]
@@ -608,5 +654,48 @@ mod tests {
         assert_eq!(*host.transfer_slot("c", 0).lock(), 9);
         assert_eq!(*host.transfer_slot("c", 1).lock(), 0);
         assert_eq!(*host.transfer_slot("d", 0).lock(), 0);
+    }
+
+    #[test]
+    fn quarantined_copies_are_found_by_collection_and_shard_only() {
+        assert_eq!(
+            quarantined_shard("faces-0003-1764900000000", "faces"),
+            Some(3)
+        );
+        // A collection whose name extends another's is not that one's.
+        assert_eq!(
+            quarantined_shard("faces-x-0003-1764900000000", "faces"),
+            None
+        );
+        assert_eq!(
+            quarantined_shard("faces-x-0003-1764900000000", "faces-x"),
+            Some(3)
+        );
+        assert_eq!(quarantined_shard("faces-0003", "faces"), None);
+        assert_eq!(quarantined_shard("face-0003-17", "faces"), None);
+    }
+
+    #[test]
+    fn removing_quarantined_copies_touches_only_the_named_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ReplicaHost::new(dir.path(), IndexParams::default()).unwrap();
+        let root = dir.path().join("quarantine");
+        for name in ["c-0001-10", "c-0002-11", "d-0001-12"] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join("wal-00000001.log"), b"rows").unwrap();
+        }
+        let found: Vec<u32> = host
+            .quarantined("c")
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(found, vec![1, 2]);
+        assert_eq!(
+            host.remove_quarantined("c", &BTreeSet::from([1])).unwrap(),
+            1
+        );
+        assert!(!root.join("c-0001-10").exists());
+        assert!(root.join("c-0002-11").exists() && root.join("d-0001-12").exists());
     }
 }

@@ -35,6 +35,7 @@ fn routes() -> Vec<Route> {
             path::PRESENCE,
             post(|s, b| handle(s, b, WorkerNode::presence)),
         ),
+        (path::ERASE, post(|s, b| handle(s, b, WorkerNode::erase))),
         (
             path::CATCH_UP,
             post(|s, b| handle(s, b, WorkerNode::catch_up)),

@@ -7,7 +7,8 @@ use engram_core::{Admission, CollectionSpec, Neighbor};
 use engram_store::{WalOp, WritePosition};
 use serde::{Deserialize, Serialize};
 
-use crate::shard::{Presence, ShardDeletion};
+use crate::presence::PresenceReport;
+use crate::shard::{Compaction, ShardDeletion};
 
 /// Paths under the worker's internal address.
 pub mod path {
@@ -17,6 +18,7 @@ pub mod path {
     pub const GET: &str = "/internal/v1/get";
     pub const STATS: &str = "/internal/v1/stats";
     pub const PRESENCE: &str = "/internal/v1/presence";
+    pub const ERASE: &str = "/internal/v1/erase";
     pub const CATCH_UP: &str = "/internal/v1/catch_up";
     pub const INSTALL: &str = "/internal/v1/install";
     pub const DELTA: &str = "/internal/v1/delta";
@@ -249,9 +251,25 @@ pub struct PresenceRequest {
     pub deletions: Vec<ShardDeletion>,
 }
 
+/// Every copy of the asked shards this worker hosts (or is receiving),
+/// and its quarantined copies of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresenceReply {
-    pub presence: Vec<(u32, Presence)>,
+    pub report: PresenceReport,
+}
+
+/// Rewrite what holds these deleted rows in every copy hosted here, and
+/// delete quarantined copies of their shards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EraseRequest {
+    pub collection: String,
+    pub deletions: Vec<ShardDeletion>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EraseReply {
+    pub compaction: Compaction,
+    pub quarantined_removed: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -224,6 +224,31 @@ pub async fn unlearning(
     Ok(Json(engram.unlearning(&collection, receipt).await?))
 }
 
+/// Every receipt of the collection (`?overdue=true`: only those past
+/// their erasure deadline with bytes still stored).
+pub async fn unlearning_list(
+    State(engram): State<Engram>,
+    ApiPath(collection): ApiPath<String>,
+    query: std::result::Result<Query<UnlearningQuery>, QueryRejection>,
+) -> Result<Json<UnlearningList>> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
+    Ok(Json(
+        engram
+            .unlearning_list(&collection, query.overdue.unwrap_or(false))
+            .await?,
+    ))
+}
+
+/// Does the work that erases a receipt's bytes now, instead of when its
+/// deadline comes near; answers with the receipt as checked afterwards.
+pub async fn erase_now(
+    State(engram): State<Engram>,
+    ApiPath((collection, receipt)): ApiPath<(String, String)>,
+) -> Result<Json<UnlearningStatus>> {
+    let receipt = parse_number("receipt", &receipt)?;
+    Ok(Json(engram.erase_now(&collection, receipt).await?))
+}
+
 pub async fn start_job(
     State(engram): State<Engram>,
     ApiPath(collection): ApiPath<String>,

@@ -17,9 +17,9 @@ use engram_meta::ClusterState;
 use engram_store::WalOp;
 use engram_worker::wire::SegmentObject;
 use engram_worker::{
-    AttachedSegment, CollectionStats, Compaction, ItemView, Presence, ReshardHooks, ReshardReport,
-    Result, ScannedItem, SearchFilter, SearchResults, ShardDeletion, ShardedCollection,
-    WorkerError,
+    AttachedSegment, CollectionStats, Compaction, ItemView, PresenceReport, ReshardHooks,
+    ReshardReport, Result, ScannedItem, SearchFilter, SearchResults, ShardDeletion,
+    ShardedCollection, WorkerError,
 };
 
 use super::ClusterBackend;
@@ -174,13 +174,23 @@ impl ShardedCollection for RemoteCollection {
         })
     }
 
-    fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
+    fn presence(&self, deletions: &[ShardDeletion]) -> Result<PresenceReport> {
         self.on_layouts(|layouts| {
             let mut found = layouts.current.presence(deletions)?;
             if let Some(target) = &layouts.target {
                 found.extend(target.presence(deletions)?);
             }
             Ok(found)
+        })
+    }
+
+    fn erase(&self, deletions: &[ShardDeletion]) -> Result<Compaction> {
+        self.on_layouts(|layouts| {
+            let mut done = layouts.current.erase(deletions)?;
+            if let Some(target) = &layouts.target {
+                done = done + target.erase(deletions)?;
+            }
+            Ok(done)
         })
     }
 

@@ -21,8 +21,8 @@ use engram_store::WalOp;
 use engram_worker::rpc_client::{CallError, call};
 use engram_worker::wire::*;
 use engram_worker::{
-    AttachedSegment, CollectionStats, Compaction, ItemView, Presence, Result, ScannedItem,
-    SearchFilter, SearchResults, ShardDeletion, WorkerError,
+    AttachedSegment, CollectionStats, Compaction, CopyPresence, ItemView, PresenceReport, Result,
+    ScannedItem, SearchFilter, SearchResults, ShardDeletion, WorkerError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -485,59 +485,160 @@ impl RemoteLayout {
         )
     }
 
-    pub(crate) fn presence(&self, deletions: &[ShardDeletion]) -> Result<Vec<(u32, Presence)>> {
-        // Each replica keeps its own files: ask every host of each shard.
-        // The ids are grouped by this layout's shards (deletions recorded
-        // before a resharding name the old layout's).
+    /// Where the deleted rows of `deletions` still are, copy by copy: every
+    /// live worker is asked about the shards the ids route to in this
+    /// layout (deletions recorded before a resharding name the old
+    /// layout's), and answers for its own copies, staged transfers and
+    /// quarantined copies. A copy the placements name whose worker does not
+    /// answer is reported unchecked, never as clean.
+    pub(crate) fn presence(&self, deletions: &[ShardDeletion]) -> Result<PresenceReport> {
+        // Every shard is asked (those without ids for their segment keys
+        // only): an uploaded segment is garbage only if no copy of any
+        // shard holds it.
+        let grouped = self.group_by_shard(deletions, true);
         let placements = self.placements()?;
+        let workers: Vec<(WorkerId, bool)> = self
+            .cluster
+            .state()
+            .workers
+            .values()
+            .map(|w| (w.id, w.alive))
+            .collect();
+        self.runtime.block_on(async {
+            let mut report = PresenceReport::default();
+            let request = PresenceRequest {
+                collection: self.spec.name.clone(),
+                deletions: grouped.clone(),
+            };
+            let timeout = self.cluster.inner.timeouts.query;
+            let asks = workers
+                .iter()
+                .filter(|(_, alive)| *alive)
+                .map(|(worker, _)| {
+                    let request = &request;
+                    async move {
+                        let reply = self
+                            .call_worker::<_, PresenceReply>(
+                                *worker,
+                                path::PRESENCE,
+                                request,
+                                timeout,
+                            )
+                            .await;
+                        (*worker, reply)
+                    }
+                });
+            let mut answered = BTreeSet::new();
+            let mut failed: BTreeMap<WorkerId, String> = BTreeMap::new();
+            for (worker, reply) in futures::future::join_all(asks).await {
+                match reply {
+                    Some(Ok(reply)) => {
+                        answered.insert(worker);
+                        report.extend(reply.report);
+                    }
+                    Some(Err(e)) => {
+                        failed.insert(worker, e.to_string());
+                    }
+                    None => {
+                        failed.insert(worker, "no address".to_string());
+                    }
+                }
+            }
+            for d in grouped.iter().filter(|d| !d.ids.is_empty()) {
+                let Some(p) = placements.get(d.shard as usize) else {
+                    continue;
+                };
+                for host in p.all_hosts() {
+                    let checked = report
+                        .copies
+                        .iter()
+                        .any(|c| c.worker == Some(host) && c.shard == d.shard);
+                    if checked {
+                        continue;
+                    }
+                    let reason = if answered.contains(&host) {
+                        // It answered without this copy: it does not host
+                        // it (dropped, or not built yet). Nothing of it is
+                        // on that worker but what it reported.
+                        continue;
+                    } else {
+                        failed
+                            .get(&host)
+                            .cloned()
+                            .unwrap_or_else(|| "the worker is not alive".to_string())
+                    };
+                    report.copies.push(CopyPresence {
+                        worker: Some(host),
+                        shard: d.shard,
+                        presence: None,
+                        unchecked: Some(reason),
+                        held_keys: Vec::new(),
+                    });
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// Rewrites what holds the deleted rows of `deletions` on every live
+    /// worker (each erases its own copies and quarantined copies).
+    pub(crate) fn erase(&self, deletions: &[ShardDeletion]) -> Result<Compaction> {
+        let grouped = self.group_by_shard(deletions, false);
+        let workers: Vec<WorkerId> = self
+            .cluster
+            .state()
+            .workers
+            .values()
+            .filter(|w| w.alive)
+            .map(|w| w.id)
+            .collect();
+        self.runtime.block_on(async {
+            let request = EraseRequest {
+                collection: self.spec.name.clone(),
+                deletions: grouped,
+            };
+            let mut total = Compaction::default();
+            let mut quarantined = 0;
+            for worker in workers {
+                let timeout = Duration::from_secs(3600);
+                let Some(reply) = self
+                    .call_worker::<_, EraseReply>(worker, path::ERASE, &request, timeout)
+                    .await
+                else {
+                    continue;
+                };
+                let reply = reply.map_err(|e| WorkerError::Unavailable(e.to_string()))?;
+                total = total + reply.compaction;
+                quarantined += reply.quarantined_removed;
+            }
+            if quarantined > 0 {
+                tracing::warn!(collection = %self.spec.name, quarantined, "quarantined copies deleted for an erasure");
+            }
+            Ok(total)
+        })
+    }
+
+    /// `deletions`' ids grouped by this layout's shards (`every`: with an
+    /// empty entry for each shard none of them routes to).
+    fn group_by_shard(&self, deletions: &[ShardDeletion], every: bool) -> Vec<ShardDeletion> {
         let mut per_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        if every {
+            per_shard.extend(self.all_shards().into_iter().map(|s| (s, Vec::new())));
+        }
         for id in deletions.iter().flat_map(|d| d.ids.iter()) {
             per_shard
                 .entry(shard_of(*id, self.spec.shards))
                 .or_default()
                 .push(*id);
         }
-        let mut per_worker: BTreeMap<WorkerId, Vec<ShardDeletion>> = BTreeMap::new();
-        for (shard, ids) in per_shard {
-            let Some(p) = placements.get(shard as usize) else {
-                continue;
-            };
-            let grouped = ShardDeletion {
+        per_shard
+            .into_iter()
+            .map(|(shard, ids)| ShardDeletion {
                 shard,
                 ids,
                 ..ShardDeletion::default()
-            };
-            for w in p.all_hosts() {
-                per_worker.entry(w).or_default().push(grouped.clone());
-            }
-        }
-        self.runtime.block_on(async {
-            let mut merged: BTreeMap<u32, Presence> = BTreeMap::new();
-            for (worker, deletions) in per_worker {
-                let request = PresenceRequest {
-                    collection: self.spec.name.clone(),
-                    deletions,
-                };
-                let timeout = self.cluster.inner.timeouts.query;
-                let Some(reply) = self
-                    .call_worker::<_, PresenceReply>(worker, path::PRESENCE, &request, timeout)
-                    .await
-                else {
-                    continue;
-                };
-                let reply = reply.map_err(|e| WorkerError::Unavailable(e.to_string()))?;
-                for (shard, p) in reply.presence {
-                    let entry = merged.entry(shard).or_default();
-                    entry.wal |= p.wal;
-                    for s in p.segments {
-                        if !entry.segments.contains(&s) {
-                            entry.segments.push(s);
-                        }
-                    }
-                }
-            }
-            Ok(merged.into_iter().collect())
-        })
+            })
+            .collect()
     }
 
     /// Deletes `ids` in a resharding's target layout whether or not its

@@ -25,8 +25,9 @@ use engram_store::WalOp;
 use self::layout::Layout;
 pub use self::reshard::{ReshardHooks, ReshardReport};
 use crate::error::{Result, WorkerError};
+use crate::presence::{CopyPresence, PresenceReport};
 use crate::shard::{
-    Compaction, ItemView, Presence, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
+    Compaction, ItemView, ScannedItem, SearchFilter, Shard, ShardDeletion, ShardHits,
 };
 use crate::wire::ShardStats;
 
@@ -234,10 +235,43 @@ impl HostedCollection {
     }
 
     /// Where the deleted rows of `deletions` may still be physically
-    /// present, per shard of the current layout (and of a resharding's
-    /// target), judged by ids from what each shard holds now (see
-    /// [`Shard::presence_of`]); shards where nothing is left are omitted.
-    pub fn presence(&self, deletions: &[ShardDeletion]) -> Vec<(u32, Presence)> {
+    /// present: one entry per shard of the current layout (and of a
+    /// resharding's target) that their ids route to, judged by ids from
+    /// what each shard holds now (see [`Shard::presence_of`]).
+    pub fn presence(&self, deletions: &[ShardDeletion]) -> Result<PresenceReport> {
+        let mut report = PresenceReport::default();
+        for (layout, number, ids) in self.ids_per_shard(deletions, true) {
+            let shard = &layout.shards[number];
+            report.copies.push(CopyPresence {
+                worker: None,
+                shard: shard.number(),
+                presence: Some(shard.presence_of(&ids)?),
+                unchecked: None,
+                held_keys: shard.segment_keys()?,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Rewrites what holds the deleted rows of `deletions` in every shard
+    /// their ids route to (see [`Shard::erase`]).
+    pub fn erase(&self, deletions: &[ShardDeletion]) -> Result<Compaction> {
+        let mut done = Compaction::default();
+        for (layout, number, ids) in self.ids_per_shard(deletions, false) {
+            done = done + layout.shards[number].erase(&ids)?;
+        }
+        Ok(done)
+    }
+
+    /// The ids of `deletions` grouped by the shard of each layout (current
+    /// and a resharding's target) they route to now: deletions recorded
+    /// before a resharding name the old layout's shards. `every`: with an
+    /// empty entry for each shard none of them routes to.
+    fn ids_per_shard(
+        &self,
+        deletions: &[ShardDeletion],
+        every: bool,
+    ) -> Vec<(Arc<Layout>, usize, Vec<u64>)> {
         let ids: Vec<u64> = deletions
             .iter()
             .flat_map(|d| d.ids.iter().copied())
@@ -245,6 +279,9 @@ impl HostedCollection {
         let mut found = Vec::new();
         for layout in std::iter::once(self.layout()).chain(self.target()) {
             let mut per_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+            if every {
+                per_shard.extend((0..layout.spec.shards).map(|s| (s, Vec::new())));
+            }
             for id in &ids {
                 per_shard
                     .entry(engram_core::shard::shard_of(*id, layout.spec.shards))
@@ -252,10 +289,7 @@ impl HostedCollection {
                     .push(*id);
             }
             for (shard, ids) in per_shard {
-                let presence = layout.shards[shard as usize].presence_of(&ids);
-                if presence.wal || !presence.segments.is_empty() {
-                    found.push((shard, presence));
-                }
+                found.push((layout.clone(), shard as usize, ids));
             }
         }
         found

@@ -18,6 +18,9 @@
 //! ids deleted while rows are copied in, so a copy can never bring back a
 //! row deleted after it was read.
 
+mod erasure;
+#[cfg(test)]
+mod erasure_tests;
 mod files;
 mod history;
 #[cfg(test)]
@@ -318,33 +321,6 @@ impl Shard {
             vectors_in_wal,
             segments,
         }))
-    }
-
-    /// Where deleted rows of `ids` may still be physically present, judged
-    /// from what this shard holds now, not from what was recorded at the
-    /// delete: the current WAL, if it still carries a dropped vector of
-    /// theirs (a row the growing segment deleted or replaced since the WAL
-    /// began), and every sealed segment whose files hold a deleted row of
-    /// theirs (a merge that read a row just before its delete writes it
-    /// into a new segment, marked deleted there: that one counts too). A
-    /// version of an id added again after its delete is not the deleted
-    /// bytes and does not count.
-    pub fn presence_of(&self, ids: &[u64]) -> Presence {
-        let state = self.state.read();
-        Presence {
-            wal: ids.iter().any(|id| state.wal_dead.contains(id)),
-            segments: state
-                .sealed
-                .iter()
-                .filter(|s| ids.iter().any(|id| s.holds_row(*id) && !s.contains(*id)))
-                .map(|s| s.name())
-                .collect(),
-        }
-    }
-
-    /// [`Self::presence_of`] the ids of `deletion`.
-    pub fn presence(&self, deletion: &ShardDeletion) -> Presence {
-        self.presence_of(&deletion.ids)
     }
 
     /// Deletes those of `ids` that are live here.

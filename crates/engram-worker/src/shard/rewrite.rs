@@ -292,7 +292,7 @@ impl Shard {
 
     /// Rewrites `group` (sealed segments of this shard) as one segment of
     /// their live rows, or drops them when none is live.
-    fn merge(&self, group: &[Arc<SealedSegment>]) -> Result<Compaction> {
+    pub(super) fn merge(&self, group: &[Arc<SealedSegment>]) -> Result<Compaction> {
         // Sealed files are immutable: reading them needs no lock. A row
         // deleted or replaced from here on is caught at the commit.
         let mut ids = Vec::new();
@@ -395,15 +395,24 @@ impl Shard {
     /// began) passes `min_dead_fraction`: their vectors leave the disk
     /// without sealing a small growing segment.
     fn rewrite_wal(&self, min_dead_fraction: f64) -> Result<Compaction> {
+        self.rewrite_wal_if(|state| {
+            let dead = state.wal_dead.len();
+            let held = dead + state.growing.len();
+            dead > 0 && (dead as f64 / held as f64) > min_dead_fraction
+        })
+    }
+
+    /// [`Self::rewrite_wal`] when `due` says so of the shard's state (read
+    /// under the WAL's lock, so no write changes it meanwhile). Nothing is
+    /// rewritten while a transfer pins the WAL's history.
+    pub(super) fn rewrite_wal_if(
+        &self,
+        due: impl FnOnce(&ShardState) -> bool,
+    ) -> Result<Compaction> {
         let mut wal = self.wal.lock();
         let carried = {
             let state = self.state.read();
-            if self.history_pinned() {
-                return Ok(Compaction::default());
-            }
-            let dead = state.wal_dead.len();
-            let held = dead + state.growing.len();
-            if dead == 0 || (dead as f64 / held as f64) <= min_dead_fraction {
+            if self.history_pinned() || !due(&state) {
                 return Ok(Compaction::default());
             }
             state.growing_rows_except(&HashSet::new(), self.dim)

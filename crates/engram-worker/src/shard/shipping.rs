@@ -230,7 +230,7 @@ impl Shard {
 /// Names a sealed segment's content: its name and the CRC32 of its
 /// manifest as held in memory (every file's size and CRC32, the build's
 /// parameters), so no file is read under the shard's lock.
-fn segment_key(segment: &SealedSegment) -> Result<String> {
+pub(super) fn segment_key(segment: &SealedSegment) -> Result<String> {
     let manifest = serde_json::to_vec(segment.manifest())
         .map_err(|e| WorkerError::Invalid(format!("segment manifest: {e}")))?;
     Ok(format!(

@@ -46,7 +46,7 @@ pub(super) fn upsert(id: u64, label: &str, vector: &[f32]) -> WalOp {
     }
 }
 
-fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+pub(super) fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
@@ -110,7 +110,7 @@ fn sealing_at_200() -> IndexParams {
     }
 }
 
-fn bytes(v: &[f32]) -> Vec<u8> {
+pub(super) fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -544,7 +544,7 @@ fn merging_sixteen_segments_leaves_one_with_the_same_answers() {
             .flatten()
             .all(|id| !doomed.contains(id) && *id != 5)
     );
-    assert!(!shard.presence(&deletion).segments.is_empty());
+    assert!(!shard.presence(&deletion).unwrap().segments.is_empty());
 
     // A policy that merges only full tiers: 16 -> 4 -> 1, deletes dropped.
     let done = shard
@@ -563,7 +563,7 @@ fn merging_sixteen_segments_leaves_one_with_the_same_answers() {
     assert_eq!(answers(&shard), before);
     assert_eq!(shard.len(), 660 - doomed.len() - 1);
     assert!(
-        shard.presence(&deletion).segments.is_empty(),
+        shard.presence(&deletion).unwrap().segments.is_empty(),
         "row 5 left every file"
     );
     assert_eq!(shard.tombstones().0, 0);
@@ -602,7 +602,7 @@ fn compaction_rewrites_the_wal_instead_of_sealing_a_small_growing_segment() {
         .delete_traced(|_| (0..10u64).collect())
         .unwrap()
         .unwrap();
-    assert!(shard.presence(&deletion).wal);
+    assert!(shard.presence(&deletion).unwrap().wal);
     // Under the threshold nothing happens; at 0 the WAL is rewritten. A
     // user's compaction (`Large`) leaves 90 rows, under the merge floor of
     // 10,000, growing.
@@ -625,7 +625,7 @@ fn compaction_rewrites_the_wal_instead_of_sealing_a_small_growing_segment() {
         .unwrap();
     assert_eq!((done.wals_rewritten, done.segments_written), (1, 0));
     assert_eq!(shard.sealed_segments(), 0);
-    assert!(!shard.presence(&deletion).wal);
+    assert!(!shard.presence(&deletion).unwrap().wal);
     for (id, row) in data.iter().enumerate().take(10) {
         assert!(
             !files_contain(&dir, &bytes(row)),

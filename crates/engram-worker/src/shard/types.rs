@@ -71,13 +71,30 @@ pub struct AttachedSegment {
     pub replaced: usize,
 }
 
-/// Where deleted items may still be physically present in one shard.
+/// Where deleted items may still be physically present in one copy of a
+/// shard, judged from the copy's own files.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
     /// The WAL that holds their vectors has not been retired yet.
     pub wal: bool,
+    /// That WAL's generation (when `wal`).
+    pub wal_generation: u64,
     /// Sealed segments whose files still hold a row of theirs.
     pub segments: Vec<String>,
+    /// The content keys of `segments`, in the same order: their objects in
+    /// `storage.segments_uri` are named by them.
+    pub segment_keys: Vec<String>,
+    /// Transfer directories of this copy that exist (segment files linked
+    /// for a copy being built elsewhere, or staged for an attach): they may
+    /// hold the rows' bytes until the transfer ends.
+    pub staged: Vec<String>,
+}
+
+impl Presence {
+    /// Whether anything of the rows is left in this copy.
+    pub fn holds_any(&self) -> bool {
+        self.wal || !self.segments.is_empty() || !self.staged.is_empty()
+    }
 }
 
 /// One live item and its vector, as a full scan sees it.

@@ -1,0 +1,288 @@
+//! Unlearning receipts: where a delete's bytes still are, checked place by
+//! place from the things themselves (each copy's own files, the object
+//! listing, running jobs), and the work that removes them by the receipt's
+//! erasure deadline (`curation.erase_within_s`, or the delete's own).
+
+mod deadline;
+mod places;
+
+use std::collections::BTreeSet;
+
+pub use deadline::{deadline_after, erasure_due, unix_s};
+pub use places::Place;
+
+use engram_core::shard::shard_of;
+use engram_core::{Receipt, ShardDeletion};
+use engram_store::ObjectLocation;
+
+use crate::dto::{LogPosition, PresentIn, SegmentRef, UnlearningList, UnlearningStatus};
+use crate::error::{ApiError, Result};
+use crate::jobs::JobState;
+use crate::meta::now;
+use crate::service::{Engram, blocking};
+
+/// Seconds an unreferenced uploaded segment must be older than the check
+/// that found it before the node deletes it: more than the clocks of the
+/// object store and this node may differ, so that a segment uploaded after
+/// the copies were asked (which they hold, but did not report) is never
+/// taken for garbage.
+const CLOCK_SKEW_S: i64 = 30;
+
+/// A receipt as checked now, and what the node may do about it.
+pub(crate) struct Inspection {
+    pub status: UnlearningStatus,
+    log: Vec<ShardDeletion>,
+    deletable_objects: Vec<String>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Engram {
+    /// The erasure deadline of a delete asking for `within` seconds (the
+    /// configured `curation.erase_within_s` when it names none; none at 0).
+    pub(crate) fn erase_by(&self, within: Option<u64>) -> Option<String> {
+        let within = within.unwrap_or(self.config().curation.erase_within_s);
+        (within > 0).then(|| deadline_after(within))
+    }
+
+    /// Where the items of an unlearning receipt may still be physically
+    /// present, place by place; `erased` when nowhere.
+    pub async fn unlearning(&self, collection: &str, receipt: u64) -> Result<UnlearningStatus> {
+        Ok(self.inspect_receipt(collection, receipt).await?.status)
+    }
+
+    /// Every receipt of `collection`, oldest first (`overdue`: only those
+    /// past their deadline). Receipts known `erased` are not checked again
+    /// (nothing brings deleted bytes back).
+    pub async fn unlearning_list(&self, collection: &str, overdue: bool) -> Result<UnlearningList> {
+        self.hosted_collection(collection)?;
+        let mut receipts = Vec::new();
+        for number in self.inner.meta.receipt_ids(collection)? {
+            let status = if self.inner.receipts.is_erased(collection, number) {
+                self.erased_status(collection, number)?
+            } else {
+                let status = self.unlearning(collection, number).await?;
+                if status.status == "erased" {
+                    self.inner.receipts.mark_erased(collection, number);
+                }
+                status
+            };
+            if !overdue || status.overdue {
+                receipts.push(status);
+            }
+        }
+        Ok(UnlearningList { receipts })
+    }
+
+    /// Does the work that erases `number`'s bytes now (see
+    /// [`Self::erase_receipt`]) and checks it again.
+    pub async fn erase_now(&self, collection: &str, number: u64) -> Result<UnlearningStatus> {
+        let inspection = self.inspect_receipt(collection, number).await?;
+        if inspection.status.status != "erased" {
+            self.erase_receipt(collection, &inspection).await?;
+        }
+        self.unlearning(collection, number).await
+    }
+
+    /// A receipt already seen `erased`, without asking anyone again.
+    fn erased_status(&self, collection: &str, number: u64) -> Result<UnlearningStatus> {
+        Ok(status_of(
+            &self.receipt(collection, number)?,
+            Vec::new(),
+            false,
+        ))
+    }
+
+    fn receipt(&self, collection: &str, number: u64) -> Result<Receipt> {
+        self.inner.meta.receipt(collection, number)?.ok_or_else(|| {
+            ApiError::not_found(format!("no unlearning receipt {number} in `{collection}`"))
+        })
+    }
+
+    pub(crate) async fn inspect_receipt(
+        &self,
+        collection: &str,
+        number: u64,
+    ) -> Result<Inspection> {
+        let hosted = self.hosted_collection(collection)?;
+        let receipt = self.receipt(collection, number)?;
+        let started = unix_now();
+        let spec = hosted.spec();
+        let mut touched = BTreeSet::new();
+        for shards in std::iter::once(spec.shards).chain(hosted.reshard_target()) {
+            touched.extend(receipt.ids().map(|id| shard_of(id, shards)));
+        }
+        let log = receipt.log.clone();
+        let report = {
+            let (hosted, log) = (hosted.clone(), log.clone());
+            blocking(move || Ok(hosted.presence(&log)?)).await?
+        };
+        let (shard_objects, job_objects) = self.segment_objects(collection).await?;
+        let receipt_at = unix_s(&receipt.at).unwrap_or(i64::MAX);
+        let running_jobs: BTreeSet<u64> = self
+            .jobs(collection)?
+            .jobs
+            .into_iter()
+            .filter(|j| {
+                j.kind == "ingest"
+                    && j.state == JobState::Running
+                    && j.params.get("bulk").and_then(|b| b.as_bool()) == Some(true)
+                    && unix_s(&j.started_at).is_some_and(|at| at <= receipt_at)
+            })
+            .map(|j| j.id)
+            .collect();
+        let plan = places::plan(&places::Found {
+            collection,
+            touched,
+            report,
+            shard_objects,
+            job_objects,
+            running_jobs,
+            snapshots: Vec::new(),
+            deletable_before: started - CLOCK_SKEW_S,
+        });
+        let erased = plan.places.is_empty();
+        let overdue = !erased
+            && receipt
+                .erase_by
+                .as_deref()
+                .and_then(unix_s)
+                .is_some_and(|by| by < unix_now());
+        let status = status_of(&receipt, plan.places, overdue);
+        Ok(Inspection {
+            status,
+            log,
+            deletable_objects: plan.deletable_objects,
+        })
+    }
+
+    /// The work that removes what `inspection` found and the node can
+    /// remove: every copy rewrites exactly the segments and WAL that hold
+    /// the rows (and drops quarantined copies of their shards), and
+    /// uploaded segments no copy holds any more are deleted. Transfers in
+    /// flight, running jobs and copies that did not answer are waited for.
+    pub(crate) async fn erase_receipt(
+        &self,
+        collection: &str,
+        inspection: &Inspection,
+    ) -> Result<()> {
+        let in_copies = inspection.status.places.iter().any(|p| {
+            matches!(
+                p,
+                Place::Wal { .. } | Place::Segment { .. } | Place::Quarantined { .. }
+            )
+        });
+        if in_copies {
+            let hosted = self.hosted_collection(collection)?;
+            let log = inspection.log.clone();
+            let done = blocking(move || Ok(hosted.erase(&log)?)).await?;
+            tracing::info!(
+                collection,
+                receipt = inspection.status.receipt,
+                segments_rewritten = done.segments_rewritten,
+                wals_rewritten = done.wals_rewritten,
+                bytes_reclaimed = done.bytes_reclaimed,
+                "erasing an unlearning receipt's rows"
+            );
+        }
+        if !inspection.deletable_objects.is_empty()
+            && let Some(location) = self.segments_location()?
+        {
+            for object in &inspection.deletable_objects {
+                location.delete(object).await?;
+            }
+            tracing::info!(
+                collection,
+                receipt = inspection.status.receipt,
+                objects = inspection.deletable_objects.len(),
+                "deleted uploaded segments that may hold unlearned rows"
+            );
+        }
+        Ok(())
+    }
+
+    /// `storage.segments_uri`, opened, when set.
+    fn segments_location(&self) -> Result<Option<ObjectLocation>> {
+        let storage = &self.config().storage;
+        storage
+            .segments_uri
+            .as_deref()
+            .map(|uri| ObjectLocation::parse(uri, storage).map_err(ApiError::from))
+            .transpose()
+    }
+
+    /// The uploaded segments of `collection`: its shards' (by primaries)
+    /// and its bulk jobs'. Nothing without `storage.segments_uri`.
+    async fn segment_objects(
+        &self,
+        collection: &str,
+    ) -> Result<(Vec<places::Listed>, Vec<places::Listed>)> {
+        let Some(location) = self.segments_location()? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let shards = location.list(&format!("shards/{collection}")).await?;
+        let jobs = location.list(collection).await?;
+        Ok((shards, jobs))
+    }
+}
+
+/// `receipt` as checked now: `erased` when `places` is empty.
+fn status_of(receipt: &Receipt, places: Vec<Place>, overdue: bool) -> UnlearningStatus {
+    let erased = places.is_empty();
+    UnlearningStatus {
+        receipt: receipt.receipt,
+        at: receipt.at.clone(),
+        selector: receipt.selector.clone(),
+        deleted: receipt.deleted,
+        status: if erased { "erased" } else { "deleted" }.to_string(),
+        present_in: present_in(&places),
+        places,
+        erase_by: receipt.erase_by.clone(),
+        overdue,
+        checked_at: now(),
+        log_positions: receipt
+            .log
+            .iter()
+            .map(|d| LogPosition {
+                shard: d.shard,
+                wal_generation: d.wal_generation,
+                wal_offset: d.wal_offset,
+            })
+            .collect(),
+        ids: receipt.ids().collect(),
+        stale_pruning_weights: receipt.stale_pruning_weights,
+    }
+}
+
+/// The places in the receipt's earlier shape.
+fn present_in(places: &[Place]) -> PresentIn {
+    let mut wal_shards = BTreeSet::new();
+    let mut segments = BTreeSet::new();
+    let mut snapshots = BTreeSet::new();
+    for place in places {
+        match place {
+            Place::Wal { shard, .. } => {
+                wal_shards.insert(*shard);
+            }
+            Place::Segment { shard, segment, .. } => {
+                segments.insert((*shard, segment.clone()));
+            }
+            Place::Snapshot { uri, id } => {
+                snapshots.insert(format!("{uri}#{id}"));
+            }
+            _ => {}
+        }
+    }
+    PresentIn {
+        wal_shards: wal_shards.into_iter().collect(),
+        sealed_segments: segments
+            .into_iter()
+            .map(|(shard, segment)| SegmentRef { shard, segment })
+            .collect(),
+        snapshots: snapshots.into_iter().collect(),
+    }
+}

@@ -1,0 +1,51 @@
+//! What an unlearning receipt is checked against: for every copy of the
+//! shards a deletion touched, where that copy still holds the deleted rows
+//! (its own files, see `Shard::presence_of`), plus the quarantined copies
+//! set aside on the workers' disks. A copy that could not be asked is
+//! listed as unchecked, never as clean.
+
+use engram_core::placement::WorkerId;
+use serde::{Deserialize, Serialize};
+
+use crate::shard::Presence;
+
+/// One copy of a shard, as its host answered (or did not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyPresence {
+    /// The worker holding the copy (`None` on the embedded node).
+    pub worker: Option<WorkerId>,
+    pub shard: u32,
+    /// `None`: the copy could not be checked (see `unchecked`).
+    pub presence: Option<Presence>,
+    /// Why the copy could not be checked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unchecked: Option<String>,
+    /// The content keys of every sealed segment the copy holds: uploaded
+    /// segment objects named by none of a shard's copies are no longer
+    /// referenced (and may hold anything the shard once held).
+    pub held_keys: Vec<String>,
+}
+
+/// A corrupted copy set aside on a worker's disk (never served).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantinedCopy {
+    pub worker: Option<WorkerId>,
+    pub shard: u32,
+    /// Its directory on that worker.
+    pub path: String,
+}
+
+/// Every copy's answer for one receipt's shards.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PresenceReport {
+    pub copies: Vec<CopyPresence>,
+    pub quarantined: Vec<QuarantinedCopy>,
+}
+
+impl PresenceReport {
+    /// Adds `other`'s copies and quarantined copies.
+    pub fn extend(&mut self, other: PresenceReport) {
+        self.copies.extend(other.copies);
+        self.quarantined.extend(other.quarantined);
+    }
+}
