@@ -224,3 +224,98 @@ fn an_overdue_receipt_says_so_until_erased() {
         "99",
     );
 }
+
+/// A snapshot taken before a delete is a place of its rows until it is
+/// rewritten; restoring an older snapshot leaves out every id deleted
+/// after it was taken, and says how many.
+#[test]
+fn snapshots_are_rewritten_and_never_resurrect() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "seal_threshold = 50\ncompaction_interval_s = 0\nmax_degree = 16\nbuild_list_size = 32\npq_bytes = 2",
+    );
+    let data = dir.path().join("data");
+    let server = Server::start_with_env(
+        &config,
+        &data,
+        &[("ENGRAM_CURATION__RECEIPT_CHECK_S".into(), "0".into())],
+    );
+    let (status, body) = server.post(
+        "/v1/collections",
+        &json!({ "name": "m", "dim": DIM, "metric": "l2", "shards": 2 }),
+    );
+    assert_eq!(status, 201, "{body}");
+    for start in (0..120).step_by(40) {
+        let (status, _) = server.post("/v1/collections/m/items", &items(start..start + 40, "a"));
+        assert_eq!(status, 200);
+    }
+    let snapshots = data.join("snapshots").join("s");
+    let uri = snapshots.to_string_lossy().to_string();
+    let (status, older) = server.post("/v1/snapshots", &json!({ "uri": uri }));
+    assert_eq!(status, 201, "{older}");
+    // One second later, so the two snapshots' ids and times differ.
+    std::thread::sleep(Duration::from_millis(1_100));
+
+    // By id and by source (src1: ids 1, 5, 9, ...), after the snapshot.
+    let (_, by_id) = server.post("/v1/collections/m/items/delete", &json!({ "ids": [3, 40] }));
+    let (_, by_source) = server.post("/v1/collections/m/items/delete", &json!({ "source": "src1" }));
+    assert_eq!(by_source["deleted"], 30, "{by_source}");
+    let mut doomed: Vec<u64> = vec![3, 40];
+    doomed.extend((0..120).filter(|id| id % 4 == 1));
+    for id in &doomed {
+        assert!(on_disk(&snapshots, &f32_bytes(&vector(*id))), "row {id} in the snapshot");
+    }
+    for receipt in [&by_id, &by_source] {
+        let path = format!("/v1/collections/m/unlearning/{}", receipt["receipt"]);
+        let (_, status) = server.get(&path);
+        let snapshot_places: Vec<&Value> = status["places"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "snapshot")
+            .collect();
+        assert_eq!(snapshot_places.len(), 1, "{status}");
+        assert_eq!(snapshot_places[0]["id"], older["id"], "{status}");
+        assert_eq!(status["present_in"]["snapshots"].as_array().unwrap().len(), 1, "{status}");
+        let (code, erased) = server.post(&format!("{path}/erase"), &json!({}));
+        assert_eq!(code, 200, "{erased}");
+        assert_eq!(erased["status"], "erased", "{erased}");
+    }
+    for id in &doomed {
+        assert!(!on_disk(&data, &f32_bytes(&vector(*id))), "row {id} still in a file");
+    }
+    // The rewritten snapshot names the receipts it was erased of, and
+    // stays restorable.
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(snapshots.join(older["id"].as_str().unwrap()).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["erased_receipts"]["m"].as_array().unwrap().len(), 2, "{manifest}");
+
+    // A second snapshot, then a delete nobody erases.
+    let (status, newer) = server.post("/v1/snapshots", &json!({ "uri": uri }));
+    assert_eq!(status, 201, "{newer}");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let (_, late) = server.post("/v1/collections/m/items/delete", &json!({ "ids": [50, 51] }));
+    assert_eq!(late["deleted"], 2);
+    assert!(on_disk(&snapshots, &f32_bytes(&vector(50))), "not erased yet");
+
+    // Restoring either snapshot leaves the deleted ids out.
+    for (snapshot, reapplied) in [(&newer, 2), (&older, 2)] {
+        let (status, _) = server.delete("/v1/collections/m");
+        assert_eq!(status, 204);
+        let (status, restored) = server.post(
+            "/v1/snapshots/restore",
+            &json!({ "uri": uri, "id": snapshot["id"] }),
+        );
+        assert_eq!(status, 200, "{restored}");
+        assert_eq!(restored["reapplied_deletions"], reapplied, "{restored}");
+        let (_, info) = server.get("/v1/collections/m");
+        assert_eq!(info["items"], 120 - doomed.len() - 2, "{info}");
+        for id in doomed.iter().chain(&[50, 51]) {
+            let (status, body) = server.get(&format!("/v1/collections/m/items/{id}"));
+            assert_eq!(status, 404, "{id} came back: {body}");
+        }
+    }
+}

@@ -10,7 +10,10 @@
 use std::sync::Arc;
 
 use engram_core::ShardDeletion;
-use engram_core::{AuditEntry, Curation, Intervention, PruningWeights, Receipt, Selector};
+use engram_core::{
+    AuditEntry, Curation, DeletionLog, Intervention, PruningWeights, Receipt, Selector,
+    SnapshotRecord,
+};
 use engram_meta::{Command, CommandResult, MetaError, MetaNode, Shared};
 
 use crate::error::{ApiError, Result};
@@ -96,6 +99,11 @@ impl CurationStore {
         match self {
             CurationStore::Local(store) => {
                 let meta = store.get(collection)?;
+                // Logged for restores first: a crash before the receipt
+                // leaves a deletion logged twice at worst, never missing.
+                let ids: Vec<u64> = log.iter().flat_map(|d| d.ids.iter().copied()).collect();
+                let at = now();
+                store.change_deletion_log(|l| l.record_deletion(collection, &at, ids))?;
                 blocking(move || meta.record_deletion(selector, log, erase_by)).await
             }
             CurationStore::Raft(node) => {
@@ -110,6 +118,45 @@ impl CurationStore {
                     CommandResult::Receipt(receipt) => Ok((*receipt).clone()),
                     other => Err(unexpected(other)),
                 }
+            }
+        }
+    }
+
+    /// The snapshots the deployment wrote and the deletions since each.
+    pub(crate) fn deletion_log(&self) -> Result<Arc<DeletionLog>> {
+        match self {
+            CurationStore::Local(store) => store.deletion_log(),
+            CurationStore::Raft(node) => Ok(node.state().deletion_log.arc()),
+        }
+    }
+
+    /// Records a snapshot the deployment wrote.
+    pub(crate) async fn record_snapshot(&self, snapshot: SnapshotRecord) -> Result<()> {
+        match self {
+            CurationStore::Local(store) => {
+                store.change_deletion_log(|log| log.record_snapshot(snapshot))
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::RecordSnapshot {
+                    snapshot: Shared::new(snapshot),
+                };
+                write(node, command).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Forgets a recorded snapshot (deleted, or found gone).
+    pub(crate) async fn forget_snapshot(&self, uri: &str, id: &str) -> Result<()> {
+        match self {
+            CurationStore::Local(store) => {
+                store.change_deletion_log(|log| log.forget_snapshot(uri, id))
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::ForgetSnapshot {
+                    uri: uri.to_string(),
+                    id: id.to_string(),
+                };
+                write(node, command).await.map(|_| ())
             }
         }
     }

@@ -26,6 +26,7 @@ pub mod rebalance_service;
 mod receipt_watch;
 mod reshard_service;
 pub mod service;
+mod snapshot_erasure;
 pub mod snapshot_service;
 pub mod token;
 pub mod unlearning;

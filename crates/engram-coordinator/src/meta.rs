@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::{
-    AuditEntry, Curation, Intervention, PruningWeights, Receipt, Selector, ShardDeletion,
+    AuditEntry, Curation, DeletionLog, Intervention, PruningWeights, Receipt, Selector,
+    ShardDeletion,
 };
 use engram_store::checksummed;
 
@@ -189,10 +190,15 @@ impl CollectionMeta {
     }
 }
 
-/// The metadata of every collection on this node.
+/// The metadata of every collection on this node, and its deletion log.
 pub struct MetaStore {
     root: PathBuf,
     collections: Mutex<HashMap<String, Arc<CollectionMeta>>>,
+    /// `<data_dir>/deletion_log.bin` (checksummed JSON), beside the
+    /// collections' metadata: it outlives a dropped collection.
+    log_path: PathBuf,
+    /// Loaded on first use; changes are written before they are adopted.
+    log: Mutex<Option<Arc<DeletionLog>>>,
 }
 
 impl MetaStore {
@@ -200,7 +206,34 @@ impl MetaStore {
         MetaStore {
             root: data_dir.join("meta"),
             collections: Mutex::new(HashMap::new()),
+            log_path: data_dir.join(DELETION_LOG_FILE),
+            log: Mutex::new(None),
         }
+    }
+
+    /// The deletion log (`engram_core::deletion_log`).
+    pub fn deletion_log(&self) -> Result<Arc<DeletionLog>> {
+        let mut log = self.log.lock();
+        Self::loaded(&self.log_path, &mut log)
+    }
+
+    /// Changes the deletion log durably (written, then adopted).
+    pub fn change_deletion_log(&self, change: impl FnOnce(&mut DeletionLog)) -> Result<()> {
+        let mut log = self.log.lock();
+        let mut next = (*Self::loaded(&self.log_path, &mut log)?).clone();
+        change(&mut next);
+        save(&self.log_path, &next)?;
+        *log = Some(Arc::new(next));
+        Ok(())
+    }
+
+    fn loaded(path: &Path, log: &mut Option<Arc<DeletionLog>>) -> Result<Arc<DeletionLog>> {
+        if let Some(log) = log {
+            return Ok(log.clone());
+        }
+        let loaded = Arc::new(load::<DeletionLog>(path)?.unwrap_or_default());
+        *log = Some(loaded.clone());
+        Ok(loaded)
     }
 
     /// The metadata of `collection`, loaded on first use.
@@ -226,9 +259,38 @@ impl MetaStore {
     }
 }
 
+/// The embedded node's deletion log, in its data directory.
+const DELETION_LOG_FILE: &str = "deletion_log.bin";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deletion_log_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::new(dir.path());
+        assert_eq!(*store.deletion_log().unwrap(), DeletionLog::default());
+        store
+            .change_deletion_log(|log| {
+                log.record_snapshot(engram_core::SnapshotRecord {
+                    uri: "/snaps".into(),
+                    id: "s".into(),
+                    created_at: "2026-01-01T00:00:00Z".into(),
+                    collections: vec!["c".into()],
+                });
+                log.record_deletion("c", "2026-01-02T00:00:00Z", vec![4]);
+            })
+            .unwrap();
+        let again = MetaStore::new(dir.path());
+        assert_eq!(
+            again
+                .deletion_log()
+                .unwrap()
+                .deleted_since("c", "2026-01-01T00:00:00Z"),
+            vec![4]
+        );
+    }
 
     #[test]
     fn interventions_pruning_and_receipts_survive_reopen_and_corruption_is_refused() {

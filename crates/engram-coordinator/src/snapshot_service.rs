@@ -10,6 +10,13 @@
 //! after another, so a write acknowledged during the snapshot may be in
 //! some shards' copies and not others'. Restoring checks every CRC32
 //! before anything is written and refuses a damaged snapshot.
+//!
+//! Unlearning (`engram_core::deletion_log`): every snapshot is recorded in
+//! the deployment's deletion log before its first shard is copied, so a
+//! delete acknowledged while it is written is logged for it too. Restoring
+//! leaves out the rows of every id deleted since the snapshot was taken
+//! (and says how many), and a receipt's erasure rewrites the snapshot's
+//! shard files without its rows (`snapshot_erasure.rs`).
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -17,15 +24,16 @@ use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-use engram_core::{CollectionSpec, Curation, PruningWeights};
+use engram_core::{CollectionSpec, Curation, PruningWeights, SnapshotRecord};
 use engram_ingest::source::Source;
 use engram_store::WalOp;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{ApiError, ErrorCode, Result};
 use crate::meta::now;
 use crate::service::{Engram, blocking};
 
-const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 /// 2: items carry their thumbnails. Snapshots of format 1 (without) are
 /// still restored.
 const FORMAT: u32 = 2;
@@ -52,6 +60,10 @@ pub struct Manifest {
     pub id: String,
     pub created_at: String,
     pub collections: Vec<CollectionSnapshot>,
+    /// Per collection, the unlearning receipts whose rows were removed
+    /// from this snapshot's files after it was written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub erased_receipts: BTreeMap<String, Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,8 +85,8 @@ pub struct ShardFile {
 
 /// One item as a snapshot stores it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredItem {
-    id: u64,
+pub(crate) struct StoredItem {
+    pub(crate) id: u64,
     label: String,
     weight: f32,
     source: Option<String>,
@@ -93,7 +105,10 @@ struct StoredItemV1 {
 }
 
 /// A shard file's items, as its snapshot's `format` wrote them.
-fn decode_items(format: u32, bytes: &[u8]) -> std::result::Result<Vec<StoredItem>, String> {
+pub(crate) fn decode_items(
+    format: u32,
+    bytes: &[u8],
+) -> std::result::Result<Vec<StoredItem>, String> {
     if format == 1 {
         let old: Vec<StoredItemV1> = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
         return Ok(old
@@ -111,6 +126,28 @@ fn decode_items(format: u32, bytes: &[u8]) -> std::result::Result<Vec<StoredItem
     bincode::deserialize(bytes).map_err(|e| e.to_string())
 }
 
+/// A shard file's bytes for a snapshot of `format` (a rewrite keeps the
+/// snapshot's format: its manifest names one for every file).
+pub(crate) fn encode_items(
+    format: u32,
+    items: &[StoredItem],
+) -> std::result::Result<Vec<u8>, String> {
+    if format == 1 {
+        let old: Vec<StoredItemV1> = items
+            .iter()
+            .map(|i| StoredItemV1 {
+                id: i.id,
+                label: i.label.clone(),
+                weight: i.weight,
+                source: i.source.clone(),
+                vector: i.vector.clone(),
+            })
+            .collect();
+        return bincode::serialize(&old).map_err(|e| e.to_string());
+    }
+    bincode::serialize(items).map_err(|e| e.to_string())
+}
+
 /// What a created, listed or restored snapshot holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotSummary {
@@ -121,6 +158,10 @@ pub struct SnapshotSummary {
     pub bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub seconds: Option<f64>,
+    /// Restored: rows left out because their ids were deleted after the
+    /// snapshot was taken (the deletion log of this deployment).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reapplied_deletions: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,16 +183,17 @@ impl Manifest {
             items: shards.clone().map(|s| s.items).sum(),
             bytes: shards.map(|s| s.bytes).sum(),
             seconds,
+            reapplied_deletions: None,
         }
     }
 }
 
-fn storage_error(uri: &str, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn storage_error(uri: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, format!("{uri}: {e}"))
 }
 
 impl Engram {
-    fn snapshot_store(&self, uri: &str) -> Result<Source> {
+    pub(crate) fn snapshot_store(&self, uri: &str) -> Result<Source> {
         self.open_request_source(uri)
     }
 
@@ -170,7 +212,37 @@ impl Engram {
             id: id.clone(),
             created_at: now(),
             collections: Vec::new(),
+            erased_receipts: BTreeMap::new(),
         };
+        let record = SnapshotRecord {
+            uri: request.uri.clone(),
+            id: id.clone(),
+            created_at: manifest.created_at.clone(),
+            collections: self.inner.backend.names(),
+        };
+        self.inner.meta.record_snapshot(record).await?;
+        let written = self
+            .write_snapshot(&source, &root, &request.uri, &mut manifest)
+            .await;
+        if let Err(error) = written {
+            if let Err(e) = self.inner.meta.forget_snapshot(&request.uri, &id).await {
+                tracing::warn!(id = %id, error = %e, "a failed snapshot stays in the deletion log");
+            }
+            return Err(error);
+        }
+        let summary = manifest.summary(Some(started.elapsed().as_secs_f64()));
+        tracing::info!(id = %summary.id, uri = %request.uri, items = summary.items, "snapshot written");
+        Ok(summary)
+    }
+
+    /// Copies every collection below `root` and writes the manifest last.
+    async fn write_snapshot(
+        &self,
+        source: &Source,
+        root: &ObjectPath,
+        uri: &str,
+        manifest: &mut Manifest,
+    ) -> Result<()> {
         for name in self.inner.backend.names() {
             let collection = self.hosted(&name)?;
             let spec = collection.spec();
@@ -209,9 +281,9 @@ impl Engram {
                 };
                 source
                     .store
-                    .put(&child(&root, &file), Bytes::from(bytes).into())
+                    .put(&child(root, &file), Bytes::from(bytes).into())
                     .await
-                    .map_err(|e| storage_error(&request.uri, e))?;
+                    .map_err(|e| storage_error(uri, e))?;
                 shards.push(entry);
             }
             if collection.spec().shards != spec.shards {
@@ -227,16 +299,7 @@ impl Engram {
                 shards,
             });
         }
-        let json =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
-        source
-            .store
-            .put(&child(&root, MANIFEST), Bytes::from(json).into())
-            .await
-            .map_err(|e| storage_error(&request.uri, e))?;
-        let summary = manifest.summary(Some(started.elapsed().as_secs_f64()));
-        tracing::info!(id = %summary.id, uri = %request.uri, items = summary.items, "snapshot written");
-        Ok(summary)
+        write_manifest(source, root, uri, manifest).await
     }
 
     /// The complete snapshots under `uri`, oldest first.
@@ -328,7 +391,13 @@ impl Engram {
             }
             contents.push(shards);
         }
+        let log = self.inner.meta.deletion_log()?;
+        let mut reapplied = 0u64;
         for (c, shards) in manifest.collections.iter().zip(contents) {
+            let deleted: HashSet<u64> = log
+                .deleted_since(&c.spec.name, &manifest.created_at)
+                .into_iter()
+                .collect();
             let mut spec = c.spec.clone();
             if self.cluster().is_none() {
                 // The embedded node has one worker: one copy of each shard.
@@ -336,7 +405,10 @@ impl Engram {
             }
             self.create_collection_from_spec(spec).await?;
             let collection = self.hosted(&c.spec.name)?;
-            for items in shards {
+            for mut items in shards {
+                let before = items.len();
+                items.retain(|i| !deleted.contains(&i.id));
+                reapplied += (before - items.len()) as u64;
                 for batch in items.chunks(RESTORE_BATCH) {
                     let ops: Vec<WalOp> = batch
                         .iter()
@@ -358,13 +430,47 @@ impl Engram {
                 .restore(&c.spec.name, c.curation.clone(), c.pruning.clone())
                 .await?;
         }
-        let summary = manifest.summary(Some(started.elapsed().as_secs_f64()));
-        tracing::info!(id = %summary.id, uri = %request.uri, items = summary.items, "snapshot restored");
+        // Restored from, it may be restored again: deletions from now on
+        // are logged for it.
+        let record = SnapshotRecord {
+            uri: request.uri.clone(),
+            id: manifest.id.clone(),
+            created_at: manifest.created_at.clone(),
+            collections: manifest
+                .collections
+                .iter()
+                .map(|c| c.spec.name.clone())
+                .collect(),
+        };
+        if !log.snapshots.contains(&record) {
+            self.inner.meta.record_snapshot(record).await?;
+        }
+        let mut summary = manifest.summary(Some(started.elapsed().as_secs_f64()));
+        summary.reapplied_deletions = Some(reapplied);
+        tracing::info!(id = %summary.id, uri = %request.uri, items = summary.items, reapplied, "snapshot restored");
         Ok(summary)
     }
 }
 
-fn child(prefix: &ObjectPath, rest: &str) -> ObjectPath {
+/// Writes `manifest` to `<root>/manifest.json` (one put: it replaces an
+/// older one whole).
+pub(crate) async fn write_manifest(
+    source: &Source,
+    root: &ObjectPath,
+    uri: &str,
+    manifest: &Manifest,
+) -> Result<()> {
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|e| ApiError::internal(e.to_string()))?;
+    source
+        .store
+        .put(&child(root, MANIFEST), Bytes::from(json).into())
+        .await
+        .map_err(|e| storage_error(uri, e))?;
+    Ok(())
+}
+
+pub(crate) fn child(prefix: &ObjectPath, rest: &str) -> ObjectPath {
     let mut path = prefix.clone();
     for part in rest.split('/').filter(|p| !p.is_empty()) {
         path = path.clone().join(part);
@@ -372,7 +478,7 @@ fn child(prefix: &ObjectPath, rest: &str) -> ObjectPath {
     path
 }
 
-async fn read_manifest(source: &Source, id: &str) -> Result<Manifest> {
+pub(crate) async fn read_manifest(source: &Source, id: &str) -> Result<Manifest> {
     let path = child(&child(&source.prefix, id), MANIFEST);
     let bytes = source
         .store

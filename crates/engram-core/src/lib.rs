@@ -8,6 +8,7 @@ pub mod collection;
 pub mod config;
 pub mod counterfactual;
 pub mod curation;
+pub mod deletion_log;
 pub mod distance;
 pub mod error;
 pub mod file_name;
@@ -28,6 +29,7 @@ pub use curation::{
     Adjustment, Admission, AuditEntry, BlockedNeighbor, Curation, Intervention, PruningScores,
     PruningWeights,
 };
+pub use deletion_log::{DeletionLog, LoggedDeletion, SnapshotRecord};
 pub use distance::Metric;
 pub use error::{CoreError, Result};
 pub use file_name::plain_file_name;

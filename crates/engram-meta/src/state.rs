@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use engram_core::placement::{self, ShardPlacement, WorkerId};
-use engram_core::{CollectionSpec, Curation, PruningWeights, Receipt};
+use engram_core::{CollectionSpec, Curation, DeletionLog, PruningWeights, Receipt};
 
 use crate::shared::Shared;
 use crate::types::{Command, CommandResult, NodeId};
@@ -101,9 +101,40 @@ pub struct ClusterState {
     pub jobs: BTreeMap<u64, JobRecord>,
     /// Public name -> key of its layout, for resharded collections.
     pub aliases: BTreeMap<String, String>,
+    /// The snapshots the deployment wrote and the deletions since each
+    /// (`engram_core::deletion_log`). Last: states encoded before it
+    /// existed decode through [`ClusterState::decode`].
+    pub deletion_log: Shared<DeletionLog>,
+}
+
+/// [`ClusterState`] as encoded before the deletion log.
+#[derive(Deserialize)]
+struct ClusterStateBeforeDeletionLog {
+    workers: BTreeMap<WorkerId, WorkerInfo>,
+    collections: BTreeMap<String, CollectionMeta>,
+    jobs: BTreeMap<u64, JobRecord>,
+    aliases: BTreeMap<String, String>,
 }
 
 impl ClusterState {
+    /// Decodes a state from a Raft snapshot, also one written before the
+    /// deletion log was added (bincode has no optional trailing fields).
+    pub fn decode(bytes: &[u8]) -> Result<ClusterState, bincode::Error> {
+        match bincode::deserialize::<ClusterState>(bytes) {
+            Ok(state) => Ok(state),
+            Err(error) => match bincode::deserialize::<ClusterStateBeforeDeletionLog>(bytes) {
+                Ok(old) => Ok(ClusterState {
+                    workers: old.workers,
+                    collections: old.collections,
+                    jobs: old.jobs,
+                    aliases: old.aliases,
+                    deletion_log: Shared::default(),
+                }),
+                Err(_) => Err(error),
+            },
+        }
+    }
+
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::RegisterWorker { id, addr } => {
@@ -377,6 +408,18 @@ impl ClusterState {
                 at,
                 erase_by,
             } => self.record_unlearning(collection, selector, log, at, erase_by.clone()),
+            Command::RecordSnapshot { snapshot } => {
+                let mut next = (*self.deletion_log).clone();
+                next.record_snapshot((**snapshot).clone());
+                self.deletion_log = Shared::new(next);
+                CommandResult::Done
+            }
+            Command::ForgetSnapshot { uri, id } => {
+                let mut next = (*self.deletion_log).clone();
+                next.forget_snapshot(uri, id);
+                self.deletion_log = Shared::new(next);
+                CommandResult::Done
+            }
         }
     }
 
@@ -389,6 +432,18 @@ impl ClusterState {
         at: &str,
         erase_by: Option<String>,
     ) -> CommandResult {
+        let ids: Vec<u64> = log.iter().flat_map(|d| d.ids.iter().copied()).collect();
+        if self.collection(collection).is_some()
+            && self
+                .deletion_log
+                .snapshots_before(collection, at)
+                .next()
+                .is_some()
+        {
+            let mut next = (*self.deletion_log).clone();
+            next.record_deletion(collection, at, ids);
+            self.deletion_log = Shared::new(next);
+        }
         self.curate(collection, |c| {
             let mut receipt = Receipt {
                 receipt: c.receipts.keys().next_back().map_or(1, |n| n + 1),
@@ -844,6 +899,71 @@ mod tests {
             bincode::deserialize::<Command>(&bytes).unwrap(),
             delete(vec![9])
         );
+
+        // With a snapshot of `c` recorded, later deletions are logged for
+        // its restore, and the deadline goes into the receipt.
+        state.apply(&Command::RecordSnapshot {
+            snapshot: Shared::new(engram_core::SnapshotRecord {
+                uri: "s3://b/s".into(),
+                id: "one".into(),
+                created_at: "2026-11-29T00:00:02Z".into(),
+                collections: vec!["c".into()],
+            }),
+        });
+        let CommandResult::Receipt(third) = state.apply(&Command::RecordUnlearning {
+            collection: "c".into(),
+            selector: Shared::new(Selector::default()),
+            log: vec![ShardDeletion {
+                ids: vec![6, 7],
+                ..ShardDeletion::default()
+            }],
+            at: "2026-11-29T00:00:03Z".into(),
+            erase_by: Some("2026-11-30T00:00:03Z".into()),
+        }) else {
+            panic!("no receipt");
+        };
+        assert_eq!(third.erase_by.as_deref(), Some("2026-11-30T00:00:03Z"));
+        assert_eq!(
+            state
+                .deletion_log
+                .deleted_since("c", "2026-11-29T00:00:02Z"),
+            vec![6, 7],
+            "deletions before the snapshot are not logged"
+        );
+        let bytes = bincode::serialize(&state).unwrap();
+        assert_eq!(ClusterState::decode(&bytes).unwrap(), state);
+        state.apply(&Command::ForgetSnapshot {
+            uri: "s3://b/s".into(),
+            id: "one".into(),
+        });
+        assert_eq!(*state.deletion_log, DeletionLog::default());
+    }
+
+    /// A Raft snapshot written before the deletion log still opens.
+    #[test]
+    fn states_from_before_the_deletion_log_decode() {
+        #[derive(Serialize)]
+        struct Before {
+            workers: BTreeMap<WorkerId, WorkerInfo>,
+            collections: BTreeMap<String, CollectionMeta>,
+            jobs: BTreeMap<u64, JobRecord>,
+            aliases: BTreeMap<String, String>,
+        }
+        let mut state = ClusterState::default();
+        state.apply(&Command::RegisterWorker {
+            id: 4,
+            addr: "127.0.0.1:1".into(),
+        });
+        state.aliases.insert("a".into(), "a@2".into());
+        let old = Before {
+            workers: state.workers.clone(),
+            collections: state.collections.clone(),
+            jobs: state.jobs.clone(),
+            aliases: state.aliases.clone(),
+        };
+        let bytes = bincode::serialize(&old).unwrap();
+        assert_eq!(ClusterState::decode(&bytes).unwrap(), state);
+        assert!(ClusterState::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl StateMachineStore {
                 .map_err(|e| crate::MetaError::Corrupted(e.to_string()))?;
             let snapshot: StoredSnapshot = bincode::deserialize(&bytes)
                 .map_err(|e| crate::MetaError::Corrupted(format!("raft snapshot: {e}")))?;
-            let state: ClusterState = bincode::deserialize(&snapshot.data)
+            let state: ClusterState = ClusterState::decode(&snapshot.data)
                 .map_err(|e| crate::MetaError::Corrupted(format!("raft snapshot state: {e}")))?;
             machine.last_applied = snapshot.meta.last_log_id;
             machine.membership = snapshot.meta.last_membership.clone();
@@ -185,7 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: ClusterState = bincode::deserialize(&data).map_err(|e| {
+        let state: ClusterState = ClusterState::decode(&data).map_err(|e| {
             StorageError::from(StorageIOError::new(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,

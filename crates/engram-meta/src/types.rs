@@ -7,7 +7,7 @@ use std::io::Cursor;
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::{
     AuditEntry, CollectionSpec, Curation, Intervention, PruningWeights, Receipt, Selector,
-    ShardDeletion,
+    ShardDeletion, SnapshotRecord,
 };
 
 use crate::shared::Shared;
@@ -187,6 +187,15 @@ pub enum Command {
         log: Vec<ShardDeletion>,
         at: String,
         erase_by: Option<String>,
+    },
+    /// The deployment wrote a snapshot (see `engram_core::deletion_log`).
+    RecordSnapshot {
+        snapshot: Shared<SnapshotRecord>,
+    },
+    /// A recorded snapshot was deleted or found gone.
+    ForgetSnapshot {
+        uri: String,
+        id: String,
     },
 }
 

@@ -1,7 +1,8 @@
 //! Unlearning receipts: where a delete's bytes still are, checked place by
 //! place from the things themselves (each copy's own files, the object
-//! listing, running jobs), and the work that removes them by the receipt's
-//! erasure deadline (`curation.erase_within_s`, or the delete's own).
+//! listing, running jobs, recorded snapshots' manifests), and the work
+//! that removes them by the receipt's erasure deadline
+//! (`curation.erase_within_s`, or the delete's own).
 
 mod deadline;
 mod places;
@@ -135,6 +136,12 @@ impl Engram {
             })
             .map(|j| j.id)
             .collect();
+        let snapshots = self
+            .snapshots_holding(collection, number, &receipt.at)
+            .await?
+            .into_iter()
+            .map(|s| (s.uri, s.id))
+            .collect();
         let plan = places::plan(&places::Found {
             collection,
             touched,
@@ -142,7 +149,7 @@ impl Engram {
             shard_objects,
             job_objects,
             running_jobs,
-            snapshots: Vec::new(),
+            snapshots,
             deletable_before: started - CLOCK_SKEW_S,
         });
         let erased = plan.places.is_empty();
@@ -162,8 +169,9 @@ impl Engram {
 
     /// The work that removes what `inspection` found and the node can
     /// remove: every copy rewrites exactly the segments and WAL that hold
-    /// the rows (and drops quarantined copies of their shards), and
-    /// uploaded segments no copy holds any more are deleted. Transfers in
+    /// the rows (and drops quarantined copies of their shards), snapshots
+    /// taken before the delete are rewritten without them, and uploaded
+    /// segments no copy holds any more are deleted. Transfers in
     /// flight, running jobs and copies that did not answer are waited for.
     pub(crate) async fn erase_receipt(
         &self,
@@ -188,6 +196,22 @@ impl Engram {
                 bytes_reclaimed = done.bytes_reclaimed,
                 "erasing an unlearning receipt's rows"
             );
+        }
+        let log = self.inner.meta.deletion_log()?;
+        for place in &inspection.status.places {
+            let Place::Snapshot { uri, id } = place else {
+                continue;
+            };
+            let Some(snapshot) = log.snapshots.iter().find(|s| s.uri == *uri && s.id == *id) else {
+                continue;
+            };
+            self.erase_from_snapshot(
+                snapshot,
+                collection,
+                inspection.status.receipt,
+                &inspection.status.ids,
+            )
+            .await?;
         }
         if !inspection.deletable_objects.is_empty()
             && let Some(location) = self.segments_location()?
