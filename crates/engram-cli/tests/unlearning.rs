@@ -259,12 +259,18 @@ fn snapshots_are_rewritten_and_never_resurrect() {
 
     // By id and by source (src1: ids 1, 5, 9, ...), after the snapshot.
     let (_, by_id) = server.post("/v1/collections/m/items/delete", &json!({ "ids": [3, 40] }));
-    let (_, by_source) = server.post("/v1/collections/m/items/delete", &json!({ "source": "src1" }));
+    let (_, by_source) = server.post(
+        "/v1/collections/m/items/delete",
+        &json!({ "source": "src1" }),
+    );
     assert_eq!(by_source["deleted"], 30, "{by_source}");
     let mut doomed: Vec<u64> = vec![3, 40];
     doomed.extend((0..120).filter(|id| id % 4 == 1));
     for id in &doomed {
-        assert!(on_disk(&snapshots, &f32_bytes(&vector(*id))), "row {id} in the snapshot");
+        assert!(
+            on_disk(&snapshots, &f32_bytes(&vector(*id))),
+            "row {id} in the snapshot"
+        );
     }
     for receipt in [&by_id, &by_source] {
         let path = format!("/v1/collections/m/unlearning/{}", receipt["receipt"]);
@@ -277,29 +283,51 @@ fn snapshots_are_rewritten_and_never_resurrect() {
             .collect();
         assert_eq!(snapshot_places.len(), 1, "{status}");
         assert_eq!(snapshot_places[0]["id"], older["id"], "{status}");
-        assert_eq!(status["present_in"]["snapshots"].as_array().unwrap().len(), 1, "{status}");
+        assert_eq!(
+            status["present_in"]["snapshots"].as_array().unwrap().len(),
+            1,
+            "{status}"
+        );
         let (code, erased) = server.post(&format!("{path}/erase"), &json!({}));
         assert_eq!(code, 200, "{erased}");
         assert_eq!(erased["status"], "erased", "{erased}");
     }
     for id in &doomed {
-        assert!(!on_disk(&data, &f32_bytes(&vector(*id))), "row {id} still in a file");
+        assert!(
+            !on_disk(&data, &f32_bytes(&vector(*id))),
+            "row {id} still in a file"
+        );
     }
     // The rewritten snapshot names the receipts it was erased of, and
     // stays restorable.
     let manifest: Value = serde_json::from_slice(
-        &std::fs::read(snapshots.join(older["id"].as_str().unwrap()).join("manifest.json")).unwrap(),
+        &std::fs::read(
+            snapshots
+                .join(older["id"].as_str().unwrap())
+                .join("manifest.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
-    assert_eq!(manifest["erased_receipts"]["m"].as_array().unwrap().len(), 2, "{manifest}");
+    assert_eq!(
+        manifest["erased_receipts"]["m"].as_array().unwrap().len(),
+        2,
+        "{manifest}"
+    );
 
     // A second snapshot, then a delete nobody erases.
     let (status, newer) = server.post("/v1/snapshots", &json!({ "uri": uri }));
     assert_eq!(status, 201, "{newer}");
     std::thread::sleep(Duration::from_millis(1_100));
-    let (_, late) = server.post("/v1/collections/m/items/delete", &json!({ "ids": [50, 51] }));
+    let (_, late) = server.post(
+        "/v1/collections/m/items/delete",
+        &json!({ "ids": [50, 51] }),
+    );
     assert_eq!(late["deleted"], 2);
-    assert!(on_disk(&snapshots, &f32_bytes(&vector(50))), "not erased yet");
+    assert!(
+        on_disk(&snapshots, &f32_bytes(&vector(50))),
+        "not erased yet"
+    );
 
     // Restoring either snapshot leaves the deleted ids out.
     for (snapshot, reapplied) in [(&newer, 2), (&older, 2)] {

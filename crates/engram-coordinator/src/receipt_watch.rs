@@ -130,7 +130,11 @@ impl Engram {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let every = self.config().curation.receipt_check_s;
-        if status.status == "erased" || !erasure_due(at, erase_by, now, every) {
+        // In a cluster only the Raft leader does the work (every
+        // coordinator checks): one writer per snapshot manifest, one
+        // request per copy.
+        let leads = self.cluster().is_none_or(|c| c.meta().is_leader());
+        if !leads || status.status == "erased" || !erasure_due(at, erase_by, now, every) {
             return Ok(inspection.status);
         }
         if let Err(error) = self.erase_receipt(collection, &inspection).await {

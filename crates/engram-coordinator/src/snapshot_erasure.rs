@@ -8,6 +8,13 @@
 //! name: the snapshot still counts as a place until a rewrite deletes
 //! them, and it stays restorable throughout (its manifest only ever names
 //! complete files with their checksums).
+//!
+//! One writer is expected (the receipt watch rewrites only on the Raft
+//! leader; an operator's `erase` call is the exception). The files a
+//! rewrite replaced are deleted at once, after reading the manifest back
+//! and finding its own; files of unknown origin only once they are
+//! [`STRAY_GRACE_S`] old, since a younger one may belong to a rewrite still
+//! under way elsewhere, whose manifest is about to name it.
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -22,6 +29,10 @@ use crate::snapshot_service::{
     MANIFEST, Manifest, StoredItem, child, decode_items, read_manifest, storage_error,
     write_manifest,
 };
+
+/// Seconds a file the manifest does not name must be old before a rewrite
+/// deletes it (longer than any rewrite takes to write its manifest).
+const STRAY_GRACE_S: i64 = 120;
 
 /// What a recorded snapshot holds of a receipt's rows.
 pub(crate) enum SnapshotHolds {
@@ -86,7 +97,7 @@ impl Engram {
         &self,
         snapshot: &SnapshotRecord,
         manifest: Option<&Manifest>,
-    ) -> Result<Vec<object_store::path::Path>> {
+    ) -> Result<Vec<(object_store::path::Path, i64)>> {
         let source = self.snapshot_store(&snapshot.uri)?;
         let root = child(&source.prefix, &snapshot.id);
         let named: HashSet<String> = manifest
@@ -103,8 +114,8 @@ impl Engram {
             .map_err(|e| storage_error(&snapshot.uri, e))?;
         Ok(listed
             .into_iter()
-            .map(|o| o.location)
-            .filter(|l| !named.contains(l.as_ref()))
+            .filter(|o| !named.contains(o.location.as_ref()))
+            .map(|o| (o.location, o.last_modified.timestamp()))
             .collect())
     }
 
@@ -128,6 +139,7 @@ impl Engram {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let mut removed = 0u64;
+        let mut replaced = Vec::new();
         let format = manifest.format;
         if let Some(c) = manifest
             .collections
@@ -180,7 +192,7 @@ impl Engram {
                     .put(&child(&root, &file), Bytes::from(bytes.clone()).into())
                     .await
                     .map_err(|e| storage_error(uri, e))?;
-                shard.file = file;
+                replaced.push(std::mem::replace(&mut shard.file, file));
                 shard.items = items as u64;
                 shard.bytes = bytes.len() as u64;
                 shard.crc32 = crc32fast::hash(&bytes);
@@ -194,7 +206,31 @@ impl Engram {
             erased.push(receipt);
         }
         write_manifest(&source, &root, uri, &manifest).await?;
-        for stray in self.stray_files(snapshot, Some(&manifest)).await? {
+        let ours = read_manifest(&source, &snapshot.id).await?;
+        let named_now: HashSet<String> = ours
+            .collections
+            .iter()
+            .flat_map(|c| &c.shards)
+            .map(|s| s.file.clone())
+            .collect();
+        if serde_json::to_value(&ours).ok() == serde_json::to_value(&manifest).ok() {
+            for file in &replaced {
+                if !named_now.contains(file) {
+                    source
+                        .store
+                        .delete(&child(&root, file))
+                        .await
+                        .map_err(|e| storage_error(uri, e))?;
+                }
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for (stray, modified) in self.stray_files(snapshot, Some(&manifest)).await? {
+            if now - modified < STRAY_GRACE_S {
+                continue;
+            }
             source
                 .store
                 .delete(&stray)

@@ -17,8 +17,8 @@ pub struct CopyPresence {
     pub shard: u32,
     /// `None`: the copy could not be checked (see `unchecked`).
     pub presence: Option<Presence>,
-    /// Why the copy could not be checked.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// Why the copy could not be checked. (Never skipped when empty: the
+    /// report travels as bincode, which has no optional fields.)
     pub unchecked: Option<String>,
     /// The content keys of every sealed segment the copy holds: uploaded
     /// segment objects named by none of a shard's copies are no longer
@@ -47,5 +47,46 @@ impl PresenceReport {
     pub fn extend(&mut self, other: PresenceReport) {
         self.copies.extend(other.copies);
         self.quarantined.extend(other.quarantined);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report crosses the internal RPC as bincode.
+    #[test]
+    fn reports_round_trip_through_bincode() {
+        let report = PresenceReport {
+            copies: vec![
+                CopyPresence {
+                    worker: Some(2),
+                    shard: 1,
+                    presence: Some(Presence {
+                        wal: true,
+                        wal_generation: 3,
+                        segments: vec!["00000001".into()],
+                        segment_keys: vec!["00000001-abcd".into()],
+                        staged: vec![],
+                    }),
+                    unchecked: None,
+                    held_keys: vec!["00000001-abcd".into()],
+                },
+                CopyPresence {
+                    worker: None,
+                    shard: 0,
+                    presence: None,
+                    unchecked: Some("timed out".into()),
+                    held_keys: vec![],
+                },
+            ],
+            quarantined: vec![QuarantinedCopy {
+                worker: Some(1),
+                shard: 0,
+                path: "/d/quarantine/c-0000-1".into(),
+            }],
+        };
+        let bytes = bincode::serialize(&report).unwrap();
+        assert_eq!(bincode::deserialize::<PresenceReport>(&bytes).unwrap(), report);
     }
 }

@@ -276,6 +276,10 @@ pub struct Launch<'a> {
     pub worker_timeout_ms: u64,
     /// Internal ports behind fault-injecting proxies.
     pub net_faults: bool,
+    /// `storage.segments_uri` (default: a directory of the cluster's).
+    pub segments_uri: Option<&'a str>,
+    /// Whole sections (`[curation]` ...) appended to every node's config.
+    pub sections: &'a str,
 }
 
 impl Default for Launch<'_> {
@@ -289,6 +293,8 @@ impl Default for Launch<'_> {
             embedder: false,
             worker_timeout_ms: 1_500,
             net_faults: false,
+            segments_uri: None,
+            sections: "",
         }
     }
 }
@@ -384,6 +390,8 @@ impl Cluster {
             embedder,
             worker_timeout_ms,
             net_faults,
+            segments_uri,
+            sections,
         } = launch;
         let net = net_faults.then(super::netfault::NetFaults::default);
         // Where a node's internal port is reached (a proxy in front of it
@@ -444,8 +452,11 @@ impl Cluster {
              pq_bytes = 4\n{index_extra}\n\n[storage]\nsegments_uri = {:?}\n\
              local_roots = [{}]\n{storage_extra}\n\n\
              [security]\napi_key = {api_key:?}\ncluster_secret = {cluster_secret:?}\n\
-             {tls_section}",
-            dir.path().join("segment-store").display().to_string(),
+             {tls_section}\n{sections}\n",
+            segments_uri.map_or_else(
+                || dir.path().join("segment-store").display().to_string(),
+                str::to_string
+            ),
             roots.join(", ")
         );
         let embedders = if embedder {
@@ -631,6 +642,13 @@ impl Cluster {
     pub fn get(&self, path: &str) -> (u16, Value) {
         let base = self.live_coordinators()[0];
         let r = self.http.get(format!("{base}{path}")).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        let base = self.live_coordinators()[0];
+        let r = self.http.delete(format!("{base}{path}")).send().unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
