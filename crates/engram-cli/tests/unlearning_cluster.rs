@@ -223,6 +223,11 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
             "row {id} is not stored anywhere before the deadline"
         );
     }
+    let needle = f32_bytes(&vector(5));
+    assert!(
+        bucket(&s3).iter().any(|(_, bytes)| holds(bytes, &needle)),
+        "the bulk row is not in the bucket before the deadline"
+    );
 
     // By the deadline, with no compaction asked: every place is gone.
     let deadline = Instant::now() + Duration::from_secs(ERASE_WITHIN_S + 30);
