@@ -223,6 +223,23 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
             "row {id} is not stored anywhere before the deadline"
         );
     }
+    // The operator's view of the same.
+    let base = cluster.live_coordinators()[0].to_string();
+    let (ok, listed) = cluster.engramctl(&base, &["unlearning", "--collection", "u"]);
+    assert!(ok, "{listed}");
+    for expected in [
+        "RECEIPT",
+        "ERASE BY",
+        "deleted",
+        "where deleted bytes still are",
+        "snapshot",
+        "quarantined",
+    ] {
+        assert!(
+            listed.contains(expected),
+            "engramctl unlearning lacks {expected}:\n{listed}"
+        );
+    }
     let needle = f32_bytes(&vector(5));
     assert!(
         bucket(&s3).iter().any(|(_, bytes)| holds(bytes, &needle)),
@@ -280,6 +297,18 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
     assert_eq!(info["items"], 1300 - doomed.len(), "{info}");
     let (_, overdue) = cluster.get("/v1/collections/u/unlearning?overdue=true");
     assert_eq!(overdue["receipts"], json!([]), "{overdue}");
+    let (ok, listed) = cluster.engramctl(&base, &["unlearning", "--json"]);
+    assert!(ok, "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "erased"),
+        "{listed}"
+    );
 
     // Restoring the old snapshot brings none of them back.
     let (code, _) = cluster.delete("/v1/collections/u");

@@ -87,6 +87,9 @@ mod tests {
             }],
         };
         let bytes = bincode::serialize(&report).unwrap();
-        assert_eq!(bincode::deserialize::<PresenceReport>(&bytes).unwrap(), report);
+        assert_eq!(
+            bincode::deserialize::<PresenceReport>(&bytes).unwrap(),
+            report
+        );
     }
 }

@@ -12,6 +12,7 @@ mod rebalance;
 mod reshard;
 mod snapshot;
 mod status;
+mod unlearning;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -80,6 +81,10 @@ enum Command {
     /// Look at stored items.
     #[command(subcommand)]
     Items(collections::ItemsCommand),
+    /// Unlearning receipts: erasure deadlines, and every place deleted
+    /// bytes still are (copies, WAL, segments, uploaded objects,
+    /// quarantined copies, snapshots); `--erase N` erases one now.
+    Unlearning(unlearning::UnlearningArgs),
 }
 
 /// What a verb prints: JSON for scripts, text for people.
@@ -106,6 +111,7 @@ fn main() {
                 Command::Jobs(command) => jobs::run(&ctx, command),
                 Command::Collections(command) => collections::run(&ctx, command),
                 Command::Items(command) => collections::run_items(&ctx, command),
+                Command::Unlearning(args) => unlearning::run(&ctx, args),
             }
         },
     );
