@@ -20,8 +20,8 @@
 //! a check each round.
 
 use parking_lot::Mutex;
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
 use crate::service::Engram;
@@ -40,10 +40,42 @@ pub struct UnlearningView {
     pub overdue: u64,
 }
 
-/// Receipts this node has seen `erased`, by collection and number.
+/// Rounds a pending receipt whose erasure is not due yet may go unchecked
+/// (its age and deadline come from the record itself meanwhile): checking
+/// every receipt every round asks every worker once per receipt.
+const IDLE_ROUNDS: u32 = 10;
+
+/// Receipts this node has seen `erased`, by collection and number, and
+/// when pending ones were last checked.
 #[derive(Default)]
 pub(crate) struct ReceiptWatch {
     erased: Mutex<HashSet<(String, u64)>>,
+    checked: Mutex<HashMap<(String, u64), Instant>>,
+}
+
+impl UnlearningView {
+    /// Counts a receipt that is not erased (age from `at`).
+    fn count_pending(&mut self, at: &str, overdue: bool) {
+        self.deleted += 1;
+        self.oldest_pending_s = self.oldest_pending_s.max(age_s(at));
+        if overdue {
+            self.overdue += 1;
+        }
+    }
+
+    /// Counts a checked receipt that is not erased, loudly when overdue.
+    fn count(&mut self, collection: &str, status: &crate::dto::UnlearningStatus) {
+        self.count_pending(&status.at, status.overdue);
+        if status.overdue {
+            tracing::error!(
+                collection,
+                receipt = status.receipt,
+                erase_by = status.erase_by.as_deref().unwrap_or(""),
+                places = status.places.len(),
+                "unlearning receipt past its erasure deadline: deleted bytes are still stored"
+            );
+        }
+    }
 }
 
 impl ReceiptWatch {
@@ -56,7 +88,23 @@ impl ReceiptWatch {
 
     /// Remembers that receipt `number` of `collection` is `erased` (final).
     pub(crate) fn mark_erased(&self, collection: &str, number: u64) {
-        self.erased.lock().insert((collection.to_string(), number));
+        let key = (collection.to_string(), number);
+        self.checked.lock().remove(&key);
+        self.erased.lock().insert(key);
+    }
+
+    /// Whether a pending receipt not due for erasure should be checked
+    /// this round (never checked, or not for `IDLE_ROUNDS` rounds).
+    fn wants_check(&self, collection: &str, number: u64, every: Duration) -> bool {
+        let key = (collection.to_string(), number);
+        let mut checked = self.checked.lock();
+        match checked.get(&key) {
+            Some(at) if at.elapsed() < every * IDLE_ROUNDS => false,
+            _ => {
+                checked.insert(key, Instant::now());
+                true
+            }
+        }
     }
 }
 
@@ -69,78 +117,76 @@ fn age_s(at: &str) -> f64 {
 }
 
 impl Engram {
-    /// Checks every receipt not yet known erased, and publishes the counts.
+    /// Checks the receipts not yet known erased (those whose erasure is
+    /// not due only every few rounds), does the erasure work of those due
+    /// (on the Raft leader; one batch per collection, so a segment holding
+    /// rows of many receipts is rewritten once), and publishes the counts.
     pub async fn check_receipts(&self) -> Result<UnlearningView> {
         let watch = &self.inner.receipts;
+        let every = Duration::from_secs(self.config().curation.receipt_check_s.max(1));
+        // In a cluster only the Raft leader does the work (every
+        // coordinator checks): one writer per snapshot manifest, one
+        // request per copy.
+        let leads = self.cluster().is_none_or(|c| c.meta().is_leader());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         let mut view = UnlearningView::default();
         for collection in self.inner.backend.names() {
             let Ok(ids) = self.inner.meta.receipt_ids(&collection) else {
                 continue; // deleted meanwhile
             };
+            let mut due = Vec::new();
             for id in ids {
-                if watch.erased.lock().contains(&(collection.clone(), id)) {
+                if watch.is_erased(&collection, id) {
                     view.erased += 1;
                     continue;
                 }
-                let status = match self.check_receipt(&collection, id).await {
-                    Ok(status) => status,
+                let Ok(Some(receipt)) = self.inner.meta.receipt(&collection, id) else {
+                    continue;
+                };
+                let deadline = receipt.erase_by.as_deref().and_then(unix_s);
+                let is_due = match (deadline, unix_s(&receipt.at)) {
+                    (Some(by), Some(at)) => leads && erasure_due(at, by, now, every.as_secs()),
+                    _ => false,
+                };
+                if !is_due && !watch.wants_check(&collection, id, every) {
+                    view.count_pending(&receipt.at, deadline.is_some_and(|by| by < now));
+                    continue;
+                }
+                match self.inspect_receipt(&collection, id).await {
+                    Ok(inspection) if inspection.status.status == "erased" => {
+                        watch.mark_erased(&collection, id);
+                        view.erased += 1;
+                    }
+                    Ok(inspection) if is_due => due.push(inspection),
+                    Ok(inspection) => view.count(&collection, &inspection.status),
                     Err(error) => {
                         tracing::warn!(collection = %collection, receipt = id, %error, "cannot check an unlearning receipt; counted as not erased");
-                        view.deleted += 1;
-                        continue;
+                        view.count_pending(&receipt.at, deadline.is_some_and(|by| by < now));
                     }
-                };
-                if status.status == "erased" {
-                    watch.erased.lock().insert((collection.clone(), id));
-                    view.erased += 1;
-                } else {
-                    view.deleted += 1;
-                    view.oldest_pending_s = view.oldest_pending_s.max(age_s(&status.at));
-                    if status.overdue {
-                        view.overdue += 1;
-                        tracing::error!(
-                            collection = %collection,
-                            receipt = id,
-                            erase_by = status.erase_by.as_deref().unwrap_or(""),
-                            places = status.places.len(),
-                            "unlearning receipt past its erasure deadline: deleted bytes are still stored"
-                        );
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.erase_receipts(&collection, &due).await {
+                tracing::warn!(collection = %collection, receipts = due.len(), %error, "erasing unlearning receipts' rows failed; the next round tries again");
+            }
+            for inspection in due {
+                let id = inspection.status.receipt;
+                match self.inspect_receipt(&collection, id).await {
+                    Ok(again) if again.status.status == "erased" => {
+                        watch.mark_erased(&collection, id);
+                        view.erased += 1;
                     }
+                    Ok(again) => view.count(&collection, &again.status),
+                    Err(_) => view.count(&collection, &inspection.status),
                 }
             }
         }
         self.inner.metrics.set_unlearning(&view);
         Ok(view)
-    }
-
-    /// Checks one receipt, and when its erasure work is due, does it and
-    /// checks again.
-    async fn check_receipt(
-        &self,
-        collection: &str,
-        id: u64,
-    ) -> Result<crate::dto::UnlearningStatus> {
-        let inspection = self.inspect_receipt(collection, id).await?;
-        let status = &inspection.status;
-        let deadline = status.erase_by.as_deref().and_then(unix_s);
-        let (Some(erase_by), Some(at)) = (deadline, unix_s(&status.at)) else {
-            return Ok(inspection.status);
-        };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let every = self.config().curation.receipt_check_s;
-        // In a cluster only the Raft leader does the work (every
-        // coordinator checks): one writer per snapshot manifest, one
-        // request per copy.
-        let leads = self.cluster().is_none_or(|c| c.meta().is_leader());
-        if !leads || status.status == "erased" || !erasure_due(at, erase_by, now, every) {
-            return Ok(inspection.status);
-        }
-        if let Err(error) = self.erase_receipt(collection, &inspection).await {
-            tracing::warn!(collection, receipt = id, %error, "erasing an unlearning receipt's rows failed; the next round tries again");
-        }
-        Ok(self.inspect_receipt(collection, id).await?.status)
     }
 
     /// Runs [`Self::check_receipts`] every `curation.receipt_check_s`

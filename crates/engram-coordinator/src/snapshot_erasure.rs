@@ -120,13 +120,13 @@ impl Engram {
     }
 
     /// Rewrites `snapshot`'s shard files of `collection` without `ids` and
-    /// records `receipt` as erased in its manifest; deletes what the
+    /// records `receipts` as erased in its manifest; deletes what the
     /// manifest no longer names. Returns the rows removed.
     pub(crate) async fn erase_from_snapshot(
         &self,
         snapshot: &SnapshotRecord,
         collection: &str,
-        receipt: u64,
+        receipts: &[u64],
         ids: &[u64],
     ) -> Result<u64> {
         let source = self.snapshot_store(&snapshot.uri)?;
@@ -202,9 +202,12 @@ impl Engram {
             .erased_receipts
             .entry(collection.to_string())
             .or_default();
-        if !erased.contains(&receipt) {
-            erased.push(receipt);
+        for receipt in receipts {
+            if !erased.contains(receipt) {
+                erased.push(*receipt);
+            }
         }
+        erased.sort_unstable();
         write_manifest(&source, &root, uri, &manifest).await?;
         let ours = read_manifest(&source, &snapshot.id).await?;
         let named_now: HashSet<String> = ours
@@ -237,7 +240,7 @@ impl Engram {
                 .await
                 .map_err(|e| storage_error(uri, e))?;
         }
-        tracing::info!(snapshot = %snapshot.id, collection, receipt, removed, "unlearned rows removed from a snapshot");
+        tracing::info!(snapshot = %snapshot.id, collection, receipts = ?receipts, removed, "unlearned rows removed from a snapshot");
         Ok(removed)
     }
 

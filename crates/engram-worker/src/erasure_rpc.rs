@@ -5,15 +5,16 @@ use std::collections::BTreeSet;
 
 use crate::node::{WorkerNode, blocking, internal};
 use crate::presence::{CopyPresence, PresenceReport, QuarantinedCopy};
-use crate::shard::Presence;
+use crate::shard::{Presence, holds_files};
 use crate::wire::{EraseReply, EraseRequest, PresenceReply, PresenceRequest, RpcError, RpcResult};
 
 impl WorkerNode {
     /// Every copy of the asked shards this worker hosts, with where it
     /// still holds the deleted rows; segment files staged here for a copy
-    /// not hosted yet; and the quarantined copies of those shards. A shard
-    /// it neither hosts nor receives is left out (the coordinator knows
-    /// which copies it expected).
+    /// being rebuilt; shard directories of the collection no hosted copy
+    /// owns; and the quarantined copies of those shards. A shard it neither
+    /// hosts nor receives is left out (the coordinator knows which copies
+    /// it expected).
     pub async fn presence(self, request: PresenceRequest) -> RpcResult<PresenceReply> {
         let node = self.clone();
         blocking(move || {
@@ -21,9 +22,17 @@ impl WorkerNode {
             let me = Some(node.inner.id);
             let mut report = PresenceReport::default();
             for d in &request.deletions {
+                // Segment files staged here for a copy of the shard being
+                // rebuilt (hosted or not yet).
+                let shipping = host.shipping_dir(&request.collection, d.shard);
+                let staged: Vec<String> = holds_files(&shipping)
+                    .then(|| shipping.display().to_string())
+                    .into_iter()
+                    .collect();
                 match host.get(&request.collection, d.shard) {
                     Ok(replica) => {
-                        let presence = replica.shard.presence(d).map_err(internal)?;
+                        let mut presence = replica.shard.presence(d).map_err(internal)?;
+                        presence.staged.extend(staged);
                         report.copies.push(CopyPresence {
                             worker: me,
                             shard: d.shard,
@@ -32,22 +41,23 @@ impl WorkerNode {
                             held_keys: replica.shard.segment_keys().map_err(internal)?,
                         });
                     }
-                    Err(_) => {
-                        let staged = host.shipping_dir(&request.collection, d.shard);
-                        if staged.exists() {
-                            report.copies.push(CopyPresence {
-                                worker: me,
-                                shard: d.shard,
-                                presence: Some(Presence {
-                                    staged: vec![staged.display().to_string()],
-                                    ..Presence::default()
-                                }),
-                                unchecked: None,
-                                held_keys: Vec::new(),
-                            });
-                        }
+                    Err(_) if !staged.is_empty() => {
+                        report.copies.push(CopyPresence {
+                            worker: me,
+                            shard: d.shard,
+                            presence: Some(Presence {
+                                staged,
+                                ..Presence::default()
+                            }),
+                            unchecked: None,
+                            held_keys: Vec::new(),
+                        });
                     }
+                    Err(_) => {}
                 }
+            }
+            for dir in host.unhosted_dirs(&request.collection).map_err(internal)? {
+                report.leftovers.push((me, dir.display().to_string()));
             }
             let asked: BTreeSet<u32> = request.deletions.iter().map(|d| d.shard).collect();
             for (shard, dir) in host.quarantined(&request.collection).map_err(internal)? {

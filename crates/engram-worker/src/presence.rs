@@ -40,6 +40,10 @@ pub struct QuarantinedCopy {
 pub struct PresenceReport {
     pub copies: Vec<CopyPresence>,
     pub quarantined: Vec<QuarantinedCopy>,
+    /// Shard directories of the collection no hosted copy owns (an old
+    /// layout's after a resharding, a copy being dropped): (worker, path).
+    /// Their contents are not known, so they count until they are gone.
+    pub leftovers: Vec<(Option<WorkerId>, String)>,
 }
 
 impl PresenceReport {
@@ -47,6 +51,7 @@ impl PresenceReport {
     pub fn extend(&mut self, other: PresenceReport) {
         self.copies.extend(other.copies);
         self.quarantined.extend(other.quarantined);
+        self.leftovers.extend(other.leftovers);
     }
 }
 
@@ -85,6 +90,7 @@ mod tests {
                 shard: 0,
                 path: "/d/quarantine/c-0000-1".into(),
             }],
+            leftovers: vec![(Some(3), "/d/collections/c@2/shards/0001".into())],
         };
         let bytes = bincode::serialize(&report).unwrap();
         assert_eq!(

@@ -472,6 +472,40 @@ impl ReplicaHost {
         Ok(removed)
     }
 
+    /// Shard directories of `collection`'s layouts on this disk that no
+    /// hosted copy owns: an old layout's after a resharding flipped, or a
+    /// copy being dropped or opened. Named by any layout key of the same
+    /// public collection (`<name>` or `<name>@<generation>`).
+    pub fn unhosted_dirs(&self, collection: &str) -> Result<Vec<PathBuf>> {
+        let public = collection.split('@').next().unwrap_or(collection);
+        let hosted: BTreeSet<(String, u32)> = self.replicas.read().keys().cloned().collect();
+        let mut found = Vec::new();
+        for layout in fs_err::read_dir(&self.dir)? {
+            let layout = layout?;
+            let key = layout.file_name().to_string_lossy().to_string();
+            if key != public && !key.starts_with(&format!("{public}@")) {
+                continue;
+            }
+            let shards = layout.path().join("shards");
+            if !shards.is_dir() {
+                continue;
+            }
+            for entry in fs_err::read_dir(&shards)? {
+                let entry = entry?;
+                let Ok(shard) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if !hosted.contains(&(key.clone(), shard))
+                    && crate::shard::holds_files(&entry.path())
+                {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     fn quarantine_root(&self) -> PathBuf {
         self.dir.parent().unwrap_or(&self.dir).join("quarantine")
     }

@@ -544,36 +544,50 @@ impl RemoteLayout {
                     }
                 }
             }
+            // A worker that did not answer (down, paused, cut off) may
+            // hold any shard's bytes on its disk: every touched shard is
+            // unchecked there, whether or not the placements name it now
+            // (a copy failed over away from a dead worker stays on its
+            // disk until it comes back and drops it).
+            let silent = workers
+                .iter()
+                .filter(|(worker, _)| !answered.contains(worker))
+                .map(|(worker, alive)| {
+                    let reason = failed.get(worker).cloned().unwrap_or_else(|| {
+                        if *alive {
+                            "no answer".to_string()
+                        } else {
+                            "the worker is down".to_string()
+                        }
+                    });
+                    (*worker, reason)
+                });
+            for (worker, reason) in silent {
+                for d in grouped.iter().filter(|d| !d.ids.is_empty()) {
+                    report.copies.push(CopyPresence {
+                        worker: Some(worker),
+                        shard: d.shard,
+                        presence: None,
+                        unchecked: Some(reason.clone()),
+                        held_keys: Vec::new(),
+                    });
+                }
+            }
+            // Placements naming a worker the state does not list.
             for d in grouped.iter().filter(|d| !d.ids.is_empty()) {
                 let Some(p) = placements.get(d.shard as usize) else {
                     continue;
                 };
                 for host in p.all_hosts() {
-                    let checked = report
-                        .copies
-                        .iter()
-                        .any(|c| c.worker == Some(host) && c.shard == d.shard);
-                    if checked {
-                        continue;
+                    if !workers.iter().any(|(w, _)| *w == host) {
+                        report.copies.push(CopyPresence {
+                            worker: Some(host),
+                            shard: d.shard,
+                            presence: None,
+                            unchecked: Some("not a registered worker".to_string()),
+                            held_keys: Vec::new(),
+                        });
                     }
-                    let reason = if answered.contains(&host) {
-                        // It answered without this copy: it does not host
-                        // it (dropped, or not built yet). Nothing of it is
-                        // on that worker but what it reported.
-                        continue;
-                    } else {
-                        failed
-                            .get(&host)
-                            .cloned()
-                            .unwrap_or_else(|| "the worker is not alive".to_string())
-                    };
-                    report.copies.push(CopyPresence {
-                        worker: Some(host),
-                        shard: d.shard,
-                        presence: None,
-                        unchecked: Some(reason),
-                        held_keys: Vec::new(),
-                    });
                 }
             }
             Ok(report)

@@ -7,7 +7,7 @@
 mod deadline;
 mod places;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use deadline::{deadline_after, erasure_due, unix_s};
 pub use places::Place;
@@ -84,7 +84,8 @@ impl Engram {
     pub async fn erase_now(&self, collection: &str, number: u64) -> Result<UnlearningStatus> {
         let inspection = self.inspect_receipt(collection, number).await?;
         if inspection.status.status != "erased" {
-            self.erase_receipt(collection, &inspection).await?;
+            self.erase_receipts(collection, std::slice::from_ref(&inspection))
+                .await?;
         }
         self.unlearning(collection, number).await
     }
@@ -167,62 +168,74 @@ impl Engram {
         })
     }
 
-    /// The work that removes what `inspection` found and the node can
-    /// remove: every copy rewrites exactly the segments and WAL that hold
-    /// the rows (and drops quarantined copies of their shards), snapshots
-    /// taken before the delete are rewritten without them, and uploaded
-    /// segments no copy holds any more are deleted. Transfers in
-    /// flight, running jobs and copies that did not answer are waited for.
-    pub(crate) async fn erase_receipt(
+    /// The work that removes what `inspections` (receipts of one
+    /// collection) found and the node can remove, in one batch: every copy
+    /// rewrites exactly the segments and WAL that hold the rows (and drops
+    /// quarantined copies of their shards), each snapshot taken before the
+    /// deletes is rewritten once without them, and uploaded segments no
+    /// copy holds any more are deleted. Transfers in flight, running jobs,
+    /// leftover directories and copies that did not answer are waited for.
+    pub(crate) async fn erase_receipts(
         &self,
         collection: &str,
-        inspection: &Inspection,
+        inspections: &[Inspection],
     ) -> Result<()> {
-        let in_copies = inspection.status.places.iter().any(|p| {
+        let places = || inspections.iter().flat_map(|i| &i.status.places);
+        let in_copies = places().any(|p| {
             matches!(
                 p,
                 Place::Wal { .. } | Place::Segment { .. } | Place::Quarantined { .. }
             )
         });
+        let receipts: Vec<u64> = inspections.iter().map(|i| i.status.receipt).collect();
         if in_copies {
             let hosted = self.hosted_collection(collection)?;
-            let log = inspection.log.clone();
+            let log: Vec<ShardDeletion> = inspections
+                .iter()
+                .flat_map(|i| i.log.iter().cloned())
+                .collect();
             let done = blocking(move || Ok(hosted.erase(&log)?)).await?;
             tracing::info!(
                 collection,
-                receipt = inspection.status.receipt,
+                receipts = ?receipts,
                 segments_rewritten = done.segments_rewritten,
                 wals_rewritten = done.wals_rewritten,
                 bytes_reclaimed = done.bytes_reclaimed,
-                "erasing an unlearning receipt's rows"
+                "erasing unlearning receipts' rows"
             );
         }
         let log = self.inner.meta.deletion_log()?;
-        for place in &inspection.status.places {
-            let Place::Snapshot { uri, id } = place else {
-                continue;
-            };
-            let Some(snapshot) = log.snapshots.iter().find(|s| s.uri == *uri && s.id == *id) else {
-                continue;
-            };
-            self.erase_from_snapshot(
-                snapshot,
-                collection,
-                inspection.status.receipt,
-                &inspection.status.ids,
-            )
-            .await?;
+        let mut snapshots: BTreeMap<(String, String), (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+        for inspection in inspections {
+            for place in &inspection.status.places {
+                if let Place::Snapshot { uri, id } = place {
+                    let entry = snapshots.entry((uri.clone(), id.clone())).or_default();
+                    entry.0.push(inspection.status.receipt);
+                    entry.1.extend(&inspection.status.ids);
+                }
+            }
         }
-        if !inspection.deletable_objects.is_empty()
+        for ((uri, id), (numbers, ids)) in snapshots {
+            let Some(snapshot) = log.snapshots.iter().find(|s| s.uri == uri && s.id == id) else {
+                continue;
+            };
+            self.erase_from_snapshot(snapshot, collection, &numbers, &ids)
+                .await?;
+        }
+        let objects: BTreeSet<&String> = inspections
+            .iter()
+            .flat_map(|i| &i.deletable_objects)
+            .collect();
+        if !objects.is_empty()
             && let Some(location) = self.segments_location()?
         {
-            for object in &inspection.deletable_objects {
+            for object in &objects {
                 location.delete(object).await?;
             }
             tracing::info!(
                 collection,
-                receipt = inspection.status.receipt,
-                objects = inspection.deletable_objects.len(),
+                receipts = ?receipts,
+                objects = objects.len(),
                 "deleted uploaded segments that may hold unlearned rows"
             );
         }

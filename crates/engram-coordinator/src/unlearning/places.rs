@@ -48,6 +48,14 @@ pub enum Place {
         shard: u32,
         path: String,
     },
+    /// A shard directory of the collection no hosted copy owns on that
+    /// worker (an old layout's after a resharding, a copy being dropped):
+    /// gone once the worker finishes removing it.
+    Leftover {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        worker: Option<WorkerId>,
+        path: String,
+    },
     /// A copy that could not be asked: counted as holding the rows.
     Unchecked {
         #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -163,6 +171,12 @@ pub fn plan(found: &Found) -> Plan {
             worker: q.worker,
             shard: q.shard,
             path: q.path.clone(),
+        });
+    }
+    for (worker, path) in &found.report.leftovers {
+        places.insert(Place::Leftover {
+            worker: *worker,
+            path: path.clone(),
         });
     }
     // Uploaded segments, grouped by their prefix `<nnnn>/<key>`.
@@ -285,6 +299,7 @@ mod tests {
                     copy(2, 0, Some(Presence::default()), &["00000001-aa"]),
                 ],
                 quarantined: vec![],
+                leftovers: vec![],
             },
             shard_objects: vec![("shards/c/0000/00000001-aa/index.bin".into(), 10)],
             deletable_before: 100,
@@ -350,11 +365,19 @@ mod tests {
                         path: "/d/quarantine/c-0002-5".into(),
                     },
                 ],
+                leftovers: vec![(Some(1), "/d/collections/c/shards/0002".into())],
             },
             ..Found::default()
         };
         let places = plan(&found).places;
-        assert_eq!(places.len(), 6, "{places:#?}");
+        assert_eq!(places.len(), 7, "{places:#?}");
+        assert!(places.iter().any(|p| matches!(
+            p,
+            Place::Leftover {
+                worker: Some(1),
+                ..
+            }
+        )));
         assert!(places.contains(&Place::Segment {
             worker: Some(2),
             shard: 0,
@@ -415,6 +438,7 @@ mod tests {
                     &["00000001-aa", "00000002-bb"],
                 )],
                 quarantined: vec![],
+                leftovers: vec![],
             },
             shard_objects,
             deletable_before: 90,

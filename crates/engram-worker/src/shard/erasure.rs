@@ -66,8 +66,11 @@ impl Shard {
                 continue;
             }
             for entry in fs::read_dir(&dir)? {
-                let name = entry?.file_name().to_string_lossy().to_string();
-                found.push(format!("{root}/{name}"));
+                let entry = entry?;
+                if holds_files(&entry.path()) {
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    found.push(format!("{root}/{name}"));
+                }
             }
         }
         found.sort();
@@ -102,4 +105,15 @@ impl Shard {
         }
         Ok(done)
     }
+}
+
+/// Whether `path` is a file, or a directory with a file somewhere below
+/// (empty directories left by a finished transfer hold no bytes).
+pub fn holds_files(path: &std::path::Path) -> bool {
+    if !path.is_dir() {
+        return path.exists();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().any(|e| holds_files(&e.path())))
+        .unwrap_or(true)
 }

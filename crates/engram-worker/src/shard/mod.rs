@@ -52,6 +52,7 @@ use engram_index::{
 };
 use engram_store::{ItemTable, Wal, WalOp, WalRecord, WritePosition, checksummed};
 
+pub use self::erasure::holds_files;
 use self::files::{
     CODEBOOKS_DIR, ITEMS_FILE, OUTGOING_DIR, SEGMENTS_DIR, SHARD_FILE, STAGING_DIR, ShardManifest,
     remove_leftovers, segment_bytes, wal_path,
