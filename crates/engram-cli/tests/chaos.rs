@@ -22,6 +22,12 @@
 //!   item's own vector that is not flagged partial must find that item
 //!   (else it is `unflagged`).
 //!
+//! - no unlearning receipt says `erased` while a file on any worker still
+//!   holds one of its deleted vectors (else it is an `early_erasure`): one
+//!   delete in four asks for a 3-second erasure deadline, and an auditor
+//!   byte-scans every worker's data directory for the vectors of each
+//!   receipt it sees turn `erased`.
+//!
 //! Every worker merges and compacts its copies once a second (small tiers),
 //! and a resharder runs beside the faults: it reshards the collection online,
 //! 8 shards to 12 and back, again and again; a resharding whose job dies
@@ -78,6 +84,10 @@ struct Ledger {
     errors: u64,
     acked_ops: u64,
     classifies: u64,
+    /// Receipts seen `erased` and audited.
+    erasures: u64,
+    /// Receipts said `erased` while a worker's file held a deleted vector.
+    early_erasures: Vec<String>,
 }
 
 impl Ledger {
@@ -194,13 +204,20 @@ fn writer(
                 }
                 doomed
             };
+            // One in four with a short erasure deadline (the auditor checks
+            // that `erased` is never said too early).
+            let body = if rng.below(4) == 0 {
+                json!({ "ids": doomed, "erase_within_s": 3 })
+            } else {
+                json!({ "ids": doomed })
+            };
             let answer = send_once(
                 http,
                 bases,
                 start,
                 "POST",
                 "/v1/collections/c/items/delete",
-                Some(&json!({ "ids": doomed })),
+                Some(&body),
                 None,
             );
             let mut l = ledger.lock().unwrap();
@@ -215,6 +232,95 @@ fn writer(
             }
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A deleted vector an auditor looks for: receipt, id, its bytes.
+type Needle = (u64, u64, Vec<u8>);
+
+/// Every few seconds, lists the collection's unlearning receipts and, for
+/// each newly `erased` one, byte-scans every worker's data directory for
+/// its deleted vectors: none may be found. (Chaos never adds a deleted id
+/// again, so any copy of such a vector is the deleted row's.)
+fn auditor(
+    http: &reqwest::blocking::Client,
+    bases: &Bases,
+    ledger: &Mutex<Ledger>,
+    workers: &[std::path::PathBuf],
+    stop: &AtomicBool,
+) {
+    let mut audited = std::collections::BTreeSet::new();
+    let mut round = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(4));
+        round += 1;
+        let Some((200, list)) = send_once(
+            http,
+            bases,
+            round,
+            "GET",
+            "/v1/collections/c/unlearning",
+            None,
+            None,
+        ) else {
+            continue;
+        };
+        let fresh: Vec<(u64, Vec<u64>)> = list["receipts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["status"] == "erased")
+            .filter_map(|r| {
+                let n = r["receipt"].as_u64()?;
+                let ids = r["ids"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .collect();
+                (!audited.contains(&n)).then_some((n, ids))
+            })
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        // Needles by their first 8 bytes: one pass over every file.
+        let mut needles: std::collections::HashMap<[u8; 8], Vec<Needle>> =
+            std::collections::HashMap::new();
+        for (n, ids) in &fresh {
+            for id in ids {
+                let bytes: Vec<u8> = vector(*id).iter().flat_map(|x| x.to_le_bytes()).collect();
+                let head: [u8; 8] = bytes[..8].try_into().unwrap();
+                needles.entry(head).or_default().push((*n, *id, bytes));
+            }
+        }
+        let mut found = Vec::new();
+        for dir in workers {
+            for file in common::files_under_lenient(dir) {
+                let Ok(bytes) = std::fs::read(&file) else {
+                    continue;
+                };
+                for at in 0..bytes.len().saturating_sub(DIM * 4 - 1) {
+                    let head: [u8; 8] = bytes[at..at + 8].try_into().unwrap();
+                    if let Some(candidates) = needles.get(&head) {
+                        for (n, id, needle) in candidates {
+                            if bytes[at..].starts_with(needle) {
+                                found.push(format!(
+                                    "receipt {n} said erased, yet {} holds id {id}'s vector",
+                                    file.display()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut l = ledger.lock().unwrap();
+        l.erasures += fresh.len() as u64;
+        for finding in found {
+            eprintln!("chaos: early erasure: {finding}");
+            l.early_erasures.push(finding);
+        }
+        audited.extend(fresh.into_iter().map(|(n, _)| n));
     }
 }
 
@@ -692,6 +798,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     let cluster = Cluster::launch(Launch {
         index_extra: "compaction_interval_s = 1\nmerge_floor_rows = 200",
         net_faults: mix.partitions,
+        sections: "[curation]\nreceipt_check_s = 1\n",
         ..Launch::default()
     });
     let (status, body) = cluster.post(
@@ -707,6 +814,8 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
             .collect(),
     );
     let http = client_with_key(&cluster.api_key, Duration::from_secs(10));
+    let worker_dirs: Vec<std::path::PathBuf> =
+        cluster.workers.iter().map(|w| w.data_dir()).collect();
     let cluster = Mutex::new(cluster);
     let ledger = Mutex::new(Ledger::default());
     let stop = AtomicBool::new(false);
@@ -715,6 +824,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     let (faults, reshards) = std::thread::scope(|s| {
         let w = s.spawn(|| writer(&http, &bases, &ledger, seed ^ 1, &stop, &next_id));
         let r = s.spawn(|| reader(&http, &bases, &ledger, seed ^ 2, &stop));
+        let a = s.spawn(|| auditor(&http, &bases, &ledger, &worker_dirs, &stop));
         let m = s.spawn(|| {
             if reshard {
                 resharder(&http, &bases, &stop)
@@ -727,6 +837,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         drop(stopper);
         w.join().expect("writer panicked");
         r.join().expect("reader panicked");
+        a.join().expect("auditor panicked");
         (faults, m.join().expect("resharder panicked"))
     });
     let ran = started.elapsed();
@@ -759,7 +870,7 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     }
     let heals = cluster.heals();
     let line = format!(
-        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} partitions={} one_way={} leader_cuts={} at_once={} replication={replication} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} heals_delta={} heals_segments={} heals_object_store={} heals_rows={} heal_bytes_delta={} heal_bytes_segments={} heal_bytes_object_store={} heal_bytes_rows={} seconds={}",
+        "chaos kills={} acked={acked} lost={} resurrected={} errors={} pauses={} disk_full={} partitions={} one_way={} leader_cuts={} at_once={} replication={replication} self_exits={} reshards={reshards} acked_ops={} queries={} partial={} unflagged={} erasures={} early_erasures={} heals_delta={} heals_segments={} heals_object_store={} heals_rows={} heal_bytes_delta={} heal_bytes_segments={} heal_bytes_object_store={} heal_bytes_rows={} seconds={}",
         faults.kills,
         lost.len(),
         resurrected.len(),
@@ -775,6 +886,8 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         ledger.classifies,
         ledger.partial,
         ledger.unflagged.len(),
+        ledger.erasures,
+        ledger.early_erasures.len(),
         heals.delta,
         heals.segments,
         heals.object_store,
@@ -787,10 +900,14 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
     );
     println!("{line}");
     eprintln!("{line}");
-    if !lost.is_empty() || !resurrected.is_empty() || !ledger.unflagged.is_empty() {
+    if !lost.is_empty()
+        || !resurrected.is_empty()
+        || !ledger.unflagged.is_empty()
+        || !ledger.early_erasures.is_empty()
+    {
         let findings = format!(
-            "{line}\nlost: {lost:#?}\nresurrected: {resurrected:#?}\nunflagged: {:#?}\n",
-            ledger.unflagged
+            "{line}\nlost: {lost:#?}\nresurrected: {resurrected:#?}\nunflagged: {:#?}\nearly erasures: {:#?}\n",
+            ledger.unflagged, ledger.early_erasures
         );
         keep_logs(&cluster, seed, &findings);
     }
@@ -803,6 +920,11 @@ fn chaos_kills_pauses_and_full_disks_lose_nothing() {
         ledger.unflagged.is_empty(),
         "incomplete answers not flagged partial: {:?}",
         ledger.unflagged
+    );
+    assert!(
+        ledger.early_erasures.is_empty(),
+        "receipts said erased while a file held a deleted vector: {:?}",
+        ledger.early_erasures
     );
     assert!(
         acked > 0 && ledger.classifies > 0,

@@ -313,6 +313,16 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
     // Restoring the old snapshot brings none of them back.
     let (code, _) = cluster.delete("/v1/collections/u");
     assert_eq!(code, 204);
+    // A dropped collection's uploads go with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s3.keys("segments/shards/u/").is_empty() || !s3.keys("segments/u/").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "uploads left after the drop: {:?}",
+            s3.keys("segments/")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (code, restored) = cluster.post(
         "/v1/snapshots/restore",
         &json!({"uri": snapshot_uri, "id": snapshot["id"]}),

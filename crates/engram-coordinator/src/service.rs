@@ -329,10 +329,12 @@ impl Engram {
         if let Backend::Cluster(cluster) = &self.inner.backend {
             cluster.drop(name).await?;
             tracing::info!(collection = %name, "collection deleted");
+            self.sweep_dropped_uploads(name);
             return Ok(());
         }
         let this = self.clone();
-        let name = name.to_string();
+        let dropped = name.to_string();
+        let name = dropped.clone();
         blocking(move || {
             let Backend::Embedded { catalog, worker } = &this.inner.backend else {
                 return Err(ApiError::internal("not an embedded node"));
@@ -348,7 +350,9 @@ impl Engram {
             tracing::info!(collection = %name, "collection deleted");
             Ok(())
         })
-        .await
+        .await?;
+        self.sweep_dropped_uploads(&dropped);
+        Ok(())
     }
 
     // ----- items -------------------------------------------------------

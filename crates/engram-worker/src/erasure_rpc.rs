@@ -4,15 +4,15 @@
 use std::collections::BTreeSet;
 
 use crate::node::{WorkerNode, blocking, internal};
-use crate::presence::{CopyPresence, PresenceReport, QuarantinedCopy};
+use crate::presence::{CopyPresence, Leftover, PresenceReport, QuarantinedCopy};
 use crate::shard::{Presence, holds_files};
 use crate::wire::{EraseReply, EraseRequest, PresenceReply, PresenceRequest, RpcError, RpcResult};
 
 impl WorkerNode {
     /// Every copy of the asked shards this worker hosts, with where it
     /// still holds the deleted rows; segment files staged here for a copy
-    /// being rebuilt; shard directories of the collection no hosted copy
-    /// owns; and the quarantined copies of those shards. A shard it neither
+    /// being rebuilt; shard directories of the collection's other layouts
+    /// or of no hosted copy; and the quarantined copies of those shards. A shard it neither
     /// hosts nor receives is left out (the coordinator knows which copies
     /// it expected).
     pub async fn presence(self, request: PresenceRequest) -> RpcResult<PresenceReply> {
@@ -35,6 +35,7 @@ impl WorkerNode {
                         presence.staged.extend(staged);
                         report.copies.push(CopyPresence {
                             worker: me,
+                            layout: request.collection.clone(),
                             shard: d.shard,
                             presence: Some(presence),
                             unchecked: None,
@@ -44,6 +45,7 @@ impl WorkerNode {
                     Err(_) if !staged.is_empty() => {
                         report.copies.push(CopyPresence {
                             worker: me,
+                            layout: request.collection.clone(),
                             shard: d.shard,
                             presence: Some(Presence {
                                 staged,
@@ -56,8 +58,16 @@ impl WorkerNode {
                     Err(_) => {}
                 }
             }
-            for dir in host.unhosted_dirs(&request.collection).map_err(internal)? {
-                report.leftovers.push((me, dir.display().to_string()));
+            for (layout, dir, hosted) in host.layout_dirs(&request.collection).map_err(internal)? {
+                if hosted && layout == request.collection {
+                    continue; // the copies above
+                }
+                report.leftovers.push(Leftover {
+                    worker: me,
+                    layout,
+                    path: dir.display().to_string(),
+                    hosted,
+                });
             }
             let asked: BTreeSet<u32> = request.deletions.iter().map(|d| d.shard).collect();
             for (shard, dir) in host.quarantined(&request.collection).map_err(internal)? {

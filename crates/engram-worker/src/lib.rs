@@ -37,7 +37,7 @@ pub use hosted_collection::{
     CollectionStats, HostedCollection, ReshardHooks, ReshardReport, SearchResults,
 };
 pub use node::{Membership, WorkerNode};
-pub use presence::{CopyPresence, PresenceReport, QuarantinedCopy};
+pub use presence::{CopyPresence, Leftover, PresenceReport, QuarantinedCopy};
 pub use shard::{
     AttachedSegment, Compaction, ItemView, Presence, ScannedItem, SearchFilter, SegmentStats,
     Shard, ShardDeletion, ShardHits,

@@ -14,6 +14,9 @@ use crate::shard::Presence;
 pub struct CopyPresence {
     /// The worker holding the copy (`None` on the embedded node).
     pub worker: Option<WorkerId>,
+    /// The layout the copy belongs to (the collection's name, or
+    /// `<name>@<generation>` once resharded): uploads are kept by it.
+    pub layout: String,
     pub shard: u32,
     /// `None`: the copy could not be checked (see `unchecked`).
     pub presence: Option<Presence>,
@@ -40,10 +43,23 @@ pub struct QuarantinedCopy {
 pub struct PresenceReport {
     pub copies: Vec<CopyPresence>,
     pub quarantined: Vec<QuarantinedCopy>,
-    /// Shard directories of the collection no hosted copy owns (an old
-    /// layout's after a resharding, a copy being dropped): (worker, path).
-    /// Their contents are not known, so they count until they are gone.
-    pub leftovers: Vec<(Option<WorkerId>, String)>,
+    /// Shard directories of the collection's other layouts, or of none:
+    /// their contents were not checked, so they count until they are gone
+    /// (unless the coordinator asked about their layout too).
+    pub leftovers: Vec<Leftover>,
+}
+
+/// A shard directory on a worker's disk that the request did not check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leftover {
+    pub worker: Option<WorkerId>,
+    /// Its layout key.
+    pub layout: String,
+    pub path: String,
+    /// Hosted: a live copy of another layout (checked when the coordinator
+    /// asks about that layout too). Not hosted: no copy owns it (an old
+    /// layout's after a resharding, a copy being dropped or opened).
+    pub hosted: bool,
 }
 
 impl PresenceReport {
@@ -66,6 +82,7 @@ mod tests {
             copies: vec![
                 CopyPresence {
                     worker: Some(2),
+                    layout: "c@2".into(),
                     shard: 1,
                     presence: Some(Presence {
                         wal: true,
@@ -79,6 +96,7 @@ mod tests {
                 },
                 CopyPresence {
                     worker: None,
+                    layout: "c".into(),
                     shard: 0,
                     presence: None,
                     unchecked: Some("timed out".into()),
@@ -90,7 +108,12 @@ mod tests {
                 shard: 0,
                 path: "/d/quarantine/c-0000-1".into(),
             }],
-            leftovers: vec![(Some(3), "/d/collections/c@2/shards/0001".into())],
+            leftovers: vec![Leftover {
+                worker: Some(3),
+                layout: "c@2".into(),
+                path: "/d/collections/c@2/shards/0001".into(),
+                hosted: false,
+            }],
         };
         let bytes = bincode::serialize(&report).unwrap();
         assert_eq!(

@@ -472,11 +472,13 @@ impl ReplicaHost {
         Ok(removed)
     }
 
-    /// Shard directories of `collection`'s layouts on this disk that no
-    /// hosted copy owns: an old layout's after a resharding flipped, or a
-    /// copy being dropped or opened. Named by any layout key of the same
-    /// public collection (`<name>` or `<name>@<generation>`).
-    pub fn unhosted_dirs(&self, collection: &str) -> Result<Vec<PathBuf>> {
+    /// Shard directories of `collection`'s layouts on this disk (named by
+    /// any layout key of the same public collection, `<name>` or
+    /// `<name>@<generation>`) that hold files: (layout, shard directory,
+    /// whether a hosted copy owns it). What the caller did not ask about
+    /// is for it to judge: another layout's copies, an old layout's after
+    /// a resharding, a copy being dropped or opened.
+    pub fn layout_dirs(&self, collection: &str) -> Result<Vec<(String, PathBuf, bool)>> {
         let public = collection.split('@').next().unwrap_or(collection);
         let hosted: BTreeSet<(String, u32)> = self.replicas.read().keys().cloned().collect();
         let mut found = Vec::new();
@@ -495,10 +497,9 @@ impl ReplicaHost {
                 let Ok(shard) = entry.file_name().to_string_lossy().parse::<u32>() else {
                     continue;
                 };
-                if !hosted.contains(&(key.clone(), shard))
-                    && crate::shard::holds_files(&entry.path())
-                {
-                    found.push(entry.path());
+                if crate::shard::holds_files(&entry.path()) {
+                    let owned = hosted.contains(&(key.clone(), shard));
+                    found.push((key.clone(), entry.path(), owned));
                 }
             }
         }

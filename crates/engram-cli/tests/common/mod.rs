@@ -332,6 +332,27 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// [`files_under`] of a directory that changes while it is read (files
+/// and directories that vanish meanwhile are skipped).
+pub fn files_under_lenient(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
 /// Whether some file below `dir` contains `needle`.
 pub fn on_disk(dir: &Path, needle: &[u8]) -> bool {
     files_under(dir).iter().any(|f| {

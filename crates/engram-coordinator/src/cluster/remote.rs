@@ -566,6 +566,7 @@ impl RemoteLayout {
                 for d in grouped.iter().filter(|d| !d.ids.is_empty()) {
                     report.copies.push(CopyPresence {
                         worker: Some(worker),
+                        layout: self.spec.name.clone(),
                         shard: d.shard,
                         presence: None,
                         unchecked: Some(reason.clone()),
@@ -582,6 +583,7 @@ impl RemoteLayout {
                     if !workers.iter().any(|(w, _)| *w == host) {
                         report.copies.push(CopyPresence {
                             worker: Some(host),
+                            layout: self.spec.name.clone(),
                             shard: d.shard,
                             presence: None,
                             unchecked: Some("not a registered worker".to_string()),

@@ -252,8 +252,9 @@ impl Engram {
             .transpose()
     }
 
-    /// The uploaded segments of `collection`: its shards' (by primaries)
-    /// and its bulk jobs'. Nothing without `storage.segments_uri`.
+    /// The uploaded segments of `collection`: its shards' (by primaries,
+    /// below `shards/<layout>/` for each of its layouts) and its bulk
+    /// jobs'. Nothing without `storage.segments_uri`.
     async fn segment_objects(
         &self,
         collection: &str,
@@ -261,10 +262,88 @@ impl Engram {
         let Some(location) = self.segments_location()? else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let shards = location.list(&format!("shards/{collection}")).await?;
+        let mut shards = Vec::new();
+        for layout in layouts_below(&location, collection).await? {
+            shards.extend(location.list(&format!("shards/{layout}")).await?);
+        }
         let jobs = location.list(collection).await?;
         Ok((shards, jobs))
     }
+}
+
+impl Engram {
+    /// After `collection` was dropped: deletes, in the background, its
+    /// uploaded segments (every layout's) and its bulk jobs' objects last
+    /// written before now (its receipts went with it, so nothing else
+    /// would; a collection created again under the name keeps its own
+    /// newer uploads).
+    pub(crate) fn sweep_dropped_uploads(&self, collection: &str) {
+        let Ok(Some(location)) = self.segments_location() else {
+            return;
+        };
+        let collection = collection.to_string();
+        let before = unix_now();
+        tokio::spawn(async move {
+            let swept =
+                async {
+                    let mut objects = Vec::new();
+                    for layout in layouts_below(&location, &collection).await? {
+                        objects.extend(location.list(&format!("shards/{layout}")).await?);
+                    }
+                    objects.extend(location.list(&collection).await?.into_iter().filter(
+                        |(key, _)| {
+                            key.strip_prefix(&format!("{collection}/"))
+                                .is_some_and(|rest| rest.starts_with("job-"))
+                        },
+                    ));
+                    let mut deleted = 0usize;
+                    for (key, modified) in objects {
+                        if modified <= before {
+                            location.delete(&key).await?;
+                            deleted += 1;
+                        }
+                    }
+                    Ok::<usize, ApiError>(deleted)
+                };
+            match swept.await {
+                Ok(objects) => {
+                    tracing::info!(collection = %collection, objects, "deleted a dropped collection's uploaded segments")
+                }
+                Err(error) => {
+                    tracing::warn!(collection = %collection, %error, "could not delete a dropped collection's uploaded segments")
+                }
+            }
+        });
+    }
+}
+
+/// The layout keys with uploads below `shards/` that are `collection`'s:
+/// its name and `<name>@<generation>` (one per resharding).
+pub(crate) async fn layouts_below(
+    location: &ObjectLocation,
+    collection: &str,
+) -> Result<Vec<String>> {
+    let listing = location
+        .store
+        .list_with_delimiter(Some(&location.object("shards")))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                crate::error::ErrorCode::Unavailable,
+                format!("{}: {e}", location.uri_of("shards")),
+            )
+        })?;
+    Ok(listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .filter(|layout| {
+            layout == collection
+                || layout
+                    .strip_prefix(collection)
+                    .is_some_and(|g| g.starts_with('@'))
+        })
+        .collect())
 }
 
 /// `receipt` as checked now: `erased` when `places` is empty.

@@ -92,7 +92,7 @@ pub struct Found<'a> {
     /// The shards the receipt's ids route to now.
     pub touched: BTreeSet<u32>,
     pub report: PresenceReport,
-    /// Objects below `shards/<collection>/`.
+    /// Objects below `shards/<layout>/` of each of the collection's layouts.
     pub shard_objects: Vec<Listed>,
     /// Objects below `<collection>/` (bulk jobs' segments).
     pub job_objects: Vec<Listed>,
@@ -118,10 +118,10 @@ pub struct Plan {
 pub fn plan(found: &Found) -> Plan {
     let mut places = BTreeSet::new();
     let mut deletable = Vec::new();
-    let mut held: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
-    let mut holding: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+    let mut held: BTreeMap<(&str, u32), BTreeSet<&str>> = BTreeMap::new();
+    let mut holding: BTreeMap<(&str, u32), BTreeSet<&str>> = BTreeMap::new();
     for copy in &found.report.copies {
-        held.entry(copy.shard)
+        held.entry((copy.layout.as_str(), copy.shard))
             .or_default()
             .extend(copy.held_keys.iter().map(String::as_str));
         let Some(p) = &copy.presence else {
@@ -142,7 +142,10 @@ pub fn plan(found: &Found) -> Plan {
             });
         }
         for (segment, key) in p.segments.iter().zip(&p.segment_keys) {
-            holding.entry(copy.shard).or_default().insert(key);
+            holding
+                .entry((copy.layout.as_str(), copy.shard))
+                .or_default()
+                .insert(key);
             places.insert(Place::Segment {
                 worker: copy.worker,
                 shard: copy.shard,
@@ -173,42 +176,65 @@ pub fn plan(found: &Found) -> Plan {
             path: q.path.clone(),
         });
     }
-    for (worker, path) in &found.report.leftovers {
+    // Directories the copies' answers did not cover: any no copy owns,
+    // and live copies of a layout nobody asked about (one the cluster
+    // state no longer names, whose worker has not dropped it yet).
+    let asked: BTreeSet<&str> = found
+        .report
+        .copies
+        .iter()
+        .map(|c| c.layout.as_str())
+        .collect();
+    for leftover in &found.report.leftovers {
+        if leftover.hosted && asked.contains(leftover.layout.as_str()) {
+            continue;
+        }
         places.insert(Place::Leftover {
-            worker: *worker,
-            path: path.clone(),
+            worker: leftover.worker,
+            path: leftover.path.clone(),
         });
     }
-    // Uploaded segments, grouped by their prefix `<nnnn>/<key>`.
-    let shard_root = format!("shards/{}/", found.collection);
-    let mut segments: BTreeMap<(u32, &str), (i64, Vec<&str>)> = BTreeMap::new();
+    // Uploaded segments, grouped by their prefix
+    // `shards/<layout>/<nnnn>/<key>`, the layout being the collection's
+    // name or `<name>@<generation>` (one per resharding).
+    let mut segments: BTreeMap<(&str, u32, &str), (i64, Vec<&str>)> = BTreeMap::new();
     for (object, modified) in &found.shard_objects {
-        let Some(rest) = object.strip_prefix(&shard_root) else {
+        let Some(rest) = object.strip_prefix("shards/") else {
             continue;
         };
-        let mut parts = rest.splitn(3, '/');
-        let (Some(shard), Some(key), Some(_file)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = rest.splitn(4, '/');
+        let (Some(layout), Some(shard), Some(key), Some(_file)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
+        let of_collection = layout == found.collection
+            || layout
+                .strip_prefix(found.collection)
+                .is_some_and(|g| g.starts_with('@'));
         let Ok(shard) = shard.parse::<u32>() else {
             continue;
         };
+        if !of_collection {
+            continue;
+        }
         let entry = segments
-            .entry((shard, key))
+            .entry((layout, shard, key))
             .or_insert((i64::MIN, Vec::new()));
         entry.0 = entry.0.max(*modified);
         entry.1.push(object);
     }
-    for ((shard, key), (newest, objects)) in segments {
-        let referenced = held.get(&shard).is_some_and(|k| k.contains(key));
-        let holds = holding.get(&shard).is_some_and(|k| k.contains(key));
+    for ((layout, shard, key), (newest, objects)) in segments {
+        let referenced = held.get(&(layout, shard)).is_some_and(|k| k.contains(key));
+        let holds = holding
+            .get(&(layout, shard))
+            .is_some_and(|k| k.contains(key));
         if referenced && !holds {
             continue;
         }
         places.insert(Place::SegmentObject {
             shard,
-            key: format!("{shard_root}{shard:04}/{key}"),
+            key: format!("shards/{layout}/{shard:04}/{key}"),
             referenced,
         });
         if !referenced && newest < found.deletable_before {
@@ -273,6 +299,7 @@ mod tests {
     fn copy(worker: u64, shard: u32, presence: Option<Presence>, held: &[&str]) -> CopyPresence {
         CopyPresence {
             worker: Some(worker),
+            layout: "c".into(),
             shard,
             unchecked: presence.is_none().then(|| "timed out".to_string()),
             presence,
@@ -365,12 +392,40 @@ mod tests {
                         path: "/d/quarantine/c-0002-5".into(),
                     },
                 ],
-                leftovers: vec![(Some(1), "/d/collections/c/shards/0002".into())],
+                leftovers: vec![
+                    engram_worker::Leftover {
+                        worker: Some(1),
+                        layout: "c".into(),
+                        path: "/d/collections/c/shards/0002".into(),
+                        hosted: false,
+                    },
+                    // A live copy of a layout that was asked about too.
+                    engram_worker::Leftover {
+                        worker: Some(1),
+                        layout: "c".into(),
+                        path: "/d/collections/c/shards/0003".into(),
+                        hosted: true,
+                    },
+                    // One of a layout nobody asked about.
+                    engram_worker::Leftover {
+                        worker: Some(2),
+                        layout: "c@7".into(),
+                        path: "/d/collections/c@7/shards/0000".into(),
+                        hosted: true,
+                    },
+                ],
             },
             ..Found::default()
         };
         let places = plan(&found).places;
-        assert_eq!(places.len(), 7, "{places:#?}");
+        assert_eq!(places.len(), 8, "{places:#?}");
+        assert!(places.iter().any(|p| matches!(
+            p,
+            Place::Leftover {
+                worker: Some(2),
+                ..
+            }
+        )));
         assert!(places.iter().any(|p| matches!(
             p,
             Place::Leftover {
@@ -425,6 +480,17 @@ mod tests {
         shard_objects.extend(objects("00000002-bb", 10)); // held, clean
         shard_objects.extend(objects("00000000-old", 10)); // no copy holds it
         shard_objects.extend(objects("00000009-new", 95)); // no copy, too new to delete
+        // An old layout's upload no copy holds; another collection's.
+        shard_objects.extend(
+            objects("00000001-aa", 10)
+                .into_iter()
+                .map(|(k, t)| (k.replace("shards/c/", "shards/c@2/"), t)),
+        );
+        shard_objects.extend(
+            objects("00000005-zz", 10)
+                .into_iter()
+                .map(|(k, t)| (k.replace("shards/c/", "shards/cat/"), t)),
+        );
         shard_objects.push(("shards/c/notashard/x/y".into(), 1));
         shard_objects.push(("shards/c/0000/loose".into(), 1));
         let found = Found {
@@ -461,6 +527,7 @@ mod tests {
                 ("shards/c/0000/00000000-old", false),
                 ("shards/c/0000/00000001-aa", true),
                 ("shards/c/0000/00000009-new", false),
+                ("shards/c@2/0000/00000001-aa", false),
             ]
         );
         // Only the old unreferenced one may go now; the held one goes once
@@ -469,7 +536,9 @@ mod tests {
             plan.deletable_objects,
             vec![
                 "shards/c/0000/00000000-old/index.bin".to_string(),
-                "shards/c/0000/00000000-old/manifest.json".to_string()
+                "shards/c/0000/00000000-old/manifest.json".to_string(),
+                "shards/c@2/0000/00000001-aa/index.bin".to_string(),
+                "shards/c@2/0000/00000001-aa/manifest.json".to_string(),
             ]
         );
     }

@@ -244,6 +244,7 @@ impl HostedCollection {
             let shard = &layout.shards[number];
             report.copies.push(CopyPresence {
                 worker: None,
+                layout: layout.spec.name.clone(),
                 shard: shard.number(),
                 presence: Some(shard.presence_of(&ids)?),
                 unchecked: None,
