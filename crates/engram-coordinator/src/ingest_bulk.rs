@@ -200,10 +200,43 @@ pub(crate) async fn run(
     (last.items_written, last.segments) = *builder.attached.lock();
     save(&dir.join(CHECKPOINT_FILE), &last)?;
     let _ = fs_err::remove_dir_all(&work);
+    builder.delete_uploaded_segments().await;
     Ok(last)
 }
 
 impl Builder {
+    /// Every segment is attached: the copies hold them (and primaries
+    /// upload their own), so the job's uploads, this run's and killed
+    /// runs', are deleted (each a copy of rows that unlearning would
+    /// otherwise have to find). The codebooks stay. Failures are logged:
+    /// an unlearning receipt lists what is left and its erasure deletes it.
+    async fn delete_uploaded_segments(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let prefix = format!("{}/job-{}", self.spec.collection, self.spec.id);
+        let deleted = async {
+            let mut deleted = 0usize;
+            for (key, _) in store.list(&prefix).await? {
+                if key.split('/').any(|part| part.starts_with("run-")) {
+                    store.delete(&key).await?;
+                    deleted += 1;
+                }
+            }
+            Ok::<usize, engram_store::StoreError>(deleted)
+        };
+        match deleted.await {
+            Ok(objects) => tracing::info!(
+                job = self.spec.id,
+                objects,
+                "deleted the job's uploaded segments"
+            ),
+            Err(error) => {
+                tracing::warn!(job = self.spec.id, %error, "could not delete the job's uploaded segments")
+            }
+        }
+    }
+
     /// Uploads the job's current codebook beside its segments
     /// (`<collection>/job-<id>/codebooks/v<version>/`) once per version,
     /// so object storage holds what encoded them.
