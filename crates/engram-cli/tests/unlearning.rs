@@ -53,9 +53,10 @@ fn kinds(status: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_deadline_erases_every_place_without_a_compaction() {
-    let dir = tempfile::tempdir().unwrap();
+/// A node with small segments checking receipts every `check_s` seconds
+/// (0: never, so nothing erases on its own) and a collection `m` of
+/// `shards` shards; the node and its data directory.
+fn start(dir: &tempfile::TempDir, check_s: u64, shards: u32) -> (Server, std::path::PathBuf) {
     let config = write_config(
         dir.path(),
         "seal_threshold = 50\ncompaction_interval_s = 0\nmax_degree = 16\nbuild_list_size = 32\npq_bytes = 2",
@@ -64,13 +65,23 @@ fn a_deadline_erases_every_place_without_a_compaction() {
     let server = Server::start_with_env(
         &config,
         &data,
-        &[("ENGRAM_CURATION__RECEIPT_CHECK_S".into(), "1".into())],
+        &[(
+            "ENGRAM_CURATION__RECEIPT_CHECK_S".into(),
+            check_s.to_string(),
+        )],
     );
     let (status, body) = server.post(
         "/v1/collections",
-        &json!({ "name": "m", "dim": DIM, "metric": "l2", "shards": 2 }),
+        &json!({ "name": "m", "dim": DIM, "metric": "l2", "shards": shards }),
     );
     assert_eq!(status, 201, "{body}");
+    (server, data)
+}
+
+#[test]
+fn a_deadline_erases_every_place_without_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, data) = start(&dir, 1, 2);
     // Sealed segments (200 rows over 2 shards, sealed at 50), then rows
     // that stay growing (their vectors in the WAL).
     for start in (0..200).step_by(50) {
@@ -147,22 +158,9 @@ fn a_deadline_erases_every_place_without_a_compaction() {
 #[test]
 fn an_overdue_receipt_says_so_until_erased() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "seal_threshold = 50\ncompaction_interval_s = 0\nmax_degree = 16\nbuild_list_size = 32\npq_bytes = 2",
-    );
     // The node's own erasure work is off (no checks): nothing meets the
     // deadline, so the receipt goes overdue.
-    let server = Server::start_with_env(
-        &config,
-        &dir.path().join("data"),
-        &[("ENGRAM_CURATION__RECEIPT_CHECK_S".into(), "0".into())],
-    );
-    let (status, body) = server.post(
-        "/v1/collections",
-        &json!({ "name": "m", "dim": DIM, "metric": "l2" }),
-    );
-    assert_eq!(status, 201, "{body}");
+    let (server, _) = start(&dir, 0, 1);
     let (status, _) = server.post("/v1/collections/m/items", &items(0..100, "a"));
     assert_eq!(status, 200);
     assert_client_error(
@@ -231,21 +229,7 @@ fn an_overdue_receipt_says_so_until_erased() {
 #[test]
 fn snapshots_are_rewritten_and_never_resurrect() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "seal_threshold = 50\ncompaction_interval_s = 0\nmax_degree = 16\nbuild_list_size = 32\npq_bytes = 2",
-    );
-    let data = dir.path().join("data");
-    let server = Server::start_with_env(
-        &config,
-        &data,
-        &[("ENGRAM_CURATION__RECEIPT_CHECK_S".into(), "0".into())],
-    );
-    let (status, body) = server.post(
-        "/v1/collections",
-        &json!({ "name": "m", "dim": DIM, "metric": "l2", "shards": 2 }),
-    );
-    assert_eq!(status, 201, "{body}");
+    let (server, data) = start(&dir, 0, 2);
     for start in (0..120).step_by(40) {
         let (status, _) = server.post("/v1/collections/m/items", &items(start..start + 40, "a"));
         assert_eq!(status, 200);
