@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
 use crate::service::Engram;
-use crate::unlearning::{erasure_due, unix_s};
+use crate::unlearning::{erasure_due, unix_now, unix_s};
 
 /// What one round of checks found.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -128,9 +128,7 @@ impl Engram {
         // coordinator checks): one writer per snapshot manifest, one
         // request per copy.
         let leads = self.cluster().is_none_or(|c| c.meta().is_leader());
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_now();
         let mut view = UnlearningView::default();
         for collection in self.inner.backend.names() {
             let Ok(ids) = self.inner.meta.receipt_ids(&collection) else {

@@ -227,9 +227,7 @@ impl Engram {
                 }
             }
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::unlearning::unix_now();
         for (stray, modified) in self.stray_files(snapshot, Some(&manifest)).await? {
             if now - modified < STRAY_GRACE_S {
                 continue;

@@ -60,6 +60,14 @@ impl CollectionSpec {
 
 /// Names are used in URLs and directory names: 1-64 of `[A-Za-z0-9_-]`,
 /// starting with a letter or digit.
+/// Whether `key` names one of `collection`'s shard layouts: the
+/// collection's name until it is first resharded, `<name>@<generation>`
+/// after (the cluster's layout keys; also the prefixes of its uploads).
+pub fn is_layout_of(key: &str, collection: &str) -> bool {
+    key.strip_prefix(collection)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+}
+
 pub fn validate_collection_name(name: &str) -> Result<()> {
     let ok_len = (1..=64).contains(&name.len());
     let ok_chars = name
@@ -84,6 +92,15 @@ pub fn validate_collection_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layout_keys_of_a_collection() {
+        assert!(is_layout_of("faces", "faces"));
+        assert!(is_layout_of("faces@3", "faces"));
+        assert!(!is_layout_of("faces-x", "faces"));
+        assert!(!is_layout_of("faces-x@2", "faces"));
+        assert!(!is_layout_of("face", "faces"));
+    }
 
     #[test]
     fn names() {

@@ -485,7 +485,7 @@ impl ReplicaHost {
         for layout in fs_err::read_dir(&self.dir)? {
             let layout = layout?;
             let key = layout.file_name().to_string_lossy().to_string();
-            if key != public && !key.starts_with(&format!("{public}@")) {
+            if !engram_core::collection::is_layout_of(&key, public) {
                 continue;
             }
             let shards = layout.path().join("shards");

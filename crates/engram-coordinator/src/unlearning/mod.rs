@@ -36,7 +36,8 @@ pub(crate) struct Inspection {
     deletable_objects: Vec<String>,
 }
 
-fn unix_now() -> i64 {
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -337,12 +338,7 @@ pub(crate) async fn layouts_below(
         .common_prefixes
         .iter()
         .filter_map(|p| p.filename().map(str::to_string))
-        .filter(|layout| {
-            layout == collection
-                || layout
-                    .strip_prefix(collection)
-                    .is_some_and(|g| g.starts_with('@'))
-        })
+        .filter(|layout| engram_core::collection::is_layout_of(layout, collection))
         .collect())
 }
 

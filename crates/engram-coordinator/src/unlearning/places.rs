@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+use engram_core::collection::is_layout_of;
 use engram_core::placement::WorkerId;
 use engram_worker::PresenceReport;
 
@@ -208,14 +209,10 @@ pub fn plan(found: &Found) -> Plan {
         else {
             continue;
         };
-        let of_collection = layout == found.collection
-            || layout
-                .strip_prefix(found.collection)
-                .is_some_and(|g| g.starts_with('@'));
         let Ok(shard) = shard.parse::<u32>() else {
             continue;
         };
-        if !of_collection {
+        if !is_layout_of(layout, found.collection) {
             continue;
         }
         let entry = segments
