@@ -22,6 +22,7 @@ mod job_takeover;
 pub mod jobs;
 pub mod meta;
 pub mod metrics;
+mod query_service;
 pub mod rebalance_service;
 mod receipt_watch;
 mod reshard_service;
