@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::error::{CoreError, Result};
+pub use crate::reranker_config::{HeadRerankerConfig, HttpRerankerConfig, RerankerConfig};
 use crate::voting::VotingRule;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -29,6 +30,9 @@ pub struct EngramConfig {
     pub telemetry: TelemetryConfig,
     /// Following unlearning receipts.
     pub curation: CurationConfig,
+    /// Named second stages over a classification's neighbours
+    /// (`[rerankers.<name>]`, `kind = "http"` or `"head"`).
+    pub rerankers: BTreeMap<String, RerankerConfig>,
 }
 
 /// How the node follows unlearning receipts until their bytes are gone.
@@ -960,6 +964,9 @@ impl EngramConfig {
             ));
         }
         self.index.validate()?;
+        for (name, reranker) in &self.rerankers {
+            reranker.validate(name)?;
+        }
         self.cluster.validate()?;
         self.security.validate()?;
         self.telemetry.validate()?;

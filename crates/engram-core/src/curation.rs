@@ -57,6 +57,11 @@ pub enum Intervention {
         label: String,
         factor: f64,
     },
+    /// The re-ranker (a `[rerankers.<name>]` of the config) that decides
+    /// after the votes when a classify request names none; `null` clears it.
+    SetReranker {
+        reranker: Option<String>,
+    },
 }
 
 /// One line of the audit trail.
@@ -86,6 +91,9 @@ pub struct Curation {
     pub blocked_classes: BTreeMap<String, Active<()>>,
     pub blocked_sources: BTreeMap<String, Active<()>>,
     pub class_scales: BTreeMap<String, Active<f64>>,
+    /// The collection's default re-ranker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reranker: Option<Active<String>>,
     pub audit: Vec<AuditEntry>,
 }
 
@@ -151,6 +159,22 @@ fn nonempty(what: &'static str, s: &str) -> Result<()> {
 }
 
 impl Intervention {
+    /// Its `action` as the API writes it (`relabel`, `block_source`, ...).
+    pub fn action(&self) -> &'static str {
+        match self {
+            Intervention::SetWeight { .. } => "set_weight",
+            Intervention::ClearWeight { .. } => "clear_weight",
+            Intervention::Relabel { .. } => "relabel",
+            Intervention::ClearRelabel { .. } => "clear_relabel",
+            Intervention::BlockClass { .. } => "block_class",
+            Intervention::UnblockClass { .. } => "unblock_class",
+            Intervention::BlockSource { .. } => "block_source",
+            Intervention::UnblockSource { .. } => "unblock_source",
+            Intervention::ScaleClass { .. } => "scale_class",
+            Intervention::SetReranker { .. } => "set_reranker",
+        }
+    }
+
     /// The item a weight or relabel applies to (which must exist).
     pub fn item(&self) -> Option<u64> {
         match self {
@@ -182,6 +206,11 @@ impl Intervention {
                         "factor",
                         format!("must be a finite number >= 0, got {factor}"),
                     ));
+                }
+            }
+            Intervention::SetReranker { reranker } => {
+                if let Some(name) = reranker {
+                    nonempty("reranker", name)?;
                 }
             }
             Intervention::ClearWeight { .. } | Intervention::ClearRelabel { .. } => {}
@@ -254,6 +283,13 @@ impl Curation {
                         },
                     );
                 }
+            }
+            Intervention::SetReranker { reranker } => {
+                self.reranker = reranker.clone().map(|value| Active {
+                    value,
+                    reason: reason.to_string(),
+                    seq,
+                });
             }
         }
         let entry = AuditEntry {
