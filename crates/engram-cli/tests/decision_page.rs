@@ -17,6 +17,7 @@ use std::process::Command;
 fn classify_relabel_and_unlearn_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
+    append_config(&config, "[rerankers.head]\nkind = \"head\"\nmix = 0.5\n");
     let key = "decision-page-key-0123456789";
     let env = [("ENGRAM_SECURITY__API_KEY".to_string(), key.to_string())];
     let mut server = Server::start_with_env(&config, &dir.path().join("data"), &env);
@@ -43,6 +44,11 @@ fn classify_relabel_and_unlearn_in_the_browser() {
             server.post("/v1/collections/fashion/items", &json!({ "items": items }));
         assert_eq!(status, 200, "{body}");
     }
+    let trained = server.run_job(
+        "fashion",
+        &json!({ "kind": "train_head", "reranker": "head", "training": { "epochs": 30 } }),
+    );
+    assert_eq!(trained["state"], "succeeded", "{trained}");
     let (status, page) = server.get("/ui");
     assert_eq!(status, 200);
     assert!(

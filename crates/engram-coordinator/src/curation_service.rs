@@ -64,6 +64,16 @@ impl Engram {
                 "reason longer than {MAX_SOURCE_BYTES} bytes"
             )));
         }
+        if let Intervention::SetReranker {
+            reranker: Some(name),
+        } = &request.intervention
+            && !self.config().rerankers.contains_key(name)
+        {
+            return Err(ApiError::invalid(format!(
+                "unknown re-ranker `{name}`; configured: {:?}",
+                self.config().rerankers.keys().collect::<Vec<_>>()
+            )));
+        }
         if let Some(id) = request.intervention.item()
             && crate::service::blocking(move || Ok(hosted.get(id)?))
                 .await?
@@ -111,11 +121,19 @@ impl Engram {
         match request.kind.as_str() {
             "prune" => {}
             "ingest" => return self.ingest_request(hosted, request).await,
+            crate::rerank::train::KIND => {
+                return self.train_head_request(collection, hosted, request).await;
+            }
             other => {
                 return Err(ApiError::invalid(format!(
-                    "unknown job kind `{other}`; known: prune, ingest"
+                    "unknown job kind `{other}`; known: prune, ingest, train_head"
                 )));
             }
+        }
+        if request.reranker.is_some() || request.training.is_some() {
+            return Err(ApiError::invalid(
+                "reranker and training belong to train_head jobs",
+            ));
         }
         if request.uri.is_some()
             || request.columns.is_some()
@@ -178,6 +196,11 @@ impl Engram {
         if request.mode.is_some() || request.k.is_some() || request.threshold.is_some() {
             return Err(ApiError::invalid(
                 "mode, k and threshold belong to prune jobs",
+            ));
+        }
+        if request.reranker.is_some() || request.training.is_some() {
+            return Err(ApiError::invalid(
+                "reranker and training belong to train_head jobs",
             ));
         }
         let uri = request

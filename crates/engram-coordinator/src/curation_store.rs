@@ -7,12 +7,13 @@
 //! applied it, so the caller's next request here sees it; other
 //! coordinators see it as soon as they apply the entry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engram_core::ShardDeletion;
 use engram_core::{
     AuditEntry, Curation, DeletionLog, Intervention, PruningWeights, Receipt, Selector,
-    SnapshotRecord,
+    SnapshotRecord, TrainedHead,
 };
 use engram_meta::{Command, CommandResult, MetaError, MetaNode, Shared};
 
@@ -191,6 +192,60 @@ impl CurationStore {
         match self {
             CurationStore::Local(store) => store.remove(collection),
             CurationStore::Raft(_) => Ok(()),
+        }
+    }
+
+    /// The trained heads of `collection` by re-ranker name.
+    pub(crate) fn heads(&self, collection: &str) -> Result<BTreeMap<String, Arc<TrainedHead>>> {
+        match self {
+            CurationStore::Local(store) => Ok(store.get(collection)?.heads()),
+            CurationStore::Raft(node) => {
+                let state = node.state();
+                if state.collection(collection).is_none() {
+                    return Err(ApiError::not_found(format!(
+                        "collection `{collection}` does not exist"
+                    )));
+                }
+                Ok(state
+                    .heads
+                    .get(collection)
+                    .map(|heads| heads.iter().map(|(n, h)| (n.clone(), h.arc())).collect())
+                    .unwrap_or_default())
+            }
+        }
+    }
+
+    /// Stores (replacing) or removes a trained head.
+    pub(crate) async fn set_head(
+        &self,
+        collection: &str,
+        reranker: &str,
+        head: Option<TrainedHead>,
+    ) -> Result<()> {
+        match self {
+            CurationStore::Local(store) => {
+                let meta = store.get(collection)?;
+                let name = reranker.to_string();
+                blocking(move || meta.set_head(&name, head)).await
+            }
+            CurationStore::Raft(node) => {
+                let command = Command::SetHead {
+                    collection: collection.to_string(),
+                    reranker: reranker.to_string(),
+                    head: head.map(Shared::new),
+                };
+                write(node, command).await.map(|_| ())
+            }
+        }
+    }
+
+    /// The newest unlearning receipt's number of `collection` (0: none).
+    pub(crate) fn newest_receipt(&self, collection: &str) -> Result<u64> {
+        match self {
+            CurationStore::Local(store) => Ok(store.get(collection)?.newest_receipt()),
+            CurationStore::Raft(node) => raft_curation(node, collection, |c| {
+                c.receipts.keys().next_back().copied().unwrap_or(0)
+            }),
         }
     }
 

@@ -258,6 +258,69 @@ pub struct VoteOptions {
     pub xi: Option<f64>,
     pub explain: Option<bool>,
     pub require_complete: Option<bool>,
+    pub rerank: Option<RerankOption>,
+}
+
+/// A classify request's `rerank`: a configured re-ranker's name, or
+/// `false` for the votes alone (left out: the collection's default).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RerankOption {
+    Named(String),
+    Flag(bool),
+}
+
+/// How a re-ranker's part in a decision went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RerankStatus {
+    /// It answered; `label` is the fused decision.
+    Ok,
+    /// It failed (timeout, error status, malformed answer, breaker open,
+    /// busy); the votes decided. `reason` says which.
+    Fallback,
+    /// It was not asked (a head not trained yet, or stale); the votes
+    /// decided. `reason` says why.
+    Skipped,
+}
+
+/// The second stage of one decision: the re-ranker's own scores, the
+/// votes' own decision and how the two were fused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankAnswer {
+    pub name: String,
+    pub kind: String,
+    pub status: RerankStatus,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// The call's wall time (one call serves a whole batch).
+    pub latency_ms: f64,
+    /// The re-ranker's scores per label, curated (blocked classes out,
+    /// scaled classes scaled) and normalised to sum 1; empty unless `ok`.
+    pub scores: BTreeMap<String, f64>,
+    /// The label the re-ranker's scores alone would choose.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reranker_label: Option<String>,
+    /// Weight of `scores` against the vote shares.
+    pub mix: f64,
+    /// `(1 - mix) * vote share + mix * score share` per label; the
+    /// decision's `label` is its largest. Empty unless `ok`.
+    pub fused: BTreeMap<String, f64>,
+    /// The decision the votes alone gave, with its confidence.
+    pub vote_label: Option<String>,
+    pub vote_confidence: f64,
+    /// For a head: the memory version it was trained on.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub head: Option<HeadVersion>,
+}
+
+/// Which trained head answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadVersion {
+    pub job: u64,
+    pub trained_at: String,
+    pub version: engram_core::MemoryVersion,
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +339,8 @@ pub struct ClassifyRequest {
     pub explain: Option<bool>,
     /// Fail (503) rather than answer without some shard.
     pub require_complete: Option<bool>,
+    /// A re-ranker's name, or `false` (default: the collection's).
+    pub rerank: Option<RerankOption>,
 }
 
 impl ClassifyRequest {
@@ -294,6 +359,7 @@ impl ClassifyRequest {
             search_list_size: self.search_list_size,
             explain: self.explain,
             require_complete: self.require_complete,
+            rerank: self.rerank,
         };
         (query, options)
     }
@@ -314,6 +380,10 @@ pub struct ClassifyResponse {
     /// change the decision.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub counterfactual: Option<Counterfactual>,
+    /// When a re-ranker took part: its scores and how the decision (the
+    /// top-level `label` and `confidence`) was reached.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rerank: Option<RerankAnswer>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +399,8 @@ pub struct ClassifyBatchRequest {
     pub explain: Option<bool>,
     /// Fail (503) rather than answer without some shard.
     pub require_complete: Option<bool>,
+    /// A re-ranker's name, or `false` (default: the collection's).
+    pub rerank: Option<RerankOption>,
 }
 
 impl ClassifyBatchRequest {
@@ -342,6 +414,7 @@ impl ClassifyBatchRequest {
             search_list_size: self.search_list_size,
             explain: self.explain,
             require_complete: self.require_complete,
+            rerank: self.rerank,
         };
         (self.queries, options)
     }
@@ -489,6 +562,11 @@ pub struct JobRequest {
     pub bulk: Option<bool>,
     /// Bulk path: rows per shard segment (default: the seal threshold).
     pub segment_rows: Option<usize>,
+    // train_head
+    /// The head re-ranker to train.
+    pub reranker: Option<String>,
+    /// Training parameters over the re-ranker's configured ones.
+    pub training: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `POST /v1/collections/{c}/reshard`.

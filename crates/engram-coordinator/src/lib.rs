@@ -25,6 +25,7 @@ pub mod metrics;
 mod query_service;
 pub mod rebalance_service;
 mod receipt_watch;
+pub mod rerank;
 mod reshard_service;
 pub mod service;
 mod snapshot_erasure;

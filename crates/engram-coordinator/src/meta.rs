@@ -9,13 +9,13 @@
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::{
     AuditEntry, Curation, DeletionLog, Intervention, PruningWeights, Receipt, Selector,
-    ShardDeletion,
+    ShardDeletion, TrainedHead,
 };
 use engram_store::checksummed;
 
@@ -24,12 +24,15 @@ use crate::error::{ApiError, Result};
 const CURATION_FILE: &str = "curation.bin";
 const PRUNING_FILE: &str = "pruning.bin";
 const RECEIPTS_DIR: &str = "receipts";
+const HEADS_DIR: &str = "heads";
 
 /// The metadata of one collection.
 pub struct CollectionMeta {
     dir: PathBuf,
     curation: RwLock<Arc<Curation>>,
     pruning: RwLock<Option<Arc<PruningWeights>>>,
+    /// Trained head re-rankers by re-ranker name (`heads/<name>.bin`).
+    heads: RwLock<BTreeMap<String, Arc<TrainedHead>>>,
     next_receipt: Mutex<u64>,
     /// Serialises writers (readers use the snapshots).
     write: Mutex<()>,
@@ -67,6 +70,16 @@ impl CollectionMeta {
         fs_err::create_dir_all(dir.join(RECEIPTS_DIR)).map_err(io)?;
         let curation: Curation = load(&dir.join(CURATION_FILE))?.unwrap_or_default();
         let pruning: Option<PruningWeights> = load(&dir.join(PRUNING_FILE))?;
+        fs_err::create_dir_all(dir.join(HEADS_DIR)).map_err(io)?;
+        let mut heads = BTreeMap::new();
+        for entry in fs_err::read_dir(dir.join(HEADS_DIR)).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "bin")
+                && let Some(head) = load::<TrainedHead>(&path)?
+            {
+                heads.insert(head.reranker.clone(), Arc::new(head));
+            }
+        }
         let mut last = 0;
         for entry in fs_err::read_dir(dir.join(RECEIPTS_DIR)).map_err(io)? {
             let name = entry.map_err(io)?.file_name().to_string_lossy().to_string();
@@ -81,6 +94,7 @@ impl CollectionMeta {
             dir: dir.to_path_buf(),
             curation: RwLock::new(Arc::new(curation)),
             pruning: RwLock::new(pruning.map(Arc::new)),
+            heads: RwLock::new(heads),
             next_receipt: Mutex::new(last + 1),
             write: Mutex::new(()),
         })
@@ -104,8 +118,41 @@ impl CollectionMeta {
         Ok(entry)
     }
 
-    /// Replaces the curation and pruning weights (a restored snapshot).
+    pub fn heads(&self) -> BTreeMap<String, Arc<TrainedHead>> {
+        self.heads.read().clone()
+    }
+
+    /// The newest receipt's number (0: none yet).
+    pub fn newest_receipt(&self) -> u64 {
+        *self.next_receipt.lock() - 1
+    }
+
+    /// Stores (replacing) or removes the head of re-ranker `name`; the old
+    /// file is replaced atomically, so its weights are gone with it.
+    pub fn set_head(&self, name: &str, head: Option<TrainedHead>) -> Result<()> {
+        let _writer = self.write.lock();
+        let path = self.dir.join(HEADS_DIR).join(format!("{name}.bin"));
+        match head {
+            Some(head) => {
+                save(&path, &head)?;
+                self.heads.write().insert(name.to_string(), Arc::new(head));
+            }
+            None => {
+                if path.exists() {
+                    fs_err::remove_file(&path).map_err(io)?;
+                }
+                self.heads.write().remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the curation and pruning weights (a restored snapshot);
+    /// the heads trained on the memory before go.
     pub fn restore(&self, curation: Curation, pruning: Option<PruningWeights>) -> Result<()> {
+        for name in self.heads().into_keys() {
+            self.set_head(&name, None)?;
+        }
         {
             let _writer = self.write.lock();
             save(&self.dir.join(CURATION_FILE), &curation)?;

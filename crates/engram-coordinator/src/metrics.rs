@@ -241,6 +241,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        for c in crate::rerank::metrics::collectors() {
+            registry.register(c).expect("metric registered once");
+        }
         Metrics {
             index: IndexActivityMetrics::register(&registry),
             registry,

@@ -131,7 +131,19 @@ impl Engram {
         let explain = options.explain.unwrap_or(false);
         let curation = self.inner.meta.curation(collection)?;
         let pruning = self.inner.meta.pruning(collection)?;
+        let reranker = self.chosen_reranker(options.rerank.as_ref(), &curation)?;
+        let images: Vec<Option<String>> = match &reranker {
+            Some(name) if self.reranker_wants_image(name) => {
+                queries.iter().map(|q| q.image.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
         let (vectors, excludes) = self.prepare_queries(&hosted.spec(), queries, what).await?;
+        let rerank_vectors = if reranker.is_some() {
+            vectors.clone()
+        } else {
+            Vec::new()
+        };
         // A counterfactual needs the neighbours that would move up when
         // voters are removed: fetch at least 100 more (a confident decision
         // may need most of its voters removed, and each removal lets one in).
@@ -165,7 +177,7 @@ impl Engram {
         let partial = !found.incomplete_shards.is_empty();
         let vote = tracing::debug_span!("vote", queries = found.lists.len(), k);
         let voting = vote.enter();
-        let results: Vec<ClassifyResponse> = found
+        let mut results: Vec<ClassifyResponse> = found
             .lists
             .into_iter()
             .enumerate()
@@ -203,10 +215,23 @@ impl Engram {
                     missing_shards: found.incomplete_shards.clone(),
                     blocked,
                     counterfactual,
+                    rerank: None,
                 }
             })
             .collect();
         drop(voting);
+        if let Some(name) = &reranker {
+            self.rerank(
+                collection,
+                name,
+                k,
+                &curation,
+                &rerank_vectors,
+                &images,
+                &mut results,
+            )
+            .await;
+        }
         self.inner.metrics.queries_classified(results.len());
         Ok(ClassifyBatchResponse { results })
     }

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     /// Interventions, pruning weights and receipts per collection.
     pub(crate) meta: CurationStore,
     pub(crate) jobs: Arc<Jobs>,
+    /// The configured re-rankers (`[rerankers.<name>]`).
+    pub(crate) rerankers: crate::rerank::Rerankers,
     /// Unlearning receipts seen erased (`receipt_watch`).
     pub(crate) receipts: crate::receipt_watch::ReceiptWatch,
     /// Where requests may make this node read and write.
@@ -93,6 +95,7 @@ impl Engram {
             tracing::info!(collection = %spec.name, items = hosted.stats().items, "collection opened");
         }
         let embedders = load_embedders(&config)?;
+        let rerankers = crate::rerank::Rerankers::from_config(&config)?;
         let storage_access = storage_access(&config)?;
         Ok(Engram {
             inner: Arc::new(Inner {
@@ -106,6 +109,7 @@ impl Engram {
                 metrics: Metrics::new(),
                 meta: CurationStore::Local(MetaStore::new(&data_dir)),
                 jobs: Arc::new(Jobs::default()),
+                rerankers,
                 receipts: Default::default(),
                 _data_dir_lock: lock,
             }),
@@ -120,6 +124,7 @@ impl Engram {
         fs_err::create_dir_all(&data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let lock = lock_data_dir(&data_dir)?;
         let embedders = load_embedders(&config)?;
+        let rerankers = crate::rerank::Rerankers::from_config(&config)?;
         let meta = CurationStore::Raft(cluster.meta().clone());
         let storage_access = storage_access(&config)?;
         Ok(Engram {
@@ -131,6 +136,7 @@ impl Engram {
                 metrics: Metrics::new(),
                 meta,
                 jobs: Arc::new(Jobs::default()),
+                rerankers,
                 receipts: Default::default(),
                 _data_dir_lock: lock,
             }),

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use engram_core::placement::{self, ShardPlacement, WorkerId};
-use engram_core::{CollectionSpec, Curation, DeletionLog, PruningWeights, Receipt};
+use engram_core::{CollectionSpec, Curation, DeletionLog, PruningWeights, Receipt, TrainedHead};
 
 use crate::shared::Shared;
 use crate::types::{Command, CommandResult, NodeId};
@@ -105,6 +105,20 @@ pub struct ClusterState {
     /// (`engram_core::deletion_log`). Last: states encoded before it
     /// existed decode through [`ClusterState::decode`].
     pub deletion_log: Shared<DeletionLog>,
+    /// Trained head re-rankers: collection (public name) -> re-ranker name
+    /// -> head. Last, like `deletion_log`: older states decode through
+    /// [`ClusterState::decode`].
+    pub heads: BTreeMap<String, BTreeMap<String, Shared<TrainedHead>>>,
+}
+
+/// [`ClusterState`] as encoded before trained heads.
+#[derive(Deserialize)]
+struct ClusterStateBeforeHeads {
+    workers: BTreeMap<WorkerId, WorkerInfo>,
+    collections: BTreeMap<String, CollectionMeta>,
+    jobs: BTreeMap<u64, JobRecord>,
+    aliases: BTreeMap<String, String>,
+    deletion_log: Shared<DeletionLog>,
 }
 
 /// [`ClusterState`] as encoded before the deletion log.
@@ -120,8 +134,18 @@ impl ClusterState {
     /// Decodes a state from a Raft snapshot, also one written before the
     /// deletion log was added (bincode has no optional trailing fields).
     pub fn decode(bytes: &[u8]) -> Result<ClusterState, bincode::Error> {
-        match bincode::deserialize::<ClusterState>(bytes) {
-            Ok(state) => Ok(state),
+        if let Ok(state) = bincode::deserialize::<ClusterState>(bytes) {
+            return Ok(state);
+        }
+        match bincode::deserialize::<ClusterStateBeforeHeads>(bytes) {
+            Ok(old) => Ok(ClusterState {
+                workers: old.workers,
+                collections: old.collections,
+                jobs: old.jobs,
+                aliases: old.aliases,
+                deletion_log: old.deletion_log,
+                heads: BTreeMap::new(),
+            }),
             Err(error) => match bincode::deserialize::<ClusterStateBeforeDeletionLog>(bytes) {
                 Ok(old) => Ok(ClusterState {
                     workers: old.workers,
@@ -129,6 +153,7 @@ impl ClusterState {
                     jobs: old.jobs,
                     aliases: old.aliases,
                     deletion_log: Shared::default(),
+                    heads: BTreeMap::new(),
                 }),
                 Err(_) => Err(error),
             },
@@ -196,6 +221,7 @@ impl ClusterState {
                         self.collections
                             .retain(|_, c| c.reshard_of.as_deref() != Some(name.as_str()));
                         self.jobs.retain(|_, j| j.collection != *name);
+                        self.heads.remove(name);
                         CommandResult::Done
                     }
                     None => CommandResult::Refused(format!("collection `{name}` does not exist")),
@@ -383,11 +409,15 @@ impl ClusterState {
                 collection,
                 curation,
                 pruning,
-            } => self.curate(collection, |c| {
-                c.curation = curation.clone();
-                c.pruning = pruning.clone();
-                Ok(CommandResult::Done)
-            }),
+            } => {
+                // A restored memory is another memory: its heads are gone.
+                self.heads.remove(collection);
+                self.curate(collection, |c| {
+                    c.curation = curation.clone();
+                    c.pruning = pruning.clone();
+                    Ok(CommandResult::Done)
+                })
+            }
             Command::SetPruning {
                 collection,
                 weights,
@@ -418,6 +448,28 @@ impl ClusterState {
                 let mut next = (*self.deletion_log).clone();
                 next.forget_snapshot(uri, id);
                 self.deletion_log = Shared::new(next);
+                CommandResult::Done
+            }
+            Command::SetHead {
+                collection,
+                reranker,
+                head,
+            } => {
+                if !self.collections.contains_key(self.key_of(collection)) {
+                    return CommandResult::Refused(format!("no collection `{collection}`"));
+                }
+                let heads = self.heads.entry(collection.clone()).or_default();
+                match head {
+                    Some(head) => {
+                        heads.insert(reranker.clone(), head.clone());
+                    }
+                    None => {
+                        heads.remove(reranker);
+                    }
+                }
+                if heads.is_empty() {
+                    self.heads.remove(collection);
+                }
                 CommandResult::Done
             }
         }
@@ -964,6 +1016,87 @@ mod tests {
         let bytes = bincode::serialize(&old).unwrap();
         assert_eq!(ClusterState::decode(&bytes).unwrap(), state);
         assert!(ClusterState::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// A Raft snapshot written before heads, with a deletion log, opens.
+    #[test]
+    fn states_from_before_heads_decode() {
+        #[derive(Serialize)]
+        struct Before {
+            workers: BTreeMap<WorkerId, WorkerInfo>,
+            collections: BTreeMap<String, CollectionMeta>,
+            jobs: BTreeMap<u64, JobRecord>,
+            aliases: BTreeMap<String, String>,
+            deletion_log: Shared<DeletionLog>,
+        }
+        let mut state = ClusterState::default();
+        state.apply(&Command::RegisterWorker {
+            id: 1,
+            addr: "127.0.0.1:1".into(),
+        });
+        state.apply(&Command::RecordSnapshot {
+            snapshot: Shared::new(engram_core::SnapshotRecord {
+                uri: "s3://b/s".into(),
+                id: "one".into(),
+                created_at: "2026-11-29T00:00:00Z".into(),
+                collections: vec!["c".into()],
+            }),
+        });
+        let old = Before {
+            workers: state.workers.clone(),
+            collections: state.collections.clone(),
+            jobs: state.jobs.clone(),
+            aliases: state.aliases.clone(),
+            deletion_log: state.deletion_log.clone(),
+        };
+        let bytes = bincode::serialize(&old).unwrap();
+        assert_eq!(ClusterState::decode(&bytes).unwrap(), state);
+    }
+
+    #[test]
+    fn heads_are_kept_replaced_and_go_with_their_collection() {
+        use engram_core::{HeadTraining, LinearHead, MemoryVersion};
+        let head = |job| {
+            Some(Shared::new(TrainedHead {
+                reranker: "head".into(),
+                job,
+                trained_at: "t".into(),
+                version: MemoryVersion::default(),
+                rows: 1,
+                train_accuracy: 1.0,
+                training: HeadTraining::default(),
+                head: LinearHead {
+                    labels: vec!["a".into()],
+                    dim: 1,
+                    weights: vec![0.5],
+                    bias: vec![0.0],
+                },
+            }))
+        };
+        let mut state = ClusterState::default();
+        let set = |collection: &str, job| Command::SetHead {
+            collection: collection.into(),
+            reranker: "head".into(),
+            head: head(job),
+        };
+        assert!(matches!(
+            state.apply(&set("c", 1)),
+            CommandResult::Refused(_)
+        ));
+        for id in 1..=2 {
+            state.apply(&Command::RegisterWorker {
+                id,
+                addr: format!("127.0.0.1:{}", 9000 + id),
+            });
+        }
+        state.apply(&Command::CreateCollection { spec: spec("c", 2) });
+        assert_eq!(state.apply(&set("c", 1)), CommandResult::Done);
+        state.apply(&set("c", 2));
+        assert_eq!(state.heads["c"]["head"].job, 2, "replaced, not kept beside");
+        let bytes = bincode::serialize(&state).unwrap();
+        assert_eq!(ClusterState::decode(&bytes).unwrap(), state);
+        state.apply(&Command::DropCollection { name: "c".into() });
+        assert!(state.heads.is_empty());
     }
 
     #[test]

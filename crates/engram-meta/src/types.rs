@@ -7,7 +7,7 @@ use std::io::Cursor;
 use engram_core::placement::{ShardPlacement, WorkerId};
 use engram_core::{
     AuditEntry, CollectionSpec, Curation, Intervention, PruningWeights, Receipt, Selector,
-    ShardDeletion, SnapshotRecord,
+    ShardDeletion, SnapshotRecord, TrainedHead,
 };
 
 use crate::shared::Shared;
@@ -196,6 +196,13 @@ pub enum Command {
     ForgetSnapshot {
         uri: String,
         id: String,
+    },
+    /// A head re-ranker trained from `collection` (or `None`: removed).
+    /// Replacing one drops the old weights from the state.
+    SetHead {
+        collection: String,
+        reranker: String,
+        head: Option<Shared<TrainedHead>>,
     },
 }
 

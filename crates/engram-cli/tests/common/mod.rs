@@ -48,6 +48,14 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
+/// Appends TOML tables (say `[rerankers.<name>]`) to a written config.
+pub fn append_config(config: &Path, tables: &str) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push('\n');
+    text.push_str(tables);
+    std::fs::write(config, text).unwrap();
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,
@@ -232,6 +240,26 @@ impl Server {
             .unwrap()
             .text()
             .unwrap()
+    }
+
+    /// Starts a job on `collection` and waits (up to 5 minutes) until it
+    /// ends; answers its final status.
+    pub fn run_job(&self, collection: &str, request: &Value) -> Value {
+        let (status, job) = self.post(&format!("/v1/collections/{collection}/jobs"), request);
+        assert_eq!(status, 202, "{job}");
+        let id = job["id"].as_u64().expect("job id");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let (_, job) = self.get(&format!("/v1/collections/{collection}/jobs/{id}"));
+            if job["state"] != "running" {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id} still running: {job}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     pub fn healthy(&self) -> bool {

@@ -79,6 +79,19 @@ def main(base, collection, query_png, screenshot):
         assert len(widths) == 5 and all(0 < w <= 96 for w in widths), widths
         print(f"neighbour thumbnails loaded: widths {widths}")
 
+        # 1b. The same image re-ranked by the trained head: the page shows
+        # the fused decision, the votes' own and the head's scores.
+        page.fill("#reranker", "head")
+        page.click("#classify")
+        expect(page.locator("#rerank")).to_be_visible()
+        expect(page.locator("#rerank-how")).to_contain_text("head (head")
+        expect(page.locator("#rerank-how")).to_contain_text("the re-ranker said")
+        assert page.locator("#rerank-scores .bar").count() >= 1
+        print(f"re-ranked: {page.locator('#decision-label').inner_text()}; {page.locator('#rerank-how').inner_text()}")
+        page.fill("#reranker", "none")
+        page.click("#classify")
+        expect(page.locator("#rerank")).to_be_hidden()
+
         # 2. Relabel neighbours, best first, until the decision changes.
         audit_before = page.locator("#audit li").count()
         changed_after = None
@@ -117,6 +130,14 @@ def main(base, collection, query_png, screenshot):
         page.locator(".neighbor").first.locator(".act-delete").click()
         expect(page.locator("#status")).to_contain_text("receipt")
         expect(page.locator(f".neighbor[data-id='{victim}']")).to_have_count(0)
+
+        # 5. The head was trained before the relabels and the delete: it is
+        # stale now, and the page says that the votes decided.
+        page.fill("#reranker", "head")
+        page.click("#classify")
+        expect(page.locator("#rerank-how")).to_contain_text("skipped")
+        expect(page.locator("#rerank-how")).to_contain_text("stale")
+        print(f"stale head: {page.locator('#rerank-how').inner_text()}")
         assert not errors, f"page errors: {errors}"
         assert len(prompts) == (1 if key else 0), f"asked again: {prompts}"
         browser.close()

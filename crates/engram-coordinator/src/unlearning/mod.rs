@@ -144,8 +144,22 @@ impl Engram {
             .into_iter()
             .map(|s| (s.uri, s.id))
             .collect();
+        let heads = self
+            .inner
+            .meta
+            .heads(collection)?
+            .values()
+            .map(|h| places::HeadFound {
+                reranker: h.reranker.clone(),
+                job: h.job,
+                trained_at: h.trained_at.clone(),
+                trained_after_receipt: h.version.receipt,
+            })
+            .collect();
         let plan = places::plan(&places::Found {
             collection,
+            receipt: number,
+            heads,
             touched,
             report,
             shard_objects,
@@ -222,6 +236,15 @@ impl Engram {
             };
             self.erase_from_snapshot(snapshot, collection, &numbers, &ids)
                 .await?;
+        }
+        let heads: BTreeSet<&String> = places()
+            .filter_map(|p| match p {
+                Place::Head { reranker, .. } => Some(reranker),
+                _ => None,
+            })
+            .collect();
+        for reranker in heads {
+            self.retrain_head(collection, reranker, &receipts).await?;
         }
         let objects: BTreeSet<&String> = inspections
             .iter()

@@ -80,6 +80,25 @@ pub enum Place {
     Job { job: u64 },
     /// A snapshot taken before the delete that still holds the rows.
     Snapshot { uri: String, id: String },
+    /// A head re-ranker trained on the memory before the delete: what it
+    /// learned from the rows stays in its weights until a head is trained
+    /// again without them (the node starts that training when the
+    /// receipt is due).
+    Head {
+        reranker: String,
+        job: u64,
+        trained_at: String,
+    },
+}
+
+/// A trained head as the plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadFound {
+    pub reranker: String,
+    pub job: u64,
+    pub trained_at: String,
+    /// The newest receipt that was durable when its training began.
+    pub trained_after_receipt: u64,
 }
 
 /// An object (relative key below `storage.segments_uri`) and when it was
@@ -101,6 +120,9 @@ pub struct Found<'a> {
     pub running_jobs: BTreeSet<u64>,
     /// Snapshots (uri, id) that still hold a deleted row.
     pub snapshots: Vec<(String, String)>,
+    /// The receipt's number and the collection's trained heads.
+    pub receipt: u64,
+    pub heads: Vec<HeadFound>,
     /// Objects last modified before this (Unix seconds) may be deleted by
     /// the node: no copy can have started to hold them since the copies
     /// were asked.
@@ -265,6 +287,15 @@ pub fn plan(found: &Found) -> Plan {
             uri: uri.clone(),
             id: id.clone(),
         });
+    }
+    for head in &found.heads {
+        if head.trained_after_receipt < found.receipt {
+            places.insert(Place::Head {
+                reranker: head.reranker.clone(),
+                job: head.job,
+                trained_at: head.trained_at.clone(),
+            });
+        }
     }
     deletable.sort();
     Plan {
@@ -573,6 +604,30 @@ mod tests {
         assert_eq!(
             plan.deletable_objects,
             vec!["shards/job-4/run-17/g000001-s00000/index.bin".to_string()]
+        );
+    }
+
+    #[test]
+    fn heads_trained_before_the_receipt_hold_its_rows() {
+        let head = |reranker: &str, after| HeadFound {
+            reranker: reranker.into(),
+            job: 3,
+            trained_at: "t".into(),
+            trained_after_receipt: after,
+        };
+        let found = Found {
+            collection: "c",
+            receipt: 4,
+            heads: vec![head("before", 3), head("after", 4), head("later", 9)],
+            ..Found::default()
+        };
+        assert_eq!(
+            plan(&found).places,
+            vec![Place::Head {
+                reranker: "before".into(),
+                job: 3,
+                trained_at: "t".into()
+            }]
         );
     }
 }
