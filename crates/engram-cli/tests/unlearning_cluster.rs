@@ -61,6 +61,41 @@ fn holds(bytes: &[u8], needle: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Trains head `head` on `u` and waits for the job's end.
+fn train_head(cluster: &Cluster) -> Value {
+    let (status, job) = cluster.post(
+        "/v1/collections/u/jobs",
+        &json!({"kind": "train_head", "reranker": "head"}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, job) = cluster.get(&format!("/v1/collections/u/jobs/{id}"));
+        if job["state"] != "running" {
+            assert_eq!(job["state"], "succeeded", "{job}");
+            return job;
+        }
+        assert!(Instant::now() < deadline, "train_head did not end: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One classification re-ranked by the head, asked of each coordinator.
+fn classify_everywhere(cluster: &Cluster) -> Vec<Value> {
+    (0..cluster.live_coordinators().len())
+        .map(|i| {
+            let (status, answer) = cluster.post_from(
+                i,
+                "/v1/collections/u/classify",
+                &json!({"vector": vector(1205), "k": 5, "rerank": "head"}),
+            );
+            assert_eq!(status, 200, "{answer}");
+            answer
+        })
+        .collect()
+}
+
 #[test]
 fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
     let s3 = S3::start();
@@ -73,7 +108,7 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
     let mut cluster = Cluster::launch(Launch {
         storage_extra: &storage,
         segments_uri: Some(&segments),
-        sections: "[curation]\nreceipt_check_s = 1\n",
+        sections: "[curation]\nreceipt_check_s = 1\n\n[rerankers.head]\nkind = \"head\"\n[rerankers.head.training]\nepochs = 5\n",
         ..Launch::default()
     });
     let (status, body) = cluster.post(
@@ -119,6 +154,16 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
         "{job_objects:?}"
     );
     let status = wait_healed(&cluster, Duration::from_secs(60));
+
+    // A head re-ranker trained from the memory; its weights travel
+    // through Raft, so every coordinator serves the same head.
+    let head_job = train_head(&cluster);
+    assert_eq!(head_job["report"]["classes"], 3, "{head_job}");
+    let first_head = head_job["id"].clone();
+    for answer in classify_everywhere(&cluster) {
+        assert_eq!(answer["rerank"]["status"], "ok", "{answer}");
+        assert_eq!(answer["rerank"]["head"]["job"], first_head, "{answer}");
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !s3
         .keys("segments/shards/u/")
@@ -208,6 +253,7 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
         "snapshot",
         "segment_object",
         "quarantined",
+        "head",
     ] {
         assert!(
             kinds.contains_key(kind),
@@ -301,6 +347,22 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
     );
     let (_, info) = cluster.get("/v1/collections/u");
     assert_eq!(info["items"], 1300 - doomed.len(), "{info}");
+    // Erased includes the head: the node retrained it without the rows
+    // (a train_head job of its own), and every coordinator serves that
+    // one, which knows no "rare" any more.
+    let (_, jobs) = cluster.get("/v1/collections/u/jobs");
+    let heads: Vec<&Value> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["kind"] == "train_head" && j["state"] == "succeeded")
+        .collect();
+    assert!(heads.len() >= 2, "the head was not retrained: {jobs}");
+    for answer in classify_everywhere(&cluster) {
+        assert_eq!(answer["rerank"]["status"], "ok", "{answer}");
+        assert_ne!(answer["rerank"]["head"]["job"], first_head, "{answer}");
+        assert!(answer["rerank"]["scores"].get("rare").is_none(), "{answer}");
+    }
     let (_, overdue) = cluster.get("/v1/collections/u/unlearning?overdue=true");
     assert_eq!(overdue["receipts"], json!([]), "{overdue}");
     let (ok, listed) = cluster.engramctl(&base, &["unlearning", "--json"]);

@@ -87,6 +87,8 @@ def main(base, collection, query_png, screenshot):
         expect(page.locator("#rerank-how")).to_contain_text("head (head")
         expect(page.locator("#rerank-how")).to_contain_text("the re-ranker said")
         assert page.locator("#rerank-scores .bar").count() >= 1
+        loaded_widths(page, ".neighbor .pic img")
+        page.screenshot(path=screenshot.replace(".png", "_rerank.png"), full_page=True)
         print(f"re-ranked: {page.locator('#decision-label').inner_text()}; {page.locator('#rerank-how').inner_text()}")
         page.fill("#reranker", "none")
         page.click("#classify")
