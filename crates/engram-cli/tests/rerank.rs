@@ -416,10 +416,10 @@ fn the_example_reranker_answers_the_contract() {
         &stub,
         Some(&format!("http://127.0.0.1:{port}/rerank")),
     );
-    for class in 0..3 {
+    for (class, name) in CLASSES.iter().enumerate() {
         let answer = classify(&server, class, json!("example"));
         assert_eq!(answer["rerank"]["status"], "ok", "{answer}");
-        assert_eq!(answer["label"], CLASSES[class], "{answer}");
+        assert_eq!(answer["label"], *name, "{answer}");
         assert_eq!(answer["rerank"]["mix"], 0.5);
     }
     example.kill().unwrap();
@@ -465,13 +465,13 @@ fn head_is_trained_stale_after_a_delete_and_unlearned_by_retraining() {
         job["report"]["train_accuracy"].as_f64().unwrap() > 0.95,
         "{job}"
     );
-    for class in 0..3 {
+    for (class, name) in CLASSES.iter().enumerate() {
         let answer = classify(&server, class, json!("head"));
         let rerank = &answer["rerank"];
         assert_eq!(rerank["status"], "ok", "{answer}");
         assert_eq!(rerank["kind"], "head");
-        assert_eq!(rerank["reranker_label"], CLASSES[class], "{answer}");
-        assert_eq!(answer["label"], CLASSES[class]);
+        assert_eq!(rerank["reranker_label"], *name, "{answer}");
+        assert_eq!(answer["label"], *name);
         assert_eq!(rerank["head"]["stale"], false);
         assert_eq!(rerank["head"]["job"], job["id"]);
     }

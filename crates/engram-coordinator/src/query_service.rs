@@ -221,16 +221,15 @@ impl Engram {
             .collect();
         drop(voting);
         if let Some(name) = &reranker {
-            self.rerank(
+            let call = crate::rerank::Call {
                 collection,
                 name,
                 k,
-                &curation,
-                &rerank_vectors,
-                &images,
-                &mut results,
-            )
-            .await;
+                curation: &curation,
+                vectors: &rerank_vectors,
+                images: &images,
+            };
+            self.rerank(call, &mut results).await;
         }
         self.inner.metrics.queries_classified(results.len());
         Ok(ClassifyBatchResponse { results })

@@ -89,6 +89,19 @@ impl Reranker {
     }
 }
 
+/// What one classify call hands the second stage besides its decisions.
+pub(crate) struct Call<'a> {
+    pub collection: &'a str,
+    /// The chosen re-ranker's name.
+    pub name: &'a str,
+    pub k: usize,
+    pub curation: &'a Curation,
+    /// The queries' prepared vectors, in order.
+    pub vectors: &'a [Vec<f32>],
+    /// The queries' images as sent (empty unless the re-ranker wants them).
+    pub images: &'a [Option<String>],
+}
+
 /// A re-ranker's answer for a whole call, before curation and fusion.
 enum Outcome {
     Scores(Vec<BTreeMap<String, f64>>),
@@ -139,16 +152,15 @@ impl Engram {
 
     /// Lets re-ranker `name` take part in every decision of `results`
     /// (one call for the batch), fusing where it answered.
-    pub(crate) async fn rerank(
-        &self,
-        collection: &str,
-        name: &str,
-        k: usize,
-        curation: &Curation,
-        vectors: &[Vec<f32>],
-        images: &[Option<String>],
-        results: &mut [ClassifyResponse],
-    ) {
+    pub(crate) async fn rerank(&self, call: Call<'_>, results: &mut [ClassifyResponse]) {
+        let Call {
+            collection,
+            name,
+            k,
+            curation,
+            vectors,
+            images,
+        } = call;
         let started = Instant::now();
         let reranker = self.inner.rerankers.get(name);
         let (kind, mix) = reranker.map_or(("unknown", 0.0), |r| (r.kind(), r.mix()));
