@@ -15,7 +15,6 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,8 +25,8 @@ use crate::prune::follow_job;
 use engram_cli::client::{Client, ServerArgs, class_name, png_base64, progress};
 use engram_cli::rng::SplitMix64;
 
-const MAX_K: usize = 100;
-const REPORT_KS: [usize; 6] = [1, 5, 10, 20, 50, 100];
+pub(crate) const MAX_K: usize = 100;
+pub(crate) const REPORT_KS: [usize; 6] = [1, 5, 10, 20, 50, 100];
 const NOISE_LEVELS: [f64; 5] = [0.0, 0.2, 0.4, 0.6, 0.8];
 /// Left out of the memory, then added (Bag, Ankle boot).
 const NEW_CLASSES: [u8; 2] = [8, 9];
@@ -35,7 +34,7 @@ const NEW_CLASSES: [u8; 2] = [8, 9];
 const UNLEARNED: u8 = 1;
 /// Validation images come from the training set, after this index (the
 /// memory is taken from the start, so the two never overlap).
-const VALIDATION_START: usize = 50_000;
+pub(crate) const VALIDATION_START: usize = 50_000;
 const EMBED_COLLECTION: &str = "eval-embedder";
 const MEMORY: &str = "eval-memory";
 const NEW_MEMORY: &str = "eval-new-classes";
@@ -43,76 +42,76 @@ const NEW_MEMORY: &str = "eval-new-classes";
 #[derive(clap::Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    pub(crate) server: ServerArgs,
     /// Folder with the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist).
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
-    dataset_dir: PathBuf,
+    pub(crate) dataset_dir: PathBuf,
     /// Training images in the memory (the first ones).
     #[arg(long, default_value_t = 20_000)]
-    memory: usize,
+    pub(crate) memory: usize,
     /// Validation images (training images from index 50,000), for choosing k.
     #[arg(long, default_value_t = 2_000)]
-    validation: usize,
+    pub(crate) validation: usize,
     /// Test images (the first of the 10,000 test images).
     #[arg(long, default_value_t = 5_000)]
-    test: usize,
+    pub(crate) test: usize,
     /// Shards of the evaluation collections.
     #[arg(long, default_value_t = 8)]
-    shards: u32,
+    pub(crate) shards: u32,
     /// Neighbours per item when pruning scores the memory.
     #[arg(long, default_value_t = 10)]
-    prune_k: usize,
+    pub(crate) prune_k: usize,
     /// Hard pruning deletes items with v at or above this.
     #[arg(long, default_value_t = 5)]
-    prune_threshold: u32,
+    pub(crate) prune_threshold: u32,
     /// Seed of the label noise.
     #[arg(long, default_value_t = 7)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Markdown report.
     #[arg(long, default_value = "docs/evaluation.md")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Every number, for the plots (tools/plot_eval.py).
     #[arg(long, default_value = "target/eval/results.json")]
-    results: PathBuf,
+    pub(crate) results: PathBuf,
 }
 
-struct Split {
-    labels: Vec<u8>,
-    vectors: Vec<Vec<f32>>,
+pub(crate) struct Split {
+    pub(crate) labels: Vec<u8>,
+    pub(crate) vectors: Vec<Vec<f32>>,
 }
 
 #[derive(Serialize)]
-struct RuleResult {
-    rule: String,
-    k_chosen: usize,
-    validation_accuracy: f64,
-    test_accuracy: f64,
+pub(crate) struct RuleResult {
+    pub(crate) rule: String,
+    pub(crate) k_chosen: usize,
+    pub(crate) validation_accuracy: f64,
+    pub(crate) test_accuracy: f64,
     /// Test accuracy for k = 1..=100.
-    test_by_k: Vec<f64>,
+    pub(crate) test_by_k: Vec<f64>,
 }
 
 #[derive(Serialize)]
-struct PruningResult {
-    setting: String,
-    items: u64,
+pub(crate) struct PruningResult {
+    pub(crate) setting: String,
+    pub(crate) items: u64,
     /// Test accuracy per rule at its chosen k.
-    accuracy: BTreeMap<String, f64>,
+    pub(crate) accuracy: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize)]
-struct Results {
-    date: String,
-    memory: usize,
-    validation: usize,
-    test: usize,
-    rules: Vec<RuleResult>,
-    noise_levels: Vec<f64>,
+pub(crate) struct Results {
+    pub(crate) date: String,
+    pub(crate) memory: usize,
+    pub(crate) validation: usize,
+    pub(crate) test: usize,
+    pub(crate) rules: Vec<RuleResult>,
+    pub(crate) noise_levels: Vec<f64>,
     /// Per rule, test accuracy at each noise level.
-    label_noise: BTreeMap<String, Vec<f64>>,
-    pruning: Vec<PruningResult>,
-    pruning_scored: Value,
-    new_classes: Value,
-    unlearning: Value,
+    pub(crate) label_noise: BTreeMap<String, Vec<f64>>,
+    pub(crate) pruning: Vec<PruningResult>,
+    pub(crate) pruning_scored: Value,
+    pub(crate) new_classes: Value,
+    pub(crate) unlearning: Value,
 }
 
 fn params(rule: VotingRule) -> VoteParams {
@@ -295,7 +294,7 @@ fn share_correct(predicted: &[Option<String>], truth: &[u8], keep: impl Fn(u8) -
     correct as f64 / n.max(1) as f64
 }
 
-fn pct(x: f64) -> String {
+pub(crate) fn pct(x: f64) -> String {
     format!("{:.2}", 100.0 * x)
 }
 
@@ -601,7 +600,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.results, serde_json::to_vec_pretty(&results)?)?;
-    let markdown = report(
+    let markdown = crate::eval_report::report(
         &results,
         &args,
         embedded_at,
@@ -618,220 +617,4 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         bail!("an unlearned class was still predicted");
     }
     Ok(())
-}
-
-fn report(r: &Results, args: &EvalArgs, embedded_at: f64, total: f64) -> String {
-    let mut md = String::new();
-    let w = &mut md;
-    let _ = writeln!(
-        w,
-        "# Evaluation: the paper's experiments in kind, on Fashion-MNIST\n"
-    );
-    let _ = writeln!(
-        w,
-        "Generated by `make eval` (`engram eval` against `engram serve`) on {}; {} s in all, \
-         {:.0} s of it embedding. Do not edit by hand: rerun `make eval`.\n",
-        r.date, total as u64, embedded_at
-    );
-    let _ = writeln!(
-        w,
-        "Setup: EfficientNet-Lite0 embeddings (1280-d, cosine) computed by the server's ONNX \
-         model; memory = the first {} Fashion-MNIST training images; validation = {} training \
-         images from index {VALIDATION_START} (never in the memory), used only to choose k; \
-         test = the first {} test images. Collections have {} shards and use the DiskANN \
-         growing segments with the default settings (L_search 100). Every neighbour list comes \
-         from the server's `classify/batch` at k = 100; accuracy at smaller k and for each rule \
-         is computed from that ranked list with `engram_core::decide`, the server's own \
-         function (with L_search >= k the server returns exactly that prefix). The paper's \
-         default parameters: rank alpha = 2, softmax tau = 0.07, distance xi = 1.\n",
-        r.memory, r.validation, r.test, args.shards
-    );
-
-    let _ = writeln!(
-        w,
-        "## 1. Accuracy per rule and k (the paper's Table 4, in kind)\n"
-    );
-    let _ = write!(
-        w,
-        "| rule | k chosen on validation | validation | **test at chosen k** |"
-    );
-    for k in REPORT_KS {
-        let _ = write!(w, " test k={k} |");
-    }
-    let _ = writeln!(w);
-    let _ = writeln!(w, "|---|---|---|---|{}", "---|".repeat(REPORT_KS.len()));
-    for rule in &r.rules {
-        let _ = write!(
-            w,
-            "| {} | {} | {} | **{}** |",
-            rule.rule,
-            rule.k_chosen,
-            pct(rule.validation_accuracy),
-            pct(rule.test_accuracy)
-        );
-        for k in REPORT_KS {
-            let _ = write!(w, " {} |", pct(rule.test_by_k[k - 1]));
-        }
-        let _ = writeln!(w);
-    }
-    let rank = &r.rules[0];
-    let plurality = &r.rules[3];
-    let _ = writeln!(
-        w,
-        "\nAccuracy in percent. From k = 10 to k = 100 the rank rule goes {} -> {} and plurality \
-         {} -> {} (the paper, DinoV2 on ImageNet: rank 83.5 -> 83.3, plurality 83.2 -> 81.4).\n",
-        pct(rank.test_by_k[9]),
-        pct(rank.test_by_k[99]),
-        pct(plurality.test_by_k[9]),
-        pct(plurality.test_by_k[99])
-    );
-    let _ = writeln!(
-        w,
-        "![test accuracy against k per rule](img/eval_accuracy_vs_k.png)\n"
-    );
-
-    let nc = &r.new_classes;
-    let _ = writeln!(w, "## 2. New classes, added without training\n");
-    let _ = writeln!(
-        w,
-        "The memory first holds every class but {} (rank rule, k = {}); then their {} memory \
-         items are added through the API ({:.1} s).\n",
-        nc["classes"],
-        nc["k"],
-        nc["items_added"],
-        nc["add_seconds"].as_f64().unwrap_or(0.0)
-    );
-    let _ = writeln!(w, "| test images of | before adding | after adding |");
-    let _ = writeln!(w, "|---|---|---|");
-    let f = |v: &Value| pct(v.as_f64().unwrap_or(f64::NAN));
-    let _ = writeln!(
-        w,
-        "| the 2 new classes | {} | {} |",
-        f(&nc["new_before"]),
-        f(&nc["new_after"])
-    );
-    let _ = writeln!(
-        w,
-        "| the 8 old classes | {} | {} |",
-        f(&nc["old_before"]),
-        f(&nc["old_after"])
-    );
-    let change = nc["old_after"].as_f64().unwrap_or(0.0) - nc["old_before"].as_f64().unwrap_or(0.0);
-    let _ = writeln!(
-        w,
-        "\nThe new classes reach {} (with the full memory from the start: {}); the old classes \
-         change by {:+.2} points: {} old-class test images are now decided as one of the new \
-         classes, which the memory could not answer before (the paper: 87% on 64 new NINCO \
-         classes, old classes +-0.04).\n",
-        f(&nc["new_after"]),
-        f(&nc["new_with_full_memory_from_the_start"]),
-        100.0 * change,
-        nc["old_now_predicted_as_new"]
-    );
-
-    let _ = writeln!(w, "## 3. Label noise in memory\n");
-    let _ = write!(w, "| random labels |");
-    for rule in &r.rules {
-        let _ = write!(w, " {} (k={}) |", rule.rule, rule.k_chosen);
-    }
-    let wide = format!("rank, k={MAX_K}");
-    let _ = writeln!(w, " {wide} |");
-    let _ = writeln!(w, "|---|{}", "---|".repeat(r.rules.len() + 1));
-    for (i, level) in r.noise_levels.iter().enumerate() {
-        let _ = write!(w, "| {:.0}% |", level * 100.0);
-        for rule in &r.rules {
-            let _ = write!(w, " {} |", pct(r.label_noise[&rule.rule][i]));
-        }
-        let _ = writeln!(w, " {} |", pct(r.label_noise[&wide][i]));
-    }
-    let _ = writeln!(
-        w,
-        "\nA share of the memory's labels is replaced by a uniformly random class (seed {}). \
-         Search never reads labels, so the test neighbour lists are reused with the noisy \
-         labels; k is the one chosen on clean validation data, and the last column keeps \
-         k = {MAX_K} (more voters outvote random labels; the paper reports accuracy nearly \
-         flat up to ~60% noise).\n",
-        args.seed
-    );
-    let _ = writeln!(
-        w,
-        "![test accuracy against label noise per rule](img/eval_label_noise.png)\n"
-    );
-
-    let _ = writeln!(w, "## 4. Memory pruning\n");
-    let _ = write!(w, "| pruning | items |");
-    for rule in &r.rules {
-        let _ = write!(w, " {} (k={}) |", rule.rule, rule.k_chosen);
-    }
-    let _ = writeln!(w);
-    let _ = writeln!(w, "|---|---|{}", "---|".repeat(r.rules.len()));
-    for p in &r.pruning {
-        let _ = write!(w, "| {} | {} |", p.setting, p.items);
-        for rule in &r.rules {
-            let _ = write!(w, " {} |", pct(p.accuracy[&rule.rule]));
-        }
-        let _ = writeln!(w);
-    }
-    let none = r.pruning[0].accuracy["rank"];
-    let soft = r.pruning[1].accuracy["rank"];
-    let mut histogram: Vec<(u64, u64)> = r.pruning_scored["v_histogram"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(v, n)| Some((v.parse().ok()?, n.as_u64()?)))
-        .collect();
-    histogram.sort();
-    let histogram = histogram
-        .iter()
-        .map(|(v, n)| format!("{v}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let verdict = if soft >= none {
-        "Soft pruning does not lower rank-rule accuracy here".to_string()
-    } else {
-        format!(
-            "Soft pruning LOWERS rank-rule accuracy here, by {:.2} points: on this memory the \
-             items that often neighbour other classes are largely correct examples of \
-             look-alike classes (shirt, T-shirt, pullover, coat), so shrinking their votes \
-             also removes correct evidence",
-            100.0 * (none - soft)
-        )
-    };
-    let _ = writeln!(
-        w,
-        "\nv = how often an item appears among the k = {} neighbours of another memory item \
-         with a different label (the memory queried against itself, self-matches excluded). \
-         Items per v: {}. Soft pruning weighted {} items; hard pruning deleted {}. {} \
-         ({} -> {}; the paper: 83.6 -> 84.1 on ImageNet).\n",
-        args.prune_k,
-        histogram,
-        r.pruning_scored["soft_weighted_items"],
-        r.pruning_scored["hard_deleted"],
-        verdict,
-        pct(none),
-        pct(soft)
-    );
-
-    let u = &r.unlearning;
-    let _ = writeln!(w, "## 5. Unlearning a class\n");
-    let _ = writeln!(
-        w,
-        "All {} items labelled {} were deleted from the memory of section 2 (one request, \
-         receipt returned). Of the {} test images, {} were classified as {} afterwards and {} \
-         of the 100 neighbours of any test image carried that label. Its own {} test images \
-         became: {}. The receipt said `{}` before compaction (present in {}) and `{}` after \
-         `POST .../compact`.\n",
-        u["deleted"],
-        u["class"],
-        r.test,
-        u["predicted_as_class"],
-        u["class"],
-        u["neighbours_with_class_at_k100"],
-        u["test_images_of_class"],
-        u["its_images_became"],
-        u["status_before_compaction"].as_str().unwrap_or("?"),
-        u["present_before_compaction"],
-        u["status_after_compaction"].as_str().unwrap_or("?")
-    );
-    md
 }

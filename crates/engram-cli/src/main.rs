@@ -5,6 +5,7 @@ mod cluster;
 mod demo;
 mod embed;
 mod eval;
+mod eval_report;
 mod ingest;
 mod prune;
 mod telemetry;
