@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make eval`: starts a server on a fresh data directory, runs `engram eval`
-# against it (writes docs/evaluation.md and target/eval/results.json), then
-# draws the plots into docs/img with matplotlib from .venv.
+# `make eval`: starts the example re-ranker (examples/rerankers/) and a
+# server on a fresh data directory with two re-rankers configured (the
+# built-in head and the example), runs `engram eval` against it (writes
+# docs/evaluation.md and target/eval/results.json), then draws the plots
+# into docs/img with matplotlib from .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort_dylib_path.sh)}"
@@ -12,6 +14,9 @@ listen="${ENGRAM_EVAL_LISTEN:-127.0.0.1:7710}"
 data="$target_dir/eval/data"
 log="$target_dir/eval/server.log"
 results="$target_dir/eval/results.json"
+config="$target_dir/eval/engram.toml"
+reranker_port="${ENGRAM_EVAL_RERANKER_PORT:-7721}"
+reranker_log="$target_dir/eval/reranker.log"
 
 if ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then
   echo "eval: installing matplotlib==$MATPLOTLIB_VERSION into .venv"
@@ -20,13 +25,32 @@ fi
 
 rm -rf "$data"
 mkdir -p "$data"
-"$engram" serve --config config/embedded.toml --listen "$listen" --data-dir "$data" >"$log" 2>&1 &
+cp config/embedded.toml "$config"
+cat >>"$config" <<EOF
+
+# Added by scripts/eval.sh for section 6 (re-rankers).
+[rerankers.head]
+kind = "head"
+mix = 0.5
+
+[rerankers.example]
+kind = "http"
+url = "http://127.0.0.1:$reranker_port/rerank"
+timeout_ms = 1000
+max_concurrency = 8
+mix = 0.5
+EOF
+.venv/bin/python examples/rerankers/softmax_reranker.py --port "$reranker_port" >"$reranker_log" 2>&1 &
+reranker=$!
+"$engram" serve --config "$config" --listen "$listen" --data-dir "$data" >"$log" 2>&1 &
 server=$!
 stop() {
-  if kill -0 "$server" 2>/dev/null; then
-    kill -TERM "$server"
-    wait "$server" || true
-  fi
+  for pid in "$server" "$reranker"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"
+      wait "$pid" || true
+    fi
+  done
 }
 trap stop EXIT
 echo "engram serving on $listen (pid $server, log $log)"

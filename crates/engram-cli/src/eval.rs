@@ -27,11 +27,11 @@ use engram_cli::rng::SplitMix64;
 
 pub(crate) const MAX_K: usize = 100;
 pub(crate) const REPORT_KS: [usize; 6] = [1, 5, 10, 20, 50, 100];
-const NOISE_LEVELS: [f64; 5] = [0.0, 0.2, 0.4, 0.6, 0.8];
+pub(crate) const NOISE_LEVELS: [f64; 5] = [0.0, 0.2, 0.4, 0.6, 0.8];
 /// Left out of the memory, then added (Bag, Ankle boot).
-const NEW_CLASSES: [u8; 2] = [8, 9];
+pub(crate) const NEW_CLASSES: [u8; 2] = [8, 9];
 /// Unlearned at the end (Trouser).
-const UNLEARNED: u8 = 1;
+pub(crate) const UNLEARNED: u8 = 1;
 /// Validation images come from the training set, after this index (the
 /// memory is taken from the start, so the two never overlap).
 pub(crate) const VALIDATION_START: usize = 50_000;
@@ -112,6 +112,8 @@ pub(crate) struct Results {
     pub(crate) pruning_scored: Value,
     pub(crate) new_classes: Value,
     pub(crate) unlearning: Value,
+    /// Section 6: the re-rankers (`eval_rerank`).
+    pub(crate) reranking: Value,
 }
 
 fn params(rule: VotingRule) -> VoteParams {
@@ -151,7 +153,7 @@ fn embed(
     })
 }
 
-fn create(client: &Client, name: &str, dim: usize, shards: u32) -> anyhow::Result<()> {
+pub(crate) fn create(client: &Client, name: &str, dim: usize, shards: u32) -> anyhow::Result<()> {
     client.delete_collection(name)?;
     client.post(
         "/v1/collections",
@@ -161,7 +163,7 @@ fn create(client: &Client, name: &str, dim: usize, shards: u32) -> anyhow::Resul
 }
 
 /// Adds the items of `split` at positions `which` with ids `id_base + position`.
-fn add(
+pub(crate) fn add(
     client: &Client,
     collection: &str,
     split: &Split,
@@ -583,6 +585,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     });
     client.delete_collection(NEW_MEMORY)?;
 
+    // 6. Re-rankers: the head and the example http re-ranker.
+    let reranking = crate::eval_rerank::run(&crate::eval_rerank::Setup {
+        client: &client,
+        memory: &memory,
+        test: &test,
+        dim,
+        shards: args.shards,
+        k_rank,
+        k_softmax: chosen[&VotingRule::Softmax],
+        seed: args.seed,
+    })?;
+
     let results = Results {
         date: engram_cli::client::today(),
         memory: args.memory,
@@ -595,6 +609,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         pruning_scored,
         new_classes,
         unlearning,
+        reranking,
     };
     if let Some(parent) = args.results.parent() {
         std::fs::create_dir_all(parent)?;

@@ -219,5 +219,6 @@ pub(crate) fn report(r: &Results, args: &EvalArgs, embedded_at: f64, total: f64)
         u["present_before_compaction"],
         u["status_after_compaction"].as_str().unwrap_or("?")
     );
+    crate::eval_rerank::report(w, &r.reranking);
     md
 }

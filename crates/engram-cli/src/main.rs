@@ -6,6 +6,7 @@ mod demo;
 mod embed;
 mod eval;
 mod eval_report;
+mod eval_rerank;
 mod ingest;
 mod prune;
 mod telemetry;
