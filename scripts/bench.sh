@@ -18,6 +18,9 @@ echo "== embedding throughput: Engram (Rust, ort) vs Python onnxruntime, same ON
 cargo bench -q -p engram-ingest --bench embed_throughput 2>/dev/null | grep '^{' | tee -a "$out/embed.jsonl"
 .venv/bin/python benches/embed_onnxruntime.py | tee -a "$out/embed.jsonl"
 
+echo "== re-rankers in process: head prediction, fusion, a training epoch (criterion)"
+cargo bench -q -p engram-core --bench rerank -- --noplot 2>/dev/null | grep -E "time:|thrpt:|rerank/" | tee "$out/rerank.txt"
+
 echo "== exact search (criterion)"
 cargo bench -q -p engram-index --bench flat_search -- --noplot 2>/dev/null | grep -E "time:|thrpt:|flat_" | tee "$out/flat_search.txt"
 echo "== exact search reference: numpy (BLAS) on the same sizes"

@@ -306,13 +306,18 @@ class Engram:
         rule: Optional[str] = None,
         explain: Optional[bool] = None,
         exclude_ids: Optional[Sequence[int]] = None,
+        rerank: Optional[Union[str, bool]] = None,
         **rule_params: float,
     ) -> Decision:
         """Lets the ``k`` nearest neighbours vote under ``rule`` (``rank``,
         ``softmax``, ``distance``, ``plurality``; ``alpha=``, ``tau=``,
-        ``xi=`` tune them)."""
+        ``xi=`` tune them). ``rerank`` names a configured re-ranker (or
+        ``False``: the votes alone; ``None``: the collection's default); its
+        part is in :attr:`Decision.rerank`."""
         body = self._query(vector, image)
-        body.update(self._options(k=k, rule=rule, explain=explain, exclude_ids=exclude_ids, **rule_params))
+        body.update(
+            self._options(k=k, rule=rule, explain=explain, exclude_ids=exclude_ids, rerank=rerank, **rule_params)
+        )
         return Decision.from_json(self._call("POST", self._path(collection, "classify"), body))
 
     def classify_batch(
@@ -324,6 +329,7 @@ class Engram:
         rule: Optional[str] = None,
         batch_size: int = 256,
         progress: bool = False,
+        rerank: Optional[Union[str, bool]] = None,
         **rule_params: float,
     ) -> List[Decision]:
         """:meth:`classify` for many queries, in batches of ``batch_size``."""
@@ -334,7 +340,7 @@ class Engram:
             queries = [{"vector": row} for row in _rows(vectors)]
         else:
             queries = [{"image": encode_image(image)} for image in images or []]
-        options = self._options(k=k, rule=rule, **rule_params)
+        options = self._options(k=k, rule=rule, rerank=rerank, **rule_params)
         decisions: List[Decision] = []
         bar = _Progress(len(queries), f"classifying in {collection}", progress)
         try:

@@ -94,6 +94,9 @@ class Decision:
     neighbors: List[Neighbor]
     partial: bool
     raw: Dict[str, Any] = field(repr=False, compare=False)
+    #: When a re-ranker took part: ``status`` (ok, fallback, skipped),
+    #: ``scores``, ``fused``, ``vote_label`` ... (docs/api.md, Re-rankers).
+    rerank: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_json(cls, body: Dict[str, Any]) -> "Decision":
@@ -104,6 +107,7 @@ class Decision:
             neighbors=[Neighbor.from_json(n) for n in body.get("neighbors", [])],
             partial=body.get("partial", False),
             raw=body,
+            rerank=body.get("rerank"),
         )
 
 
