@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make eval`: starts the example re-ranker (examples/rerankers/) and a
-# server on a fresh data directory with two re-rankers configured (the
-# built-in head and the example), runs `engram eval` against it (writes
+# server on a fresh data directory with the example configured beside the
+# shipped config's built-in head, runs `engram eval` against it (writes
 # docs/evaluation.md and target/eval/results.json), then draws the plots
 # into docs/img with matplotlib from .venv.
 set -euo pipefail
@@ -28,11 +28,8 @@ mkdir -p "$data"
 cp config/embedded.toml "$config"
 cat >>"$config" <<EOF
 
-# Added by scripts/eval.sh for section 6 (re-rankers).
-[rerankers.head]
-kind = "head"
-mix = 0.5
-
+# Added by scripts/eval.sh for section 6 (re-rankers; `head` is in the
+# shipped config).
 [rerankers.example]
 kind = "http"
 url = "http://127.0.0.1:$reranker_port/rerank"

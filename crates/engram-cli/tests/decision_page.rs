@@ -16,8 +16,8 @@ use std::process::Command;
 #[test]
 fn classify_relabel_and_unlearn_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
+    // The shipped config's `[rerankers.head]` (mix 0.5) re-ranks on request.
     let config = write_config(dir.path(), "");
-    append_config(&config, "[rerankers.head]\nkind = \"head\"\nmix = 0.5\n");
     let key = "decision-page-key-0123456789";
     let env = [("ENGRAM_SECURITY__API_KEY".to_string(), key.to_string())];
     let mut server = Server::start_with_env(&config, &dir.path().join("data"), &env);

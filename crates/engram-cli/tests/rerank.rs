@@ -160,12 +160,12 @@ fn serve(
 }
 
 /// A node with the stub (`stub`), the example (`example`, when given) and
-/// a head (`head`), and collection `m` of 3 labelled clusters.
+/// the shipped config's head (`head`, mix 0.5), and collection `m` of 3
+/// labelled clusters.
 fn start(dir: &tempfile::TempDir, stub: &Stub, example: Option<&str>) -> Server {
     let config = write_config(dir.path(), "");
     let mut tables = format!(
-        "[rerankers.stub]\nkind = \"http\"\nurl = \"{}\"\ntimeout_ms = 400\nbreaker_failures = 3\nbreaker_open_s = 2\nmix = 1.0\n\n\
-         [rerankers.head]\nkind = \"head\"\nmix = 0.5\n[rerankers.head.training]\nepochs = 40\n",
+        "[rerankers.stub]\nkind = \"http\"\nurl = \"{}\"\ntimeout_ms = 400\nbreaker_failures = 3\nbreaker_open_s = 2\nmix = 1.0\n",
         stub.url
     );
     if let Some(url) = example {
@@ -457,7 +457,11 @@ fn head_is_trained_stale_after_a_delete_and_unlearned_by_retraining() {
     );
     assert_client_error(&bad, 400, "epochs");
 
-    let job = server.run_job("m", &json!({ "kind": "train_head", "reranker": "head" }));
+    // 150 rows are two steps an epoch: more epochs than the default.
+    let job = server.run_job(
+        "m",
+        &json!({ "kind": "train_head", "reranker": "head", "training": { "epochs": 100 } }),
+    );
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["report"]["rows"], 150);
     assert_eq!(job["report"]["classes"], 3);

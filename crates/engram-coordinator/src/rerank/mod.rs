@@ -180,8 +180,9 @@ impl Engram {
                 }
             }
             Some(Reranker::Head(config)) => {
-                let (outcome, version) =
-                    self.head_scores(collection, name, config, curation, vectors);
+                let (outcome, version) = self
+                    .head_scores(collection, name, config, curation, vectors)
+                    .await;
                 head = version;
                 outcome
             }
@@ -213,7 +214,7 @@ impl Engram {
 
     /// The head's probabilities for each vector, unless it is missing or
     /// stale (and not to be served stale).
-    fn head_scores(
+    async fn head_scores(
         &self,
         collection: &str,
         name: &str,
@@ -266,7 +267,19 @@ impl Engram {
                 Some(version),
             );
         }
-        let outcome = head::predict_all(&trained.head, vectors);
+        // Microseconds for a small head and one query; a batch against a
+        // head of many classes is milliseconds of arithmetic: off the
+        // async workers either way.
+        let vectors = vectors.to_vec();
+        let outcome =
+            crate::service::blocking(move || Ok(head::predict_all(&trained.head, &vectors)))
+                .await
+                .unwrap_or_else(|e| {
+                    Outcome::Fallback(CallFailure {
+                        class: "internal",
+                        detail: e.to_string(),
+                    })
+                });
         (outcome, Some(version))
     }
 }
