@@ -12,7 +12,7 @@
 //! change the memory through the API.
 
 use anyhow::{Context, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -73,6 +73,10 @@ pub struct EvalArgs {
     /// Every number, for the plots (tools/plot_eval.py).
     #[arg(long, default_value = "target/eval/results.json")]
     pub(crate) results: PathBuf,
+    /// Write `--out` again from `--results` (after a change to the
+    /// report's wording), without a server or a run.
+    #[arg(long)]
+    pub(crate) report_only: bool,
 }
 
 pub(crate) struct Split {
@@ -80,7 +84,7 @@ pub(crate) struct Split {
     pub(crate) vectors: Vec<Vec<f32>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct RuleResult {
     pub(crate) rule: String,
     pub(crate) k_chosen: usize,
@@ -90,7 +94,7 @@ pub(crate) struct RuleResult {
     pub(crate) test_by_k: Vec<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct PruningResult {
     pub(crate) setting: String,
     pub(crate) items: u64,
@@ -98,7 +102,7 @@ pub(crate) struct PruningResult {
     pub(crate) accuracy: BTreeMap<String, f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct Results {
     pub(crate) date: String,
     pub(crate) memory: usize,
@@ -113,7 +117,13 @@ pub(crate) struct Results {
     pub(crate) new_classes: Value,
     pub(crate) unlearning: Value,
     /// Section 6: the re-rankers (`eval_rerank`).
+    #[serde(default)]
     pub(crate) reranking: Value,
+    /// Wall time of the whole run and of its embedding phase.
+    #[serde(default)]
+    pub(crate) seconds_total: f64,
+    #[serde(default)]
+    pub(crate) seconds_embedding: f64,
 }
 
 fn params(rule: VotingRule) -> VoteParams {
@@ -301,6 +311,17 @@ pub(crate) fn pct(x: f64) -> String {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if args.report_only {
+        let results: Results = serde_json::from_slice(&std::fs::read(&args.results)?)
+            .with_context(|| format!("{} is not an eval result", args.results.display()))?;
+        std::fs::write(&args.out, crate::eval_report::report(&results, &args))?;
+        println!(
+            "{} written from {}",
+            args.out.display(),
+            args.results.display()
+        );
+        return Ok(());
+    }
     let started = Instant::now();
     let client = Client::connect(&args.server)?;
     client.wait_healthy(std::time::Duration::from_secs(120))?;
@@ -610,17 +631,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         new_classes,
         unlearning,
         reranking,
+        seconds_total: started.elapsed().as_secs_f64(),
+        seconds_embedding: embedded_at,
     };
     if let Some(parent) = args.results.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.results, serde_json::to_vec_pretty(&results)?)?;
-    let markdown = crate::eval_report::report(
-        &results,
-        &args,
-        embedded_at,
-        started.elapsed().as_secs_f64(),
-    );
+    let markdown = crate::eval_report::report(&results, &args);
     std::fs::write(&args.out, markdown)?;
     println!(
         "evaluation written to {} and {} in {:.0} s",

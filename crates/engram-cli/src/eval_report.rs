@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use crate::eval::{EvalArgs, MAX_K, REPORT_KS, Results, VALIDATION_START, pct};
 
-pub(crate) fn report(r: &Results, args: &EvalArgs, embedded_at: f64, total: f64) -> String {
+pub(crate) fn report(r: &Results, args: &EvalArgs) -> String {
+    let (total, embedded_at) = (r.seconds_total, r.seconds_embedding);
     let mut md = String::new();
     let w = &mut md;
     let _ = writeln!(
