@@ -28,7 +28,8 @@ pub struct HeadTraining {
     pub l2: f32,
     pub batch_size: u32,
     /// Most rows trained on, sampled uniformly from the memory (a head over
-    /// billions of rows needs a sample, not all of them).
+    /// billions of rows needs a sample, not all of them). The training job
+    /// holds them in RAM: rows x dim x 4 bytes (100,000 x 1280: 512 MB).
     pub max_rows: u64,
     pub seed: u64,
 }
@@ -40,7 +41,7 @@ impl Default for HeadTraining {
             learning_rate: 0.01,
             l2: 1e-4,
             batch_size: 128,
-            max_rows: 200_000,
+            max_rows: 100_000,
             seed: 7,
         }
     }

@@ -208,6 +208,11 @@ impl Engram {
             metrics::DECISIONS
                 .with_label_values(&[name, kind, status_name(answer.status)])
                 .inc();
+            if answer.status == RerankStatus::Fallback && matches!(outcome, Outcome::Scores(_)) {
+                metrics::FALLBACKS
+                    .with_label_values(&[name, "all_blocked"])
+                    .inc();
+            }
             result.rerank = Some(answer);
         }
     }

@@ -20,6 +20,11 @@ use crate::service::Engram;
 
 /// The job kind.
 pub(crate) const KIND: &str = "train_head";
+/// Most weights (classes x dimensions) a head may have: it travels through
+/// Raft as one entry (JSON), and every coordinator keeps it in memory.
+const MAX_WEIGHTS: usize = 4_000_000;
+/// Most bytes of rows one training may hold in the coordinator's RAM.
+const MAX_TRAINING_BYTES: u64 = 8 << 30;
 
 impl Engram {
     /// `POST .../jobs {"kind": "train_head", "reranker": "<name>"}`.
@@ -93,6 +98,18 @@ impl Engram {
         name: &str,
         training: HeadTraining,
     ) -> Result<JobStatus> {
+        let bytes = training
+            .max_rows
+            .saturating_mul(hosted.spec().dim as u64 * 4);
+        if bytes > MAX_TRAINING_BYTES {
+            return Err(ApiError::invalid(format!(
+                "max_rows {} x {} dimensions would hold {} MiB of rows in RAM; at most {} MiB",
+                training.max_rows,
+                hosted.spec().dim,
+                bytes >> 20,
+                MAX_TRAINING_BYTES >> 20
+            )));
+        }
         if self.head_training_running(collection, name) {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
@@ -248,6 +265,13 @@ fn train(
     // Classes in label order, so a head's layout does not depend on the
     // scan order.
     let labels: Vec<String> = index.keys().cloned().collect();
+    if labels.len() * dim > MAX_WEIGHTS {
+        return Err(ApiError::invalid(format!(
+            "a head over {} labels x {dim} dimensions has more than {MAX_WEIGHTS} weights \
+             (it is replicated through Raft); block rare classes or use an http re-ranker",
+            labels.len()
+        )));
+    }
     let order: BTreeMap<&String, u32> = labels
         .iter()
         .enumerate()
