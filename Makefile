@@ -30,8 +30,9 @@ demo-secure: build
 	@scripts/demo_secure.sh
 
 ## The paper's experiments in kind on Fashion-MNIST (accuracy per rule and k,
-## new classes, label noise, pruning, unlearning): writes docs/evaluation.md
-## and its plots. About 10 minutes on 2 cores.
+## new classes, label noise, pruning, unlearning, re-rankers: the head and the
+## example http re-ranker): writes docs/evaluation.md and its plots. About 16
+## minutes on 2 cores.
 eval: build
 	@scripts/eval.sh
 
