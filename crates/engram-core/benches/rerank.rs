@@ -1,6 +1,7 @@
 //! The second stage's in-process cost: a head's prediction (10 classes x
 //! 1280 dimensions, the Fashion-MNIST eval's shape), the fusion with the
-//! votes, and one training epoch over 2,000 rows.
+//! votes, and one training epoch over 2,000 rows; beside it, the first
+//! stage's vote (rank rule, k = 17, the eval's chosen k) as the reference.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::hint::black_box;
 
 use engram_core::head::{SplitMix64, TrainingSet};
 use engram_core::rerank::fuse;
-use engram_core::{HeadTraining, LinearHead};
+use engram_core::{HeadTraining, LinearHead, Neighbor, VoteParams, decide};
 
 const DIM: usize = 1280;
 const CLASSES: usize = 10;
@@ -54,6 +55,19 @@ fn bench(c: &mut Criterion) {
         .enumerate()
         .map(|(i, l)| (l, 1.0 / (2.0 + i as f64)))
         .collect();
+    let neighbors: Vec<Neighbor> = (0..17u64)
+        .map(|i| Neighbor {
+            id: i,
+            label: format!("class-{}", i % 4),
+            distance: 0.1 + i as f32 * 0.01,
+            weight: 1.0,
+            source: None,
+        })
+        .collect();
+    let params = VoteParams::default();
+    group.bench_function("votes_decide_rank_k17", |b| {
+        b.iter(|| decide(black_box(neighbors.clone()), &params))
+    });
     group.bench_function("fuse_10_labels", |b| {
         b.iter(|| fuse(black_box(&votes), black_box(&scores), 0.5))
     });
