@@ -195,6 +195,17 @@ fn start(dir: &tempfile::TempDir, stub: &Stub, example: Option<&str>) -> Server 
     server
 }
 
+/// The re-ranker did not decide: `status` (fallback, skipped), with a
+/// reason naming `why`.
+fn assert_votes_decided(answer: &Value, status: &str, why: &str) {
+    let rerank = &answer["rerank"];
+    assert_eq!(rerank["status"], status, "{answer}");
+    assert!(
+        rerank["reason"].as_str().unwrap_or_default().contains(why),
+        "{answer}"
+    );
+}
+
 fn classify(server: &Server, class: usize, rerank: Value) -> Value {
     let mut body = json!({ "vector": vector(class, 1000), "k": 5 });
     if !rerank.is_null() {
@@ -295,38 +306,17 @@ fn http_reranker_ok_fallbacks_breaker_and_batches() {
         started.elapsed() < Duration::from_millis(650),
         "waited past the timeout"
     );
-    assert_eq!(answer["rerank"]["status"], "fallback", "{answer}");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("400 ms"),
-        "{answer}"
-    );
+    assert_votes_decided(&answer, "fallback", "400 ms");
     assert_eq!(answer["label"], "b", "the votes decided");
     assert!(answer["rerank"]["scores"].as_object().unwrap().is_empty());
 
     // 5xx and a malformed answer: fallback with the reason.
     stub.set(Mode::Error);
     let answer = classify(&server, 1, json!("stub"));
-    assert_eq!(answer["rerank"]["status"], "fallback");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("HTTP 503"),
-        "{answer}"
-    );
+    assert_votes_decided(&answer, "fallback", "HTTP 503");
     stub.set(Mode::Malformed);
     let answer = classify(&server, 2, json!("stub"));
-    assert_eq!(answer["rerank"]["status"], "fallback");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("malformed"),
-        "{answer}"
-    );
+    assert_votes_decided(&answer, "fallback", "malformed");
     assert_eq!(answer["label"], "c");
 
     // Three failures in a row opened the breaker: no call is made while
@@ -334,14 +324,7 @@ fn http_reranker_ok_fallbacks_breaker_and_batches() {
     stub.set(Mode::Ok);
     let before = stub.calls();
     let answer = classify(&server, 0, json!("stub"));
-    assert_eq!(answer["rerank"]["status"], "fallback");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("breaker open"),
-        "{answer}"
-    );
+    assert_votes_decided(&answer, "fallback", "breaker open");
     assert_eq!(stub.calls(), before, "not called while open");
     let metrics = server.metrics_text();
     assert!(
@@ -436,13 +419,7 @@ fn head_is_trained_stale_after_a_delete_and_unlearned_by_retraining() {
 
     // Before training: skipped, the votes decide.
     let answer = classify(&server, 2, json!("head"));
-    assert_eq!(answer["rerank"]["status"], "skipped", "{answer}");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("train_head")
-    );
+    assert_votes_decided(&answer, "skipped", "train_head");
     assert_eq!(answer["label"], "c");
 
     // Only heads are trained; bad parameters are 400s.
@@ -504,14 +481,7 @@ fn head_is_trained_stale_after_a_delete_and_unlearned_by_retraining() {
     assert_eq!(status, 200, "{deleted}");
     let receipt = deleted["receipt"].as_u64().unwrap();
     let answer = classify(&server, 2, json!("head"));
-    assert_eq!(answer["rerank"]["status"], "skipped", "{answer}");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("stale"),
-        "{answer}"
-    );
+    assert_votes_decided(&answer, "skipped", "stale");
     assert_eq!(answer["rerank"]["head"]["stale"], true);
     assert_ne!(answer["label"], "c", "the votes know no c");
     let path = format!("/v1/collections/m/unlearning/{receipt}");
@@ -563,14 +533,7 @@ fn head_is_trained_stale_after_a_delete_and_unlearned_by_retraining() {
     );
     assert_eq!(status, 200, "{body}");
     let answer = classify(&server, 0, json!("head"));
-    assert_eq!(answer["rerank"]["status"], "skipped", "{answer}");
-    assert!(
-        answer["rerank"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("relabel"),
-        "{answer}"
-    );
+    assert_votes_decided(&answer, "skipped", "relabel");
     let job = server.run_job(
         "m",
         &json!({ "kind": "train_head", "reranker": "head", "training": { "epochs": 5 } }),

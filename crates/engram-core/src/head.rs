@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::curation::{Curation, Intervention};
 use crate::error::{CoreError, Result};
+pub use crate::rng::SplitMix64;
 
 /// How a head is trained (the job's parameters, defaults filled in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -345,24 +346,6 @@ impl Adam {
             *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
             *p -= lr * (*m / c1) / ((*v / c2).sqrt() + Self::EPS);
         }
-    }
-}
-
-/// A small deterministic generator (training order, row sampling).
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
     }
 }
 

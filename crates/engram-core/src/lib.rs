@@ -20,6 +20,7 @@ pub mod rebalance;
 pub mod rerank;
 pub mod reranker_config;
 pub mod residency;
+pub mod rng;
 pub mod shard;
 pub mod topk;
 pub mod unlearning;
