@@ -56,7 +56,6 @@ impl HttpReranker {
             })?),
             None => None,
         };
-        metrics::BREAKER_OPEN.with_label_values(&[name]).set(0);
         Ok(Arc::new(HttpReranker {
             name: name.to_string(),
             client,

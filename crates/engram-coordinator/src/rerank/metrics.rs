@@ -48,12 +48,38 @@ pub(crate) static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     IntGaugeVec::new(
         Opts::new(
             "rerank_breaker_open",
-            "1 while an http re-ranker's circuit breaker is open (calls fall back at once)",
+            "1 while an http re-ranker's circuit breaker is open (calls fall back at once); 0 otherwise, and always for a head",
         ),
         &["reranker"],
     )
     .expect("valid metric")
 });
+
+/// Creates every series of a configured re-ranker at 0, so that
+/// dashboards and alerts see it before its first decision (a head, which
+/// has no breaker, reports its breaker closed).
+pub(crate) fn export(reranker: &str, kind: &str) {
+    for status in ["ok", "fallback", "skipped"] {
+        DECISIONS.with_label_values(&[reranker, kind, status]);
+    }
+    let reasons: &[&str] = match kind {
+        "http" => &[
+            "timeout",
+            "http_status",
+            "malformed",
+            "connect",
+            "breaker_open",
+            "busy",
+            "all_blocked",
+        ],
+        _ => &["untrained", "stale", "dimension", "internal", "all_blocked"],
+    };
+    for reason in reasons {
+        FALLBACKS.with_label_values(&[reranker, reason]);
+    }
+    LATENCY.with_label_values(&[reranker]);
+    BREAKER_OPEN.with_label_values(&[reranker]).set(0);
+}
 
 /// The collectors to register.
 pub(crate) fn collectors() -> Vec<Box<dyn prometheus::core::Collector>> {

@@ -55,6 +55,7 @@ impl Rerankers {
                 },
                 RerankerConfig::Head(head) => Reranker::Head(head.clone()),
             };
+            metrics::export(name, built.kind());
             by_name.insert(name.clone(), built);
         }
         Ok(Rerankers { by_name })
