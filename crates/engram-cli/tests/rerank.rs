@@ -165,8 +165,9 @@ fn serve(
 fn start(dir: &tempfile::TempDir, stub: &Stub, example: Option<&str>) -> Server {
     let config = write_config(dir.path(), "");
     let mut tables = format!(
-        "[rerankers.stub]\nkind = \"http\"\nurl = \"{}\"\ntimeout_ms = 400\nbreaker_failures = 3\nbreaker_open_s = 2\nmix = 1.0\n",
-        stub.url
+        "[rerankers.stub]\nkind = \"http\"\nurl = \"{url}\"\ntimeout_ms = 400\nbreaker_failures = 3\nbreaker_open_s = 2\nmix = 1.0\n\n\
+         [rerankers.stub_image]\nkind = \"http\"\nurl = \"{url}\"\ntimeout_ms = 5000\nsend_image = true\n",
+        url = stub.url
     );
     if let Some(url) = example {
         tables.push_str(&format!(
@@ -563,4 +564,39 @@ fn head_is_trained_stale_after_a_delete_and_unlearned_by_retraining() {
         ),
         "{metrics}"
     );
+}
+
+#[test]
+fn an_image_query_reaches_a_reranker_that_asks_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = Stub::start();
+    let server = start(&dir, &stub, None);
+    let (status, body) = server.post(
+        "/v1/collections",
+        &json!({ "name": "pics", "embedder": "default", "shards": 1 }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let data = fashion_mnist_dir();
+    let train = engram_ingest::idx::read_images(&data.join("train-images-idx3-ubyte.gz")).unwrap();
+    let items: Vec<Value> = (0..12)
+        .map(|i| json!({ "id": i, "label": CLASSES[i % 3], "image": fashion_png(&train, i) }))
+        .collect();
+    let (status, body) = server.post("/v1/collections/pics/items", &json!({ "items": items }));
+    assert_eq!(status, 200, "{body}");
+    let image = fashion_png(&train, 20);
+    let ask = |rerank: &str| {
+        let (status, answer) = server.post(
+            "/v1/collections/pics/classify",
+            &json!({ "image": image, "k": 5, "rerank": rerank }),
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["rerank"]["status"], "ok", "{answer}");
+        stub.last.lock().unwrap()["queries"][0].clone()
+    };
+    // send_image: the image as the query sent it, beside its embedding.
+    let sent = ask("stub_image");
+    assert_eq!(sent["image"], json!(image));
+    assert_eq!(sent["vector"].as_array().unwrap().len(), 1280);
+    // Without it, the embedding only.
+    assert!(ask("stub").get("image").is_none());
 }
