@@ -212,13 +212,27 @@ fn classify_all(
     k: usize,
     what: &str,
 ) -> anyhow::Result<Vec<Value>> {
+    classify_with(client, collection, queries, k, "rank", &json!(false), what)
+}
+
+/// [`classify_all`] with a voting `rule` and a `rerank` choice (a
+/// re-ranker's name, or `false`).
+pub(crate) fn classify_with(
+    client: &Client,
+    collection: &str,
+    queries: &[Vec<f32>],
+    k: usize,
+    rule: &str,
+    rerank: &Value,
+    what: &str,
+) -> anyhow::Result<Vec<Value>> {
     let bar = progress(queries.len(), what);
     let mut results = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(250) {
         let body: Vec<Value> = chunk.iter().map(|v| json!({ "vector": v })).collect();
         let answer = client.post(
             &format!("/v1/collections/{collection}/classify/batch"),
-            &json!({ "queries": body, "k": k, "rule": "rank" }),
+            &json!({ "queries": body, "k": k, "rule": rule, "rerank": rerank }),
         )?;
         for result in answer["results"].as_array().context("no results")? {
             if result["partial"] == json!(true) {

@@ -8,18 +8,18 @@
 //! `engram_core::rerank::fuse`, the server's function, from the same
 //! answers' vote totals and re-ranker scores.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use engram_cli::client::{Client, class_name, progress};
+use engram_cli::client::{Client, class_name};
 use engram_cli::rng::SplitMix64;
 use engram_core::rerank::fuse;
 use engram_ingest::idx::FASHION_MNIST_CLASSES;
 
-use crate::eval::{NEW_CLASSES, NOISE_LEVELS, Split, UNLEARNED, add, create, pct};
+use crate::eval::{NEW_CLASSES, NOISE_LEVELS, Split, UNLEARNED, add, classify_with, create, pct};
 use crate::prune::follow_job;
 
 /// The re-rankers `scripts/eval.sh` configures.
@@ -41,7 +41,7 @@ pub(crate) struct Setup<'a> {
     pub seed: u64,
 }
 
-/// `classify/batch` answers for every query, 250 per request.
+/// `classify/batch` answers for every query of the eval's collection.
 fn classify(
     client: &Client,
     queries: &[Vec<f32>],
@@ -50,25 +50,7 @@ fn classify(
     rerank: &str,
     what: &str,
 ) -> anyhow::Result<Vec<Value>> {
-    let bar = progress(queries.len(), what);
-    let mut answers = Vec::with_capacity(queries.len());
-    for chunk in queries.chunks(250) {
-        let body: Vec<Value> = chunk.iter().map(|v| json!({ "vector": v })).collect();
-        let answer = client.post(
-            &format!("/v1/collections/{COLLECTION}/classify/batch"),
-            &json!({ "queries": body, "k": k, "rule": rule, "rerank": rerank }),
-        )?;
-        answers.extend(
-            answer["results"]
-                .as_array()
-                .context("no results")?
-                .iter()
-                .cloned(),
-        );
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish();
-    Ok(answers)
+    classify_with(client, COLLECTION, queries, k, rule, &json!(rerank), what)
 }
 
 /// Accuracy of the votes, the re-ranker alone and the fused decision over
@@ -389,6 +371,16 @@ fn f(v: &Value) -> String {
     pct(v.as_f64().unwrap_or(f64::NAN))
 }
 
+/// A table's three accuracy cells: votes, re-ranker alone, **fused**.
+fn cells(a: &Value) -> String {
+    format!(
+        "{} | {} | **{}**",
+        f(&a["votes"]),
+        f(&a["reranker"]),
+        f(&a["fused"])
+    )
+}
+
 fn ms(v: &Value) -> String {
     format!("{:.2}", v.as_f64().unwrap_or(f64::NAN))
 }
@@ -415,14 +407,7 @@ pub(crate) fn report(w: &mut String, r: &Value) {
         ("example (http), rank", "example", kr),
     ] {
         let a = &r[key];
-        let _ = writeln!(
-            w,
-            "| {name} (k={k}) | {} | {} | **{}** | {} |",
-            f(&a["votes"]),
-            f(&a["reranker"]),
-            f(&a["fused"]),
-            a["not_ok"]
-        );
+        let _ = writeln!(w, "| {name} (k={k}) | {} | {} |", cells(a), a["not_ok"]);
     }
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let gain = |a: &Value| 100.0 * (num(&a["fused"]) - num(&a["votes"]));
@@ -504,11 +489,9 @@ pub(crate) fn report(w: &mut String, r: &Value) {
         let a = &level["accuracy"];
         let _ = writeln!(
             w,
-            "| {:.0}% | {} | {} | **{}** |",
+            "| {:.0}% | {} |",
             level["level"].as_f64().unwrap_or(0.0) * 100.0,
-            f(&a["votes"]),
-            f(&a["reranker"]),
-            f(&a["fused"])
+            cells(a)
         );
     }
     if let Some(worst) = r["noise"].as_array().and_then(|n| n.last()) {
@@ -542,13 +525,7 @@ pub(crate) fn report(w: &mut String, r: &Value) {
     ] {
         for (which, part) in [("the 2 new classes", "new"), ("the 8 old classes", "old")] {
             let a = &n[key][part];
-            let _ = writeln!(
-                w,
-                "| {which} | {state} | {} | {} | **{}** |",
-                f(&a["votes"]),
-                f(&a["reranker"]),
-                f(&a["fused"])
-            );
+            let _ = writeln!(w, "| {which} | {state} | {} |", cells(a));
         }
     }
     let stale_new = &n["not_retrained"]["new"];

@@ -61,12 +61,9 @@ fn holds(bytes: &[u8], needle: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Trains head `head` on `u` and waits for the job's end.
-fn train_head(cluster: &Cluster) -> Value {
-    let (status, job) = cluster.post(
-        "/v1/collections/u/jobs",
-        &json!({"kind": "train_head", "reranker": "head"}),
-    );
+/// Starts a job on `u` and waits (up to 2 minutes) for it to succeed.
+fn run_job(cluster: &Cluster, request: &Value) -> Value {
+    let (status, job) = cluster.post("/v1/collections/u/jobs", request);
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -76,9 +73,17 @@ fn train_head(cluster: &Cluster) -> Value {
             assert_eq!(job["state"], "succeeded", "{job}");
             return job;
         }
-        assert!(Instant::now() < deadline, "train_head did not end: {job}");
+        assert!(
+            Instant::now() < deadline,
+            "job {request} did not end: {job}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Trains head `head` on `u` and waits for the job's end.
+fn train_head(cluster: &Cluster) -> Value {
+    run_job(cluster, &json!({"kind": "train_head", "reranker": "head"}))
 }
 
 /// One classification re-ranked by the head, asked of each coordinator.
@@ -122,22 +127,10 @@ fn every_place_of_a_deleted_row_is_listed_and_gone_by_the_deadline() {
     // the API (growing segments: in every copy's WAL).
     let file = cluster.exchange().join("part-0.parquet");
     write_parquet(&file, &(0..1200u64).collect::<Vec<_>>(), "bulk");
-    let (status, job) = cluster.post(
-        "/v1/collections/u/jobs",
+    run_job(
+        &cluster,
         &json!({"kind": "ingest", "uri": file.display().to_string(), "bulk": true, "segment_rows": 1000}),
     );
-    assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, job) = cluster.get(&format!("/v1/collections/u/jobs/{id}"));
-        if job["state"] != "running" {
-            assert_eq!(job["state"], "succeeded", "{job}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "bulk job did not end: {job}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let api: Vec<Value> = (1200..1300u64)
         .map(|id| {
             let label = if id < 1210 { "rare" } else { "api" };

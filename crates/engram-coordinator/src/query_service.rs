@@ -139,11 +139,6 @@ impl Engram {
             _ => Vec::new(),
         };
         let (vectors, excludes) = self.prepare_queries(&hosted.spec(), queries, what).await?;
-        let rerank_vectors = if reranker.is_some() {
-            vectors.clone()
-        } else {
-            Vec::new()
-        };
         // A counterfactual needs the neighbours that would move up when
         // voters are removed: fetch at least 100 more (a confident decision
         // may need most of its voters removed, and each removal lets one in).
@@ -166,7 +161,7 @@ impl Engram {
         // Explanations list the blocked items that would otherwise have voted.
         let unblocked = if explain && curation.blocks_anything() {
             Some(
-                self.search_vectors(&hosted, vectors, excludes, k, tuning, None)
+                self.search_vectors(&hosted, vectors.clone(), excludes, k, tuning, None)
                     .await?
                     .lists,
             )
@@ -226,7 +221,7 @@ impl Engram {
                 name,
                 k,
                 curation: &curation,
-                vectors: &rerank_vectors,
+                vectors,
                 images: &images,
             };
             self.rerank(call, &mut results).await;

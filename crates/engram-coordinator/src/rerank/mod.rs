@@ -97,8 +97,9 @@ pub(crate) struct Call<'a> {
     pub name: &'a str,
     pub k: usize,
     pub curation: &'a Curation,
-    /// The queries' prepared vectors, in order.
-    pub vectors: &'a [Vec<f32>],
+    /// The queries' prepared vectors, in order (handed over: a head
+    /// predicts from them on a blocking thread without a copy).
+    pub vectors: Vec<Vec<f32>>,
     /// The queries' images as sent (empty unless the re-ranker wants them).
     pub images: &'a [Option<String>],
 }
@@ -172,7 +173,7 @@ impl Engram {
                 format!("the collection's default re-ranker `{name}` is not configured here"),
             ),
             Some(Reranker::Http { client, .. }) => {
-                let request = http_request(collection, name, k, vectors, images, results);
+                let request = http_request(collection, name, k, &vectors, images, results);
                 match client.call(&request).await {
                     Ok(answer) => {
                         Outcome::Scores(answer.results.into_iter().map(|r| r.scores).collect())
@@ -226,7 +227,7 @@ impl Engram {
         name: &str,
         config: &HeadRerankerConfig,
         curation: &Curation,
-        vectors: &[Vec<f32>],
+        vectors: Vec<Vec<f32>>,
     ) -> (Outcome, Option<HeadVersion>) {
         let meta = &self.inner.meta;
         let found = meta
@@ -276,7 +277,6 @@ impl Engram {
         // Microseconds for a small head and one query; a batch against a
         // head of many classes is milliseconds of arithmetic: off the
         // async workers either way.
-        let vectors = vectors.to_vec();
         let outcome =
             crate::service::blocking(move || Ok(head::predict_all(&trained.head, &vectors)))
                 .await
